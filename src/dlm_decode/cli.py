@@ -1,0 +1,130 @@
+"""The ``dlm-decode`` command line.
+
+::
+
+    dlm-decode generate -c CFG [-c CFG2 ...] [key=value ...] (--prompt TEXT ... | --prompts-file F) [--json]
+    dlm-decode plugins
+    dlm-decode config show|validate -c CFG [key=value ...]
+    dlm-decode models
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from dlm_decode.errors import DlmDecodeError
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", action="append", default=[], metavar="CFG",
+                        help="YAML config file; repeat to compose several, later files win")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="dotted overrides applied after the files, e.g. decoder.verification=left_to_right")
+
+
+def _read_prompts(args: argparse.Namespace) -> list[str]:
+    prompts = list(args.prompt or [])
+    if args.prompts_file:
+        with open(args.prompts_file, encoding="utf-8") as handle:
+            prompts += [line.rstrip("\n") for line in handle if line.strip()]
+    if not prompts:
+        raise DlmDecodeError("no prompt given; fix: pass --prompt TEXT or --prompts-file FILE")
+    return prompts
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from dlm_decode.decoder import Decoder
+
+    prompts = _read_prompts(args)
+    decoder = Decoder.from_config(args.config, args.overrides)
+    output = decoder.generate(prompts)
+    for record in output.records():
+        if args.json:
+            print(json.dumps(record))
+        else:
+            print(record["text"])
+            print(f"  [{record['generated_tokens']} tokens, {record['nfe']} forwards, "
+                  f"{record['tokens_per_forward']:.2f} tokens/forward, {record['wall_s']:.3f} s]", file=sys.stderr)
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from dlm_decode.plugins import get_registry
+
+    rows = [(s.role, s.name, s.package, s.version, s.plugin) for s in get_registry()]
+    if args.json:
+        keys = ("role", "name", "package", "version", "plugin")
+        print(json.dumps([dict(zip(keys, row)) for row in rows], indent=2))
+        return 0
+    header = ("role", "name", "package", "version", "plugin")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(value).ljust(width) for value, width in zip(row, widths)).rstrip())
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from dlm_decode.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    if args.action == "show":
+        print(f"# config_hash: {config.hash}")
+        print(config.yaml, end="")
+    else:
+        print(f"ok: config is valid (config_hash {config.hash})")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from dlm_decode.models.embedded import EMBEDDED_MODELS, embedded_model_dir
+
+    for name, description in EMBEDDED_MODELS.items():
+        print(f"embedded:{name}\t{embedded_model_dir(name)}\t{description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dlm-decode", description="Decode diffusion language models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    generate = commands.add_parser("generate", help="decode prompts with a composed decoder config")
+    _add_config_arguments(generate)
+    generate.add_argument("--prompt", action="append", help="a prompt; repeat for several")
+    generate.add_argument("--prompts-file", help="a file with one prompt per line")
+    generate.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    generate.set_defaults(handler=cmd_generate)
+
+    plugins = commands.add_parser("plugins", help="list the registered strategies by role, with their package")
+    plugins.add_argument("--json", action="store_true")
+    plugins.set_defaults(handler=cmd_plugins)
+
+    config = commands.add_parser("config", help="show or validate a composed config")
+    config.add_argument("action", choices=["show", "validate"])
+    _add_config_arguments(config)
+    config.set_defaults(handler=cmd_config)
+
+    models = commands.add_parser("models", help="list the embedded models and their paths")
+    models.set_defaults(handler=cmd_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    unknown = [item for item in extra if item.startswith("-") or "=" not in item]
+    if unknown or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    try:
+        return args.handler(args)
+    except DlmDecodeError as exc:
+        print(f"dlm-decode: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

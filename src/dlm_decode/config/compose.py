@@ -1,0 +1,191 @@
+"""Compose a decoder config from YAML files, mappings and dotted overrides, and validate it.
+
+Sources merge left to right, then the overrides. A strategy section (``decoder.<role>``) is replaced rather
+than merged when a later source names a different strategy (``decoder.verification=threshold`` or
+``{name: threshold, ...}``), so one override swaps one strategy with its own defaults; with the same name, or
+no name, the parameters merge. Every error names the full dotted key.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from dlm_decode.config.schema import Config, GenerationSection, ModelSection, ModelSpec
+from dlm_decode.errors import ConfigError, FieldError
+from dlm_decode.plugins import ROLES, StrategyRegistry, get_registry
+
+Source = str | Path | Mapping | DictConfig
+
+
+@dataclass
+class ResolvedConfig:
+    """A validated config.
+
+    :ivar config: the non-strategy sections as dataclasses (``config.decoder`` holds the raw sections).
+    :ivar strategies: role -> (strategy name, its validated config dataclass).
+    :ivar yaml: the resolved config as YAML, every default filled in.
+    :ivar hash: the first 12 hex digits of the SHA-256 of ``yaml``.
+    """
+
+    config: Config
+    strategies: dict[str, tuple[str, Any]]
+    yaml: str
+    hash: str
+
+    def to_dict(self) -> dict:
+        return OmegaConf.to_container(OmegaConf.create(self.yaml))
+
+
+def load_config(
+    sources: Source | Sequence[Source] = (),
+    overrides: Sequence[str] = (),
+    registry: StrategyRegistry | None = None,
+) -> ResolvedConfig:
+    """Merge ``sources`` then ``overrides`` (``key=value`` strings) and validate the result.
+
+    :raises ConfigError: naming the dotted key, the value and the fix.
+    """
+    if isinstance(sources, (str, Path, Mapping, DictConfig)):
+        sources = [sources]
+    registry = registry or get_registry()
+    merged = OmegaConf.to_container(OmegaConf.structured(Config))
+    for raw in [_read(source) for source in sources] + [_parse_override(item) for item in overrides]:
+        _merge(merged, raw, ())
+    decoder = merged.pop("decoder")
+    config = _validate_sections(merged)
+    strategies = _validate_strategies(decoder, registry)
+    resolved = {
+        "model": _asdict(config.model),
+        "decoder": {role: {"name": name, **_asdict(params)} for role, (name, params) in strategies.items()},
+        "generation": _asdict(config.generation),
+    }
+    config.decoder = resolved["decoder"]
+    text = OmegaConf.to_yaml(OmegaConf.create(resolved))
+    return ResolvedConfig(config, strategies, text, hashlib.sha256(text.encode()).hexdigest()[:12])
+
+
+def _asdict(obj: Any) -> Any:
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+
+
+def _read(source: Source) -> dict:
+    if isinstance(source, DictConfig):
+        return OmegaConf.to_container(source)
+    if isinstance(source, Mapping):
+        return copy.deepcopy(dict(source))
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError("-c/--config", f"no config file at {str(path)!r}",
+                          "pass the path of a YAML file, e.g. configs/decoders/llada.yaml")
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception as exc:
+        raise ConfigError(str(path), f"is not valid YAML: {exc}", "fix the file's syntax") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), f"must hold a mapping at the top level, got {type(data).__name__}",
+                          "write the file as `model: ...`, `decoder: ...`, `generation: ...`")
+    return data
+
+
+def _parse_override(item: str) -> dict:
+    """One ``dotted.key=value`` override as a nested dict (each override is its own source, in order)."""
+    key, sep, _ = item.partition("=")
+    if not sep or not key or key[0] in "+~" or " " in key:
+        raise ConfigError(item, "overrides must be of the form dotted.key=value",
+                          "e.g. generation.max_new_tokens=64 or decoder.verification=left_to_right")
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist([item]))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(key, f"cannot parse the override {item!r}: {exc}") from exc
+
+
+def _as_section(value: Any, key: str) -> dict:
+    if isinstance(value, str):
+        return {"name": value}
+    if not isinstance(value, dict):
+        raise ConfigError(key, f"must be a strategy name or a mapping with `name`, got {value!r}",
+                          f"e.g. {key}: {{name: ..., <parameters>}}")
+    return value
+
+
+def _merge(base: dict, new: dict, path: tuple[str, ...]) -> None:
+    for key, value in new.items():
+        here = (*path, str(key))
+        if here[0] == "decoder" and len(here) == 2:
+            if key not in ROLES:
+                raise ConfigError(".".join(here), "is not a decoder role",
+                                  f"the roles are {', '.join(ROLES)}")
+            value = _as_section(value, ".".join(here))
+            old = base.get(key)
+            if isinstance(old, dict) and value.get("name", old.get("name")) == old.get("name"):
+                _merge(old, value, here)
+            else:
+                base[key] = copy.deepcopy(value)
+        elif isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value, here)
+        else:
+            base[key] = copy.deepcopy(value)
+
+
+def _structured(schema: type, data: Any, key: str) -> Any:
+    """Validate ``data`` against dataclass ``schema`` and build the instance; errors carry ``key``."""
+    if not isinstance(data, dict):
+        raise ConfigError(key, f"must be a mapping, got {data!r}")
+    try:
+        node = OmegaConf.merge(OmegaConf.structured(schema), data)
+        return OmegaConf.to_object(node)
+    except FieldError as exc:
+        raise ConfigError(f"{key}.{exc.field}", exc.message, exc.fix) from None
+    except ConfigKeyError as exc:
+        names = ", ".join(f.name for f in dataclasses.fields(schema))
+        known = f"valid keys: {names}" if names else "this section takes no parameters"
+        raise ConfigError(f"{key}.{exc.full_key}", f"unknown key ({known})",
+                          "remove it or fix its spelling") from None
+    except OmegaConfBaseException as exc:
+        message = str(exc).split("\n")[0]
+        raise ConfigError(f"{key}.{exc.full_key}", message,
+                          "give a value of the type the schema states (see `dlm-decode config show`)") from None
+
+
+def _validate_sections(merged: dict) -> Config:
+    unknown = set(merged) - {"model", "generation"}
+    if unknown:
+        raise ConfigError(sorted(unknown)[0], "unknown top-level key",
+                          "the top-level keys are model, decoder and generation")
+    model = merged.get("model") or {}
+    if not isinstance(model, dict) or set(model) - {"dllm", "ar"}:
+        bad = sorted(set(model) - {"dllm", "ar"}) if isinstance(model, dict) else []
+        raise ConfigError(f"model.{bad[0]}" if bad else "model", "unknown key (model has: dllm, ar)",
+                          "remove it or fix its spelling")
+    ar = model.get("ar")
+    return Config(
+        model=ModelSection(
+            dllm=_structured(ModelSpec, model.get("dllm") or {}, "model.dllm"),
+            ar=None if ar is None else _structured(ModelSpec, ar, "model.ar"),
+        ),
+        generation=_structured(GenerationSection, merged.get("generation") or {}, "generation"),
+    )
+
+
+def _validate_strategies(decoder: dict, registry: StrategyRegistry) -> dict[str, tuple[str, Any]]:
+    strategies = {}
+    for role in ROLES:
+        section = dict(decoder[role])
+        name = section.pop("name", None)
+        if not isinstance(name, str):
+            raise ConfigError(f"decoder.{role}.name", f"must be a strategy name, got {name!r}",
+                              f"registered: {', '.join(registry.names(role))}")
+        spec = registry.get(role, name)
+        strategies[role] = (name, _structured(spec.config_cls, section, f"decoder.{role}"))
+    return strategies

@@ -1,0 +1,90 @@
+"""Structured schemas of a decoder config.
+
+Top-level keys (a contract): ``model.dllm``, ``model.ar`` (optional), ``decoder.window``, ``decoder.cache``,
+``decoder.proposal``, ``decoder.verification`` (each ``{name: ..., <its parameters>}``, validated against the
+registered strategy's own dataclass), and ``generation.*``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from dlm_decode.errors import check_field
+
+
+@dataclass
+class ModelSpec:
+    """How to load one model."""
+
+    path: str = "embedded:dllm"
+    """A local directory, ``embedded:<name>`` for a model shipped with the package, or a hub id (read from the
+    local HF cache only, unless ``allow_download`` is true)."""
+    allow_download: bool = False
+    """Let transformers download a hub id's files. Off by default: nothing is fetched unless asked for."""
+    dtype: str = "float32"
+    """``float32``, ``bfloat16`` or ``float16``."""
+    device: str = "cpu"
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available)."""
+    trust_remote_code: bool = False
+    """Allow the checkpoint's own modeling code (LLaDA, Dream). Off unless the user sets it."""
+    chat_template: bool = True
+    """Wrap each prompt as one user turn with the tokenizer's chat template, when it has one."""
+    mask_token_id: Optional[int] = None
+    """Override the tokenizer's mask id."""
+    eos_token_ids: Optional[list[int]] = None
+    """Override the ids that end a generation (default: the tokenizer's EOS)."""
+
+    def __post_init__(self) -> None:
+        check_field(self.dtype in ("float32", "bfloat16", "float16"), "dtype",
+                    f"must be float32, bfloat16 or float16, got {self.dtype!r}")
+        check_field(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "device",
+                    f"must be cpu, cuda, cuda:N, mps or auto, got {self.device!r}")
+
+
+@dataclass
+class ModelSection:
+    dllm: ModelSpec = field(default_factory=ModelSpec)
+    """The diffusion LM."""
+    ar: Optional[ModelSpec] = None
+    """An autoregressive model sharing the dLLM's tokenizer (used by verifiers such as APD)."""
+
+
+@dataclass
+class GenerationSection:
+    max_new_tokens: int = 48
+    """Mask tokens appended to every prompt (the canvas length)."""
+    batch_size: int = 8
+    """Prompts decoded together."""
+    seed: int = 0
+    """Prompt ``i`` of a call is decoded with its own generator seeded ``seed + i``."""
+    max_steps: Optional[int] = None
+    """Abort when a batch takes more steps than this (default: 4 x max_new_tokens)."""
+
+    def __post_init__(self) -> None:
+        check_field(self.max_new_tokens >= 1, "max_new_tokens", f"must be at least 1, got {self.max_new_tokens}",
+                    "set generation.max_new_tokens to the longest answer you expect, in tokens")
+        check_field(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
+        check_field(self.max_steps is None or self.max_steps >= 1, "max_steps",
+                    f"must be at least 1 or null, got {self.max_steps}")
+
+
+def _strategy(name: str) -> Any:
+    return field(default_factory=lambda: {"name": name})
+
+
+@dataclass
+class DecoderSection:
+    window: Any = _strategy("full")
+    cache: Any = _strategy("none")
+    proposal: Any = _strategy("greedy")
+    verification: Any = _strategy("topk")
+
+
+@dataclass
+class Config:
+    """A whole decoder config (strategy sections are validated by :mod:`dlm_decode.config.compose`)."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    decoder: DecoderSection = field(default_factory=DecoderSection)
+    generation: GenerationSection = field(default_factory=GenerationSection)

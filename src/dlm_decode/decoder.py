@@ -1,0 +1,221 @@
+"""The public entry point: a :class:`Decoder` built from a config, and what ``generate`` returns."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from dlm_decode.config.compose import ResolvedConfig, Source, load_config
+from dlm_decode.config.schema import ModelSpec
+from dlm_decode.errors import InputError
+from dlm_decode.hookspecs import hookimpl
+from dlm_decode.loop import Roles, run_steps
+from dlm_decode.models.hf import DiffusionLM
+from dlm_decode.ops import Scorer, get_scorer
+from dlm_decode.plugins import ROLES, StrategyRegistry, decoder_manager, get_registry
+from dlm_decode.state import DecodeState
+
+
+@dataclass
+class BuildContext:
+    """What a strategy factory may use besides its own config.
+
+    :ivar config: the whole resolved config (e.g. ``config.config.model.ar`` for an AR verifier).
+    :ivar dllm: the loaded diffusion LM.
+    :ivar scorer: the scoring backend every plugin must use for vocabulary reductions.
+    """
+
+    config: ResolvedConfig
+    dllm: DiffusionLM
+    scorer: Scorer
+
+    def load_model_spec(self, spec: ModelSpec, key: str):
+        """Load ``(model, tokenizer)`` for another model of the config (e.g. ``model.ar``)."""
+        from dlm_decode.models.hf import load_hf
+
+        return load_hf(spec, key)
+
+
+@dataclass
+class RowStats:
+    """Per-prompt decoding statistics.
+
+    :ivar nfe: dLLM forwards while the row was unfinished.
+    :ivar ar_forwards: AR-model forwards (verifiers such as APD).
+    :ivar generated_tokens: generated tokens up to and including the first EOS.
+    :ivar tokens_per_forward: ``generated_tokens / nfe``.
+    :ivar steps: loop steps until the row finished.
+    :ivar wall_s: seconds from the start of its batch until the row finished.
+    :ivar commits_per_step: tokens committed at each of its steps.
+    """
+
+    nfe: int
+    ar_forwards: int
+    generated_tokens: int
+    tokens_per_forward: float
+    steps: int
+    wall_s: float
+    commits_per_step: list[int]
+
+
+@dataclass
+class GenerationOutput:
+    """What :meth:`Decoder.generate` returns, one entry per prompt, in order.
+
+    :ivar texts: decoded completions (up to the first EOS, special tokens removed).
+    :ivar token_ids: generated ids up to and including the first EOS.
+    :ivar stats: per-row statistics.
+    :ivar config_hash: hash of the resolved config that produced them.
+    """
+
+    texts: list[str]
+    token_ids: list[list[int]]
+    stats: list[RowStats]
+    config_hash: str
+    prompts: list[str] = field(default_factory=list)
+
+    def records(self) -> list[dict[str, Any]]:
+        """One JSON-ready dict per prompt."""
+        return [
+            {"prompt": prompt, "text": text, "token_ids": ids, **asdict(stats), "config_hash": self.config_hash}
+            for prompt, text, ids, stats in zip(self.prompts, self.texts, self.token_ids, self.stats)
+        ]
+
+
+class _PrefixStreamer:
+    """Observer collecting the newly decided text of row 0 after each step."""
+
+    def __init__(self, dllm: DiffusionLM):
+        self.dllm = dllm
+        self.emitted = ""
+        self.pending: list[str] = []
+
+    @hookimpl
+    def dlm_step_end(self, state: DecodeState) -> None:
+        undecided = state.masked[0, state.gen_start:]
+        end = int(undecided.int().argmax()) if bool(undecided.any()) else undecided.numel()
+        ids = state.canvas[0, state.gen_start: state.gen_start + end].tolist()
+        text = self.dllm.decode(ids[: next((i for i, t in enumerate(ids) if t in self.dllm.eos_token_ids), len(ids))])
+        if len(text) > len(self.emitted) and text.startswith(self.emitted):
+            self.pending.append(text[len(self.emitted):])
+            self.emitted = text
+
+
+class Decoder:
+    """A diffusion-LM decoder: one strategy per role over a loaded dLLM.
+
+    Build it with :meth:`from_config`; call :meth:`generate` or :meth:`stream`.
+    """
+
+    def __init__(self, config: ResolvedConfig, dllm: DiffusionLM | None = None,
+                 registry: StrategyRegistry | None = None, observers: Sequence[object] = ()):
+        self.config = config
+        self.registry = registry or get_registry()
+        self.dllm = dllm or DiffusionLM.from_spec(config.config.model.dllm)
+        self.scorer = get_scorer()
+        context = BuildContext(config=config, dllm=self.dllm, scorer=self.scorer)
+        self.strategies = {}
+        for role in ROLES:
+            name, params = config.strategies[role]
+            spec = self.registry.get(role, name)
+            self.strategies[role] = (spec, spec.factory(params, context))
+        self.manager = decoder_manager(self.strategies, list(observers))
+        labels = {role: f"{spec.plugin} ({role} strategy {spec.name!r})" for role, (spec, _) in self.strategies.items()}
+        self.roles = Roles(self.manager, labels)
+
+    @classmethod
+    def from_config(cls, source: Source | Sequence[Source] | ResolvedConfig, overrides: Sequence[str] = (),
+                    **kwargs: Any) -> Decoder:
+        """Build a decoder from YAML paths / mappings plus dotted ``overrides`` (or a resolved config)."""
+        config = source if isinstance(source, ResolvedConfig) else load_config(source, overrides,
+                                                                               kwargs.get("registry"))
+        return cls(config, **kwargs)
+
+    @property
+    def generation(self):
+        return self.config.config.generation
+
+    def _state(self, prompts: list[str], first_index: int, max_new_tokens: int, seeds: Sequence[int] | None) -> DecodeState:
+        encoded = self.dllm.encode(prompts)
+        for offset, (prompt, ids) in enumerate(zip(prompts, encoded)):
+            index = first_index + offset
+            if not prompt or not prompt.strip():
+                raise InputError(f"prompt {index} is empty; fix: give every prompt some text")
+            if len(ids) + max_new_tokens > self.dllm.max_context:
+                raise InputError(
+                    f"prompt {index} has {len(ids)} tokens; with generation.max_new_tokens={max_new_tokens} the "
+                    f"canvas needs {len(ids) + max_new_tokens} > the model's context of {self.dllm.max_context}. "
+                    "fix: shorten the prompt or lower generation.max_new_tokens")
+        if seeds is None:
+            seeds = [self.generation.seed + first_index + i for i in range(len(prompts))]
+        return DecodeState.build(
+            encoded, max_new_tokens=max_new_tokens, mask_token_id=self.dllm.mask_token_id,
+            pad_token_id=self.dllm.pad_token_id, eos_token_ids=self.dllm.eos_token_ids,
+            fill_token_id=self.dllm.fill_token_id, seeds=seeds, device=self.dllm.device,
+        )
+
+    def _max_steps(self, max_new_tokens: int) -> int:
+        return self.generation.max_steps or 4 * max_new_tokens
+
+    def generate(self, prompts: str | Sequence[str], *, max_new_tokens: int | None = None,
+                 seeds: Sequence[int] | None = None, batch_size: int | None = None) -> GenerationOutput:
+        """Decode ``prompts`` in batches of ``generation.batch_size``.
+
+        :param max_new_tokens: override ``generation.max_new_tokens``.
+        :param seeds: one seed per prompt (default: ``generation.seed + index``), so a row's sample does not
+            depend on the batch it lands in.
+        """
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts:
+            raise InputError("no prompts given; fix: pass at least one prompt")
+        if seeds is not None and len(seeds) != len(prompts):
+            raise InputError(f"got {len(seeds)} seeds for {len(prompts)} prompts; fix: give one seed per prompt")
+        max_new_tokens = max_new_tokens or self.generation.max_new_tokens
+        if max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        batch_size = batch_size or self.generation.batch_size
+        texts, ids, stats = [], [], []
+        for first in range(0, len(prompts), batch_size):
+            chunk = prompts[first: first + batch_size]
+            chunk_seeds = None if seeds is None else seeds[first: first + batch_size]
+            state = self._state(chunk, first, max_new_tokens, chunk_seeds)
+            started = time.perf_counter()
+            finish_times = torch.zeros(state.batch_size, dtype=torch.float64)
+            for _ in run_steps(self.roles, self.dllm, state, self._max_steps(max_new_tokens)):
+                newly = (state.finish_step == state.step) & (finish_times == 0)
+                finish_times[newly.cpu()] = time.perf_counter() - started
+            commits = torch.stack(state.commits, dim=1).tolist()
+            for row in range(state.batch_size):
+                generated = state.generated(row)
+                nfe = int(state.nfe[row])
+                steps = int(state.finish_step[row])
+                ids.append(generated)
+                texts.append(self.dllm.decode(generated))
+                stats.append(RowStats(
+                    nfe=nfe, ar_forwards=int(state.ar_forwards[row]), generated_tokens=len(generated),
+                    tokens_per_forward=len(generated) / max(nfe, 1), steps=steps,
+                    wall_s=float(finish_times[row]), commits_per_step=commits[row][:steps],
+                ))
+        return GenerationOutput(texts=texts, token_ids=ids, stats=stats, config_hash=self.config.hash,
+                                prompts=prompts)
+
+    def stream(self, prompt: str, *, max_new_tokens: int | None = None, seed: int | None = None) -> Iterator[str]:
+        """Yield pieces of text as the left-to-right decided prefix of ``prompt``'s completion grows.
+
+        Built as a ``dlm_step_end`` observer. With a revoking verification the pieces are the prefix decided
+        so far, which a later step may still change; use :meth:`generate` for the final text.
+        """
+        max_new_tokens = max_new_tokens or self.generation.max_new_tokens
+        state = self._state([prompt], 0, max_new_tokens, None if seed is None else [seed])
+        streamer = _PrefixStreamer(self.dllm)
+        self.manager.register(streamer)
+        try:
+            for _ in run_steps(self.roles, self.dllm, state, self._max_steps(max_new_tokens)):
+                yield from streamer.pending
+                streamer.pending.clear()
+        finally:
+            self.manager.unregister(streamer)

@@ -1,0 +1,125 @@
+"""The denoising loop: calls the role hooks once per step and enforces the rules no plugin may break.
+
+Rules checked every step, whatever the plugins return: every unfinished row commits at least one token;
+commits fall on eligible (masked, generated) positions only, so prompt tokens never change; revocations touch
+only committed generated positions; the mask token is never proposed; NaN logits stop decoding; a batch may not
+exceed its step budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Callable
+
+import pluggy
+import torch
+
+from dlm_decode.errors import DecodeError, PluginError
+from dlm_decode.hookspecs import hookimpl
+from dlm_decode.state import Decision, DecodeState, ForwardOutput, ForwardPlan, ModelInputs, Window
+
+
+class CoreInputs:
+    """Default ``dlm_model_inputs``: the plan's span of the canvas with a bidirectional mask over it."""
+
+    @hookimpl(trylast=True)
+    def dlm_model_inputs(self, state: DecodeState, window: Window, plan: ForwardPlan) -> ModelInputs:
+        start, end = plan.start, plan.end
+        mask = state.full_attention[:, :, start:end, start:end]
+        if window.visible is not None:
+            mask = mask & window.visible[:, None, None, start:end]
+        return ModelInputs(
+            input_ids=state.canvas[:, start:end],
+            position_ids=state.position_ids[:, start:end],
+            attention_mask=mask,
+            start=start,
+            end=end,
+        )
+
+
+class Roles:
+    """Calls the role hooks of one decoder's plugin manager, turning plugin failures into named errors.
+
+    :param manager: the decoder's plugin manager.
+    :param names: role -> a label for error messages (``"verification strategy 'topk' (module)"``).
+    """
+
+    def __init__(self, manager: pluggy.PluginManager, names: dict[str, str]):
+        self.hook = manager.hook
+        self.names = names
+
+    def call(self, role: str, hook_name: str, **kwargs: Any) -> Any:
+        hook: Callable[..., Any] = getattr(self.hook, hook_name)
+        try:
+            result = hook(**kwargs)
+        except PluginError:
+            raise
+        except Exception as exc:
+            raise PluginError(
+                self.names.get(role, role), hook_name, f"raised {type(exc).__name__}: {exc}",
+                f"check the parameters of `decoder.{role}`, or report the bug to the plugin's authors"
+                if role in self.names else "see the traceback above",
+            ) from exc
+        if result is None:
+            raise PluginError(self.names.get(role, role), hook_name, "returned None",
+                              "a role hook must return its result object")
+        return result
+
+
+def check_decision(state: DecodeState, window: Window, decision: Decision, plugin: str) -> None:
+    """Raise :class:`PluginError` when ``decision`` breaks a core rule (one host sync)."""
+    commit, revoke = decision.commit, decision.revoke
+    running = ~state.finished
+    flags = [
+        (commit & ~window.eligible).any(),
+        (running & ~commit.any(-1)).any(),
+    ]
+    if revoke is not None:
+        generated = state.columns >= state.gen_start
+        flags.append((revoke & ~(generated & ~state.masked)).any())
+    off_window, stalled, *bad_revoke = torch.stack(flags).tolist()
+    if off_window:
+        raise PluginError(plugin, "dlm_verify", "committed a position the window did not make eligible "
+                          "(a prompt, padding, already decided or out-of-window position)",
+                          "restrict `commit` to `window.eligible`")
+    if stalled:
+        rows = (running & ~commit.any(-1)).nonzero().flatten().tolist()
+        raise PluginError(plugin, "dlm_verify", f"committed nothing for unfinished rows {rows} at step "
+                          f"{state.step}; decoding would never end",
+                          "commit at least one eligible position per unfinished row (e.g. the most confident)")
+    if bad_revoke and bad_revoke[0]:
+        raise PluginError(plugin, "dlm_verify", "revoked a position that is not a committed generated token",
+                          "restrict `revoke` to generated columns that are not masked")
+
+
+@torch.inference_mode()
+def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> Iterator[Decision]:
+    """Decode ``state`` until every row is finished, yielding each step's decision after it is applied.
+
+    :param model: has ``forward(ModelInputs) -> [B, S, V] logits``.
+    :param max_steps: abort with :class:`DecodeError` past this many steps.
+    """
+    verifier = roles.names.get("verification", "verification")
+    roles.hook.dlm_generation_start(state=state)
+    while not bool(state.finished.all()):
+        if state.step >= max_steps:
+            raise DecodeError(f"no row finished within {max_steps} steps (step limit `generation.max_steps`); "
+                              "a revoking strategy may be oscillating. fix: raise generation.max_steps or "
+                              "bound the strategy's revocations")
+        window = roles.call("window", "dlm_window", state=state)
+        plan = roles.call("cache", "dlm_cache", state=state, window=window)
+        inputs = roles.call("inputs", "dlm_model_inputs", state=state, window=window, plan=plan)
+        logits = model.forward(inputs)
+        if bool(torch.isnan(logits).any()):
+            raise DecodeError(f"the dLLM returned NaN logits at step {state.step}. fix: use float32 or bfloat16 "
+                              "instead of float16, and check the checkpoint and the attention mask")
+        logits[..., state.mask_token_id] = float("-inf")  # the mask token is never a candidate
+        forward = ForwardOutput(logits=logits, inputs=inputs)
+        proposal = roles.call("proposal", "dlm_propose", state=state, forward=forward, window=window)
+        decision = roles.call("verification", "dlm_verify", state=state, forward=forward, proposal=proposal,
+                              window=window)
+        check_decision(state, window, decision, verifier)
+        state.apply(decision)
+        roles.hook.dlm_step_end(state=state, decision=decision)
+        yield decision
+    roles.hook.dlm_generation_end(state=state)

@@ -1,0 +1,1 @@
+"""Model adapters, loading, the shared tokenizer and the embedded model pair."""

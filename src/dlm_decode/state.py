@@ -1,0 +1,292 @@
+"""The decoding state and the values that flow between the hooks of one step.
+
+Shapes: ``B`` rows, ``N`` canvas columns (left padding + prompt + ``max_new_tokens``), ``S`` query columns fed to
+the model, ``V`` vocabulary size (the dLLM head width), ``K`` eligible positions of the step over all rows.
+Every row shares the column where generation starts (``gen_start``), because prompts are left-padded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Callable
+
+import torch
+
+from dlm_decode.models.attention import position_ids_from_mask
+
+
+@dataclass
+class Window:
+    """Which positions may be decided this step, and how much of the canvas the model sees.
+
+    :ivar eligible: ``[B, N]`` bool, masked generated positions of unfinished rows that may be decided.
+    :ivar input_end: the model sees canvas columns ``[0, input_end)``.
+    :ivar block_start: ``[B]`` long, first column of each row's current block.
+    :ivar block_end: ``[B]`` long, one past the last column of each row's current block.
+    :ivar visible: optional ``[B, N]`` bool: keys each row may attend to (None: every column before
+        ``input_end``); used to cut rows at different lengths without other rows changing their view.
+    """
+
+    eligible: torch.Tensor
+    input_end: int
+    block_start: torch.Tensor
+    block_end: torch.Tensor
+    visible: torch.Tensor | None = None
+
+
+@dataclass
+class ForwardPlan:
+    """The columns whose logits the forward computes: queries ``[start, end)``."""
+
+    start: int
+    end: int
+
+
+@dataclass
+class ModelInputs:
+    """What the dLLM is called with.
+
+    :ivar input_ids: ``[B, S]`` long.
+    :ivar position_ids: ``[B, S]`` long.
+    :ivar attention_mask: ``[B, 1, S, K]`` bool, true where a query may attend to a key.
+    :ivar start: canvas column of the first query; query ``i < end - start`` is canvas column ``start + i``.
+    :ivar end: one past the last canvas column; queries past ``end - start`` are extra positions added by a
+        wrapper (e.g. shadow positions), which read their logits from ``ForwardOutput.logits``.
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    start: int
+    end: int
+
+
+@dataclass
+class ForwardOutput:
+    """The dLLM's answer for one step.
+
+    :ivar logits: ``[B, S, V]`` float, ``logits[:, i]`` predicts canvas column ``inputs.start + i``.
+    """
+
+    logits: torch.Tensor
+    inputs: ModelInputs
+
+    @property
+    def start(self) -> int:
+        return self.inputs.start
+
+    def at(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """Logits of canvas positions ``(rows[k], cols[k])``: ``[K]`` long each -> ``[K, V]``."""
+        return self.logits[rows, cols - self.inputs.start]
+
+
+@dataclass
+class Proposal:
+    """Candidate tokens for the eligible positions of a step.
+
+    :ivar tokens: ``[B, N]`` long, the proposed token where eligible (the canvas token elsewhere).
+    :ivar confidence: ``[B, N]`` float32, probability of the proposed token under the untempered model
+        distribution where eligible, 0 elsewhere.
+    :ivar rows: ``[K]`` long and :ivar cols: ``[K]`` long, the eligible positions in row-major order.
+    :ivar logits: ``[K, V]`` float32, untempered logits of the eligible positions.
+    :ivar temperature: the sampling temperature (0: argmax).
+    :ivar noise: ``[K, V]`` float64 Gumbel noise the sample was drawn with (None when ``temperature == 0``),
+        kept so that a verifier can draw a coupled sample of another distribution with the same noise.
+    :ivar scorer: the scoring backend (see :mod:`dlm_decode.ops`) used for the lazy scores below.
+    """
+
+    tokens: torch.Tensor
+    confidence: torch.Tensor
+    rows: torch.Tensor
+    cols: torch.Tensor
+    logits: torch.Tensor
+    temperature: float
+    noise: torch.Tensor | None
+    scorer: Any
+
+    def scatter(self, values: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        """Place per-eligible ``[K]`` values into a ``[B, N]`` tensor filled with ``fill``."""
+        out = torch.full(self.tokens.shape, fill, dtype=values.dtype, device=values.device)
+        out[self.rows, self.cols] = values
+        return out
+
+    @cached_property
+    def margin(self) -> torch.Tensor:
+        """``[B, N]`` float32, top-1 minus top-2 probability where eligible."""
+        return self.scatter(self.scorer.margin(self.logits))
+
+    @cached_property
+    def entropy(self) -> torch.Tensor:
+        """``[B, N]`` float32, entropy (nats) of the untempered distribution where eligible."""
+        return self.scatter(self.scorer.entropy(self.logits))
+
+
+@dataclass
+class Decision:
+    """What a step changes.
+
+    :ivar commit: ``[B, N]`` bool, positions to fill (a subset of the window's eligible positions).
+    :ivar tokens: ``[B, N]`` long, the tokens to write where ``commit``.
+    :ivar revoke: optional ``[B, N]`` bool, committed generated positions to turn back into masks.
+    """
+
+    commit: torch.Tensor
+    tokens: torch.Tensor
+    revoke: torch.Tensor | None = None
+
+
+@dataclass
+class DecodeState:
+    """Everything one batch of generation knows.
+
+    :ivar canvas: ``[B, N]`` long token ids.
+    :ivar attention_mask: ``[B, N]`` bool, false on left padding.
+    :ivar position_ids: ``[B, N]`` long, positions ignoring left padding.
+    :ivar gen_start: first generated column (the same for every row).
+    :ivar mask_token_id: the dLLM's mask id.
+    :ivar eos_token_ids: ``[E]`` long, ids that end a row.
+    :ivar fill_token_id: written after a row's first EOS.
+    :ivar generators: one ``torch.Generator`` per row, seeded per request.
+    :ivar masked: ``[B, N]`` bool, kept equal to ``canvas == mask_token_id`` on generated columns.
+    :ivar filled: ``[B, N]`` bool, positions after a row's first EOS, written with ``fill_token_id``.
+    :ivar finished: ``[B]`` bool, rows with no mask left before their first EOS.
+    :ivar step: number of completed steps.
+    :ivar nfe: ``[B]`` long, dLLM forwards each row took part in while unfinished.
+    :ivar ar_forwards: ``[B]`` long, AR-model forwards each row took part in (APD's verifier adds to it).
+    :ivar commits: per step, ``[B]`` long commits (0 for rows already finished).
+    :ivar finish_step: ``[B]`` long, the step count at which each row finished (-1 while running).
+    :ivar scratch: per-generation storage for plugins, keyed by a name of their choice.
+    """
+
+    canvas: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    gen_start: int
+    mask_token_id: int
+    eos_token_ids: torch.Tensor
+    fill_token_id: int
+    generators: list[torch.Generator]
+    masked: torch.Tensor
+    filled: torch.Tensor
+    finished: torch.Tensor
+    nfe: torch.Tensor
+    ar_forwards: torch.Tensor
+    finish_step: torch.Tensor
+    step: int = 0
+    commits: list[torch.Tensor] = field(default_factory=list)
+    scratch: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        prompts: list[list[int]],
+        *,
+        max_new_tokens: int,
+        mask_token_id: int,
+        pad_token_id: int,
+        eos_token_ids: list[int],
+        fill_token_id: int,
+        seeds: list[int],
+        device: torch.device | str = "cpu",
+    ) -> DecodeState:
+        """Left-pad ``prompts`` (token id lists) and append ``max_new_tokens`` masks to each."""
+        width = max(len(p) for p in prompts)
+        batch = len(prompts)
+        canvas = torch.full((batch, width + max_new_tokens), mask_token_id, dtype=torch.long)
+        attention = torch.ones(canvas.shape, dtype=torch.bool)
+        for row, prompt in enumerate(prompts):
+            pad = width - len(prompt)
+            canvas[row, :pad] = pad_token_id
+            attention[row, :pad] = False
+            canvas[row, pad:width] = torch.tensor(prompt, dtype=torch.long)
+        masked = torch.zeros(canvas.shape, dtype=torch.bool)
+        masked[:, width:] = True
+        generators = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
+        zeros = torch.zeros(batch, dtype=torch.long, device=device)
+        return cls(
+            canvas=canvas.to(device),
+            attention_mask=attention.to(device),
+            position_ids=position_ids_from_mask(attention).to(device),
+            gen_start=width,
+            mask_token_id=mask_token_id,
+            eos_token_ids=torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long, device=device),
+            fill_token_id=fill_token_id,
+            generators=generators,
+            masked=masked.to(device),
+            filled=torch.zeros(canvas.shape, dtype=torch.bool, device=device),
+            finished=torch.zeros(batch, dtype=torch.bool, device=device),
+            nfe=zeros.clone(),
+            ar_forwards=zeros.clone(),
+            finish_step=torch.full((batch,), -1, dtype=torch.long, device=device),
+        )
+
+    @property
+    def batch_size(self) -> int:
+        return self.canvas.shape[0]
+
+    @property
+    def width(self) -> int:
+        """``N``, the number of canvas columns."""
+        return self.canvas.shape[1]
+
+    @cached_property
+    def columns(self) -> torch.Tensor:
+        """``[N]`` long, ``arange(N)`` on the canvas device."""
+        return torch.arange(self.width, device=self.canvas.device)
+
+    @cached_property
+    def full_attention(self) -> torch.Tensor:
+        """``[B, 1, N, N]`` bool, the bidirectional mask over the whole canvas (padding excluded)."""
+        from dlm_decode.models.attention import bidirectional_mask
+
+        return bidirectional_mask(self.attention_mask)
+
+    def first_eos(self) -> torch.Tensor:
+        """``[B]`` long, column of each row's first committed generated EOS (``N`` when there is none)."""
+        gen = self.columns >= self.gen_start
+        is_eos = torch.isin(self.canvas, self.eos_token_ids) & gen & ~self.masked & ~self.filled
+        return torch.where(is_eos.any(-1), is_eos.int().argmax(-1), self.width)
+
+    def apply(self, decision: Decision) -> torch.Tensor:
+        """Write a (checked) decision into the canvas and settle EOS and termination.
+
+        Positions after a row's first EOS become ``fill_token_id`` and count as decided; if a revocation removes
+        that EOS, the filled tail becomes masked again.
+
+        :return: ``[B]`` long commits per row this step.
+        """
+        running = ~self.finished
+        self.canvas = torch.where(decision.commit, decision.tokens, self.canvas)
+        self.masked = self.masked & ~decision.commit
+        if decision.revoke is not None:
+            self.canvas = torch.where(decision.revoke, self.mask_token_id, self.canvas)
+            self.masked = self.masked | decision.revoke
+        tail = self.columns > self.first_eos()[:, None]
+        if decision.revoke is not None:
+            reopen = self.filled & ~tail
+            self.canvas = torch.where(reopen, self.mask_token_id, self.canvas)
+            self.masked = self.masked | reopen
+        self.canvas = torch.where(tail, self.fill_token_id, self.canvas)
+        self.masked = self.masked & ~tail
+        self.filled = tail
+        commits = decision.commit.sum(-1) * running
+        self.commits.append(commits)
+        self.nfe += running
+        self.step += 1
+        self.finished = ~self.masked.any(-1)
+        self.finish_step = torch.where(self.finished & (self.finish_step < 0), self.step, self.finish_step)
+        return commits
+
+    def generated(self, row: int) -> list[int]:
+        """Row ``row``'s generated ids up to and including its first EOS (all of them if none)."""
+        ids = self.canvas[row, self.gen_start :].tolist()
+        eos = set(self.eos_token_ids.tolist())
+        for index, token in enumerate(ids):
+            if token in eos:
+                return ids[: index + 1]
+        return ids
+
+
+#: A factory building a strategy plugin object from its validated config and the build context.
+StrategyFactory = Callable[[Any, Any], object]

@@ -1,0 +1,108 @@
+"""Proposal strategies: a candidate token per eligible position.
+
+* ``greedy``: the argmax of the model distribution.
+* ``sample(temperature, top_k, top_p)``: a Gumbel-max sample of the tempered, filtered distribution, drawn in
+  float64 (low-precision Gumbel-max is biased, arXiv 2409.02908) from each row's own generator. The noise is
+  kept on the proposal so a verifier can couple another distribution to the same draw (APD).
+
+Confidence is the probability of the proposed token under the *untempered* distribution, as in LLaDA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from dlm_decode.errors import check_field
+from dlm_decode.hookspecs import hookimpl
+from dlm_decode.state import DecodeState, ForwardOutput, Proposal, Window
+
+
+@dataclass
+class GreedyConfig:
+    """``greedy`` has no parameters."""
+
+
+@dataclass
+class SampleConfig:
+    temperature: float = 1.0
+    """Divides the logits; 0 means argmax (then ``greedy`` is the clearer name)."""
+    top_k: Optional[int] = None
+    """Keep only the k most likely tokens (null: all)."""
+    top_p: Optional[float] = None
+    """Keep the smallest set of most likely tokens whose probability reaches top_p (null: all)."""
+
+    def __post_init__(self) -> None:
+        check_field(self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature}")
+        check_field(self.top_k is None or self.top_k >= 1, "top_k", f"must be >= 1 or null, got {self.top_k}")
+        check_field(self.top_p is None or 0 < self.top_p <= 1, "top_p",
+                    f"must be in (0, 1] or null, got {self.top_p}")
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """Set the logits outside the top-k / top-p set to ``-inf``.
+
+    :param logits: ``[K, V]``, already divided by the temperature.
+    :return: ``[K, V]``; the most likely token always survives.
+    """
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def gumbel_noise(state: DecodeState, counts: list[int], vocab: int, device: torch.device) -> torch.Tensor:
+    """Standard Gumbel noise ``[sum(counts), V]`` float64, ``counts[b]`` rows drawn from row ``b``'s generator."""
+    parts = [
+        -torch.empty((count, vocab), dtype=torch.float64, device=device).exponential_(generator=generator).log()
+        for count, generator in zip(counts, state.generators)
+        if count
+    ]
+    return torch.cat(parts)
+
+
+class TokenProposal:
+    """Propose ``argmax`` (temperature 0) or a Gumbel-max sample of ``softmax(filter(logits / T))``."""
+
+    def __init__(self, temperature: float, top_k: int | None = None, top_p: float | None = None, scorer=None):
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        self.scorer = scorer
+
+    @hookimpl
+    def dlm_propose(self, state: DecodeState, forward: ForwardOutput, window: Window) -> Proposal:
+        rows, cols = window.eligible.nonzero(as_tuple=True)
+        logits = forward.at(rows, cols)
+        noise = None
+        if self.temperature == 0:
+            confidence, tokens = self.scorer.max_prob(logits)
+        else:
+            counts = window.eligible.sum(-1).tolist()
+            noise = gumbel_noise(state, counts, logits.shape[-1], logits.device)
+            filtered = filter_logits(logits.float() / self.temperature, self.top_k, self.top_p)
+            tokens = self.scorer.gumbel_argmax(filtered, noise, 1.0)
+            confidence = self.scorer.token_prob(logits, tokens)
+        proposed = state.canvas.clone()
+        proposed[rows, cols] = tokens
+        scores = torch.zeros(state.canvas.shape, dtype=torch.float32, device=logits.device)
+        scores[rows, cols] = confidence
+        return Proposal(
+            tokens=proposed, confidence=scores, rows=rows, cols=cols, logits=logits,
+            temperature=self.temperature, noise=noise, scorer=self.scorer,
+        )
+
+
+@hookimpl
+def dlm_register(registry) -> None:
+    registry.add("proposal", "greedy", GreedyConfig, lambda config, context: TokenProposal(0.0, scorer=context.scorer))
+    registry.add(
+        "proposal", "sample", SampleConfig,
+        lambda config, context: TokenProposal(config.temperature, config.top_k, config.top_p, scorer=context.scorer),
+    )

@@ -1,0 +1,128 @@
+"""Verification strategies that commit a per-row quota of the best-scored proposals.
+
+* ``topk(score, steps_per_block, tokens_per_step)``: LLaDA's low-confidence remasking. In each block a row
+  commits ``m // s + (j < m % s)`` tokens at its step ``j`` of the block, where ``m`` is the number of masks
+  in the block when the row entered it and ``s`` the steps per block: the linear schedule with the remainder
+  front-loaded (LLaDA's ``get_num_transfer_tokens``), computed per row. ``s`` is ``steps_per_block``, or
+  ``ceil(m / tokens_per_step)`` when that is null. Positions are ranked by ``score``: ``confidence`` (the
+  proposed token's probability), ``margin`` (top-1 minus top-2 probability), ``entropy`` (lowest first) or
+  ``random`` (uniform, from the row's generator).
+* ``left_to_right(k)``: commit the ``k`` leftmost eligible positions per row.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from dlm_decode.errors import check_field
+from dlm_decode.hookspecs import hookimpl
+from dlm_decode.state import Decision, DecodeState, ForwardOutput, Proposal, Window
+
+
+class Score(enum.Enum):
+    confidence = "confidence"
+    margin = "margin"
+    entropy = "entropy"
+    random = "random"
+
+
+@dataclass
+class TopKConfig:
+    score: Score = Score.confidence
+    """How eligible positions are ranked: confidence, margin, entropy or random."""
+    steps_per_block: Optional[int] = None
+    """Steps to fill a block (LLaDA's ``steps / num_blocks``); null: derive it from tokens_per_step."""
+    tokens_per_step: int = 1
+    """Tokens per step when steps_per_block is null (1: one token per step)."""
+
+    def __post_init__(self) -> None:
+        check_field(self.steps_per_block is None or self.steps_per_block >= 1, "steps_per_block",
+                    f"must be >= 1 or null, got {self.steps_per_block}")
+        check_field(self.tokens_per_step >= 1, "tokens_per_step", f"must be >= 1, got {self.tokens_per_step}")
+        check_field(self.steps_per_block is None or self.tokens_per_step == 1, "tokens_per_step",
+                    "is ignored when steps_per_block is set", "set only one of steps_per_block and tokens_per_step")
+
+
+@dataclass
+class LeftToRightConfig:
+    k: int = 1
+    """Tokens committed per step, leftmost first."""
+
+    def __post_init__(self) -> None:
+        check_field(self.k >= 1, "k", f"must be >= 1, got {self.k}")
+
+
+def select_top(scores: torch.Tensor, eligible: torch.Tensor, quota: torch.Tensor) -> torch.Tensor:
+    """Per row, the ``quota[b]`` eligible positions with the highest ``scores`` (ties: leftmost first).
+
+    :param scores: ``[B, N]`` float; :param eligible: ``[B, N]`` bool; :param quota: ``[B]`` long.
+    :return: ``[B, N]`` bool.
+    """
+    ranked = scores.masked_fill(~eligible, float("-inf"))
+    order = ranked.argsort(dim=-1, descending=True, stable=True)
+    ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
+    return (ranks < quota[:, None]) & eligible
+
+
+class TopK:
+    """LLaDA-style per-block linear schedule over a chosen score (see the module docstring)."""
+
+    def __init__(self, config: TopKConfig):
+        self.score = config.score
+        self.steps_per_block = config.steps_per_block
+        self.tokens_per_step = config.tokens_per_step
+
+    def quota(self, state: DecodeState, window: Window) -> torch.Tensor:
+        """``[B]`` long tokens each row commits this step."""
+        memory = state.scratch.get("topk")
+        entered = window.block_start if memory is None else memory["block_start"]
+        new_block = torch.ones_like(state.finished) if memory is None else window.block_start != entered
+        masks = window.eligible.sum(-1)
+        size = masks if memory is None else torch.where(new_block, masks, memory["size"])
+        step = torch.zeros_like(size) if memory is None else torch.where(new_block, 0, memory["step"])
+        if self.steps_per_block is None:
+            steps = (size + self.tokens_per_step - 1).div(self.tokens_per_step, rounding_mode="floor").clamp(min=1)
+        else:
+            steps = torch.full_like(size, self.steps_per_block)
+        quota = size.div(steps, rounding_mode="floor") + (step < size.remainder(steps)).long()
+        state.scratch["topk"] = {"block_start": window.block_start, "size": size, "step": step + 1}
+        return quota.clamp(min=1)
+
+    def scores(self, state: DecodeState, proposal: Proposal) -> torch.Tensor:
+        if self.score is Score.confidence:
+            return proposal.confidence
+        if self.score is Score.margin:
+            return proposal.margin
+        if self.score is Score.entropy:
+            return -proposal.entropy
+        return torch.stack([
+            torch.rand(state.width, generator=generator, device=state.canvas.device) for generator in state.generators
+        ])
+
+    @hookimpl
+    def dlm_verify(self, state: DecodeState, proposal: Proposal, window: Window) -> Decision:
+        commit = select_top(self.scores(state, proposal), window.eligible, self.quota(state, window))
+        return Decision(commit=commit, tokens=proposal.tokens)
+
+
+class LeftToRight:
+    """Commit the ``k`` leftmost eligible positions of every row."""
+
+    def __init__(self, config: LeftToRightConfig):
+        self.k = config.k
+
+    @hookimpl
+    def dlm_verify(self, state: DecodeState, proposal: Proposal, window: Window) -> Decision:
+        leftmost_first = -state.columns.float().expand(state.batch_size, -1)
+        quota = torch.full((state.batch_size,), self.k, device=state.canvas.device)
+        return Decision(commit=select_top(leftmost_first, window.eligible, quota), tokens=proposal.tokens)
+
+
+@hookimpl
+def dlm_register(registry) -> None:
+    registry.add("verification", "topk", TopKConfig, lambda config, context: TopK(config))
+    registry.add("verification", "left_to_right", LeftToRightConfig, lambda config, context: LeftToRight(config))

@@ -1,0 +1,196 @@
+"""Property tests of the denoising core: progress, immutability, termination, schedules, invariance, sampling."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dlm_decode.models.attention import bidirectional_mask, position_ids_from_mask
+from dlm_decode.ops import Scorer
+from dlm_decode.state import ModelInputs
+from dlm_decode.testing.toy import ToyDiffusionLM
+
+from helpers import StepRecorder, toy_decoder
+
+prompts_st = st.lists(st.text(alphabet="abcdefgh", min_size=1, max_size=9), min_size=1, max_size=5)
+windows_st = st.one_of(st.just(["decoder.window=full"]),
+                       st.integers(1, 9).map(lambda n: ["decoder.window=blocks", f"decoder.window.size={n}"]))
+proposals_st = st.one_of(
+    st.just(["decoder.proposal=greedy"]),
+    st.tuples(st.floats(0.2, 2.0), st.sampled_from([None, 3]), st.sampled_from([None, 0.8])).map(
+        lambda t: ["decoder.proposal=sample", f"decoder.proposal.temperature={t[0]}",
+                   f"decoder.proposal.top_k={'null' if t[1] is None else t[1]}",
+                   f"decoder.proposal.top_p={'null' if t[2] is None else t[2]}"]),
+)
+verifications_st = st.one_of(
+    st.tuples(st.sampled_from(["confidence", "margin", "entropy", "random"]), st.integers(1, 5)).map(
+        lambda t: ["decoder.verification=topk", f"decoder.verification.score={t[0]}",
+                   f"decoder.verification.tokens_per_step={t[1]}"]),
+    st.integers(1, 4).map(lambda k: ["decoder.verification=left_to_right", f"decoder.verification.k={k}"]),
+)
+
+
+@given(prompts=prompts_st, window=windows_st, proposal=proposals_st, verification=verifications_st,
+       max_new=st.integers(1, 14), eos_bias=st.sampled_from([float("-inf"), 0.0, 2.0]), batch=st.integers(1, 4))
+def test_every_step_progresses_prompt_is_immutable_and_nothing_stays_masked(
+    prompts, window, proposal, verification, max_new, eos_bias, batch
+):
+    recorder = StepRecorder()
+    decoder = toy_decoder(*window, *proposal, *verification, f"generation.max_new_tokens={max_new}",
+                          f"generation.batch_size={batch}", model=ToyDiffusionLM(eos_bias=eos_bias),
+                          observers=[recorder])
+    out = decoder.generate(prompts)
+    assert len(recorder.runs) == math.ceil(len(prompts) / batch)
+    finals = []
+    for run in recorder.runs:
+        start = run.gen_start
+        for step in run.steps:
+            assert bool((step.commit.sum(-1)[~step.finished_before] >= 1).all()), "an unfinished row stalled"
+            assert torch.equal(step.canvas[:, :start], run.initial[:, :start]), "a prompt or pad token changed"
+        last = run.steps[-1]
+        assert not bool(last.masked.any()), "a mask survived decoding"
+        assert not bool((last.canvas[:, start:] == ToyDiffusionLM.mask_token_id).any())
+        finals += [row[start:].tolist() for row in last.canvas]
+    for generated, ids, stats in zip(finals, out.token_ids, out.stats):
+        assert generated[: len(ids)] == ids
+        assert all(t == ToyDiffusionLM.fill_token_id for t in generated[len(ids):]), "tail after EOS not filled"
+        assert stats.generated_tokens == len(ids) and stats.nfe == stats.steps >= 1
+
+
+def llada_schedule(masks: int, steps: int) -> list[int]:
+    """LLaDA's get_num_transfer_tokens for one row: the remainder goes to the first steps."""
+    return [masks // steps + (1 if j < masks % steps else 0) for j in range(steps)]
+
+
+@given(prompts=prompts_st, block=st.integers(1, 8), max_new=st.integers(1, 20),
+       rule=st.one_of(st.integers(1, 5).map(lambda k: ("tokens_per_step", k)),
+                      st.integers(1, 6).map(lambda s: ("steps_per_block", s))))
+def test_topk_commits_follow_the_llada_schedule_per_row(prompts, block, max_new, rule):
+    key, value = rule
+    decoder = toy_decoder("decoder.window=blocks", f"decoder.window.size={block}",
+                          f"decoder.verification.{key}={value}", f"generation.max_new_tokens={max_new}",
+                          model=ToyDiffusionLM(eos_bias=float("-inf")))
+    out = decoder.generate(prompts)
+    expected = []
+    for first in range(0, max_new, block):
+        masks = min(block, max_new - first)
+        steps = math.ceil(masks / value) if key == "tokens_per_step" else value
+        expected += [k for k in llada_schedule(masks, steps) if k > 0]
+    for stats in out.stats:
+        assert stats.commits_per_step == expected
+
+
+def test_topk_single_block_counts_match_llada_with_steps_not_dividing_masks():
+    decoder = toy_decoder("decoder.verification.steps_per_block=3", "generation.max_new_tokens=10",
+                          model=ToyDiffusionLM(eos_bias=float("-inf")))
+    assert decoder.generate(["abc", "a"]).stats[0].commits_per_step == [4, 3, 3]
+
+
+def tiny_forward_logits(model, rows: list[list[int]], width: int) -> torch.Tensor:
+    canvas = torch.zeros(len(rows), width, dtype=torch.long)
+    attention = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, ids in enumerate(rows):
+        canvas[i, width - len(ids):] = torch.tensor(ids)
+        attention[i, width - len(ids):] = True
+    inputs = ModelInputs(canvas, position_ids_from_mask(attention), bidirectional_mask(attention), 0, width)
+    return model.forward(inputs)
+
+
+#: Logit tolerance between a row decoded alone and the same row left-padded in a batch (fp32 CPU SDPA).
+BATCH_LOGIT_TOLERANCE = 1e-4
+
+
+@given(lengths=st.lists(st.integers(1, 12), min_size=2, max_size=5), seed=st.integers(0, 1000))
+def test_padding_does_not_change_a_rows_logits_beyond_tolerance(make_decoder, lengths, seed):
+    decoder = make_decoder()
+    generator = torch.Generator().manual_seed(seed)
+    rows = [torch.randint(4, 100, (n,), generator=generator).tolist() for n in lengths]
+    width = max(lengths)
+    batch = tiny_forward_logits(decoder.dllm, rows, width)
+    for i, ids in enumerate(rows):
+        alone = tiny_forward_logits(decoder.dllm, [ids], len(ids))[0]
+        assert (batch[i, width - len(ids):] - alone).abs().max() <= BATCH_LOGIT_TOLERANCE
+
+
+PROMPTS = ["sort: 3 1 2", "hi", "reverse: abcdef", "7+5=", "pick a fruit please"]
+
+
+@pytest.mark.parametrize("overrides", [
+    ["decoder.window=blocks", "decoder.window.size=4"],
+    ["decoder.verification.tokens_per_step=3"],
+    ["decoder.verification=left_to_right", "decoder.verification.k=2"],
+])
+def test_batch_invariance_at_temperature_zero(make_decoder, overrides):
+    """A row's tokens do not depend on the other rows. Near-ties (top-2 gap under BATCH_LOGIT_TOLERANCE) could
+    flip legitimately; the fixed prompts and model here have none, so tokens must match exactly."""
+    decoder = make_decoder(*overrides, "generation.max_new_tokens=12")
+    together = decoder.generate(PROMPTS, batch_size=len(PROMPTS)).token_ids
+    alone = [decoder.generate([p], batch_size=1).token_ids[0] for p in PROMPTS]
+    assert together == alone
+
+
+@given(prompts=prompts_st, seed=st.integers(0, 10_000), temperature=st.floats(0.5, 2.0))
+def test_sampling_is_seed_deterministic_and_independent_of_batch_composition(prompts, seed, temperature):
+    overrides = ["decoder.proposal=sample", f"decoder.proposal.temperature={temperature}",
+                 f"generation.seed={seed}", "generation.max_new_tokens=8"]
+    decoder = toy_decoder(*overrides, model=ToyDiffusionLM(sharpness=1.0))
+    first = decoder.generate(prompts).token_ids
+    assert decoder.generate(prompts).token_ids == first
+    seeds = [seed + i for i in range(len(prompts))]
+    alone = [decoder.generate([p], seeds=[s]).token_ids[0] for p, s in zip(prompts, seeds)]
+    assert alone == first
+
+
+def test_different_seeds_give_different_samples():
+    overrides = ["decoder.proposal=sample", "generation.max_new_tokens=16", "decoder.window=blocks",
+                 "decoder.window.size=4"]
+    model = ToyDiffusionLM(sharpness=0.5, eos_bias=float("-inf"))
+    outputs = {tuple(toy_decoder(*overrides, f"generation.seed={s}", model=model).generate(["abc"]).token_ids[0])
+               for s in range(6)}
+    assert len(outputs) > 1
+
+
+#: Samples per distribution; the frequency of each token must lie within 5 standard errors (+1e-3) of softmax.
+GUMBEL_SAMPLES = 100_000
+
+
+@given(logits=st.lists(st.floats(-4, 4), min_size=2, max_size=7), temperature=st.floats(0.3, 2.0),
+       seed=st.integers(0, 2**31))
+def test_gumbel_max_frequencies_match_tempered_softmax(logits, temperature, seed):
+    scorer = Scorer()
+    row = torch.tensor(logits, dtype=torch.float32)
+    gumbel = -torch.empty(GUMBEL_SAMPLES, len(logits), dtype=torch.float64).exponential_(
+        generator=torch.Generator().manual_seed(seed)).log()
+    tokens = scorer.gumbel_argmax(row.expand(GUMBEL_SAMPLES, -1), gumbel, temperature)
+    freq = torch.bincount(tokens, minlength=len(logits)).double() / GUMBEL_SAMPLES
+    target = torch.softmax(row.double() / temperature, -1)
+    tolerance = 5 * (target * (1 - target) / GUMBEL_SAMPLES).sqrt() + 1e-3
+    assert bool(((freq - target).abs() <= tolerance).all()), (freq, target)
+
+
+def test_sample_proposal_matches_softmax_and_respects_top_k():
+    """Through the real proposal plugin: frequencies of the first committed token over many seeds."""
+    model = ToyDiffusionLM(vocab_size=8, sharpness=1.0, eos_bias=float("-inf"))
+    decoder = toy_decoder("decoder.proposal=sample", "decoder.proposal.temperature=1.0", "decoder.proposal.top_k=3",
+                          "decoder.verification=left_to_right", "generation.max_new_tokens=1", model=model)
+    n = 4000
+    out = decoder.generate(["ab"] * n, seeds=list(range(n)), batch_size=n)
+    tokens = torch.tensor([ids[0] for ids in out.token_ids])
+    state_ids = model.encode(["ab"])[0]
+    width = len(state_ids) + 1
+    canvas = torch.tensor([state_ids + [model.mask_token_id]])
+    attention = torch.ones(1, width, dtype=torch.bool)
+    logits = model.forward(ModelInputs(canvas, position_ids_from_mask(attention), bidirectional_mask(attention),
+                                       0, width))[0, -1]
+    logits[model.mask_token_id] = float("-inf")
+    top3 = logits.topk(3).indices
+    assert set(tokens.unique().tolist()) <= set(top3.tolist())
+    kept = torch.full_like(logits, float("-inf"))
+    kept[top3] = logits[top3]
+    target = torch.softmax(kept.double(), -1)
+    freq = torch.bincount(tokens, minlength=model.vocab_size).double() / n
+    assert bool(((freq - target).abs() <= 5 * (target * (1 - target) / n).sqrt() + 1e-3).all()), (freq, target)
