@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="decode prompts with a composed decoder config")
     _add_config_arguments(generate)
     generate.add_argument("--prompt", action="append", help="a prompt; repeat for several")
-    generate.add_argument("--prompts-file", help="a file with one prompt per line")
+    generate.add_argument("--prompts-file", help="a file with one prompt per line (decoded after the --prompt values)")
     generate.add_argument("--json", action="store_true", help="print one JSON object per prompt")
     generate.set_defaults(handler=cmd_generate)
 

@@ -66,18 +66,22 @@ class Roles:
         return result
 
 
-def check_decision(state: DecodeState, window: Window, decision: Decision, plugin: str) -> None:
-    """Raise :class:`PluginError` when ``decision`` breaks a core rule (one host sync)."""
+def check_step(state: DecodeState, logits: torch.Tensor, window: Window, decision: Decision, plugin: str) -> None:
+    """Raise when the logits hold NaN or ``decision`` breaks a core rule (one host sync for all checks)."""
     commit, revoke = decision.commit, decision.revoke
     running = ~state.finished
     flags = [
+        torch.isnan(logits).any(),
         (commit & ~window.eligible).any(),
         (running & ~commit.any(-1)).any(),
     ]
     if revoke is not None:
         generated = state.columns >= state.gen_start
         flags.append((revoke & ~(generated & ~state.masked)).any())
-    off_window, stalled, *bad_revoke = torch.stack(flags).tolist()
+    has_nan, off_window, stalled, *bad_revoke = torch.stack(flags).tolist()
+    if has_nan:
+        raise DecodeError(f"the dLLM returned NaN logits at step {state.step}. fix: use float32 or bfloat16 "
+                          "instead of float16, and check the checkpoint and the attention mask")
     if off_window:
         raise PluginError(plugin, "dlm_verify", "committed a position the window did not make eligible "
                           "(a prompt, padding, already decided or out-of-window position)",
@@ -110,15 +114,12 @@ def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> I
         plan = roles.call("cache", "dlm_cache", state=state, window=window)
         inputs = roles.call("inputs", "dlm_model_inputs", state=state, window=window, plan=plan)
         logits = model.forward(inputs)
-        if bool(torch.isnan(logits).any()):
-            raise DecodeError(f"the dLLM returned NaN logits at step {state.step}. fix: use float32 or bfloat16 "
-                              "instead of float16, and check the checkpoint and the attention mask")
         logits[..., state.mask_token_id] = float("-inf")  # the mask token is never a candidate
         forward = ForwardOutput(logits=logits, inputs=inputs)
         proposal = roles.call("proposal", "dlm_propose", state=state, forward=forward, window=window)
         decision = roles.call("verification", "dlm_verify", state=state, forward=forward, proposal=proposal,
                               window=window)
-        check_decision(state, window, decision, verifier)
+        check_step(state, logits, window, decision, verifier)
         state.apply(decision)
         roles.hook.dlm_step_end(state=state, decision=decision)
         yield decision

@@ -242,11 +242,18 @@ class DecodeState:
 
         return bidirectional_mask(self.attention_mask)
 
-    def first_eos(self) -> torch.Tensor:
-        """``[B]`` long, column of each row's first committed generated EOS (``N`` when there is none)."""
-        gen = self.columns >= self.gen_start
-        is_eos = torch.isin(self.canvas, self.eos_token_ids) & gen & ~self.masked & ~self.filled
-        return torch.where(is_eos.any(-1), is_eos.int().argmax(-1), self.width)
+    def is_eos(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Elementwise ``tokens in eos_token_ids`` (same shape, bool)."""
+        if self.eos_token_ids.numel() == 1:
+            return tokens == self.eos_token_ids[0]
+        return torch.isin(tokens, self.eos_token_ids)
+
+    def after_first_eos(self) -> torch.Tensor:
+        """``[B, N]`` bool, generated columns strictly after each row's first committed EOS (fills excluded)."""
+        eos = self.is_eos(self.canvas) & ~self.masked & ~self.filled
+        eos[:, : self.gen_start] = False
+        seen = eos.cummax(dim=-1).values
+        return torch.nn.functional.pad(seen[:, :-1], (1, 0))
 
     def apply(self, decision: Decision) -> torch.Tensor:
         """Write a (checked) decision into the canvas and settle EOS and termination.
@@ -262,7 +269,7 @@ class DecodeState:
         if decision.revoke is not None:
             self.canvas = torch.where(decision.revoke, self.mask_token_id, self.canvas)
             self.masked = self.masked | decision.revoke
-        tail = self.columns > self.first_eos()[:, None]
+        tail = self.after_first_eos()
         if decision.revoke is not None:
             reopen = self.filled & ~tail
             self.canvas = torch.where(reopen, self.mask_token_id, self.canvas)

@@ -56,13 +56,17 @@ class LeftToRightConfig:
         check_field(self.k >= 1, "k", f"must be >= 1, got {self.k}")
 
 
-def select_top(scores: torch.Tensor, eligible: torch.Tensor, quota: torch.Tensor) -> torch.Tensor:
+def select_top(scores: torch.Tensor, eligible: torch.Tensor, quota: torch.Tensor | None) -> torch.Tensor:
     """Per row, the ``quota[b]`` eligible positions with the highest ``scores`` (ties: leftmost first).
 
-    :param scores: ``[B, N]`` float; :param eligible: ``[B, N]`` bool; :param quota: ``[B]`` long.
+    :param scores: ``[B, N]`` float; :param eligible: ``[B, N]`` bool.
+    :param quota: ``[B]`` long, or None for one position per row (the argmax, without a sort).
     :return: ``[B, N]`` bool.
     """
     ranked = scores.masked_fill(~eligible, float("-inf"))
+    if quota is None:
+        best = torch.zeros_like(eligible).scatter_(-1, ranked.argmax(-1, keepdim=True), True)
+        return best & eligible
     order = ranked.argsort(dim=-1, descending=True, stable=True)
     ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
     return (ranks < quota[:, None]) & eligible
@@ -76,8 +80,10 @@ class TopK:
         self.steps_per_block = config.steps_per_block
         self.tokens_per_step = config.tokens_per_step
 
-    def quota(self, state: DecodeState, window: Window) -> torch.Tensor:
-        """``[B]`` long tokens each row commits this step."""
+    def quota(self, state: DecodeState, window: Window) -> torch.Tensor | None:
+        """``[B]`` long tokens each row commits this step (None: one per row, the schedule needs no state)."""
+        if self.steps_per_block is None and self.tokens_per_step == 1:
+            return None
         memory = state.scratch.get("topk")
         entered = window.block_start if memory is None else memory["block_start"]
         new_block = torch.ones_like(state.finished) if memory is None else window.block_start != entered
@@ -118,7 +124,7 @@ class LeftToRight:
     @hookimpl
     def dlm_verify(self, state: DecodeState, proposal: Proposal, window: Window) -> Decision:
         leftmost_first = -state.columns.float().expand(state.batch_size, -1)
-        quota = torch.full((state.batch_size,), self.k, device=state.canvas.device)
+        quota = None if self.k == 1 else torch.full((state.batch_size,), self.k, device=state.canvas.device)
         return Decision(commit=select_top(leftmost_first, window.eligible, quota), tokens=proposal.tokens)
 
 

@@ -1,0 +1,46 @@
+"""The public Decoder API: streaming, statistics, wrappers and observers."""
+
+from __future__ import annotations
+
+from dlm_decode.timing import HookTimer
+from dlm_decode.testing.toy import ToyDiffusionLM
+
+from helpers import toy_decoder
+
+
+def test_stream_yields_the_final_text_in_order():
+    for overrides in (["decoder.verification=left_to_right"], ["decoder.window=blocks", "decoder.window.size=3"]):
+        decoder = toy_decoder(*overrides, "generation.max_new_tokens=12")
+        pieces = list(decoder.stream("abcd"))
+        assert "".join(pieces) == decoder.generate(["abcd"]).texts[0]
+        assert all(pieces)
+
+
+def test_stream_grows_one_token_per_step_left_to_right():
+    decoder = toy_decoder("decoder.verification=left_to_right", "generation.max_new_tokens=6",
+                          model=ToyDiffusionLM(eos_bias=float("-inf")))
+    pieces = list(decoder.stream("ab"))
+    text = decoder.generate(["ab"]).texts[0]
+    assert [len(p) for p in pieces] == [1] * len(text) and "".join(pieces) == text and len(text) >= 1
+
+
+def test_wrapper_plugin_sees_every_role_call_once_per_step():
+    timer = HookTimer()
+    decoder = toy_decoder("generation.max_new_tokens=7", model=ToyDiffusionLM(eos_bias=float("-inf")),
+                          observers=[timer])
+    out = decoder.generate(["ab", "abcdef"])
+    for hook in ("dlm_window", "dlm_cache", "dlm_model_inputs", "dlm_propose", "dlm_verify"):
+        assert timer.calls[hook] == 7 and timer.seconds[hook] > 0
+    assert [s.steps for s in out.stats] == [7, 7]
+
+
+def test_stats_are_consistent_per_row():
+    decoder = toy_decoder("decoder.verification.tokens_per_step=3", "generation.max_new_tokens=9",
+                          "generation.batch_size=2", model=ToyDiffusionLM(eos_bias=1.0))
+    out = decoder.generate(["a", "bb", "ccc"])
+    assert len(out.texts) == len(out.token_ids) == len(out.stats) == 3
+    for ids, stats in zip(out.token_ids, out.stats):
+        assert stats.generated_tokens == len(ids)
+        assert stats.steps == stats.nfe == len(stats.commits_per_step)
+        assert sum(stats.commits_per_step) >= len(ids) and all(c >= 1 for c in stats.commits_per_step)
+        assert stats.wall_s > 0 and stats.ar_forwards == 0

@@ -1,0 +1,198 @@
+"""Bad configs, bad inputs and misbehaving plugins fail with messages naming the key or plugin and the fix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from dlm_decode import ConfigError, DecodeError, InputError, ModelError, PluginError, load_config
+from dlm_decode.decoder import Decoder
+from dlm_decode.hookspecs import hookimpl
+from dlm_decode.plugins import StrategyRegistry, discovery_manager
+from dlm_decode.state import Decision
+from dlm_decode.testing.toy import ToyDiffusionLM
+
+from helpers import toy_decoder
+
+
+@pytest.mark.parametrize(("overrides", "key", "hint"), [
+    (["decoder.verification=bogus"], "decoder.verification.name", "left_to_right, topk"),
+    (["generation.max_new_tokens=abc"], "generation.max_new_tokens", "type"),
+    (["generation.max_new_tokens=0"], "generation.max_new_tokens", "at least 1"),
+    (["generation.max_new_tokens=-5"], "generation.max_new_tokens", "at least 1"),
+    (["generation.max_new_tokns=5"], "generation.max_new_tokns", "valid keys: max_new_tokens"),
+    (["decoder.verification.score=best"], "decoder.verification.score", "confidence"),
+    (["decoder.proposal=sample", "decoder.proposal.top_p=1.5"], "decoder.proposal.top_p", "(0, 1]"),
+    (["decoder.proposal.temperature=0.5"], "decoder.proposal.temperature", "takes no parameters"),
+    (["decoder.window=blocks", "decoder.window.size=0"], "decoder.window.size", "at least 1"),
+    (["decoder.verifier=topk"], "decoder.verifier", "the roles are"),
+    (["model.dllm.dtype=int4"], "model.dllm.dtype", "float32"),
+    (["modle.dllm.path=x"], "modle", "top-level keys"),
+    (["generation.max_new_tokens"], "generation.max_new_tokens", "key=value"),
+    (["decoder.verification.tokens_per_step=2", "decoder.verification.steps_per_block=4"],
+     "decoder.verification.tokens_per_step", "only one"),
+])
+def test_bad_configs_name_the_key_and_the_fix(overrides, key, hint):
+    with pytest.raises(ConfigError) as info:
+        load_config({}, overrides)
+    message = str(info.value)
+    assert f"`{key}`" in message and hint in message
+    assert info.value.key == key
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="(?s)no config file at .*nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_yaml_that_is_not_a_mapping_is_rejected(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="(?s)mapping at the top level"):
+        load_config(path)
+
+
+def test_empty_prompt_is_rejected():
+    with pytest.raises(InputError, match="(?s)prompt 1 is empty.*fix"):
+        toy_decoder().generate(["abc", "  "])
+
+
+def test_prompt_longer_than_the_context_is_rejected():
+    decoder = toy_decoder("generation.max_new_tokens=8", model=ToyDiffusionLM(max_context=16))
+    with pytest.raises(InputError, match=r"(?s)prompt 0 has 11 tokens.*max_new_tokens=8.*19 > .*context of 16.*fix"):
+        decoder.generate(["abcdefghij"])
+
+
+def test_non_positive_max_new_tokens_argument_is_rejected():
+    with pytest.raises(InputError, match="(?s)max_new_tokens must be at least 1"):
+        toy_decoder().generate(["abc"], max_new_tokens=-1)
+
+
+def test_seed_count_must_match_prompts():
+    with pytest.raises(InputError, match="(?s)2 seeds for 1 prompts"):
+        toy_decoder().generate(["abc"], seeds=[1, 2])
+
+
+def test_unknown_local_model_path_is_named():
+    with pytest.raises(ModelError, match="(?s)model.dllm.path.*no-such-dir"):
+        Decoder.from_config({}, ["model.dllm.path=no-such-dir"])
+
+
+@dataclass
+class _NoParams:
+    pass
+
+
+class _Raising:
+    @hookimpl
+    def dlm_verify(self, proposal):
+        raise ValueError("boom")
+
+
+class _CommitsNothing:
+    @hookimpl
+    def dlm_verify(self, proposal):
+        return Decision(commit=torch.zeros_like(proposal.tokens, dtype=torch.bool), tokens=proposal.tokens)
+
+
+class _CommitsPrompt:
+    @hookimpl
+    def dlm_verify(self, state, proposal, window):
+        commit = window.eligible.clone()
+        commit[:, 0] = True
+        return Decision(commit=commit, tokens=proposal.tokens)
+
+
+class _ReturnsNone:
+    @hookimpl
+    def dlm_verify(self, proposal):
+        return None
+
+
+class _WrongRole:
+    @hookimpl
+    def dlm_propose(self, state):
+        return None
+
+
+class _RevokesPrompt:
+    @hookimpl
+    def dlm_verify(self, state, proposal, window):
+        revoke = torch.zeros_like(window.eligible)
+        revoke[:, 0] = True
+        return Decision(commit=window.eligible, tokens=proposal.tokens, revoke=revoke)
+
+
+class _NaNModel(ToyDiffusionLM):
+    def forward(self, inputs):
+        return super().forward(inputs) * float("nan")
+
+
+def registry_with(plugin_cls) -> StrategyRegistry:
+    registry = StrategyRegistry()
+    registry.collect(discovery_manager())
+
+    class Module:
+        @staticmethod
+        @hookimpl
+        def dlm_register(registry):
+            registry.add("verification", "bad", _NoParams, lambda config, context: plugin_cls())
+
+    manager = discovery_manager()
+    manager.register(Module, name="tests.bad_plugin")
+    registry = StrategyRegistry()
+    registry.collect(manager)
+    return registry
+
+
+def bad_decoder(plugin_cls, model=None) -> Decoder:
+    registry = registry_with(plugin_cls)
+    config = load_config({}, ["decoder.verification=bad", "generation.max_new_tokens=4"], registry=registry)
+    return Decoder(config, dllm=model or ToyDiffusionLM(), registry=registry)
+
+
+@pytest.mark.parametrize(("plugin_cls", "pattern"), [
+    (_Raising, r"tests.bad_plugin \(verification strategy 'bad'\) in dlm_verify: raised ValueError: boom.*fix"),
+    (_CommitsNothing, r"tests.bad_plugin.*committed nothing for unfinished rows \[0, 1\].*never end.*fix"),
+    (_CommitsPrompt, r"tests.bad_plugin.*committed a position the window did not make eligible.*fix"),
+    (_ReturnsNone, r"tests.bad_plugin.*dlm_verify: returned None.*fix"),
+    (_RevokesPrompt, r"tests.bad_plugin.*revoked a position that is not a committed generated token.*fix"),
+])
+def test_misbehaving_plugins_are_named(plugin_cls, pattern):
+    with pytest.raises(PluginError, match="(?s)" + pattern):
+        bad_decoder(plugin_cls).generate(["ab", "cd"])
+
+
+def test_plugin_implementing_the_wrong_role_is_rejected_at_build_time():
+    with pytest.raises(PluginError, match=r"(?s)must implement exactly `dlm_verify`.*implements \['dlm_propose'\].*fix"):
+        bad_decoder(_WrongRole)
+
+
+def test_nan_logits_stop_decoding_with_a_fix():
+    decoder = toy_decoder(model=_NaNModel())
+    with pytest.raises(DecodeError, match="(?s)NaN logits at step 0.*fix"):
+        decoder.generate(["ab"])
+
+
+def test_duplicate_strategy_names_are_rejected():
+    registry = StrategyRegistry()
+
+    class Twice:
+        @staticmethod
+        @hookimpl
+        def dlm_register(registry):
+            registry.add("verification", "topk", _NoParams, lambda config, context: None)
+
+    manager = discovery_manager()
+    manager.register(Twice, name="tests.twice")
+    with pytest.raises(PluginError, match="(?s)'topk' is already registered by dlm_decode.strategies.verification"):
+        registry.collect(manager)
+
+
+def test_step_limit_stops_a_runaway_generation():
+    decoder = toy_decoder("generation.max_steps=2", "generation.max_new_tokens=6",
+                          model=ToyDiffusionLM(eos_bias=float("-inf")))
+    with pytest.raises(DecodeError, match="(?s)within 2 steps.*generation.max_steps"):
+        decoder.generate(["ab"])

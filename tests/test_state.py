@@ -1,0 +1,67 @@
+"""DecodeState: left padding, EOS tail fill, re-opening the tail when its EOS is revoked, counting."""
+
+from __future__ import annotations
+
+import torch
+
+from dlm_decode.state import Decision, DecodeState
+
+MASK, PAD, EOS, FILL = 3, 0, 2, 2
+
+
+def build(prompts=([5, 6, 7], [8]), max_new=5):
+    return DecodeState.build([list(p) for p in prompts], max_new_tokens=max_new, mask_token_id=MASK,
+                             pad_token_id=PAD, eos_token_ids=[EOS], fill_token_id=FILL, seeds=[0] * len(prompts))
+
+
+def decision(state, commits: dict[tuple[int, int], int], revoke=()):
+    commit = torch.zeros_like(state.masked)
+    tokens = state.canvas.clone()
+    for (row, col), token in commits.items():
+        commit[row, col] = True
+        tokens[row, col] = token
+    revoked = None
+    if revoke:
+        revoked = torch.zeros_like(state.masked)
+        for row, col in revoke:
+            revoked[row, col] = True
+    return Decision(commit=commit, tokens=tokens, revoke=revoked)
+
+
+def test_left_padding_masks_and_positions():
+    state = build()
+    assert state.gen_start == 3
+    assert state.canvas[1].tolist() == [PAD, PAD, 8, MASK, MASK, MASK, MASK, MASK]
+    assert state.attention_mask[1].tolist() == [False, False] + [True] * 6
+    assert state.position_ids[1].tolist() == [0, 0, 0, 1, 2, 3, 4, 5]
+    assert state.masked[0].tolist() == [False] * 3 + [True] * 5
+
+
+def test_eos_fills_the_tail_finishes_the_row_and_counts_up_to_eos():
+    state = build()
+    state.apply(decision(state, {(0, 3): 9, (0, 4): EOS, (1, 6): 11}))
+    assert state.canvas[0, 3:].tolist() == [9, EOS, FILL, FILL, FILL]
+    assert bool(state.finished[0]) and not bool(state.finished[1])
+    assert state.generated(0) == [9, EOS]
+    assert state.finish_step.tolist() == [1, -1]
+    state.apply(decision(state, {(1, 3): EOS}))
+    assert state.canvas[1, 3:].tolist() == [EOS, FILL, FILL, FILL, FILL], "committed tokens after EOS are cut"
+    assert state.generated(1) == [EOS]
+    assert state.nfe.tolist() == [1, 2]
+    assert [c.tolist() for c in state.commits] == [[2, 1], [0, 1]]
+
+
+def test_revoking_the_first_eos_reopens_the_filled_tail():
+    state = build(prompts=([5],), max_new=5)
+    state.apply(decision(state, {(0, 2): EOS, (0, 1): 9}))
+    assert bool(state.finished[0])
+    state.finished[0] = False
+    state.apply(decision(state, {}, revoke=[(0, 2)]))
+    assert state.canvas[0, 1:].tolist() == [9, MASK, MASK, MASK, MASK]
+    assert state.masked[0, 2:].all() and not bool(state.finished[0])
+
+
+def test_row_without_eos_generates_every_column():
+    state = build(prompts=([5],), max_new=2)
+    state.apply(decision(state, {(0, 1): 7, (0, 2): 8}))
+    assert state.generated(0) == [7, 8] and bool(state.finished[0])
