@@ -126,8 +126,8 @@ class _RevokesPrompt:
 
 
 class _NaNModel(ToyDiffusionLM):
-    def forward(self, inputs):
-        return super().forward(inputs) * float("nan")
+    def forward(self, inputs, cache=None):
+        return super().forward(inputs, cache) * float("nan")
 
 
 def registry_with(plugin_cls) -> StrategyRegistry:
@@ -195,4 +195,32 @@ def test_step_limit_stops_a_runaway_generation():
     decoder = toy_decoder("generation.max_steps=2", "generation.max_new_tokens=6",
                           model=ToyDiffusionLM(eos_bias=float("-inf")))
     with pytest.raises(DecodeError, match="(?s)within 2 steps.*generation.max_steps"):
+        decoder.generate(["ab"])
+
+
+class _GreedyWindow:
+    @hookimpl
+    def dlm_window(self, state):
+        from dlm_decode.state import Window
+
+        everything = torch.ones_like(state.masked)
+        start = torch.zeros(state.batch_size, dtype=torch.long)
+        return Window(eligible=everything, input_end=state.width, block_start=start, block_end=start + state.width)
+
+
+def test_window_that_makes_prompt_positions_eligible_is_named():
+    manager = discovery_manager()
+
+    class Module:
+        @staticmethod
+        @hookimpl
+        def dlm_register(registry):
+            registry.add("window", "everything", _NoParams, lambda config, context: _GreedyWindow())
+
+    manager.register(Module, name="tests.window_plugin")
+    registry = StrategyRegistry()
+    registry.collect(manager)
+    config = load_config({}, ["decoder.window=everything"], registry=registry)
+    decoder = Decoder(config, dllm=ToyDiffusionLM(), registry=registry)
+    with pytest.raises(PluginError, match=r"(?s)tests.window_plugin.*dlm_window: made a position eligible.*fix"):
         decoder.generate(["ab"])

@@ -43,7 +43,9 @@ def dlm_register(registry: StrategyRegistry) -> None:
     """Add strategies to the registry (called once per discovery manager, on every plugin module).
 
     :param registry: call ``registry.add(role, name, config_cls, factory)`` for each strategy the plugin
-        provides. ``factory(config)`` returns the plugin object implementing the role hook.
+        provides. ``factory(config, context)`` returns the plugin object implementing the role hook, given the
+        validated config dataclass and a :class:`~dlm_decode.decoder.BuildContext` (the loaded dLLM, the whole
+        config, the scoring backend).
     """
 
 
@@ -109,7 +111,8 @@ def dlm_verify(state: DecodeState, forward: ForwardOutput, proposal: Proposal, w
 
 @hookspec
 def dlm_generation_start(state: DecodeState) -> None:
-    """Called once per ``generate`` call after the canvas is built; reset per-generation plugin state here."""
+    """Called once per batch after its canvas is built, before the first step; per-batch plugin state belongs
+    in ``state.scratch``."""
 
 
 @hookspec
@@ -119,4 +122,4 @@ def dlm_step_end(state: DecodeState, decision: Decision) -> None:
 
 @hookspec
 def dlm_generation_end(state: DecodeState) -> None:
-    """Called once when every row has finished."""
+    """Called once per batch when every row has finished."""

@@ -25,9 +25,10 @@ class CoreInputs:
     @hookimpl(trylast=True)
     def dlm_model_inputs(self, state: DecodeState, window: Window, plan: ForwardPlan) -> ModelInputs:
         start, end = plan.start, plan.end
-        mask = state.full_attention[:, :, start:end, start:end]
+        keys = 0 if plan.cache is not None else start
+        mask = state.full_attention[:, :, start:end, keys:end]
         if window.visible is not None:
-            mask = mask & window.visible[:, None, None, start:end]
+            mask = mask & window.visible[:, None, None, keys:end]
         return ModelInputs(
             input_ids=state.canvas[:, start:end],
             position_ids=state.position_ids[:, start:end],
@@ -66,22 +67,27 @@ class Roles:
         return result
 
 
-def check_step(state: DecodeState, logits: torch.Tensor, window: Window, decision: Decision, plugin: str) -> None:
-    """Raise when the logits hold NaN or ``decision`` breaks a core rule (one host sync for all checks)."""
-    commit, revoke = decision.commit, decision.revoke
-    running = ~state.finished
-    flags = [
-        torch.isnan(logits).any(),
-        (commit & ~window.eligible).any(),
-        (running & ~commit.any(-1)).any(),
-    ]
-    if revoke is not None:
-        generated = state.columns >= state.gen_start
-        flags.append((revoke & ~(generated & ~state.masked)).any())
-    has_nan, off_window, stalled, *bad_revoke = torch.stack(flags).tolist()
+def check_window(state: DecodeState, window: Window, logits: torch.Tensor, plugin: str) -> None:
+    """Raise when the window made a decided position eligible or the logits hold NaN (one host sync)."""
+    bad_window, has_nan = torch.stack([(window.eligible & ~state.masked).any(), torch.isnan(logits).any()]).tolist()
+    if bad_window:
+        raise PluginError(plugin, "dlm_window", "made a position eligible that is not a masked generated position "
+                          "(a prompt, padding or already decided column)",
+                          "derive `eligible` from `state.masked`")
     if has_nan:
         raise DecodeError(f"the dLLM returned NaN logits at step {state.step}. fix: use float32 or bfloat16 "
                           "instead of float16, and check the checkpoint and the attention mask")
+
+
+def check_decision(state: DecodeState, window: Window, decision: Decision, plugin: str) -> None:
+    """Raise when ``decision`` breaks a core rule (one host sync for all checks)."""
+    commit, revoke = decision.commit, decision.revoke
+    running = ~state.finished
+    flags = [(commit & ~window.eligible).any(), (running & ~commit.any(-1)).any()]
+    if revoke is not None:
+        generated = state.columns >= state.gen_start
+        flags.append((revoke & ~(generated & ~state.masked)).any())
+    off_window, stalled, *bad_revoke = torch.stack(flags).tolist()
     if off_window:
         raise PluginError(plugin, "dlm_verify", "committed a position the window did not make eligible "
                           "(a prompt, padding, already decided or out-of-window position)",
@@ -100,7 +106,7 @@ def check_step(state: DecodeState, logits: torch.Tensor, window: Window, decisio
 def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> Iterator[Decision]:
     """Decode ``state`` until every row is finished, yielding each step's decision after it is applied.
 
-    :param model: has ``forward(ModelInputs) -> [B, S, V] logits``.
+    :param model: has ``forward(ModelInputs, cache) -> [B, S, V] logits``.
     :param max_steps: abort with :class:`DecodeError` past this many steps.
     """
     verifier = roles.names.get("verification", "verification")
@@ -108,18 +114,20 @@ def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> I
     while not bool(state.finished.all()):
         if state.step >= max_steps:
             raise DecodeError(f"no row finished within {max_steps} steps (step limit `generation.max_steps`); "
-                              "a revoking strategy may be oscillating. fix: raise generation.max_steps or "
-                              "bound the strategy's revocations")
+                              "the strategies may be stuck (e.g. a window that never reaches the remaining masks, "
+                              "or revocations that undo progress). fix: raise generation.max_steps, or check "
+                              "the window and verification strategies")
         window = roles.call("window", "dlm_window", state=state)
         plan = roles.call("cache", "dlm_cache", state=state, window=window)
         inputs = roles.call("inputs", "dlm_model_inputs", state=state, window=window, plan=plan)
-        logits = model.forward(inputs)
+        logits = model.forward(inputs, plan.cache)
+        check_window(state, window, logits, roles.names.get("window", "window"))
         logits[..., state.mask_token_id] = float("-inf")  # the mask token is never a candidate
         forward = ForwardOutput(logits=logits, inputs=inputs)
         proposal = roles.call("proposal", "dlm_propose", state=state, forward=forward, window=window)
         decision = roles.call("verification", "dlm_verify", state=state, forward=forward, proposal=proposal,
                               window=window)
-        check_step(state, logits, window, decision, verifier)
+        check_decision(state, window, decision, verifier)
         state.apply(decision)
         roles.hook.dlm_step_end(state=state, decision=decision)
         yield decision

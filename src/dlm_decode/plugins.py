@@ -32,6 +32,11 @@ from typing import Any, Callable, Iterator
 import pluggy
 
 from dlm_decode import hookspecs
+
+
+def _switch(name: str) -> bool:
+    """Whether the environment switch ``name`` is on (unset, empty, 0, false, no and off mean off)."""
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
 from dlm_decode.errors import ConfigError, PluginError
 
 ROLES = ("window", "cache", "proposal", "verification")
@@ -61,7 +66,8 @@ class StrategySpec:
     :ivar config_cls: the dataclass holding its parameters (the schema of its config section).
     :ivar factory: ``factory(config, context)`` -> the plugin object implementing the role hook.
     :ivar plugin: the plugin module (or object) name that registered it.
-    :ivar package: the distribution that ships it, and :ivar version: its version.
+    :ivar package: the distribution that ships it.
+    :ivar version: the distribution's version.
     """
 
     role: str
@@ -151,7 +157,7 @@ def _version(distribution: str) -> str:
 def _new_manager() -> pluggy.PluginManager:
     manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     manager.add_hookspecs(hookspecs)
-    if os.environ.get("DLM_DECODE_TRACE_PLUGINS"):
+    if _switch("DLM_DECODE_TRACE_PLUGINS"):
         manager.trace.root.setwriter(sys.stderr.write)
         manager.enable_tracing()
     return manager
@@ -162,7 +168,7 @@ def discovery_manager() -> pluggy.PluginManager:
     manager = _new_manager()
     for module_name in DEFAULT_PLUGINS:
         manager.register(importlib.import_module(module_name), name=module_name)
-    if os.environ.get("DLM_DECODE_DISABLE_PLUGIN_AUTOLOAD"):
+    if _switch("DLM_DECODE_DISABLE_PLUGIN_AUTOLOAD"):
         return manager
     allow = {name.strip() for name in os.environ.get("DLM_DECODE_PLUGINS", "").split(",") if name.strip()}
     for entry_point in metadata.entry_points(group=hookspecs.PROJECT_NAME):

@@ -37,10 +37,15 @@ class Window:
 
 @dataclass
 class ForwardPlan:
-    """The columns whose logits the forward computes: queries ``[start, end)``."""
+    """The columns whose logits the forward computes: queries ``[start, end)``.
+
+    :ivar cache: None (keys = the queries), or a HF key/value cache holding columns ``[0, start)``; the
+        queries then attend to keys ``[0, end)`` and the forward appends their keys/values to the cache.
+    """
 
     start: int
     end: int
+    cache: Any = None
 
 
 @dataclass
@@ -88,7 +93,8 @@ class Proposal:
     :ivar tokens: ``[B, N]`` long, the proposed token where eligible (the canvas token elsewhere).
     :ivar confidence: ``[B, N]`` float32, probability of the proposed token under the untempered model
         distribution where eligible, 0 elsewhere.
-    :ivar rows: ``[K]`` long and :ivar cols: ``[K]`` long, the eligible positions in row-major order.
+    :ivar rows: ``[K]`` long, rows of the eligible positions in row-major order.
+    :ivar cols: ``[K]`` long, their canvas columns.
     :ivar logits: ``[K, V]`` float32, untempered logits of the eligible positions.
     :ivar temperature: the sampling temperature (0: argmax).
     :ivar noise: ``[K, V]`` float64 Gumbel noise the sample was drawn with (None when ``temperature == 0``),
@@ -150,6 +156,8 @@ class DecodeState:
     :ivar generators: one ``torch.Generator`` per row, seeded per request.
     :ivar masked: ``[B, N]`` bool, kept equal to ``canvas == mask_token_id`` on generated columns.
     :ivar filled: ``[B, N]`` bool, positions after a row's first EOS, written with ``fill_token_id``.
+    :ivar changed: ``[B, N]`` bool, positions whose token changed in the last step (commits, revocations, EOS
+        fill), e.g. for caches that recompute what changed.
     :ivar finished: ``[B]`` bool, rows with no mask left before their first EOS.
     :ivar step: number of completed steps.
     :ivar nfe: ``[B]`` long, dLLM forwards each row took part in while unfinished.
@@ -169,6 +177,7 @@ class DecodeState:
     generators: list[torch.Generator]
     masked: torch.Tensor
     filled: torch.Tensor
+    changed: torch.Tensor
     finished: torch.Tensor
     nfe: torch.Tensor
     ar_forwards: torch.Tensor
@@ -215,6 +224,7 @@ class DecodeState:
             generators=generators,
             masked=masked.to(device),
             filled=torch.zeros(canvas.shape, dtype=torch.bool, device=device),
+            changed=torch.zeros(canvas.shape, dtype=torch.bool, device=device),
             finished=torch.zeros(batch, dtype=torch.bool, device=device),
             nfe=zeros.clone(),
             ar_forwards=zeros.clone(),
@@ -264,6 +274,7 @@ class DecodeState:
         :return: ``[B]`` long commits per row this step.
         """
         running = ~self.finished
+        before = self.canvas
         self.canvas = torch.where(decision.commit, decision.tokens, self.canvas)
         self.masked = self.masked & ~decision.commit
         if decision.revoke is not None:
@@ -277,6 +288,7 @@ class DecodeState:
         self.canvas = torch.where(tail, self.fill_token_id, self.canvas)
         self.masked = self.masked & ~tail
         self.filled = tail
+        self.changed = self.canvas != before
         commits = decision.commit.sum(-1) * running
         self.commits.append(commits)
         self.nfe += running

@@ -25,7 +25,7 @@ class ModelSpec:
     dtype: str = "float32"
     """``float32``, ``bfloat16`` or ``float16``."""
     device: str = "cpu"
-    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available)."""
+    """``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto`` (CUDA when available)."""
     trust_remote_code: bool = False
     """Allow the checkpoint's own modeling code (LLaDA, Dream). Off unless the user sets it."""
     chat_template: bool = True

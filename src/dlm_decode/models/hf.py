@@ -7,7 +7,10 @@ for every adapter, ``logits[:, i]`` predicts input column ``i``.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -110,12 +113,85 @@ class DiffusionLM:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     @torch.inference_mode()
-    def forward(self, inputs: ModelInputs) -> torch.Tensor:
-        """``[B, S, V]`` float logits; ``logits[:, i]`` predicts input column ``i``."""
-        out = self.model(
-            input_ids=inputs.input_ids,
-            position_ids=inputs.position_ids,
-            attention_mask=inputs.attention_mask,
-            use_cache=False,
-        )
-        return out.logits
+    def forward(self, inputs: ModelInputs, cache: Any = None) -> torch.Tensor:
+        """``[B, S, V]`` float logits; ``logits[:, i]`` predicts input column ``i``.
+
+        :param cache: a HF cache holding the keys/values of the ``K - S`` columns before the queries (the
+            attention mask is then ``[B, 1, S, K]``); the forward appends the queries' keys/values to it.
+        """
+        return run_hf(self.model, inputs.input_ids, inputs.position_ids, inputs.attention_mask, cache)
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_argument(model_cls: type) -> str:
+    """The forward keyword of the HF cache: ``cache`` (transformers >= 5.24) or ``past_key_values``."""
+    parameters = inspect.signature(model_cls.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def run_hf(model, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
+           cache: Any = None) -> torch.Tensor:
+    """One HF forward with explicit positions and a 4-D boolean mask; returns ``[B, S, V]`` logits."""
+    kwargs = {_cache_argument(type(model)): cache} if cache is not None else {}
+    out = model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                use_cache=cache is not None, **kwargs)
+    return out.logits
+
+
+def new_cache():
+    """An empty HF key/value cache."""
+    from transformers import DynamicCache
+
+    return DynamicCache()
+
+
+def crop_cache(cache, length: int) -> None:
+    """Keep the keys/values of the first ``length`` columns of ``cache``."""
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)
+
+
+class CausalLM:
+    """An autoregressive model sharing the dLLM's tokenizer (APD's verifier).
+
+    :ivar vocab_size: width of its logits (may be narrower than the dLLM head).
+    """
+
+    def __init__(self, model, tokenizer):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.vocab_size = model.get_output_embeddings().weight.shape[0]
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec, key: str = "model.ar") -> CausalLM:
+        model, tokenizer = load_hf(spec, key)
+        if getattr(model.config, "is_causal", True) is False:
+            raise ModelError(f"`{key}.path` = {spec.path!r} is a bidirectional model (config.is_causal=False); "
+                             "fix: give a causal LM as the AR model")
+        return cls(model, tokenizer)
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
+                cache: Any) -> torch.Tensor:
+        """``[B, S, V_ar]`` logits; ``logits[:, i]`` predicts the column after input column ``i``."""
+        return run_hf(self.model, input_ids, position_ids, attention_mask, cache)
+
+
+def check_shared_tokenizer(dllm_tokenizer, ar_tokenizer, dllm_vocab: int, ar_vocab: int) -> None:
+    """Raise :class:`ModelError` unless every AR token has the same id in the dLLM's tokenizer.
+
+    A dLLM head wider than the AR vocabulary is allowed (its extra ids are masked out of mixtures).
+    """
+    dllm_ids = dllm_tokenizer.get_vocab()
+    mismatched = [(token, index, dllm_ids.get(token)) for token, index in ar_tokenizer.get_vocab().items()
+                  if dllm_ids.get(token) != index]
+    if mismatched:
+        shown = ", ".join(f"{t!r}: AR {a} vs dLLM {d}" for t, a, d in sorted(mismatched, key=lambda m: m[1])[:3])
+        raise ModelError(
+            f"the AR model's tokenizer differs from the dLLM's ({len(mismatched)} tokens disagree, e.g. {shown}); "
+            "APD compares token ids and adds logits per id. fix: pick an AR model trained with the dLLM's "
+            "tokenizer (e.g. Qwen2.5 for Dream)")
+    if ar_vocab > dllm_vocab:
+        raise ModelError(f"the AR head has {ar_vocab} logits but the dLLM head only {dllm_vocab}; "
+                         "fix: pick an AR model whose vocabulary the dLLM covers")

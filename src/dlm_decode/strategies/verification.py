@@ -59,7 +59,8 @@ class LeftToRightConfig:
 def select_top(scores: torch.Tensor, eligible: torch.Tensor, quota: torch.Tensor | None) -> torch.Tensor:
     """Per row, the ``quota[b]`` eligible positions with the highest ``scores`` (ties: leftmost first).
 
-    :param scores: ``[B, N]`` float; :param eligible: ``[B, N]`` bool.
+    :param scores: ``[B, N]`` float.
+    :param eligible: ``[B, N]`` bool.
     :param quota: ``[B]`` long, or None for one position per row (the argmax, without a sort).
     :return: ``[B, N]`` bool.
     """

@@ -44,8 +44,10 @@ class ToyDiffusionLM:
     def decode(self, ids: list[int]) -> str:
         return "".join(chr(ord("a") + i - 4) for i in ids if i >= 4)
 
-    def forward(self, inputs: ModelInputs) -> torch.Tensor:
-        """``[B, S, V]`` float32 logits for the inputs' queries (the key set is the query set)."""
+    def forward(self, inputs: ModelInputs, cache=None) -> torch.Tensor:
+        """``[B, S, V]`` float32 logits for the inputs' queries (the key set is the query set; no cache)."""
+        if cache is not None:
+            raise NotImplementedError("the toy model keeps no keys/values; use cache `none` with it")
         self.forwards += 1
         hidden = self.embed[inputs.input_ids]  # [B, S, D]
         weights = inputs.attention_mask[:, 0].float()  # [B, S, S]
