@@ -12,6 +12,7 @@ from dlm_decode.decoder import Decoder
 from dlm_decode.hookspecs import hookimpl
 from dlm_decode.plugins import StrategyRegistry, discovery_manager
 from dlm_decode.state import Decision
+from dlm_decode.testing.registry import registry_with
 from dlm_decode.testing.toy import ToyDiffusionLM
 
 from helpers import toy_decoder
@@ -130,25 +131,9 @@ class _NaNModel(ToyDiffusionLM):
         return super().forward(inputs, cache) * float("nan")
 
 
-def registry_with(plugin_cls) -> StrategyRegistry:
-    registry = StrategyRegistry()
-    registry.collect(discovery_manager())
-
-    class Module:
-        @staticmethod
-        @hookimpl
-        def dlm_register(registry):
-            registry.add("verification", "bad", _NoParams, lambda config, context: plugin_cls())
-
-    manager = discovery_manager()
-    manager.register(Module, name="tests.bad_plugin")
-    registry = StrategyRegistry()
-    registry.collect(manager)
-    return registry
-
-
 def bad_decoder(plugin_cls, model=None) -> Decoder:
-    registry = registry_with(plugin_cls)
+    registry = registry_with(("verification", "bad", _NoParams, lambda config, context: plugin_cls()),
+                             plugin_name="tests.bad_plugin")
     config = load_config({}, ["decoder.verification=bad", "generation.max_new_tokens=4"], registry=registry)
     return Decoder(config, dllm=model or ToyDiffusionLM(), registry=registry)
 
@@ -209,17 +194,8 @@ class _GreedyWindow:
 
 
 def test_window_that_makes_prompt_positions_eligible_is_named():
-    manager = discovery_manager()
-
-    class Module:
-        @staticmethod
-        @hookimpl
-        def dlm_register(registry):
-            registry.add("window", "everything", _NoParams, lambda config, context: _GreedyWindow())
-
-    manager.register(Module, name="tests.window_plugin")
-    registry = StrategyRegistry()
-    registry.collect(manager)
+    registry = registry_with(("window", "everything", _NoParams, lambda config, context: _GreedyWindow()),
+                             plugin_name="tests.window_plugin")
     config = load_config({}, ["decoder.window=everything"], registry=registry)
     decoder = Decoder(config, dllm=ToyDiffusionLM(), registry=registry)
     with pytest.raises(PluginError, match=r"(?s)tests.window_plugin.*dlm_window: made a position eligible.*fix"):

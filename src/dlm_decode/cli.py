@@ -6,6 +6,7 @@
     dlm-decode plugins
     dlm-decode config show|validate -c CFG [key=value ...]
     dlm-decode models
+    dlm-decode eval -c CFG [key=value ...] [--tasks arith,sort,...] [--limit N] --out DIR
 """
 
 from __future__ import annotations
@@ -78,6 +79,18 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from dlm_decode.decoder import Decoder
+    from dlm_decode.eval.runner import evaluate, format_table
+
+    decoder = Decoder.from_config(args.config, args.overrides)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    summary = evaluate(decoder, args.out, tasks=tasks, limit=args.limit, progress=not args.no_progress)
+    print(format_table(summary))
+    print(f"results: {args.out}/results.jsonl  summary: {args.out}/summary.json")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from dlm_decode.models.embedded import EMBEDDED_MODELS, embedded_model_dir
 
@@ -105,6 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("action", choices=["show", "validate"])
     _add_config_arguments(config)
     config.set_defaults(handler=cmd_config)
+
+    evaluation = commands.add_parser("eval", help="evaluate a decoder config on the embedded task suite")
+    _add_config_arguments(evaluation)
+    evaluation.add_argument("--tasks", help="comma-separated task names (default: all)")
+    evaluation.add_argument("--limit", type=int, default=100, help="test examples per task (default 100)")
+    evaluation.add_argument("--out", required=True, help="directory for results.jsonl, summary.json, config.yaml")
+    evaluation.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    evaluation.set_defaults(handler=cmd_eval)
 
     models = commands.add_parser("models", help="list the embedded models and their paths")
     models.set_defaults(handler=cmd_models)

@@ -54,6 +54,7 @@ DEFAULT_PLUGINS = (
     "dlm_decode.strategies.caches",
     "dlm_decode.strategies.proposals",
     "dlm_decode.strategies.verification",
+    "dlm_decode.strategies.apd",
 )
 
 

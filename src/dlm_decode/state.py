@@ -99,6 +99,8 @@ class Proposal:
     :ivar temperature: the sampling temperature (0: argmax).
     :ivar noise: ``[K, V]`` float64 Gumbel noise the sample was drawn with (None when ``temperature == 0``),
         kept so that a verifier can draw a coupled sample of another distribution with the same noise.
+    :ivar sampling_logits: ``[K, V]`` float32, the tempered and filtered logits the sample was drawn from
+        (``tokens = argmax(sampling_logits + noise)``); None when ``temperature == 0``.
     :ivar scorer: the scoring backend (see :mod:`dlm_decode.ops`) used for the lazy scores below.
     """
 
@@ -110,6 +112,7 @@ class Proposal:
     temperature: float
     noise: torch.Tensor | None
     scorer: Any
+    sampling_logits: torch.Tensor | None = None
 
     def scatter(self, values: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
         """Place per-eligible ``[K]`` values into a ``[B, N]`` tensor filled with ``fill``."""

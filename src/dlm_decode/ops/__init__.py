@@ -31,6 +31,13 @@ class Scorer:
     def gumbel_argmax(self, logits: torch.Tensor, gumbel: torch.Tensor, temperature: float) -> torch.Tensor:
         return native.gumbel_argmax_native(logits, gumbel, temperature)
 
+    def mixture_logits(self, draft_logits: torch.Tensor, ar_logits: torch.Tensor, weight: float) -> torch.Tensor:
+        return native.mixture_logits_native(draft_logits, ar_logits, weight)
+
+    def coupled_sample(self, draft_logits: torch.Tensor, ar_logits: torch.Tensor, weight: float,
+                       gumbel: torch.Tensor | None, temperature: float) -> torch.Tensor:
+        return native.coupled_sample_native(draft_logits, ar_logits, weight, gumbel, temperature)
+
 
 def get_scorer() -> Scorer:
     """The scoring backend for a new decoder."""

@@ -46,3 +46,37 @@ def gumbel_argmax_native(logits: torch.Tensor, gumbel: torch.Tensor, temperature
     :return: ``[K]`` long, ``argmax(logits / T + gumbel)``: an exact sample of ``softmax(logits / T)``.
     """
     return (logits.double() / temperature + gumbel).argmax(dim=-1)
+
+
+def mixture_logits_native(draft_logits: torch.Tensor, ar_logits: torch.Tensor, weight: float) -> torch.Tensor:
+    """APD's product of experts ``R * draft + (1 - R) * ar`` over the draft's vocabulary, in float32.
+
+    A token either expert excludes (``-inf``) stays excluded, also at R = 0 or 1 (no ``0 * inf`` NaN).
+
+    :param draft_logits: ``[K, V]`` dLLM logits.
+    :param ar_logits: ``[K, V_ar]`` AR logits, ``V_ar <= V``; the dLLM ids past ``V_ar`` get ``-inf``.
+    :param weight: R in [0, 1].
+    :return: ``[K, V]`` float32.
+    """
+    width = ar_logits.shape[-1]
+    draft = draft_logits[:, :width].float()
+    ar = ar_logits.float()
+    excluded = (draft == float("-inf")) | (ar == float("-inf"))
+    mixed = torch.full(draft_logits.shape, float("-inf"), dtype=torch.float32, device=draft_logits.device)
+    mixed[:, :width] = (weight * draft.nan_to_num(neginf=0.0) + (1 - weight) * ar.nan_to_num(neginf=0.0)).masked_fill(
+        excluded, float("-inf"))
+    return mixed
+
+
+def coupled_sample_native(draft_logits: torch.Tensor, ar_logits: torch.Tensor, weight: float,
+                          gumbel: torch.Tensor | None, temperature: float) -> torch.Tensor:
+    """Sample APD's target ``softmax((R * draft + (1 - R) * ar) / T)`` with the draft's Gumbel noise.
+
+    With ``gumbel`` None or ``temperature == 0`` it is the target's argmax (the official code's rule).
+
+    :return: ``[K]`` long target tokens, to compare with the draft tokens.
+    """
+    mixed = mixture_logits_native(draft_logits, ar_logits, weight)
+    if gumbel is None or temperature == 0:
+        return mixed.argmax(dim=-1)
+    return gumbel_argmax_native(mixed, gumbel, temperature)

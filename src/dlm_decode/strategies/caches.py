@@ -1,19 +1,40 @@
-"""Cache strategies: what the forward recomputes.
+"""Cache strategies: what the forward recomputes and which keys/values it reuses.
 
 * ``none``: recompute every column the window lets the model see.
+* ``kv_window(window)``: APD's windowed cache (Israel et al. 2025, App. B). Keys/values are recomputed from
+  ``W - 1`` columns before the earliest column that changed in the last step (or is still masked) to the end
+  of the input, and reused (frozen) before that. For left-to-right decoding this is exactly the official rule:
+  the tokens just accepted, the ``W - 1`` decided tokens before them and every fed mask. Frozen keys/values were
+  computed while their right context still held masks: the approximation trades quality for speed as ``W``
+  shrinks. ``W`` at least the canvas width recomputes everything (equal to ``none``); null means the same.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
+import torch
+
+from dlm_decode.errors import check_field
 from dlm_decode.hookspecs import hookimpl
+from dlm_decode.models.hf import crop_cache, new_cache
 from dlm_decode.state import DecodeState, ForwardPlan, Window
 
 
 @dataclass
 class NoCacheConfig:
     """``none`` has no parameters."""
+
+
+@dataclass
+class KVWindowConfig:
+    window: Optional[int] = 16
+    """W: decided columns before the last change whose keys/values are recomputed (null: recompute all)."""
+
+    def __post_init__(self) -> None:
+        check_field(self.window is None or self.window >= 1, "window", f"must be >= 1 or null, got {self.window}",
+                    "W = 0 would freeze the keys/values of tokens computed while they were masks")
 
 
 class NoCache:
@@ -24,6 +45,29 @@ class NoCache:
         return ForwardPlan(start=0, end=window.input_end)
 
 
+class KVWindowCache:
+    """Reuse the keys/values of columns decided more than ``W`` columns before the last change."""
+
+    def __init__(self, window: int | None):
+        self.window = window
+
+    @hookimpl
+    def dlm_cache(self, state: DecodeState, window: Window) -> ForwardPlan:
+        if self.window is None:
+            return ForwardPlan(start=0, end=window.input_end)
+        cache = state.scratch.get("kv_window")
+        if cache is None:
+            cache = state.scratch["kv_window"] = new_cache()
+            return ForwardPlan(start=0, end=window.input_end, cache=cache)
+        open_columns = state.masked | state.changed
+        earliest = torch.where(open_columns.any(-1), open_columns.int().argmax(-1), state.width)
+        earliest = earliest.masked_fill(state.finished, state.width)
+        start = max(0, min(int(earliest.min()) - (self.window - 1), window.input_end - 1, cache.get_seq_length()))
+        crop_cache(cache, start)
+        return ForwardPlan(start=start, end=window.input_end, cache=cache)
+
+
 @hookimpl
 def dlm_register(registry) -> None:
     registry.add("cache", "none", NoCacheConfig, lambda config, context: NoCache())
+    registry.add("cache", "kv_window", KVWindowConfig, lambda config, context: KVWindowCache(config.window))

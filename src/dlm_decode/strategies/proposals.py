@@ -69,6 +69,13 @@ def gumbel_noise(state: DecodeState, counts: list[int], vocab: int, device: torc
     return torch.cat(parts)
 
 
+def uniform_noise(state: DecodeState, counts: list[int], device: torch.device) -> torch.Tensor:
+    """``[sum(counts)]`` float64 uniforms in [0, 1), ``counts[b]`` drawn from row ``b``'s generator."""
+    parts = [torch.rand(count, dtype=torch.float64, generator=generator, device=device)
+             for count, generator in zip(counts, state.generators) if count]
+    return torch.cat(parts)
+
+
 class TokenProposal:
     """Propose ``argmax`` (temperature 0) or a Gumbel-max sample of ``softmax(filter(logits / T))``."""
 
@@ -80,7 +87,7 @@ class TokenProposal:
     def dlm_propose(self, state: DecodeState, forward: ForwardOutput, window: Window) -> Proposal:
         rows, cols = window.eligible.nonzero(as_tuple=True)
         logits = forward.at(rows, cols)
-        noise = None
+        noise = filtered = None
         if self.temperature == 0:
             confidence, tokens = self.scorer.max_prob(logits)
         else:
@@ -95,7 +102,7 @@ class TokenProposal:
         scores[rows, cols] = confidence
         return Proposal(
             tokens=proposed, confidence=scores, rows=rows, cols=cols, logits=logits,
-            temperature=self.temperature, noise=noise, scorer=self.scorer,
+            temperature=self.temperature, noise=noise, sampling_logits=filtered, scorer=self.scorer,
         )
 
 

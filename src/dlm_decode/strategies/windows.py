@@ -3,11 +3,15 @@
 * ``full``: every masked generated position (LLaDA with one block).
 * ``blocks(size)``: semi-autoregressive blocks of ``size`` columns; a row moves to its next block once the
   current one has no mask left (LLaDA, Fast-dLLM, WINO).
+* ``lookahead(max_lookahead)``: the first M masked columns from each row's frontier (its first mask), and the
+  model input stops there (APD's maximum masked lookahead M, Israel et al. 2025). Rows see only their own
+  lookahead, so a batch decodes each row as it would alone.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -54,7 +58,37 @@ class BlockWindow:
         return Window(eligible=eligible, input_end=state.width, block_start=start, block_end=end)
 
 
+@dataclass
+class LookaheadConfig:
+    max_lookahead: Optional[int] = None
+    """M: masked columns fed and eligible after the frontier (null: all of them)."""
+
+    def __post_init__(self) -> None:
+        check_field(self.max_lookahead is None or self.max_lookahead >= 1, "max_lookahead",
+                    f"must be >= 1 or null, got {self.max_lookahead}")
+
+
+class LookaheadWindow:
+    """Eligible = columns ``[frontier, frontier + M)`` of each row; the model sees nothing past them."""
+
+    def __init__(self, max_lookahead: int | None):
+        self.max_lookahead = max_lookahead
+
+    @hookimpl
+    def dlm_window(self, state: DecodeState) -> Window:
+        masked = state.masked
+        columns = state.columns
+        frontier = torch.where(masked.any(-1), masked.int().argmax(-1), state.gen_start)
+        end = torch.where(masked.any(-1), frontier + (self.max_lookahead or state.width), state.gen_start)
+        end = end.clamp(max=state.width)
+        visible = columns < end[:, None]
+        return Window(eligible=masked & visible, input_end=int(end.max()), block_start=frontier, block_end=end,
+                      visible=visible)
+
+
 @hookimpl
 def dlm_register(registry) -> None:
     registry.add("window", "full", FullWindowConfig, lambda config, context: BlockWindow(None))
     registry.add("window", "blocks", BlocksConfig, lambda config, context: BlockWindow(config.size))
+    registry.add("window", "lookahead", LookaheadConfig,
+                 lambda config, context: LookaheadWindow(config.max_lookahead))

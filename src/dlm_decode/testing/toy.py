@@ -19,6 +19,8 @@ class ToyDiffusionLM:
     :param eos_bias: added to the EOS logit; ``float("-inf")`` means the model never proposes EOS.
     :param sharpness: scales the logits; larger values make the model more confident.
     :param seed: seeds the fixed random weights.
+    :param context: let the logits depend on the visible tokens (False: logits are a fixed table per position,
+        ``positional[position]``, which gives a dLLM with known per-position distributions).
     """
 
     pad_token_id, bos_token_id, fill_token_id, mask_token_id = 0, 1, 2, 3
@@ -26,7 +28,7 @@ class ToyDiffusionLM:
     chat_template = False
 
     def __init__(self, vocab_size: int = 12, *, eos_bias: float = 0.0, sharpness: float = 3.0, seed: int = 0,
-                 max_context: int = 512, dim: int = 8):
+                 max_context: int = 512, dim: int = 8, context: bool = True):
         generator = torch.Generator().manual_seed(seed)
         self.vocab_size = vocab_size
         self.max_context = max_context
@@ -34,6 +36,8 @@ class ToyDiffusionLM:
         self.out = torch.randn(dim, vocab_size, generator=generator) * sharpness
         self.positional = torch.randn(max_context, vocab_size, generator=generator) * sharpness
         self.positional[:, 2] += eos_bias
+        if not context:
+            self.out.zero_()
         self.device = torch.device("cpu")
         self.forwards = 0
 
@@ -53,3 +57,23 @@ class ToyDiffusionLM:
         weights = inputs.attention_mask[:, 0].float()  # [B, S, S]
         context = weights @ hidden / weights.sum(-1, keepdim=True).clamp(min=1)
         return context @ self.out + self.positional[inputs.position_ids]
+
+
+class ToyCausalLM:
+    """Toy AR model: the logits predicting position ``p + 1`` are ``table[p + 1]`` whatever the context.
+
+    With ``table`` set to a :class:`ToyDiffusionLM`'s ``positional`` (built with ``context=False``), the AR model
+    and the dLLM agree exactly; any other table gives a known, fixed target. The key/value cache is ignored.
+
+    :param table: ``[P, V_ar]`` logits by position.
+    """
+
+    def __init__(self, table: torch.Tensor):
+        self.table = table
+        self.vocab_size = table.shape[-1]
+        self.forwards = 0
+
+    def forward(self, input_ids, position_ids, attention_mask, cache=None) -> torch.Tensor:
+        """``[B, S, V_ar]``: row ``b``, column ``i`` predicts the token after position ``position_ids[b, i]``."""
+        self.forwards += 1
+        return self.table[(position_ids + 1).clamp(max=self.table.shape[0] - 1)]

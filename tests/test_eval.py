@@ -1,0 +1,61 @@
+"""The evaluation runner: summary contract, resume after an interruption, refusing mixed configs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dlm_decode import InputError
+from dlm_decode.eval.runner import evaluate
+
+SUMMARY_KEYS = {"accuracy", "per_task", "nfe", "tokens_per_forward", "ar_forwards", "tokens_per_s", "wall_s",
+                "config_hash"}
+
+
+def read_results(path):
+    return [json.loads(line) for line in (path / "results.jsonl").read_text().splitlines()]
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(make_decoder, tmp_path, monkeypatch):
+    decoder = make_decoder("generation.batch_size=2", "generation.max_new_tokens=6",
+                           "decoder.proposal=sample", "decoder.proposal.temperature=1.0")
+    tasks = ["arith", "sort"]
+    reference = evaluate(decoder, tmp_path / "full", tasks=tasks, limit=3, progress=False)
+
+    calls = {"n": 0}
+    original = decoder.generate
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(decoder, "generate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(decoder, tmp_path / "resumed", tasks=tasks, limit=3, progress=False)
+    assert len(read_results(tmp_path / "resumed")) == 2, "the first batch was kept"
+    monkeypatch.setattr(decoder, "generate", original)
+    resumed = evaluate(decoder, tmp_path / "resumed", tasks=tasks, limit=3, progress=False)
+
+    rows = read_results(tmp_path / "resumed")
+    assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in read_results(tmp_path / "full"))
+    assert len(rows) == 6, "each example decoded once"
+    full_text = {r["id"]: r["text"] for r in read_results(tmp_path / "full")}
+    assert {r["id"]: r["text"] for r in rows} == full_text
+    assert resumed["per_task"] == reference["per_task"] and resumed["examples"] == 6
+    summary = json.loads((tmp_path / "resumed" / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(summary) and set(summary["per_task"]) == set(tasks)
+    assert summary["accuracy"] == sum(summary["per_task"].values()) / 2
+
+
+def test_results_of_another_config_are_not_mixed_in(make_decoder, tmp_path):
+    evaluate(make_decoder("generation.max_new_tokens=4"), tmp_path, tasks=["arith"], limit=1, progress=False)
+    with pytest.raises(InputError, match="holds results of config"):
+        evaluate(make_decoder("generation.max_new_tokens=5"), tmp_path, tasks=["arith"], limit=1, progress=False)
+
+
+def test_unknown_task_is_named(make_decoder, tmp_path):
+    with pytest.raises(InputError, match="unknown task.*nope.*arith"):
+        evaluate(make_decoder(), tmp_path, tasks=["nope"], limit=1, progress=False)
