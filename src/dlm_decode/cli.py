@@ -7,6 +7,7 @@
     dlm-decode config show|validate -c CFG [key=value ...]
     dlm-decode models
     dlm-decode eval -c CFG [key=value ...] [--tasks arith,sort,...] [--limit N] --out DIR
+    dlm-decode ablate -c CFG [key=value ...] --vary key=v1,v2 [--vary ...] [--tasks ...] [--limit N] --out DIR
 """
 
 from __future__ import annotations
@@ -91,6 +92,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from dlm_decode.eval.ablation import ablate, markdown_table, parse_vary
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    rows = ablate(args.config, parse_vary(args.vary), args.out, overrides=args.overrides, tasks=tasks,
+                  limit=args.limit, progress=not args.no_progress)
+    print(markdown_table(rows), end="")
+    print(f"table: {args.out}/ablation.md  plots: {args.out}/pareto_tpf.png, {args.out}/pareto_tps.png")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from dlm_decode.models.embedded import EMBEDDED_MODELS, embedded_model_dir
 
@@ -126,6 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--out", required=True, help="directory for results.jsonl, summary.json, config.yaml")
     evaluation.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     evaluation.set_defaults(handler=cmd_eval)
+
+    ablation = commands.add_parser("ablate", help="evaluate a base config and one-factor-at-a-time variations")
+    _add_config_arguments(ablation)
+    ablation.add_argument("--vary", action="append", required=True, metavar="key=v1,v2",
+                          help="a factor and its values; repeat for several factors (each varied alone)")
+    ablation.add_argument("--tasks", help="comma-separated task names (default: all)")
+    ablation.add_argument("--limit", type=int, default=50, help="test examples per task and run (default 50)")
+    ablation.add_argument("--out", required=True, help="directory for the runs, table and plots")
+    ablation.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    ablation.set_defaults(handler=cmd_ablate)
 
     models = commands.add_parser("models", help="list the embedded models and their paths")
     models.set_defaults(handler=cmd_models)

@@ -1,0 +1,54 @@
+"""AUP against hand computation, and a small ablation end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from dlm_decode import InputError
+from dlm_decode.eval.ablation import ablate, parse_vary, plan_runs
+from dlm_decode.eval.aup import aup
+
+
+def test_single_point_aup_is_tokens_per_forward_times_accuracy():
+    assert aup([(1.0, 83.0)], y_max=90.0) == 83.0
+    assert aup([(2.5, 70.0)], y_max=90.0) == 175.0
+
+
+def test_two_point_aup_by_hand():
+    # first rectangle 1 * 80; trapezoid (3 - 1) / 2 * (78 * exp(-3 * (1 - 78 / 80)) + 80 * 1)
+    expected = 80 + 0.5 * 2 * (78 * math.exp(-3 * (1 - 78 / 80)) + 80)
+    assert aup([(3.0, 78.0), (1.0, 80.0)], y_max=80.0) == pytest.approx(expected)
+
+
+def test_points_more_than_five_points_below_the_first_are_dropped():
+    assert aup([(1.0, 80.0), (4.0, 74.0)], y_max=80.0) == 80.0
+
+
+def test_vary_parsing_and_run_plan():
+    factors = parse_vary(["decoder.verification=topk,left_to_right", "generation.seed=1"])
+    assert factors == [("decoder.verification", ["topk", "left_to_right"]), ("generation.seed", ["1"])]
+    names = [name for name, _, _ in plan_runs(factors)]
+    assert names == ["base", "decoder.verification=topk", "decoder.verification=left_to_right", "generation.seed=1"]
+    with pytest.raises(InputError, match="key=value1,value2"):
+        parse_vary(["decoder.verification"])
+
+
+def test_ablation_runs_each_distinct_config_once_and_writes_table_and_plots(tiny_dllm_dir, tmp_path):
+    rows = ablate({}, parse_vary(["decoder.verification=topk,left_to_right", "generation.max_new_tokens=4"]),
+                  tmp_path, overrides=[f"model.dllm.path={tiny_dllm_dir}", "generation.max_new_tokens=6"],
+                  tasks=["arith", "sort"], limit=2, progress=False)
+    assert [r["run"] for r in rows] == ["base", "decoder.verification=topk", "decoder.verification=left_to_right",
+                                        "generation.max_new_tokens=4"]
+    assert rows[1]["config_hash"] == rows[0]["config_hash"], "topk is the base: reused, not rerun"
+    run_dirs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert len(run_dirs) == 3
+    assert json.loads((tmp_path / "ablation.json").read_text())[2]["run"] == "decoder.verification=left_to_right"
+    table = (tmp_path / "ablation.md").read_text()
+    assert table.count("\n") == 2 + len(rows) and "| AUP |" in table
+    assert (tmp_path / "pareto_tpf.png").stat().st_size > 0 and (tmp_path / "pareto_tps.png").stat().st_size > 0
+    for row in rows:
+        assert row["aup"] == pytest.approx(sum(row["tokens_per_forward"] * 100 * a for a in row["per_task"].values())
+                                           / len(row["per_task"]))
