@@ -25,10 +25,10 @@ class CoreInputs:
     @hookimpl(trylast=True)
     def dlm_model_inputs(self, state: DecodeState, window: Window, plan: ForwardPlan) -> ModelInputs:
         start, end = plan.start, plan.end
-        keys = 0 if plan.cache is not None else start
-        mask = state.full_attention[:, :, start:end, keys:end]
+        first_key, last_key = (0, plan.key_end or end) if plan.cache is not None else (start, end)
+        mask = state.full_attention[:, :, start:end, first_key:last_key]
         if window.visible is not None:
-            mask = mask & window.visible[:, None, None, keys:end]
+            mask = mask & window.visible[:, None, None, first_key:last_key]
         return ModelInputs(
             input_ids=state.canvas[:, start:end],
             position_ids=state.position_ids[:, start:end],

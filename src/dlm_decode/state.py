@@ -39,13 +39,16 @@ class Window:
 class ForwardPlan:
     """The columns whose logits the forward computes: queries ``[start, end)``.
 
-    :ivar cache: None (keys = the queries), or a HF key/value cache holding columns ``[0, start)``; the
-        queries then attend to keys ``[0, end)`` and the forward appends their keys/values to the cache.
+    :ivar cache: None (keys = the queries), or a HF key/value cache holding columns ``[0, start)`` (and, for
+        caches that keep a suffix, columns ``[end, key_end)``); the queries then attend to keys
+        ``[0, key_end)`` and the forward writes their keys/values into the cache.
+    :ivar key_end: one past the last key column when a cache is used (None: ``end``).
     """
 
     start: int
     end: int
     cache: Any = None
+    key_end: int | None = None
 
 
 @dataclass
