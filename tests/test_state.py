@@ -43,7 +43,7 @@ def test_eos_fills_the_tail_finishes_the_row_and_counts_up_to_eos():
     assert state.canvas[0, 3:].tolist() == [9, EOS, FILL, FILL, FILL]
     assert bool(state.finished[0]) and not bool(state.finished[1])
     assert state.generated(0) == [9, EOS]
-    assert state.finish_step.tolist() == [1, -1]
+    assert state.changed[0, 3:].tolist() == [True] * 5 and state.changed[1].tolist() == [False] * 6 + [True, False]
     state.apply(decision(state, {(1, 3): EOS}))
     assert state.canvas[1, 3:].tolist() == [EOS, FILL, FILL, FILL, FILL], "committed tokens after EOS are cut"
     assert state.generated(1) == [EOS]

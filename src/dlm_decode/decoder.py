@@ -184,21 +184,18 @@ class Decoder:
             chunk_seeds = None if seeds is None else seeds[first: first + batch_size]
             state = self._state(chunk, first, max_new_tokens, chunk_seeds)
             started = time.perf_counter()
-            finish_times = torch.zeros(state.batch_size, dtype=torch.float64)
-            for _ in run_steps(self.roles, self.dllm, state, self._max_steps(max_new_tokens)):
-                newly = (state.finish_step == state.step) & (finish_times == 0)
-                finish_times[newly.cpu()] = time.perf_counter() - started
+            step_ends = [time.perf_counter() - started
+                         for _ in run_steps(self.roles, self.dllm, state, self._max_steps(max_new_tokens))]
             commits = torch.stack(state.commits, dim=1).tolist()
             for row in range(state.batch_size):
                 generated = state.generated(row)
-                nfe = int(state.nfe[row])
-                steps = int(state.finish_step[row])
+                nfe = steps = int(state.nfe[row])
                 ids.append(generated)
                 texts.append(self.dllm.decode(generated))
                 stats.append(RowStats(
                     nfe=nfe, ar_forwards=int(state.ar_forwards[row]), generated_tokens=len(generated),
                     tokens_per_forward=len(generated) / max(nfe, 1), steps=steps,
-                    wall_s=float(finish_times[row]), commits_per_step=commits[row][:steps],
+                    wall_s=step_ends[steps - 1], commits_per_step=commits[row][:steps],
                 ))
         return GenerationOutput(texts=texts, token_ids=ids, stats=stats, config_hash=self.config.hash,
                                 prompts=prompts)

@@ -67,37 +67,45 @@ class Roles:
         return result
 
 
-def check_window(state: DecodeState, window: Window, logits: torch.Tensor, plugin: str) -> None:
-    """Raise when the window made a decided position eligible or the logits hold NaN (one host sync)."""
-    bad_window, has_nan = torch.stack([(window.eligible & ~state.masked).any(), torch.isnan(logits).any()]).tolist()
+def forward_flags(state: DecodeState, window: Window, logits: torch.Tensor) -> torch.Tensor:
+    """``[2]`` bool on the device: the window made a decided position eligible; the logits hold NaN."""
+    return torch.stack([(window.eligible & ~state.masked).any(), torch.isnan(logits).any()])
+
+
+def decision_flags(state: DecodeState, window: Window, decision: Decision) -> torch.Tensor:
+    """``[3]`` bool on the device, computed before the decision is applied: a commit outside the window; an
+    unfinished row without a commit; a revocation of something other than a committed generated token."""
+    commit, revoke = decision.commit, decision.revoke
+    stalled = (~state.finished & ~commit.any(-1)).any()
+    bad_revoke = torch.zeros((), dtype=torch.bool, device=commit.device) if revoke is None else (
+        revoke & (state.masked | (state.columns < state.gen_start))).any()
+    return torch.stack([(commit & ~window.eligible).any(), stalled, bad_revoke])
+
+
+def raise_forward_errors(flags: list[bool], step: int, window_plugin: str) -> None:
+    bad_window, has_nan = flags
     if bad_window:
-        raise PluginError(plugin, "dlm_window", "made a position eligible that is not a masked generated position "
-                          "(a prompt, padding or already decided column)",
+        raise PluginError(window_plugin, "dlm_window", "made a position eligible that is not a masked generated "
+                          "position (a prompt, padding or already decided column)",
                           "derive `eligible` from `state.masked`")
     if has_nan:
-        raise DecodeError(f"the dLLM returned NaN logits at step {state.step}. fix: use float32 or bfloat16 "
+        raise DecodeError(f"the dLLM returned NaN logits at step {step}. fix: use float32 or bfloat16 "
                           "instead of float16, and check the checkpoint and the attention mask")
 
 
-def check_decision(state: DecodeState, window: Window, decision: Decision, plugin: str) -> None:
-    """Raise when ``decision`` breaks a core rule (one host sync for all checks)."""
-    commit, revoke = decision.commit, decision.revoke
-    running = ~state.finished
-    flags = [(commit & ~window.eligible).any(), (running & ~commit.any(-1)).any()]
-    if revoke is not None:
-        generated = state.columns >= state.gen_start
-        flags.append((revoke & ~(generated & ~state.masked)).any())
-    off_window, stalled, *bad_revoke = torch.stack(flags).tolist()
+def raise_decision_errors(flags: list[bool], decision: Decision, finished: torch.Tensor, step: int,
+                          plugin: str) -> None:
+    off_window, stalled, bad_revoke = flags
     if off_window:
         raise PluginError(plugin, "dlm_verify", "committed a position the window did not make eligible "
                           "(a prompt, padding, already decided or out-of-window position)",
                           "restrict `commit` to `window.eligible`")
     if stalled:
-        rows = (running & ~commit.any(-1)).nonzero().flatten().tolist()
+        rows = (~finished & ~decision.commit.any(-1)).nonzero().flatten().tolist()
         raise PluginError(plugin, "dlm_verify", f"committed nothing for unfinished rows {rows} at step "
-                          f"{state.step}; decoding would never end",
+                          f"{step}; decoding would never end",
                           "commit at least one eligible position per unfinished row (e.g. the most confident)")
-    if bad_revoke and bad_revoke[0]:
+    if bad_revoke:
         raise PluginError(plugin, "dlm_verify", "revoked a position that is not a committed generated token",
                           "restrict `revoke` to generated columns that are not masked")
 
@@ -110,8 +118,10 @@ def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> I
     :param max_steps: abort with :class:`DecodeError` past this many steps.
     """
     verifier = roles.names.get("verification", "verification")
+    window_plugin = roles.names.get("window", "window")
     roles.hook.dlm_generation_start(state=state)
-    while not bool(state.finished.all()):
+    done = bool(state.finished.all())
+    while not done:
         if state.step >= max_steps:
             raise DecodeError(f"no row finished within {max_steps} steps (step limit `generation.max_steps`); "
                               "the strategies may be stuck (e.g. a window that never reaches the remaining masks, "
@@ -121,14 +131,22 @@ def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> I
         plan = roles.call("cache", "dlm_cache", state=state, window=window)
         inputs = roles.call("inputs", "dlm_model_inputs", state=state, window=window, plan=plan)
         logits = model.forward(inputs, plan.cache)
-        check_window(state, window, logits, roles.names.get("window", "window"))
+        early = forward_flags(state, window, logits)
         logits[..., state.mask_token_id] = float("-inf")  # the mask token is never a candidate
         forward = ForwardOutput(logits=logits, inputs=inputs)
-        proposal = roles.call("proposal", "dlm_propose", state=state, forward=forward, window=window)
-        decision = roles.call("verification", "dlm_verify", state=state, forward=forward, proposal=proposal,
-                              window=window)
-        check_decision(state, window, decision, verifier)
+        try:
+            proposal = roles.call("proposal", "dlm_propose", state=state, forward=forward, window=window)
+            decision = roles.call("verification", "dlm_verify", state=state, forward=forward, proposal=proposal,
+                                  window=window)
+        except PluginError:
+            raise_forward_errors(early.tolist(), state.step, window_plugin)  # a bad window or NaN explains it first
+            raise
+        finished_before = state.finished
+        late = decision_flags(state, window, decision)
         state.apply(decision)
+        *flags, done = torch.cat([early, late, state.finished.all()[None]]).tolist()  # the step's one host sync
+        raise_forward_errors(flags[:2], state.step - 1, window_plugin)
+        raise_decision_errors(flags[2:], decision, finished_before, state.step - 1, verifier)
         roles.hook.dlm_step_end(state=state, decision=decision)
         yield decision
     roles.hook.dlm_generation_end(state=state)

@@ -162,14 +162,12 @@ class DecodeState:
     :ivar generators: one ``torch.Generator`` per row, seeded per request.
     :ivar masked: ``[B, N]`` bool, kept equal to ``canvas == mask_token_id`` on generated columns.
     :ivar filled: ``[B, N]`` bool, positions after a row's first EOS, written with ``fill_token_id``.
-    :ivar changed: ``[B, N]`` bool, positions whose token changed in the last step (commits, revocations, EOS
-        fill), e.g. for caches that recompute what changed.
+    :ivar previous_canvas: ``[B, N]`` long, the canvas before the last step (see :attr:`changed`).
     :ivar finished: ``[B]`` bool, rows with no mask left before their first EOS.
     :ivar step: number of completed steps.
-    :ivar nfe: ``[B]`` long, dLLM forwards each row took part in while unfinished.
+    :ivar nfe: ``[B]`` long, dLLM forwards each row took part in while unfinished (also its number of steps).
     :ivar ar_forwards: ``[B]`` long, AR-model forwards each row took part in (APD's verifier adds to it).
     :ivar commits: per step, ``[B]`` long commits (0 for rows already finished).
-    :ivar finish_step: ``[B]`` long, the step count at which each row finished (-1 while running).
     :ivar scratch: per-generation storage for plugins, keyed by a name of their choice.
     """
 
@@ -183,11 +181,10 @@ class DecodeState:
     generators: list[torch.Generator]
     masked: torch.Tensor
     filled: torch.Tensor
-    changed: torch.Tensor
+    previous_canvas: torch.Tensor
     finished: torch.Tensor
     nfe: torch.Tensor
     ar_forwards: torch.Tensor
-    finish_step: torch.Tensor
     step: int = 0
     commits: list[torch.Tensor] = field(default_factory=list)
     scratch: dict[str, Any] = field(default_factory=dict)
@@ -230,11 +227,10 @@ class DecodeState:
             generators=generators,
             masked=masked.to(device),
             filled=torch.zeros(canvas.shape, dtype=torch.bool, device=device),
-            changed=torch.zeros(canvas.shape, dtype=torch.bool, device=device),
+            previous_canvas=canvas.to(device),
             finished=torch.zeros(batch, dtype=torch.bool, device=device),
             nfe=zeros.clone(),
             ar_forwards=zeros.clone(),
-            finish_step=torch.full((batch,), -1, dtype=torch.long, device=device),
         )
 
     @property
@@ -264,11 +260,17 @@ class DecodeState:
             return tokens == self.eos_token_ids[0]
         return torch.isin(tokens, self.eos_token_ids)
 
+    @cached_property
+    def generated_columns(self) -> torch.Tensor:
+        """``[N]`` bool, true from ``gen_start`` on."""
+        return self.columns >= self.gen_start
+
     def after_first_eos(self) -> torch.Tensor:
-        """``[B, N]`` bool, generated columns strictly after each row's first committed EOS (fills excluded)."""
-        eos = self.is_eos(self.canvas) & ~self.masked & ~self.filled
-        eos[:, : self.gen_start] = False
-        seen = eos.cummax(dim=-1).values
+        """``[B, N]`` bool, generated columns strictly after each row's first EOS token.
+
+        Masked positions hold the mask id and filled ones lie after the first EOS, so neither moves it.
+        """
+        seen = (self.is_eos(self.canvas) & self.generated_columns).cummax(dim=-1).values
         return torch.nn.functional.pad(seen[:, :-1], (1, 0))
 
     def apply(self, decision: Decision) -> torch.Tensor:
@@ -283,25 +285,26 @@ class DecodeState:
         before = self.canvas
         self.canvas = torch.where(decision.commit, decision.tokens, self.canvas)
         self.masked = self.masked & ~decision.commit
-        if decision.revoke is not None:
-            self.canvas = torch.where(decision.revoke, self.mask_token_id, self.canvas)
-            self.masked = self.masked | decision.revoke
-        tail = self.after_first_eos()
-        if decision.revoke is not None:
-            reopen = self.filled & ~tail
-            self.canvas = torch.where(reopen, self.mask_token_id, self.canvas)
+        if decision.revoke is not None:  # reopen the filled tails too: the tail is settled again below
+            reopen = decision.revoke | self.filled
+            self.canvas = self.canvas.masked_fill(reopen, self.mask_token_id)
             self.masked = self.masked | reopen
-        self.canvas = torch.where(tail, self.fill_token_id, self.canvas)
+        tail = self.after_first_eos()
+        self.canvas = self.canvas.masked_fill(tail, self.fill_token_id)
         self.masked = self.masked & ~tail
         self.filled = tail
-        self.changed = self.canvas != before
+        self.previous_canvas = before
         commits = decision.commit.sum(-1) * running
         self.commits.append(commits)
         self.nfe += running
         self.step += 1
         self.finished = ~self.masked.any(-1)
-        self.finish_step = torch.where(self.finished & (self.finish_step < 0), self.step, self.finish_step)
         return commits
+
+    @property
+    def changed(self) -> torch.Tensor:
+        """``[B, N]`` bool, positions whose token changed in the last step (commits, revocations, EOS fill)."""
+        return self.canvas != self.previous_canvas
 
     def generated(self, row: int) -> list[int]:
         """Row ``row``'s generated ids up to and including its first EOS (all of them if none)."""

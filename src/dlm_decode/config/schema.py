@@ -52,7 +52,7 @@ class ModelSection:
 
 @dataclass
 class GenerationSection:
-    max_new_tokens: int = 48
+    max_new_tokens: int = 32
     """Mask tokens appended to every prompt (the canvas length)."""
     batch_size: int = 8
     """Prompts decoded together."""

@@ -43,19 +43,25 @@ class BlockWindow:
     def __init__(self, size: int | None):
         self.size = size
 
+    def blocks(self, state: DecodeState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per column ``[N]`` long: block index (-1 on prompt columns), block start and block end columns."""
+        tables = state.scratch.get("blocks")
+        if tables is None:
+            offset = (state.columns - state.gen_start).clamp(min=-1)
+            index = offset.div(self.size or state.width, rounding_mode="floor")
+            start = (state.gen_start + index * (self.size or state.width)).clamp(min=0)
+            end = (start + (self.size or state.width)).clamp(max=state.width)
+            tables = state.scratch["blocks"] = (index, start, end)
+        return tables
+
     @hookimpl
     def dlm_window(self, state: DecodeState) -> Window:
         masked = state.masked
-        columns = state.columns
-        if self.size is None:
-            start = torch.full((state.batch_size,), state.gen_start, device=columns.device)
-            end = torch.full_like(start, state.width)
-            return Window(eligible=masked, input_end=state.width, block_start=start, block_end=end)
-        frontier = torch.where(masked.any(-1), masked.int().argmax(-1), state.width - 1)
-        start = state.gen_start + (frontier - state.gen_start).div(self.size, rounding_mode="floor") * self.size
-        end = (start + self.size).clamp(max=state.width)
-        eligible = masked & (columns < end[:, None])
-        return Window(eligible=eligible, input_end=state.width, block_start=start, block_end=end)
+        index, start, end = self.blocks(state)
+        frontier = masked.int().argmax(-1)  # a finished row points at column 0, a prompt column: no block
+        current = index[frontier]
+        return Window(eligible=masked & (index == current[:, None]), input_end=state.width,
+                      block_start=start[frontier], block_end=end[frontier])
 
 
 @dataclass
