@@ -55,6 +55,8 @@ DEFAULT_PLUGINS = (
     "dlm_decode.strategies.proposals",
     "dlm_decode.strategies.verification",
     "dlm_decode.strategies.apd",
+    "dlm_decode.strategies.threshold",
+    "dlm_decode.strategies.block_caches",
 )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -48,12 +48,15 @@ def summarize(records: Sequence[dict], config_hash: str) -> dict:
     """Accuracy per task and overall (mean over tasks), and speed over all examples.
 
     ``tokens_per_forward`` = generated tokens / dLLM forwards, ``tokens_per_s`` = generated tokens / decoding
-    seconds, ``nfe`` and ``ar_forwards`` are means per example, ``wall_s`` the decoding seconds in total.
+    seconds, ``nfe`` and ``ar_forwards`` are means per example, ``wall_s`` the decoding seconds in total, and
+    ``commits_histogram`` maps "tokens committed in a step" to how many steps did so (APD's accepted tokens per
+    iteration).
     """
     by_task: dict[str, list[bool]] = defaultdict(list)
     for record in records:
         by_task[record["task"]].append(record["correct"])
     per_task = {task: sum(v) / len(v) for task, v in sorted(by_task.items())}
+    histogram = Counter(c for record in records for c in record["commits_per_step"])
     tokens = sum(r["generated_tokens"] for r in records)
     nfe = sum(r["nfe"] for r in records)
     wall = sum(r["batch_wall_share_s"] for r in records)
@@ -68,6 +71,7 @@ def summarize(records: Sequence[dict], config_hash: str) -> dict:
         "generated_tokens": tokens / count,
         "tokens_per_s": tokens / wall if wall > 0 else 0.0,
         "wall_s": wall,
+        "commits_histogram": {str(k): histogram[k] for k in sorted(histogram)},
         "config_hash": config_hash,
     }
 

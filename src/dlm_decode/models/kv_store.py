@@ -1,0 +1,108 @@
+"""A positional key/value store for Hugging Face attention: write at given canvas columns, read them all.
+
+HF's :class:`~transformers.DynamicCache` appends: a forward's keys/values go after the cached ones, so a cache can
+only hold a prefix of the canvas. Fast-dLLM's DualCache (Wu et al. 2025, arXiv 2505.22618, §3.2; the official
+``replace_position`` argument of its modified LLaDA) also keeps the keys/values of the columns *after* the
+queries. :class:`PositionalKVCache` implements the transformers 5.24 :class:`~transformers.Cache` interface for
+that: every layer holds the keys/values of ``length`` canvas columns, a forward over queries ``[start, start + S)``
+overwrites those columns in place (for the rows and columns its write mask selects) and attention reads all
+``length`` columns. The model is called as usual with explicit ``position_ids`` ``[B, S]`` and a 4-D boolean
+attention mask ``[B, 1, S, length]``, which HF Llama/Qwen2 pass to attention as is; the store itself never
+looks at positions.
+
+Columns a row does not write keep the keys/values of an earlier forward, so that row's queries attend to those
+(possibly stale) keys/values while other rows of the same forward write theirs: a batch whose rows recompute
+different spans still decodes each row exactly as it would alone.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+
+class PositionalLayer(CacheLayerMixin):
+    """One attention layer's keys/values for ``length`` columns: ``keys``, ``values`` ``[B, H, length, D]``."""
+
+    def __init__(self, length: int):
+        super().__init__()
+        self.length = length
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        batch, heads, _, dim = key_states.shape
+        self.device = key_states.device
+        self.keys = key_states.new_zeros(batch, heads, self.length, dim)
+        self.values = value_states.new_zeros(batch, heads, self.length, value_states.shape[-1])
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, start: int = 0,
+               write: torch.Tensor | None = None, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the queries' keys/values at columns ``[start, start + S)``; return every column's.
+
+        :param key_states: ``[B, H, S, D]``, likewise ``value_states``.
+        :param write: ``[B, S]`` bool, the (row, query) pairs to store; None stores all of them.
+        :return: ``keys``, ``values`` ``[B, H, length, D]`` (the store itself, valid until the next write).
+        """
+        end = start + key_states.shape[-2]
+        if end > self.length:
+            raise ValueError(f"queries [{start}, {end}) run past the store's {self.length} columns")
+        if not self.is_initialized:
+            if start != 0 or end != self.length or write is not None:
+                raise ValueError(f"the first forward into a positional store must write all of its {self.length} "
+                                 f"columns for every row, got columns [{start}, {end})"
+                                 + (" with a write mask" if write is not None else ""))
+            self.lazy_initialization(key_states, value_states)
+        if write is None:
+            self.keys[:, :, start:end] = key_states
+            self.values[:, :, start:end] = value_states
+        else:
+            selected = write[:, None, :, None]
+            self.keys[:, :, start:end] = torch.where(selected, key_states, self.keys[:, :, start:end])
+            self.values[:, :, start:end] = torch.where(selected, value_states, self.values[:, :, start:end])
+        return self.keys, self.values
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.length, 0
+
+    def get_seq_length(self) -> int:
+        return self.length if self.is_initialized else 0
+
+    def get_max_length(self) -> int:
+        return self.length
+
+
+class PositionalKVCache(Cache):
+    """Keys/values of canvas columns ``[0, length)`` for every layer, written in place.
+
+    Before each forward call :meth:`set_queries` with the first query column (and optionally a write mask); the
+    first forward must cover all ``length`` columns for every row. Usage::
+
+        store = PositionalKVCache(length)
+        store.set_queries(0)                  # refresh: a full forward over [0, length) fills the store
+        model(..., cache=store)
+        store.set_queries(start, write)       # queries [start, start + S) attend to all `length` columns
+        model(..., cache=store)
+
+    :param length: ``K``, the number of columns stored (the key width of every attention mask).
+    """
+
+    def __init__(self, length: int):
+        super().__init__(layer_class_to_replicate=functools.partial(PositionalLayer, length))
+        self.length = length
+        self.start = 0
+        self.write: torch.Tensor | None = None
+
+    def set_queries(self, start: int, write: torch.Tensor | None = None) -> None:
+        """Make the next forward's queries canvas columns ``[start, start + S)``.
+
+        :param write: ``[B, S]`` bool, the (row, column) pairs whose keys/values the forward stores; the others
+            keep their stored keys/values, which that row's queries then attend to. None: store all.
+        """
+        self.start, self.write = start, write
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args,
+               **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Called by each HF attention layer with its new ``[B, H, S, D]`` keys/values; returns all columns'."""
+        return super().update(key_states, value_states, layer_idx, start=self.start, write=self.write)
