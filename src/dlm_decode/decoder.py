@@ -51,6 +51,7 @@ class RowStats:
     :ivar steps: loop steps until the row finished.
     :ivar wall_s: seconds from the start of its batch until the row finished.
     :ivar commits_per_step: tokens committed at each of its steps.
+    :ivar extra: statistics published by plugins through ``state.row_stats`` (e.g. ``wino.revocations``).
     """
 
     nfe: int
@@ -60,6 +61,7 @@ class RowStats:
     steps: int
     wall_s: float
     commits_per_step: list[int]
+    extra: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -196,6 +198,7 @@ class Decoder:
                     nfe=nfe, ar_forwards=int(state.ar_forwards[row]), generated_tokens=len(generated),
                     tokens_per_forward=len(generated) / max(nfe, 1), steps=steps,
                     wall_s=step_ends[steps - 1], commits_per_step=commits[row][:steps],
+                    extra={name: float(values[row]) for name, values in state.row_stats.items()},
                 ))
         return GenerationOutput(texts=texts, token_ids=ids, stats=stats, config_hash=self.config.hash,
                                 prompts=prompts)

@@ -57,6 +57,7 @@ DEFAULT_PLUGINS = (
     "dlm_decode.strategies.apd",
     "dlm_decode.strategies.threshold",
     "dlm_decode.strategies.block_caches",
+    "dlm_decode.strategies.wino",
 )
 
 

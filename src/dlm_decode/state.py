@@ -168,7 +168,9 @@ class DecodeState:
     :ivar nfe: ``[B]`` long, dLLM forwards each row took part in while unfinished (also its number of steps).
     :ivar ar_forwards: ``[B]`` long, AR-model forwards each row took part in (APD's verifier adds to it).
     :ivar commits: per step, ``[B]`` long commits (0 for rows already finished).
-    :ivar scratch: per-generation storage for plugins, keyed by a name of their choice.
+    :ivar scratch: per-batch storage for plugins, keyed by a name of their choice.
+    :ivar row_stats: per-row statistics plugins publish, name -> ``[B]`` tensor (e.g. WINO's revocation
+        counts); they appear in each row's :class:`~dlm_decode.decoder.RowStats` ``extra`` and in eval summaries.
     """
 
     canvas: torch.Tensor
@@ -188,6 +190,7 @@ class DecodeState:
     step: int = 0
     commits: list[torch.Tensor] = field(default_factory=list)
     scratch: dict[str, Any] = field(default_factory=dict)
+    row_stats: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
     def build(

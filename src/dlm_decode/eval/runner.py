@@ -50,7 +50,8 @@ def summarize(records: Sequence[dict], config_hash: str) -> dict:
     ``tokens_per_forward`` = generated tokens / dLLM forwards, ``tokens_per_s`` = generated tokens / decoding
     seconds, ``nfe`` and ``ar_forwards`` are means per example, ``wall_s`` the decoding seconds in total, and
     ``commits_histogram`` maps "tokens committed in a step" to how many steps did so (APD's accepted tokens per
-    iteration).
+    iteration), and ``extra`` holds the per-example means of the plugins' row statistics (e.g. WINO's
+    revocations and flip-flops).
     """
     by_task: dict[str, list[bool]] = defaultdict(list)
     for record in records:
@@ -72,6 +73,8 @@ def summarize(records: Sequence[dict], config_hash: str) -> dict:
         "tokens_per_s": tokens / wall if wall > 0 else 0.0,
         "wall_s": wall,
         "commits_histogram": {str(k): histogram[k] for k in sorted(histogram)},
+        "extra": {name: sum(r["extra"].get(name, 0.0) for r in records) / count
+                  for name in sorted({name for r in records for name in r["extra"]})},
         "config_hash": config_hash,
     }
 
@@ -84,6 +87,8 @@ def format_table(summary: dict) -> str:
     lines.append(f"NFE {summary['nfe']:.2f}  tokens/forward {summary['tokens_per_forward']:.2f}  "
                  f"AR forwards {summary['ar_forwards']:.2f}  tokens/s {summary['tokens_per_s']:.1f}  "
                  f"wall {summary['wall_s']:.1f} s")
+    if summary.get("extra"):
+        lines.append("  ".join(f"{name} {value:.2f}" for name, value in summary["extra"].items()))
     return "\n".join(lines)
 
 
