@@ -12,26 +12,14 @@ from hypothesis import strategies as st
 from dlm_decode.models.attention import bidirectional_mask, position_ids_from_mask
 from dlm_decode.ops import Scorer
 from dlm_decode.state import ModelInputs
+from dlm_decode.testing.strategies import logits as logits_st
+from dlm_decode.testing.strategies import proposals, prompts, verifications, windows
 from dlm_decode.testing.toy import ToyDiffusionLM
 
 from helpers import StepRecorder, toy_decoder
 
-prompts_st = st.lists(st.text(alphabet="abcdefgh", min_size=1, max_size=9), min_size=1, max_size=5)
-windows_st = st.one_of(st.just(["decoder.window=full"]),
-                       st.integers(1, 9).map(lambda n: ["decoder.window=blocks", f"decoder.window.size={n}"]))
-proposals_st = st.one_of(
-    st.just(["decoder.proposal=greedy"]),
-    st.tuples(st.floats(0.2, 2.0), st.sampled_from([None, 3]), st.sampled_from([None, 0.8])).map(
-        lambda t: ["decoder.proposal=sample", f"decoder.proposal.temperature={t[0]}",
-                   f"decoder.proposal.top_k={'null' if t[1] is None else t[1]}",
-                   f"decoder.proposal.top_p={'null' if t[2] is None else t[2]}"]),
-)
-verifications_st = st.one_of(
-    st.tuples(st.sampled_from(["confidence", "margin", "entropy", "random"]), st.integers(1, 5)).map(
-        lambda t: ["decoder.verification=topk", f"decoder.verification.score={t[0]}",
-                   f"decoder.verification.tokens_per_step={t[1]}"]),
-    st.integers(1, 4).map(lambda k: ["decoder.verification=left_to_right", f"decoder.verification.k={k}"]),
-)
+prompts_st = prompts()
+windows_st, proposals_st, verifications_st = windows, proposals, verifications
 
 
 @given(prompts=prompts_st, window=windows_st, proposal=proposals_st, verification=verifications_st,

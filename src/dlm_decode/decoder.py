@@ -118,7 +118,7 @@ class Decoder:
         self.config = config
         self.registry = registry or get_registry()
         self.dllm = dllm or DiffusionLM.from_spec(config.config.model.dllm)
-        self.scorer = get_scorer()
+        self.scorer = get_scorer(config.config.generation.kernels, key="generation.kernels")
         context = BuildContext(config=config, dllm=self.dllm, scorer=self.scorer)
         self.strategies = {}
         for role in ROLES:

@@ -60,6 +60,8 @@ class GenerationSection:
     """Prompt ``i`` of a call is decoded with its own generator seeded ``seed + i``."""
     max_steps: Optional[int] = None
     """Abort when a batch takes more steps than this (default: 4 x max_new_tokens)."""
+    kernels: Optional[str] = None
+    """Scoring backend: ``auto``, ``triton`` or ``native``; null: the ``DLM_DECODE_KERNELS`` variable, else auto."""
 
     def __post_init__(self) -> None:
         check_field(self.max_new_tokens >= 1, "max_new_tokens", f"must be at least 1, got {self.max_new_tokens}",
@@ -67,6 +69,8 @@ class GenerationSection:
         check_field(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
         check_field(self.max_steps is None or self.max_steps >= 1, "max_steps",
                     f"must be at least 1 or null, got {self.max_steps}")
+        check_field(self.kernels is None or self.kernels.strip().lower() in ("auto", "triton", "native"), "kernels",
+                    f"must be auto, triton, native or null, got {self.kernels!r}")
 
 
 def _strategy(name: str) -> Any:

@@ -2,12 +2,30 @@
 
 Every function takes ``logits`` of shape ``[K, V]`` (one row per position) and reduces over ``V``. These are
 the reference implementations and the CPU path; proposal and verification plugins reach them only through
-:class:`dlm_decode.ops.Scorer`.
+:class:`dlm_decode.ops.Scorer`. Each has a one-pass Triton twin in :mod:`dlm_decode.ops.kernels`
+(``*_triton``) that the parity tests compare against it.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple, Optional
+
 import torch
+
+
+class SoftmaxStats(NamedTuple):
+    """Per-position statistics of ``softmax(logits)``, each ``[K]``; a field not asked for is None."""
+
+    max_prob: torch.Tensor
+    """float32, the largest probability."""
+    argmax: Optional[torch.Tensor]
+    """long, its token (the first one on ties)."""
+    entropy: Optional[torch.Tensor]
+    """float32, in nats."""
+    margin: Optional[torch.Tensor]
+    """float32, top-1 minus top-2 probability."""
+    token_prob: Optional[torch.Tensor]
+    """float32, the probability of the given tokens."""
 
 
 def max_prob_native(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,6 +53,16 @@ def entropy_native(logits: torch.Tensor) -> torch.Tensor:
     """``[K, V]`` -> ``[K]`` float32 entropy in nats (``-inf`` logits contribute 0)."""
     log_probs = torch.log_softmax(logits.float(), dim=-1)
     return -(log_probs.exp() * log_probs.nan_to_num(neginf=0.0)).sum(-1)
+
+
+def softmax_stats_native(logits: torch.Tensor, tokens: torch.Tensor | None = None) -> SoftmaxStats:
+    """``[K, V]`` (and optional ``[K]`` long ``tokens``) -> every field of :class:`SoftmaxStats`.
+
+    ``token_prob`` is None without ``tokens``.
+    """
+    max_prob, argmax = max_prob_native(logits)
+    return SoftmaxStats(max_prob, argmax, entropy_native(logits), margin_native(logits),
+                        None if tokens is None else token_prob_native(logits, tokens))
 
 
 def gumbel_argmax_native(logits: torch.Tensor, gumbel: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -128,7 +128,8 @@ class APDVerifier:
         p_x, t_x = p.gather(-1, draft[:, None])[:, 0], t.gather(-1, draft[:, None])[:, 0]
         accepted = uniform_noise(state, counts, mixed.device) * p_x < t_x
         residual = (t - p).clamp(min=0)
-        resampled = (residual.log() + gumbel_noise(state, counts, mixed.shape[-1], mixed.device)).argmax(-1)
+        resampled = self.scorer.gumbel_argmax(residual.log(), gumbel_noise(state, counts, mixed.shape[-1],
+                                                                           mixed.device), 1.0)
         rejected = window.eligible & ~proposal.scatter(accepted, False)
         stop = first_columns(rejected, state.width)
         tokens = proposal.tokens.clone()
