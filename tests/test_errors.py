@@ -19,7 +19,7 @@ from helpers import toy_decoder
 
 
 @pytest.mark.parametrize(("overrides", "key", "hint"), [
-    (["decoder.verification=bogus"], "decoder.verification.name", "left_to_right, topk"),
+    (["decoder.verification=bogus"], "decoder.verification.name", "registered: apd"),
     (["generation.max_new_tokens=abc"], "generation.max_new_tokens", "type"),
     (["generation.max_new_tokens=0"], "generation.max_new_tokens", "at least 1"),
     (["generation.max_new_tokens=-5"], "generation.max_new_tokens", "at least 1"),

@@ -1,0 +1,81 @@
+"""APD against one-token-per-step dLLM decoding and the AR model alone, on the same prompts in one run.
+
+Prints accuracy, tokens per dLLM forward, AR forwards and tokens/s for: the dLLM one token per step
+(``configs/decoders/llada.yaml``), the AR model alone (greedy, HF ``generate`` with its key/value cache), and
+APD (``configs/decoders/apd.yaml``) at each requested R.
+
+    python benchmarks/apd_headline.py [--per-task 50] [--r 0.5,0.7,0.9] [key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+
+from dlm_decode.config import load_config
+from dlm_decode.decoder import Decoder
+from dlm_decode.eval.runner import evaluate
+from dlm_decode.eval.tasks import TASKS, load_examples
+from dlm_decode.models.hf import CausalLM, DiffusionLM
+
+
+def ar_alone(ar: CausalLM, dllm: DiffusionLM, per_task: int, batch_size: int, max_new_tokens: int) -> dict:
+    """Greedy AR decoding of the test prompts: accuracy and tokens/s (tokens counted up to the first EOS)."""
+    examples = load_examples(None, "test", per_task)
+    tokenizer = dllm.tokenizer
+    correct = tokens = 0
+    started = time.perf_counter()
+    for first in range(0, len(examples), batch_size):
+        chunk = examples[first: first + batch_size]
+        encoded = dllm.encode([ex.prompt for ex in chunk])
+        width = max(len(ids) for ids in encoded)
+        input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(ids)) + ids for ids in encoded])
+        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded])
+        with torch.inference_mode():
+            out = ar.model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
+                                    do_sample=False, eos_token_id=dllm.eos_token_ids,
+                                    pad_token_id=tokenizer.pad_token_id)
+        for ex, row in zip(chunk, out[:, width:].tolist()):
+            end = next((i for i, t in enumerate(row) if t in dllm.eos_token_ids), len(row) - 1)
+            tokens += end + 1
+            correct += TASKS[ex.task].check(ex, dllm.decode(row[:end]))
+    wall = time.perf_counter() - started
+    return {"accuracy": correct / len(examples), "tokens_per_forward": 1.0, "ar_forwards": float("nan"),
+            "tokens_per_s": tokens / wall, "nfe": 0.0}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="overrides applied to the APD config")
+    parser.add_argument("--per-task", type=int, default=50)
+    parser.add_argument("--r", default="0.5,0.7,0.9", help="mixture weights R to run")
+    args = parser.parse_args()
+    baseline = load_config("configs/decoders/llada.yaml")
+    dllm = DiffusionLM.from_spec(baseline.config.model.dllm)
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        summary = evaluate(Decoder(baseline, dllm=dllm), f"{scratch}/llada", limit=args.per_task, progress=False)
+        rows.append(("dLLM, 1 token/step (llada.yaml)", summary))
+        apd_configs = [load_config("configs/decoders/apd.yaml", [*args.overrides,
+                                                                  f"decoder.verification.mixture_weight={r}"])
+                       for r in args.r.split(",")]
+        ar = CausalLM.from_spec(apd_configs[0].config.model.ar)
+        rows.append(("AR model alone (greedy, KV cache)",
+                     ar_alone(ar, dllm, args.per_task, baseline.config.generation.batch_size,
+                              baseline.config.generation.max_new_tokens)))
+        for r, config in zip(args.r.split(","), apd_configs):
+            summary = evaluate(Decoder(config, dllm=dllm), f"{scratch}/apd-{r}", limit=args.per_task, progress=False)
+            rows.append((f"APD R={r} ({config.hash})", summary))
+    print(f"{args.per_task} test examples per task x {len(TASKS)} tasks; torch threads {torch.get_num_threads()}")
+    print(f"| decoder | accuracy | tokens/dLLM forward | AR forwards/example | tokens/s |")
+    print("|---|---:|---:|---:|---:|")
+    for name, s in rows:
+        print(f"| {name} | {100 * s['accuracy']:.1f} | {s['tokens_per_forward']:.2f} | {s['ar_forwards']:.1f} | "
+              f"{s['tokens_per_s']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
