@@ -3,10 +3,11 @@
 ::
 
     dlm-decode generate -c CFG [-c CFG2 ...] [key=value ...] (--prompt TEXT ... | --prompts-file F) [--json]
+    dlm-decode generate -c CFG [key=value ...] --dry-run [--prompt TEXT ...] [--prompt-budget N]
     dlm-decode plugins
     dlm-decode config show|validate -c CFG [key=value ...]
     dlm-decode models
-    dlm-decode eval -c CFG [key=value ...] [--tasks arith,sort,...] [--limit N] --out DIR
+    dlm-decode eval -c CFG [key=value ...] [--tasks arith,sort,...] [--limit N] --out DIR [--dry-run]
     dlm-decode ablate -c CFG [key=value ...] --vary key=v1,v2 [--vary ...] [--tasks ...] [--limit N] --out DIR
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -37,9 +39,28 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
+def _report_dry_run(args: argparse.Namespace, prompts: list[str] | None) -> int:
+    """Print the dry run's findings; exit status 0 when no incompatibility was found, else 2."""
+    from dlm_decode.models.dry_run import dry_run
+
+    report = dry_run(args.config, args.overrides, prompts=prompts or None, prompt_budget=args.prompt_budget)
+    print(report.format())
+    return 0 if report.ok else 2
+
+
+def _add_dry_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the config and the model pair (tokenizers, vocab sizes, special ids, context) "
+                             "from config.json and tokenizer files alone, without loading weights; exit 2 on errors")
+    parser.add_argument("--prompt-budget", type=int, default=None, metavar="N",
+                        help="with --dry-run and no prompts: prompt tokens to budget for (default 512)")
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from dlm_decode.decoder import Decoder
 
+    if args.dry_run:
+        return _report_dry_run(args, _read_prompts(args) if (args.prompt or args.prompts_file) else None)
     prompts = _read_prompts(args)
     decoder = Decoder.from_config(args.config, args.overrides)
     output = decoder.generate(prompts)
@@ -84,11 +105,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from dlm_decode.decoder import Decoder
     from dlm_decode.eval.runner import evaluate, format_table
 
-    decoder = Decoder.from_config(args.config, args.overrides)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    if args.dry_run:
+        from dlm_decode.eval.tasks import TASKS, load_examples
+
+        names = tasks or list(TASKS)
+        unknown = [name for name in names if name not in TASKS]
+        if unknown:
+            raise DlmDecodeError(f"unknown task(s) {', '.join(unknown)}; fix: choose from {', '.join(TASKS)}")
+        return _report_dry_run(args, [ex.prompt for ex in load_examples(names, "test", max(args.limit, 1))])
+    if not args.out:
+        raise DlmDecodeError("eval needs --out DIR (the directory for results.jsonl and summary.json)")
+    decoder = Decoder.from_config(args.config, args.overrides)
     summary = evaluate(decoder, args.out, tasks=tasks, limit=args.limit, progress=not args.no_progress)
-    print(format_table(summary))
-    print(f"results: {args.out}/results.jsonl  summary: {args.out}/summary.json")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun / accelerate, rank 0 holds the gathered results
+        print(format_table(summary))
+        print(f"results: {args.out}/results.jsonl  summary: {args.out}/summary.json")
     return 0
 
 
@@ -120,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--prompt", action="append", help="a prompt; repeat for several")
     generate.add_argument("--prompts-file", help="a file with one prompt per line (decoded after the --prompt values)")
     generate.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    _add_dry_run_arguments(generate)
     generate.set_defaults(handler=cmd_generate)
 
     plugins = commands.add_parser("plugins", help="list the registered strategies by role, with their package")
@@ -135,8 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(evaluation)
     evaluation.add_argument("--tasks", help="comma-separated task names (default: all)")
     evaluation.add_argument("--limit", type=int, default=100, help="test examples per task (default 100)")
-    evaluation.add_argument("--out", required=True, help="directory for results.jsonl, summary.json, config.yaml")
+    evaluation.add_argument("--out", help="directory for results.jsonl, summary.json, config.yaml (required "
+                            "unless --dry-run)")
     evaluation.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_dry_run_arguments(evaluation)
     evaluation.set_defaults(handler=cmd_eval)
 
     ablation = commands.add_parser("ablate", help="evaluate a base config and one-factor-at-a-time variations")

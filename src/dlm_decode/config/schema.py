@@ -26,8 +26,15 @@ class ModelSpec:
     """``float32``, ``bfloat16`` or ``float16``."""
     device: str = "cpu"
     """``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto`` (CUDA when available)."""
+    device_map: Optional[str] = None
+    """Passed to ``from_pretrained`` (e.g. ``auto`` to spread a large model over the GPUs; needs ``accelerate``);
+    ``device`` is then ignored."""
     trust_remote_code: bool = False
     """Allow the checkpoint's own modeling code (LLaDA, Dream). Off unless the user sets it."""
+    family: str = "auto"
+    """How the adapter calls the dLLM: ``auto`` (from ``config.json``'s ``model_type``), ``bidirectional`` (HF
+    Llama/Qwen2 with ``is_causal: false``), ``llada`` or ``dream`` (shifted logits re-aligned). Ignored for
+    ``model.ar``."""
     chat_template: bool = True
     """Wrap each prompt as one user turn with the tokenizer's chat template, when it has one."""
     mask_token_id: Optional[int] = None
@@ -40,6 +47,9 @@ class ModelSpec:
                     f"must be float32, bfloat16 or float16, got {self.dtype!r}")
         check_field(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "device",
                     f"must be cpu, cuda, cuda:N, mps or auto, got {self.device!r}")
+        check_field(self.family in ("auto", "bidirectional", "llada", "dream"), "family",
+                    f"must be auto, bidirectional, llada or dream, got {self.family!r}",
+                    "leave it at auto to detect the family from the checkpoint's config.json")
 
 
 @dataclass

@@ -3,7 +3,8 @@
 Results go to ``DIR/results.jsonl`` one line per example as each batch finishes, so an interrupted run loses
 at most one batch and a rerun with the same config resumes where it stopped. ``DIR/summary.json`` and
 ``DIR/config.yaml`` are written at the end. Example ``i`` of the run is decoded with seed
-``generation.seed + i`` whatever the batch it lands in, so resumed and uninterrupted runs agree.
+``generation.seed + i`` whatever the batch it lands in, so resumed and uninterrupted runs agree. Under
+``torchrun``/``accelerate launch`` the examples are split by rank and gathered on rank 0 (see :func:`evaluate`).
 """
 
 from __future__ import annotations
@@ -96,8 +97,19 @@ def evaluate(decoder: Decoder, out_dir: str | Path, tasks: Sequence[str] | None 
              split: str = "test", data_seed: int = 0, progress: bool = True) -> dict:
     """Decode ``limit`` examples of each task, check them, and write the results under ``out_dir``.
 
+    **Several processes.** Under ``torchrun --nproc_per_node N`` / ``accelerate launch --num_processes N`` (the
+    ``RANK``/``WORLD_SIZE`` environment, see :mod:`dlm_decode.integrations`) every rank builds the same example
+    list, skips what earlier runs finished, and decodes every ``N``-th remaining example from its rank on (each
+    example once, with the seed of its index, so the results equal a single process's); it appends its records
+    to ``out_dir/results.rank<r>.jsonl`` as batches finish (resumable per rank), and rank 0 gathers the records,
+    writes them to ``results.jsonl`` in example order, removes the rank files and writes the summary (with
+    ``decoded_per_rank``: the examples each rank decoded in this run), which every rank returns. ``out_dir``
+    must be shared by the ranks (one node, or a shared file system).
+
     :return: the summary (also written to ``out_dir/summary.json``).
     """
+    from dlm_decode.integrations import barrier, broadcast_object, distributed, gather_objects
+
     names = list(tasks or TASKS)
     unknown = [name for name in names if name not in TASKS]
     if unknown:
@@ -105,17 +117,50 @@ def evaluate(decoder: Decoder, out_dir: str | Path, tasks: Sequence[str] | None 
     if limit < 1:
         raise InputError(f"--limit must be at least 1, got {limit}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     config_hash = decoder.config.hash
-    done = _read_results(out / RESULTS, config_hash)
-    (out / CONFIG).write_text(f"# config_hash: {config_hash}\n{decoder.config.yaml}", encoding="utf-8")
-    examples = [(f"{ex.task}-{i}", ex) for i, ex in enumerate(load_examples(names, split, limit, data_seed))]
-    seeds = {key: decoder.generation.seed + index for index, (key, _) in enumerate(examples)}
-    todo = [(key, ex) for key, ex in examples if key not in done]
+    with distributed() as ranks:
+        if ranks.main:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / CONFIG).write_text(f"# config_hash: {config_hash}\n{decoder.config.yaml}", encoding="utf-8")
+        barrier(ranks)
+        done = _read_results(out / RESULTS, config_hash)
+        for partial in sorted(out.glob(RANK_RESULTS.format(rank="*"))):
+            done.update(_read_results(partial, config_hash))
+        examples = [(f"{ex.task}-{i}", ex) for i, ex in enumerate(load_examples(names, split, limit, data_seed))]
+        seeds = {key: decoder.generation.seed + index for index, (key, _) in enumerate(examples)}
+        todo = [(key, ex) for key, ex in examples if key not in done][ranks.rank::ranks.world_size]
+        path = out / (RESULTS if ranks.world_size == 1 else RANK_RESULTS.format(rank=ranks.rank))
+        initial = len(examples) - len(todo) if ranks.world_size == 1 else 0
+        mine = _decode(decoder, todo, seeds, path, progress and ranks.main, total=initial + len(todo),
+                       initial=initial, rank=None if ranks.world_size == 1 else ranks.rank)
+        gathered = gather_objects(mine, ranks)
+        summary = None
+        if ranks.main:
+            for records in gathered:
+                done.update((record["id"], record) for record in records)
+            if ranks.world_size > 1:
+                _merge_rank_files(out, [done[key] for key, _ in examples], gathered, config_hash)
+            summary = summarize([done[key] for key, _ in examples], config_hash)
+            if ranks.world_size > 1:
+                summary["decoded_per_rank"] = [len(records) for records in gathered]
+            (out / SUMMARY).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        return broadcast_object(summary, ranks)
+
+
+#: Per-rank results file of a multi-process run (merged into ``results.jsonl`` by rank 0 at the end).
+RANK_RESULTS = "results.rank{rank}.jsonl"
+
+
+def _decode(decoder: Decoder, todo: list, seeds: dict[str, int], path: Path, progress: bool, total: int,
+            initial: int, rank: int | None) -> list[dict]:
+    """Decode ``todo`` in batches, appending each batch's records to ``path``; returns the new records.
+
+    :param rank: recorded in each record of a multi-process run (None in a single process).
+    """
     batch = decoder.generation.batch_size
-    with (out / RESULTS).open("a", encoding="utf-8") as handle, tqdm(
-        total=len(examples), initial=len(examples) - len(todo), desc="eval", unit="ex", disable=not progress
-    ) as bar:
+    records = []
+    with path.open("a", encoding="utf-8") as handle, tqdm(total=total, initial=initial, desc="eval", unit="ex",
+                                                          disable=not progress) as bar:
         for first in range(0, len(todo), batch):
             chunk = todo[first: first + batch]
             output = decoder.generate([ex.prompt for _, ex in chunk], seeds=[seeds[key] for key, _ in chunk],
@@ -125,11 +170,28 @@ def evaluate(decoder: Decoder, out_dir: str | Path, tasks: Sequence[str] | None 
                 record.update(id=key, task=ex.task, reference=ex.answer,
                               correct=TASKS[ex.task].check(ex, record["text"]),
                               batch_wall_share_s=batch_wall / len(chunk))
-                done[key] = record
+                if rank is not None:
+                    record["rank"] = rank
+                records.append(record)
                 handle.write(json.dumps(record) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
             bar.update(len(chunk))
-    summary = summarize([done[key] for key, _ in examples], config_hash)
-    (out / SUMMARY).write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    return summary
+    return records
+
+
+def _merge_rank_files(out: Path, ordered: list[dict], gathered: list[list[dict]], config_hash: str) -> None:
+    """Rank 0: append the records gathered from every rank (and those left in per-rank files by an interrupted
+    run) to ``results.jsonl`` in example order, then remove the per-rank files."""
+    merged = {record["id"] for records in gathered for record in records}
+    partials = sorted(out.glob(RANK_RESULTS.format(rank="*")))
+    for partial in partials:
+        merged.update(_read_results(partial, config_hash))
+    with (out / RESULTS).open("a", encoding="utf-8") as handle:
+        for record in ordered:
+            if record["id"] in merged:
+                handle.write(json.dumps(record) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    for partial in partials:
+        partial.unlink()

@@ -1,14 +1,40 @@
 """The dLLM adapter over a Hugging Face model, and model loading.
 
-Families differ only here: a bidirectional HF decoder (Llama/Qwen2 with ``config.is_causal = False``, no remote
-code) returns logits aligned to its inputs. Adapters for shifted-logit models (Dream) realign them so that,
-for every adapter, ``logits[:, i]`` predicts input column ``i``.
+Families differ only here (see :mod:`dlm_decode.models.families`): a bidirectional HF decoder (Llama/Qwen2 with
+``config.is_causal = False``, no remote code) and LLaDA return logits aligned to their inputs; Dream returns
+logits shifted by one (raw logit ``i`` predicts column ``i + 1``), which :class:`DiffusionLM` realigns so that,
+for every family, ``logits[:, i]`` predicts input column ``i``.
+
+**Shifted logits and caches (Dream).** Without a cache the forward covers columns ``[0, end)`` and the realigned
+logits are ``cat([raw[:, :1], raw[:, :-1]])`` (column 0 is a prompt column and never decided). With a cache the
+forward covers only ``[start, end)``, and the prediction for column ``start`` lives at column ``start - 1``,
+outside the span. The adapter then runs the span one column earlier, ``[start - 1, end)``, and drops the extra
+logit: the extra query reads the token and position of column ``start - 1`` from a record the adapter keeps on
+the cache object (every cached forward writes its span's tokens and positions there; the first one covers
+``[0, end)``), and attends like a query of the span (or to itself only, when it is left padding). Its key/value
+is *not* written: the keys/values the cache strategy froze before ``start`` stay frozen, so ``kv_window(W)``,
+``prefix`` and ``dual`` mean what they say for Dream too, and with a one-layer model (whose keys/values do not
+depend on context) every cache decodes exactly like ``none``. For the positional store (``prefix``/``dual``) the
+write mask simply excludes the extra column; for an appending ``DynamicCache`` (``kv_window``) the extra
+column's fresh key/value is appended as a duplicate that no query attends to and is removed after the forward.
+This costs one extra query column per forward. Fast-dLLM's Dream code instead force-decodes the block's first
+column at each refresh; WINO's shadow block (extra query positions) has no shifted-logit equivalent and is
+refused.
+
+**LLaDA's modeling code.** The official ``modeling_llada.py`` takes neither ``position_ids`` nor an HF cache, and
+versions before October 2025 ignore the attention mask (LLaDA issue #90). When the model's ``forward`` has no
+``position_ids`` parameter, the adapter calls it with ``input_ids`` alone and refuses (with a fix) what would
+silently change the result: a cache (use ``decoder.cache=none``), left padding in a batch of prompts of
+different lengths, or a mask that hides columns (``generation.batch_size=1`` fixes both). Modeling files that
+accept ``position_ids`` and a 4-D boolean mask (WINO's, Fast-dLLM's, any HF-native port) get the full path.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +42,18 @@ import torch
 
 from dlm_decode.config.schema import ModelSpec
 from dlm_decode.errors import ModelError
+from dlm_decode.models.families import Family, model_context, resolve_family, resolve_special_ids
 from dlm_decode.state import ModelInputs
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def resolve_device(device: str) -> torch.device:
+    """``auto``: CUDA when available. Under a launcher (``LOCAL_RANK`` set, ``WORLD_SIZE`` > 1), ``auto`` and
+    ``cuda`` mean ``cuda:LOCAL_RANK``, one GPU per process."""
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in os.environ
+    if device in ("auto", "cuda") and launched and torch.cuda.is_available():
+        return torch.device(f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -41,58 +73,140 @@ def resolve_path(path: str, key: str) -> str:
     return path
 
 
-def load_hf(spec: ModelSpec, key: str):
-    """Load ``(model, tokenizer)`` for ``spec`` with plain transformers APIs (offline unless the user allows)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def read_config_json(spec: ModelSpec, key: str) -> dict:
+    """The checkpoint's ``config.json`` as a dict, without running any of its code (local or HF cache only,
+    unless ``allow_download``)."""
+    from transformers.utils import cached_file
 
     path = resolve_path(spec.path, key)
-    device = resolve_device(spec.device)
+    try:
+        file = cached_file(path, "config.json", local_files_only=not spec.allow_download)
+    except Exception as exc:
+        raise ModelError(f"`{key}.path` = {spec.path!r} has no readable config.json ({type(exc).__name__}: {exc})\n"
+                         f"  fix: give a checkpoint directory with config.json; hub ids need {key}.allow_download=true "
+                         "or a copy in the local HF cache") from exc
+    with open(file, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def check_remote_code(config: dict, spec: ModelSpec, key: str) -> None:
+    """Raise unless the checkpoint can be built without its own code or the user allowed that code."""
+    from transformers import CONFIG_MAPPING
+
+    model_type = config.get("model_type")
+    native = model_type in CONFIG_MAPPING
+    if config.get("auto_map") and not native and not spec.trust_remote_code:
+        raise ModelError(
+            f"`{key}.path` = {spec.path!r} (model_type {model_type!r}) needs its own modeling code "
+            f"({', '.join(sorted(set(str(v).split('.')[0] + '.py' for v in config['auto_map'].values())))}), "
+            f"which is not run unless you allow it.\n  fix: set {key}.trust_remote_code=true after reading that code")
+
+
+def _auto_class(config):
+    """``AutoModelForCausalLM``, or ``AutoModel`` for remote code that maps only that (Dream's ``DreamModel``)."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    auto_map = getattr(config, "auto_map", None) or {}
+    if auto_map and "AutoModelForCausalLM" not in auto_map and "AutoModel" in auto_map:
+        return AutoModel
+    return AutoModelForCausalLM
+
+
+def load_hf(spec: ModelSpec, key: str):
+    """Load ``(model, tokenizer)`` for ``spec`` with plain transformers APIs (offline unless the user allows).
+
+    ``dtype`` is passed to ``from_pretrained``; ``device_map`` (e.g. ``auto``, needs ``accelerate``) places the
+    weights, otherwise the model is moved to ``device`` (``auto``: CUDA when available).
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    path = resolve_path(spec.path, key)
+    check_remote_code(read_config_json(spec, key), spec, key)
+    device = None if spec.device_map else resolve_device(spec.device)
     try:
         options = {"trust_remote_code": spec.trust_remote_code, "local_files_only": not spec.allow_download}
         tokenizer = AutoTokenizer.from_pretrained(path, **options)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[spec.dtype], **options)
+        config = AutoConfig.from_pretrained(path, **options)
+        placement = {"device_map": spec.device_map} if spec.device_map else {}
+        model = _auto_class(config).from_pretrained(path, config=config, dtype=_DTYPES[spec.dtype], **placement,
+                                                    **options)
     except Exception as exc:
-        raise ModelError(f"`{key}.path` = {spec.path!r} could not be loaded: {type(exc).__name__}: {exc}\n"
+        hint = " (device_map needs `pip install accelerate`)" if spec.device_map and "accelerate" in str(exc) else ""
+        raise ModelError(f"`{key}.path` = {spec.path!r} could not be loaded: {type(exc).__name__}: {exc}{hint}\n"
                          "  fix: check the path; models with their own code need "
                          f"{key}.trust_remote_code=true; hub ids need {key}.allow_download=true") from exc
-    return model.to(device).eval(), tokenizer
+    model = model if device is None else model.to(device)
+    return model.eval(), tokenizer
+
+
+def head_width(model) -> int:
+    """Width of the model's logits: its output embedding rows (may exceed the tokenizer's vocabulary)."""
+    try:
+        output = model.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        output = None
+    if output is not None and getattr(output, "weight", None) is not None:
+        return int(output.weight.shape[0])
+    config = model.config
+    return int(getattr(config, "embedding_size", None) or config.vocab_size)
+
+
+def encode_prompts(tokenizer, prompts: list[str], chat_template: bool) -> list[list[int]]:
+    """Token ids of each prompt: one user turn of the tokenizer's chat template when ``chat_template`` (and the
+    tokenizer has one), else the bare text."""
+    if chat_template and getattr(tokenizer, "chat_template", None) is not None:
+        return [
+            list(tokenizer.apply_chat_template(
+                [{"role": "user", "content": p}], tokenize=True, add_generation_prompt=True, return_dict=True,
+            )["input_ids"])
+            for p in prompts
+        ]
+    return [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
 
 
 class DiffusionLM:
     """A masked diffusion LM behind one interface.
 
-    :ivar model: the HF module. :ivar tokenizer: its tokenizer.
+    :ivar model: the HF module. :ivar tokenizer: its tokenizer. :ivar family: its :class:`Family`.
     :ivar mask_token_id, pad_token_id, fill_token_id: special ids; ``fill_token_id`` is written after EOS.
     :ivar eos_token_ids: ids that end a generation.
     :ivar vocab_size: width of the logits (may exceed the tokenizer's vocabulary).
-    :ivar max_context: the longest canvas the model accepts.
+    :ivar max_context: the longest canvas the model accepts (the config's, capped by the family's trained
+        context).
     :ivar chat_template: wrap prompts with the tokenizer's chat template.
     """
 
     def __init__(self, model, tokenizer, *, mask_token_id: int | None = None,
-                 eos_token_ids: list[int] | None = None, chat_template: bool = True):
+                 eos_token_ids: list[int] | None = None, chat_template: bool = True,
+                 family: str | Family = "auto"):
         self.model = model
         self.tokenizer = tokenizer
-        self.mask_token_id = mask_token_id if mask_token_id is not None else tokenizer.mask_token_id
+        self.family = family if isinstance(family, Family) else resolve_family(family, model.config)
+        self.vocab_size = head_width(model)
+        ids = resolve_special_ids(self.family, tokenizer, self.vocab_size, mask_override=mask_token_id,
+                                  eos_override=eos_token_ids)
+        self.mask_token_id = ids.mask
         if self.mask_token_id is None:
             raise ModelError("the dLLM's tokenizer has no mask token; fix: set model.dllm.mask_token_id")
-        eos = eos_token_ids if eos_token_ids is not None else [tokenizer.eos_token_id]
-        if not eos or None in eos:
+        if not ids.eos or None in ids.eos:
             raise ModelError("the dLLM's tokenizer has no EOS token; fix: set model.dllm.eos_token_ids")
-        self.eos_token_ids = list(eos)
+        outside = [i for i in (self.mask_token_id, *ids.eos) if not 0 <= i < self.vocab_size]
+        if outside:
+            raise ModelError(f"special id(s) {outside} lie outside the dLLM's {self.vocab_size} logits; "
+                             "fix: check model.dllm.mask_token_id / eos_token_ids (and model.dllm.family)")
+        self.eos_token_ids = list(ids.eos)
         self.fill_token_id = self.eos_token_ids[0]
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.fill_token_id
+        self.pad_token_id = ids.pad if ids.pad is not None else self.fill_token_id
         if self.pad_token_id == self.mask_token_id:
             raise ModelError("the pad id equals the mask id; fix: give the tokenizer a distinct pad token")
-        self.vocab_size = model.get_output_embeddings().weight.shape[0]
-        self.max_context = int(getattr(model.config, "max_position_embeddings", 1 << 30))
+        self.max_context = model_context(self.family, model.config)
         self.chat_template = chat_template and getattr(tokenizer, "chat_template", None) is not None
 
     @classmethod
     def from_spec(cls, spec: ModelSpec, key: str = "model.dllm") -> DiffusionLM:
         model, tokenizer = load_hf(spec, key)
         return cls(model, tokenizer, mask_token_id=spec.mask_token_id, eos_token_ids=spec.eos_token_ids,
-                   chat_template=spec.chat_template)
+                   chat_template=spec.chat_template, family=spec.family)
 
     @property
     def device(self) -> torch.device:
@@ -100,26 +214,139 @@ class DiffusionLM:
 
     def encode(self, prompts: list[str]) -> list[list[int]]:
         """Token ids of each prompt, with the chat template applied when enabled."""
-        if self.chat_template:
-            return [
-                list(self.tokenizer.apply_chat_template(
-                    [{"role": "user", "content": p}], tokenize=True, add_generation_prompt=True, return_dict=True,
-                )["input_ids"])
-                for p in prompts
-            ]
-        return [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        return encode_prompts(self.tokenizer, prompts, self.chat_template)
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     @torch.inference_mode()
     def forward(self, inputs: ModelInputs, cache: Any = None) -> torch.Tensor:
-        """``[B, S, V]`` float logits; ``logits[:, i]`` predicts input column ``i``.
+        """``[B, S, V]`` float logits; ``logits[:, i]`` predicts input column ``inputs.start + i``, whatever the
+        family (Dream's shifted logits are realigned, see the module docstring).
 
-        :param cache: a HF cache holding the keys/values of the ``K - S`` columns before the queries (the
-            attention mask is then ``[B, 1, S, K]``); the forward appends the queries' keys/values to it.
+        :param inputs: ``input_ids``/``position_ids`` ``[B, S]``, ``attention_mask`` ``[B, 1, S, K]`` bool.
+        :param cache: None (``K == S``), a HF ``DynamicCache`` holding the keys/values of the ``K - S`` columns
+            before the queries (the forward appends the queries'), or a
+            :class:`~dlm_decode.models.kv_store.PositionalKVCache` of ``K`` columns (the forward writes the queries'
+            in place).
         """
-        return run_hf(self.model, inputs.input_ids, inputs.position_ids, inputs.attention_mask, cache)
+        if self.family.shifted_logits:
+            return self._forward_shifted(inputs, cache)
+        return self._run(inputs.input_ids, inputs.position_ids, inputs.attention_mask, cache)
+
+    def _run(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
+             cache: Any) -> torch.Tensor:
+        """One forward in the model's calling convention: ``[B, S]`` ids and positions, ``[B, 1, S, K]`` bool mask."""
+        if "position_ids" in _forward_parameters(type(self.model)):
+            return run_hf(self.model, input_ids, position_ids, attention_mask, cache)
+        return self._run_legacy(input_ids, position_ids, attention_mask, cache)
+
+    def _run_legacy(self, input_ids, position_ids, attention_mask, cache) -> torch.Tensor:
+        """Models whose ``forward`` takes no ``position_ids`` (the official LLaDA code): ids only, full attention."""
+        name = type(self.model).__name__
+        if cache is not None:
+            raise ModelError(f"{name}.forward takes no position_ids, so this adapter cannot give it a key/value cache "
+                             "(the official LLaDA code has none). fix: set decoder.cache=none, or use a modeling "
+                             "file that accepts position_ids and an HF cache")
+        width = input_ids.shape[1]
+        expected = torch.arange(width, device=position_ids.device).expand_as(position_ids)
+        if not bool(torch.equal(position_ids, expected)) or not bool(attention_mask.all()):
+            raise ModelError(f"{name}.forward takes no position_ids (and older LLaDA code ignores the attention mask, "
+                             "LLaDA issue #90), so prompts of different lengths in one batch, or a window that "
+                             "hides columns from some rows, would change the result. fix: set "
+                             "generation.batch_size=1, or use a modeling file that accepts position_ids and a 4-D "
+                             "mask (e.g. WINO's or Fast-dLLM's modeling_llada.py)")
+        return self.model(input_ids=input_ids).logits
+
+    def _forward_shifted(self, inputs: ModelInputs, cache: Any) -> torch.Tensor:
+        """Realigned logits of a shifted-logit model (see the module docstring): ``[B, S, V]``."""
+        ids, positions, mask, start = inputs.input_ids, inputs.position_ids, inputs.attention_mask, inputs.start
+        if ids.shape[1] != inputs.end - start:
+            raise ModelError("extra query positions (WINO's shadow block) have no meaning for a shifted-logit "
+                             "model (Dream): the prediction for a column comes from the hidden state of the column "
+                             "before it. fix: use another verification than wino with model.dllm.family=dream")
+        if start == 0:
+            raw = self._run(ids, positions, mask, cache)
+            if cache is not None:
+                _ColumnRecord.write(cache, 0, ids, positions)
+            return torch.cat([raw[:, :1], raw[:, :-1]], dim=1)
+        if cache is None:
+            raise ModelError(f"a forward over columns [{start}, {inputs.end}) without a cache cannot realign Dream's "
+                             f"logits: column {start}'s prediction comes from column {start - 1}. fix: report this "
+                             "cache strategy; spans starting after column 0 need a cache")
+        record = getattr(cache, _ColumnRecord.ATTRIBUTE, None)
+        if record is None or record.tokens.shape[1] < start:
+            raise ModelError(f"the cache was not filled by a forward from column 0 through this adapter, so column "
+                             f"{start - 1} (whose logit predicts column {start} in Dream) is unknown. fix: the "
+                             "cache strategy's first forward must cover the canvas from column 0")
+        previous = start - 1
+        prev_ids = record.tokens[:, previous:start]
+        prev_positions = record.positions[:, previous:start]
+        real = mask[:, :, :1, previous:start]  # [B, 1, 1, 1]: the first query sees the previous column iff it is real
+        alone = torch.zeros_like(mask[:, :, :1, :])
+        alone[..., previous] = True
+        prev_row = torch.where(real, mask[:, :, :1, :], alone)  # [B, 1, 1, K]
+        all_ids = torch.cat([prev_ids, ids], dim=1)
+        all_positions = torch.cat([prev_positions, positions], dim=1)
+        all_mask = torch.cat([prev_row, mask], dim=2)  # [B, 1, S + 1, K]
+        from dlm_decode.models.kv_store import PositionalKVCache
+
+        if isinstance(cache, PositionalKVCache):
+            write = cache.write if cache.write is not None else torch.ones_like(ids, dtype=torch.bool)
+            cache.set_queries(previous, torch.cat([torch.zeros_like(write[:, :1]), write], dim=1))
+            raw = self._run(all_ids, all_positions, all_mask, cache)
+        else:
+            if not hasattr(cache, "layers") or cache.get_seq_length() != start or mask.shape[-1] != inputs.end:
+                raise ModelError(f"unsupported cache {type(cache).__name__} for a shifted-logit model: expected an "
+                                 f"appending DynamicCache holding columns [0, {start}) or a PositionalKVCache")
+            # keys: [0, start) cached, then the duplicate of `previous` (attended by no query), then [start, end)
+            hidden = torch.zeros_like(all_mask[..., :1])
+            all_mask = torch.cat([all_mask[..., :start], hidden, all_mask[..., start:]], dim=-1)
+            raw = self._run(all_ids, all_positions, all_mask, cache)
+            _drop_column(cache, start)
+        _ColumnRecord.write(cache, start, ids, positions)
+        return raw[:, :-1]
+
+
+class _ColumnRecord:
+    """Tokens and positions ``[B, L]`` of the canvas columns a cache's forwards covered, kept on the cache."""
+
+    ATTRIBUTE = "_dlm_decode_columns"
+
+    def __init__(self, tokens: torch.Tensor, positions: torch.Tensor):
+        self.tokens, self.positions = tokens, positions
+
+    @classmethod
+    def write(cls, cache: Any, start: int, ids: torch.Tensor, positions: torch.Tensor) -> None:
+        record = getattr(cache, cls.ATTRIBUTE, None)
+        end = start + ids.shape[1]
+        if record is None or record.tokens.shape[0] != ids.shape[0]:
+            if start != 0:
+                return
+            record = cls(ids.new_zeros(ids.shape[0], 0), positions.new_zeros(ids.shape[0], 0))
+        if record.tokens.shape[1] < end:
+            grow = end - record.tokens.shape[1]
+            record.tokens = torch.cat([record.tokens, ids.new_zeros(ids.shape[0], grow)], dim=1)
+            record.positions = torch.cat([record.positions, positions.new_zeros(ids.shape[0], grow)], dim=1)
+        record.tokens[:, start:end] = ids
+        record.positions[:, start:end] = positions
+        setattr(cache, cls.ATTRIBUTE, record)
+
+
+def _drop_column(cache: Any, column: int) -> None:
+    """Remove key/value column ``column`` from every layer of an appending HF cache."""
+    for layer in cache.layers:
+        if getattr(layer, "keys", None) is None or layer.keys.dim() != 4:
+            continue
+        layer.keys = torch.cat([layer.keys[..., :column, :], layer.keys[..., column + 1:, :]], dim=-2)
+        layer.values = torch.cat([layer.values[..., :column, :], layer.values[..., column + 1:, :]], dim=-2)
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_parameters(model_cls: type) -> frozenset[str]:
+    """Names of the explicit parameters of ``model_cls.forward``."""
+    return frozenset(name for name, p in inspect.signature(model_cls.forward).parameters.items()
+                     if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
 
 
 @functools.lru_cache(maxsize=None)
@@ -156,12 +383,18 @@ class CausalLM:
     """An autoregressive model sharing the dLLM's tokenizer (APD's verifier).
 
     :ivar vocab_size: width of its logits (may be narrower than the dLLM head).
+    :ivar substitute_id: fed in place of ids the AR model does not have (a dLLM head wider than the AR one can
+        draft them, e.g. Dream's padded ids >= 151,936 against Qwen2.5's head); the mixture already gives those
+        ids no target probability, so such a draft is rejected unless it is the step's first (always committed)
+        position, and the AR model then reads this id in its place.
     """
 
     def __init__(self, model, tokenizer):
         self.model = model
         self.tokenizer = tokenizer
-        self.vocab_size = model.get_output_embeddings().weight.shape[0]
+        self.vocab_size = head_width(model)
+        fallback = [tokenizer.unk_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id, 0]
+        self.substitute_id = next(int(i) for i in fallback if i is not None and i < self.vocab_size)
 
     @classmethod
     def from_spec(cls, spec: ModelSpec, key: str = "model.ar") -> CausalLM:
@@ -174,8 +407,19 @@ class CausalLM:
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
                 cache: Any) -> torch.Tensor:
-        """``[B, S, V_ar]`` logits; ``logits[:, i]`` predicts the column after input column ``i``."""
+        """``[B, S, V_ar]`` logits; ``logits[:, i]`` predicts the column after input column ``i``.
+
+        ``input_ids`` ``[B, S]`` may hold ids past the AR vocabulary; they are read as ``substitute_id``.
+        """
+        input_ids = input_ids.masked_fill(input_ids >= self.vocab_size, self.substitute_id)
         return run_hf(self.model, input_ids, position_ids, attention_mask, cache)
+
+
+def tokenizer_mismatches(dllm_tokenizer, ar_tokenizer) -> list[tuple[str, int, int | None]]:
+    """``(token, AR id, dLLM id)`` for every AR token whose id differs in the dLLM's tokenizer (sorted by AR id)."""
+    dllm_ids = dllm_tokenizer.get_vocab()
+    return sorted(((token, index, dllm_ids.get(token)) for token, index in ar_tokenizer.get_vocab().items()
+                   if dllm_ids.get(token) != index), key=lambda m: m[1])
 
 
 def check_shared_tokenizer(dllm_tokenizer, ar_tokenizer, dllm_vocab: int, ar_vocab: int) -> None:
@@ -183,11 +427,9 @@ def check_shared_tokenizer(dllm_tokenizer, ar_tokenizer, dllm_vocab: int, ar_voc
 
     A dLLM head wider than the AR vocabulary is allowed (its extra ids are masked out of mixtures).
     """
-    dllm_ids = dllm_tokenizer.get_vocab()
-    mismatched = [(token, index, dllm_ids.get(token)) for token, index in ar_tokenizer.get_vocab().items()
-                  if dllm_ids.get(token) != index]
+    mismatched = tokenizer_mismatches(dllm_tokenizer, ar_tokenizer)
     if mismatched:
-        shown = ", ".join(f"{t!r}: AR {a} vs dLLM {d}" for t, a, d in sorted(mismatched, key=lambda m: m[1])[:3])
+        shown = ", ".join(f"{t!r}: AR {a} vs dLLM {'absent' if d is None else d}" for t, a, d in mismatched[:3])
         raise ModelError(
             f"the AR model's tokenizer differs from the dLLM's ({len(mismatched)} tokens disagree, e.g. {shown}); "
             "APD compares token ids and adds logits per id. fix: pick an AR model trained with the dLLM's "

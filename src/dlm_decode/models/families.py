@@ -1,0 +1,168 @@
+"""Model families: what differs between diffusion LMs, as data.
+
+A family fixes how the adapter calls the model and reads its special ids; everything else is shared.
+
+=============  =================================  =============================================================
+family         detected from ``config.json``      differences
+=============  =================================  =============================================================
+bidirectional  any other ``model_type``           HF Llama/Qwen2 with ``is_causal: false``; no remote code;
+                                                  special ids from the tokenizer
+llada          ``model_type: llada``              remote code (``trust_remote_code``); mask ``<|mdm_mask|>``
+                                                  (126336), EOS ``<|endoftext|>`` (126081, also the pad, as in
+                                                  LLaDA's SFT data) and EoT ``<|eot_id|>`` (126348); context 4096
+dream          ``model_type: Dream``              remote code; logits shifted by one (raw logit ``i`` predicts
+                                                  token ``i + 1``; the adapter re-aligns them); mask
+                                                  ``<|mask|>`` (151666), pad/EOS ``<|endoftext|>`` (151643),
+                                                  end of turn ``<|im_end|>`` (151645); context 2048
+=============  =================================  =============================================================
+
+Special ids are resolved by token *string* first (so scaled-down stand-ins with the same special tokens at other
+ids work), then the documented id, as long as it lies inside the model's head. An explicit
+``model.dllm.mask_token_id`` / ``eos_token_ids`` always wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Optional
+
+FAMILY_NAMES = ("auto", "bidirectional", "llada", "dream")
+
+
+@dataclass(frozen=True)
+class Family:
+    """What one family of diffusion LMs needs from the adapter.
+
+    :ivar name: the ``model.dllm.family`` value.
+    :ivar model_types: ``config.json`` ``model_type`` values (lower case) that select this family.
+    :ivar shifted_logits: raw logit ``i`` predicts input column ``i + 1`` (Dream, initialised from an AR model).
+    :ivar remote_code: the checkpoint ships its own modeling code (needs ``trust_remote_code``).
+    :ivar mask: ``(token string, documented id)`` of the mask token, or None (read the tokenizer's).
+    :ivar eos: ``(token string, documented id)`` pairs that end a generation, the first one also fills the tail.
+    :ivar pad: ``(token string, documented id)`` of the padding token, or None (tokenizer's, else the first EOS).
+    :ivar context: the context the model was trained with (None: trust ``config.json``).
+    """
+
+    name: str
+    model_types: tuple[str, ...] = ()
+    shifted_logits: bool = False
+    remote_code: bool = False
+    mask: Optional[tuple[str, int]] = None
+    eos: tuple[tuple[str, int], ...] = ()
+    pad: Optional[tuple[str, int]] = None
+    context: Optional[int] = None
+
+
+FAMILIES: dict[str, Family] = {
+    "bidirectional": Family("bidirectional"),
+    "llada": Family(
+        "llada", model_types=("llada",), remote_code=True, mask=("<|mdm_mask|>", 126336),
+        eos=(("<|endoftext|>", 126081), ("<|eot_id|>", 126348)), pad=("<|endoftext|>", 126081), context=4096,
+    ),
+    "dream": Family(
+        "dream", model_types=("dream",), shifted_logits=True, remote_code=True, mask=("<|mask|>", 151666),
+        eos=(("<|endoftext|>", 151643), ("<|im_end|>", 151645)), pad=("<|endoftext|>", 151643), context=2048,
+    ),
+}
+
+#: ``config.json`` keys that hold the longest sequence a model accepts, in order of preference.
+CONTEXT_KEYS = ("max_position_embeddings", "max_sequence_length", "n_positions", "seq_length")
+
+
+def detect_family(config: Mapping[str, Any] | Any) -> Family:
+    """The family of a model from its ``config.json`` (a mapping) or a loaded ``PretrainedConfig``."""
+    get = config.get if isinstance(config, Mapping) else lambda key, default=None: getattr(config, key, default)
+    model_type = str(get("model_type", "") or "").lower()
+    architectures = " ".join(get("architectures", None) or []).lower()
+    for family in FAMILIES.values():
+        if model_type in family.model_types or any(t in architectures for t in family.model_types):
+            return family
+    return FAMILIES["bidirectional"]
+
+
+def resolve_family(name: str, config: Mapping[str, Any] | Any) -> Family:
+    """``model.dllm.family``: ``auto`` detects it from the config; an explicit name wins."""
+    return detect_family(config) if name == "auto" else FAMILIES[name]
+
+
+def config_context(config: Mapping[str, Any] | Any) -> Optional[int]:
+    """The longest sequence ``config`` declares (None if it declares none)."""
+    get = config.get if isinstance(config, Mapping) else lambda key, default=None: getattr(config, key, default)
+    for key in CONTEXT_KEYS:
+        value = get(key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def model_context(family: Family, config: Mapping[str, Any] | Any) -> int:
+    """The canvas limit: the config's context, capped by the family's trained context (Dream declares 131072
+    positions but was trained on 2048)."""
+    declared = config_context(config)
+    limits = [c for c in (declared, family.context) if c]
+    return min(limits) if limits else 1 << 30
+
+
+def token_id(tokenizer, token: str) -> Optional[int]:
+    """The id of ``token`` in ``tokenizer`` if it is a whole token of its vocabulary, else None."""
+    index = tokenizer.get_vocab().get(token)
+    return int(index) if index is not None else None
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """Resolved special ids of a diffusion LM.
+
+    :ivar mask: the mask id (None: unresolved). :ivar eos: ids that end a generation (may be empty).
+    :ivar pad: the padding id (None: unresolved). :ivar sources: how each was found, for reports.
+    """
+
+    mask: Optional[int]
+    eos: tuple[int, ...]
+    pad: Optional[int]
+    sources: tuple[tuple[str, str], ...] = ()
+
+
+def resolve_special_ids(family: Family, tokenizer, head_width: int, *, mask_override: Optional[int] = None,
+                        eos_override: Optional[list[int]] = None) -> SpecialIds:
+    """Mask, EOS and pad ids: explicit override, else the family's token string, else the tokenizer's own
+    special token, else the family's documented id when it lies inside the head (``< head_width``)."""
+    sources = []
+
+    def pick(entry: Optional[tuple[str, int]], tokenizer_id: Optional[int], what: str) -> Optional[int]:
+        if entry is not None and (found := token_id(tokenizer, entry[0])) is not None:
+            sources.append((what, f"token {entry[0]!r}"))
+            return found
+        if tokenizer_id is not None:
+            sources.append((what, "tokenizer"))
+            return int(tokenizer_id)
+        if entry is not None and entry[1] < head_width:
+            sources.append((what, f"{family.name} default"))
+            return entry[1]
+        return None
+
+    if mask_override is not None:
+        mask = mask_override
+        sources.append(("mask", "config"))
+    else:
+        mask = pick(family.mask, getattr(tokenizer, "mask_token_id", None), "mask")
+    if eos_override is not None:
+        eos = tuple(eos_override)
+        sources.append(("eos", "config"))
+    else:
+        eos = tuple(i for i in (token_id(tokenizer, token) for token, _ in family.eos) if i is not None)
+        if eos:
+            sources.append(("eos", "family tokens"))
+        elif getattr(tokenizer, "eos_token_id", None) is not None:
+            eos = (int(tokenizer.eos_token_id),)
+            sources.append(("eos", "tokenizer"))
+        else:
+            eos = tuple(i for _, i in family.eos if i < head_width)
+            if eos:
+                sources.append(("eos", f"{family.name} default"))
+    pad = pick(family.pad, getattr(tokenizer, "pad_token_id", None), "pad")
+    if pad is None and eos:
+        pad = eos[0]
+        sources.append(("pad", "first EOS"))
+    return SpecialIds(mask=mask, eos=eos, pad=pad, sources=tuple(sources))
