@@ -1,0 +1,208 @@
+"""The trainer (smoke run, canvas layout, loss, quick evaluator) and the shipped embedded checkpoints."""
+
+from __future__ import annotations
+
+import random
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from dlm_decode.errors import ModelError
+from dlm_decode.eval.tasks import TASKS, load_examples
+from dlm_decode.models import train
+from dlm_decode.models.embedded import EMBEDDED_MODELS, embedded_model_dir
+from dlm_decode.models.tokenizer import build_char_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_char_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pair")
+    table = train.main(["--out", str(out), "--smoke", "--threads", "1"])
+    return out, table
+
+
+def test_smoke_run_writes_both_checkpoints_and_the_model_card(smoke_run):
+    out, table = smoke_run
+    for kind in ("dllm", "ar"):
+        files = {p.name for p in (out / kind).iterdir()}
+        assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= files
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "python -m dlm_decode.models.train --out" in card and "--smoke" in card
+    assert "| dllm k=all |" in card and "| ar |" in card
+    assert set(table) == {"dllm k=1", "dllm k=2", "dllm k=4", "dllm k=all", "ar"}
+    assert all(set(row) == {*TASKS, "mean"} for row in table.values())
+
+
+def _logits(model, input_ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=input_ids).logits
+
+
+def test_checkpoints_load_through_plain_transformers(smoke_run, tokenizer):
+    out, _ = smoke_run
+    dllm = AutoModelForCausalLM.from_pretrained(out / "dllm")
+    ar = AutoModelForCausalLM.from_pretrained(out / "ar")
+    assert dllm.config.is_causal is False and getattr(ar.config, "is_causal", True) is True
+    assert train.count_parameters(ar) < train.count_parameters(dllm)
+    # Perturbing the last token moves the dLLM's earlier logits (bidirectional), never the AR model's (causal).
+    input_ids = torch.tensor([tokenizer.encode("12+34=", add_special_tokens=False)])
+    perturbed = input_ids.clone()
+    perturbed[0, -1] = tokenizer.mask_token_id
+    assert not torch.allclose(_logits(dllm, input_ids)[0, :-1], _logits(dllm, perturbed)[0, :-1])
+    assert torch.allclose(_logits(ar, input_ids)[0, :-1], _logits(ar, perturbed)[0, :-1], atol=1e-6)
+    loaded = AutoTokenizer.from_pretrained(out / "dllm")
+    assert (loaded.pad_token_id, loaded.bos_token_id, loaded.eos_token_id, loaded.mask_token_id) == (0, 1, 2, 3)
+
+
+def test_tokenizer_round_trips_every_task(tokenizer, smoke_run):
+    loaded = AutoTokenizer.from_pretrained(smoke_run[0] / "ar")
+    for example in load_examples(None, "test", 20):
+        for text in (example.prompt, example.answer):
+            ids = tokenizer.encode(text, add_special_tokens=False)
+            assert len(ids) == len(text) and tokenizer.decode(ids) == text
+            assert loaded.encode(text, add_special_tokens=False) == ids
+
+
+def test_prompt_ids_follow_the_chat_template(tokenizer):
+    prompts = ["sort 3 1 2", "name a fruit"]
+    messages = [[{"role": "user", "content": p}] for p in prompts]
+    expected = [tokenizer.apply_chat_template(m, tokenize=True, return_dict=False) for m in messages]
+    assert train.prompt_ids(tokenizer, prompts) == expected
+
+
+def test_dllm_rows_follow_the_decoder_canvas(tokenizer):
+    rng = random.Random(0)
+    examples = load_examples(None, "train", 50)
+    rows = train.dllm_rows(examples, tokenizer, rng)
+    lengths, truncated = set(), 0
+    for example, (ids, region) in zip(examples, rows, strict=True):
+        prompt = train.prompt_ids(tokenizer, [example.prompt])[0]
+        answer = tokenizer.encode(example.answer, add_special_tokens=False)
+        assert ids[: len(prompt)] == prompt and len(ids) == len(prompt) + region
+        generated = ids[len(prompt) :]
+        if region <= len(answer):  # a canvas cut inside the answer
+            truncated += 1
+            assert generated == answer[:region]
+        else:
+            assert generated == answer + [tokenizer.eos_token_id] * (region - len(answer))
+            assert region <= train.MAX_REGION
+        lengths.add(region)
+    assert 0 < truncated < len(rows) / 4 and len(lengths) > 20
+    batches = train.make_batches(rows, tokenizer.pad_token_id, 128)
+    assert [b.input_ids.shape[0] for b in batches] == [128, 128, 44]
+    for batch in batches:
+        assert not (batch.targets & ~batch.attention_mask).any()
+        assert batch.input_ids.shape[1] == batch.attention_mask.sum(1).max()
+    shortest = sorted(rows, key=lambda row: len(row[0]))[:128]
+    assert batches[0].targets.sum(1).tolist() == [region for _, region in shortest]
+
+
+def test_ar_rows_end_with_one_eos(tokenizer):
+    examples = load_examples(["gsm"], "train", 3)
+    for example, (ids, targets) in zip(examples, train.ar_rows(examples, tokenizer), strict=True):
+        assert tokenizer.decode(ids[-targets:]) == example.answer + tokenizer.eos_token
+        assert ids[-targets - 1] == tokenizer.convert_tokens_to_ids("\n")
+
+
+@pytest.mark.parametrize("kind", ["dllm", "ar"])
+def test_losses_fall_when_fitting_one_batch(kind, tokenizer):
+    torch.manual_seed(0)
+    arch = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+    model = train.LlamaForCausalLM(train.model_config(tokenizer, arch, causal=kind == "ar"))
+    examples = load_examples(["reverse"], "train", 8)
+    rows = train.ar_rows(examples, tokenizer) if kind == "ar" else train.dllm_rows(examples, tokenizer, random.Random(0))
+    (batch,) = train.make_batches(rows, tokenizer.pad_token_id, 8)
+
+    def loss_fn(step: int) -> torch.Tensor:
+        if kind == "ar":
+            return train.ar_loss(model, batch)
+        generator = torch.Generator().manual_seed(step % 4)
+        return train.llada_loss(model, batch, tokenizer.mask_token_id, generator)
+
+    with torch.no_grad():
+        before = sum(loss_fn(s).item() for s in range(4))
+    train.train_model(model, loss_fn, train.Schedule(steps=40, lr=1e-2, warmup=2), label=kind, log_every=100)
+    with torch.no_grad():
+        after = sum(loss_fn(s).item() for s in range(4))
+    assert after < 0.7 * before
+
+
+def test_schedule_warms_up_then_decays():
+    schedule = train.Schedule(steps=100, lr=1.0, warmup=10)
+    factors = [schedule.factor(step) for step in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:]))
+    assert factors[-1] == pytest.approx(schedule.min_lr_ratio, abs=1e-3)
+
+
+class ScriptedModel:
+    """A stand-in model: at the last ``len(script)`` positions, favour ``script[j]`` with logit ``strength[j]``
+    (bidirectional view), or at the last position favour ``script[generated]`` (causal view)."""
+
+    def __init__(self, script: list[int], strength: list[float], causal: bool, vocab: int = 100):
+        self.config = SimpleNamespace(is_causal=causal)
+        self.script, self.strength, self.vocab, self.calls = script, strength, vocab, []
+
+    def __call__(self, input_ids, attention_mask, position_ids):
+        self.calls.append(input_ids.shape[1])
+        logits = torch.zeros(*input_ids.shape, self.vocab)
+        if self.config.is_causal:
+            logits[:, -1, self.script[len(self.calls) - 1]] = 5.0
+        else:
+            width = len(self.script)
+            for j, (token, strength) in enumerate(zip(self.script, self.strength, strict=True)):
+                logits[:, input_ids.shape[1] - width + j, token] = strength
+        return SimpleNamespace(logits=logits)
+
+
+def test_dllm_greedy_commits_most_confident_first_and_fills_after_eos(tokenizer):
+    a, b, c = (tokenizer.convert_tokens_to_ids(ch) for ch in "abc")
+    eos = tokenizer.eos_token_id
+    script, strength = [a, b, eos, c, c, c], [2.0, 3.0, 9.0, 8.0, 8.0, 8.0]
+    for k, calls in ((1, 3), (2, 2), (None, 1)):
+        model = ScriptedModel(script, strength, causal=False)
+        outputs = train.dllm_generate_greedy(model, tokenizer, ["x", "yy"], max_new_tokens=6, tokens_per_step=k)
+        # EOS (the most confident) is committed first and fills the later positions, so "c" never appears.
+        assert outputs == ["ab", "ab"] and len(model.calls) == calls, k
+
+
+def test_ar_greedy_stops_at_eos(tokenizer):
+    x, y = (tokenizer.convert_tokens_to_ids(ch) for ch in "xy")
+    model = ScriptedModel([x, y, tokenizer.eos_token_id, x], [], causal=True)
+    assert train.ar_generate_greedy(model, tokenizer, ["abc", "d"], max_new_tokens=8) == ["xy", "xy"]
+    assert len(model.calls) == 3
+
+
+def test_quick_eval_scores_with_the_checkers():
+    table = train.quick_eval(lambda prompts: ["0" for _ in prompts], n_per_task=4, tasks=("arith", "reverse"))
+    assert table == {"arith": 0.0, "reverse": 0.0, "mean": 0.0}
+    answers = {e.prompt: e.answer for e in load_examples(["sort"], "test", 4)}
+    assert train.quick_eval(lambda ps: [answers[p] for p in ps], n_per_task=4, tasks=("sort",))["sort"] == 1.0
+
+
+def test_embedded_models_are_listed_and_unknown_names_fail():
+    assert set(EMBEDDED_MODELS) == {"dllm", "ar"}
+    with pytest.raises(ModelError, match="embedded:dllm, embedded:ar"):
+        embedded_model_dir("gpt5")
+
+
+def test_shipped_pair_loads_and_solves_tasks(tokenizer):
+    dllm = AutoModelForCausalLM.from_pretrained(embedded_model_dir("dllm"))
+    ar = AutoModelForCausalLM.from_pretrained(embedded_model_dir("ar"))
+    assert dllm.config.is_causal is False
+    assert train.count_parameters(ar) < train.count_parameters(dllm)
+    loaded = AutoTokenizer.from_pretrained(embedded_model_dir("dllm"))
+    dllm_table = train.quick_eval(
+        lambda ps: train.dllm_generate_greedy(dllm, loaded, ps, train.EVAL_MAX_NEW_TOKENS, 1), n_per_task=8
+    )
+    ar_table = train.quick_eval(lambda ps: train.ar_generate_greedy(ar, loaded, ps, train.EVAL_MAX_NEW_TOKENS), n_per_task=8)
+    assert dllm_table["mean"] >= 0.85, dllm_table
+    assert ar_table["mean"] >= 0.5, ar_table
+    assert (embedded_model_dir("dllm").parent / "MODEL_CARD.md").is_file()
