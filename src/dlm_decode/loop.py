@@ -67,19 +67,18 @@ class Roles:
         return result
 
 
-def forward_flags(state: DecodeState, window: Window, logits: torch.Tensor) -> torch.Tensor:
-    """``[2]`` bool on the device: the window made a decided position eligible; the logits hold NaN."""
-    return torch.stack([(window.eligible & ~state.masked).any(), torch.isnan(logits).any()])
+def forward_flags(state: DecodeState, window: Window, logits: torch.Tensor) -> list[torch.Tensor]:
+    """Two bool scalars on the device: the window made a decided position eligible; the logits hold NaN."""
+    return [(window.eligible > state.masked).any(), torch.isnan(logits).any()]
 
 
-def decision_flags(state: DecodeState, window: Window, decision: Decision) -> torch.Tensor:
-    """``[3]`` bool on the device, computed before the decision is applied: a commit outside the window; an
-    unfinished row without a commit; a revocation of something other than a committed generated token."""
+def decision_flags(state: DecodeState, window: Window, decision: Decision) -> list[torch.Tensor]:
+    """Three bool scalars on the device, computed before the decision is applied: a commit outside the window;
+    an unfinished row without a commit; a revocation of something other than a committed generated token."""
     commit, revoke = decision.commit, decision.revoke
-    stalled = (~state.finished & ~commit.any(-1)).any()
-    bad_revoke = torch.zeros((), dtype=torch.bool, device=commit.device) if revoke is None else (
-        revoke & (state.masked | (state.columns < state.gen_start))).any()
-    return torch.stack([(commit & ~window.eligible).any(), stalled, bad_revoke])
+    stalled = (~commit.any(-1) > state.finished).any()
+    bad_revoke = stalled if revoke is None else (revoke & (state.masked | ~state.generated_columns)).any()
+    return [(commit > window.eligible).any(), stalled, bad_revoke]
 
 
 def raise_forward_errors(flags: list[bool], step: int, window_plugin: str) -> None:
@@ -105,7 +104,7 @@ def raise_decision_errors(flags: list[bool], decision: Decision, finished: torch
         raise PluginError(plugin, "dlm_verify", f"committed nothing for unfinished rows {rows} at step "
                           f"{step}; decoding would never end",
                           "commit at least one eligible position per unfinished row (e.g. the most confident)")
-    if bad_revoke:
+    if bad_revoke and decision.revoke is not None:
         raise PluginError(plugin, "dlm_verify", "revoked a position that is not a committed generated token",
                           "restrict `revoke` to generated columns that are not masked")
 
@@ -139,12 +138,12 @@ def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> I
             decision = roles.call("verification", "dlm_verify", state=state, forward=forward, proposal=proposal,
                                   window=window)
         except PluginError:
-            raise_forward_errors(early.tolist(), state.step, window_plugin)  # a bad window or NaN explains it first
-            raise
+            raise_forward_errors(torch.stack(early).tolist(), state.step, window_plugin)  # a bad window or NaN
+            raise                                                                        # explains it first
         finished_before = state.finished
         late = decision_flags(state, window, decision)
         state.apply(decision)
-        *flags, done = torch.cat([early, late, state.finished.all()[None]]).tolist()  # the step's one host sync
+        *flags, done = torch.stack([*early, *late, state.finished.all()]).tolist()  # the step's one host sync
         raise_forward_errors(flags[:2], state.step - 1, window_plugin)
         raise_decision_errors(flags[2:], decision, finished_before, state.step - 1, verifier)
         roles.hook.dlm_step_end(state=state, decision=decision)

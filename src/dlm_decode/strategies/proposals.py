@@ -96,12 +96,10 @@ class TokenProposal:
             filtered = filter_logits(logits.float() / self.temperature, self.top_k, self.top_p)
             tokens = self.scorer.gumbel_argmax(filtered, noise, 1.0)
             confidence = self.scorer.token_prob(logits, tokens)
-        proposed = state.canvas.clone()
-        proposed[rows, cols] = tokens
-        scores = torch.zeros(state.canvas.shape, dtype=torch.float32, device=logits.device)
-        scores[rows, cols] = confidence
-        return Proposal(
-            tokens=proposed, confidence=scores, rows=rows, cols=cols, logits=logits,
+        scores = torch.zeros_like(state.canvas, dtype=torch.float32)
+        return Proposal(  # masked_scatter fills in row-major order, the order of nonzero's positions
+            tokens=state.canvas.masked_scatter(window.eligible, tokens),
+            confidence=scores.masked_scatter(window.eligible, confidence), rows=rows, cols=cols, logits=logits,
             temperature=self.temperature, noise=noise, sampling_logits=filtered, scorer=self.scorer,
         )
 
