@@ -125,7 +125,7 @@ class APDVerifier:
             p = torch.softmax(proposal.sampling_logits.double(), -1)
             t = torch.softmax(mixed / proposal.temperature, -1)
         counts = window.eligible.sum(-1).tolist()
-        p_x, t_x = p.gather(-1, draft[:, None])[:, 0], t.gather(-1, draft[:, None])[:, 0]
+        p_x, t_x = p.gather(-1, draft[:, None])[:, 0], t.gather(-1, draft[:, None])[:, 0]  # p, t are needed in full for the residual
         accepted = uniform_noise(state, counts, mixed.device) * p_x < t_x
         residual = (t - p).clamp(min=0)
         resampled = self.scorer.gumbel_argmax(residual.log(), gumbel_noise(state, counts, mixed.shape[-1],
