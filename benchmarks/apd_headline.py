@@ -2,9 +2,10 @@
 
 Prints accuracy, tokens per dLLM forward, AR forwards and tokens/s for: the dLLM one token per step
 (``configs/decoders/llada.yaml``), the AR model alone (greedy, HF ``generate`` with its key/value cache), and
-APD (``configs/decoders/apd.yaml``) at each requested R.
+APD (``configs/decoders/apd.yaml``) at each requested R. All three decode the same number of prompts at a
+time (``--batch-size``, default 1: one request at a time, the latency setting of the APD paper's speed figures).
 
-    python benchmarks/apd_headline.py [--per-task 50] [--r 0.5,0.7,0.9] [key=value ...]
+    python benchmarks/apd_headline.py [--per-task 50] [--r 0.5,0.7,0.9] [--batch-size 1] [key=value ...]
 """
 
 from __future__ import annotations
@@ -52,24 +53,27 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="overrides applied to the APD config")
     parser.add_argument("--per-task", type=int, default=50)
     parser.add_argument("--r", default="0.5,0.7,0.9", help="mixture weights R to run")
+    parser.add_argument("--batch-size", type=int, default=1, help="prompts decoded together, for every decoder")
     args = parser.parse_args()
-    baseline = load_config("configs/decoders/llada.yaml")
+    batch = f"generation.batch_size={args.batch_size}"
+    baseline = load_config("configs/decoders/llada.yaml", [batch])
     dllm = DiffusionLM.from_spec(baseline.config.model.dllm)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         summary = evaluate(Decoder(baseline, dllm=dllm), f"{scratch}/llada", limit=args.per_task, progress=False)
         rows.append(("dLLM, 1 token/step (llada.yaml)", summary))
-        apd_configs = [load_config("configs/decoders/apd.yaml", [*args.overrides,
+        apd_configs = [load_config("configs/decoders/apd.yaml", [batch, *args.overrides,
                                                                   f"decoder.verification.mixture_weight={r}"])
                        for r in args.r.split(",")]
         ar = CausalLM.from_spec(apd_configs[0].config.model.ar)
         rows.append(("AR model alone (greedy, KV cache)",
-                     ar_alone(ar, dllm, args.per_task, baseline.config.generation.batch_size,
+                     ar_alone(ar, dllm, args.per_task, args.batch_size,
                               baseline.config.generation.max_new_tokens)))
         for r, config in zip(args.r.split(","), apd_configs):
             summary = evaluate(Decoder(config, dllm=dllm), f"{scratch}/apd-{r}", limit=args.per_task, progress=False)
             rows.append((f"APD R={r} ({config.hash})", summary))
-    print(f"{args.per_task} test examples per task x {len(TASKS)} tasks; torch threads {torch.get_num_threads()}")
+    print(f"{args.per_task} test examples per task x {len(TASKS)} tasks, batch size {args.batch_size}; "
+          f"torch threads {torch.get_num_threads()}")
     print(f"| decoder | accuracy | tokens/dLLM forward | AR forwards/example | tokens/s |")
     print("|---|---:|---:|---:|---:|")
     for name, s in rows:

@@ -18,7 +18,7 @@ import torch
 from dlm_decode.decoder import Decoder
 from dlm_decode.timing import HookTimer
 
-PROMPTS = ["sort 41 7 19 3 88", "reverse parallel", "123+789=", "name a fruit", "sort 5 2 9", "987-123="]
+PROMPTS = ["sort 4 1 7 9 3 8", "reverse paralel", "12+78=", "name a fruit", "sort 5 2 9", "98-23="]
 HOOKS = ("dlm_window", "dlm_cache", "dlm_model_inputs", "dlm_propose", "dlm_verify")
 
 

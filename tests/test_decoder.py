@@ -34,6 +34,27 @@ def test_wrapper_plugin_sees_every_role_call_once_per_step():
     assert [s.steps for s in out.stats] == [7, 7]
 
 
+def test_plugins_registered_between_batches_are_called(monkeypatch):
+    """Role hooks with one implementation are called directly; the binding is redone for every batch, so a wrapper
+    registered after the decoder was built (or while pluggy tracing is on) still sees every call."""
+    decoder = toy_decoder("generation.max_new_tokens=5", model=ToyDiffusionLM(eos_bias=float("-inf")))
+    first = decoder.generate(["ab"])
+    timer = HookTimer()
+    decoder.manager.register(timer)
+    second = decoder.generate(["ab"])
+    assert timer.calls["dlm_verify"] == 5 and second.token_ids == first.token_ids
+    decoder.manager.unregister(timer)
+    decoder.generate(["ab"])
+    assert timer.calls["dlm_verify"] == 5, "an unregistered wrapper was still called"
+
+    calls = []
+    monkeypatch.setenv("DLM_DECODE_TRACE_PLUGINS", "1")
+    traced = toy_decoder("generation.max_new_tokens=5", model=ToyDiffusionLM(eos_bias=float("-inf")))
+    traced.manager.trace.root.setwriter(calls.append)
+    assert traced.generate(["ab"]).token_ids == first.token_ids
+    assert sum("dlm_verify" in line for line in calls) >= 5, "tracing missed direct hook calls"
+
+
 def test_stats_are_consistent_per_row():
     decoder = toy_decoder("decoder.verification.tokens_per_step=3", "generation.max_new_tokens=9",
                           "generation.batch_size=2", model=ToyDiffusionLM(eos_bias=1.0))

@@ -117,7 +117,10 @@ def test_losses_fall_when_fitting_one_batch(kind, tokenizer):
     arch = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
     model = train.LlamaForCausalLM(train.model_config(tokenizer, arch, causal=kind == "ar"))
     examples = load_examples(["reverse"], "train", 8)
-    rows = train.ar_rows(examples, tokenizer) if kind == "ar" else train.dllm_rows(examples, tokenizer, random.Random(0))
+    if kind == "ar":
+        rows = train.ar_rows(examples, tokenizer)
+    else:
+        rows = train.dllm_rows(examples, tokenizer, random.Random(0))
     (batch,) = train.make_batches(rows, tokenizer.pad_token_id, 8)
 
     def loss_fn(step: int) -> torch.Tensor:

@@ -16,7 +16,7 @@ from dlm_decode.hookspecs import hookimpl
 from dlm_decode.loop import Roles, run_steps
 from dlm_decode.models.hf import DiffusionLM
 from dlm_decode.ops import Scorer, get_scorer
-from dlm_decode.plugins import ROLES, StrategyRegistry, decoder_manager, get_registry
+from dlm_decode.plugins import ROLES, StrategyRegistry, decoder_manager, get_registry, tracing_enabled
 from dlm_decode.state import DecodeState
 
 
@@ -127,7 +127,7 @@ class Decoder:
             self.strategies[role] = (spec, spec.factory(params, context))
         self.manager = decoder_manager(self.strategies, list(observers))
         labels = {role: f"{spec.plugin} ({role} strategy {spec.name!r})" for role, (spec, _) in self.strategies.items()}
-        self.roles = Roles(self.manager, labels)
+        self.roles = Roles(self.manager, labels, direct=not tracing_enabled())
 
     @classmethod
     def from_config(cls, source: Source | Sequence[Source] | ResolvedConfig, overrides: Sequence[str] = (),

@@ -158,10 +158,15 @@ def _version(distribution: str) -> str:
         return "unknown"
 
 
+def tracing_enabled() -> bool:
+    """``DLM_DECODE_TRACE_PLUGINS`` is set: pluggy writes every hook call to stderr."""
+    return _switch("DLM_DECODE_TRACE_PLUGINS")
+
+
 def _new_manager() -> pluggy.PluginManager:
     manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     manager.add_hookspecs(hookspecs)
-    if _switch("DLM_DECODE_TRACE_PLUGINS"):
+    if tracing_enabled():
         manager.trace.root.setwriter(sys.stderr.write)
         manager.enable_tracing()
     return manager

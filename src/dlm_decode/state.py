@@ -273,28 +273,28 @@ class DecodeState:
 
         Masked positions hold the mask id and filled ones lie after the first EOS, so neither moves it.
         """
-        seen = (self.is_eos(self.canvas) & self.generated_columns).cummax(dim=-1).values
-        return torch.nn.functional.pad(seen[:, :-1], (1, 0))
+        eos = self.is_eos(self.canvas) & self.generated_columns
+        return eos.cumsum(dim=-1) > eos  # at least one EOS so far, not counting this column's first
 
     def apply(self, decision: Decision) -> torch.Tensor:
         """Write a (checked) decision into the canvas and settle EOS and termination.
 
         Positions after a row's first EOS become ``fill_token_id`` and count as decided; if a revocation removes
-        that EOS, the filled tail becomes masked again.
+        that EOS, the filled tail becomes masked again. (On bool tensors ``a > b`` is ``a & ~b`` in one op.)
 
         :return: ``[B]`` long commits per row this step.
         """
         running = ~self.finished
         before = self.canvas
         self.canvas = torch.where(decision.commit, decision.tokens, self.canvas)
-        self.masked = self.masked & ~decision.commit
+        self.masked = self.masked > decision.commit
         if decision.revoke is not None:  # reopen the filled tails too: the tail is settled again below
             reopen = decision.revoke | self.filled
             self.canvas = self.canvas.masked_fill(reopen, self.mask_token_id)
             self.masked = self.masked | reopen
         tail = self.after_first_eos()
         self.canvas = self.canvas.masked_fill(tail, self.fill_token_id)
-        self.masked = self.masked & ~tail
+        self.masked = self.masked > tail
         self.filled = tail
         self.previous_canvas = before
         commits = decision.commit.sum(-1) * running

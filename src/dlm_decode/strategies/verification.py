@@ -64,7 +64,7 @@ def select_top(scores: torch.Tensor, eligible: torch.Tensor, quota: torch.Tensor
     :param quota: ``[B]`` long, or None for one position per row (the argmax, without a sort).
     :return: ``[B, N]`` bool.
     """
-    ranked = scores.masked_fill(~eligible, float("-inf"))
+    ranked = torch.where(eligible, scores, float("-inf"))
     if quota is None:
         best = torch.zeros_like(eligible).scatter_(-1, ranked.argmax(-1, keepdim=True), True)
         return best & eligible

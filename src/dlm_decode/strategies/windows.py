@@ -43,25 +43,26 @@ class BlockWindow:
     def __init__(self, size: int | None):
         self.size = size
 
-    def blocks(self, state: DecodeState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per column ``[N]`` long: block index (-1 on prompt columns), block start and block end columns."""
+    def blocks(self, state: DecodeState) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per column ``[N]`` long: the start and end columns of the block holding it (prompt columns: the
+        first block's start and end when the block is wider than the prompt, the prompt's own columns else)."""
         tables = state.scratch.get("blocks")
         if tables is None:
-            offset = (state.columns - state.gen_start).clamp(min=-1)
-            index = offset.div(self.size or state.width, rounding_mode="floor")
-            start = (state.gen_start + index * (self.size or state.width)).clamp(min=0)
-            end = (start + (self.size or state.width)).clamp(max=state.width)
-            tables = state.scratch["blocks"] = (index, start, end)
+            size = self.size or state.width
+            index = (state.columns - state.gen_start).clamp(min=-1).div(size, rounding_mode="floor")
+            start = (state.gen_start + index * size).clamp(min=0)
+            tables = state.scratch["blocks"] = (start, (start + size).clamp(max=state.width))
         return tables
 
     @hookimpl
     def dlm_window(self, state: DecodeState) -> Window:
         masked = state.masked
-        index, start, end = self.blocks(state)
-        frontier = masked.int().argmax(-1)  # a finished row points at column 0, a prompt column: no block
-        current = index[frontier]
-        return Window(eligible=masked & (index == current[:, None]), input_end=state.width,
-                      block_start=start[frontier], block_end=end[frontier])
+        starts, ends = self.blocks(state)
+        frontier = masked.int().argmax(-1)  # [B]; a finished row has no mask left, so its window is empty
+        block_end = ends[frontier]
+        # every mask of a row lies at or after its frontier, so at or after its block's start
+        return Window(eligible=masked & (state.columns < block_end[:, None]), input_end=state.width,
+                      block_start=starts[frontier], block_end=block_end)
 
 
 @dataclass
