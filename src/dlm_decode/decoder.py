@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -13,7 +12,7 @@ from dlm_decode.config.compose import ResolvedConfig, Source, load_config
 from dlm_decode.config.schema import ModelSpec
 from dlm_decode.errors import InputError
 from dlm_decode.hookspecs import hookimpl
-from dlm_decode.loop import Roles, run_steps
+from dlm_decode.loop import Roles, decode, run_steps
 from dlm_decode.models.hf import DiffusionLM
 from dlm_decode.ops import Scorer, get_scorer
 from dlm_decode.plugins import ROLES, StrategyRegistry, decoder_manager, get_registry, tracing_enabled
@@ -185,9 +184,7 @@ class Decoder:
             chunk = prompts[first: first + batch_size]
             chunk_seeds = None if seeds is None else seeds[first: first + batch_size]
             state = self._state(chunk, first, max_new_tokens, chunk_seeds)
-            started = time.perf_counter()
-            step_ends = [time.perf_counter() - started
-                         for _ in run_steps(self.roles, self.dllm, state, self._max_steps(max_new_tokens))]
+            step_ends = decode(self.roles, self.dllm, state, self._max_steps(max_new_tokens))
             commits = torch.stack(state.commits, dim=1).tolist()
             for row in range(state.batch_size):
                 generated = state.generated(row)
@@ -214,7 +211,11 @@ class Decoder:
         streamer = _PrefixStreamer(self.dllm)
         self.manager.register(streamer)
         try:
-            for _ in run_steps(self.roles, self.dllm, state, self._max_steps(max_new_tokens)):
+            steps = run_steps(self.roles, self.dllm, state, self._max_steps(max_new_tokens))
+            while True:
+                with torch.inference_mode():  # only while the loop runs, not while the caller holds a piece
+                    if next(steps, None) is None:
+                        break
                 yield from streamer.pending
                 streamer.pending.clear()
         finally:
