@@ -94,13 +94,18 @@ def _attach_aup(rows: list[dict]) -> None:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """The ablation as a Markdown table (accuracy in %, speed per run, AUP)."""
-    lines = ["| run | accuracy | NFE | tokens/forward | tokens/s | AUP | sweep AUP |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    """The ablation as a Markdown table (accuracy in %, speed per run, AUP, then the plugins' row statistics,
+    such as WINO's revocations, as per-example means)."""
+    extras = sorted({name for row in rows for name in row.get("extra", {})})
+    lines = ["| run | accuracy | NFE | tokens/forward | tokens/s | wall s | AUP | sweep AUP |"
+             + "".join(f" {name} |" for name in extras),
+             "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(extras)]
     for row in rows:
         sweep = "" if row["factor_aup"] is None else f"{row['factor_aup']:.1f}"
+        values = "".join(f" {row['extra'][name]:.2f} |" if name in row.get("extra", {}) else " |" for name in extras)
         lines.append(f"| `{row['run']}` | {100 * row['accuracy']:.1f} | {row['nfe']:.2f} | "
-                     f"{row['tokens_per_forward']:.2f} | {row['tokens_per_s']:.1f} | {row['aup']:.1f} | {sweep} |")
+                     f"{row['tokens_per_forward']:.2f} | {row['tokens_per_s']:.1f} | {row['wall_s']:.1f} | "
+                     f"{row['aup']:.1f} | {sweep} |{values}")
     return "\n".join(lines) + "\n"
 
 

@@ -425,7 +425,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m dlm_decode.models.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="directory that receives dllm/, ar/, MODEL_CARD.md")
     parser.add_argument("--which", choices=("dllm", "ar", "both"), default="both")
-    parser.add_argument("--dllm-steps", type=int, default=9000)
+    parser.add_argument("--dllm-steps", type=int, default=11000)
     parser.add_argument("--ar-steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--dllm-lr", type=float, default=3e-3)

@@ -79,21 +79,21 @@ class APDVerifier:
         self.ar = ar
         self.scorer = scorer
 
-    def ar_logits(self, state: DecodeState, proposal: Proposal, window: Window) -> torch.Tensor:
+    def ar_logits(self, state: DecodeState, proposal: Proposal, window: Window, frontier: torch.Tensor) -> torch.Tensor:
         """AR logits predicting every eligible position given the prefix and the draft before it: ``[K, V_ar]``.
 
         One causal pass over columns ``[start, last eligible)`` of the drafted canvas, reusing the AR cache for
         the columns before ``start`` (the earliest frontier minus one).
+
+        :param frontier: ``[B]`` long, each row's first eligible column (``N`` for rows with none).
         """
         memory = state.scratch.get("apd")
         if memory is None:
             memory = state.scratch["apd"] = {
                 "cache": new_cache(), "mask": bidirectional_mask(state.attention_mask, causal=True)}
-        active = window.eligible.any(-1)
-        frontier = first_columns(window.eligible, state.width)
-        last = state.width - 1 - first_columns(window.eligible.flip(-1), state.width)
-        start = min(int(frontier.min()) - 1, memory["cache"].get_seq_length())
-        end = int(last.masked_fill(~active, 0).max())
+        active = frontier < state.width
+        first, end = torch.stack([frontier.min(), proposal.cols.max()]).tolist()  # one host sync
+        start = min(first - 1, memory["cache"].get_seq_length())
         crop_cache(memory["cache"], start)
         logits = self.ar.forward(proposal.tokens[:, start:end], state.position_ids[:, start:end],
                                  memory["mask"][:, :, start:end, :end], memory["cache"])
@@ -102,15 +102,14 @@ class APDVerifier:
 
     @hookimpl
     def dlm_verify(self, state: DecodeState, proposal: Proposal, window: Window) -> Decision:
-        ar_logits = self.ar_logits(state, proposal, window)
+        frontier = first_columns(window.eligible, state.width)
+        ar_logits = self.ar_logits(state, proposal, window, frontier)
         draft = proposal.tokens[proposal.rows, proposal.cols]
         if self.acceptance is Acceptance.speculative:
             return self.speculative(state, proposal, window, ar_logits, draft)
         noise = proposal.noise if self.coupling is Coupling.gumbel else None
         target = self.scorer.coupled_sample(proposal.logits, ar_logits, self.weight, noise, proposal.temperature)
-        agree = proposal.scatter(target == draft, False)
-        frontier = first_columns(window.eligible, state.width)
-        disagree = window.eligible & ~agree & (state.columns > frontier[:, None])
+        disagree = proposal.scatter((target != draft) & (proposal.cols > frontier[proposal.rows]), False)
         stop = first_columns(disagree, state.width)
         return Decision(commit=window.eligible & (state.columns < stop[:, None]), tokens=proposal.tokens)
 
