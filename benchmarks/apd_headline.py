@@ -7,7 +7,7 @@ time (``--batch-size``, default 1: one request at a time, the latency setting of
 Every decoder runs ``--repeats`` times, in turn, and its best tokens/s is reported (outputs do not change between
 runs): on a shared machine the speed of a run drifts by 10-20%.
 
-    python benchmarks/apd_headline.py [--per-task 50] [--r 0.5,0.7,0.9] [--batch-size 1] [--repeats 3] [key=value ...]
+    python benchmarks/apd_headline.py [--per-task 50] [--r 0.5,0.7,0.9] [--batch-size 1] [--repeats 3] [--device cpu] [key=value ...]
 """
 
 from __future__ import annotations
@@ -38,11 +38,14 @@ def ar_alone(ar: CausalLM, dllm: DiffusionLM, per_task: int, batch_size: int, ma
         width = max(len(ids) for ids in encoded)
         input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(ids)) + ids for ids in encoded])
         attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded])
+        input_ids, attention = input_ids.to(ar.model.device), attention.to(ar.model.device)
         started = time.perf_counter()  # decoding time only, as evaluate() counts it for the dLLM decoders
         with torch.inference_mode():
             out = ar.model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
                                     do_sample=False, eos_token_id=dllm.eos_token_ids,
                                     pad_token_id=tokenizer.pad_token_id)
+        if out.is_cuda:
+            torch.cuda.synchronize()
         wall += time.perf_counter() - started
         for ex, row in zip(chunk, out[:, width:].tolist()):
             end = next((i for i, t in enumerate(row) if t in dllm.eos_token_ids), len(row) - 1)
@@ -59,12 +62,14 @@ def main() -> None:
     parser.add_argument("--r", default="0.5,0.7,0.9", help="mixture weights R to run")
     parser.add_argument("--batch-size", type=int, default=1, help="prompts decoded together, for every decoder")
     parser.add_argument("--repeats", type=int, default=3, help="runs per decoder; tokens/s is the best run's")
+    parser.add_argument("--device", default="cpu", help="device of both models for every decoder (cpu, cuda)")
     args = parser.parse_args()
     batch = f"generation.batch_size={args.batch_size}"
-    baseline = load_config("configs/decoders/llada.yaml", [batch])
+    device = f"model.dllm.device={args.device}"
+    baseline = load_config("configs/decoders/llada.yaml", [batch, device])
     dllm = DiffusionLM.from_spec(baseline.config.model.dllm)
-    apd_configs = {r: load_config("configs/decoders/apd.yaml", [batch, *args.overrides,
-                                                                f"decoder.verification.mixture_weight={r}"])
+    apd_overrides = [batch, device, f"model.ar.device={args.device}", *args.overrides]
+    apd_configs = {r: load_config("configs/decoders/apd.yaml", [*apd_overrides, f"decoder.verification.mixture_weight={r}"])
                    for r in args.r.split(",")}
     ar = CausalLM.from_spec(next(iter(apd_configs.values())).config.model.ar)
     decoders = {"dLLM, 1 token/step (llada.yaml)": Decoder(baseline, dllm=dllm),
@@ -82,8 +87,10 @@ def main() -> None:
                 if name not in best or summary["tokens_per_s"] > best[name]["tokens_per_s"]:
                     best[name] = summary
     rows = list(best.items())
+    where = (torch.cuda.get_device_name() if args.device.startswith("cuda")
+             else f"CPU, {torch.get_num_threads()} threads")
     print(f"{args.per_task} test examples per task x {len(TASKS)} tasks, batch size {args.batch_size}, best of "
-          f"{args.repeats} runs; torch threads {torch.get_num_threads()}")
+          f"{args.repeats} runs; torch {torch.__version__}, {where}")
     print(f"| decoder | accuracy | tokens/dLLM forward | AR forwards/example | tokens/s |")
     print("|---|---:|---:|---:|---:|")
     for name, s in rows:

@@ -4,7 +4,7 @@ Public API::
 
     from dlm_decode import Decoder
     decoder = Decoder.from_config("configs/decoders/llada.yaml", overrides=["generation.max_new_tokens=32"])
-    out = decoder.generate(["sort: 3 1 2"])
+    out = decoder.generate(["sort 3 1 2"])
 """
 
 from dlm_decode.config import ResolvedConfig, load_config
