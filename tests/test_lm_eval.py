@@ -139,6 +139,21 @@ def test_command_line_prints_accuracy(tiny_dllm_dir, suite):
     assert "|acc" in row
 
 
+def test_plain_lm_eval_command_with_the_embedded_pair(suite, tmp_path):
+    """``lm_eval --model dlm_decode --tasks DIR``: loading the task directory imports the suite's scorer, which
+    registers the model, so lm-eval's own command runs it and prints the accuracy of ``dlm-decode eval``."""
+    command = [sys.executable, "-m", "lm_eval", "--model", "dlm_decode", "--model_args",
+               "config=configs/decoders/llada.yaml", "--tasks", str(suite.parent), "--batch_size", "16"]
+    run = subprocess.run(command, env={**os.environ, **OFFLINE, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    row = next(line for line in run.stdout.splitlines() if line.startswith(f"|{suite.stem}"))
+    accuracy = float(row.split("|acc")[1].split("|")[2])
+    decoder = Decoder.from_config("configs/decoders/llada.yaml", [f"generation.max_new_tokens={NEW}"])
+    assert accuracy == pytest.approx(evaluate(decoder, tmp_path, TASK_NAMES, LIMIT, progress=False)["accuracy"],
+                                     abs=1e-4)
+
+
 def test_two_processes_split_the_requests(tiny_dllm_dir, suite, tmp_path):
     """torchrun + lm-eval's own sharding: the gathered samples equal a single process's."""
     single = run_lm_eval("dlm_decode", suite, model_args=overrides(tiny_dllm_dir))

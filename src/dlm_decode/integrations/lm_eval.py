@@ -225,15 +225,22 @@ metadata:
   version: 1.0
 """
 
-_UTILS = '''"""Scores a dlm_suite answer with the task's own checker (dlm_decode.eval.tasks)."""
+_UTILS = '''"""Scores a dlm_suite answer with the task's own checker (dlm_decode.eval.tasks).
 
-from dlm_decode.eval.tasks import TASKS, Example
+Importing dlm_decode.integrations.lm_eval also registers the `dlm_decode` model with lm-eval. When this task's
+directory is given as `--tasks DIR`, lm-eval loads this file before it builds the model, so the plain
+`lm_eval --model dlm_decode ... --tasks DIR` command finds the model."""
+
+from dlm_decode.integrations.lm_eval import process_suite_results as process_results  # noqa: F401
+'''
 
 
-def process_results(doc, results):
+def process_suite_results(doc: dict, results: Sequence[str]) -> dict[str, float]:
+    """lm-eval ``process_results`` of the ``dlm_suite`` task: the suite task's own checker on the decoded text."""
+    from dlm_decode.eval.tasks import TASKS, Example
+
     example = Example(task=doc["task"], prompt=doc["prompt"], answer=doc["answer"])
     return {"acc": float(TASKS[doc["task"]].check(example, results[0]))}
-'''
 
 
 def write_task_suite(directory: str | Path, tasks: Sequence[str] | None = None, limit: int = 20,
@@ -281,7 +288,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         args = parser.parse_args(argv[1:])
         tasks = [t for t in (args.tasks or "").split(",") if t] or None
         path = write_task_suite(args.directory, tasks, args.limit, max_gen_toks=args.max_gen_toks)
-        print(f"wrote {path}; run lm-eval with --include_path {path.parent} --tasks {path.stem}")
+        print(f"wrote {path}; run lm_eval with --tasks {path.parent} (or --include_path {path.parent} "
+              f"--tasks {path.stem} under `python -m dlm_decode.integrations.lm_eval`)")
         return
     from lm_eval.__main__ import cli_evaluate
 
