@@ -27,16 +27,14 @@ class CoreInputs:
     def dlm_model_inputs(self, state: DecodeState, window: Window, plan: ForwardPlan) -> ModelInputs:
         start, end = plan.start, plan.end
         first_key, last_key = (0, plan.key_end or end) if plan.cache is not None else (start, end)
-        mask = state.full_attention[:, :, start:end, first_key:last_key]
+        if (start, end, first_key, last_key) == (0, state.width, 0, state.width):  # the whole canvas: no views
+            mask, input_ids, position_ids = state.full_attention, state.canvas, state.position_ids
+        else:
+            mask = state.full_attention[:, :, start:end, first_key:last_key]
+            input_ids, position_ids = state.canvas[:, start:end], state.position_ids[:, start:end]
         if window.visible is not None:
             mask = mask & window.visible[:, None, None, first_key:last_key]
-        return ModelInputs(
-            input_ids=state.canvas[:, start:end],
-            position_ids=state.position_ids[:, start:end],
-            attention_mask=mask,
-            start=start,
-            end=end,
-        )
+        return ModelInputs(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, start=start, end=end)
 
 
 class Roles:
@@ -165,7 +163,7 @@ def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> I
         inputs = roles.call("inputs", "dlm_model_inputs", state=state, window=window, plan=plan)
         logits = model.forward(inputs, plan.cache)
         early = forward_flags(state, window, logits)
-        logits[..., state.mask_token_id] = float("-inf")  # the mask token is never a candidate
+        logits.select(-1, state.mask_token_id).fill_(float("-inf"))  # the mask token is never a candidate
         forward = ForwardOutput(logits=logits, inputs=inputs)
         try:
             proposal = roles.call("proposal", "dlm_propose", state=state, forward=forward, window=window)

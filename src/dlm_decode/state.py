@@ -86,7 +86,7 @@ class ForwardOutput:
 
     def at(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Logits of canvas positions ``(rows[k], cols[k])``: ``[K]`` long each -> ``[K, V]``."""
-        return self.logits[rows, cols - self.inputs.start]
+        return self.logits[rows, cols - self.inputs.start if self.inputs.start else cols]
 
 
 @dataclass
@@ -259,9 +259,14 @@ class DecodeState:
 
     def is_eos(self, tokens: torch.Tensor) -> torch.Tensor:
         """Elementwise ``tokens in eos_token_ids`` (same shape, bool)."""
-        if self.eos_token_ids.numel() == 1:
-            return tokens == self.eos_token_ids[0]
+        if self.single_eos is not None:
+            return tokens == self.single_eos
         return torch.isin(tokens, self.eos_token_ids)
+
+    @cached_property
+    def single_eos(self) -> int | None:
+        """The EOS id when there is exactly one (compared as a Python number: no tensor read per step)."""
+        return int(self.eos_token_ids[0]) if self.eos_token_ids.numel() == 1 else None
 
     @cached_property
     def generated_columns(self) -> torch.Tensor:
@@ -297,7 +302,7 @@ class DecodeState:
         self.masked = self.masked > tail
         self.filled = tail
         self.previous_canvas = before
-        commits = decision.commit.sum(-1) * running
+        commits = decision.commit.sum(-1)  # 0 for finished rows: their windows are empty (checked after apply)
         self.commits.append(commits)
         self.nfe += running
         self.step += 1

@@ -30,13 +30,13 @@ class SoftmaxStats(NamedTuple):
 
 def max_prob_native(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``[K, V]`` -> (``[K]`` float32 max probability, ``[K]`` long argmax)."""
-    probs = torch.softmax(logits.float(), dim=-1)
+    probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
     return probs.max(dim=-1)
 
 
 def token_prob_native(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """``[K, V]``, ``[K]`` long -> ``[K]`` float32 probability of ``tokens``."""
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
     return log_probs.gather(-1, tokens[:, None]).squeeze(-1).exp()
 
 
