@@ -59,10 +59,10 @@ class BlockWindow:
         masked = state.masked
         starts, ends = self.blocks(state)
         frontier = masked.int().argmax(-1)  # [B]; a finished row has no mask left, so its window is empty
-        block_end = ends[frontier]
+        block_end = ends.index_select(0, frontier)
         # every mask of a row lies at or after its frontier, so at or after its block's start
-        return Window(eligible=masked & (state.columns < block_end[:, None]), input_end=state.width,
-                      block_start=starts[frontier], block_end=block_end)
+        return Window(eligible=masked & (state.columns < block_end.unsqueeze(1)), input_end=state.width,
+                      block_start=starts.index_select(0, frontier), block_end=block_end)
 
 
 @dataclass
