@@ -113,6 +113,9 @@ class Batch:
     attention_mask: torch.Tensor  # [B, N] bool
     targets: torch.Tensor  # [B, N] bool
 
+    def to(self, device: str | torch.device) -> Batch:
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.targets.to(device))
+
 
 #: A training row: token ids and how many of its last tokens are targets.
 Row = tuple[list[int], int]
@@ -189,7 +192,9 @@ def llada_loss(model: LlamaForCausalLM, batch: Batch, mask_id: int, generator: t
     rows = batch.input_ids.shape[0]
     u = (torch.rand(1, generator=generator) + torch.arange(rows) / rows) % 1.0
     t = (MIN_MASK_RATIO + (1 - MIN_MASK_RATIO) * u)[:, None]  # [B, 1]
-    masked = batch.targets & (torch.rand(batch.input_ids.shape, generator=generator) < t)  # [B, N]
+    draws = torch.rand(batch.input_ids.shape, generator=generator)  # on the CPU: the same masks on any device
+    t, draws = t.to(batch.input_ids.device), draws.to(batch.input_ids.device)
+    masked = batch.targets & (draws < t)  # [B, N]
     noisy = batch.input_ids.masked_fill(masked, mask_id)
     logits = forward_logits(model, noisy, batch.attention_mask)
     token_loss = F.cross_entropy(logits[masked], batch.input_ids[masked], reduction="none")  # [M]
@@ -355,12 +360,15 @@ TRADEOFF_KS: tuple[int | None, ...] = (1, 2, 4, None)
 
 def train(
     kind: str, tokenizer: PreTrainedTokenizerFast, *, steps: int, batch_size: int, lr: float, seed: int,
-    log_every: int,
+    log_every: int, device: str = "cpu",
 ) -> tuple[LlamaForCausalLM, float]:  # fmt: skip
-    """Train the ``"dllm"`` or ``"ar"`` model from a fixed seed; return it and the training wall time."""
+    """Train the ``"dllm"`` or ``"ar"`` model from a fixed seed; return it (on the CPU) and the training wall time.
+
+    :param device: where the model trains; data and masks are drawn on the CPU either way.
+    """
     torch.manual_seed(seed)
     causal = kind == "ar"
-    model = LlamaForCausalLM(model_config(tokenizer, AR_ARCH if causal else DLLM_ARCH, causal=causal))
+    model = LlamaForCausalLM(model_config(tokenizer, AR_ARCH if causal else DLLM_ARCH, causal=causal)).to(device)
     rng = random.Random(f"{kind}/{seed}")
     generator = torch.Generator().manual_seed(seed)
     tasks = tuple(TASKS)
@@ -368,8 +376,9 @@ def train(
     def loss_fn(step: int) -> torch.Tensor:
         examples = draw_examples(rng, batch_size, tasks)
         rows = ar_rows(examples, tokenizer) if causal else dllm_rows(examples, tokenizer, rng)
-        total = torch.zeros(())
+        total = torch.zeros((), device=device)
         for batch in make_batches(rows, tokenizer.pad_token_id, ROWS_PER_FORWARD):
+            batch = batch.to(device)
             loss = ar_loss(model, batch) if causal else llada_loss(model, batch, tokenizer.mask_token_id, generator)
             total = total + loss * (batch.input_ids.shape[0] / len(rows))
         return total
@@ -377,7 +386,7 @@ def train(
     logger.info("%s: %s parameters, %d steps of batch %d", kind, f"{count_parameters(model):,}", steps, batch_size)
     schedule = Schedule(steps=steps, lr=lr, warmup=max(1, steps // 20))
     seconds = train_model(model, loss_fn, schedule, label=kind, log_every=log_every)
-    return model, seconds
+    return model.to("cpu"), seconds
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -432,6 +441,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--ar-lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--device", default="cpu", help="where to train (cpu, cuda); evaluation runs on the CPU")
     parser.add_argument("--eval-n", type=int, default=100, help="test examples per task for quick_eval (0: skip)")
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--smoke", action="store_true", help="a few tiny steps (CI): overrides steps, batch, eval")
@@ -518,7 +528,8 @@ def _command_line(args: argparse.Namespace) -> list[str]:
         return [*words, "--smoke"]
     return [*words, "--dllm-steps", str(args.dllm_steps), "--ar-steps", str(args.ar_steps),
             "--dllm-lr", f"{args.dllm_lr:g}", "--ar-lr", f"{args.ar_lr:g}",
-            "--batch-size", str(args.batch_size), "--threads", str(args.threads)]  # fmt: skip
+            "--batch-size", str(args.batch_size), "--threads", str(args.threads),
+            *(["--device", args.device] if args.device != "cpu" else [])]  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
@@ -539,7 +550,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
         steps, lr = (args.dllm_steps, args.dllm_lr) if kind == "dllm" else (args.ar_steps, args.ar_lr)
         model, seconds = train(
             kind, tokenizer, steps=steps, batch_size=args.batch_size, lr=lr, seed=args.seed,
-            log_every=args.log_every,
+            log_every=args.log_every, device=args.device,
         )  # fmt: skip
         directory = args.out / kind
         model.save_pretrained(directory)
