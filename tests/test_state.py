@@ -65,3 +65,13 @@ def test_row_without_eos_generates_every_column():
     state = build(prompts=([5],), max_new=2)
     state.apply(decision(state, {(0, 1): 7, (0, 2): 8}))
     assert state.generated(0) == [7, 8] and bool(state.finished[0])
+
+
+def test_an_eos_id_inside_the_prompt_does_not_end_the_row():
+    """Chat templates put end-of-turn ids (EOS for Qwen/Dream, LLaDA's EoT) in the prompt; only generated ones count."""
+    state = build(prompts=([5, EOS, 6],), max_new=4)
+    state.apply(decision(state, {(0, 4): 9}))
+    assert state.canvas[0, 3:].tolist() == [MASK, 9, MASK, MASK] and not bool(state.finished[0])
+    state.apply(decision(state, {(0, 3): 7, (0, 5): EOS}))
+    assert state.canvas[0].tolist() == [5, EOS, 6, 7, 9, EOS, FILL] and bool(state.finished[0])
+    assert state.generated(0) == [7, 9, EOS]
