@@ -7,7 +7,8 @@ time (``--batch-size``, default 1: one request at a time, the latency setting of
 Every decoder runs ``--repeats`` times, in turn, and its best tokens/s is reported (outputs do not change between
 runs): on a shared machine the speed of a run drifts by 10-20%.
 
-    python benchmarks/apd_headline.py [--per-task 50] [--r 0.5,0.7,0.9] [--batch-size 1] [--repeats 3] [--device cpu] [key=value ...]
+    python benchmarks/apd_headline.py [--per-task 50] [--r 0.5,0.7,0.9] [--batch-size 1] [--repeats 3] \
+        [--device cpu] [key=value ...]
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def main() -> None:
     baseline = load_config("configs/decoders/llada.yaml", [batch, device])
     dllm = DiffusionLM.from_spec(baseline.config.model.dllm)
     apd_overrides = [batch, device, f"model.ar.device={args.device}", *args.overrides]
-    apd_configs = {r: load_config("configs/decoders/apd.yaml", [*apd_overrides, f"decoder.verification.mixture_weight={r}"])
+    apd_configs = {r: load_config("configs/decoders/apd.yaml",
+                                  [*apd_overrides, f"decoder.verification.mixture_weight={r}"])
                    for r in args.r.split(",")}
     ar = CausalLM.from_spec(next(iter(apd_configs.values())).config.model.ar)
     decoders = {"dLLM, 1 token/step (llada.yaml)": Decoder(baseline, dllm=dllm),

@@ -70,11 +70,12 @@ class Roles:
         return lambda **kwargs: function(*[kwargs[name] for name in argnames])
 
     def notify(self, hook_name: str, **kwargs: Any) -> None:
-        """Call an observer hook (its results are ignored)."""
-        (self.callers.get(hook_name) or getattr(self.hook, hook_name))(**kwargs)
+        """Call an observer hook (its results are ignored). Needs :meth:`bind`."""
+        self.callers[hook_name](**kwargs)
 
     def call(self, role: str, hook_name: str, **kwargs: Any) -> Any:
-        hook = self.callers.get(hook_name) or getattr(self.hook, hook_name)
+        """Call a role hook bound by :meth:`bind`; a failure or a None result becomes a :class:`PluginError`."""
+        hook = self.callers[hook_name]
         try:
             result = hook(**kwargs)
         except PluginError:

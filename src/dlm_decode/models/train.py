@@ -496,7 +496,7 @@ def write_model_card(out: Path, args: argparse.Namespace, runs: dict[str, dict],
     lines += [
         "",
         f"AdamW (betas 0.9/0.98, weight decay 0.01), 5% linear warmup then cosine decay, gradient clipping 1.0,"
-        f" float32, weights initialised with std {INIT_STD}, {args.threads} CPU threads. dLLM objective (LLaDA):"
+        f" float32, weights initialised with std {INIT_STD}, {_trained_on(args)}. dLLM objective (LLaDA):"
         f" per row `t ~ U({MIN_MASK_RATIO:g}, 1)` (stratified over each forward of {ROWS_PER_FORWARD} rows),"
         " every generated-region token masked with probability `t`, cross-entropy on masked tokens weighted"
         " `1/t`, divided by the region length, averaged over rows. The region is the answer plus a log-uniform"
@@ -516,6 +516,10 @@ def write_model_card(out: Path, args: argparse.Namespace, runs: dict[str, dict],
             markdown_table(table),
         ]
     (out / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
+
+
+def _trained_on(args: argparse.Namespace) -> str:
+    return f"{args.threads} CPU threads" if args.device == "cpu" else f"trained on {args.device}"
 
 
 def _card_examples() -> dict[str, Example]:

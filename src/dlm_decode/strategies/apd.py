@@ -79,7 +79,7 @@ class APDVerifier:
         self.ar = ar
         self.scorer = scorer
 
-    def ar_logits(self, state: DecodeState, proposal: Proposal, window: Window, frontier: torch.Tensor) -> torch.Tensor:
+    def ar_logits(self, state: DecodeState, proposal: Proposal, frontier: torch.Tensor) -> torch.Tensor:
         """AR logits predicting every eligible position given the prefix and the draft before it: ``[K, V_ar]``.
 
         One causal pass over columns ``[start, last eligible)`` of the drafted canvas, reusing the AR cache for
@@ -103,7 +103,7 @@ class APDVerifier:
     @hookimpl
     def dlm_verify(self, state: DecodeState, proposal: Proposal, window: Window) -> Decision:
         frontier = first_columns(window.eligible, state.width)
-        ar_logits = self.ar_logits(state, proposal, window, frontier)
+        ar_logits = self.ar_logits(state, proposal, frontier)
         draft = proposal.tokens[proposal.rows, proposal.cols]
         if self.acceptance is Acceptance.speculative:
             return self.speculative(state, proposal, window, ar_logits, draft)
@@ -124,7 +124,7 @@ class APDVerifier:
             p = torch.softmax(proposal.sampling_logits.double(), -1)
             t = torch.softmax(mixed / proposal.temperature, -1)
         counts = window.eligible.sum(-1).tolist()
-        p_x, t_x = p.gather(-1, draft[:, None])[:, 0], t.gather(-1, draft[:, None])[:, 0]  # p, t are needed in full for the residual
+        p_x, t_x = p.gather(-1, draft[:, None])[:, 0], t.gather(-1, draft[:, None])[:, 0]
         accepted = uniform_noise(state, counts, mixed.device) * p_x < t_x
         residual = (t - p).clamp(min=0)
         resampled = self.scorer.gumbel_argmax(residual.log(), gumbel_noise(state, counts, mixed.shape[-1],

@@ -44,8 +44,8 @@ class BlockWindow:
         self.size = size
 
     def blocks(self, state: DecodeState) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per column ``[N]`` long: the start and end columns of the block holding it (prompt columns: the
-        first block's start and end when the block is wider than the prompt, the prompt's own columns else)."""
+        """Per column ``[N]`` long: the start and end columns of the block holding it. Prompt columns get a block
+        just before the first one; only finished rows (frontier at column 0) read it, and their window is empty."""
         tables = state.scratch.get("blocks")
         if tables is None:
             size = self.size or state.width
