@@ -450,3 +450,29 @@ def test_the_experiment_config_runs_on_the_stand_ins(dirs):
     out = decoder.generate(PROMPTS)
     assert out.texts == expected_texts(decoder.dllm, PROMPTS, 12)
     assert all(s.commits_per_step == [12] for s in out.stats), "M = 100 covers the canvas; the spike is accepted"
+
+
+PROMPTS_FOR_TEMPLATES = ["sort 4 1 7", " padded  ", "two\nlines", "{{ not jinja }}", "x" * 40]
+
+
+@pytest.mark.parametrize("template, wraps", [
+    ("{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}{{ '\n' }}", True),
+    ("{{ bos_token }}{% for m in messages %}{{ m['content'] | trim }}{% endfor %}{{ '\n' }}", False),
+    ("{% for m in messages %}{% if m['content'] %}<u>{{ m['content'] }}</u>{% endif %}{% endfor %}", False),
+])
+def test_prompt_encoding_with_or_without_template_affixes_equals_the_template(template, wraps):
+    """The affix shortcut is taken only for templates that wrap the content verbatim, and the ids always equal
+    rendering the template per prompt."""
+    from transformers import AutoTokenizer
+
+    from dlm_decode.models.embedded import embedded_model_dir
+    from dlm_decode.models.hf import chat_affixes, encode_prompts
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir("dllm"))
+    tokenizer.chat_template = template
+    affixes = chat_affixes(tokenizer)
+    assert (affixes is not None) is wraps
+    expected = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=True,
+                                              add_generation_prompt=True, return_dict=True)["input_ids"]
+                for p in PROMPTS_FOR_TEMPLATES]
+    assert encode_prompts(tokenizer, PROMPTS_FOR_TEMPLATES, True, affixes) == [list(ids) for ids in expected]

@@ -66,6 +66,12 @@ def test_prompt_longer_than_the_context_is_rejected():
         decoder.generate(["abcdefghij"])
 
 
+def test_prompt_holding_the_mask_token_is_rejected():
+    decoder = Decoder.from_config("configs/decoders/llada.yaml")
+    with pytest.raises(InputError, match=r"(?s)prompt 1 contains the dLLM's mask token \(id 3\).*fix: remove"):
+        decoder.generate(["sort 2 1", "sort <mask> 1"])
+
+
 def test_non_positive_max_new_tokens_argument_is_rejected():
     with pytest.raises(InputError, match="(?s)max_new_tokens must be at least 1"):
         toy_decoder().generate(["abc"], max_new_tokens=-1)

@@ -8,6 +8,7 @@ exceed its step budget.
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Iterator
 from typing import Any, Callable
@@ -67,7 +68,13 @@ class Roles:
         if not impls:
             return _no_implementation
         function, argnames = impls[0].function, impls[0].argnames
-        return lambda **kwargs: function(*[kwargs[name] for name in argnames])
+        if not argnames:
+            return lambda **kwargs: function()
+        if len(argnames) == 1:
+            (name,) = argnames
+            return lambda **kwargs: function(kwargs[name])
+        pick = operator.itemgetter(*argnames)  # a tuple of the arguments the implementation takes, in its order
+        return lambda **kwargs: function(*pick(kwargs))
 
     def notify(self, hook_name: str, **kwargs: Any) -> None:
         """Call an observer hook (its results are ignored). Needs :meth:`bind`."""
@@ -102,13 +109,18 @@ def forward_flags(state: DecodeState, window: Window, logits: torch.Tensor) -> l
 
 
 def decision_flags(state: DecodeState, window: Window, decision: Decision) -> list[torch.Tensor]:
-    """Three bool scalars on the device, computed before the decision is applied: a commit outside the window;
-    every unfinished row has a commit (the one flag that is good when true); a revocation of something other
-    than a committed generated token (a placeholder, not read, when there is no revocation)."""
-    commit, revoke = decision.commit, decision.revoke
-    progressed = (commit.any(-1) | state.finished).all()
-    bad_revoke = progressed if revoke is None else (revoke & (state.masked | ~state.generated_columns)).any()
-    return [(commit > window.eligible).any(), progressed, bad_revoke]
+    """Two bool scalars on the device, computed before the decision is applied: a commit outside the window; a
+    revocation of something other than a committed generated token (a placeholder, not read, when there is no
+    revocation)."""
+    off_window = (decision.commit > window.eligible).any()
+    revoke = decision.revoke
+    bad_revoke = off_window if revoke is None else (revoke & (state.masked | ~state.generated_columns)).any()
+    return [off_window, bad_revoke]
+
+
+def progress_flag(commits: torch.Tensor, finished_before: torch.Tensor) -> torch.Tensor:
+    """A bool scalar: every row unfinished before the step committed (``[B]`` long commits, ``[B]`` bool)."""
+    return (commits + finished_before).all()  # nonzero where the row committed or was already finished
 
 
 def raise_forward_errors(flags: list[bool], step: int, window_plugin: str) -> None:
@@ -124,7 +136,7 @@ def raise_forward_errors(flags: list[bool], step: int, window_plugin: str) -> No
 
 def raise_decision_errors(flags: list[bool], decision: Decision, finished: torch.Tensor, step: int,
                           plugin: str) -> None:
-    off_window, progressed, bad_revoke = flags
+    off_window, bad_revoke, progressed = flags
     if off_window:
         raise PluginError(plugin, "dlm_verify", "committed a position the window did not make eligible "
                           "(a prompt, padding, already decided or out-of-window position)",
@@ -175,8 +187,9 @@ def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> I
             raise                                                                        # explains it first
         finished_before = state.finished
         late = decision_flags(state, window, decision)
-        state.apply(decision)
-        *flags, done = torch.stack([*early, *late, state.finished.all()]).tolist()  # the step's one host sync
+        commits = state.apply(decision)
+        progressed = progress_flag(commits, finished_before)
+        *flags, done = torch.stack([*early, *late, progressed, state.finished.all()]).tolist()  # one host sync
         raise_forward_errors(flags[:2], state.step - 1, window_plugin)
         raise_decision_errors(flags[2:], decision, finished_before, state.step - 1, verifier)
         roles.notify("dlm_step_end", state=state, decision=decision)

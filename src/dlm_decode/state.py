@@ -160,14 +160,14 @@ class DecodeState:
     :ivar eos_token_ids: ``[E]`` long, ids that end a row.
     :ivar fill_token_id: written after a row's first EOS.
     :ivar generators: one ``torch.Generator`` per row, seeded per request.
-    :ivar masked: ``[B, N]`` bool, kept equal to ``canvas == mask_token_id`` on generated columns.
+    :ivar masked: ``[B, N]`` bool, ``canvas == mask_token_id`` (only generated columns hold the mask id: prompts
+        never do, see :meth:`build`).
     :ivar filled: ``[B, N]`` bool, positions after a row's first EOS, written with ``fill_token_id``.
     :ivar previous_canvas: ``[B, N]`` long, the canvas before the last step (see :attr:`changed`).
     :ivar finished: ``[B]`` bool, rows with no mask left before their first EOS.
     :ivar step: number of completed steps.
-    :ivar nfe: ``[B]`` long, dLLM forwards each row took part in while unfinished (also its number of steps).
     :ivar ar_forwards: ``[B]`` long, AR-model forwards each row took part in (APD's verifier adds to it).
-    :ivar commits: per step, ``[B]`` long commits (0 for rows already finished).
+    :ivar commits: per step, ``[B]`` long commits (0 for rows already finished, at least 1 for the others).
     :ivar scratch: per-batch storage for plugins, keyed by a name of their choice.
     :ivar row_stats: per-row statistics plugins publish, name -> ``[B]`` tensor (e.g. WINO's revocation
         counts); they appear in each row's :class:`~dlm_decode.decoder.RowStats` ``extra`` and in eval summaries.
@@ -185,7 +185,6 @@ class DecodeState:
     filled: torch.Tensor
     previous_canvas: torch.Tensor
     finished: torch.Tensor
-    nfe: torch.Tensor
     ar_forwards: torch.Tensor
     step: int = 0
     commits: list[torch.Tensor] = field(default_factory=list)
@@ -205,7 +204,17 @@ class DecodeState:
         seeds: list[int],
         device: torch.device | str = "cpu",
     ) -> DecodeState:
-        """Left-pad ``prompts`` (token id lists) and append ``max_new_tokens`` masks to each."""
+        """Left-pad ``prompts`` (token id lists) and append ``max_new_tokens`` masks to each.
+
+        :raises ValueError: a prompt holds the mask id, or the pad or fill id is the mask id (the state tells
+            masked positions by their token, so only generated columns may hold it).
+        """
+        if mask_token_id in (pad_token_id, fill_token_id):
+            raise ValueError(f"the mask id {mask_token_id} is also the pad ({pad_token_id}) or fill "
+                             f"({fill_token_id}) id")
+        holders = [row for row, prompt in enumerate(prompts) if mask_token_id in prompt]
+        if holders:
+            raise ValueError(f"prompts {holders} hold the mask token id {mask_token_id}")
         width = max(len(p) for p in prompts)
         batch = len(prompts)
         canvas = torch.full((batch, width + max_new_tokens), mask_token_id, dtype=torch.long)
@@ -232,7 +241,6 @@ class DecodeState:
             filled=torch.zeros(canvas.shape, dtype=torch.bool, device=device),
             previous_canvas=canvas.to(device),
             finished=torch.zeros(batch, dtype=torch.bool, device=device),
-            nfe=zeros.clone(),
             ar_forwards=zeros.clone(),
         )
 
@@ -289,25 +297,28 @@ class DecodeState:
 
         :return: ``[B]`` long commits per row this step.
         """
-        running = ~self.finished
         before = self.canvas
         self.canvas = torch.where(decision.commit, decision.tokens, self.canvas)
-        self.masked = self.masked > decision.commit
         if decision.revoke is not None:  # reopen the filled tails too: the tail is settled again below
-            reopen = decision.revoke | self.filled
-            self.canvas = self.canvas.masked_fill(reopen, self.mask_token_id)
-            self.masked = self.masked | reopen
+            self.canvas = self.canvas.masked_fill(decision.revoke | self.filled, self.mask_token_id)
         tail = self.after_first_eos()
         self.canvas = self.canvas.masked_fill(tail, self.fill_token_id)
-        self.masked = self.masked > tail
+        self.masked = self.canvas == self.mask_token_id
         self.filled = tail
         self.previous_canvas = before
         commits = decision.commit.sum(-1)  # 0 for finished rows: their windows are empty (checked after apply)
         self.commits.append(commits)
-        self.nfe += running
         self.step += 1
         self.finished = ~self.masked.any(-1)
         return commits
+
+    @property
+    def nfe(self) -> torch.Tensor:
+        """``[B]`` long, dLLM forwards each row took part in while unfinished (also its number of steps): the
+        steps in which it committed, since every unfinished row commits and no finished row does."""
+        if not self.commits:
+            return torch.zeros(self.batch_size, dtype=torch.long, device=self.canvas.device)
+        return (torch.stack(self.commits) > 0).sum(0)
 
     @property
     def changed(self) -> torch.Tensor:
