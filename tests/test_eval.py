@@ -8,9 +8,10 @@ import pytest
 
 from dlm_decode import InputError
 from dlm_decode.eval.runner import evaluate
+from dlm_decode.testing.models import build_tiny_checkpoint
 
 SUMMARY_KEYS = {"accuracy", "per_task", "nfe", "tokens_per_forward", "ar_forwards", "tokens_per_s", "wall_s",
-                "config_hash"}
+                "config_hash", "weights_hash"}
 
 
 def read_results(path):
@@ -54,6 +55,26 @@ def test_results_of_another_config_are_not_mixed_in(make_decoder, tmp_path):
     evaluate(make_decoder("generation.max_new_tokens=4"), tmp_path, tasks=["arith"], limit=1, progress=False)
     with pytest.raises(InputError, match="holds results of config"):
         evaluate(make_decoder("generation.max_new_tokens=5"), tmp_path, tasks=["arith"], limit=1, progress=False)
+
+
+def test_results_of_a_retrained_checkpoint_are_not_mixed_in(make_decoder, tmp_path):
+    """Same config (same path), other weights: the runner refuses to resume instead of mixing results."""
+    model = build_tiny_checkpoint(tmp_path / "model", causal=False, seed=0)
+    first = make_decoder(f"model.dllm.path={model}")
+    summary = evaluate(first, tmp_path / "out", tasks=["arith"], limit=1, progress=False)
+    assert summary["weights_hash"] == first.weights_hash
+    build_tiny_checkpoint(model, causal=False, seed=1)  # "retrained" in place
+    second = make_decoder(f"model.dllm.path={model}")
+    assert second.config.hash == first.config.hash and second.weights_hash != first.weights_hash
+    with pytest.raises(InputError, match="(?s)same config decoded with other model weights.*fix"):
+        evaluate(second, tmp_path / "out", tasks=["arith"], limit=1, progress=False)
+
+
+def test_the_ar_verifier_counts_in_the_weights_hash(make_decoder, tmp_path):
+    apd = ["decoder.verification=apd", "decoder.window=lookahead"]
+    one = make_decoder(*apd, f"model.ar.path={build_tiny_checkpoint(tmp_path / 'a', causal=True, seed=1)}")
+    two = make_decoder(*apd, f"model.ar.path={build_tiny_checkpoint(tmp_path / 'b', causal=True, seed=2)}")
+    assert one.weights_hash != two.weights_hash
 
 
 def test_unknown_task_is_named(make_decoder, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -13,7 +14,7 @@ from dlm_decode.config.schema import ModelSpec
 from dlm_decode.errors import InputError
 from dlm_decode.hookspecs import hookimpl
 from dlm_decode.loop import Roles, decode, run_steps
-from dlm_decode.models.hf import DiffusionLM
+from dlm_decode.models.hf import DiffusionLM, weights_fingerprint
 from dlm_decode.ops import Scorer, get_scorer
 from dlm_decode.plugins import ROLES, StrategyRegistry, decoder_manager, get_registry, tracing_enabled
 from dlm_decode.state import DecodeState
@@ -26,17 +27,22 @@ class BuildContext:
     :ivar config: the whole resolved config (e.g. ``config.config.model.ar`` for an AR verifier).
     :ivar dllm: the loaded diffusion LM.
     :ivar scorer: the scoring backend every plugin must use for vocabulary reductions.
+    :ivar loaded: other models a strategy loaded (:meth:`load_model_spec` adds them; a factory that loads one
+        itself appends it): their weights count in :attr:`Decoder.weights_hash`.
     """
 
     config: ResolvedConfig
     dllm: DiffusionLM
     scorer: Scorer
+    loaded: list[Any] = field(default_factory=list)
 
     def load_model_spec(self, spec: ModelSpec, key: str):
         """Load ``(model, tokenizer)`` for another model of the config (e.g. ``model.ar``)."""
         from dlm_decode.models.hf import load_hf
 
-        return load_hf(spec, key)
+        model, tokenizer = load_hf(spec, key)
+        self.loaded.append(model)
+        return model, tokenizer
 
 
 @dataclass
@@ -124,6 +130,7 @@ class Decoder:
             name, params = config.strategies[role]
             spec = self.registry.get(role, name)
             self.strategies[role] = (spec, spec.factory(params, context))
+        self.models = [getattr(self.dllm, "model", None), *context.loaded]
         self.manager = decoder_manager(self.strategies, list(observers))
         labels = {role: f"{spec.plugin} ({role} strategy {spec.name!r})" for role, (spec, _) in self.strategies.items()}
         self.roles = Roles(self.manager, labels, direct=not tracing_enabled())
@@ -135,6 +142,12 @@ class Decoder:
         config = source if isinstance(source, ResolvedConfig) else load_config(source, overrides,
                                                                                kwargs.get("registry"))
         return cls(config, **kwargs)
+
+    @functools.cached_property
+    def weights_hash(self) -> str:
+        """A short hash of the weights of every model this decoder loaded (the dLLM, an AR verifier): results
+        decoded with other weights under the same config (a retrained checkpoint) do not mix with these."""
+        return weights_fingerprint(self.models)
 
     @property
     def generation(self):

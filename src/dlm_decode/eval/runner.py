@@ -1,7 +1,8 @@
 """Evaluate a decoder on the task suite: batched, resumable, with a summary table.
 
 Results go to ``DIR/results.jsonl`` one line per example as each batch finishes, so an interrupted run loses
-at most one batch and a rerun with the same config resumes where it stopped. ``DIR/summary.json`` and
+at most one batch and a rerun with the same config and model weights resumes where it stopped (results of
+another config, or of a retrained checkpoint under the same config, are refused). ``DIR/summary.json`` and
 ``DIR/config.yaml`` are written at the end. Example ``i`` of the run is decoded with seed
 ``generation.seed + i`` whatever the batch it lands in, so resumed and uninterrupted runs agree. Under
 ``torchrun``/``accelerate launch`` the examples are split by rank and gathered on rank 0 (see :func:`evaluate`).
@@ -24,8 +25,8 @@ from dlm_decode.eval.tasks import TASKS, load_examples
 RESULTS, SUMMARY, CONFIG = "results.jsonl", "summary.json", "config.yaml"
 
 
-def _read_results(path: Path, config_hash: str) -> dict[str, dict]:
-    """Finished records by example id; refuses results written by another config."""
+def _read_results(path: Path, config_hash: str, weights_hash: str) -> dict[str, dict]:
+    """Finished records by example id; refuses results written by another config or other weights."""
     done: dict[str, dict] = {}
     if not path.exists():
         return done
@@ -41,11 +42,16 @@ def _read_results(path: Path, config_hash: str) -> dict[str, dict]:
                 raise InputError(
                     f"{path} holds results of config {record['config_hash']}, not {config_hash}; "
                     "fix: pass another --out directory (or delete this one) to evaluate a different config")
+            if record.get("weights_hash") != weights_hash:
+                raise InputError(
+                    f"{path} holds results of the same config decoded with other model weights (weights hash "
+                    f"{record.get('weights_hash')}, now {weights_hash}: a checkpoint was retrained or replaced); "
+                    "fix: pass another --out directory (or delete this one)")
             done[record["id"]] = record
     return done
 
 
-def summarize(records: Sequence[dict], config_hash: str) -> dict:
+def summarize(records: Sequence[dict], config_hash: str, weights_hash: str | None = None) -> dict:
     """Accuracy per task and overall (mean over tasks), and speed over all examples.
 
     ``tokens_per_forward`` = generated tokens / dLLM forwards, ``tokens_per_s`` = generated tokens / decoding
@@ -77,6 +83,7 @@ def summarize(records: Sequence[dict], config_hash: str) -> dict:
         "extra": {name: sum(r["extra"].get(name, 0.0) for r in records) / count
                   for name in sorted({name for r in records for name in r["extra"]})},
         "config_hash": config_hash,
+        "weights_hash": weights_hash,
     }
 
 
@@ -117,15 +124,15 @@ def evaluate(decoder: Decoder, out_dir: str | Path, tasks: Sequence[str] | None 
     if limit < 1:
         raise InputError(f"--limit must be at least 1, got {limit}")
     out = Path(out_dir)
-    config_hash = decoder.config.hash
+    config_hash, weights_hash = decoder.config.hash, decoder.weights_hash
     with distributed() as ranks:
         if ranks.main:
             out.mkdir(parents=True, exist_ok=True)
             (out / CONFIG).write_text(f"# config_hash: {config_hash}\n{decoder.config.yaml}", encoding="utf-8")
         barrier(ranks)
-        done = _read_results(out / RESULTS, config_hash)
+        done = _read_results(out / RESULTS, config_hash, weights_hash)
         for partial in sorted(out.glob(RANK_RESULTS.format(rank="*"))):
-            done.update(_read_results(partial, config_hash))
+            done.update(_read_results(partial, config_hash, weights_hash))
         examples = [(f"{ex.task}-{i}", ex) for i, ex in enumerate(load_examples(names, split, limit, data_seed))]
         seeds = {key: decoder.generation.seed + index for index, (key, _) in enumerate(examples)}
         todo = [(key, ex) for key, ex in examples if key not in done][ranks.rank::ranks.world_size]
@@ -139,8 +146,8 @@ def evaluate(decoder: Decoder, out_dir: str | Path, tasks: Sequence[str] | None 
             for records in gathered:
                 done.update((record["id"], record) for record in records)
             if ranks.world_size > 1:
-                _merge_rank_files(out, [done[key] for key, _ in examples], gathered, config_hash)
-            summary = summarize([done[key] for key, _ in examples], config_hash)
+                _merge_rank_files(out, [done[key] for key, _ in examples], gathered, config_hash, weights_hash)
+            summary = summarize([done[key] for key, _ in examples], config_hash, weights_hash)
             if ranks.world_size > 1:
                 summary["decoded_per_rank"] = [len(records) for records in gathered]
             (out / SUMMARY).write_text(json.dumps(summary, indent=2), encoding="utf-8")
@@ -169,7 +176,7 @@ def _decode(decoder: Decoder, todo: list, seeds: dict[str, int], path: Path, pro
             for (key, ex), record in zip(chunk, output.records()):
                 record.update(id=key, task=ex.task, reference=ex.answer,
                               correct=TASKS[ex.task].check(ex, record["text"]),
-                              batch_wall_share_s=batch_wall / len(chunk))
+                              batch_wall_share_s=batch_wall / len(chunk), weights_hash=decoder.weights_hash)
                 if rank is not None:
                     record["rank"] = rank
                 records.append(record)
@@ -180,13 +187,14 @@ def _decode(decoder: Decoder, todo: list, seeds: dict[str, int], path: Path, pro
     return records
 
 
-def _merge_rank_files(out: Path, ordered: list[dict], gathered: list[list[dict]], config_hash: str) -> None:
+def _merge_rank_files(out: Path, ordered: list[dict], gathered: list[list[dict]], config_hash: str,
+                      weights_hash: str) -> None:
     """Rank 0: append the records gathered from every rank (and those left in per-rank files by an interrupted
     run) to ``results.jsonl`` in example order, then remove the per-rank files."""
     merged = {record["id"] for records in gathered for record in records}
     partials = sorted(out.glob(RANK_RESULTS.format(rank="*")))
     for partial in partials:
-        merged.update(_read_results(partial, config_hash))
+        merged.update(_read_results(partial, config_hash, weights_hash))
     with (out / RESULTS).open("a", encoding="utf-8") as handle:
         for record in ordered:
             if record["id"] in merged:

@@ -32,9 +32,11 @@ accept ``position_ids`` and a 4-D boolean mask (WINO's, Fast-dLLM's, any HF-nati
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +112,24 @@ def _auto_class(config):
     if auto_map and "AutoModelForCausalLM" not in auto_map and "AutoModel" in auto_map:
         return AutoModel
     return AutoModelForCausalLM
+
+
+def weights_fingerprint(modules: Sequence[Any]) -> str:
+    """A short hash telling apart the weights of ``modules`` (torch modules; anything else counts as none).
+
+    It reads each parameter's name, shape, dtype and its first and last 256 values, so it costs milliseconds
+    even for billions of parameters, and it changes when a checkpoint is retrained or replaced.
+    """
+    digest = hashlib.sha256()
+    for module in modules:
+        if not isinstance(module, torch.nn.Module):
+            continue
+        for name, tensor in module.state_dict().items():
+            flat = tensor.detach().reshape(-1)
+            ends = torch.cat([flat[:256], flat[-256:]]).float().cpu()
+            digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+            digest.update(ends.numpy().tobytes())
+    return digest.hexdigest()[:12]
 
 
 def load_hf(spec: ModelSpec, key: str):
