@@ -42,11 +42,11 @@ def test_eos_fills_the_tail_finishes_the_row_and_counts_up_to_eos():
     state.apply(decision(state, {(0, 3): 9, (0, 4): EOS, (1, 6): 11}))
     assert state.canvas[0, 3:].tolist() == [9, EOS, FILL, FILL, FILL]
     assert bool(state.finished[0]) and not bool(state.finished[1])
-    assert state.generated(0) == [9, EOS]
+    assert state.generated()[0] == [9, EOS]
     assert state.changed[0, 3:].tolist() == [True] * 5 and state.changed[1].tolist() == [False] * 6 + [True, False]
     state.apply(decision(state, {(1, 3): EOS}))
     assert state.canvas[1, 3:].tolist() == [EOS, FILL, FILL, FILL, FILL], "committed tokens after EOS are cut"
-    assert state.generated(1) == [EOS]
+    assert state.generated()[1] == [EOS]
     assert state.nfe.tolist() == [1, 2]
     assert [c.tolist() for c in state.commits] == [[2, 1], [0, 1]]
 
@@ -64,7 +64,7 @@ def test_revoking_the_first_eos_reopens_the_filled_tail():
 def test_row_without_eos_generates_every_column():
     state = build(prompts=([5],), max_new=2)
     state.apply(decision(state, {(0, 1): 7, (0, 2): 8}))
-    assert state.generated(0) == [7, 8] and bool(state.finished[0])
+    assert state.generated()[0] == [7, 8] and bool(state.finished[0])
 
 
 def test_an_eos_id_inside_the_prompt_does_not_end_the_row():
@@ -74,4 +74,4 @@ def test_an_eos_id_inside_the_prompt_does_not_end_the_row():
     assert state.canvas[0, 3:].tolist() == [MASK, 9, MASK, MASK] and not bool(state.finished[0])
     state.apply(decision(state, {(0, 3): 7, (0, 5): EOS}))
     assert state.canvas[0].tolist() == [5, EOS, 6, 7, 9, EOS, FILL] and bool(state.finished[0])
-    assert state.generated(0) == [7, 9, EOS]
+    assert state.generated()[0] == [7, 9, EOS]

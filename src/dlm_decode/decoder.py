@@ -203,17 +203,16 @@ class Decoder:
             chunk_seeds = None if seeds is None else seeds[first: first + batch_size]
             state = self._state(chunk, first, max_new_tokens, chunk_seeds)
             step_ends = decode(self.roles, self.dllm, state, self._max_steps(max_new_tokens))
-            commits = torch.stack(state.commits, dim=1).tolist()
-            for row in range(state.batch_size):
-                generated = state.generated(row)
-                nfe = steps = int(state.nfe[row])
+            commits = torch.stack(state.commits, dim=1).tolist()  # [B][steps]
+            extra = {name: [float(v) for v in values.tolist()] for name, values in state.row_stats.items()}
+            rows = zip(state.generated(), state.nfe.tolist(), state.ar_forwards.tolist(), commits)
+            for row, (generated, nfe, ar_forwards, row_commits) in enumerate(rows):
                 ids.append(generated)
                 texts.append(self.dllm.decode(generated))
                 stats.append(RowStats(
-                    nfe=nfe, ar_forwards=int(state.ar_forwards[row]), generated_tokens=len(generated),
-                    tokens_per_forward=len(generated) / max(nfe, 1), steps=steps,
-                    wall_s=step_ends[steps - 1], commits_per_step=commits[row][:steps],
-                    extra={name: float(values[row]) for name, values in state.row_stats.items()},
+                    nfe=nfe, ar_forwards=ar_forwards, generated_tokens=len(generated),
+                    tokens_per_forward=len(generated) / max(nfe, 1), steps=nfe, wall_s=step_ends[nfe - 1],
+                    commits_per_step=row_commits[:nfe], extra={name: values[row] for name, values in extra.items()},
                 ))
         return GenerationOutput(texts=texts, token_ids=ids, stats=stats, config_hash=self.config.hash,
                                 prompts=prompts)

@@ -216,32 +216,26 @@ class DecodeState:
         if holders:
             raise ValueError(f"prompts {holders} hold the mask token id {mask_token_id}")
         width = max(len(p) for p in prompts)
-        batch = len(prompts)
-        canvas = torch.full((batch, width + max_new_tokens), mask_token_id, dtype=torch.long)
-        attention = torch.ones(canvas.shape, dtype=torch.bool)
-        for row, prompt in enumerate(prompts):
-            pad = width - len(prompt)
-            canvas[row, :pad] = pad_token_id
-            attention[row, :pad] = False
-            canvas[row, pad:width] = torch.tensor(prompt, dtype=torch.long)
-        masked = torch.zeros(canvas.shape, dtype=torch.bool)
-        masked[:, width:] = True
+        pads = [width - len(prompt) for prompt in prompts]
+        canvas = torch.tensor([[pad_token_id] * pad + prompt + [mask_token_id] * max_new_tokens
+                               for pad, prompt in zip(pads, prompts)], dtype=torch.long, device=device)
+        attention = torch.arange(canvas.shape[1], device=device) >= torch.tensor(pads, device=device)[:, None]
         generators = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
-        zeros = torch.zeros(batch, dtype=torch.long, device=device)
+        finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
         return cls(
-            canvas=canvas.to(device),
-            attention_mask=attention.to(device),
-            position_ids=position_ids_from_mask(attention).to(device),
+            canvas=canvas,
+            attention_mask=attention,
+            position_ids=position_ids_from_mask(attention),
             gen_start=width,
             mask_token_id=mask_token_id,
             eos_token_ids=torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long, device=device),
             fill_token_id=fill_token_id,
             generators=generators,
-            masked=masked.to(device),
-            filled=torch.zeros(canvas.shape, dtype=torch.bool, device=device),
-            previous_canvas=canvas.to(device),
-            finished=torch.zeros(batch, dtype=torch.bool, device=device),
-            ar_forwards=zeros.clone(),
+            masked=canvas == mask_token_id,
+            filled=torch.zeros_like(attention),
+            previous_canvas=canvas,
+            finished=finished,
+            ar_forwards=torch.zeros(len(prompts), dtype=torch.long, device=device),
         )
 
     @property
@@ -325,14 +319,14 @@ class DecodeState:
         """``[B, N]`` bool, positions whose token changed in the last step (commits, revocations, EOS fill)."""
         return self.canvas != self.previous_canvas
 
-    def generated(self, row: int) -> list[int]:
-        """Row ``row``'s generated ids up to and including its first EOS (all of them if none)."""
-        ids = self.canvas[row, self.gen_start :].tolist()
+    def generated(self) -> list[list[int]]:
+        """Each row's generated ids up to and including its first EOS (all of them if none); one host read."""
         eos = set(self.eos_token_ids.tolist())
-        for index, token in enumerate(ids):
-            if token in eos:
-                return ids[: index + 1]
-        return ids
+        rows = []
+        for ids in self.canvas[:, self.gen_start:].tolist():
+            end = next((index + 1 for index, token in enumerate(ids) if token in eos), len(ids))
+            rows.append(ids[:end])
+        return rows
 
 
 #: A factory building a strategy plugin object from its validated config and the build context.
