@@ -127,7 +127,7 @@ def test_losses_fall_when_fitting_one_batch(kind, tokenizer):
         if kind == "ar":
             return train.ar_loss(model, batch)
         generator = torch.Generator().manual_seed(step % 4)
-        return train.llada_loss(model, batch, tokenizer.mask_token_id, generator)
+        return train.masked_diffusion_loss(model, batch, tokenizer.mask_token_id, generator)
 
     with torch.no_grad():
         before = sum(loss_fn(s).item() for s in range(4))
