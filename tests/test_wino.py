@@ -364,7 +364,7 @@ def test_invalid_parameters_name_their_key(registry, key, value):
 def test_preset_loads_and_decodes(registry):
     config = load_config(PRESET, registry=registry)
     name, params = config.strategies["verification"]
-    assert name == "wino" and (params.draft_threshold, params.verify_threshold) == (0.6, 0.9)
+    assert name == "wino" and (params.draft_threshold, params.verify_threshold) == (0.8, 0.9)
     assert config.strategies["window"][0] == "blocks" and config.strategies["window"][1].size == 16
     assert config.strategies["cache"][0] == "none"
     out = Decoder(config, dllm=toy(), registry=registry).generate(PROMPTS)
