@@ -176,7 +176,7 @@ def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> I
         inputs = roles.call("inputs", "dlm_model_inputs", state=state, window=window, plan=plan)
         logits = model.forward(inputs, plan.cache)
         early = forward_flags(state, window, logits)
-        logits.select(-1, state.mask_token_id).fill_(float("-inf"))  # the mask token is never a candidate
+        logits.index_fill_(-1, state.mask_index, float("-inf"))  # the mask token is never a candidate
         forward = ForwardOutput(logits=logits, inputs=inputs)
         try:
             proposal = roles.call("proposal", "dlm_propose", state=state, forward=forward, window=window)

@@ -248,6 +248,11 @@ class DecodeState:
         return self.canvas.shape[1]
 
     @cached_property
+    def mask_index(self) -> torch.Tensor:
+        """``[1]`` long, the mask id, for filling its logit column in one operation."""
+        return torch.tensor([self.mask_token_id], device=self.canvas.device)
+
+    @cached_property
     def columns(self) -> torch.Tensor:
         """``[N]`` long, ``arange(N)`` on the canvas device."""
         return torch.arange(self.width, device=self.canvas.device)
@@ -275,12 +280,20 @@ class DecodeState:
         """``[N]`` bool, true from ``gen_start`` on."""
         return self.columns >= self.gen_start
 
+    @cached_property
+    def prompt_has_eos(self) -> bool:
+        """Whether some prompt holds an EOS id (a chat template's end of turn, say); read once per batch."""
+        return bool(self.is_eos(self.canvas[:, : self.gen_start]).any())
+
     def after_first_eos(self) -> torch.Tensor:
         """``[B, N]`` bool, generated columns strictly after each row's first EOS token.
 
-        Masked positions hold the mask id and filled ones lie after the first EOS, so neither moves it.
+        Masked positions hold the mask id and filled ones lie after the first EOS, so neither moves it; an EOS
+        inside a prompt does not count.
         """
-        eos = self.is_eos(self.canvas) & self.generated_columns
+        eos = self.is_eos(self.canvas)
+        if self.prompt_has_eos:
+            eos = eos & self.generated_columns
         return eos.cumsum(dim=-1) > eos  # at least one EOS so far, not counting this column's first
 
     def apply(self, decision: Decision) -> torch.Tensor:
