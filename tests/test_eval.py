@@ -70,6 +70,16 @@ def test_results_of_a_retrained_checkpoint_are_not_mixed_in(make_decoder, tmp_pa
         evaluate(second, tmp_path / "out", tasks=["arith"], limit=1, progress=False)
 
 
+def test_results_without_a_weights_hash_are_refused_with_their_own_reason(make_decoder, tmp_path):
+    decoder = make_decoder()
+    evaluate(decoder, tmp_path, tasks=["arith"], limit=1, progress=False)
+    record = read_results(tmp_path)[0]
+    del record["weights_hash"]  # as written by a release that did not record it
+    (tmp_path / "results.jsonl").write_text(json.dumps(record) + "\n")
+    with pytest.raises(InputError, match="(?s)before weights hashes were recorded.*fix"):
+        evaluate(decoder, tmp_path, tasks=["arith"], limit=1, progress=False)
+
+
 def test_the_ar_verifier_counts_in_the_weights_hash(make_decoder, tmp_path):
     apd = ["decoder.verification=apd", "decoder.window=lookahead"]
     one = make_decoder(*apd, f"model.ar.path={build_tiny_checkpoint(tmp_path / 'a', causal=True, seed=1)}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -143,10 +142,11 @@ class Decoder:
                                                                                kwargs.get("registry"))
         return cls(config, **kwargs)
 
-    @functools.cached_property
+    @property
     def weights_hash(self) -> str:
         """A short hash of the weights of every model this decoder loaded (the dLLM, an AR verifier): results
-        decoded with other weights under the same config (a retrained checkpoint) do not mix with these."""
+        decoded with other weights under the same config (a retrained checkpoint) do not mix with these.
+        Recomputed at each read (milliseconds), so weights changed in place are noticed."""
         return weights_fingerprint(self.models)
 
     @property

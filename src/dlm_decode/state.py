@@ -211,13 +211,13 @@ class DecodeState:
         """
         if mask_token_id in (pad_token_id, fill_token_id):
             raise ValueError(f"the mask id {mask_token_id} is also the pad ({pad_token_id}) or fill "
-                             f"({fill_token_id}) id")
+                             f"({fill_token_id}) id; fix: give the mask, pad and fill tokens distinct ids")
         holders = [row for row, prompt in enumerate(prompts) if mask_token_id in prompt]
         if holders:
-            raise ValueError(f"prompts {holders} hold the mask token id {mask_token_id}")
+            raise ValueError(f"prompts {holders} hold the mask token id {mask_token_id}; fix: remove it from them")
         width = max(len(p) for p in prompts)
         pads = [width - len(prompt) for prompt in prompts]
-        canvas = torch.tensor([[pad_token_id] * pad + prompt + [mask_token_id] * max_new_tokens
+        canvas = torch.tensor([[pad_token_id] * pad + list(prompt) + [mask_token_id] * max_new_tokens
                                for pad, prompt in zip(pads, prompts)], dtype=torch.long, device=device)
         attention = torch.arange(canvas.shape[1], device=device) >= torch.tensor(pads, device=device)[:, None]
         generators = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]

@@ -42,16 +42,20 @@ def _read_results(path: Path, config_hash: str, weights_hash: str) -> dict[str, 
                 raise InputError(
                     f"{path} holds results of config {record['config_hash']}, not {config_hash}; "
                     "fix: pass another --out directory (or delete this one) to evaluate a different config")
-            if record.get("weights_hash") != weights_hash:
+            if "weights_hash" not in record:
+                raise InputError(
+                    f"{path} holds results written before weights hashes were recorded, so they may come from "
+                    "other weights; fix: pass another --out directory (or delete this one)")
+            if record["weights_hash"] != weights_hash:
                 raise InputError(
                     f"{path} holds results of the same config decoded with other model weights (weights hash "
-                    f"{record.get('weights_hash')}, now {weights_hash}: a checkpoint was retrained or replaced); "
+                    f"{record['weights_hash']}, now {weights_hash}: a checkpoint was retrained or replaced); "
                     "fix: pass another --out directory (or delete this one)")
             done[record["id"]] = record
     return done
 
 
-def summarize(records: Sequence[dict], config_hash: str, weights_hash: str | None = None) -> dict:
+def summarize(records: Sequence[dict], config_hash: str, weights_hash: str) -> dict:
     """Accuracy per task and overall (mean over tasks), and speed over all examples.
 
     ``tokens_per_forward`` = generated tokens / dLLM forwards, ``tokens_per_s`` = generated tokens / decoding
@@ -139,7 +143,8 @@ def evaluate(decoder: Decoder, out_dir: str | Path, tasks: Sequence[str] | None 
         path = out / (RESULTS if ranks.world_size == 1 else RANK_RESULTS.format(rank=ranks.rank))
         initial = len(examples) - len(todo) if ranks.world_size == 1 else 0
         mine = _decode(decoder, todo, seeds, path, progress and ranks.main, total=initial + len(todo),
-                       initial=initial, rank=None if ranks.world_size == 1 else ranks.rank)
+                       initial=initial, rank=None if ranks.world_size == 1 else ranks.rank,
+                       weights_hash=weights_hash)
         gathered = gather_objects(mine, ranks)
         summary = None
         if ranks.main:
@@ -159,8 +164,9 @@ RANK_RESULTS = "results.rank{rank}.jsonl"
 
 
 def _decode(decoder: Decoder, todo: list, seeds: dict[str, int], path: Path, progress: bool, total: int,
-            initial: int, rank: int | None) -> list[dict]:
-    """Decode ``todo`` in batches, appending each batch's records to ``path``; returns the new records.
+            initial: int, rank: int | None, weights_hash: str) -> list[dict]:
+    """Decode ``todo`` in batches, appending each batch's records (stamped with ``weights_hash``) to ``path``;
+    returns the new records.
 
     :param rank: recorded in each record of a multi-process run (None in a single process).
     """
@@ -176,7 +182,7 @@ def _decode(decoder: Decoder, todo: list, seeds: dict[str, int], path: Path, pro
             for (key, ex), record in zip(chunk, output.records()):
                 record.update(id=key, task=ex.task, reference=ex.answer,
                               correct=TASKS[ex.task].check(ex, record["text"]),
-                              batch_wall_share_s=batch_wall / len(chunk), weights_hash=decoder.weights_hash)
+                              batch_wall_share_s=batch_wall / len(chunk), weights_hash=weights_hash)
                 if rank is not None:
                     record["rank"] = rank
                 records.append(record)

@@ -37,7 +37,8 @@ from dlm_decode.config.compose import ResolvedConfig, Source, load_config
 from dlm_decode.config.schema import ModelSpec
 from dlm_decode.errors import ModelError
 from dlm_decode.models.families import FAMILIES, detect_family, model_context, resolve_special_ids
-from dlm_decode.models.hf import check_remote_code, encode_prompts, read_config_json, resolve_path, tokenizer_mismatches
+from dlm_decode.models.hf import check_remote_code, read_config_json, resolve_path, tokenizer_mismatches
+from dlm_decode.models.prompts import encode_prompts
 
 #: Verification strategies that load ``model.ar``.
 NEEDS_AR = ("apd",)

@@ -45,6 +45,7 @@ import torch
 from dlm_decode.config.schema import ModelSpec
 from dlm_decode.errors import ModelError
 from dlm_decode.models.families import Family, model_context, resolve_family, resolve_special_ids
+from dlm_decode.models.prompts import encode_prompts, template_affixes
 from dlm_decode.state import ModelInputs
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -114,21 +115,34 @@ def _auto_class(config):
     return AutoModelForCausalLM
 
 
+def _weight_sample(tensor: torch.Tensor) -> bytes:
+    """Up to 768 values of ``tensor`` as float32 bytes: its first and last 256 and 256 evenly strided ones
+    (empty for a tensor whose values cannot be read here, such as one offloaded to the meta device)."""
+    if tensor.is_meta:
+        return b""
+    if tensor.is_quantized:
+        tensor = tensor.dequantize()
+    flat = tensor.detach().reshape(-1)
+    stride = max(1, flat.numel() // 256)
+    return torch.cat([flat[:256], flat[-256:], flat[::stride][:256]]).float().cpu().numpy().tobytes()
+
+
 def weights_fingerprint(modules: Sequence[Any]) -> str:
     """A short hash telling apart the weights of ``modules`` (torch modules; anything else counts as none).
 
-    It reads each parameter's name, shape, dtype and its first and last 256 values, so it costs milliseconds
-    even for billions of parameters, and it changes when a checkpoint is retrained or replaced.
+    It reads each tensor's name, shape and dtype and a sample of its values (:func:`_weight_sample`), so it costs
+    milliseconds even for billions of parameters. Retraining or replacing a checkpoint changes it; an edit
+    confined to values outside the sample (one embedding row, say) may not.
     """
     digest = hashlib.sha256()
     for module in modules:
         if not isinstance(module, torch.nn.Module):
             continue
         for name, tensor in module.state_dict().items():
-            flat = tensor.detach().reshape(-1)
-            ends = torch.cat([flat[:256], flat[-256:]]).float().cpu()
+            if not isinstance(tensor, torch.Tensor):  # extra state of some modules
+                continue
             digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-            digest.update(ends.numpy().tobytes())
+            digest.update(_weight_sample(tensor))
     return digest.hexdigest()[:12]
 
 
@@ -171,61 +185,6 @@ def head_width(model) -> int:
     return int(getattr(config, "embedding_size", None) or config.vocab_size)
 
 
-def _render_user_turn(tokenizer, content: str) -> str:
-    return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                         add_generation_prompt=True)
-
-
-#: Contents a chat template must wrap verbatim before :func:`chat_affixes` trusts it (whitespace it could trim,
-#: braces and markup it could escape, an empty turn it could drop).
-_PROBES = (" two  spaces and a newline \n", "{{ braces }} <b>markup</b> & 'quotes'", "")
-
-
-def chat_affixes(tokenizer) -> tuple[str, str] | None:
-    """``(prefix, suffix)`` such that the chat template renders one user turn ``c`` as ``prefix + c + suffix``,
-    or None when it does more than wrap the content (or has no template).
-
-    Rendering the template (Jinja) costs a fraction of a millisecond per prompt, a visible share of a small
-    model's decoding; with the affixes :func:`encode_prompts` tokenizes a whole batch in one call. Every probe
-    of ``_PROBES`` must render as ``prefix + probe + suffix`` and give the template's own token ids.
-    """
-    if getattr(tokenizer, "chat_template", None) is None:
-        return None
-    marker = "\x1fdlm-decode-probe\x1f"
-    rendered = _render_user_turn(tokenizer, marker)
-    if rendered.count(marker) != 1:
-        return None
-    prefix, suffix = rendered.split(marker)
-    for probe in _PROBES:
-        if _render_user_turn(tokenizer, probe) != prefix + probe + suffix:
-            return None
-        if encode_prompts(tokenizer, [probe], True, (prefix, suffix)) != encode_prompts(tokenizer, [probe], True):
-            return None
-    return prefix, suffix
-
-
-def encode_prompts(tokenizer, prompts: list[str], chat_template: bool,
-                   affixes: tuple[str, str] | None = None) -> list[list[int]]:
-    """Token ids of each prompt: one user turn of the tokenizer's chat template when ``chat_template`` (and the
-    tokenizer has one), else the bare text. ``affixes`` (from :func:`chat_affixes`) replace rendering the
-    template per prompt by one tokenizer call over ``prefix + prompt + suffix``."""
-    if chat_template and affixes is not None:
-        prefix, suffix = affixes
-        texts = [prefix + p + suffix for p in prompts]
-        backend = getattr(tokenizer, "backend_tokenizer", None)  # a fast tokenizer's Rust core, without HF's
-        if backend is not None:                                   # per-call overhead (one text at a time: no
-            return [backend.encode(t, add_special_tokens=False).ids for t in texts]  # thread pool, fork-safe)
-        return tokenizer(texts, add_special_tokens=False)["input_ids"]
-    if chat_template and getattr(tokenizer, "chat_template", None) is not None:
-        return [
-            list(tokenizer.apply_chat_template(
-                [{"role": "user", "content": p}], tokenize=True, add_generation_prompt=True, return_dict=True,
-            )["input_ids"])
-            for p in prompts
-        ]
-    return tokenizer(prompts, add_special_tokens=False)["input_ids"]
-
-
 class DiffusionLM:
     """A masked diffusion LM behind one interface.
 
@@ -261,9 +220,12 @@ class DiffusionLM:
         self.pad_token_id = ids.pad if ids.pad is not None else self.fill_token_id
         if self.pad_token_id == self.mask_token_id:
             raise ModelError("the pad id equals the mask id; fix: give the tokenizer a distinct pad token")
+        if self.mask_token_id in self.eos_token_ids:
+            raise ModelError(f"the mask id {self.mask_token_id} is also an EOS id ({self.eos_token_ids}); fix: check "
+                             "model.dllm.mask_token_id and model.dllm.eos_token_ids")
         self.max_context = model_context(self.family, model.config)
         self.chat_template = chat_template and getattr(tokenizer, "chat_template", None) is not None
-        self.chat_affixes = chat_affixes(tokenizer) if self.chat_template else None
+        self._affixes: tuple[Any, tuple[str, str] | None] = (None, None)  # (template they were read from, affixes)
 
     @classmethod
     def from_spec(cls, spec: ModelSpec, key: str = "model.dllm") -> DiffusionLM:
@@ -277,7 +239,18 @@ class DiffusionLM:
 
     def encode(self, prompts: list[str]) -> list[list[int]]:
         """Token ids of each prompt, with the chat template applied when enabled."""
-        return encode_prompts(self.tokenizer, prompts, self.chat_template, self.chat_affixes)
+        if not self.chat_template:
+            return encode_prompts(self.tokenizer, prompts, False)
+        return encode_prompts(self.tokenizer, prompts, True, self.chat_affixes)
+
+    @property
+    def chat_affixes(self) -> tuple[str, str] | None:
+        """The chat template's text around a user turn (:func:`~dlm_decode.models.prompts.template_affixes`),
+        read again whenever ``tokenizer.chat_template`` is replaced."""
+        template = getattr(self.tokenizer, "chat_template", None)
+        if self._affixes[0] is not template:
+            self._affixes = (template, template_affixes(self.tokenizer))
+        return self._affixes[1]
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -186,7 +186,8 @@ def masked_diffusion_loss(
     """The masked-diffusion loss, without LLaDA's ``1/t`` weight.
 
     Per row, ``t ~ U(MIN_MASK_RATIO, 1)``; every target token is replaced by the mask with probability ``t``;
-    the loss is the mean cross-entropy over the masked tokens of the batch. The rows' ``t`` are stratified (one
+    the loss is the mean cross-entropy over the masked tokens of this forward (the trainer averages its forwards
+    weighted by their rows). The rows' ``t`` are stratified (one
     uniform offset, then evenly spaced, MDLM's low-discrepancy sampler): each ``t`` is still uniform and the
     batch covers the range evenly.
 
