@@ -11,7 +11,7 @@ from dlm_decode.eval.runner import evaluate
 from dlm_decode.testing.models import build_tiny_checkpoint
 
 SUMMARY_KEYS = {"accuracy", "per_task", "nfe", "tokens_per_forward", "ar_forwards", "tokens_per_s", "wall_s",
-                "config_hash", "weights_hash"}
+                "config_hash", "weights_hash", "split"}
 
 
 def read_results(path):
@@ -53,7 +53,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(make_decoder, tm
 
 def test_results_of_another_config_are_not_mixed_in(make_decoder, tmp_path):
     evaluate(make_decoder("generation.max_new_tokens=4"), tmp_path, tasks=["arith"], limit=1, progress=False)
-    with pytest.raises(InputError, match="holds results of config"):
+    with pytest.raises(InputError, match="holds results of another config"):
         evaluate(make_decoder("generation.max_new_tokens=5"), tmp_path, tasks=["arith"], limit=1, progress=False)
 
 
@@ -66,7 +66,7 @@ def test_results_of_a_retrained_checkpoint_are_not_mixed_in(make_decoder, tmp_pa
     build_tiny_checkpoint(model, causal=False, seed=1)  # "retrained" in place
     second = make_decoder(f"model.dllm.path={model}")
     assert second.config.hash == first.config.hash and second.weights_hash != first.weights_hash
-    with pytest.raises(InputError, match="(?s)same config decoded with other model weights.*fix"):
+    with pytest.raises(InputError, match="(?s)other model weights.*weights_hash.*fix"):
         evaluate(second, tmp_path / "out", tasks=["arith"], limit=1, progress=False)
 
 
@@ -76,7 +76,7 @@ def test_results_without_a_weights_hash_are_refused_with_their_own_reason(make_d
     record = read_results(tmp_path)[0]
     del record["weights_hash"]  # as written by a release that did not record it
     (tmp_path / "results.jsonl").write_text(json.dumps(record) + "\n")
-    with pytest.raises(InputError, match="(?s)before weights hashes were recorded.*fix"):
+    with pytest.raises(InputError, match="(?s)before weights hashes were recorded.*weights_hash None.*fix"):
         evaluate(decoder, tmp_path, tasks=["arith"], limit=1, progress=False)
 
 
@@ -85,6 +85,14 @@ def test_the_ar_verifier_counts_in_the_weights_hash(make_decoder, tmp_path):
     one = make_decoder(*apd, f"model.ar.path={build_tiny_checkpoint(tmp_path / 'a', causal=True, seed=1)}")
     two = make_decoder(*apd, f"model.ar.path={build_tiny_checkpoint(tmp_path / 'b', causal=True, seed=2)}")
     assert one.weights_hash != two.weights_hash
+
+
+def test_results_of_another_split_are_not_mixed_in(make_decoder, tmp_path):
+    decoder = make_decoder()
+    train = evaluate(decoder, tmp_path, tasks=["sort"], limit=2, split="train", progress=False)
+    assert train["split"] == "train" and all(r["split"] == "train" for r in read_results(tmp_path))
+    with pytest.raises(InputError, match="(?s)another split.*'train', now 'test'.*fix"):
+        evaluate(decoder, tmp_path, tasks=["sort"], limit=2, progress=False)
 
 
 def test_unknown_task_is_named(make_decoder, tmp_path):

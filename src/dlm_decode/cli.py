@@ -20,6 +20,7 @@ import sys
 from collections.abc import Sequence
 
 from dlm_decode.errors import DlmDecodeError
+from dlm_decode.eval.tasks import SPLITS
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -113,11 +114,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         unknown = [name for name in names if name not in TASKS]
         if unknown:
             raise DlmDecodeError(f"unknown task(s) {', '.join(unknown)}; fix: choose from {', '.join(TASKS)}")
-        return _report_dry_run(args, [ex.prompt for ex in load_examples(names, "test", max(args.limit, 1))])
+        return _report_dry_run(args, [ex.prompt for ex in load_examples(names, args.split, max(args.limit, 1))])
     if not args.out:
         raise DlmDecodeError("eval needs --out DIR (the directory for results.jsonl and summary.json)")
     decoder = Decoder.from_config(args.config, args.overrides)
-    summary = evaluate(decoder, args.out, tasks=tasks, limit=args.limit, progress=not args.no_progress)
+    summary = evaluate(decoder, args.out, tasks=tasks, limit=args.limit, split=args.split,
+                       progress=not args.no_progress)
     if os.environ.get("RANK", "0") == "0":  # under torchrun / accelerate, rank 0 holds the gathered results
         print(format_table(summary))
         print(f"results: {args.out}/results.jsonl  summary: {args.out}/summary.json")
@@ -129,7 +131,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     rows = ablate(args.config, parse_vary(args.vary), args.out, overrides=args.overrides, tasks=tasks,
-                  limit=args.limit, progress=not args.no_progress)
+                  limit=args.limit, split=args.split, progress=not args.no_progress)
     print(markdown_table(rows), end="")
     print(f"table: {args.out}/ablation.md  plots: {args.out}/pareto_tpf.png, {args.out}/pareto_tps.png")
     return 0
@@ -167,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation = commands.add_parser("eval", help="evaluate a decoder config on the embedded task suite")
     _add_config_arguments(evaluation)
     evaluation.add_argument("--tasks", help="comma-separated task names (default: all)")
-    evaluation.add_argument("--limit", type=int, default=100, help="test examples per task (default 100)")
+    evaluation.add_argument("--limit", type=int, default=100, help="examples per task (default 100)")
+    evaluation.add_argument("--split", choices=SPLITS, default="test",
+                            help="the suite's split (default test; tune settings on train)")
     evaluation.add_argument("--out", help="directory for results.jsonl, summary.json, config.yaml (required "
                             "unless --dry-run)")
     evaluation.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -179,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     ablation.add_argument("--vary", action="append", required=True, metavar="key=v1,v2",
                           help="a factor and its values; repeat for several factors (each varied alone)")
     ablation.add_argument("--tasks", help="comma-separated task names (default: all)")
-    ablation.add_argument("--limit", type=int, default=50, help="test examples per task and run (default 50)")
+    ablation.add_argument("--limit", type=int, default=50, help="examples per task and run (default 50)")
+    ablation.add_argument("--split", choices=SPLITS, default="test",
+                          help="the suite's split (default test; tune settings on train)")
     ablation.add_argument("--out", required=True, help="directory for the runs, table and plots")
     ablation.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     ablation.set_defaults(handler=cmd_ablate)

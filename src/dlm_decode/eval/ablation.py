@@ -51,7 +51,7 @@ def _directory_name(name: str) -> str:
 
 def ablate(base: Source | Sequence[Source], factors: list[tuple[str, list[str]]], out_dir: str | Path, *,
            overrides: Sequence[str] = (), tasks: Sequence[str] | None = None, limit: int = 100,
-           progress: bool = True) -> list[dict]:
+           split: str = "test", progress: bool = True) -> list[dict]:
     """Evaluate the base and every one-key variation; returns one row per distinct config."""
     out = Path(out_dir)
     rows, seen, models = [], {}, {}
@@ -65,7 +65,7 @@ def ablate(base: Source | Sequence[Source], factors: list[tuple[str, list[str]]]
         if model_key not in models:
             models[model_key] = DiffusionLM.from_spec(config.config.model.dllm)
         decoder = Decoder(config, dllm=models[model_key])
-        summary = evaluate(decoder, out / "runs" / _directory_name(name), tasks=tasks, limit=limit,
+        summary = evaluate(decoder, out / "runs" / _directory_name(name), tasks=tasks, limit=limit, split=split,
                            progress=progress)
         row = {"run": name, "factor": factor, **summary}
         seen[config.hash] = row

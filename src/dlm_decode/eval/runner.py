@@ -25,8 +25,18 @@ from dlm_decode.eval.tasks import TASKS, load_examples
 RESULTS, SUMMARY, CONFIG = "results.jsonl", "summary.json", "config.yaml"
 
 
-def _read_results(path: Path, config_hash: str, weights_hash: str) -> dict[str, dict]:
-    """Finished records by example id; refuses results written by another config or other weights."""
+#: What every record of a results directory must share with the run that resumes it, and how to say that a
+#: record does not.
+RUN_IDENTITY = {
+    "config_hash": "another config",
+    "weights_hash": "other model weights (a checkpoint retrained or replaced at the same path, or results written "
+                    "before weights hashes were recorded)",
+    "split": "another split of the task suite",
+}
+
+
+def _read_results(path: Path, identity: dict[str, str]) -> dict[str, dict]:
+    """Finished records by example id; refuses records whose :data:`RUN_IDENTITY` keys differ from ``identity``."""
     done: dict[str, dict] = {}
     if not path.exists():
         return done
@@ -38,31 +48,23 @@ def _read_results(path: Path, config_hash: str, weights_hash: str) -> dict[str, 
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by an interruption: that example is decoded again
-            if record["config_hash"] != config_hash:
-                raise InputError(
-                    f"{path} holds results of config {record['config_hash']}, not {config_hash}; "
-                    "fix: pass another --out directory (or delete this one) to evaluate a different config")
-            if "weights_hash" not in record:
-                raise InputError(
-                    f"{path} holds results written before weights hashes were recorded, so they may come from "
-                    "other weights; fix: pass another --out directory (or delete this one)")
-            if record["weights_hash"] != weights_hash:
-                raise InputError(
-                    f"{path} holds results of the same config decoded with other model weights (weights hash "
-                    f"{record['weights_hash']}, now {weights_hash}: a checkpoint was retrained or replaced); "
-                    "fix: pass another --out directory (or delete this one)")
+            for key, value in identity.items():
+                if record.get(key) != value:
+                    raise InputError(
+                        f"{path} holds results of {RUN_IDENTITY[key]} ({key} {record.get(key)!r}, now {value!r}); "
+                        "fix: pass another --out directory (or delete this one)")
             done[record["id"]] = record
     return done
 
 
-def summarize(records: Sequence[dict], config_hash: str, weights_hash: str) -> dict:
+def summarize(records: Sequence[dict], identity: dict[str, str]) -> dict:
     """Accuracy per task and overall (mean over tasks), and speed over all examples.
 
     ``tokens_per_forward`` = generated tokens / dLLM forwards, ``tokens_per_s`` = generated tokens / decoding
     seconds, ``nfe`` and ``ar_forwards`` are means per example, ``wall_s`` the decoding seconds in total, and
     ``commits_histogram`` maps "tokens committed in a step" to how many steps did so (APD's accepted tokens per
-    iteration), and ``extra`` holds the per-example means of the plugins' row statistics (e.g. WINO's
-    revocations and flip-flops).
+    iteration), ``extra`` holds the per-example means of the plugins' row statistics (e.g. WINO's revocations
+    and flip-flops), and the ``identity`` keys (config hash, weights hash, split) are copied in.
     """
     by_task: dict[str, list[bool]] = defaultdict(list)
     for record in records:
@@ -86,8 +88,7 @@ def summarize(records: Sequence[dict], config_hash: str, weights_hash: str) -> d
         "commits_histogram": {str(k): histogram[k] for k in sorted(histogram)},
         "extra": {name: sum(r["extra"].get(name, 0.0) for r in records) / count
                   for name in sorted({name for r in records for name in r["extra"]})},
-        "config_hash": config_hash,
-        "weights_hash": weights_hash,
+        **identity,
     }
 
 
@@ -128,15 +129,16 @@ def evaluate(decoder: Decoder, out_dir: str | Path, tasks: Sequence[str] | None 
     if limit < 1:
         raise InputError(f"--limit must be at least 1, got {limit}")
     out = Path(out_dir)
-    config_hash, weights_hash = decoder.config.hash, decoder.weights_hash
+    identity = {"config_hash": decoder.config.hash, "weights_hash": decoder.weights_hash, "split": split}
     with distributed() as ranks:
         if ranks.main:
             out.mkdir(parents=True, exist_ok=True)
-            (out / CONFIG).write_text(f"# config_hash: {config_hash}\n{decoder.config.yaml}", encoding="utf-8")
+            (out / CONFIG).write_text(f"# config_hash: {identity['config_hash']}\n{decoder.config.yaml}",
+                                      encoding="utf-8")
         barrier(ranks)
-        done = _read_results(out / RESULTS, config_hash, weights_hash)
+        done = _read_results(out / RESULTS, identity)
         for partial in sorted(out.glob(RANK_RESULTS.format(rank="*"))):
-            done.update(_read_results(partial, config_hash, weights_hash))
+            done.update(_read_results(partial, identity))
         examples = [(f"{ex.task}-{i}", ex) for i, ex in enumerate(load_examples(names, split, limit, data_seed))]
         seeds = {key: decoder.generation.seed + index for index, (key, _) in enumerate(examples)}
         todo = [(key, ex) for key, ex in examples if key not in done][ranks.rank::ranks.world_size]
@@ -144,15 +146,15 @@ def evaluate(decoder: Decoder, out_dir: str | Path, tasks: Sequence[str] | None 
         initial = len(examples) - len(todo) if ranks.world_size == 1 else 0
         mine = _decode(decoder, todo, seeds, path, progress and ranks.main, total=initial + len(todo),
                        initial=initial, rank=None if ranks.world_size == 1 else ranks.rank,
-                       weights_hash=weights_hash)
+                       identity=identity)
         gathered = gather_objects(mine, ranks)
         summary = None
         if ranks.main:
             for records in gathered:
                 done.update((record["id"], record) for record in records)
             if ranks.world_size > 1:
-                _merge_rank_files(out, [done[key] for key, _ in examples], gathered, config_hash, weights_hash)
-            summary = summarize([done[key] for key, _ in examples], config_hash, weights_hash)
+                _merge_rank_files(out, [done[key] for key, _ in examples], gathered, identity)
+            summary = summarize([done[key] for key, _ in examples], identity)
             if ranks.world_size > 1:
                 summary["decoded_per_rank"] = [len(records) for records in gathered]
             (out / SUMMARY).write_text(json.dumps(summary, indent=2), encoding="utf-8")
@@ -164,8 +166,8 @@ RANK_RESULTS = "results.rank{rank}.jsonl"
 
 
 def _decode(decoder: Decoder, todo: list, seeds: dict[str, int], path: Path, progress: bool, total: int,
-            initial: int, rank: int | None, weights_hash: str) -> list[dict]:
-    """Decode ``todo`` in batches, appending each batch's records (stamped with ``weights_hash``) to ``path``;
+            initial: int, rank: int | None, identity: dict[str, str]) -> list[dict]:
+    """Decode ``todo`` in batches, appending each batch's records (stamped with ``identity``) to ``path``;
     returns the new records.
 
     :param rank: recorded in each record of a multi-process run (None in a single process).
@@ -182,7 +184,7 @@ def _decode(decoder: Decoder, todo: list, seeds: dict[str, int], path: Path, pro
             for (key, ex), record in zip(chunk, output.records()):
                 record.update(id=key, task=ex.task, reference=ex.answer,
                               correct=TASKS[ex.task].check(ex, record["text"]),
-                              batch_wall_share_s=batch_wall / len(chunk), weights_hash=weights_hash)
+                              batch_wall_share_s=batch_wall / len(chunk), **identity)
                 if rank is not None:
                     record["rank"] = rank
                 records.append(record)
@@ -193,14 +195,13 @@ def _decode(decoder: Decoder, todo: list, seeds: dict[str, int], path: Path, pro
     return records
 
 
-def _merge_rank_files(out: Path, ordered: list[dict], gathered: list[list[dict]], config_hash: str,
-                      weights_hash: str) -> None:
+def _merge_rank_files(out: Path, ordered: list[dict], gathered: list[list[dict]], identity: dict[str, str]) -> None:
     """Rank 0: append the records gathered from every rank (and those left in per-rank files by an interrupted
     run) to ``results.jsonl`` in example order, then remove the per-rank files."""
     merged = {record["id"] for records in gathered for record in records}
     partials = sorted(out.glob(RANK_RESULTS.format(rank="*")))
     for partial in partials:
-        merged.update(_read_results(partial, config_hash, weights_hash))
+        merged.update(_read_results(partial, identity))
     with (out / RESULTS).open("a", encoding="utf-8") as handle:
         for record in ordered:
             if record["id"] in merged:
