@@ -66,10 +66,12 @@ def test_prompt_longer_than_the_context_is_rejected():
         decoder.generate(["abcdefghij"])
 
 
-def test_prompt_holding_the_mask_token_is_rejected():
+@pytest.mark.parametrize("batch_size", [1, 16])
+def test_prompt_holding_the_mask_token_is_rejected(batch_size):
+    """Named by its index in the request, whichever batch it lands in."""
     decoder = Decoder.from_config("configs/decoders/llada.yaml")
     with pytest.raises(InputError, match=r"(?s)prompt 1 contains the dLLM's mask token \(id 3\).*fix: remove"):
-        decoder.generate(["sort 2 1", "sort <mask> 1"])
+        decoder.generate(["sort 2 1", "sort <mask> 1"], batch_size=batch_size)
 
 
 def test_non_positive_max_new_tokens_argument_is_rejected():

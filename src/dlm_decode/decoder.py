@@ -164,17 +164,12 @@ class Decoder:
                     f"prompt {index} has {len(ids)} tokens; with generation.max_new_tokens={max_new_tokens} the "
                     f"canvas needs {len(ids) + max_new_tokens} > the model's context of {self.dllm.max_context}. "
                     "fix: shorten the prompt or lower generation.max_new_tokens")
-            if self.dllm.mask_token_id in ids:
-                raise InputError(
-                    f"prompt {index} contains the dLLM's mask token (id {self.dllm.mask_token_id}); the decoder fills "
-                    "only the generated region, so a mask inside the prompt would stay there. fix: remove the mask "
-                    "token from the prompt")
         if seeds is None:
             seeds = [self.generation.seed + first_index + i for i in range(len(prompts))]
         return DecodeState.build(
             encoded, max_new_tokens=max_new_tokens, mask_token_id=self.dllm.mask_token_id,
             pad_token_id=self.dllm.pad_token_id, eos_token_ids=self.dllm.eos_token_ids,
-            fill_token_id=self.dllm.fill_token_id, seeds=seeds, device=self.dllm.device,
+            fill_token_id=self.dllm.fill_token_id, seeds=seeds, device=self.dllm.device, first_index=first_index,
         )
 
     def _max_steps(self, max_new_tokens: int) -> int:

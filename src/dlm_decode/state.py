@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import torch
 
+from dlm_decode.errors import InputError
 from dlm_decode.models.attention import position_ids_from_mask
 
 
@@ -203,18 +204,25 @@ class DecodeState:
         fill_token_id: int,
         seeds: list[int],
         device: torch.device | str = "cpu",
+        first_index: int = 0,
     ) -> DecodeState:
         """Left-pad ``prompts`` (token id lists) and append ``max_new_tokens`` masks to each.
 
-        :raises ValueError: a prompt holds the mask id, or the pad or fill id is the mask id (the state tells
-            masked positions by their token, so only generated columns may hold it).
+        The state tells masked positions by their token, so only generated columns may hold the mask id.
+
+        :param first_index: the index of ``prompts[0]`` in the caller's request, for error messages.
+        :raises ValueError: the pad or fill id is the mask id.
+        :raises InputError: a prompt holds the mask id.
         """
         if mask_token_id in (pad_token_id, fill_token_id):
             raise ValueError(f"the mask id {mask_token_id} is also the pad ({pad_token_id}) or fill "
                              f"({fill_token_id}) id; fix: give the mask, pad and fill tokens distinct ids")
-        holders = [row for row, prompt in enumerate(prompts) if mask_token_id in prompt]
-        if holders:
-            raise ValueError(f"prompts {holders} hold the mask token id {mask_token_id}; fix: remove it from them")
+        for row, prompt in enumerate(prompts):
+            if mask_token_id in prompt:
+                raise InputError(
+                    f"prompt {first_index + row} contains the dLLM's mask token (id {mask_token_id}); the decoder "
+                    "fills only the generated region, so a mask inside the prompt would stay there. fix: remove the "
+                    "mask token from the prompt")
         width = max(len(p) for p in prompts)
         pads = [width - len(prompt) for prompt in prompts]
         canvas = torch.tensor([[pad_token_id] * pad + list(prompt) + [mask_token_id] * max_new_tokens

@@ -187,9 +187,8 @@ def masked_diffusion_loss(
 
     Per row, ``t ~ U(MIN_MASK_RATIO, 1)``; every target token is replaced by the mask with probability ``t``;
     the loss is the mean cross-entropy over the masked tokens of this forward (the trainer averages its forwards
-    weighted by their rows). The rows' ``t`` are stratified (one
-    uniform offset, then evenly spaced, MDLM's low-discrepancy sampler): each ``t`` is still uniform and the
-    batch covers the range evenly.
+    weighted by their rows). The rows' ``t`` are stratified (one uniform offset, then evenly spaced, MDLM's
+    low-discrepancy sampler): each ``t`` is still uniform and the batch covers the range evenly.
 
     LLaDA weights each masked token by ``1/t`` (the ELBO). On these tiny models that weight is harmful: a row
     with ``t`` near ``MIN_MASK_RATIO`` weighs up to a thousand times more than the others, its few tokens then
