@@ -135,8 +135,19 @@ class _RevokesPrompt:
 
 
 class _NaNModel(ToyDiffusionLM):
+    """Finite logits, except ``poison`` written into one logit of the last row's last position at step ``step``."""
+
+    def __init__(self, poison: float = float("nan"), step: int = 0):
+        super().__init__()
+        self.poison, self.step, self.calls = poison, step, 0
+
     def forward(self, inputs, cache=None):
-        return super().forward(inputs, cache) * float("nan")
+        logits = super().forward(inputs, cache).clone()
+        logits[:, 0, 0] = float("-inf")  # infinities alone are not NaN
+        if self.calls == self.step:
+            logits[-1, -1, 5] = self.poison
+        self.calls += 1
+        return logits
 
 
 def bad_decoder(plugin_cls, model=None) -> Decoder:
@@ -163,10 +174,16 @@ def test_plugin_implementing_the_wrong_role_is_rejected_at_build_time():
         bad_decoder(_WrongRole)
 
 
-def test_nan_logits_stop_decoding_with_a_fix():
-    decoder = toy_decoder(model=_NaNModel())
-    with pytest.raises(DecodeError, match="(?s)NaN logits at step 0.*fix"):
-        decoder.generate(["ab"])
+@pytest.mark.parametrize("step", [0, 2])
+def test_a_single_nan_logit_stops_decoding_with_a_fix(step):
+    decoder = toy_decoder(model=_NaNModel(step=step))
+    with pytest.raises(DecodeError, match=f"(?s)NaN logits at step {step}.*fix"):
+        decoder.generate(["ab", "cd"])
+
+
+def test_infinite_logits_are_not_mistaken_for_nan():
+    output = toy_decoder(model=_NaNModel(poison=float("inf"))).generate(["ab", "cd"])
+    assert all(stats.steps >= 1 for stats in output.stats)
 
 
 def test_duplicate_strategy_names_are_rejected():

@@ -201,6 +201,7 @@ class DiffusionLM:
                  eos_token_ids: list[int] | None = None, chat_template: bool = True,
                  family: str | Family = "auto"):
         self.model = model
+        self._probe = next(model.parameters())  # a parameter to read the device from (see `device`)
         self.tokenizer = tokenizer
         self.family = family if isinstance(family, Family) else resolve_family(family, model.config)
         self.vocab_size = head_width(model)
@@ -235,7 +236,8 @@ class DiffusionLM:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where the weights are (read from one parameter, which ``model.to(...)`` moves in place)."""
+        return self._probe.device
 
     def encode(self, prompts: list[str]) -> list[list[int]]:
         """Token ids of each prompt, with the chat template applied when enabled."""

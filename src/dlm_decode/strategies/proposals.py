@@ -99,7 +99,7 @@ class TokenProposal:
         scores = torch.zeros_like(state.canvas, dtype=torch.float32)
         return Proposal(  # masked_scatter fills in row-major order, the order of nonzero's positions
             tokens=state.canvas.masked_scatter(window.eligible, tokens),
-            confidence=scores.masked_scatter(window.eligible, confidence), rows=rows, cols=cols, logits=logits,
+            confidence=scores.masked_scatter_(window.eligible, confidence), rows=rows, cols=cols, logits=logits,
             temperature=self.temperature, noise=noise, sampling_logits=filtered, scorer=self.scorer,
         )
 
