@@ -8,7 +8,6 @@ exceed its step budget.
 
 from __future__ import annotations
 
-import math
 import operator
 import time
 from collections.abc import Iterator
@@ -105,9 +104,9 @@ def _no_implementation(**kwargs: Any) -> None:
 
 
 def forward_flags(state: DecodeState, window: Window, logits: torch.Tensor) -> list[torch.Tensor]:
-    """Two scalars on the device: a bool, the window made a decided position eligible; the largest logit, which
-    is NaN exactly when some logit is (``amax`` propagates NaN; one reduction, no ``[B, S, V]`` bool tensor)."""
-    return [(window.eligible > state.masked).any(), logits.amax()]
+    """Two bool scalars on the device: the window made a decided position eligible; the logits hold NaN (checked
+    on their maximum, which ``amax`` makes NaN exactly when some logit is: no ``[B, S, V]`` bool tensor)."""
+    return [(window.eligible > state.masked).any(), logits.amax().isnan()]
 
 
 def decision_flags(state: DecodeState, window: Window, decision: Decision) -> list[torch.Tensor]:
@@ -125,9 +124,8 @@ def progress_flag(commits: torch.Tensor, finished_before: torch.Tensor) -> torch
     return (commits + finished_before).all()  # nonzero where the row committed or was already finished
 
 
-def raise_forward_errors(flags: list[float], step: int, window_plugin: str) -> None:
-    bad_window, largest_logit = flags
-    has_nan = math.isnan(largest_logit)
+def raise_forward_errors(flags: list[bool], step: int, window_plugin: str) -> None:
+    bad_window, has_nan = flags
     if bad_window:
         raise PluginError(window_plugin, "dlm_window", "made a position eligible that is not a masked generated "
                           "position (a prompt, padding or already decided column)",
@@ -137,7 +135,7 @@ def raise_forward_errors(flags: list[float], step: int, window_plugin: str) -> N
                           "instead of float16, and check the checkpoint and the attention mask")
 
 
-def raise_decision_errors(flags: list[float], decision: Decision, finished: torch.Tensor, step: int,
+def raise_decision_errors(flags: list[bool], decision: Decision, finished: torch.Tensor, step: int,
                           plugin: str) -> None:
     off_window, bad_revoke, progressed = flags
     if off_window:
@@ -192,7 +190,7 @@ def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> I
         late = decision_flags(state, window, decision)
         commits = state.apply(decision)
         progressed = progress_flag(commits, finished_before)
-        # one host sync; the bools come back as 0.0 / 1.0 (stacked with the largest logit's float)
+        # one host sync, of bools only (stacking mixed dtypes costs a type promotion: 8 us instead of 2 on the CPU)
         *flags, done = torch.stack([*early, *late, progressed, state.finished.all()]).tolist()
         raise_forward_errors(flags[:2], state.step - 1, window_plugin)
         raise_decision_errors(flags[2:], decision, finished_before, state.step - 1, verifier)

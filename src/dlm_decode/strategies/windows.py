@@ -42,17 +42,21 @@ class BlockWindow:
 
     def __init__(self, size: int | None):
         self.size = size
+        self._tables: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None  # (layout, tables)
 
     def blocks(self, state: DecodeState) -> tuple[torch.Tensor, torch.Tensor]:
         """Per column ``[N]`` long: the start and end columns of the block holding it. Prompt columns get a block
-        just before the first one; only finished rows (frontier at column 0) read it, and their window is empty."""
-        tables = state.scratch.get("blocks")
-        if tables is None:
+        just before the first one; only finished rows (frontier at column 0) read it, and their window is empty.
+
+        The tables depend only on the canvas layout, so the last ones are kept for the next batch of that layout
+        (read-only: consecutive batches of similar prompts skip eight small operations)."""
+        layout = (state.gen_start, state.width, state.canvas.device)
+        if self._tables is None or self._tables[0] != layout:
             size = self.size or state.width
             index = (state.columns - state.gen_start).clamp(min=-1).div(size, rounding_mode="floor")
             start = (state.gen_start + index * size).clamp(min=0)
-            tables = state.scratch["blocks"] = (start, (start + size).clamp(max=state.width))
-        return tables
+            self._tables = (layout, (start, (start + size).clamp(max=state.width)))
+        return self._tables[1]
 
     @hookimpl
     def dlm_window(self, state: DecodeState) -> Window:
