@@ -182,3 +182,15 @@ def test_sample_proposal_matches_softmax_and_respects_top_k():
     target = torch.softmax(kept.double(), -1)
     freq = torch.bincount(tokens, minlength=model.vocab_size).double() / n
     assert bool(((freq - target).abs() <= 5 * (target * (1 - target) / n).sqrt() + 1e-3).all()), (freq, target)
+
+
+def test_one_decoder_decodes_batches_of_different_layouts_like_fresh_decoders():
+    """The block window keeps its tables between batches; a batch of another layout must not reuse them."""
+    batches = [["ab"], ["abcdef", "a"], ["ab"], ["abcdef", "a"], ["xyz"]]
+    overrides = ("decoder.window=blocks", "decoder.window.size=3", "generation.max_new_tokens=7")
+    reused = toy_decoder(*overrides)
+    for prompts in batches:
+        fresh = toy_decoder(*overrides).generate(prompts)
+        again = reused.generate(prompts)
+        assert again.token_ids == fresh.token_ids
+        assert [s.commits_per_step for s in again.stats] == [s.commits_per_step for s in fresh.stats]

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
@@ -56,9 +57,12 @@ class LeftToRightConfig:
         check_field(self.k >= 1, "k", f"must be >= 1, got {self.k}")
 
 
-#: ``-inf`` as a 0-d tensor: ``torch.where`` wraps a Python float into a tensor at every call (about 1 us on the
-#: CPU, a visible share of a tiny model's step); a 0-d CPU tensor works with tensors on any device and dtype.
-NEG_INF = torch.tensor(float("-inf"))
+@functools.lru_cache(maxsize=None)
+def negative_infinity(device: torch.device) -> torch.Tensor:
+    """``-inf`` as a 0-d float32 tensor on ``device``, made once per device: ``torch.where`` wraps a Python float
+    into a new tensor at every call (about 1 us on the CPU, a visible share of a tiny model's step), and it
+    rejects a CPU tensor next to CUDA ones. Being 0-d, it leaves the result in the scores' dtype."""
+    return torch.tensor(float("-inf"), device=device)
 
 
 def select_top(scores: torch.Tensor, eligible: torch.Tensor, quota: torch.Tensor | None) -> torch.Tensor:
@@ -69,7 +73,7 @@ def select_top(scores: torch.Tensor, eligible: torch.Tensor, quota: torch.Tensor
     :param quota: ``[B]`` long, or None for one position per row (the argmax, without a sort).
     :return: ``[B, N]`` bool.
     """
-    ranked = torch.where(eligible, scores, NEG_INF)
+    ranked = torch.where(eligible, scores, negative_infinity(scores.device))
     if quota is None:
         best = torch.zeros_like(eligible).scatter_(-1, ranked.argmax(-1, keepdim=True), True)
         return best & eligible

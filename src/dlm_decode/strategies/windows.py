@@ -51,12 +51,13 @@ class BlockWindow:
         The tables depend only on the canvas layout, so the last ones are kept for the next batch of that layout
         (read-only: consecutive batches of similar prompts skip eight small operations)."""
         layout = (state.gen_start, state.width, state.canvas.device)
-        if self._tables is None or self._tables[0] != layout:
+        kept = self._tables  # one read: another thread decoding with this plugin may replace it meanwhile
+        if kept is None or kept[0] != layout:
             size = self.size or state.width
             index = (state.columns - state.gen_start).clamp(min=-1).div(size, rounding_mode="floor")
             start = (state.gen_start + index * size).clamp(min=0)
-            self._tables = (layout, (start, (start + size).clamp(max=state.width)))
-        return self._tables[1]
+            kept = self._tables = (layout, (start, (start + size).clamp(max=state.width)))
+        return kept[1]
 
     @hookimpl
     def dlm_window(self, state: DecodeState) -> Window:
