@@ -13,6 +13,10 @@ Usage::
 
     python -m dlm_decode.models.train --out src/dlm_decode/models/embedded --which both
     python -m dlm_decode.models.train --out /tmp/pair --smoke
+
+``--compile`` runs the forwards through ``torch.compile``: on the 2-core machine a dLLM step of batch 64 took
+0.18 s instead of 0.24 s (1.3x; measured 2026-11-26, 40 steps after a warm-up), so more steps fit into the same
+time; the shipped pair was trained without it, so its documented command does not use it.
 """
 
 from __future__ import annotations
@@ -365,15 +369,21 @@ TRADEOFF_KS: tuple[int | None, ...] = (1, 2, 4, None)
 
 def train(
     kind: str, tokenizer: PreTrainedTokenizerFast, *, steps: int, batch_size: int, lr: float, seed: int,
-    log_every: int, device: str = "cpu",
+    log_every: int, device: str = "cpu", compile: bool = False, arch: dict[str, int] | None = None,
 ) -> tuple[LlamaForCausalLM, float]:  # fmt: skip
     """Train the ``"dllm"`` or ``"ar"`` model from a fixed seed; return it (on the CPU) and the training wall time.
 
     :param device: where the model trains; data and masks are drawn on the CPU either way.
+    :param compile: run the forwards through ``torch.compile`` (dynamic shapes; needs a C++ compiler on the
+        CPU): about 1.3x faster steps on the 2-core machine after about half a minute of compilation, which the
+        wall time includes. Same data and masks; the weights differ from an eager run by floating-point rounding.
+    :param arch: the architecture (default: ``DLLM_ARCH`` or ``AR_ARCH``).
     """
     torch.manual_seed(seed)
     causal = kind == "ar"
-    model = LlamaForCausalLM(model_config(tokenizer, AR_ARCH if causal else DLLM_ARCH, causal=causal)).to(device)
+    arch = arch or (AR_ARCH if causal else DLLM_ARCH)
+    model = LlamaForCausalLM(model_config(tokenizer, arch, causal=causal)).to(device)
+    forward_model = torch.compile(model, dynamic=True) if compile else model
     rng = random.Random(f"{kind}/{seed}")
     generator = torch.Generator().manual_seed(seed)
     tasks = tuple(TASKS)
@@ -385,9 +395,9 @@ def train(
         for batch in make_batches(rows, tokenizer.pad_token_id, ROWS_PER_FORWARD):
             batch = batch.to(device)
             if causal:
-                loss = ar_loss(model, batch)
+                loss = ar_loss(forward_model, batch)
             else:
-                loss = masked_diffusion_loss(model, batch, tokenizer.mask_token_id, generator)
+                loss = masked_diffusion_loss(forward_model, batch, tokenizer.mask_token_id, generator)
             total = total + loss * (batch.input_ids.shape[0] / len(rows))
         return total
 
@@ -450,6 +460,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--device", default="cpu", help="where to train (cpu, cuda); evaluation runs on the CPU")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the forwards: about 1.3x faster on 2 CPU cores (needs a C++ compiler)")
     parser.add_argument("--eval-n", type=int, default=100, help="test examples per task for quick_eval (0: skip)")
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--smoke", action="store_true", help="a few tiny steps (CI): overrides steps, batch, eval")
@@ -527,7 +539,8 @@ def write_model_card(out: Path, args: argparse.Namespace, runs: dict[str, dict],
 
 
 def _trained_on(args: argparse.Namespace) -> str:
-    return f"{args.threads} CPU threads" if args.device == "cpu" else f"trained on {args.device}"
+    where = f"{args.threads} CPU threads" if args.device == "cpu" else f"trained on {args.device}"
+    return where + (", forwards through `torch.compile`" if args.compile else "")
 
 
 def _card_examples() -> dict[str, Example]:
@@ -541,7 +554,8 @@ def _command_line(args: argparse.Namespace) -> list[str]:
     return [*words, "--dllm-steps", str(args.dllm_steps), "--ar-steps", str(args.ar_steps),
             "--dllm-lr", f"{args.dllm_lr:g}", "--ar-lr", f"{args.ar_lr:g}",
             "--batch-size", str(args.batch_size), "--threads", str(args.threads),
-            *(["--device", args.device] if args.device != "cpu" else [])]  # fmt: skip
+            *(["--device", args.device] if args.device != "cpu" else []),
+            *(["--compile"] if args.compile else [])]  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
@@ -562,7 +576,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
         steps, lr = (args.dllm_steps, args.dllm_lr) if kind == "dllm" else (args.ar_steps, args.ar_lr)
         model, seconds = train(
             kind, tokenizer, steps=steps, batch_size=args.batch_size, lr=lr, seed=args.seed,
-            log_every=args.log_every, device=args.device,
+            log_every=args.log_every, device=args.device, compile=args.compile,
         )  # fmt: skip
         directory = args.out / kind
         model.save_pretrained(directory)
