@@ -26,8 +26,8 @@ class BuildContext:
     :ivar config: the whole resolved config (e.g. ``config.config.model.ar`` for an AR verifier).
     :ivar dllm: the loaded diffusion LM.
     :ivar scorer: the scoring backend every plugin must use for vocabulary reductions.
-    :ivar loaded: other models a strategy loaded (:meth:`load_model_spec` adds them; a factory that loads one
-        itself appends it): their weights count in :attr:`Decoder.weights_hash`.
+    :ivar loaded: the other models strategies loaded through :meth:`load_model_spec`: their weights count in
+        :attr:`Decoder.weights_hash`.
     """
 
     config: ResolvedConfig

@@ -435,8 +435,10 @@ class CausalLM:
         self.substitute_id = next(int(i) for i in fallback if i is not None and i < self.vocab_size)
 
     @classmethod
-    def from_spec(cls, spec: ModelSpec, key: str = "model.ar") -> CausalLM:
-        model, tokenizer = load_hf(spec, key)
+    def from_spec(cls, spec: ModelSpec, key: str = "model.ar", load=load_hf) -> CausalLM:
+        """Load ``spec`` with ``load(spec, key) -> (model, tokenizer)`` (a strategy factory passes
+        ``BuildContext.load_model_spec``, which also records the model) and check it is causal."""
+        model, tokenizer = load(spec, key)
         if getattr(model.config, "is_causal", True) is False:
             raise ModelError(f"`{key}.path` = {spec.path!r} is a bidirectional model (config.is_causal=False); "
                              "fix: give a causal LM as the AR model")

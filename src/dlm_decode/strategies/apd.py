@@ -142,8 +142,7 @@ def build_apd(config: APDConfig, context) -> APDVerifier:
     if spec is None:
         raise ConfigError("model.ar", "the `apd` verification needs an autoregressive model, but model.ar is null",
                           "set model.ar.path (e.g. embedded:ar), or compose configs/models/embedded-ar.yaml")
-    ar = CausalLM.from_spec(spec)
-    context.loaded.append(ar.model)  # its weights count in the decoder's weights hash
+    ar = CausalLM.from_spec(spec, load=context.load_model_spec)  # recorded: its weights count in the weights hash
     check_shared_tokenizer(context.dllm.tokenizer, ar.tokenizer, context.dllm.vocab_size, ar.vocab_size)
     return APDVerifier(config, ar, context.scorer)
 
