@@ -342,12 +342,11 @@ class DecodeState:
 
     def generated(self) -> list[list[int]]:
         """Each row's generated ids up to and including its first EOS (all of them if none); one host read."""
-        eos = set(self.eos_token_ids.tolist())
-        rows = []
-        for ids in self.canvas[:, self.gen_start:].tolist():
-            end = next((index + 1 for index, token in enumerate(ids) if token in eos), len(ids))
-            rows.append(ids[:end])
-        return rows
+        region = self.canvas[:, self.gen_start:]  # [B, L]
+        eos = self.is_eos(region)
+        ends = torch.where(eos.any(-1), eos.view(torch.uint8).argmax(-1) + 1, region.shape[1])  # [B]
+        table = torch.cat([ends[:, None], region], dim=1).tolist()  # the ends ride along: one read
+        return [ids[:end] for end, *ids in table]
 
 
 #: A factory building a strategy plugin object from its validated config and the build context.
