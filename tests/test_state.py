@@ -75,3 +75,13 @@ def test_an_eos_id_inside_the_prompt_does_not_end_the_row():
     state.apply(decision(state, {(0, 3): 7, (0, 5): EOS}))
     assert state.canvas[0].tolist() == [5, EOS, 6, 7, 9, EOS, FILL] and bool(state.finished[0])
     assert state.generated()[0] == [7, 9, EOS]
+
+
+def test_with_several_eos_ids_a_row_ends_at_the_first_of_any():
+    """Rows end at whichever EOS id comes first, not at the first id of the list (e.g. end of turn vs end of text)."""
+    END_OF_TURN = 9
+    state = DecodeState.build([[5], [5]], max_new_tokens=4, mask_token_id=MASK, pad_token_id=PAD,
+                              eos_token_ids=[EOS, END_OF_TURN], fill_token_id=FILL, seeds=[0, 0])
+    state.apply(decision(state, {(0, 1): 7, (0, 2): END_OF_TURN, (1, 1): EOS, (1, 2): END_OF_TURN}))
+    assert state.generated() == [[7, END_OF_TURN], [EOS]]
+    assert state.canvas[0, 3:].tolist() == [FILL, FILL] and state.finished.tolist() == [True, True]
