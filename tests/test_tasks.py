@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections import Counter
 
 import pytest
@@ -128,15 +129,26 @@ def test_arith_covers_carries_and_both_operations():
 
 
 def test_gsm_accepts_any_true_worked_lines():
-    example = Example("gsm", "Ann has 23 pens, buys 15, sells 8. How many?", "23+15=38\n38-8=30\n#### 30")
-    assert get_task("gsm").check(example, "15+23=38\n38-8=30\n#### 30")
-    assert not get_task("gsm").check(example, "23+15=38\n38-8=31\n#### 30")
-    assert not get_task("gsm").check(example, "23+15=38\n38-8=30\n#### 31")
+    example = Example("gsm", "Ann has 7 pears, finds 5, sells 4. How many?", "7+5=12\n12-4=8\n#### 8")
+    assert get_task("gsm").check(example, "5+7=12\n12-4=8\n#### 8")
+    assert not get_task("gsm").check(example, "7+5=12\n12-4=9\n#### 8")
+    assert not get_task("gsm").check(example, "7+5=12\n12-4=8\n#### 9")
+
+
+def test_gsm_keeps_its_numbers_at_fixed_offsets():
+    """One-digit numbers and five-letter words (see GsmLite): every prompt with a name of three letters has its
+    numbers at the same columns, and the answer holds two worked lines with both operations over the sample."""
+    examples = get_task("gsm").generate("train", 500, seed=0)
+    columns = {tuple(i for i, ch in enumerate(e.prompt) if ch.isdigit()) for e in examples}
+    assert columns == {(8, 23, 32)}
+    operations = {op for e in examples for op in re.findall(r"[0-9]([+-])[0-9]", e.answer)}
+    assert operations == {"+", "-"}
+    assert all(int(e.answer.rsplit(" ", 1)[1]) >= 0 for e in examples)
 
 
 def test_pick_is_multimodal_and_rejects_mixed_words():
     task = get_task("pick")
-    examples = task.generate("train", 2000, seed=0)
+    examples = task.generate("train", 8000, seed=0)  # about 60 draws of each train prompt
     by_prompt = Counter(e.prompt for e in examples)
     prompt = by_prompt.most_common(1)[0][0]
     answers = Counter(e.answer for e in examples if e.prompt == prompt)

@@ -160,6 +160,18 @@ def test_compiled_training_matches_eager_training(kind, tokenizer):
         torch.testing.assert_close(compiled[name], value, rtol=0, atol=1e-4, msg=name)
 
 
+def test_training_draws_tasks_with_their_weights():
+    """Each task's share of 6,000 draws is within 5 binomial standard deviations of its weight's share."""
+    assert set(train.TASK_WEIGHTS) == set(TASKS)
+    draws = train.draw_examples(random.Random(0), 6000, train.TASK_WEIGHTS)
+    total = sum(train.TASK_WEIGHTS.values())
+    for name, weight in train.TASK_WEIGHTS.items():
+        share = weight / total
+        count = sum(example.task == name for example in draws)
+        assert abs(count - 6000 * share) <= 5 * (6000 * share * (1 - share)) ** 0.5, (name, count)
+    assert all(TASKS[example.task].check(example, example.answer) for example in draws[:500])
+
+
 def test_schedule_warms_up_then_decays():
     schedule = train.Schedule(steps=100, lr=1.0, warmup=10)
     factors = [schedule.factor(step) for step in range(100)]

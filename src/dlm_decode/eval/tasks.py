@@ -7,11 +7,11 @@ so ``max_new_tokens=32`` always leaves room for the EOS that ends every answer):
 task      prompt                                      answer
 ========  ==========================================  ======================================
 arith     ``47+85=`` / ``92-38=``                     ``132`` / ``54``
-gsm       ``Ann has 23 pens, buys 15, sells 8. How    ``23+15=38`` ``\\n`` ``38-8=30`` ``\\n``
-          many?``                                     ``#### 30``
+gsm       ``Ann has 7 pears, finds 5, sells 4. How    ``7+5=12`` ``\\n`` ``12-4=8`` ``\\n``
+          many?``                                     ``#### 8``
 sort      ``sort 7 2 9 2``                            ``2 2 7 9``
 reverse   ``reverse kqzma``                           ``amzqk``
-pick      ``name a fruit`` (8 phrasings)              any fruit of the list, e.g. ``mango``
+pick      ``name a fruit`` (16 phrasings)             any fruit of the list, e.g. ``mango``
 sudoku    ``sudoku 1.34/34.2/2.43/4.21``              ``1234/3412/2143/4321``
 ========  ==========================================  ======================================
 
@@ -120,24 +120,31 @@ class Arith(Task):
 
 
 class GsmLite(Task):
-    """A two-step word problem (every number below 100); the answer shows one worked line per step, then
-    ``#### n``."""
+    """A two-step word problem; the answer shows one worked line per step, then ``#### n``.
+
+    Every number in the prompt has one digit (a start of 2-9, then two amounts of 1-9; a subtraction never goes
+    below 1) and every item and verb has five letters, so the numbers sit at fixed offsets. The worked lines are
+    what makes the task hard for a masked-diffusion model: a digit of a line's result is trained with the line's
+    operands visible only when the random mask happens to spare them. With two-digit numbers (and words of varying
+    length) a 0.87M-parameter dLLM trained on GSM-lite alone for 2,000 steps solved 0.5% of the test problems;
+    with this layout 94% (the AR model solves either).
+    """
 
     name = "gsm"
     _NAMES = ("Ann", "Bob", "Cal", "Dan", "Eve", "Kim", "Max", "Sam", "Tom", "Zoe")
-    _ITEMS = ("pens", "cards", "eggs", "books", "coins", "shells", "stamps", "beads")
-    _VERBS = {"buys": "+", "finds": "+", "gets": "+", "wins": "+",
-              "sells": "-", "loses": "-", "gives": "-", "uses": "-"}  # fmt: skip
+    _ITEMS = ("cards", "books", "coins", "beads", "seeds", "rocks", "pears", "bells")
+    _VERBS = {"finds": "+", "earns": "+", "gains": "+", "picks": "+",
+              "sells": "-", "loses": "-", "gives": "-", "drops": "-"}  # fmt: skip
     _PROMPT = re.compile(r"([A-Z][a-z]+) has ([0-9]+) ([a-z]+), ([a-z]+) ([0-9]+), ([a-z]+) ([0-9]+)\. How many\?")
     _LINE = re.compile(r"([0-9]+)([+-])([0-9]+)=([0-9]+)")
 
     def sample(self, rng: random.Random) -> Example:
-        start = total = rng.randint(10, 49)
+        start = total = rng.randint(2, 9)
         steps, lines = [], []
         for _ in range(2):
-            verb = rng.choice([v for v, op in sorted(self._VERBS.items()) if op == "+" or total > 1])
-            op = self._VERBS[verb]
-            amount = rng.randint(2, 25) if op == "+" else rng.randint(1, min(total - 1, 25))
+            op = rng.choice("+-") if total > 1 else "+"
+            verb = rng.choice([v for v, o in self._VERBS.items() if o == op])
+            amount = rng.randint(1, 9) if op == "+" else rng.randint(1, min(total - 1, 9))
             lines.append(f"{total}{op}{amount}={_apply(total, op, amount)}")
             steps.append(f"{verb} {amount}")
             total = _apply(total, op, amount)
@@ -217,7 +224,8 @@ class Pick(Task):
         "planet": ("mars", "venus", "earth", "jupiter", "saturn", "uranus", "neptune", "mercury"),
     }
     PHRASINGS = ("name a {}", "give a {}", "say a {}", "pick a {}", "any {}?", "one {}, please", "tell me a {}",
-                 "a {}:")  # fmt: skip
+                 "a {}:", "a {} please", "some {}?", "{}?", "one {} now", "write a {}", "your {}?", "list a {}",
+                 "a {}, any")  # fmt: skip
 
     @functools.cached_property
     def _category_of(self) -> dict[str, str]:

@@ -54,8 +54,12 @@ MAX_REGION = 64
 #: Fraction of dLLM training rows whose generated region is cut inside the answer (no EOS), the view a
 #: lookahead window that truncates the canvas gives the model.
 TRUNCATED_FRACTION = 0.1
-#: Training batches are split into forwards of this many rows of similar length (less padding).
-ROWS_PER_FORWARD = 32
+#: Training batches are split into forwards of this many rows of similar length (less padding; 16 rows per
+#: forward made a step of batch 64 about 18% faster than 32 on 2 cores).
+ROWS_PER_FORWARD = 16
+#: Relative frequency of each task in training. Arithmetic and pick (whose test problems pair a phrasing with a
+#: category never seen together in training) need more data than reversing or sudoku, which the dLLM learns early.
+TASK_WEIGHTS = {"arith": 2.0, "gsm": 1.25, "sort": 1.25, "reverse": 1.0, "pick": 1.5, "sudoku": 0.75}
 #: LLaDA's lower bound on the masking ratio ``t``.
 MIN_MASK_RATIO = 1e-3
 
@@ -218,9 +222,10 @@ def ar_loss(model: LlamaForCausalLM, batch: Batch) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1][predicted], batch.input_ids[:, 1:][predicted])
 
 
-def draw_examples(rng: random.Random, n: int, tasks: Sequence[str]) -> list[Example]:
-    """``n`` training examples, each from a task chosen uniformly."""
-    return [get_task(rng.choice(tasks)).draw(rng, "train") for _ in range(n)]
+def draw_examples(rng: random.Random, n: int, weights: dict[str, float]) -> list[Example]:
+    """``n`` training examples, each from a task drawn with the relative frequencies ``weights``."""
+    names = rng.choices(list(weights), weights=list(weights.values()), k=n)
+    return [get_task(name).draw(rng, "train") for name in names]
 
 
 @dataclass
@@ -386,10 +391,9 @@ def train(
     forward_model = torch.compile(model, dynamic=True) if compile else model
     rng = random.Random(f"{kind}/{seed}")
     generator = torch.Generator().manual_seed(seed)
-    tasks = tuple(TASKS)
 
     def loss_fn(step: int) -> torch.Tensor:
-        examples = draw_examples(rng, batch_size, tasks)
+        examples = draw_examples(rng, batch_size, TASK_WEIGHTS)
         rows = ar_rows(examples, tokenizer) if causal else dllm_rows(examples, tokenizer, rng)
         total = torch.zeros((), device=device)
         for batch in make_batches(rows, tokenizer.pad_token_id, ROWS_PER_FORWARD):
@@ -452,7 +456,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m dlm_decode.models.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="directory that receives dllm/, ar/, MODEL_CARD.md")
     parser.add_argument("--which", choices=("dllm", "ar", "both"), default="both")
-    parser.add_argument("--dllm-steps", type=int, default=11000)
+    parser.add_argument("--dllm-steps", type=int, default=16000)
     parser.add_argument("--ar-steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--dllm-lr", type=float, default=3e-3)
@@ -490,8 +494,10 @@ def write_model_card(out: Path, args: argparse.Namespace, runs: dict[str, dict],
         "",
         "## Data",
         "",
-        "Six tasks, drawn uniformly, fresh examples every step from the train split (a hash of the prompt decides",
-        "the split, so no test prompt is ever trained on). Every answer ends with EOS.",
+        "Six tasks, fresh examples every step from the train split (a hash of the prompt decides the split, so no",
+        "test prompt is ever trained on), drawn with the relative frequencies "
+        + ", ".join(f"{name} {weight:g}" for name, weight in TASK_WEIGHTS.items()) + ".",
+        "Every answer ends with EOS.",
         "",
         "| task | prompt | answer |",
         "|---|---|---|",
