@@ -1,11 +1,19 @@
-"""How much decoding wall time is spent outside the dLLM forward (the core's own overhead).
+"""How much decoding wall time is spent outside the model forwards (the core's own overhead).
 
-For batch 1 and 8 it decodes the same prompts twice: with the real model, and with a stand-in whose forward
-returns ready-made logits of the right shape at no cost. The stand-in run's time per step is the decoder's own
-work (hooks, scoring, state updates, checks); its share of the real run's time per step is printed. The two runs
-alternate, ``--repeats`` pairs, and the table shows the pair with the median share: the machine's speed drifts,
-and a pair is measured within a few seconds, so both sides of a share see the same machine. Target: at most 5%
-with the tiny models. ``--breakdown`` adds the time of each role hook (the timer's own cost included).
+For batch 1 and 8 it decodes the same prompts with the real models and clocks the time spent inside the forward of
+every model the decoder loaded (the dLLM, and an AR verifier where the config has one), through forward hooks on
+those modules (CUDA is synchronised at each clock). Everything else — hooks, scoring, state updates, checks,
+per-batch set-up and read-out — is outside, and the printed share is ``outside / total`` wall time.
+
+A second column decodes the same prompts with a stand-in whose forward returns ready-made logits at no cost: the
+core's time per step when nothing runs between its steps. On a CPU it is much lower than the real outside time,
+because each forward streams the weights through the caches and the core's many small operations then start
+cold. ``--stand-in-reads MB`` makes the stand-in's forward read a buffer of that size (its time is not counted
+as outside): with about the model's weight size, the stand-in's outside time approaches the real one.
+
+Each batch size is measured ``--repeats`` times after a warm-up run, and the run with the median share is
+printed (the machine's speed drifts). Target: at most 5% with the tiny models. ``--breakdown`` adds the time of
+each role hook in the real run (the timer's own cost included).
 
     python benchmarks/core_overhead.py [-c configs/decoders/llada.yaml] [key=value ...] [--prompts 32]
 """
@@ -14,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -24,20 +33,53 @@ PROMPTS = ["sort 4 1 7 9 3 8", "reverse paralel", "12+78=", "name a fruit", "sor
 HOOKS = ("dlm_window", "dlm_cache", "dlm_model_inputs", "dlm_propose", "dlm_verify")
 
 
+class ForwardClock:
+    """Accumulates the wall time spent inside the forwards of ``modules`` (pre- and post-forward hooks)."""
+
+    def __init__(self, modules: list[torch.nn.Module]):
+        on_cuda = any(parameter.is_cuda for module in modules for parameter in module.parameters())
+        self.sync = torch.cuda.synchronize if on_cuda else (lambda: None)
+        self.seconds = 0.0
+        self._started = 0.0
+        self.handles = [handle for module in modules
+                        for handle in (module.register_forward_pre_hook(self._start),
+                                       module.register_forward_hook(self._stop))]
+
+    def _start(self, module, args) -> None:
+        self.sync()
+        self._started = time.perf_counter()
+
+    def _stop(self, module, args, output) -> None:
+        self.sync()
+        self.seconds += time.perf_counter() - self._started
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
 class FreeForward:
     """Stands in for a DiffusionLM: the same attributes, and a forward that costs (almost) nothing.
 
     It returns the same ready-made logits tensor for every forward of a given shape. The core writes ``-inf``
     into the mask token's column of the logits it gets, which changes nothing the second time, and the built-in
     strategies of the measured presets read the logits without writing them.
+
+    :param read_mb: megabytes of a buffer each forward reads (0: none), timed in ``seconds`` like a forward.
     """
 
-    def __init__(self, dllm):
+    def __init__(self, dllm, read_mb: float = 0.0):
         self.dllm = dllm
         self.generator = torch.Generator().manual_seed(0)
         self.by_shape: dict[tuple[int, int], torch.Tensor] = {}
+        self.buffer = torch.ones(int(read_mb * 2**20) // 4) if read_mb else None
+        self.seconds = 0.0
 
     def forward(self, inputs, cache=None):
+        if self.buffer is not None:
+            started = time.perf_counter()
+            self.buffer.sum()
+            self.seconds += time.perf_counter() - started
         shape = tuple(inputs.input_ids.shape)
         logits = self.by_shape.get(shape)
         if logits is None:
@@ -48,32 +90,34 @@ class FreeForward:
         return getattr(self.dllm, name)
 
 
-def per_step(decoder: Decoder, prompts: list[str], batch_size: int) -> tuple[float, int]:
-    """Seconds per step of one run over ``prompts``, and its number of steps (batches run one after another)."""
+@dataclass
+class Run:
+    """One decoding of the prompts: wall seconds, seconds inside model forwards, loop steps."""
+
+    total: float
+    forward: float
+    steps: int
+
+    @property
+    def share(self) -> float:
+        return (self.total - self.forward) / self.total
+
+
+def timed_run(decoder: Decoder, prompts: list[str], batch_size: int, clock: ForwardClock | FreeForward) -> Run:
+    """Decode ``prompts`` in batches of ``batch_size`` (one after another); ``clock.seconds`` counts the inside."""
+    before = clock.seconds
     started = time.perf_counter()
     out = decoder.generate(prompts, batch_size=batch_size)
-    elapsed = time.perf_counter() - started
+    total = time.perf_counter() - started
     steps = sum(max(s.steps for s in out.stats[i: i + batch_size]) for i in range(0, len(prompts), batch_size))
-    return elapsed / steps, steps
+    return Run(total, clock.seconds - before, steps)
 
 
-def median_pair(decoder: Decoder, real, free, prompts: list[str], batch_size: int,
-                repeats: int) -> tuple[float, float, int]:
-    """Alternate a run with the real model and one with the stand-in, ``repeats`` times after a warm-up pair.
-
-    :return: the real and the stand-in run's seconds per step in the pair with the median share, and the real
-        run's steps.
-    """
-    pairs = []
-    for _ in range(repeats + 1):
-        decoder.dllm = real
-        total, steps = per_step(decoder, prompts, batch_size)
-        decoder.dllm = free
-        outside, _ = per_step(decoder, prompts, batch_size)
-        pairs.append((outside / total, total, outside, steps))
-    measured = sorted(pairs[1:])  # the first pair warms up
-    _, total, outside, steps = measured[len(measured) // 2]
-    return total, outside, steps
+def median_run(decoder: Decoder, prompts: list[str], batch_size: int, clock: ForwardClock | FreeForward,
+               repeats: int) -> Run:
+    """The run with the median share of ``repeats`` runs after a warm-up run."""
+    runs = [timed_run(decoder, prompts, batch_size, clock) for _ in range(repeats + 1)][1:]
+    return sorted(runs, key=lambda run: run.share)[len(runs) // 2]
 
 
 def main() -> None:
@@ -81,29 +125,38 @@ def main() -> None:
     parser.add_argument("-c", "--config", action="append", default=None)
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--prompts", type=int, default=32, help="prompts per measurement")
-    parser.add_argument("--repeats", type=int, default=5, help="measured pairs of runs (an odd number)")
-    parser.add_argument("--breakdown", action="store_true", help="also time each role hook in the stand-in run")
+    parser.add_argument("--repeats", type=int, default=5, help="measured runs per batch size (an odd number)")
+    parser.add_argument("--breakdown", action="store_true", help="also time each role hook in the real run")
+    parser.add_argument("--stand-in-reads", type=float, default=0.0, metavar="MB",
+                        help="megabytes the stand-in's forward reads (to show the caches' effect)")
     args = parser.parse_args()
     decoder = Decoder.from_config(args.config or ["configs/decoders/llada.yaml"], args.overrides)
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.prompts)]
-    real, free = decoder.dllm, FreeForward(decoder.dllm)
+    real = decoder.dllm
+    clock = ForwardClock([model for model in decoder.models if isinstance(model, torch.nn.Module)])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, config {decoder.config.hash}, "
           f"model {decoder.config.config.model.dllm.path}")
-    header = f"{'batch':>5} {'steps':>6} {'ms/step':>8} {'outside ms/step':>15} {'outside %':>9}"
+    header = (f"{'batch':>5} {'steps':>6} {'ms/step':>8} {'forward ms/step':>15} {'outside ms/step':>15} "
+              f"{'outside %':>9} {'stand-in outside ms/step':>24}")
     print(header + ("  " + "  ".join(f"{h.removeprefix('dlm_')} µs" for h in HOOKS) if args.breakdown else ""))
     for batch_size in (1, 8):
-        total, outside, steps = median_pair(decoder, real, free, prompts, batch_size, args.repeats)
-        line = (f"{batch_size:>5} {steps:>6} {1000 * total:>8.3f} {1000 * outside:>15.3f} "
-                f"{100 * outside / total:>8.1f}%")
+        measured = median_run(decoder, prompts, batch_size, clock, args.repeats)
+        decoder.dllm = stand_in = FreeForward(real, args.stand_in_reads)
+        free = median_run(decoder, prompts, batch_size, stand_in, args.repeats)
+        decoder.dllm = real
+        per_step = measured.total / measured.steps
+        line = (f"{batch_size:>5} {measured.steps:>6} {1000 * per_step:>8.3f} "
+                f"{1000 * measured.forward / measured.steps:>15.3f} "
+                f"{1000 * (measured.total - measured.forward) / measured.steps:>15.3f} "
+                f"{100 * measured.share:>8.1f}% {1000 * (free.total - free.forward) / free.steps:>24.3f}")
         if args.breakdown:
-            decoder.dllm = free
             timer = HookTimer()
             decoder.manager.register(timer)
             decoder.generate(prompts, batch_size=batch_size)
             decoder.manager.unregister(timer)
             line += "  " + "  ".join(f"{1e6 * timer.seconds[h] / timer.calls[h]:>{len(h) - 1}.0f}" for h in HOOKS)
         print(line)
-    decoder.dllm = real
+    clock.remove()
 
 
 if __name__ == "__main__":
