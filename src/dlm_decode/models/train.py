@@ -16,7 +16,8 @@ Usage::
 
 ``--compile`` runs the forwards through ``torch.compile``: on the 2-core machine a dLLM step of batch 64 took
 0.18 s instead of 0.24 s (1.3x; measured 2026-11-26, 40 steps after a warm-up), so more steps fit into the same
-time; the shipped pair was trained without it, so its documented command does not use it.
+time. The shipped pair was trained with it (the model card gives the command); compiled runs are not bit-identical
+from one run to the next, eager runs are.
 """
 
 from __future__ import annotations
