@@ -65,3 +65,18 @@ def test_stats_are_consistent_per_row():
         assert stats.steps == stats.nfe == len(stats.commits_per_step)
         assert sum(stats.commits_per_step) >= len(ids) and all(c >= 1 for c in stats.commits_per_step)
         assert stats.wall_s > 0 and stats.ar_forwards == 0
+
+
+class _SpelledToy(ToyDiffusionLM):
+    """Decodes every id, special ones included (``<2>`` for EOS/fill), so the cut at the first EOS shows."""
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(chr(ord("a") + i - 4) if i >= 4 else f"<{i}>" for i in ids)
+
+
+def test_stream_ends_its_text_where_generate_does_at_the_first_eos():
+    decoder = toy_decoder("decoder.verification=left_to_right", "generation.max_new_tokens=10",
+                          model=_SpelledToy(eos_bias=2.0))
+    final = decoder.generate(["ab"]).texts[0]
+    assert final.endswith("<2>") and final.count("<2>") == 1  # the EOS, none of the fill after it
+    assert "".join(decoder.stream("ab")) == final

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from dlm_decode.state import Decision, DecodeState
+from dlm_decode.state import Decision, DecodeState, first_of
 
 MASK, PAD, EOS, FILL = 3, 0, 2, 2
 
@@ -85,3 +85,9 @@ def test_with_several_eos_ids_a_row_ends_at_the_first_of_any():
     state.apply(decision(state, {(0, 1): 7, (0, 2): END_OF_TURN, (1, 1): EOS, (1, 2): END_OF_TURN}))
     assert state.generated() == [[7, END_OF_TURN], [EOS]]
     assert state.canvas[0, 3:].tolist() == [FILL, FILL] and state.finished.tolist() == [True, True]
+
+
+def test_first_of_finds_the_earliest_of_several_targets():
+    assert first_of([4, 9, 2, 9, 3], [3, 9]) == 1
+    assert first_of([4, 9, 2], [7]) == 3
+    assert first_of([], [1]) == 0

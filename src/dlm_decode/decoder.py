@@ -16,7 +16,7 @@ from dlm_decode.loop import Roles, decode, run_steps
 from dlm_decode.models.hf import DiffusionLM, weights_fingerprint
 from dlm_decode.ops import Scorer, get_scorer
 from dlm_decode.plugins import ROLES, StrategyRegistry, decoder_manager, get_registry, tracing_enabled
-from dlm_decode.state import DecodeState
+from dlm_decode.state import DecodeState, first_of
 
 
 @dataclass
@@ -93,19 +93,22 @@ class GenerationOutput:
 
 
 class _PrefixStreamer:
-    """Observer collecting the newly decided text of row 0 after each step."""
+    """Observer collecting the newly decided text of row 0 after each step: the decoded generated ids before the
+    first mask, up to and including the first EOS, as :meth:`DecodeState.generated` cuts them (one host read per
+    step)."""
 
     def __init__(self, dllm: DiffusionLM):
         self.dllm = dllm
+        self.mask = [dllm.mask_token_id]
+        self.eos_ids = list(dllm.eos_token_ids)
         self.emitted = ""
         self.pending: list[str] = []
 
     @hookimpl
     def dlm_step_end(self, state: DecodeState) -> None:
-        undecided = state.masked[0, state.gen_start:]
-        end = int(undecided.int().argmax()) if bool(undecided.any()) else undecided.numel()
-        ids = state.canvas[0, state.gen_start: state.gen_start + end].tolist()
-        text = self.dllm.decode(ids[: next((i for i, t in enumerate(ids) if t in self.dllm.eos_token_ids), len(ids))])
+        ids = state.canvas[0, state.gen_start:].tolist()
+        decided = ids[: first_of(ids, self.mask)]
+        text = self.dllm.decode(decided[: first_of(decided, self.eos_ids) + 1])
         if len(text) > len(self.emitted) and text.startswith(self.emitted):
             self.pending.append(text[len(self.emitted):])
             self.emitted = text

@@ -341,14 +341,15 @@ class DecodeState:
         return self.canvas != self.previous_canvas
 
     def generated(self) -> list[list[int]]:
-        """Each row's generated ids up to and including its first EOS (all of them if none); one host read of
-        the canvas, then ``list.index`` (a C search, no per-token Python) per EOS id."""
+        """Each row's generated ids up to and including its first EOS (all of them if none); one host read."""
         eos_ids = self.eos_token_ids.tolist()
-        rows = []
-        for ids in self.canvas[:, self.gen_start:].tolist():
-            end = min((ids.index(eos) + 1 for eos in eos_ids if eos in ids), default=len(ids))
-            rows.append(ids[:end])
-        return rows
+        return [ids[: first_of(ids, eos_ids) + 1] for ids in self.canvas[:, self.gen_start:].tolist()]
+
+
+def first_of(ids: list[int], targets: list[int]) -> int:
+    """Index of the first element of ``ids`` that is in ``targets`` (``len(ids)`` if none), found with
+    ``list.index`` per target (a C search, no per-token Python)."""
+    return min((ids.index(target) for target in targets if target in ids), default=len(ids))
 
 
 #: A factory building a strategy plugin object from its validated config and the build context.
