@@ -102,6 +102,10 @@ class Run:
     def share(self) -> float:
         return (self.total - self.forward) / self.total
 
+    @property
+    def outside_per_step(self) -> float:
+        return (self.total - self.forward) / self.steps
+
 
 def timed_run(decoder: Decoder, prompts: list[str], batch_size: int, clock: ForwardClock | FreeForward) -> Run:
     """Decode ``prompts`` in batches of ``batch_size`` (one after another); ``clock.seconds`` counts the inside."""
@@ -147,8 +151,8 @@ def main() -> None:
         per_step = measured.total / measured.steps
         line = (f"{batch_size:>5} {measured.steps:>6} {1000 * per_step:>8.3f} "
                 f"{1000 * measured.forward / measured.steps:>15.3f} "
-                f"{1000 * (measured.total - measured.forward) / measured.steps:>15.3f} "
-                f"{100 * measured.share:>8.1f}% {1000 * (free.total - free.forward) / free.steps:>24.3f}")
+                f"{1000 * measured.outside_per_step:>15.3f} "
+                f"{100 * measured.share:>8.1f}% {1000 * free.outside_per_step:>24.3f}")
         if args.breakdown:
             timer = HookTimer()
             decoder.manager.register(timer)
