@@ -1,6 +1,6 @@
 """How much decoding wall time is spent outside the model forwards (the core's own overhead).
 
-For batch 1 and 8 it decodes the same prompts with the real models and clocks the time spent inside the forward of
+For each batch size (``--batch-sizes``, default 1 and 8) it decodes the same prompts with the real models and clocks the time spent inside the forward of
 every model the decoder loaded (the dLLM, and an AR verifier where the config has one), through forward hooks on
 those modules (CUDA is synchronised at each clock). Everything else — hooks, scoring, state updates, checks,
 per-batch set-up and read-out — is outside, and the printed share is ``outside / total`` wall time.
@@ -16,6 +16,7 @@ printed (the machine's speed drifts). Target: at most 5% with the tiny models. `
 each role hook in the real run (the timer's own cost included).
 
     python benchmarks/core_overhead.py [-c configs/decoders/llada.yaml] [key=value ...] [--prompts 32]
+        [--batch-sizes 1,8]
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--prompts", type=int, default=32, help="prompts per measurement")
     parser.add_argument("--repeats", type=int, default=5, help="measured runs per batch size (an odd number)")
+    parser.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes to measure")
     parser.add_argument("--breakdown", action="store_true", help="also time each role hook in the real run")
     parser.add_argument("--stand-in-reads", type=float, default=0.0, metavar="MB",
                         help="megabytes the stand-in's forward reads (to show the caches' effect)")
@@ -143,7 +145,7 @@ def main() -> None:
     header = (f"{'batch':>5} {'steps':>6} {'ms/step':>8} {'forward ms/step':>15} {'outside ms/step':>15} "
               f"{'outside %':>9} {'stand-in outside ms/step':>24}")
     print(header + ("  " + "  ".join(f"{h.removeprefix('dlm_')} µs" for h in HOOKS) if args.breakdown else ""))
-    for batch_size in (1, 8):
+    for batch_size in [int(size) for size in args.batch_sizes.split(",")]:
         measured = median_run(decoder, prompts, batch_size, clock, args.repeats)
         decoder.dllm = stand_in = FreeForward(real, args.stand_in_reads)
         free = median_run(decoder, prompts, batch_size, stand_in, args.repeats)
