@@ -8,6 +8,7 @@ import math
 import pytest
 
 from dlm_decode import InputError
+from dlm_decode.errors import DlmDecodeError
 from dlm_decode.eval.ablation import ablate, parse_vary, plan_runs
 from dlm_decode.eval.aup import aup
 
@@ -52,3 +53,15 @@ def test_ablation_runs_each_distinct_config_once_and_writes_table_and_plots(tiny
     for row in rows:
         assert row["aup"] == pytest.approx(sum(row["tokens_per_forward"] * 100 * a for a in row["per_task"].values())
                                            / len(row["per_task"]))
+
+
+@pytest.mark.parametrize(("vary", "tasks", "message"), [
+    ("decoder.window.size=8,0", ["arith"], "decoder.window.size.*at least 1, got 0"),
+    ("decoder.verification=topk,nope", ["arith"], "nope"),
+    ("generation.seed=1", ["arith", "nope"], "unknown task.*nope"),
+])
+def test_every_planned_run_is_checked_before_any_is_evaluated(tiny_dllm_dir, tmp_path, vary, tasks, message):
+    with pytest.raises(DlmDecodeError, match=message):
+        ablate("configs/decoders/llada.yaml", parse_vary([vary]), tmp_path,
+               overrides=[f"model.dllm.path={tiny_dllm_dir}"], tasks=tasks, limit=1, progress=False)
+    assert not list(tmp_path.iterdir()), "no run was evaluated"

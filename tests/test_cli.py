@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from dlm_decode.cli import main
 
 REQUIRED = {"text", "token_ids", "nfe", "generated_tokens", "tokens_per_forward", "steps", "wall_s", "config_hash"}
@@ -56,3 +58,39 @@ def test_unknown_arguments_are_rejected(capsys):
     except SystemExit as exc:
         assert exc.code == 2
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_an_unreadable_prompts_file_is_an_error_not_a_traceback(tmp_path, capsys):
+    for path, reason in [(tmp_path / "missing.txt", "No such file"), (tmp_path, "Is a directory")]:
+        assert main(["generate", "-c", "configs/decoders/llada.yaml", "--prompts-file", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert f"--prompts-file {path}: cannot read it ({reason}" in err and "fix:" in err
+
+
+def test_eval_out_that_is_a_file_is_an_error(tiny_dllm_dir, tmp_path, capsys):
+    (tmp_path / "taken").write_text("")
+    assert main(["eval", f"model.dllm.path={tiny_dllm_dir}", "--tasks", "arith", "--limit", "1", "--no-progress",
+                 "--out", str(tmp_path / "taken")]) == 2
+    assert "is a file, not a directory; fix:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--tasks", ",", "--out", "OUT"], "--tasks names no task"),
+    (["--tasks", "", "--dry-run"], "--tasks names no task"),
+    (["--limit", "0", "--dry-run"], "--limit must be at least 1, got 0"),
+])
+def test_eval_refuses_an_empty_task_list_and_a_zero_limit(arguments, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    arguments = [str(out) if a == "OUT" else a for a in arguments]
+    assert main(["eval", "-c", "configs/decoders/llada.yaml", *arguments]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "fix:" in err
+    assert not out.exists(), "nothing evaluated"
+
+
+@pytest.mark.parametrize("budget", ["-5", "0"])
+def test_generate_dry_run_refuses_a_non_positive_prompt_budget(budget, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", "-c", "configs/decoders/llada.yaml", "--dry-run", "--prompt-budget", budget])
+    assert exc.value.code == 2
+    assert f"--prompt-budget: must be at least 1, got {budget}" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The evaluation runner: summary contract, resume after an interruption, refusing mixed configs."""
+"""The evaluation runner: summary contract, resume after an interruption, example ids, refusing mixed results."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 
 from dlm_decode import InputError
 from dlm_decode.eval.runner import evaluate
+from dlm_decode.eval.tasks import load_examples
 from dlm_decode.testing.models import build_tiny_checkpoint
 
 SUMMARY_KEYS = {"accuracy", "per_task", "nfe", "tokens_per_forward", "ar_forwards", "tokens_per_s", "wall_s",
@@ -98,3 +99,68 @@ def test_results_of_another_split_are_not_mixed_in(make_decoder, tmp_path):
 def test_unknown_task_is_named(make_decoder, tmp_path):
     with pytest.raises(InputError, match="unknown task.*nope.*arith"):
         evaluate(make_decoder(), tmp_path, tasks=["nope"], limit=1, progress=False)
+
+
+def test_an_id_names_the_same_example_whatever_the_tasks_and_limit(make_decoder, tmp_path):
+    """A rerun with other --tasks / --limit reuses only the records of the same examples, decoded with the same
+    seeds, so it equals a fresh run."""
+    decoder = make_decoder("generation.max_new_tokens=6", "decoder.proposal=sample",
+                           "decoder.proposal.temperature=1.0")
+    evaluate(decoder, tmp_path / "out", tasks=["arith", "sort"], limit=1, progress=False)
+    resumed = evaluate(decoder, tmp_path / "out", tasks=["sort"], limit=2, progress=False)
+    fresh = evaluate(decoder, tmp_path / "fresh", tasks=["sort"], limit=2, progress=False)
+
+    rows = [r for r in read_results(tmp_path / "out") if r["task"] == "sort"]
+    assert [r["id"] for r in rows] == ["sort-0", "sort-1"], "sort-0 reused, sort-1 decoded: nothing twice"
+    assert [r["prompt"] for r in rows] == [ex.prompt for ex in load_examples(["sort"], "test", 2)]
+    assert [(r["text"], r["seed"]) for r in rows] == [(r["text"], r["seed"]) for r in read_results(tmp_path / "fresh")]
+    assert resumed["per_task"] == fresh["per_task"] and resumed["examples"] == 2
+
+
+def test_a_record_of_another_prompt_under_the_same_id_is_refused(make_decoder, tmp_path):
+    decoder = make_decoder("generation.max_new_tokens=4")
+    evaluate(decoder, tmp_path, tasks=["arith"], limit=1, progress=False)
+    record = read_results(tmp_path)[0]
+    record["prompt"] = "11+11="  # as if the task's examples had changed since
+    (tmp_path / "results.jsonl").write_text(json.dumps(record) + "\n")
+    with pytest.raises(InputError, match=r"(?s)record 'arith-0' decoded from prompt '11\+11='.*fix: pass another"):
+        evaluate(decoder, tmp_path, tasks=["arith"], limit=1, progress=False)
+
+
+def test_results_numbered_across_tasks_are_refused(make_decoder, tmp_path):
+    decoder = make_decoder("generation.max_new_tokens=4")
+    evaluate(decoder, tmp_path, tasks=["arith"], limit=1, progress=False)
+    record = read_results(tmp_path)[0]
+    del record["seed"]  # as written by a release that numbered the examples across tasks
+    (tmp_path / "results.jsonl").write_text(json.dumps(record) + "\n")
+    with pytest.raises(InputError, match="(?s)numbered across tasks.*fix: pass another --out"):
+        evaluate(decoder, tmp_path, tasks=["arith"], limit=1, progress=False)
+
+
+def test_a_refused_resume_writes_nothing(make_decoder, tmp_path):
+    first = make_decoder("generation.max_new_tokens=4")
+    evaluate(first, tmp_path, tasks=["arith"], limit=1, progress=False)
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    with pytest.raises(InputError, match="another config"):
+        evaluate(make_decoder("generation.max_new_tokens=5"), tmp_path, tasks=["arith"], limit=1, progress=False)
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
+    assert (tmp_path / "config.yaml").read_text().startswith(f"# config_hash: {first.config.hash}\n")
+
+
+@pytest.mark.parametrize(("tasks", "limit", "message"), [
+    ([], 1, "--tasks names no task.*fix"),
+    (["sort", "arith", "sort"], 1, "--tasks names sort more than once.*fix"),
+    (["sort"], 0, "--limit must be at least 1, got 0.*fix"),
+])
+def test_an_empty_or_repeated_selection_is_refused(make_decoder, tmp_path, tasks, limit, message):
+    with pytest.raises(InputError, match=message):
+        evaluate(make_decoder(), tmp_path, tasks=tasks, limit=limit, progress=False)
+    assert not list(tmp_path.iterdir()), "nothing decoded or written"
+
+
+def test_an_out_path_that_is_a_file_is_refused(make_decoder, tmp_path):
+    (tmp_path / "taken").write_text("")
+    with pytest.raises(InputError, match="--out .*taken is a file.*fix"):
+        evaluate(make_decoder(), tmp_path / "taken", tasks=["arith"], limit=1, progress=False)
+    with pytest.raises(InputError, match="--out .*taken.*cannot be created.*fix"):
+        evaluate(make_decoder(), tmp_path / "taken" / "sub", tasks=["arith"], limit=1, progress=False)

@@ -3,11 +3,12 @@
 ::
 
     dlm-decode generate -c CFG [-c CFG2 ...] [key=value ...] (--prompt TEXT ... | --prompts-file F) [--json]
-    dlm-decode generate -c CFG [key=value ...] --dry-run [--prompt TEXT ...] [--prompt-budget N]
-    dlm-decode plugins
+    dlm-decode generate -c CFG [key=value ...] --dry-run [--prompt TEXT ... | --prompts-file F] [--prompt-budget N]
+    dlm-decode plugins [--json]
     dlm-decode config show|validate -c CFG [key=value ...]
     dlm-decode models
-    dlm-decode eval -c CFG [key=value ...] [--tasks arith,sort,...] [--limit N] --out DIR [--dry-run]
+    dlm-decode eval -c CFG [key=value ...] [--tasks arith,sort,...] [--limit N] [--split S] --out DIR
+    dlm-decode eval -c CFG [key=value ...] [--tasks ...] [--limit N] [--split S] --dry-run
     dlm-decode ablate -c CFG [key=value ...] --vary key=v1,v2 [--vary ...] [--tasks ...] [--limit N] --out DIR
 """
 
@@ -30,11 +31,34 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dotted overrides applied after the files, e.g. decoder.verification=left_to_right")
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; fix: pass a whole number such as 512") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}; fix: pass 1 or more")
+    return value
+
+
+def _parse_tasks(value: str | None) -> list[str] | None:
+    """The ``--tasks`` names, or None (every task) when the option is absent; an empty list is refused later."""
+    return None if value is None else [name.strip() for name in value.split(",") if name.strip()]
+
+
 def _read_prompts(args: argparse.Namespace) -> list[str]:
     prompts = list(args.prompt or [])
     if args.prompts_file:
-        with open(args.prompts_file, encoding="utf-8") as handle:
-            prompts += [line.rstrip("\n") for line in handle if line.strip()]
+        try:
+            with open(args.prompts_file, encoding="utf-8") as handle:
+                prompts += [line.rstrip("\n") for line in handle if line.strip()]
+        except OSError as exc:
+            raise DlmDecodeError(f"--prompts-file {args.prompts_file}: cannot read it ({exc.strerror}); "
+                                 "fix: pass a readable text file with one prompt per line") from None
+        except UnicodeDecodeError:
+            raise DlmDecodeError(f"--prompts-file {args.prompts_file} is not UTF-8 text; "
+                                 "fix: pass a UTF-8 text file with one prompt per line") from None
     if not prompts:
         raise DlmDecodeError("no prompt given; fix: pass --prompt TEXT or --prompts-file FILE")
     return prompts
@@ -53,8 +77,8 @@ def _add_dry_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="check the config and the model pair (tokenizers, vocab sizes, special ids, context) "
                              "from config.json and tokenizer files alone, without loading weights; exit 2 on errors")
-    parser.add_argument("--prompt-budget", type=int, default=None, metavar="N",
-                        help="with --dry-run and no prompts: prompt tokens to budget for (default 512)")
+    parser.add_argument("--prompt-budget", type=_positive_int, default=None, metavar="N",
+                        help="with --dry-run and no prompts: prompt tokens to budget for (at least 1, default 512)")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -104,21 +128,18 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from dlm_decode.decoder import Decoder
-    from dlm_decode.eval.runner import evaluate, format_table
+    from dlm_decode.eval.runner import check_selection, evaluate, format_table
 
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    names = check_selection(_parse_tasks(args.tasks), args.limit)  # before a model is loaded
     if args.dry_run:
-        from dlm_decode.eval.tasks import TASKS, load_examples
+        from dlm_decode.eval.tasks import load_examples
 
-        names = tasks or list(TASKS)
-        unknown = [name for name in names if name not in TASKS]
-        if unknown:
-            raise DlmDecodeError(f"unknown task(s) {', '.join(unknown)}; fix: choose from {', '.join(TASKS)}")
-        return _report_dry_run(args, [ex.prompt for ex in load_examples(names, args.split, max(args.limit, 1))])
+        return _report_dry_run(args, [ex.prompt for ex in load_examples(names, args.split, args.limit)])
     if not args.out:
-        raise DlmDecodeError("eval needs --out DIR (the directory for results.jsonl and summary.json)")
+        raise DlmDecodeError("eval needs --out DIR; fix: pass --out DIR (the directory for results.jsonl and "
+                             "summary.json), or --dry-run")
     decoder = Decoder.from_config(args.config, args.overrides)
-    summary = evaluate(decoder, args.out, tasks=tasks, limit=args.limit, split=args.split,
+    summary = evaluate(decoder, args.out, tasks=names, limit=args.limit, split=args.split,
                        progress=not args.no_progress)
     if os.environ.get("RANK", "0") == "0":  # under torchrun / accelerate, rank 0 holds the gathered results
         print(format_table(summary))
@@ -129,9 +150,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_ablate(args: argparse.Namespace) -> int:
     from dlm_decode.eval.ablation import ablate, markdown_table, parse_vary
 
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
-    rows = ablate(args.config, parse_vary(args.vary), args.out, overrides=args.overrides, tasks=tasks,
-                  limit=args.limit, split=args.split, progress=not args.no_progress)
+    rows = ablate(args.config, parse_vary(args.vary), args.out, overrides=args.overrides,
+                  tasks=_parse_tasks(args.tasks), limit=args.limit, split=args.split, progress=not args.no_progress)
     print(markdown_table(rows), end="")
     print(f"table: {args.out}/ablation.md  plots: {args.out}/pareto_tpf.png, {args.out}/pareto_tps.png")
     return 0

@@ -2,6 +2,8 @@
 
 ``ablate`` runs the base config, then, for each ``--vary key=v1,v2,...``, the base with just that key changed
 (a strategy section such as ``decoder.verification=apd`` is swapped whole, with the new strategy's defaults).
+Every planned config, and the task selection, is checked before the first run starts, so a bad value fails
+at once instead of after the runs before it.
 Each run is a resumable :func:`~dlm_decode.eval.runner.evaluate` in ``DIR/runs/<name>/``; the ablation writes
 ``DIR/ablation.json``, a Markdown table ``DIR/ablation.md`` (accuracy, NFE, tokens per forward, tokens/s, AUP)
 and Pareto plots ``DIR/pareto_tpf.png`` and ``DIR/pareto_tps.png`` (matplotlib, when installed).
@@ -20,7 +22,7 @@ from dlm_decode.config.compose import Source, load_config
 from dlm_decode.decoder import Decoder
 from dlm_decode.errors import InputError
 from dlm_decode.eval.aup import aup
-from dlm_decode.eval.runner import evaluate
+from dlm_decode.eval.runner import check_selection, evaluate
 from dlm_decode.models.hf import DiffusionLM
 
 
@@ -52,12 +54,15 @@ def _directory_name(name: str) -> str:
 def ablate(base: Source | Sequence[Source], factors: list[tuple[str, list[str]]], out_dir: str | Path, *,
            overrides: Sequence[str] = (), tasks: Sequence[str] | None = None, limit: int = 100,
            split: str = "test", progress: bool = True) -> list[dict]:
-    """Evaluate the base and every one-key variation; returns one row per distinct config."""
+    """Evaluate the base and every one-key variation; returns one row per distinct config.
+
+    Every config is composed (and validated) and ``tasks``/``limit`` are checked before anything is evaluated.
+    """
     out = Path(out_dir)
     rows, seen, models = [], {}, {}
-    runs = plan_runs(factors)
-    for name, factor, extra in tqdm(runs, desc="ablation", unit="run", disable=not progress):
-        config = load_config(base, [*overrides, *extra])
+    runs = [(name, factor, load_config(base, [*overrides, *extra])) for name, factor, extra in plan_runs(factors)]
+    check_selection(tasks, limit)
+    for name, factor, config in tqdm(runs, desc="ablation", unit="run", disable=not progress):
         if config.hash in seen:  # a variation equal to the base (or to an earlier run) is not run twice
             rows.append({**seen[config.hash], "run": name, "factor": factor})
             continue

@@ -2,10 +2,14 @@
 
 Results go to ``DIR/results.jsonl`` one line per example as each batch finishes, so an interrupted run loses
 at most one batch and a rerun with the same config and model weights resumes where it stopped (results of
-another config, or of a retrained checkpoint under the same config, are refused). ``DIR/summary.json`` and
-``DIR/config.yaml`` are written at the end. Example ``i`` of the run is decoded with seed
-``generation.seed + i`` whatever the batch it lands in, so resumed and uninterrupted runs agree. Under
-``torchrun``/``accelerate launch`` the examples are split by rank and gathered on rank 0 (see :func:`evaluate`).
+another config, or of a retrained checkpoint under the same config, are refused). An example's id is
+``<task>-<j>``: the ``j``-th example of that task's split, whatever the other ``--tasks`` and ``--limit``, so
+a rerun with more tasks or a larger limit reuses the examples already decoded. That example is decoded with
+seed ``generation.seed + j`` whatever the batch it lands in, so resumed and uninterrupted runs agree; each
+record stores its ``prompt`` and ``seed``, and a record whose prompt or seed differs from the example of its id
+is refused. Nothing is written in ``DIR`` before its records are checked: then ``DIR/config.yaml``, and
+``DIR/summary.json`` at the end. Under ``torchrun``/``accelerate launch`` the examples are split by rank and
+gathered on rank 0 (see :func:`evaluate`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from tqdm.auto import tqdm
 
 from dlm_decode.decoder import Decoder
 from dlm_decode.errors import InputError
-from dlm_decode.eval.tasks import TASKS, load_examples
+from dlm_decode.eval.tasks import TASKS, Example, load_examples
 
 RESULTS, SUMMARY, CONFIG = "results.jsonl", "summary.json", "config.yaml"
 
@@ -35,8 +39,13 @@ RUN_IDENTITY = {
 }
 
 
+#: The error's ending when a results directory cannot be resumed.
+_USE_ANOTHER_OUT = "fix: pass another --out directory (or delete this one)"
+
+
 def _read_results(path: Path, identity: dict[str, str]) -> dict[str, dict]:
-    """Finished records by example id; refuses records whose :data:`RUN_IDENTITY` keys differ from ``identity``."""
+    """Finished records by example id; refuses records whose :data:`RUN_IDENTITY` keys differ from ``identity``
+    and records without a ``seed`` (written by releases that numbered the examples across tasks)."""
     done: dict[str, dict] = {}
     if not path.exists():
         return done
@@ -52,7 +61,11 @@ def _read_results(path: Path, identity: dict[str, str]) -> dict[str, dict]:
                 if record.get(key) != value:
                     raise InputError(
                         f"{path} holds results of {RUN_IDENTITY[key]} ({key} {record.get(key)!r}, now {value!r}); "
-                        "fix: pass another --out directory (or delete this one)")
+                        + _USE_ANOTHER_OUT)
+            if "seed" not in record:
+                raise InputError(
+                    f"{path} holds results numbered across tasks by an earlier release (record {record['id']!r} has "
+                    f"no seed), so an id may name another example now; {_USE_ANOTHER_OUT}")
             done[record["id"]] = record
     return done
 
@@ -107,12 +120,13 @@ def format_table(summary: dict) -> str:
 
 def evaluate(decoder: Decoder, out_dir: str | Path, tasks: Sequence[str] | None = None, limit: int = 100,
              split: str = "test", data_seed: int = 0, progress: bool = True) -> dict:
-    """Decode ``limit`` examples of each task, check them, and write the results under ``out_dir``.
+    """Decode the first ``limit`` examples of each task (every task when ``tasks`` is None), check them, and write
+    the results under ``out_dir`` (see the module docstring for ids, seeds and resuming).
 
     **Several processes.** Under ``torchrun --nproc_per_node N`` / ``accelerate launch --num_processes N`` (the
     ``RANK``/``WORLD_SIZE`` environment, see :mod:`dlm_decode.integrations`) every rank builds the same example
     list, skips what earlier runs finished, and decodes every ``N``-th remaining example from its rank on (each
-    example once, with the seed of its index, so the results equal a single process's); it appends its records
+    example once, with the seed of its id, so the results equal a single process's); it appends its records
     to ``out_dir/results.rank<r>.jsonl`` as batches finish (resumable per rank), and rank 0 gathers the records,
     writes them to ``results.jsonl`` in example order, removes the rank files and writes the summary (with
     ``decoded_per_rank``: the examples each rank decoded in this run), which every rank returns. ``out_dir``
@@ -122,25 +136,35 @@ def evaluate(decoder: Decoder, out_dir: str | Path, tasks: Sequence[str] | None 
     """
     from dlm_decode.integrations import barrier, broadcast_object, distributed, gather_objects
 
-    names = list(tasks or TASKS)
-    unknown = [name for name in names if name not in TASKS]
-    if unknown:
-        raise InputError(f"unknown task(s) {', '.join(unknown)}; fix: choose from {', '.join(TASKS)}")
-    if limit < 1:
-        raise InputError(f"--limit must be at least 1, got {limit}")
+    names = check_selection(tasks, limit)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a directory; fix: pass a directory path (it is created if "
+                         "missing)")
     identity = {"config_hash": decoder.config.hash, "weights_hash": decoder.weights_hash, "split": split}
     with distributed() as ranks:
         if ranks.main:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / CONFIG).write_text(f"# config_hash: {identity['config_hash']}\n{decoder.config.yaml}",
-                                      encoding="utf-8")
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise InputError(f"--out {out} cannot be created ({exc.strerror}); fix: pass a directory path "
+                                 "that can be created") from None
         barrier(ranks)
         done = _read_results(out / RESULTS, identity)
         for partial in sorted(out.glob(RANK_RESULTS.format(rank="*"))):
             done.update(_read_results(partial, identity))
-        examples = [(f"{ex.task}-{i}", ex) for i, ex in enumerate(load_examples(names, split, limit, data_seed))]
-        seeds = {key: decoder.generation.seed + index for index, (key, _) in enumerate(examples)}
+        examples, seeds = [], {}
+        for name in names:
+            for index, example in enumerate(load_examples([name], split, limit, data_seed)):
+                key = f"{name}-{index}"
+                examples.append((key, example))
+                seeds[key] = decoder.generation.seed + index
+        for key, example in examples:
+            if key in done:
+                _check_same_example(out, done[key], example, seeds[key])
+        if ranks.main:
+            (out / CONFIG).write_text(f"# config_hash: {identity['config_hash']}\n{decoder.config.yaml}",
+                                      encoding="utf-8")
         todo = [(key, ex) for key, ex in examples if key not in done][ranks.rank::ranks.world_size]
         path = out / (RESULTS if ranks.world_size == 1 else RANK_RESULTS.format(rank=ranks.rank))
         initial = len(examples) - len(todo) if ranks.world_size == 1 else 0
@@ -159,6 +183,35 @@ def evaluate(decoder: Decoder, out_dir: str | Path, tasks: Sequence[str] | None 
                 summary["decoded_per_rank"] = [len(records) for records in gathered]
             (out / SUMMARY).write_text(json.dumps(summary, indent=2), encoding="utf-8")
         return broadcast_object(summary, ranks)
+
+
+def check_selection(tasks: Sequence[str] | None, limit: int) -> list[str]:
+    """The task names to evaluate (every task when ``tasks`` is None), after checking them and ``limit``.
+
+    :raises InputError: for an empty, unknown or repeated task name, or a ``limit`` below 1.
+    """
+    names = list(TASKS) if tasks is None else list(tasks)
+    if not names:
+        raise InputError(f"--tasks names no task; fix: name one or more of {', '.join(TASKS)} (or leave --tasks "
+                         "out to run them all)")
+    unknown = [name for name in names if name not in TASKS]
+    if unknown:
+        raise InputError(f"unknown task(s) {', '.join(unknown)}; fix: choose from {', '.join(TASKS)}")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise InputError(f"--tasks names {', '.join(repeated)} more than once; fix: name each task once")
+    if limit < 1:
+        raise InputError(f"--limit must be at least 1, got {limit}; fix: pass --limit 1 or more")
+    return names
+
+
+def _check_same_example(out: Path, record: dict, example: Example, seed: int) -> None:
+    """Refuse a finished record that was decoded from another prompt or seed than the example of its id."""
+    if (record["prompt"], record["seed"]) != (example.prompt, seed):
+        raise InputError(
+            f"{out} holds record {record['id']!r} decoded from prompt {record['prompt']!r} with seed "
+            f"{record['seed']}, but that id is now prompt {example.prompt!r} with seed {seed} (the task's examples "
+            f"changed, e.g. another data seed); {_USE_ANOTHER_OUT}")
 
 
 #: Per-rank results file of a multi-process run (merged into ``results.jsonl`` by rank 0 at the end).
@@ -182,7 +235,7 @@ def _decode(decoder: Decoder, todo: list, seeds: dict[str, int], path: Path, pro
                                       batch_size=batch)
             batch_wall = max(s.wall_s for s in output.stats)
             for (key, ex), record in zip(chunk, output.records()):
-                record.update(id=key, task=ex.task, reference=ex.answer,
+                record.update(id=key, task=ex.task, seed=seeds[key], reference=ex.answer,
                               correct=TASKS[ex.task].check(ex, record["text"]),
                               batch_wall_share_s=batch_wall / len(chunk), **identity)
                 if rank is not None:
