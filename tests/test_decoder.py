@@ -5,7 +5,7 @@ from __future__ import annotations
 from dlm_decode.timing import HookTimer
 from dlm_decode.testing.toy import ToyDiffusionLM
 
-from helpers import toy_decoder
+from helpers import StepRecorder, toy_decoder
 
 
 def test_stream_yields_the_final_text_in_order():
@@ -80,3 +80,27 @@ def test_stream_ends_its_text_where_generate_does_at_the_first_eos():
     final = decoder.generate(["ab"]).texts[0]
     assert final.endswith("<2>") and final.count("<2>") == 1  # the EOS, none of the fill after it
     assert "".join(decoder.stream("ab")) == final
+
+
+def test_explicit_arguments_override_the_config_and_none_keeps_it():
+    """``batch_size`` / ``max_new_tokens`` / ``seeds`` given explicitly win over ``generation.*``; None keeps it."""
+    recorder = StepRecorder()
+    decoder = toy_decoder("decoder.proposal=sample", "generation.max_new_tokens=6", "generation.batch_size=8",
+                          "generation.seed=5", model=ToyDiffusionLM(eos_bias=float("-inf")), observers=[recorder])
+    prompts = ["ab", "cd", "ef"]
+    default = decoder.generate(prompts, max_new_tokens=None, batch_size=None, seeds=None)
+    assert len(recorder.runs) == 1 and [s.steps for s in default.stats] == [6, 6, 6]
+    assert decoder.generate(prompts, seeds=[5, 6, 7]).token_ids == default.token_ids  # seeds default to seed + i
+    explicit = decoder.generate(prompts, max_new_tokens=3, batch_size=1)
+    assert len(recorder.runs) == 2 + 3, "batch_size=1 did not decode one prompt per batch"
+    assert [s.steps for s in explicit.stats] == [3, 3, 3]
+
+
+def test_seeds_at_the_ends_of_the_generator_range_and_numpy_ints_are_accepted():
+    import numpy as np
+
+    decoder = toy_decoder("decoder.proposal=sample", "generation.max_new_tokens=6")
+    out = decoder.generate(["ab", "ab", "ab"], seeds=[2**64 - 1, -2**63, np.int64(3)])
+    assert len(out.texts) == 3
+    assert out.token_ids[2] == decoder.generate(["ab"], seeds=[3]).token_ids[0]
+    assert "".join(decoder.stream("ab", seed=np.int64(3))) == out.texts[2]

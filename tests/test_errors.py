@@ -34,6 +34,20 @@ from helpers import toy_decoder
     (["generation.max_new_tokens"], "generation.max_new_tokens", "key=value"),
     (["decoder.verification.tokens_per_step=2", "decoder.verification.steps_per_block=4"],
      "decoder.verification.tokens_per_step", "only one"),
+    (["generation.seed=18446744073709551616"], "generation.seed", "manual_seed accepts"),
+    (["generation.seed=-9223372036854775809"], "generation.seed", "manual_seed accepts"),
+    (["decoder=foo"], "decoder", "mapping of roles (window, cache, proposal, verification)"),
+    (["decoder=null"], "decoder", "mapping of roles"),
+    (["decoder=[1]"], "decoder", "mapping of roles"),
+    (["decoder=null", "decoder.window=blocks"], "decoder", "mapping of roles"),
+    (["model.dllm=null"], "model.dllm", "leave it out to keep the defaults"),
+    (["model.dllm.dtype=bfloat16", "model.dllm=null"], "model.dllm", "must be a mapping"),
+    (["model=null"], "model", "must be a mapping"),
+    (["generation=null"], "generation", "must be a mapping"),
+    (["model.dllm.device=cpu:x"], "model.dllm.device", "cuda:N"),
+    (["model.dllm.device=cuda:x"], "model.dllm.device", "cuda:N"),
+    (["model.dllm.device=cuda:-1"], "model.dllm.device", "cuda:N"),
+    (["model.dllm.device=cuda0"], "model.dllm.device", "cuda:N"),
 ])
 def test_bad_configs_name_the_key_and_the_fix(overrides, key, hint):
     with pytest.raises(ConfigError) as info:
@@ -41,6 +55,14 @@ def test_bad_configs_name_the_key_and_the_fix(overrides, key, hint):
     message = str(info.value)
     assert f"`{key}`" in message and hint in message
     assert info.value.key == key
+
+
+def test_null_decoder_section_in_a_file_is_named(tmp_path):
+    path = tmp_path / "null-decoder.yaml"
+    path.write_text("decoder: null\n")
+    with pytest.raises(ConfigError, match=r"(?s)`decoder`: must be a mapping of roles.*fix") as info:
+        load_config(path)
+    assert info.value.key == "decoder"
 
 
 def test_missing_config_file_is_named(tmp_path):
@@ -77,6 +99,73 @@ def test_prompt_holding_the_mask_token_is_rejected(batch_size):
 def test_non_positive_max_new_tokens_argument_is_rejected():
     with pytest.raises(InputError, match="(?s)max_new_tokens must be at least 1"):
         toy_decoder().generate(["abc"], max_new_tokens=-1)
+
+
+@pytest.mark.parametrize(("prompts", "arguments", "pattern"), [
+    (["ab"], {"batch_size": -1}, r"batch_size must be at least 1, got -1"),
+    (["ab"], {"batch_size": 0}, r"batch_size must be at least 1, got 0"),
+    (["ab"], {"batch_size": 1.0}, r"batch_size must be an int, got 1.0"),
+    (["ab"], {"max_new_tokens": 0}, r"max_new_tokens must be at least 1, got 0"),
+    (["ab"], {"max_new_tokens": 2.5}, r"max_new_tokens must be an int, got 2.5 \(float\)"),
+    (["ab"], {"max_new_tokens": True}, r"max_new_tokens must be an int, got True \(bool\)"),
+    (["ab", "cd"], {"seeds": [2**70, 1]}, r"seeds\[0\] is 1180591620717411303424, outside \[-2\*\*63, 2\*\*64 - 1\]"),
+    (["ab", "cd"], {"seeds": [1, -2**63 - 1]}, r"seeds\[1\] is -9223372036854775809, outside"),
+    (["ab", "cd"], {"seeds": ["x", "y"]}, r"seeds\[0\] must be an int, got 'x'"),
+    (["ab"], {"seeds": 5}, r"seeds must be a sequence of ints, got 5"),
+    ([None], {}, r"prompt 0 is None \(NoneType\), not a string"),
+    (["ab", 1], {}, r"prompt 1 is 1 \(int\), not a string"),
+    (7, {}, r"prompts must be a string or a sequence of strings, got 7"),
+])
+def test_bad_generate_arguments_are_named(prompts, arguments, pattern):
+    decoder = toy_decoder("generation.max_new_tokens=4")
+    with pytest.raises(InputError, match=f"(?s){pattern}.*fix: "):
+        decoder.generate(prompts, **arguments)
+
+
+@pytest.mark.parametrize(("prompt", "arguments", "pattern"), [
+    ("ab", {"max_new_tokens": -1}, r"max_new_tokens must be at least 1, got -1"),
+    ("ab", {"max_new_tokens": 0}, r"max_new_tokens must be at least 1, got 0"),
+    ("ab", {"max_new_tokens": 2.5}, r"max_new_tokens must be an int"),
+    ("ab", {"seed": 2**64}, r"seed is 18446744073709551616, outside"),
+    ("ab", {"seed": "1"}, r"seed must be an int, got '1'"),
+    (None, {}, r"prompt 0 is None"),
+    (" ", {}, r"prompt 0 is empty"),
+])
+def test_bad_stream_arguments_are_named(prompt, arguments, pattern):
+    decoder = toy_decoder("generation.max_new_tokens=4")
+    with pytest.raises(InputError, match=f"(?s){pattern}.*fix: "):
+        next(decoder.stream(prompt, **arguments))
+
+
+def test_default_seeds_past_the_generator_range_name_generation_seed():
+    decoder = toy_decoder(f"generation.seed={2**64 - 1}", "generation.max_new_tokens=4")
+    decoder.generate(["ab"])  # seed 2**64 - 1 itself is accepted
+    with pytest.raises(InputError, match=r"(?s)generation.seed \+ 1 \(the seed of prompt 1\).*fix: lower"):
+        decoder.generate(["ab", "cd"])
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")
+def test_unavailable_mps_device_is_a_model_error_naming_the_key():
+    with pytest.raises(ModelError, match=r"(?s)`model.dllm.device` is 'mps' but MPS is not available.*fix: set "
+                                         r"model.dllm.device=cpu"):
+        Decoder.from_config({}, ["model.dllm.device=mps"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_unavailable_cuda_device_is_a_model_error_naming_the_key():
+    with pytest.raises(ModelError, match=r"(?s)`model.dllm.device` is 'cuda:1' but CUDA is not available.*fix"):
+        Decoder.from_config({}, ["model.dllm.device=cuda:1"])
+
+
+def test_failure_to_move_the_weights_is_a_model_error_naming_the_key(monkeypatch):
+    """What ``model.to`` raises for a device that exists in name only (``cuda:7`` on a one-GPU machine)."""
+    def fail(module, *args, **kwargs):
+        raise RuntimeError("CUDA error: invalid device ordinal")
+
+    monkeypatch.setattr(torch.nn.Module, "to", fail)
+    with pytest.raises(ModelError, match=r"(?s)`model.dllm.device` = 'cpu'.*invalid device ordinal.*fix: set "
+                                         r"model.dllm.device to a device this machine has"):
+        Decoder.from_config({}, ["model.dllm.device=cpu"])
 
 
 def test_seed_count_must_match_prompts():
@@ -201,11 +290,12 @@ def test_duplicate_strategy_names_are_rejected():
         registry.collect(manager)
 
 
-def test_step_limit_stops_a_runaway_generation():
+def test_step_limit_stops_a_runaway_generation_and_names_the_unfinished_rows():
     decoder = toy_decoder("generation.max_steps=2", "generation.max_new_tokens=6",
                           model=ToyDiffusionLM(eos_bias=float("-inf")))
-    with pytest.raises(DecodeError, match="(?s)within 2 steps.*generation.max_steps"):
-        decoder.generate(["ab"])
+    with pytest.raises(DecodeError, match=r"(?s)rows \[0, 1\] of the batch did not finish within 2 steps.*"
+                                          r"generation.max_steps"):
+        decoder.generate(["ab", "cde"])
 
 
 class _GreedyWindow:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import torch
 
 from dlm_decode.config.compose import ResolvedConfig, Source, load_config
-from dlm_decode.config.schema import ModelSpec
+from dlm_decode.config.schema import SEED_MAX, SEED_MIN, ModelSpec
 from dlm_decode.errors import InputError
 from dlm_decode.hookspecs import hookimpl
 from dlm_decode.loop import Roles, decode, run_steps
@@ -114,6 +115,37 @@ class _PrefixStreamer:
             self.emitted = text
 
 
+def _int_argument(value: Any, name: str, fix: str) -> int:
+    """``value`` as an int (anything with ``__index__`` but a bool), or :class:`InputError` naming ``name``."""
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise InputError(f"{name} must be an int, got {value!r} ({type(value).__name__}); fix: {fix}")
+
+
+def _count_argument(value: int | None, name: str, default: int) -> int:
+    """A ``generate``/``stream`` count argument (``max_new_tokens``, ``batch_size``): ``default`` (the config's
+    ``generation.<name>``) when None, else an int of at least 1."""
+    if value is None:
+        return default
+    fix = f"pass an int of at least 1, or leave {name} out to use generation.{name} ({default})"
+    value = _int_argument(value, name, fix)
+    if value < 1:
+        raise InputError(f"{name} must be at least 1, got {value}; fix: {fix}")
+    return value
+
+
+def _seed(value: Any, name: str, fix: str) -> int:
+    """A generator seed: an int that ``torch.Generator.manual_seed`` accepts."""
+    value = _int_argument(value, name, fix)
+    if not SEED_MIN <= value <= SEED_MAX:
+        raise InputError(f"{name} is {value}, outside [-2**63, 2**64 - 1] (the seeds torch.Generator.manual_seed "
+                         f"accepts); fix: {fix}")
+    return value
+
+
 class Decoder:
     """A diffusion-LM decoder: one strategy per role over a loaded dLLM.
 
@@ -156,19 +188,57 @@ class Decoder:
     def generation(self):
         return self.config.config.generation
 
-    def _state(self, prompts: list[str], first_index: int, max_new_tokens: int, seeds: Sequence[int] | None) -> DecodeState:
-        encoded = self.dllm.encode(prompts)
-        for offset, (prompt, ids) in enumerate(zip(prompts, encoded)):
-            index = first_index + offset
-            if not prompt or not prompt.strip():
+    def _request(self, prompts: Any, max_new_tokens: Any, seeds: Any, batch_size: Any = None,
+                 seed_name: str = "seeds[{}]") -> tuple[list[str], int, list[int], int]:
+        """Check the arguments of :meth:`generate` / :meth:`stream` and fill in the config's defaults.
+
+        :param seed_name: how a seed is named in errors, formatted with its index (``stream`` passes ``seed``).
+        :returns: ``(prompts, max_new_tokens, seeds, batch_size)``, with one seed per prompt.
+        :raises InputError: naming the argument (or prompt index), the value and the fix.
+        """
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        try:
+            prompts = list(prompts)
+        except TypeError:
+            raise InputError(f"prompts must be a string or a sequence of strings, got {prompts!r}; "
+                             "fix: pass e.g. [\"sort 3 1 2\"]") from None
+        if not prompts:
+            raise InputError("no prompts given; fix: pass at least one prompt")
+        for index, prompt in enumerate(prompts):
+            if not isinstance(prompt, str):
+                raise InputError(f"prompt {index} is {prompt!r} ({type(prompt).__name__}), not a string; "
+                                 "fix: pass every prompt as a str")
+            if not prompt.strip():
                 raise InputError(f"prompt {index} is empty; fix: give every prompt some text")
+        max_new_tokens = _count_argument(max_new_tokens, "max_new_tokens", self.generation.max_new_tokens)
+        batch_size = _count_argument(batch_size, "batch_size", self.generation.batch_size)
+        if seeds is None:
+            seeds = [_seed(self.generation.seed + i, f"generation.seed + {i} (the seed of prompt {i})",
+                           "lower generation.seed, or pass seeds") for i in range(len(prompts))]
+        else:
+            try:
+                seeds = list(seeds)
+            except TypeError:
+                raise InputError(f"seeds must be a sequence of ints, got {seeds!r}; fix: give one seed per "
+                                 "prompt") from None
+            if len(seeds) != len(prompts):
+                raise InputError(f"got {len(seeds)} seeds for {len(prompts)} prompts; fix: give one seed per prompt")
+            seeds = [_seed(seed, seed_name.format(i), "give every seed as an int in [-2**63, 2**64 - 1]")
+                     for i, seed in enumerate(seeds)]
+        return prompts, max_new_tokens, seeds, batch_size
+
+    def _state(self, prompts: list[str], first_index: int, max_new_tokens: int, seeds: Sequence[int]) -> DecodeState:
+        """The initial state of one batch of prompts checked by :meth:`_request` (``first_index``: the index of
+        ``prompts[0]`` in the request, for errors)."""
+        encoded = self.dllm.encode(prompts)
+        for offset, ids in enumerate(encoded):
+            index = first_index + offset
             if len(ids) + max_new_tokens > self.dllm.max_context:
                 raise InputError(
                     f"prompt {index} has {len(ids)} tokens; with generation.max_new_tokens={max_new_tokens} the "
                     f"canvas needs {len(ids) + max_new_tokens} > the model's context of {self.dllm.max_context}. "
                     "fix: shorten the prompt or lower generation.max_new_tokens")
-        if seeds is None:
-            seeds = [self.generation.seed + first_index + i for i in range(len(prompts))]
         return DecodeState.build(
             encoded, max_new_tokens=max_new_tokens, mask_token_id=self.dllm.mask_token_id,
             pad_token_id=self.dllm.pad_token_id, eos_token_ids=self.dllm.eos_token_ids,
@@ -182,24 +252,17 @@ class Decoder:
                  seeds: Sequence[int] | None = None, batch_size: int | None = None) -> GenerationOutput:
         """Decode ``prompts`` in batches of ``generation.batch_size``.
 
-        :param max_new_tokens: override ``generation.max_new_tokens``.
+        :param max_new_tokens: override ``generation.max_new_tokens`` (an int of at least 1).
         :param seeds: one seed per prompt (default: ``generation.seed + index``), so a row's sample does not
-            depend on the batch it lands in.
+            depend on the batch it lands in; ints in ``[-2**63, 2**64 - 1]``.
+        :param batch_size: override ``generation.batch_size`` (an int of at least 1).
+        :raises InputError: for a prompt that is not a non-empty string or is too long, or a bad argument.
         """
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not prompts:
-            raise InputError("no prompts given; fix: pass at least one prompt")
-        if seeds is not None and len(seeds) != len(prompts):
-            raise InputError(f"got {len(seeds)} seeds for {len(prompts)} prompts; fix: give one seed per prompt")
-        max_new_tokens = max_new_tokens or self.generation.max_new_tokens
-        if max_new_tokens < 1:
-            raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        batch_size = batch_size or self.generation.batch_size
+        prompts, max_new_tokens, seeds, batch_size = self._request(prompts, max_new_tokens, seeds, batch_size)
         texts, ids, stats = [], [], []
         for first in range(0, len(prompts), batch_size):
             chunk = prompts[first: first + batch_size]
-            chunk_seeds = None if seeds is None else seeds[first: first + batch_size]
-            state = self._state(chunk, first, max_new_tokens, chunk_seeds)
+            state = self._state(chunk, first, max_new_tokens, seeds[first: first + batch_size])
             step_ends = decode(self.roles, self.dllm, state, self._max_steps(max_new_tokens))
             commits = torch.stack(state.commits, dim=1).tolist()  # [B][steps]
             extra = {name: [float(v) for v in values.tolist()] for name, values in state.row_stats.items()}
@@ -219,10 +282,12 @@ class Decoder:
         """Yield pieces of text as the left-to-right decided prefix of ``prompt``'s completion grows.
 
         Built as a ``dlm_step_end`` observer. With a revoking verification the pieces are the prefix decided
-        so far, which a later step may still change; use :meth:`generate` for the final text.
+        so far, which a later step may still change; use :meth:`generate` for the final text. The arguments are
+        checked as :meth:`generate`'s are (``seed`` defaults to ``generation.seed``).
         """
-        max_new_tokens = max_new_tokens or self.generation.max_new_tokens
-        state = self._state([prompt], 0, max_new_tokens, None if seed is None else [seed])
+        prompts, max_new_tokens, seeds, _ = self._request([prompt], max_new_tokens, None if seed is None else [seed],
+                                                          seed_name="seed")
+        state = self._state(prompts, 0, max_new_tokens, seeds)
         streamer = _PrefixStreamer(self.dllm)
         self.manager.register(streamer)
         try:

@@ -25,6 +25,15 @@ from dlm_decode.plugins import ROLES, StrategyRegistry, get_registry
 
 Source = str | Path | Mapping | DictConfig
 
+SECTIONS = {
+    "model": "a mapping with dllm (and optionally ar)",
+    "model.dllm": "a mapping of model keys (path, dtype, device, ...)",
+    "generation": "a mapping of generation keys (max_new_tokens, batch_size, seed, ...)",
+    "decoder": f"a mapping of roles ({', '.join(ROLES)})",
+}
+"""The sections that are always present: a source may set their keys but not replace them by a non-mapping
+(``null`` would silently reset them to the defaults). ``model.ar`` is not one: ``model.ar=null`` removes it."""
+
 
 @dataclass
 class ResolvedConfig:
@@ -122,11 +131,15 @@ def _as_section(value: Any, key: str) -> dict:
 def _merge(base: dict, new: dict, path: tuple[str, ...]) -> None:
     for key, value in new.items():
         here = (*path, str(key))
+        dotted = ".".join(here)
+        if dotted in SECTIONS and not isinstance(value, dict):
+            example = "decoder.verification=left_to_right" if dotted == "decoder" else f"{dotted}.<key>=<value>"
+            raise ConfigError(dotted, f"must be {SECTIONS[dotted]}, got {value!r}",
+                              f"set its keys one by one (e.g. {example}), or leave it out to keep the defaults")
         if here[0] == "decoder" and len(here) == 2:
             if key not in ROLES:
-                raise ConfigError(".".join(here), "is not a decoder role",
-                                  f"the roles are {', '.join(ROLES)}")
-            value = _as_section(value, ".".join(here))
+                raise ConfigError(dotted, "is not a decoder role", f"the roles are {', '.join(ROLES)}")
+            value = _as_section(value, dotted)
             old = base.get(key)
             if isinstance(old, dict) and value.get("name", old.get("name")) == old.get("name"):
                 _merge(old, value, here)
@@ -163,18 +176,17 @@ def _validate_sections(merged: dict) -> Config:
     if unknown:
         raise ConfigError(sorted(unknown)[0], "unknown top-level key",
                           "the top-level keys are model, decoder and generation")
-    model = merged.get("model") or {}
-    if not isinstance(model, dict) or set(model) - {"dllm", "ar"}:
-        bad = sorted(set(model) - {"dllm", "ar"}) if isinstance(model, dict) else []
-        raise ConfigError(f"model.{bad[0]}" if bad else "model", "unknown key (model has: dllm, ar)",
-                          "remove it or fix its spelling")
+    model = merged["model"]  # the sections are mappings (`_merge` keeps them so)
+    bad = sorted(set(model) - {"dllm", "ar"})
+    if bad:
+        raise ConfigError(f"model.{bad[0]}", "unknown key (model has: dllm, ar)", "remove it or fix its spelling")
     ar = model.get("ar")
     return Config(
         model=ModelSection(
-            dllm=_structured(ModelSpec, model.get("dllm") or {}, "model.dllm"),
+            dllm=_structured(ModelSpec, model["dllm"], "model.dllm"),
             ar=None if ar is None else _structured(ModelSpec, ar, "model.ar"),
         ),
-        generation=_structured(GenerationSection, merged.get("generation") or {}, "generation"),
+        generation=_structured(GenerationSection, merged["generation"], "generation"),
     )
 
 

@@ -7,10 +7,16 @@ registered strategy's own dataclass), and ``generation.*``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from dlm_decode.errors import check_field
+
+SEED_MIN, SEED_MAX = -2**63, 2**64 - 1
+"""The seeds ``torch.Generator.manual_seed`` accepts (a negative seed is read as its 64-bit two's complement)."""
+
+_DEVICE = re.compile(r"auto|(cpu|cuda|mps)(:[0-9]+)?")
 
 
 @dataclass
@@ -45,8 +51,9 @@ class ModelSpec:
     def __post_init__(self) -> None:
         check_field(self.dtype in ("float32", "bfloat16", "float16"), "dtype",
                     f"must be float32, bfloat16 or float16, got {self.dtype!r}")
-        check_field(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "device",
-                    f"must be cpu, cuda, cuda:N, mps or auto, got {self.device!r}")
+        check_field(_DEVICE.fullmatch(self.device) is not None, "device",
+                    f"must be cpu, cuda, cuda:N (N a GPU index such as 0), mps or auto, got {self.device!r}",
+                    "e.g. device: cuda:0, or device: auto for CUDA when available")
         check_field(self.family in ("auto", "bidirectional", "llada", "dream"), "family",
                     f"must be auto, bidirectional, llada or dream, got {self.family!r}",
                     "leave it at auto to detect the family from the checkpoint's config.json")
@@ -67,7 +74,8 @@ class GenerationSection:
     batch_size: int = 8
     """Prompts decoded together."""
     seed: int = 0
-    """Prompt ``i`` of a call is decoded with its own generator seeded ``seed + i``."""
+    """Prompt ``i`` of a call is decoded with its own generator seeded ``seed + i`` (seeds lie in
+    ``[-2**63, 2**64 - 1]``, the range ``torch.Generator.manual_seed`` accepts)."""
     max_steps: Optional[int] = None
     """Abort when a batch takes more steps than this (default: 4 x max_new_tokens)."""
     kernels: Optional[str] = None
@@ -77,6 +85,9 @@ class GenerationSection:
         check_field(self.max_new_tokens >= 1, "max_new_tokens", f"must be at least 1, got {self.max_new_tokens}",
                     "set generation.max_new_tokens to the longest answer you expect, in tokens")
         check_field(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
+        check_field(SEED_MIN <= self.seed <= SEED_MAX, "seed",
+                    f"must lie in [-2**63, 2**64 - 1], the seeds torch.Generator.manual_seed accepts, got {self.seed}",
+                    "pick a smaller seed, e.g. generation.seed=0")
         check_field(self.max_steps is None or self.max_steps >= 1, "max_steps",
                     f"must be at least 1 or null, got {self.max_steps}")
         check_field(self.kernels is None or self.kernels.strip().lower() in ("auto", "triton", "native"), "kernels",

@@ -14,12 +14,12 @@ the cache object (every cached forward writes its span's tokens and positions th
 ``[0, end)``), and attends like a query of the span (or to itself only, when it is left padding). Its key/value
 is *not* written: the keys/values the cache strategy froze before ``start`` stay frozen, so ``kv_window(W)``,
 ``prefix`` and ``dual`` mean what they say for Dream too, and with a one-layer model (whose keys/values do not
-depend on context) every cache decodes exactly like ``none``. For the positional store (``prefix``/``dual``) the
-write mask simply excludes the extra column; for an appending ``DynamicCache`` (``kv_window``) the extra
-column's fresh key/value is appended as a duplicate that no query attends to and is removed after the forward.
-This costs one extra query column per forward. Fast-dLLM's Dream code instead force-decodes the block's first
-column at each refresh; WINO's shadow block (extra query positions) has no shifted-logit equivalent and is
-refused.
+depend on context) every cache decodes exactly like ``none``. For the positional store (all the built-in
+caches) the write mask simply excludes the extra column; for an appending ``DynamicCache`` (which a cache plugin
+may pass: see :class:`~dlm_decode.state.ForwardPlan`) the extra column's fresh key/value is appended as a
+duplicate that no query attends to and is removed after the forward. This costs one extra query column per
+forward. Fast-dLLM's Dream code instead force-decodes the block's first column at each refresh; WINO's shadow
+block (extra query positions) has no shifted-logit equivalent and is refused.
 
 **LLaDA's modeling code.** The official ``modeling_llada.py`` takes neither ``position_ids`` nor an HF cache, and
 versions before October 2025 ignore the attention mask (LLaDA issue #90). When the model's ``forward`` has no
@@ -51,17 +51,27 @@ from dlm_decode.state import ModelInputs
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device: str, key: str = "device") -> torch.device:
     """``auto``: CUDA when available. Under a launcher (``LOCAL_RANK`` set, ``WORLD_SIZE`` > 1), ``auto`` and
-    ``cuda`` mean ``cuda:LOCAL_RANK``, one GPU per process."""
+    ``cuda`` mean ``cuda:LOCAL_RANK``, one GPU per process.
+
+    :param key: the dotted key of ``device`` (e.g. ``model.dllm.device``), named in errors.
+    :raises ModelError: for CUDA or MPS when this machine or torch build lacks it, or a string torch rejects.
+    """
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in os.environ
     if device in ("auto", "cuda") and launched and torch.cuda.is_available():
         return torch.device(f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError(f"`device` is {device!r} but CUDA is not available; fix: set device: cpu (or auto)")
-    return torch.device(device)
+    for kind, available in (("cuda", torch.cuda.is_available), ("mps", torch.backends.mps.is_available)):
+        if device.split(":")[0] == kind and not available():
+            raise ModelError(f"`{key}` is {device!r} but {kind.upper()} is not available with this torch build "
+                             f"on this machine; fix: set {key}=cpu (or auto)")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise ModelError(f"`{key}` is {device!r}, which torch rejects ({exc}); fix: set {key} to cpu, cuda, "
+                         "cuda:N, mps or auto") from exc
 
 
 def resolve_path(path: str, key: str) -> str:
@@ -156,7 +166,7 @@ def load_hf(spec: ModelSpec, key: str):
 
     path = resolve_path(spec.path, key)
     check_remote_code(read_config_json(spec, key), spec, key)
-    device = None if spec.device_map else resolve_device(spec.device)
+    device = None if spec.device_map else resolve_device(spec.device, f"{key}.device")
     try:
         options = {"trust_remote_code": spec.trust_remote_code, "local_files_only": not spec.allow_download}
         tokenizer = AutoTokenizer.from_pretrained(path, **options)
@@ -169,7 +179,14 @@ def load_hf(spec: ModelSpec, key: str):
         raise ModelError(f"`{key}.path` = {spec.path!r} could not be loaded: {type(exc).__name__}: {exc}{hint}\n"
                          "  fix: check the path; models with their own code need "
                          f"{key}.trust_remote_code=true; hub ids need {key}.allow_download=true") from exc
-    model = model if device is None else model.to(device)
+    if device is not None:
+        try:
+            model = model.to(device)
+        except RuntimeError as exc:  # e.g. `cuda:N` past the GPUs, or out of device memory
+            raise ModelError(f"`{key}.device` = {spec.device!r}: the weights could not be moved there "
+                             f"({type(exc).__name__}: {exc})\n  fix: set {key}.device to a device this machine has "
+                             f"(cpu, auto, or cuda:N with N < torch.cuda.device_count()), or a smaller "
+                             f"{key}.dtype if memory ran out") from exc
     return model.eval(), tokenizer
 
 
