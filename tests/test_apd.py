@@ -205,3 +205,17 @@ def test_apd_without_an_ar_model_names_model_ar(make_decoder):
 
     with pytest.raises(ConfigError, match="(?s)`model.ar`.*fix"):
         make_decoder("decoder.verification=apd")
+
+
+def test_kv_window_decodes_each_row_of_a_batch_as_alone_on_the_shipped_pair():
+    """With W = 1 most keys/values are frozen, so a row whose recompute span depended on its neighbours' (the
+    batch's earliest change) would see different logits: sampled tokens then differ for some row."""
+    prompts = ["16+3=", "reverse msllumf", "name a fruit", "sort 9 4 2 6 2 2", "reverse thhflnp", "sort 9 0 6",
+               "sort 1 2 6 4 8 6 2", "name a number"]
+    seeds = list(range(1136, 1144))
+    decoder = Decoder.from_config("configs/decoders/apd.yaml", [
+        "decoder.cache.window=1", "decoder.window.max_lookahead=3", "decoder.proposal.temperature=1.5",
+        "decoder.proposal.top_p=null"])
+    together = decoder.generate(prompts, batch_size=8, seeds=seeds).token_ids
+    alone = [decoder.generate([p], seeds=[s]).token_ids[0] for p, s in zip(prompts, seeds)]
+    assert together == alone

@@ -82,8 +82,15 @@ def test_store_writes_at_positions_and_reads_all():
         store.update(new_keys, new_values, 1)
     fresh = PositionalKVCache(5)
     fresh.set_queries(1)
-    with pytest.raises(ValueError, match="first forward into a positional store must write all of its 5"):
+    with pytest.raises(ValueError, match=r"first forward into a positional store must start at column 0 and "
+                                         r"write every row, got columns \[1, 3\)"):
         fresh.update(new_keys, new_values, 0)
+    fresh.set_queries(0, write)
+    with pytest.raises(ValueError, match="with a write mask"):
+        fresh.update(new_keys, new_values, 0)
+    fresh.set_queries(0)  # a first forward shorter than the store: the columns after it hold zeros
+    read_keys, _ = fresh.update(new_keys, new_values, 0)
+    assert torch.equal(read_keys[:, :, :2], new_keys) and not read_keys[:, :, 2:].any()
 
 
 def tiny_hf(family: str):

@@ -111,13 +111,16 @@ PROMPTS = ["sort: 3 1 2", "hi", "reverse: abcdef", "7+5=", "pick a fruit please"
     ["decoder.window=blocks", "decoder.window.size=4"],
     ["decoder.verification.tokens_per_step=3"],
     ["decoder.verification=left_to_right", "decoder.verification.k=2"],
+    ["decoder.verification.score=random", "decoder.verification.tokens_per_step=2"],
 ])
 def test_batch_invariance_at_temperature_zero(make_decoder, overrides):
-    """A row's tokens do not depend on the other rows. Near-ties (top-2 gap under BATCH_LOGIT_TOLERANCE) could
-    flip legitimately; the fixed prompts and model here have none, so tokens must match exactly."""
+    """A row's tokens do not depend on the other rows (random orders draw from the row's own generator, seeded
+    per prompt). Near-ties (top-2 gap under BATCH_LOGIT_TOLERANCE) could flip legitimately; the fixed prompts and
+    model here have none, so tokens must match exactly."""
     decoder = make_decoder(*overrides, "generation.max_new_tokens=12")
-    together = decoder.generate(PROMPTS, batch_size=len(PROMPTS)).token_ids
-    alone = [decoder.generate([p], batch_size=1).token_ids[0] for p in PROMPTS]
+    seeds = list(range(len(PROMPTS)))
+    together = decoder.generate(PROMPTS, batch_size=len(PROMPTS), seeds=seeds).token_ids
+    alone = [decoder.generate([p], batch_size=1, seeds=[s]).token_ids[0] for p, s in zip(PROMPTS, seeds)]
     assert together == alone
 
 

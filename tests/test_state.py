@@ -51,6 +51,13 @@ def test_eos_fills_the_tail_finishes_the_row_and_counts_up_to_eos():
     assert [c.tolist() for c in state.commits] == [[2, 1], [0, 1]]
 
 
+def test_a_commit_after_an_eos_of_the_same_step_is_filled_and_not_counted():
+    state = build()
+    commits = state.apply(decision(state, {(0, 3): 9, (0, 4): EOS, (0, 6): 7, (1, 5): 11}))
+    assert state.canvas[0, 3:].tolist() == [9, EOS, FILL, FILL, FILL]
+    assert commits.tolist() == [2, 1] and [c.tolist() for c in state.commits] == [[2, 1]]
+
+
 def test_revoking_the_first_eos_reopens_the_filled_tail():
     state = build(prompts=([5],), max_new=5)
     state.apply(decision(state, {(0, 2): EOS, (0, 1): 9}))

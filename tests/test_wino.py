@@ -278,6 +278,28 @@ def test_every_step_keeps_the_prompt_revokes_into_masks_and_makes_net_progress(r
     assert not bool(run["steps"][-1]["masked"].any())
 
 
+def test_a_rows_eos_is_never_revoked_so_its_masks_shrink_every_step(registry):
+    """Revoking an EOS would reopen the filled tail after it (more masks than the step committed). With an EOS the
+    toy proposes often and tau2 = 1 (everything unsupported), masks must still shrink at every step."""
+    recorder = Recorder()
+    decoder = toy_decoder(registry, "decoder.window=full", "decoder.verification.draft_threshold=0.0",
+                          "decoder.verification.verify_threshold=1.0", "decoder.verification.min_accept=3",
+                          "decoder.verification.max_accept=3", "generation.max_new_tokens=12",
+                          model=ToyDiffusionLM(12, sharpness=1.0, eos_bias=1.5, context=True), observers=[recorder])
+    decoder.generate(PROMPTS, seeds=list(range(len(PROMPTS))))
+    eos = decoder.dllm.eos_token_ids[0]
+    run = recorder.runs[0]
+    masks = run["initial"].eq(decoder.dllm.mask_token_id).sum(-1)
+    open_eos = 0  # steps at which an unfinished row held an EOS (the case this test is about)
+    for step in run["steps"]:
+        after = step["masked"].sum(-1)
+        assert bool((after[step["running"]] < masks[step["running"]]).all()), "masks shrink for every running row"
+        assert not bool((step["revoke"] & (step["before"] == eos)).any()), "an EOS is never revoked"
+        open_eos += int(((step["after"] == eos).any(-1) & step["masked"].any(-1)).sum())
+        masks = after
+    assert open_eos > 0 and int(run["revocations"].sum()) > 0, "the case has unfinished rows with an EOS, and revokes"
+
+
 def test_one_draft_per_step_never_revokes(registry):
     recorder = Recorder()
     decoder = toy_decoder(registry, "decoder.window=blocks", "decoder.window.size=8",

@@ -22,7 +22,8 @@ from dlm_decode.state import Decision, DecodeState, ForwardOutput, ForwardPlan, 
 
 
 class CoreInputs:
-    """Default ``dlm_model_inputs``: the plan's span of the canvas with a bidirectional mask over it."""
+    """Default ``dlm_model_inputs``: the plan's span of the canvas with a bidirectional mask over it; keys at or
+    past ``window.input_end`` are hidden (``window.visible`` narrows them per row)."""
 
     @hookimpl(trylast=True)
     def dlm_model_inputs(self, state: DecodeState, window: Window, plan: ForwardPlan) -> ModelInputs:
@@ -35,6 +36,8 @@ class CoreInputs:
             input_ids, position_ids = state.canvas[:, start:end], state.position_ids[:, start:end]
         if window.visible is not None:
             mask = mask & window.visible[:, None, None, first_key:last_key]
+        elif last_key > window.input_end:  # a cache holding columns the window does not show
+            mask = mask & (state.columns[first_key:last_key] < window.input_end)
         return ModelInputs(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, start=start, end=end)
 
 
@@ -168,7 +171,9 @@ def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> I
     done = bool(state.finished.all())
     while not done:
         if state.step >= max_steps:
-            raise DecodeError(f"no row finished within {max_steps} steps (step limit `generation.max_steps`); "
+            unfinished = (~state.finished).nonzero().flatten().tolist()
+            raise DecodeError(f"rows {unfinished} of the batch did not finish within {max_steps} steps (step limit "
+                              "`generation.max_steps`); "
                               "the strategies may be stuck (e.g. a window that never reaches the remaining masks, "
                               "or revocations that undo progress). fix: raise generation.max_steps, or check "
                               "the window and verification strategies")

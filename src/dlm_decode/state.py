@@ -310,7 +310,7 @@ class DecodeState:
         Positions after a row's first EOS become ``fill_token_id`` and count as decided; if a revocation removes
         that EOS, the filled tail becomes masked again. (On bool tensors ``a > b`` is ``a & ~b`` in one op.)
 
-        :return: ``[B]`` long commits per row this step.
+        :return: ``[B]`` long commits per row this step (not counting positions the EOS fill overwrote).
         """
         before = self.canvas
         self.canvas = torch.where(decision.commit, decision.tokens, self.canvas)
@@ -321,7 +321,9 @@ class DecodeState:
         self.masked = self.canvas == self.mask_token_id
         self.filled = tail
         self.previous_canvas = before
-        commits = decision.commit.sum(-1)  # 0 for finished rows: their windows are empty (checked after apply)
+        # commits that survive: one after an EOS committed in the same step is filled, not generated; 0 for
+        # finished rows (their windows are empty, checked after apply)
+        commits = (decision.commit > tail).sum(-1)
         self.commits.append(commits)
         self.step += 1
         self.finished = ~self.masked.any(-1)

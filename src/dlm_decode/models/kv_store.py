@@ -49,9 +49,9 @@ class PositionalLayer(CacheLayerMixin):
         if end > self.length:
             raise ValueError(f"queries [{start}, {end}) run past the store's {self.length} columns")
         if not self.is_initialized:
-            if start != 0 or end != self.length or write is not None:
-                raise ValueError(f"the first forward into a positional store must write all of its {self.length} "
-                                 f"columns for every row, got columns [{start}, {end})"
+            if start != 0 or write is not None:
+                raise ValueError(f"the first forward into a positional store must start at column 0 and write every "
+                                 f"row, got columns [{start}, {end})"
                                  + (" with a write mask" if write is not None else ""))
             self.lazy_initialization(key_states, value_states)
         if write is None:
@@ -77,7 +77,8 @@ class PositionalKVCache(Cache):
     """Keys/values of canvas columns ``[0, length)`` for every layer, written in place.
 
     Before each forward call :meth:`set_queries` with the first query column (and optionally a write mask); the
-    first forward must cover all ``length`` columns for every row. Usage::
+    first forward must start at column 0 and write every row. Columns no forward wrote yet hold zeros: the
+    attention mask must hide them. Usage::
 
         store = PositionalKVCache(length)
         store.set_queries(0)                  # refresh: a full forward over [0, length) fills the store

@@ -18,7 +18,7 @@ import torch
 
 from dlm_decode.errors import check_field
 from dlm_decode.hookspecs import hookimpl
-from dlm_decode.models.hf import crop_cache, new_cache
+from dlm_decode.models.kv_store import PositionalKVCache
 from dlm_decode.state import DecodeState, ForwardPlan, Window
 
 
@@ -46,7 +46,13 @@ class NoCache:
 
 
 class KVWindowCache:
-    """Reuse the keys/values of columns decided more than ``W`` columns before the last change."""
+    """Reuse the keys/values of columns decided more than ``W`` columns before the last change, per row.
+
+    The keys/values live in a :class:`~dlm_decode.models.kv_store.PositionalKVCache` over the whole canvas. Each
+    row recomputes from its own first column ``earliest - (W - 1)``; a step's forward starts at the smallest of
+    them and writes, per row, only that row's columns, so a row's other queries attend to its own frozen
+    keys/values and a row decodes as it would alone (batch invariance).
+    """
 
     def __init__(self, window: int | None):
         self.window = window
@@ -55,16 +61,17 @@ class KVWindowCache:
     def dlm_cache(self, state: DecodeState, window: Window) -> ForwardPlan:
         if self.window is None:
             return ForwardPlan(start=0, end=window.input_end)
-        cache = state.scratch.get("kv_window")
-        if cache is None:
-            cache = state.scratch["kv_window"] = new_cache()
-            return ForwardPlan(start=0, end=window.input_end, cache=cache)
+        store = state.scratch.get("kv_window")
+        if store is None:
+            store = state.scratch["kv_window"] = PositionalKVCache(state.width)
+            store.set_queries(0)
+            return ForwardPlan(start=0, end=window.input_end, cache=store, key_end=state.width)
         open_columns = state.masked | state.changed
         earliest = torch.where(open_columns.any(-1), open_columns.int().argmax(-1), state.width)
-        earliest = earliest.masked_fill(state.finished, state.width)
-        start = max(0, min(int(earliest.min()) - (self.window - 1), window.input_end - 1, cache.get_seq_length()))
-        crop_cache(cache, start)
-        return ForwardPlan(start=start, end=window.input_end, cache=cache)
+        first = (earliest - (self.window - 1)).clamp(min=0)  # [B] each row's first recomputed column
+        start = min(int(first.masked_fill(state.finished, state.width).min()), window.input_end - 1)
+        store.set_queries(start, state.columns[start:window.input_end] >= first[:, None])
+        return ForwardPlan(start=start, end=window.input_end, cache=store, key_end=state.width)
 
 
 @hookimpl

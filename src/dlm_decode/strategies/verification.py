@@ -115,9 +115,13 @@ class TopK:
             return proposal.margin
         if self.score is Score.entropy:
             return -proposal.entropy
-        return torch.stack([
-            torch.rand(state.width, generator=generator, device=state.canvas.device) for generator in state.generators
+        # uniform draws for the generated columns only: how many a row draws does not depend on the batch's padding
+        scores = torch.zeros(state.canvas.shape, device=state.canvas.device)
+        scores[:, state.gen_start:] = torch.stack([
+            torch.rand(state.width - state.gen_start, generator=generator, device=state.canvas.device)
+            for generator in state.generators
         ])
+        return scores
 
     @hookimpl
     def dlm_verify(self, state: DecodeState, proposal: Proposal, window: Window) -> Decision:

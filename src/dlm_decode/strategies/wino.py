@@ -23,7 +23,8 @@ official code. One forward both drafts and verifies; it needs cache ``none`` and
    ``clamp(int(max_accept_ratio * m), min_accept, max_accept)`` most confident; if none passes, the single most
    confident one.
 2. **Narrow out.** Candidates are the committed generated tokens of the block (committed at earlier steps, so a
-   token drafted now is verified from the next step on; fill tokens after an EOS excluded). Those with shadow
+   token drafted now is verified from the next step on; a row's EOS and the fill tokens after it excluded, since
+   revoking the EOS would turn its whole filled tail back into masks). Those with shadow
    support below ``verify_threshold`` (tau2) are turned back into masks, lowest first, at most
    ``min(last_accept, a) - 1`` of them, where ``last_accept`` is the row's accept count at its previous step
    (``initial_last_accept`` at its first step). So nothing is revoked unless this step drafted more than one
@@ -189,10 +190,12 @@ class WinoVerifier:
         return torch.where(passing.any(-1, keepdim=True), drafted, select_top(confidence, eligible, None))
 
     def revocable(self, state: DecodeState, window: Window, memory: WinoMemory) -> torch.Tensor:
-        """``[B, N]`` bool: committed generated tokens of unfinished rows' blocks that may still be revoked."""
+        """``[B, N]`` bool: committed generated tokens of unfinished rows' blocks that may still be revoked (not a
+        row's EOS: revoking it would reopen the whole filled tail after it)."""
         columns = state.columns
         block = (columns >= window.block_start[:, None]) & (columns < window.block_end[:, None])
-        candidates = block & (columns >= state.gen_start) & ~state.masked & ~state.filled & ~state.finished[:, None]
+        settled = state.masked | state.filled | state.is_eos(state.canvas) | state.finished[:, None]
+        candidates = block & (columns >= state.gen_start) & ~settled
         if self.config.max_revocations_per_position is not None:
             candidates &= memory.revocations < self.config.max_revocations_per_position
         return candidates
