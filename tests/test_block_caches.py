@@ -91,6 +91,11 @@ def test_store_writes_at_positions_and_reads_all():
     fresh.set_queries(0)  # a first forward shorter than the store: the columns after it hold zeros
     read_keys, _ = fresh.update(new_keys, new_values, 0)
     assert torch.equal(read_keys[:, :, :2], new_keys) and not read_keys[:, :, 2:].any()
+    fresh.set_queries(1, key_end=3)  # queries [1, 3) attending to columns [0, 3) only
+    assert fresh.get_mask_sizes(2, 0) == (3, 0)
+    read_keys, read_values = fresh.update(new_keys + 1, new_values + 1, 0)
+    assert read_keys.shape[2] == read_values.shape[2] == 3
+    assert torch.equal(read_keys[:, :, 1:3], new_keys + 1) and torch.equal(read_keys[:, :, :1], new_keys[:, :, :1])
 
 
 def tiny_hf(family: str):

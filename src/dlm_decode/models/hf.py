@@ -348,7 +348,7 @@ class DiffusionLM:
 
         if isinstance(cache, PositionalKVCache):
             write = cache.write if cache.write is not None else torch.ones_like(ids, dtype=torch.bool)
-            cache.set_queries(previous, torch.cat([torch.zeros_like(write[:, :1]), write], dim=1))
+            cache.set_queries(previous, torch.cat([torch.zeros_like(write[:, :1]), write], dim=1), cache.key_end)
             raw = self._run(all_ids, all_positions, all_mask, cache)
         else:
             if not hasattr(cache, "layers") or cache.get_seq_length() != start or mask.shape[-1] != inputs.end:

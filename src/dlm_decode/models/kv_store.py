@@ -38,12 +38,15 @@ class PositionalLayer(CacheLayerMixin):
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, start: int = 0,
-               write: torch.Tensor | None = None, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store the queries' keys/values at columns ``[start, start + S)``; return every column's.
+               write: torch.Tensor | None = None, key_end: int | None = None,
+               **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the queries' keys/values at columns ``[start, start + S)``; return those of columns
+        ``[0, key_end)``.
 
         :param key_states: ``[B, H, S, D]``, likewise ``value_states``.
         :param write: ``[B, S]`` bool, the (row, query) pairs to store; None stores all of them.
-        :return: ``keys``, ``values`` ``[B, H, length, D]`` (the store itself, valid until the next write).
+        :param key_end: one past the last column returned (None: ``length``).
+        :return: ``keys``, ``values`` ``[B, H, key_end, D]`` (views of the store, valid until the next write).
         """
         end = start + key_states.shape[-2]
         if end > self.length:
@@ -61,7 +64,9 @@ class PositionalLayer(CacheLayerMixin):
             selected = write[:, None, :, None]
             self.keys[:, :, start:end] = torch.where(selected, key_states, self.keys[:, :, start:end])
             self.values[:, :, start:end] = torch.where(selected, value_states, self.values[:, :, start:end])
-        return self.keys, self.values
+        if key_end is None or key_end == self.length:
+            return self.keys, self.values
+        return self.keys[:, :, :key_end], self.values[:, :, :key_end]
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.length, 0
@@ -94,16 +99,24 @@ class PositionalKVCache(Cache):
         self.length = length
         self.start = 0
         self.write: torch.Tensor | None = None
+        self.key_end = length
 
-    def set_queries(self, start: int, write: torch.Tensor | None = None) -> None:
+    def set_queries(self, start: int, write: torch.Tensor | None = None, key_end: int | None = None) -> None:
         """Make the next forward's queries canvas columns ``[start, start + S)``.
 
         :param write: ``[B, S]`` bool, the (row, column) pairs whose keys/values the forward stores; the others
             keep their stored keys/values, which that row's queries then attend to. None: store all.
+        :param key_end: the queries attend to columns ``[0, key_end)`` (the attention mask's key width; None:
+            all ``length``), so a store sized for the whole canvas serves a shorter input.
         """
         self.start, self.write = start, write
+        self.key_end = self.length if key_end is None else key_end
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int) -> tuple[int, int]:
+        return self.key_end, 0
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args,
                **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         """Called by each HF attention layer with its new ``[B, H, S, D]`` keys/values; returns all columns'."""
-        return super().update(key_states, value_states, layer_idx, start=self.start, write=self.write)
+        return super().update(key_states, value_states, layer_idx, start=self.start, write=self.write,
+                              key_end=self.key_end)

@@ -61,17 +61,20 @@ class KVWindowCache:
     def dlm_cache(self, state: DecodeState, window: Window) -> ForwardPlan:
         if self.window is None:
             return ForwardPlan(start=0, end=window.input_end)
+        end = window.input_end
         store = state.scratch.get("kv_window")
         if store is None:
             store = state.scratch["kv_window"] = PositionalKVCache(state.width)
-            store.set_queries(0)
-            return ForwardPlan(start=0, end=window.input_end, cache=store, key_end=state.width)
+            store.set_queries(0, key_end=end)
+            return ForwardPlan(start=0, end=end, cache=store, key_end=end)
         open_columns = state.masked | state.changed
         earliest = torch.where(open_columns.any(-1), open_columns.int().argmax(-1), state.width)
         first = (earliest - (self.window - 1)).clamp(min=0)  # [B] each row's first recomputed column
-        start = min(int(first.masked_fill(state.finished, state.width).min()), window.input_end - 1)
-        store.set_queries(start, state.columns[start:window.input_end] >= first[:, None])
-        return ForwardPlan(start=start, end=window.input_end, cache=store, key_end=state.width)
+        start = min(int(first.masked_fill(state.finished, state.width).min()), end - 1)
+        # a single row writes every column it recomputes (its first is the start): no write mask to apply
+        write = None if state.batch_size == 1 else state.columns[start:end] >= first[:, None]
+        store.set_queries(start, write, key_end=end)
+        return ForwardPlan(start=start, end=end, cache=store, key_end=end)
 
 
 @hookimpl
