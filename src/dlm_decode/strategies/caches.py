@@ -70,9 +70,10 @@ class KVWindowCache:
         open_columns = state.masked | state.changed
         earliest = torch.where(open_columns.any(-1), open_columns.int().argmax(-1), state.width)
         first = (earliest - (self.window - 1)).clamp(min=0)  # [B] each row's first recomputed column
-        start = min(int(first.masked_fill(state.finished, state.width).min()), end - 1)
-        # a single row writes every column it recomputes (its first is the start): no write mask to apply
-        write = None if state.batch_size == 1 else state.columns[start:end] >= first[:, None]
+        firsts = first.masked_fill(state.finished, -1).tolist()  # one host read; finished rows: -1, no constraint
+        start = min(min(f for f in firsts if f >= 0), end - 1)
+        # when every row recomputes from the start (always at batch 1) the forward writes all: no mask to apply
+        write = None if max(firsts) <= start else state.columns[start:end] >= first[:, None]
         store.set_queries(start, write, key_end=end)
         return ForwardPlan(start=start, end=end, cache=store, key_end=end)
 
