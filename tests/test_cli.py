@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +95,13 @@ def test_generate_dry_run_refuses_a_non_positive_prompt_budget(budget, capsys):
         main(["generate", "-c", "configs/decoders/llada.yaml", "--dry-run", "--prompt-budget", budget])
     assert exc.value.code == 2
     assert f"--prompt-budget: must be at least 1, got {budget}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["generate", "--prompt", "sort 3 1 2"], ["eval", "--limit", "1", "--out", "unused"]])
+def test_prompt_budget_without_dry_run_is_refused_not_ignored(command, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # nothing may be written; if it were, not into the repository
+    config = str(Path(__file__).parents[1] / "configs" / "decoders" / "llada.yaml")
+    assert main([command[0], "-c", config, *command[1:], "--prompt-budget", "64"]) == 2
+    err = capsys.readouterr().err
+    assert "--prompt-budget applies only with --dry-run" in err and "fix:" in err
+    assert not (tmp_path / "unused").exists()

@@ -73,6 +73,13 @@ def _report_dry_run(args: argparse.Namespace, prompts: list[str] | None) -> int:
     return 0 if report.ok else 2
 
 
+def _check_dry_run_arguments(args: argparse.Namespace) -> None:
+    """``--prompt-budget`` means something only for a dry run: refuse it otherwise rather than ignore it."""
+    if args.prompt_budget is not None and not args.dry_run:
+        raise DlmDecodeError("--prompt-budget applies only with --dry-run; fix: add --dry-run, or drop "
+                             "--prompt-budget")
+
+
 def _add_dry_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="check the config and the model pair (tokenizers, vocab sizes, special ids, context) "
@@ -84,6 +91,7 @@ def _add_dry_run_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     from dlm_decode.decoder import Decoder
 
+    _check_dry_run_arguments(args)
     if args.dry_run:
         return _report_dry_run(args, _read_prompts(args) if (args.prompt or args.prompts_file) else None)
     prompts = _read_prompts(args)
@@ -131,6 +139,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from dlm_decode.eval.runner import check_selection, evaluate, format_table
 
     names = check_selection(_parse_tasks(args.tasks), args.limit)  # before a model is loaded
+    _check_dry_run_arguments(args)
     if args.dry_run:
         from dlm_decode.eval.tasks import load_examples
 
