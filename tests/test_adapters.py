@@ -390,6 +390,15 @@ def test_dry_run_catches_causal_dllms_and_bidirectional_ar_models(tiny):
     assert report.checks() == {"causal"} and report.errors[0].key == "model.ar.path"
 
 
+def test_dry_run_and_loading_agree_on_causal_dllms_and_a_mask_id_that_is_an_eos_id(tiny):
+    from dlm_decode.decoder import Decoder
+
+    for path, overrides, problem in ((tiny["ar"], [], "causal"), (tiny["dllm"], ["model.dllm.mask_token_id=2"], "eos")):
+        assert problem in check(path, None, *overrides).checks(), "the dry run finds it"
+        with pytest.raises(ModelError, match="fix:"):  # and loading the weights refuses it too
+            Decoder.from_config({}, [f"model.dllm.path={path}", *overrides])
+
+
 def test_dry_run_catches_apd_without_an_ar_model(tiny):
     assert check(tiny["dllm"], None, "decoder.verification=apd").checks() == {"ar_missing"}
 

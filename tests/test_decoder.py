@@ -104,3 +104,14 @@ def test_seeds_at_the_ends_of_the_generator_range_and_numpy_ints_are_accepted():
     assert len(out.texts) == 3
     assert out.token_ids[2] == decoder.generate(["ab"], seeds=[3]).token_ids[0]
     assert "".join(decoder.stream("ab", seed=np.int64(3))) == out.texts[2]
+
+
+def test_a_prompt_the_tokenizer_cannot_encode_is_named_with_its_characters():
+    import pytest
+
+    from dlm_decode import InputError
+    from dlm_decode.decoder import Decoder
+
+    decoder = Decoder.from_config("configs/decoders/llada.yaml")  # a character vocabulary without tab or accents
+    with pytest.raises(InputError, match=r"(?s)prompt 2 cannot be tokenized.*encode: '\\tï'.*fix"):
+        decoder.generate(["sort 3 1 2", "12+7=", "na\tïve fruit"], batch_size=2)

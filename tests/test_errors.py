@@ -26,6 +26,8 @@ from helpers import toy_decoder
     (["generation.max_new_tokns=5"], "generation.max_new_tokns", "valid keys: max_new_tokens"),
     (["decoder.verification.score=best"], "decoder.verification.score", "confidence"),
     (["decoder.proposal=sample", "decoder.proposal.top_p=1.5"], "decoder.proposal.top_p", "(0, 1]"),
+    (["decoder.proposal=sample", "decoder.proposal.temperature=.inf"], "decoder.proposal.temperature", "finite"),
+    (["decoder.proposal=sample", "decoder.proposal.temperature=nan"], "decoder.proposal.temperature", "finite"),
     (["decoder.proposal.temperature=0.5"], "decoder.proposal.temperature", "takes no parameters"),
     (["decoder.window=blocks", "decoder.window.size=0"], "decoder.window.size", "at least 1"),
     (["decoder.verifier=topk"], "decoder.verifier", "the roles are"),

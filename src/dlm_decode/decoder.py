@@ -231,7 +231,10 @@ class Decoder:
     def _state(self, prompts: list[str], first_index: int, max_new_tokens: int, seeds: Sequence[int]) -> DecodeState:
         """The initial state of one batch of prompts checked by :meth:`_request` (``first_index``: the index of
         ``prompts[0]`` in the request, for errors)."""
-        encoded = self.dllm.encode(prompts)
+        try:
+            encoded = self.dllm.encode(prompts)
+        except Exception as exc:  # the tokenizer cannot encode some text (e.g. a character outside its vocabulary)
+            raise self._untokenizable(prompts, first_index, exc) from exc
         for offset, ids in enumerate(encoded):
             index = first_index + offset
             if len(ids) + max_new_tokens > self.dllm.max_context:
@@ -244,6 +247,24 @@ class Decoder:
             pad_token_id=self.dllm.pad_token_id, eos_token_ids=self.dllm.eos_token_ids,
             fill_token_id=self.dllm.fill_token_id, seeds=seeds, device=self.dllm.device, first_index=first_index,
         )
+
+    def _untokenizable(self, prompts: list[str], first_index: int, exc: Exception) -> InputError:
+        """The error for a batch the dLLM's tokenizer failed on: names the first prompt it cannot encode and the
+        characters of that prompt it cannot encode alone (encoded one at a time: only on this error path)."""
+
+        def encodes(text: str) -> bool:
+            try:
+                self.dllm.encode([text])
+            except Exception:
+                return False
+            return True
+
+        offset = next((i for i, prompt in enumerate(prompts) if not encodes(prompt)), 0)
+        unknown = sorted({char for char in prompts[offset] if not encodes(char)})
+        shown = f"; characters it cannot encode: {''.join(unknown)!r}" if unknown else ""
+        return InputError(f"prompt {first_index + offset} cannot be tokenized by the dLLM's tokenizer "
+                          f"({type(exc).__name__}: {exc}){shown}. fix: remove or replace those characters, or use a "
+                          "model whose tokenizer covers them")
 
     def _max_steps(self, max_new_tokens: int) -> int:
         return self.generation.max_steps or 4 * max_new_tokens

@@ -36,7 +36,8 @@ from typing import Any, Optional
 from dlm_decode.config.compose import ResolvedConfig, Source, load_config
 from dlm_decode.config.schema import ModelSpec
 from dlm_decode.errors import ModelError
-from dlm_decode.models.families import FAMILIES, detect_family, model_context, resolve_special_ids
+from dlm_decode.models.families import (CAUSAL_FIX, FAMILIES, detect_family, looks_causal, model_context,
+                                        resolve_special_ids)
 from dlm_decode.models.hf import check_remote_code, read_config_json, resolve_path, tokenizer_mismatches
 from dlm_decode.models.prompts import encode_prompts
 
@@ -207,11 +208,10 @@ def _check_dllm(spec: ModelSpec, side: _Side, report: DryRunReport) -> None:
     if family is not detected:
         report.add("warning", "family", "model.dllm.family", f"set to {family.name} but config.json looks like "
                    f"{detected.name}", "leave model.dllm.family=auto unless the checkpoint is a renamed derivative")
-    if family.name == "bidirectional" and side.config.get("is_causal") is not False:
+    if looks_causal(family, side.config):
         report.add("error", "causal", "model.dllm.path", f"config.json (model_type "
                    f"{side.config.get('model_type')!r}) does not declare is_causal: false, so this looks like a "
-                   "causal LM, not a diffusion LM", "point model.dllm at a diffusion LM (LLaDA, Dream, or an HF "
-                   "Llama/Qwen2 trained bidirectionally with is_causal: false in its config.json)")
+                   "causal LM, not a diffusion LM", CAUSAL_FIX)
     ids = resolve_special_ids(family, side.tokenizer, side.head, mask_override=spec.mask_token_id,
                               eos_override=spec.eos_token_ids)
     report.facts["special_ids"] = (f"mask {ids.mask}, eos {list(ids.eos)}, pad {ids.pad} ("
@@ -228,6 +228,9 @@ def _check_dllm(spec: ModelSpec, side: _Side, report: DryRunReport) -> None:
     if ids.mask is not None and ids.pad == ids.mask:
         report.add("error", "pad", "model.dllm.path", f"the pad id equals the mask id ({ids.mask}): left padding "
                    "would read as masks", "give the tokenizer a distinct pad token")
+    if ids.mask is not None and ids.mask in ids.eos:
+        report.add("error", "eos", "model.dllm.eos_token_ids", f"the mask id {ids.mask} is also an EOS id "
+                   f"({list(ids.eos)})", "check model.dllm.mask_token_id and model.dllm.eos_token_ids")
     if not ids.eos:
         report.add("error", "eos", "model.dllm.eos_token_ids", "no EOS id: the tokenizer has no EOS token and the "
                    f"{family.name} family names none", "set model.dllm.eos_token_ids")

@@ -70,15 +70,30 @@ FAMILIES: dict[str, Family] = {
 CONTEXT_KEYS = ("max_position_embeddings", "max_sequence_length", "n_positions", "seq_length")
 
 
+def config_value(config: Mapping[str, Any] | Any, key: str, default: Any = None) -> Any:
+    """``config[key]`` of a ``config.json`` mapping, or the attribute of a loaded ``PretrainedConfig``."""
+    return config.get(key, default) if isinstance(config, Mapping) else getattr(config, key, default)
+
+
 def detect_family(config: Mapping[str, Any] | Any) -> Family:
     """The family of a model from its ``config.json`` (a mapping) or a loaded ``PretrainedConfig``."""
-    get = config.get if isinstance(config, Mapping) else lambda key, default=None: getattr(config, key, default)
-    model_type = str(get("model_type", "") or "").lower()
-    architectures = " ".join(get("architectures", None) or []).lower()
+    model_type = str(config_value(config, "model_type", "") or "").lower()
+    architectures = " ".join(config_value(config, "architectures") or []).lower()
     for family in FAMILIES.values():
         if model_type in family.model_types or any(t in architectures for t in family.model_types):
             return family
     return FAMILIES["bidirectional"]
+
+
+def looks_causal(family: Family, config: Mapping[str, Any] | Any) -> bool:
+    """A plain HF checkpoint (the ``bidirectional`` family) whose config does not declare ``is_causal: false``:
+    most likely a causal LM, which decodes nonsense as a diffusion LM."""
+    return family.name == "bidirectional" and config_value(config, "is_causal") is not False
+
+
+#: The fix :func:`looks_causal` errors give.
+CAUSAL_FIX = ("point model.dllm at a diffusion LM (LLaDA, Dream, or an HF Llama/Qwen2 trained bidirectionally "
+              "with is_causal: false in its config.json)")
 
 
 def resolve_family(name: str, config: Mapping[str, Any] | Any) -> Family:
@@ -88,9 +103,8 @@ def resolve_family(name: str, config: Mapping[str, Any] | Any) -> Family:
 
 def config_context(config: Mapping[str, Any] | Any) -> Optional[int]:
     """The longest sequence ``config`` declares (None if it declares none)."""
-    get = config.get if isinstance(config, Mapping) else lambda key, default=None: getattr(config, key, default)
     for key in CONTEXT_KEYS:
-        value = get(key, None)
+        value = config_value(config, key)
         if isinstance(value, int) and value > 0:
             return value
     return None

@@ -26,11 +26,11 @@ other columns the row's queries are computed but attend to, and leave, the row's
 logits therefore do not depend on the other rows (batch invariance at temperature 0); the price is the compute
 of the extra columns, up to a full forward for the whole batch whenever one row refreshes.
 
-**Shifted-logit models** (Dream; not supported by this project's adapters yet): there the prediction for
-column ``i`` comes from the hidden state at ``i - 1``, so the first column of a recomputed span would need the
-logit of the column before it, which the span does not recompute. The span must then start one column earlier
-(recomputing and writing that column too, then dropping its realigned logit); Fast-dLLM's Dream code instead
-force-decodes the block's first column at the refresh, from the full forward's logits.
+**Shifted-logit models** (Dream): there the prediction for column ``i`` comes from the hidden state at
+``i - 1``, so the first column of a recomputed span needs the logit of the column before it, which the span does
+not recompute. The Dream adapter (:mod:`dlm_decode.models.hf`) runs such a span one column earlier and drops the
+extra logit, without writing that column's keys/values, so both caches mean the same for Dream; Fast-dLLM's Dream
+code instead force-decodes the block's first column at the refresh, from the full forward's logits.
 
 The paper uses blocks of 32 columns; PrefixCache + threshold 0.9 is its "Fast-dLLM" row, DualCache its fastest
 at long generations (27.6x at length 1024 on LLaDA, GSM8K).

@@ -10,6 +10,7 @@ Confidence is the probability of the proposed token under the *untempered* distr
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -35,7 +36,8 @@ class SampleConfig:
     """Keep the smallest set of most likely tokens whose probability reaches top_p (null: all)."""
 
     def __post_init__(self) -> None:
-        check_field(self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature}")
+        check_field(0 <= self.temperature < math.inf, "temperature", f"must be finite and >= 0, got {self.temperature}",
+                    "use a finite temperature (large values approach uniform sampling; 0 means argmax)")
         check_field(self.top_k is None or self.top_k >= 1, "top_k", f"must be >= 1 or null, got {self.top_k}")
         check_field(self.top_p is None or 0 < self.top_p <= 1, "top_p",
                     f"must be in (0, 1] or null, got {self.top_p}")
