@@ -47,7 +47,9 @@ class Roles:
     :meth:`bind` (called once per batch) resolves each hook: one that has a single implementation and no
     wrappers is then called directly, with pluggy's argument selection and result, but without its per-call
     dispatch (a few microseconds per hook, a visible share of a tiny model's step). Hooks with several
-    implementations or wrappers, and every hook while pluggy tracing is on, go through pluggy.
+    implementations or wrappers, and every hook while pluggy tracing is on, go through pluggy. An exception
+    raised by an implementation becomes a :class:`PluginError` naming that implementation's plugin; working
+    that out is left to the failure path, so a successful call costs nothing extra.
 
     :param manager: the decoder's plugin manager.
     :param names: role -> a label for error messages (``"verification strategy 'topk' (module)"``).
@@ -80,22 +82,34 @@ class Roles:
         return lambda **kwargs: function(*pick(kwargs))
 
     def notify(self, hook_name: str, **kwargs: Any) -> None:
-        """Call an observer hook (its results are ignored). Needs :meth:`bind`."""
-        self.callers[hook_name](**kwargs)
+        """Call an observer hook (its results are ignored). Needs :meth:`bind`.
+
+        :raises PluginError: when an implementation raises, naming it (see :func:`dlm_decode.plugins.hook_error`).
+        """
+        try:
+            self.callers[hook_name](**kwargs)
+        except PluginError:
+            raise
+        except Exception as exc:
+            from dlm_decode.plugins import hook_error  # here, not at the top: dlm_decode.plugins imports this module
+
+            raise hook_error(getattr(self.hook, hook_name), exc, self.names) from exc
 
     def call(self, role: str, hook_name: str, **kwargs: Any) -> Any:
-        """Call a role hook bound by :meth:`bind`; a failure or a None result becomes a :class:`PluginError`."""
+        """Call a role hook bound by :meth:`bind`; a failure or a None result becomes a :class:`PluginError`.
+
+        A failure names the implementation that raised: the role's strategy, or a wrapper around its hook
+        (see :func:`dlm_decode.plugins.hook_error`).
+        """
         hook = self.callers[hook_name]
         try:
             result = hook(**kwargs)
         except PluginError:
             raise
         except Exception as exc:
-            raise PluginError(
-                self.names.get(role, role), hook_name, f"raised {type(exc).__name__}: {exc}",
-                f"check the parameters of `decoder.{role}`, or report the bug to the plugin's authors"
-                if role in self.names else "see the traceback above",
-            ) from exc
+            from dlm_decode.plugins import hook_error  # here, not at the top: dlm_decode.plugins imports this module
+
+            raise hook_error(getattr(self.hook, hook_name), exc, self.names, role) from exc
         if result is None:
             raise PluginError(self.names.get(role, role), hook_name, "returned None",
                               "a role hook must return its result object")

@@ -14,16 +14,20 @@ Environment switches:
 ``DLM_DECODE_DISABLE_PLUGIN_AUTOLOAD=1``
     do not load entry points (only the built-ins are registered).
 ``DLM_DECODE_PLUGINS=name1,name2``
-    load only these entry points.
+    load only these entry points (a name no installed entry point has is a :class:`PluginError`).
 ``DLM_DECODE_TRACE_PLUGINS=1``
     print every hook call of every decoder to stderr.
+
+The two on/off switches are off when unset, empty, ``0``, ``false``, ``no`` or ``off`` (any case), on otherwise.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import sys
+import types
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
@@ -32,12 +36,13 @@ from typing import Any, Callable, Iterator
 import pluggy
 
 from dlm_decode import hookspecs
+from dlm_decode.errors import ConfigError, PluginError
 
 
 def _switch(name: str) -> bool:
     """Whether the environment switch ``name`` is on (unset, empty, 0, false, no and off mean off)."""
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
-from dlm_decode.errors import ConfigError, PluginError
+
 
 ROLES = ("window", "cache", "proposal", "verification")
 
@@ -173,25 +178,200 @@ def _new_manager() -> pluggy.PluginManager:
 
 
 def discovery_manager() -> pluggy.PluginManager:
-    """A manager with the built-in plugin modules and (unless disabled) the ``dlm_decode`` entry points."""
+    """A manager with the built-in plugin modules and (unless disabled) the ``dlm_decode`` entry points.
+
+    :raises PluginError: when two distributions give an entry point the same name, ``DLM_DECODE_PLUGINS`` names an
+        entry point that is not installed, an entry point fails to load, or a plugin implements a hook that does
+        not exist or asks a hook for an argument it does not pass.
+    """
     manager = _new_manager()
     for module_name in DEFAULT_PLUGINS:
-        manager.register(importlib.import_module(module_name), name=module_name)
-    if _switch("DLM_DECODE_DISABLE_PLUGIN_AUTOLOAD"):
-        return manager
-    allow = {name.strip() for name in os.environ.get("DLM_DECODE_PLUGINS", "").split(",") if name.strip()}
-    for entry_point in metadata.entry_points(group=hookspecs.PROJECT_NAME):
-        if allow and entry_point.name not in allow:
-            manager.set_blocked(entry_point.name)
+        register(manager, importlib.import_module(module_name), module_name)
+    if not _switch("DLM_DECODE_DISABLE_PLUGIN_AUTOLOAD"):
+        for entry_point in _selected_entry_points():
+            _load_entry_point(manager, entry_point)
+    check_pending(manager)
+    return manager
+
+
+def _dist_label(entry_point: metadata.EntryPoint) -> str:
+    """``dlm-decode-eb-sampler 0.1.0``: the distribution of ``entry_point``."""
+    dist = entry_point.dist
+    return "an unknown distribution" if dist is None else f"{dist.name} {dist.version}"
+
+
+def _entry_point_label(entry_point: metadata.EntryPoint) -> str:
+    """``eb_sampler (dlm-decode-eb-sampler 0.1.0)``: the entry point's name and its distribution."""
+    return f"{entry_point.name} ({_dist_label(entry_point)})"
+
+
+def _selected_entry_points() -> list[metadata.EntryPoint]:
+    """The ``dlm_decode`` entry points to load: all of them, or only those ``DLM_DECODE_PLUGINS`` names.
+
+    :raises PluginError: when two distributions use the same entry-point name (one would hide the other), or when
+        ``DLM_DECODE_PLUGINS`` names an entry point no installed distribution has.
+    """
+    by_name: dict[str, metadata.EntryPoint] = {}
+    for entry_point in metadata.entry_points(group=hookspecs.PROJECT_NAME):  # one copy of each distribution
+        first = by_name.setdefault(entry_point.name, entry_point)
+        if first is not entry_point:
+            raise PluginError(
+                entry_point.name, f"entry point group {hookspecs.PROJECT_NAME!r}",
+                f"two installed packages, {_dist_label(first)} and {_dist_label(entry_point)}, both name an entry "
+                f"point {entry_point.name!r}; one of the two plugins would silently hide the other",
+                "uninstall one of the two packages, or rename the entry point in one package's "
+                "`[project.entry-points.dlm_decode]`",
+            )
+    allow = [name.strip() for name in os.environ.get("DLM_DECODE_PLUGINS", "").split(",") if name.strip()]
+    unknown = [name for name in allow if name not in by_name]
+    if unknown:
+        raise PluginError(
+            ", ".join(unknown), "DLM_DECODE_PLUGINS",
+            f"no installed package has a {hookspecs.PROJECT_NAME!r} entry point of this name; installed entry "
+            f"points: {', '.join(sorted(by_name)) or 'none'}",
+            "correct the name in DLM_DECODE_PLUGINS, install the package that provides it, or unset "
+            "DLM_DECODE_PLUGINS to load every installed entry point",
+        )
+    return [entry_point for name, entry_point in by_name.items() if not allow or name in allow]
+
+
+def _load_entry_point(manager: pluggy.PluginManager, entry_point: metadata.EntryPoint) -> None:
+    """Import ``entry_point`` and register it under its name with pluggy (which records its distribution)."""
+    label = _entry_point_label(entry_point)
+    if manager.has_plugin(entry_point.name):
+        raise PluginError(label, f"entry point group {hookspecs.PROJECT_NAME!r}",
+                          f"the name {entry_point.name!r} is already taken by a built-in plugin",
+                          "rename the entry point in the package's `[project.entry-points.dlm_decode]`")
     try:
-        manager.load_setuptools_entrypoints(hookspecs.PROJECT_NAME)
+        manager.load_setuptools_entrypoints(hookspecs.PROJECT_NAME, name=entry_point.name)
+    except pluggy.PluginValidationError as exc:
+        raise _invalid_plugin(manager, exc.plugin, label, exc) from exc
     except Exception as exc:
         raise PluginError(
-            "entry point group 'dlm_decode'", "import", f"loading a plugin failed: {type(exc).__name__}: {exc}",
-            "fix or uninstall the plugin package, or set DLM_DECODE_DISABLE_PLUGIN_AUTOLOAD=1",
+            label, "import", f"loading `{entry_point.value}` failed: {type(exc).__name__}: {exc}",
+            "fix or uninstall the package, leave the plugin out of DLM_DECODE_PLUGINS, or set "
+            "DLM_DECODE_DISABLE_PLUGIN_AUTOLOAD=1",
         ) from exc
-    manager.check_pending()
-    return manager
+
+
+def register(manager: pluggy.PluginManager, plugin: object, name: str | None = None, label: str | None = None) -> None:
+    """``manager.register(plugin, name)``, with pluggy's validation failures as a :class:`PluginError`.
+
+    :param label: names the plugin in errors (default: ``name``, else the plugin's class).
+    :raises PluginError: when a hook implementation asks for an argument the hook does not pass, or pluggy rejects
+        the plugin for another reason (e.g. a ``wrapper=True`` implementation that is not a generator).
+    """
+    try:
+        manager.register(plugin, name=name)
+    except pluggy.PluginValidationError as exc:
+        raise _invalid_plugin(manager, plugin, label or name or _object_label(plugin), exc) from exc
+
+
+def _invalid_plugin(manager: pluggy.PluginManager, plugin: object, label: str,
+                    exc: pluggy.PluginValidationError) -> PluginError:
+    """The :class:`PluginError` for pluggy's rejection ``exc`` of ``plugin``: the hook implementation asking for
+    arguments its hook does not pass when there is one, else pluggy's own message."""
+    for attribute in dir(plugin):
+        options = manager.parse_hookimpl_opts(plugin, attribute)
+        if options is None:
+            continue
+        hook_name = options.get("specname") or attribute
+        caller = getattr(manager.hook, hook_name, None)
+        if caller is None or caller.spec is None:
+            continue
+        impl = pluggy.HookImpl(plugin, label, getattr(plugin, attribute), options)
+        extra = [arg for arg in impl.argnames if arg not in caller.spec.argnames]
+        if extra:
+            return PluginError(
+                label, hook_name, f"the implementation asks for {', '.join(extra)}, which `{hook_name}` does not pass",
+                f"take only arguments the hook passes, by name: {', '.join(caller.spec.argnames)}",
+            )
+    return PluginError(label, "registration", f"pluggy rejected the plugin: {' '.join(str(exc).split())}",
+                       "see the hook reference (docs/hooks.md) for how each hook may be implemented")
+
+
+def check_pending(manager: pluggy.PluginManager) -> None:
+    """pluggy's ``check_pending`` with a :class:`PluginError`: every hook implementation must be of a known hook.
+
+    :raises PluginError: naming the plugin, the unknown hook and the hooks that exist.
+    """
+    hooks = sorted(name for name, caller in vars(manager.hook).items() if caller.has_spec())
+    for name, caller in vars(manager.hook).items():
+        if caller.has_spec():
+            continue
+        for impl in caller.get_hookimpls():
+            if impl.optionalhook:
+                continue
+            close = difflib.get_close_matches(name, hooks, n=1)
+            rename = f"rename it to `{close[0]}`" if close else "rename it"
+            raise PluginError(_impl_label(manager, impl), name, f"implements `{name}`, which is not a "
+                              f"{hookspecs.PROJECT_NAME} hook", f"{rename}; the hooks are {', '.join(hooks)}")
+
+
+def _object_label(plugin: object) -> str:
+    """A name for a plugin registered without one: the module's or class's name, or the class of an object."""
+    if isinstance(plugin, (type, types.ModuleType)):
+        return plugin.__name__
+    cls = type(plugin)
+    return f"{cls.__module__}.{cls.__qualname__} object"
+
+
+def _impl_label(manager: pluggy.PluginManager, impl: pluggy.HookImpl) -> str:
+    """The plugin of ``impl``: its registered name (its class for an object registered without a name) and, for an
+    entry point, its distribution."""
+    name = _object_label(impl.plugin) if impl.plugin_name == str(id(impl.plugin)) else impl.plugin_name
+    for plugin, dist in manager.list_plugin_distinfo():
+        if plugin is impl.plugin:
+            return f"{name} ({dist.project_name} {dist.version})"
+    return name
+
+
+def hook_error(caller: pluggy.HookCaller, exc: Exception, role_labels: dict[str, str], role: str | None = None
+               ) -> PluginError:
+    """The :class:`PluginError` for ``exc``, raised calling the hook of ``caller``, naming the implementation
+    that raised it (for :class:`dlm_decode.loop.Roles`; called only on failure).
+
+    The culprit is the implementation owning the innermost traceback frame among the hook's implementations:
+    a wrapper raising its own exception is blamed, while an exception raised by the wrapped implementation
+    and merely passed on through a wrapper's ``yield`` is blamed on that implementation. When no frame is one
+    of theirs (pluggy itself raised, e.g. for a wrapper that never yields), the error lists every
+    implementation of the hook.
+
+    :param role_labels: role -> label of the decoder's strategy for that role, whose plugin
+        :func:`decoder_manager` registers as ``<role>:<strategy name>``.
+    :param role: the role whose hook this is (None for an observer hook): a failure of that role's strategy
+        points at its config section.
+    """
+    impls = caller.get_hookimpls()
+    codes = {getattr(impl.function, "__code__", None): impl for impl in impls}
+    culprit = impls[0] if len(impls) == 1 else None
+    traceback = exc.__traceback__
+    while traceback is not None:
+        culprit = codes.get(traceback.tb_frame.f_code, culprit)
+        traceback = traceback.tb_next
+
+    def is_strategy(impl: pluggy.HookImpl, of_role: str | None) -> bool:
+        impl_role, colon, _ = impl.plugin_name.partition(":")
+        return bool(colon) and impl_role in role_labels and of_role in (None, impl_role)
+
+    def label(impl: pluggy.HookImpl) -> str:
+        if is_strategy(impl, None):
+            name = role_labels[impl.plugin_name.partition(":")[0]]
+        elif impl.plugin_name == str(id(impl.plugin)):
+            name = _object_label(impl.plugin)
+        else:
+            name = impl.plugin_name
+        return f"{name} (a wrapper)" if impl.wrapper or impl.hookwrapper else name
+
+    problem = f"raised {type(exc).__name__}: {exc}"
+    if culprit is None:
+        return PluginError(f"one of {', '.join(label(impl) for impl in impls)}", caller.name, problem,
+                           "see the traceback above for the implementation that raised, and fix or remove its plugin")
+    if role is not None and is_strategy(culprit, role) and not (culprit.wrapper or culprit.hookwrapper):
+        fix = f"check the parameters of `decoder.{role}`, or report the bug to the plugin's authors"
+    else:
+        fix = "fix the plugin, or remove it (observers are passed to the Decoder as `observers=`)"
+    return PluginError(label(culprit), caller.name, problem, fix)
 
 
 @lru_cache(maxsize=1)
@@ -210,15 +390,18 @@ def reset_registry() -> None:
 def decoder_manager(strategies: dict[str, tuple[StrategySpec, object]], extra: list[object] = ()) -> pluggy.PluginManager:
     """A fresh manager holding one strategy object per role plus the core defaults and ``extra`` observers.
 
+    Each strategy object is registered as ``<role>:<strategy name>`` (:func:`hook_error` relies on this).
+
     :raises PluginError: when a strategy object does not implement its role hook, or implements another
-        role's hook (which would make the role ambiguous).
+        role's hook (which would make the role ambiguous); when a strategy or observer implements a hook that
+        does not exist, or asks a hook for an argument it does not pass.
     """
     from dlm_decode import loop
 
     manager = _new_manager()
     manager.register(loop.CoreInputs(), name="core.inputs")
     for role, (spec, plugin) in strategies.items():
-        manager.register(plugin, name=f"{role}:{spec.name}")
+        register(manager, plugin, f"{role}:{spec.name}", f"{spec.plugin} ({spec.role} strategy {spec.name!r})")
         implemented = {
             hook for hook in ROLE_HOOKS.values()
             for impl in getattr(manager.hook, hook).get_hookimpls()
@@ -234,6 +417,6 @@ def decoder_manager(strategies: dict[str, tuple[StrategySpec, object]], extra: l
                 "extend another role",
             )
     for observer in extra:
-        manager.register(observer)
-    manager.check_pending()
+        register(manager, observer)
+    check_pending(manager)
     return manager

@@ -8,6 +8,7 @@ from importlib import metadata
 import pytest
 
 import dlm_decode_eb_sampler
+from dlm_decode import PluginError
 from dlm_decode.cli import main
 from dlm_decode.plugins import get_registry, reset_registry
 from dlm_decode_eb_sampler import EntropyBoundConfig
@@ -45,11 +46,15 @@ def test_disabling_autoload_leaves_only_the_builtins(monkeypatch):
     assert "topk" in names
 
 
-@pytest.mark.parametrize(("allow", "present"), [("eb_sampler", True), ("some_other_plugin", False)])
-def test_the_allowlist_names_entry_points(monkeypatch, allow, present):
-    monkeypatch.setenv("DLM_DECODE_PLUGINS", allow)
+def test_the_allowlist_names_entry_points(monkeypatch):
+    monkeypatch.setenv("DLM_DECODE_PLUGINS", "eb_sampler")
     reset_registry()
-    assert ("entropy_bound" in get_registry().names("verification")) is present
+    assert "entropy_bound" in get_registry().names("verification")
+    monkeypatch.setenv("DLM_DECODE_PLUGINS", "eb_samplr")  # a misspelt name is an error, not an empty selection
+    reset_registry()
+    with pytest.raises(PluginError, match=r"(?s)eb_samplr.*installed entry points: .*eb_sampler.*fix"):
+        get_registry()
+    reset_registry()
 
 
 def test_listed_by_the_cli(capsys):

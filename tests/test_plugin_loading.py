@@ -1,0 +1,233 @@
+"""Plugin discovery and hook calls: every broken plugin is reported as a PluginError naming it, never raw.
+
+Entry points are simulated with fake distributions (a ``*.dist-info`` directory and a module) on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from dlm_decode import PluginError, load_config
+from dlm_decode.cli import main
+from dlm_decode.decoder import Decoder
+from dlm_decode.hookspecs import hookimpl
+from dlm_decode.plugins import _switch, discovery_manager, reset_registry
+from dlm_decode.testing.registry import registry_with
+from dlm_decode.testing.toy import ToyDiffusionLM
+
+from helpers import toy_decoder
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "writing-plugins.md"
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    """``site(dist, {entry point name: module source})`` installs a fake distribution ``dist`` 0.1 whose
+    ``dlm_decode`` entry points are modules with the given sources; returns the module names."""
+    monkeypatch.setenv("DLM_DECODE_DISABLE_PLUGIN_AUTOLOAD", "")
+    monkeypatch.delenv("DLM_DECODE_PLUGINS", raising=False)
+    imported = set(sys.modules)
+
+    def install(dist: str, modules: dict[str, str]) -> list[str]:
+        root = tmp_path / dist
+        info = root / f"{dist}-0.1.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+        names = [f"fake_{dist}_{name}" for name in modules]
+        lines = [f"{name} = {module}" for name, module in zip(modules, names)]
+        (info / "entry_points.txt").write_text("[dlm_decode]\n" + "\n".join(lines) + "\n")
+        for module, source in zip(names, modules.values()):
+            (root / f"{module}.py").write_text(source)
+        monkeypatch.syspath_prepend(str(root))
+        return names
+
+    yield install
+    for name in set(sys.modules) - imported:
+        if name.startswith("fake_"):
+            del sys.modules[name]
+    reset_registry()
+
+
+REGISTER = "from dlm_decode import hookimpl\n@hookimpl\ndef dlm_register(registry):\n    pass\n"
+
+
+def test_two_packages_with_the_same_entry_point_name_are_rejected(site):
+    site("firstplug", {"shared": REGISTER})
+    site("secondplug", {"shared": REGISTER})
+    with pytest.raises(PluginError, match=r"(?s)plugin shared in entry point group 'dlm_decode'.*silently hide.*"
+                                          r"fix: uninstall one of the two") as caught:
+        discovery_manager()
+    assert "firstplug 0.1" in str(caught.value) and "secondplug 0.1" in str(caught.value)
+
+
+def test_an_entry_point_failing_to_import_is_named_with_its_package(site):
+    site("brokenplug", {"broken": "raise ImportError('no module named foo')\n"})
+    with pytest.raises(PluginError, match=r"(?s)plugin broken \(brokenplug 0\.1\) in import: loading "
+                                          r"`fake_brokenplug_broken` failed: ImportError: no module named foo.*fix"
+                       ) as caught:
+        discovery_manager()
+    assert isinstance(caught.value.__cause__, ImportError)
+
+
+def test_a_misspelt_hook_names_the_plugin_and_the_right_hook(site):
+    site("typoplug", {"typo": "from dlm_decode import hookimpl\n@hookimpl\ndef dlm_regster(registry):\n    pass\n"})
+    with pytest.raises(PluginError, match=r"(?s)plugin typo \(typoplug 0\.1\) in dlm_regster: implements "
+                                          r"`dlm_regster`, which is not a dlm_decode hook.*fix: rename it to "
+                                          r"`dlm_register`"):
+        discovery_manager()
+
+
+def test_dlm_decode_plugins_cli_reports_a_bad_plugin_without_a_traceback(site, capsys):
+    site("typoplug", {"typo": "from dlm_decode import hookimpl\n@hookimpl\ndef dlm_regster(registry):\n    pass\n"})
+    reset_registry()
+    assert main(["plugins"]) == 2
+    assert "dlm-decode: error: plugin typo (typoplug 0.1) in dlm_regster" in capsys.readouterr().err
+
+
+def test_a_hook_argument_the_spec_lacks_names_the_hook_and_its_arguments(site):
+    site("argplug", {"args": "from dlm_decode import hookimpl\n@hookimpl\ndef dlm_register(registry, extra):\n"
+                             "    pass\n"})
+    with pytest.raises(PluginError, match=r"(?s)plugin args \(argplug 0\.1\) in dlm_register: the implementation "
+                                          r"asks for extra, which `dlm_register` does not pass.*fix:.*registry"):
+        discovery_manager()
+
+
+def test_a_misspelt_allow_list_name_lists_the_installed_entry_points(site, monkeypatch):
+    site("goodplug", {"good": REGISTER})
+    monkeypatch.setenv("DLM_DECODE_PLUGINS", "god")
+    with pytest.raises(PluginError, match=r"(?s)plugin god in DLM_DECODE_PLUGINS: no installed package.*"
+                                          r"installed entry points: .*\bgood\b.*fix"):
+        discovery_manager()
+
+
+def test_the_allow_list_still_loads_the_names_it_gives(site, monkeypatch):
+    site("goodplug", {"good": REGISTER, "other": REGISTER})
+    monkeypatch.setenv("DLM_DECODE_PLUGINS", "good")
+    manager = discovery_manager()
+    assert manager.has_plugin("good") and not manager.has_plugin("other")
+    assert [dist.project_name for plugin, dist in manager.list_plugin_distinfo()
+            if plugin is manager.get_plugin("good")] == ["goodplug"]
+
+
+@pytest.mark.parametrize("value", ["", "0", "false", "No", " OFF "])
+def test_switch_values_that_mean_off(value, monkeypatch):
+    monkeypatch.setenv("DLM_DECODE_TRACE_PLUGINS", value)
+    assert not _switch("DLM_DECODE_TRACE_PLUGINS")
+
+
+def test_the_docs_say_which_switch_values_mean_off(monkeypatch):
+    monkeypatch.setenv("DLM_DECODE_TRACE_PLUGINS", "yes")
+    assert _switch("DLM_DECODE_TRACE_PLUGINS")
+    text = " ".join(DOCS.read_text().split())
+    assert "Any non-empty value" not in text
+    assert "unset, empty, `0`, `false`, `no` or `off`" in text
+
+
+@dataclass
+class _NoParams:
+    pass
+
+
+class _MisspeltArgument:
+    @hookimpl
+    def dlm_verify(self, proposal, windows):
+        pass
+
+
+def test_a_strategy_asking_for_an_argument_the_hook_lacks_is_named():
+    registry = registry_with(("verification", "typo", _NoParams, lambda config, context: _MisspeltArgument()),
+                             plugin_name="tests.typo_plugin")
+    config = load_config({}, ["decoder.verification=typo"], registry=registry)
+    with pytest.raises(PluginError, match=r"(?s)plugin tests.typo_plugin \(verification strategy 'typo'\) in "
+                                          r"dlm_verify: the implementation asks for windows.*fix:.*proposal, window"):
+        Decoder(config, dllm=ToyDiffusionLM(), registry=registry)
+
+
+class _MisspeltObserver:
+    @hookimpl
+    def dlm_step_ends(self, state, decision):
+        pass
+
+
+def test_an_observer_with_a_misspelt_hook_is_named():
+    with pytest.raises(PluginError, match=r"(?s)_MisspeltObserver object in dlm_step_ends: implements "
+                                          r"`dlm_step_ends`.*fix: rename it to `dlm_step_end`"):
+        toy_decoder(observers=[_MisspeltObserver()])
+
+
+class _FailingObserver:
+    @hookimpl
+    def dlm_step_end(self, state, decision):
+        raise KeyError("observer failed")
+
+
+class _QuietObserver:
+    @hookimpl
+    def dlm_step_end(self, state, decision):
+        pass
+
+
+@pytest.mark.parametrize("others", [0, 1], ids=["alone", "beside-another-observer"])
+def test_an_observer_raising_is_named(others):
+    observers = [_QuietObserver()] * others + [_FailingObserver()]
+    with pytest.raises(PluginError, match=r"(?s)plugin test_plugin_loading._FailingObserver object in dlm_step_end: "
+                                          r"raised KeyError: 'observer failed'.*fix") as caught:
+        toy_decoder(observers=observers).generate(["ab"])
+    assert isinstance(caught.value.__cause__, KeyError)
+
+
+class _RaisingWrapper:
+    @hookimpl(wrapper=True)
+    def dlm_verify(self):
+        yield
+        raise RuntimeError("bug in the wrapper")
+
+
+def test_a_raising_wrapper_is_blamed_not_the_strategy():
+    with pytest.raises(PluginError, match=r"(?s)plugin test_plugin_loading._RaisingWrapper object \(a wrapper\) in "
+                                          r"dlm_verify: raised RuntimeError: bug in the wrapper") as caught:
+        toy_decoder(observers=[_RaisingWrapper()]).generate(["ab"])
+    assert "verification strategy" not in str(caught.value)
+
+
+class _Raiser:
+    @hookimpl
+    def dlm_verify(self, proposal, window):
+        raise ZeroDivisionError("inside verify")
+
+
+class _PassingWrapper:
+    @hookimpl(wrapper=True)
+    def dlm_verify(self):
+        return (yield)
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["direct", "under-a-wrapper"])
+def test_a_raising_strategy_is_blamed_even_under_a_wrapper(wrapped):
+    registry = registry_with(("verification", "raiser", _NoParams, lambda config, context: _Raiser()),
+                             plugin_name="tests.raiser_plugin")
+    config = load_config({}, ["decoder.verification=raiser"], registry=registry)
+    observers = [_PassingWrapper()] if wrapped else []
+    decoder = Decoder(config, dllm=ToyDiffusionLM(), registry=registry, observers=observers)
+    with pytest.raises(PluginError, match=r"(?s)^plugin tests.raiser_plugin \(verification strategy 'raiser'\) in "
+                                          r"dlm_verify: raised ZeroDivisionError: inside verify.*"
+                                          r"fix: check the parameters of `decoder.verification`"):
+        decoder.generate(["ab"])
+
+
+class _WrapperThatNeverYields:
+    @hookimpl(wrapper=True)
+    def dlm_verify(self):
+        return
+        yield  # a generator that stops before yielding: pluggy, not this code, raises
+
+
+def test_an_error_no_implementation_raised_lists_the_hooks_implementations():
+    with pytest.raises(PluginError, match=r"(?s)^plugin one of .*_WrapperThatNeverYields object \(a wrapper\).*"
+                                          r"in dlm_verify: raised RuntimeError") as caught:
+        toy_decoder(observers=[_WrapperThatNeverYields()]).generate(["ab"])
+    assert "(verification strategy 'topk')" in str(caught.value)
