@@ -11,13 +11,16 @@ import pytest
 
 lm_eval = pytest.importorskip("lm_eval")
 
-from dlm_decode import ConfigError  # noqa: E402
+from dlm_decode import ConfigError, InputError  # noqa: E402
 from dlm_decode.decoder import Decoder  # noqa: E402
 from dlm_decode.eval.runner import evaluate  # noqa: E402
 from dlm_decode.eval.tasks import TASKS, load_examples  # noqa: E402
-from dlm_decode.integrations.lm_eval import DlmDecodeLM, cut_at, write_task_suite  # noqa: E402
+from dlm_decode.integrations.lm_eval import (  # noqa: E402
+    REPEAT_STRIDE, DlmDecodeLM, cut_at, request_seeds, write_task_suite)
 
 TASK_NAMES, LIMIT, NEW = ["arith", "sort"], 3, 8
+#: A sampling decoder: answers depend on the seeds (the greedy llada.yaml gives the same answers for any seed).
+SAMPLING = {"decoder.proposal": "sample", "decoder.proposal.temperature": 1.5}
 OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
 
 
@@ -36,33 +39,93 @@ def run_lm_eval(model, suite, **kwargs):
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    return simple_evaluate(model=model, tasks=[suite.stem], task_manager=TaskManager(include_path=str(suite.parent)),
-                           log_samples=True, **kwargs)
+    return simple_evaluate(model=model, tasks=[suite.stem],
+                           task_manager=TaskManager(include_path=str(suite.parents[1])), log_samples=True, **kwargs)
 
 
-def overrides(tiny_dllm_dir):
+def overrides(tiny_dllm_dir, **extra):
     return {"config": "configs/decoders/llada.yaml", "model.dllm.path": str(tiny_dllm_dir),
-            "generation.batch_size": 4}
+            "generation.batch_size": 4, **extra}
 
 
-def texts_by_doc(results, name):
-    return {s["doc_id"]: s["filtered_resps"][0] for s in results["samples"][name]}
+def answers(samples):
+    """``{(embedded task, prompt): answer}`` over every lm-eval task of the suite's samples."""
+    return {(s["doc"]["task"], s["doc"]["prompt"]): s["filtered_resps"][0] for s in samples}
 
 
-def test_the_task_file_holds_the_suite_in_order(suite):
-    docs = [json.loads(line) for line in suite.with_suffix(".jsonl").read_text().splitlines()]
-    assert [(d["task"], d["prompt"]) for d in docs] == [(e.task, e.prompt) for e in
-                                                       load_examples(TASK_NAMES, "test", LIMIT)]
+def texts_by_doc(results):
+    return answers(s for task_samples in results["samples"].values() for s in task_samples)
 
 
-def test_generate_until_gives_the_answers_and_accuracy_of_dlm_decode_eval(tiny_dllm_dir, suite, tmp_path):
-    results = run_lm_eval("dlm_decode", suite, model_args=overrides(tiny_dllm_dir))
-    args = [f"{k}={v}" for k, v in overrides(tiny_dllm_dir).items() if k != "config"]
+def test_each_task_file_holds_its_examples_in_order(suite):
+    for task in TASK_NAMES:
+        docs = [json.loads(line) for line in (suite.parents[1] / f"{suite.stem}_{task}.jsonl").read_text().splitlines()]
+        assert [(d["task"], d["prompt"]) for d in docs] == [(e.task, e.prompt) for e in
+                                                           load_examples([task], "test", LIMIT)]
+
+
+def test_tasks_of_another_selection_in_the_directory_are_refused(tmp_path):
+    write_task_suite(tmp_path, TASK_NAMES, 1)
+    write_task_suite(tmp_path, TASK_NAMES, 2)  # the same tasks: rewritten
+    with pytest.raises(InputError, match=r"(?s)holds dlm_suite_sort.yaml.*--tasks.*fix: delete it"):
+        write_task_suite(tmp_path, ["arith"], 2)
+    (tmp_path / "dlm_suite.yaml").write_text("task: dlm_suite\n")  # the single task of earlier releases
+    with pytest.raises(InputError, match=r"holds dlm_suite.yaml, dlm_suite_sort.yaml.*fix: delete them"):
+        write_task_suite(tmp_path, ["arith"], 2)
+
+
+def test_sampled_answers_and_accuracy_are_those_of_dlm_decode_eval(tiny_dllm_dir, suite, tmp_path):
+    """Document j of each suite task is example <task>-<j> of ``dlm-decode eval``, decoded with its seed."""
+    results = run_lm_eval("dlm_decode", suite, model_args=overrides(tiny_dllm_dir, **SAMPLING))
+    args = [f"{k}={v}" for k, v in overrides(tiny_dllm_dir, **SAMPLING).items() if k != "config"]
     decoder = Decoder.from_config("configs/decoders/llada.yaml", [*args, f"generation.max_new_tokens={NEW}"])
     summary = evaluate(decoder, tmp_path, TASK_NAMES, LIMIT, progress=False)
     records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
-    assert texts_by_doc(results, suite.stem) == {i: r["text"] for i, r in enumerate(records)}
+    assert texts_by_doc(results) == {(r["task"], r["prompt"]): r["text"] for r in records}
     assert results["results"][suite.stem]["acc,none"] == pytest.approx(summary["accuracy"])
+
+
+class SeedSpy(Decoder):
+    """A real decoder that records the (prompt, seed) pairs it is asked to decode."""
+
+    def generate(self, prompts, **kwargs):
+        self.seen = [*getattr(self, "seen", []), *zip(prompts, kwargs["seeds"])]
+        return super().generate(prompts, **kwargs)
+
+
+def test_repeats_of_a_document_are_sampled_with_their_own_seeds(tiny_dllm_dir, tmp_path):
+    """lm-eval ``repeats: 4`` sends one request 4 times: repeat r of document j gets seed j + r * REPEAT_STRIDE,
+    so a sampling decoder returns 4 samples (repeat 0 keeps the seed of ``dlm-decode eval``)."""
+    suite = write_task_suite(tmp_path, ["arith"], 2, max_gen_toks=NEW)
+    arith = suite.parents[1] / f"{suite.stem}_arith.yaml"
+    arith.write_text(arith.read_text().replace("test_split: test\n", "test_split: test\nrepeats: 4\n"))
+    decoder = SeedSpy.from_config("configs/decoders/llada.yaml",
+                                  [f"model.dllm.path={tiny_dllm_dir}", "decoder.proposal=sample",
+                                   "decoder.proposal.temperature=4.0"])
+    results = run_lm_eval(DlmDecodeLM(decoder=decoder), suite)
+    prompts = [e.prompt for e in load_examples(["arith"], "test", 2)]
+    assert sorted(decoder.seen) == sorted((prompt, j + r * REPEAT_STRIDE) for j, prompt in enumerate(prompts)
+                                          for r in range(4))
+    [samples] = results["samples"].values()
+    assert {len(s["resps"][0]) for s in samples} == {4}
+    assert any(len(set(s["resps"][0])) > 1 for s in samples), "4 samples, not one sample 4 times"
+
+
+def request(task="t", doc_id=0, idx=0):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(task_name=task, doc_id=doc_id, idx=idx)
+
+
+def test_request_seeds_count_repeats_per_task_document_and_request():
+    same = request()
+    requests = [same, same, request(task="u"), request(idx=1), request(doc_id=2), same, request(doc_id=None)]
+    assert request_seeds(requests, 10) == [10, 10 + REPEAT_STRIDE, 10, 10, 12, 10 + 2 * REPEAT_STRIDE, 16]
+    many = [request(doc_id=d) for d in [*range(100), 19_999_999] for _ in range(100)]
+    assert len({seed % 2**32 for seed in request_seeds(many, 0)}) == len(many), "a CPU generator reads 32 bits"
+    with pytest.raises(InputError, match=r"(?s)repeat 1 of document 0 of task 't'.*outside.*fix: lower "
+                                         r"generation.seed"):
+        request_seeds([same, same], 2**64 - 1)
 
 
 class ScriptedDecoder:
@@ -87,11 +150,11 @@ def test_accuracy_is_scored_by_the_task_checkers_and_until_cuts(suite):
     scripted = ScriptedDecoder()
     results = run_lm_eval(DlmDecodeLM(decoder=scripted), suite, gen_kwargs={"until": ["\n"]})
     assert results["results"][suite.stem]["acc,none"] == pytest.approx(0.5)
-    arith = [t for t in texts_by_doc(results, suite.stem).values() if t[:1].isdigit()]
-    assert len(arith) == LIMIT and all("\n" not in t for t in arith), "cut at until"
-    doc_ids = {e.prompt: i for i, e in enumerate(load_examples(TASK_NAMES, "test", LIMIT))}
+    arith = [t for (task, _), t in texts_by_doc(results).items() if task == "arith"]
+    assert len(arith) == LIMIT and all(t[:1].isdigit() and "\n" not in t for t in arith), "cut at until"
+    doc_ids = [(e.prompt, j) for task in TASK_NAMES for j, e in enumerate(load_examples([task], "test", LIMIT))]
     seeded = [(prompt, seed) for prompts, _, seeds in scripted.calls for prompt, seed in zip(prompts, seeds)]
-    assert sorted(seeded) == sorted(doc_ids.items()), "seed = generation.seed (0) + doc_id, once per document"
+    assert sorted(seeded) == sorted(doc_ids), "seed = generation.seed (0) + doc_id within its task, once per document"
     assert {tokens for _, tokens, _ in scripted.calls} == {NEW}, "max_gen_toks is the canvas length"
 
 
@@ -100,7 +163,7 @@ def test_lm_evals_chat_template_replaces_the_decoders_own(tiny_dllm_dir, suite):
     model = DlmDecodeLM(**overrides(tiny_dllm_dir))
     templated = run_lm_eval(model, suite, apply_chat_template=True)
     assert model.decoder.dllm.chat_template is False, "no double wrapping"
-    assert texts_by_doc(templated, suite.stem) == texts_by_doc(plain, suite.stem)
+    assert texts_by_doc(templated) == texts_by_doc(plain)
 
 
 def test_cut_at():
@@ -131,27 +194,27 @@ def test_model_args_name_their_fix(tiny_dllm_dir):
 def test_command_line_prints_accuracy(tiny_dllm_dir, suite):
     command = [sys.executable, "-m", "dlm_decode.integrations.lm_eval", "--model", "dlm_decode", "--model_args",
                f"config=configs/decoders/llada.yaml,model.dllm.path={tiny_dllm_dir}", "--tasks", suite.stem,
-               "--include_path", str(suite.parent), "--batch_size", "4"]
+               "--include_path", str(suite.parents[1]), "--batch_size", "4"]
     run = subprocess.run(command, env={**os.environ, **OFFLINE, "OMP_NUM_THREADS": "1"}, capture_output=True,
                          text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    row = next(line for line in run.stdout.splitlines() if line.startswith(f"|{suite.stem}"))
-    assert "|acc" in row
+    row = next(line for line in run.stdout.splitlines() if line.startswith(f"|{suite.stem} "))
+    assert "|acc" in row, "the group's row"
 
 
 def test_plain_lm_eval_command_with_the_embedded_pair(suite, tmp_path):
     """``lm_eval --model dlm_decode --tasks DIR``: loading the task directory imports the suite's scorer, which
-    registers the model, so lm-eval's own command runs it and prints the accuracy of ``dlm-decode eval``."""
+    registers the model, so lm-eval's own command runs it and prints the per-task accuracy of ``dlm-decode eval``."""
     command = [sys.executable, "-m", "lm_eval", "--model", "dlm_decode", "--model_args",
-               "config=configs/decoders/llada.yaml", "--tasks", str(suite.parent), "--batch_size", "16"]
+               "config=configs/decoders/llada.yaml", "--tasks", str(suite.parents[1]), "--batch_size", "16"]
     run = subprocess.run(command, env={**os.environ, **OFFLINE, "OMP_NUM_THREADS": "1"}, capture_output=True,
                          text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    row = next(line for line in run.stdout.splitlines() if line.startswith(f"|{suite.stem}"))
-    accuracy = float(row.split("|acc")[1].split("|")[2])
+    rows = {line.split("|")[1].strip(): float(line.split("|acc")[1].split("|")[2])
+            for line in run.stdout.splitlines() if line.startswith(f"|{suite.stem}_")}
     decoder = Decoder.from_config("configs/decoders/llada.yaml", [f"generation.max_new_tokens={NEW}"])
-    assert accuracy == pytest.approx(evaluate(decoder, tmp_path, TASK_NAMES, LIMIT, progress=False)["accuracy"],
-                                     abs=1e-4)
+    per_task = evaluate(decoder, tmp_path, TASK_NAMES, LIMIT, progress=False)["per_task"]
+    assert rows == pytest.approx({f"{suite.stem}_{task}": acc for task, acc in per_task.items()}, abs=1e-4)
 
 
 def test_two_processes_split_the_requests(tiny_dllm_dir, suite, tmp_path):
@@ -160,12 +223,13 @@ def test_two_processes_split_the_requests(tiny_dllm_dir, suite, tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node",
                "2", "-m", "dlm_decode.integrations.lm_eval", "--model", "dlm_decode", "--model_args",
                ",".join(f"{k}={v}" for k, v in overrides(tiny_dllm_dir).items()), "--tasks", suite.stem,
-               "--include_path", str(suite.parent), "--log_samples", "--output_path", str(tmp_path)]
+               "--include_path", str(suite.parents[1]), "--log_samples", "--output_path", str(tmp_path)]
     run = subprocess.run(command, env={**os.environ, **OFFLINE, "OMP_NUM_THREADS": "1"}, capture_output=True,
                          text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    samples = [json.loads(line) for path in tmp_path.rglob(f"samples_{suite.stem}_*.jsonl")
+    samples = [json.loads(line) for path in tmp_path.rglob("samples_*.jsonl")
                for line in path.read_text().splitlines()]
-    assert sorted(s["doc_id"] for s in samples) == list(range(len(TASK_NAMES) * LIMIT)), "each document once"
-    assert {s["doc_id"]: s["filtered_resps"][0] for s in samples} == texts_by_doc(single, suite.stem)
+    assert sorted((s["doc"]["task"], s["doc_id"]) for s in samples) == [
+        (task, j) for task in TASK_NAMES for j in range(LIMIT)], "each document once"
+    assert answers(samples) == texts_by_doc(single)
     assert TASKS  # the suite's checkers scored them (process_results imports dlm_decode.eval.tasks)

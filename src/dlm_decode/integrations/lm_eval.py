@@ -20,10 +20,12 @@ ignored (it defaults to ``cuda:0`` whether given or not): set ``model.dllm.devic
 **Requests.** Only ``generate_until`` is implemented, through :meth:`~dlm_decode.decoder.Decoder.generate`: each
 context is decoded with ``max_gen_toks`` new tokens (default ``generation.max_new_tokens``) and the seed
 ``generation.seed + doc_id`` (so results do not depend on batching or on the number of processes), then cut at the
-first ``until`` string. The decoder config decides how tokens are sampled; lm-eval's ``temperature``/``do_sample``
-are ignored. Log-likelihood requests (multiple-choice tasks such as MMLU or HellaSwag) raise
-:class:`NotImplementedError`: a masked diffusion LM has no left-to-right likelihood, only a bound (ELBO), which
-this integration does not compute.
+first ``until`` string. A task's ``repeats: k`` (k samples per document, e.g. self-consistency voting) decodes
+repeat ``r`` of a document with ``generation.seed + doc_id + r * 0x9E3779B9`` (:func:`request_seeds`), so a
+sampling decoder gives k samples, not one sample k times. The decoder config decides how tokens are sampled;
+lm-eval's ``temperature``/``do_sample`` are ignored. Log-likelihood requests (multiple-choice tasks such as MMLU
+or HellaSwag) raise :class:`NotImplementedError`: a masked diffusion LM has no left-to-right likelihood, only a
+bound (ELBO), which this integration does not compute.
 
 **Prompts.** By default the decoder wraps each context as one user turn of the model's chat template
 (``model.dllm.chat_template``; set it to false for base models). With lm-eval's ``--apply_chat_template`` lm-eval
@@ -35,9 +37,10 @@ renders the template (multi-turn few-shot) and the decoder's own wrapping is swi
 the requests by rank and gathers the metrics on rank 0; each process takes ``cuda:LOCAL_RANK`` when its device is
 ``auto`` or ``cuda``.
 
-**Offline task.** :func:`write_task_suite` writes a local task (``dlm_suite``: the embedded task suite of
-:mod:`dlm_decode.eval.tasks`, scored by its own checkers) for ``--include_path``; ``python -m
-dlm_decode.integrations.lm_eval write-tasks DIR`` does the same from the shell.
+**Offline tasks.** :func:`write_task_suite` writes local lm-eval tasks, one per task of the embedded suite of
+:mod:`dlm_decode.eval.tasks` (scored by its own checkers, with the examples and seeds of ``dlm-decode eval``), for
+``--tasks DIR``, and their group ``dlm_suite`` (their mean accuracy) for ``--include_path DIR --tasks dlm_suite``;
+``python -m dlm_decode.integrations.lm_eval write-tasks DIR`` does the same from the shell.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -59,7 +62,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError("dlm_decode.integrations.lm_eval needs lm-evaluation-harness; fix: "
                       "pip install 'dlm-decode[lm-eval]' (or pip install 'lm-eval>=0.4.5')") from exc
 
-from dlm_decode.errors import ConfigError
+from dlm_decode.config.schema import SEED_MAX, SEED_MIN
+from dlm_decode.errors import ConfigError, InputError
 from dlm_decode.integrations import join_process_group
 
 logger = logging.getLogger(__name__)
@@ -143,6 +147,7 @@ class DlmDecodeLM(LM):
         from tqdm.auto import tqdm
 
         generation = self.decoder.generation
+        seeds = request_seeds(requests, generation.seed)
         groups: dict[int, list[int]] = defaultdict(list)
         for index, request in enumerate(requests):
             kwargs = request.args[1] if len(request.args) > 1 and request.args[1] else {}
@@ -153,10 +158,8 @@ class DlmDecodeLM(LM):
             indices.sort(key=lambda i: -len(requests[i].args[0]))  # similar lengths share a batch: less padding
             for first in range(0, len(indices), generation.batch_size):
                 chunk = indices[first: first + generation.batch_size]
-                seeds = [generation.seed + (requests[i].doc_id if requests[i].doc_id is not None else i)
-                         for i in chunk]
                 output = self.decoder.generate([requests[i].args[0] for i in chunk], max_new_tokens=max_new_tokens,
-                                               seeds=seeds)
+                                               seeds=[seeds[i] for i in chunk])
                 for i, text in zip(chunk, output.texts):
                     kwargs = requests[i].args[1] if len(requests[i].args) > 1 and requests[i].args[1] else {}
                     texts[i] = cut_at(text, kwargs.get("until"))
@@ -193,6 +196,45 @@ class DlmDecodeLM(LM):
             dist.barrier()
 
 
+#: Repeat ``r`` of a document is decoded with the seed of repeat 0 plus ``r * REPEAT_STRIDE``. A CPU
+#: ``torch.Generator`` reads only the low 32 bits of its seed (``manual_seed(1)`` and ``manual_seed(1 + 2**32)`` draw
+#: the same numbers), so the stride must change them: it is odd (the repeats of a document never share their low 32
+#: bits) and about 2**32 / golden ratio, so that its multiples spread over the 32-bit range: with up to 100 repeats
+#: and fewer than 20 million documents, no two requests of a task share their low 32 bits.
+REPEAT_STRIDE = 0x9E3779B9
+
+
+def request_seeds(requests: Sequence[Any], seed: int) -> list[int]:
+    """One decoding seed per lm-eval request: ``seed + doc_id + repeat * REPEAT_STRIDE`` (see
+    :data:`REPEAT_STRIDE`).
+
+    lm-eval's ``repeats: k`` (self-consistency: k samples per document, voted by the task's filters) sends the
+    same request k times in a row. ``repeat`` counts the earlier requests of the same document (same task name,
+    ``doc_id`` and request index ``idx``) in ``requests``, so the k samples differ under a sampling decoder while
+    repeat 0 keeps ``seed + doc_id``, the seed ``dlm-decode eval`` gives that example, and neither batching nor
+    lm-eval's split over processes (which keeps a document's repeats together) changes any seed. A request
+    without a ``doc_id`` gets ``seed + its position``.
+
+    :raises InputError: when a seed falls outside ``[-2**63, 2**64 - 1]`` (what ``torch.Generator`` accepts).
+    """
+    repeats: Counter = Counter()
+    seeds = []
+    for position, request in enumerate(requests):
+        if request.doc_id is None:
+            seeds.append(seed + position)
+            continue
+        key = (request.task_name, request.doc_id, request.idx)
+        value = seed + request.doc_id + repeats[key] * REPEAT_STRIDE
+        if not SEED_MIN <= value <= SEED_MAX:
+            raise InputError(
+                f"the seed of repeat {repeats[key]} of document {request.doc_id} of task {request.task_name!r}, "
+                f"generation.seed + doc_id + repeat * {REPEAT_STRIDE} = {value}, is outside [-2**63, 2**64 - 1] "
+                "(the seeds torch.Generator accepts); fix: lower generation.seed (or the task's repeats)")
+        repeats[key] += 1
+        seeds.append(value)
+    return seeds
+
+
 def cut_at(text: str, until: str | Sequence[str] | None) -> str:
     """``text`` up to the first occurrence of any ``until`` string (all of it when none occurs)."""
     stops = [until] if isinstance(until, str) else list(until or [])
@@ -200,10 +242,11 @@ def cut_at(text: str, until: str | Sequence[str] | None) -> str:
     return text[:cut]
 
 
-# -- a local task over the embedded task suite ------------------------------------------------------------------
+# -- local tasks over the embedded task suite -------------------------------------------------------------------
 
 _TASK_YAML = """\
-# Written by dlm_decode.integrations.lm_eval.write_task_suite: {count} examples of {tasks} ({split} split).
+# Written by dlm_decode.integrations.lm_eval.write_task_suite: {count} examples of {task} ({split} split), document j
+# being example {task}-<j> of `dlm-decode eval` (decoded with seed generation.seed + j there and here).
 task: {name}
 dataset_path: json
 dataset_kwargs:
@@ -222,7 +265,22 @@ metric_list:
     aggregation: mean
     higher_is_better: true
 metadata:
-  version: 1.0
+  version: 2.0
+"""
+
+_GROUP_YAML = """\
+# Written by dlm_decode.integrations.lm_eval.write_task_suite: the tasks {tasks} ({split} split) of the directory
+# above, and their mean acc, as `dlm-decode eval`'s accuracy (mean over tasks). Run with --include_path on that
+# directory. It sits in a subdirectory because `--tasks DIR` reads DIR/*.yaml only, and lm-eval (0.4.13) cannot build
+# a group read that way (it hands the group's own keys to its tasks).
+group: {name}
+task:
+{members}aggregate_metric_list:
+  - metric: acc
+    aggregation: mean
+    weight_by_size: false
+metadata:
+  version: 2.0
 """
 
 _UTILS = '''"""Scores a dlm_suite answer with the task's own checker (dlm_decode.eval.tasks).
@@ -236,7 +294,7 @@ from dlm_decode.integrations.lm_eval import process_suite_results as process_res
 
 
 def process_suite_results(doc: dict, results: Sequence[str]) -> dict[str, float]:
-    """lm-eval ``process_results`` of the ``dlm_suite`` task: the suite task's own checker on the decoded text."""
+    """lm-eval ``process_results`` of the ``dlm_suite`` tasks: the suite task's own checker on the decoded text."""
     from dlm_decode.eval.tasks import TASKS, Example
 
     example = Example(task=doc["task"], prompt=doc["prompt"], answer=doc["answer"])
@@ -246,30 +304,46 @@ def process_suite_results(doc: dict, results: Sequence[str]) -> dict[str, float]
 def write_task_suite(directory: str | Path, tasks: Sequence[str] | None = None, limit: int = 20,
                      split: str = "test", data_seed: int = 0, name: str = "dlm_suite",
                      max_gen_toks: int = 32) -> Path:
-    """Write an lm-eval task ``name`` over ``limit`` examples per task into ``directory`` (for ``--include_path``).
+    """Write lm-eval tasks over ``limit`` examples of each embedded task, and their group ``name``, into
+    ``directory``.
 
-    Documents are in :func:`~dlm_decode.eval.tasks.load_examples` order, so document ``i`` gets the seed of
-    example ``i`` of ``dlm-decode eval`` with the same tasks and limit: both give the same answers and accuracy
-    (lm-eval's ``acc`` is the mean over documents, equal to ``dlm-decode eval``'s mean over tasks since every
-    task has ``limit`` examples).
+    Each embedded task gets its own lm-eval task ``name_<task>`` (``DIR/name_<task>.yaml`` and ``.jsonl``, the
+    examples in :func:`~dlm_decode.eval.tasks.load_examples` order), so its document ``j`` is example
+    ``<task>-<j>`` of ``dlm-decode eval`` with the same tasks, limit, split and data seed, decoded with the same
+    seed ``generation.seed + j``: both give the same answers. The group (``DIR/groups/name.yaml``, for
+    ``--include_path DIR --tasks name``) runs them all and reports the unweighted mean of their ``acc``
+    (``weight_by_size: false``): ``dlm-decode eval``'s accuracy. ``--tasks DIR`` runs the tasks without the group.
 
-    :return: the YAML file.
+    :return: the group's YAML file (its stem is the group name, ``parents[1]`` the directory).
+    :raises InputError: for an empty, unknown or repeated task name, a ``limit`` below 1, or when ``directory``
+        holds other ``name*.yaml`` files (e.g. of other tasks, or the single task of earlier releases, whose seeds
+        counted across tasks), which ``--tasks DIR`` would run too.
     """
-    from dlm_decode.eval.tasks import TASKS, load_examples
+    from dlm_decode.eval.runner import check_selection
+    from dlm_decode.eval.tasks import load_examples
 
-    names = list(tasks or TASKS)
-    examples = load_examples(names, split, limit, data_seed)
+    names = check_selection(tasks, limit)
     directory = Path(directory).resolve()
-    directory.mkdir(parents=True, exist_ok=True)
-    data = directory / f"{name}.jsonl"
-    data.write_text("".join(json.dumps({"task": ex.task, "prompt": ex.prompt, "answer": ex.answer}) + "\n"
-                            for ex in examples), encoding="utf-8")
+    wanted = {f"{name}_{task}.yaml" for task in names}
+    stale = [path.name for path in sorted(directory.glob(f"{name}*.yaml")) if path.name not in wanted]
+    if stale:
+        raise InputError(f"{directory} already holds {', '.join(stale)}, which `--tasks {directory}` would run "
+                         f"too; fix: delete {'them' if len(stale) > 1 else 'it'} or write to another directory")
+    (directory / "groups").mkdir(parents=True, exist_ok=True)
     utils = f"{name}_utils"
     (directory / f"{utils}.py").write_text(_UTILS, encoding="utf-8")
-    path = directory / f"{name}.yaml"
-    path.write_text(_TASK_YAML.format(count=len(examples), tasks=",".join(names), split=split, name=name,
-                                      data=json.dumps(str(data)), utils=utils, max_gen_toks=max_gen_toks),
-                    encoding="utf-8")
+    for task in names:
+        examples = load_examples([task], split, limit, data_seed)
+        member = directory / f"{name}_{task}"
+        data = member.with_suffix(".jsonl")
+        data.write_text("".join(json.dumps({"task": ex.task, "prompt": ex.prompt, "answer": ex.answer}) + "\n"
+                                for ex in examples), encoding="utf-8")
+        member.with_suffix(".yaml").write_text(
+            _TASK_YAML.format(count=len(examples), task=task, split=split, name=member.name,
+                              data=json.dumps(str(data)), utils=utils, max_gen_toks=max_gen_toks), encoding="utf-8")
+    path = directory / "groups" / f"{name}.yaml"
+    path.write_text(_GROUP_YAML.format(tasks=",".join(names), split=split, name=name,
+                                       members="".join(f"  - {name}_{task}\n" for task in names)), encoding="utf-8")
     return path
 
 
@@ -288,8 +362,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         args = parser.parse_args(argv[1:])
         tasks = [t for t in (args.tasks or "").split(",") if t] or None
         path = write_task_suite(args.directory, tasks, args.limit, max_gen_toks=args.max_gen_toks)
-        print(f"wrote {path}; run lm_eval with --tasks {path.parent} (or --include_path {path.parent} "
-              f"--tasks {path.stem} under `python -m dlm_decode.integrations.lm_eval`)")
+        print(f"wrote {path.parents[1]}; run lm_eval with --tasks {path.parents[1]} (one result per task), or "
+              f"--include_path {path.parents[1]} --tasks {path.stem} (with their mean) under `python -m "
+              "dlm_decode.integrations.lm_eval`")
         return
     from lm_eval.__main__ import cli_evaluate
 
