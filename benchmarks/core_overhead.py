@@ -84,7 +84,8 @@ class FreeForward:
         shape = tuple(inputs.input_ids.shape)
         logits = self.by_shape.get(shape)
         if logits is None:
-            logits = self.by_shape[shape] = torch.randn(*shape, self.dllm.vocab_size, generator=self.generator)
+            logits = self.by_shape[shape] = torch.randn(*shape, self.dllm.vocab_size,
+                                                        generator=self.generator).to(self.dllm.device)
         return logits
 
     def __getattr__(self, name):
