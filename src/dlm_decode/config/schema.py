@@ -75,7 +75,8 @@ class GenerationSection:
     """Prompts decoded together."""
     seed: int = 0
     """Prompt ``i`` of a call is decoded with its own generator seeded ``seed + i`` (seeds lie in
-    ``[-2**63, 2**64 - 1]``, the range ``torch.Generator.manual_seed`` accepts)."""
+    ``[-2**63, 2**64 - 1]``, the range ``torch.Generator.manual_seed`` accepts; a CPU generator uses only the low
+    32 bits, so on the CPU seeds that differ by a multiple of 2**32 draw the same numbers)."""
     max_steps: Optional[int] = None
     """Abort when a batch takes more steps than this (default: 4 x max_new_tokens)."""
     kernels: Optional[str] = None
