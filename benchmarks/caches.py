@@ -84,5 +84,6 @@ def main() -> None:
             print(f"{length:>7} {cache:>14} {wall:>8.2f} {tps:>9.1f} {reference_wall / wall:>8.2f} {same:>12.0%} "
                   f"{acc:>9.1%}")
 
+
 if __name__ == "__main__":
     main()

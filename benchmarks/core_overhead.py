@@ -1,8 +1,8 @@
 """How much decoding wall time is spent outside the model forwards (the core's own overhead).
 
-For each batch size (``--batch-sizes``, default 1 and 8) it decodes the same prompts with the real models and clocks the time spent inside the forward of
-every model the decoder loaded (the dLLM, and an AR verifier where the config has one), through forward hooks on
-those modules (CUDA is synchronised at each clock). Everything else — hooks, scoring, state updates, checks,
+For each batch size (``--batch-sizes``, default 1 and 8) it decodes the same prompts with the real models and
+clocks the time spent inside the forward of every model the decoder loaded (the dLLM, and an AR verifier where the
+config has one), through forward hooks on those modules (CUDA is synchronised at each clock). Everything else — hooks, scoring, state updates, checks,
 per-batch set-up and read-out — is outside, and the printed share is ``outside / total`` wall time.
 
 A second column decodes the same prompts with a stand-in whose forward returns ready-made logits at no cost: the

@@ -68,11 +68,18 @@ def test_an_unreadable_prompts_file_is_an_error_not_a_traceback(tmp_path, capsys
         assert f"--prompts-file {path}: cannot read it ({reason}" in err and "fix:" in err
 
 
-def test_eval_out_that_is_a_file_is_an_error(tiny_dllm_dir, tmp_path, capsys):
+@pytest.mark.parametrize("command", [["eval"], ["ablate", "--vary", "decoder.window.size=8"]])
+def test_an_out_that_is_a_file_is_named_before_any_model_loads(command, tmp_path, capsys, monkeypatch):
+    import dlm_decode.decoder
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before --out was checked")
+
+    monkeypatch.setattr(dlm_decode.decoder.DiffusionLM, "from_spec", no_loading)
     (tmp_path / "taken").write_text("")
-    assert main(["eval", f"model.dllm.path={tiny_dllm_dir}", "--tasks", "arith", "--limit", "1", "--no-progress",
+    assert main([*command, "-c", "configs/decoders/llada.yaml", "--tasks", "arith", "--limit", "1", "--no-progress",
                  "--out", str(tmp_path / "taken")]) == 2
-    assert "is a file, not a directory; fix:" in capsys.readouterr().err
+    assert f"--out {tmp_path / 'taken'} is a file, not a directory; fix:" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("arguments", "message"), [

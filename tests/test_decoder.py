@@ -115,3 +115,29 @@ def test_a_prompt_the_tokenizer_cannot_encode_is_named_with_its_characters():
     decoder = Decoder.from_config("configs/decoders/llada.yaml")  # a character vocabulary without tab or accents
     with pytest.raises(InputError, match=r"(?s)prompt 2 cannot be tokenized.*encode: '\\tï'.*fix"):
         decoder.generate(["sort 3 1 2", "12+7=", "na\tïve fruit"], batch_size=2)
+
+
+def test_tokenizer_failures_that_are_not_about_characters_are_not_blamed_on_characters(monkeypatch):
+    import pytest
+
+    from dlm_decode import InputError
+    from dlm_decode.decoder import Decoder
+
+    decoder = Decoder.from_config("configs/decoders/llada.yaml")
+
+    def template_fails(prompts):
+        raise ValueError("template error")
+
+    monkeypatch.setattr(decoder.dllm, "encode", template_fails)  # fails for any text, one character included
+    with pytest.raises(InputError, match=r"prompt 0 cannot be tokenized .*template error\); fix: check the prompt"):
+        decoder.generate(["sort 3 1 2"])
+    real = type(decoder.dllm).encode.__get__(decoder.dllm)
+
+    def batch_fails(prompts):
+        if len(prompts) > 1:
+            raise ValueError("batch encoding failed")
+        return real(prompts)
+
+    monkeypatch.setattr(decoder.dllm, "encode", batch_fails)
+    with pytest.raises(InputError, match=r"prompts 0-1 cannot be tokenized together"):
+        decoder.generate(["sort 3 1 2", "12+7="], batch_size=2)

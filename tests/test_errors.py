@@ -295,9 +295,14 @@ def test_duplicate_strategy_names_are_rejected():
 def test_step_limit_stops_a_runaway_generation_and_names_the_unfinished_rows():
     decoder = toy_decoder("generation.max_steps=2", "generation.max_new_tokens=6",
                           model=ToyDiffusionLM(eos_bias=float("-inf")))
-    with pytest.raises(DecodeError, match=r"(?s)rows \[0, 1\] of the batch did not finish within 2 steps.*"
+    with pytest.raises(DecodeError, match=r"(?s)prompts \[0, 1\] did not finish within 2 steps.*"
                                           r"generation.max_steps"):
         decoder.generate(["ab", "cde"])
+    from dlm_decode.loop import decode
+
+    later_batch = decoder._state(["ab"], 5, 6, [0])  # a batch whose first prompt is prompt 5 of the request
+    with pytest.raises(DecodeError, match=r"prompts \[5\] did not finish"):  # numbered in the request
+        decode(decoder.roles, decoder.dllm, later_batch, 2)
 
 
 class _GreedyWindow:

@@ -64,6 +64,15 @@ def test_each_task_file_holds_its_examples_in_order(suite):
                                                            load_examples([task], "test", LIMIT)]
 
 
+def test_a_suite_name_that_cannot_name_its_module_is_refused(tmp_path):
+    with pytest.raises(InputError, match=r"suite name 'suite.v2' is not a Python identifier.*e.g. 'suite_v2'"):
+        write_task_suite(tmp_path, ["arith"], 1, name="suite.v2")
+    assert not list(tmp_path.iterdir()), "nothing written"
+    write_task_suite(tmp_path, ["arith"], 1, name="suite_v2")
+    assert {p.name for p in tmp_path.iterdir()} == {"groups", "suite_v2_arith.jsonl", "suite_v2_arith.yaml",
+                                                    "suite_v2_utils.py"}
+
+
 def test_tasks_of_another_selection_in_the_directory_are_refused(tmp_path):
     write_task_suite(tmp_path, TASK_NAMES, 1)
     write_task_suite(tmp_path, TASK_NAMES, 2)  # the same tasks: rewritten

@@ -5,6 +5,7 @@ Entry points are simulated with fake distributions (a ``*.dist-info`` directory 
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,6 +179,34 @@ def test_an_observer_raising_is_named(others):
                                           r"raised KeyError: 'observer failed'.*fix") as caught:
         toy_decoder(observers=observers).generate(["ab"])
     assert isinstance(caught.value.__cause__, KeyError)
+
+
+def _logged(function):
+    """A decorator: every function it wraps runs the same code object (``inner``)."""
+    @functools.wraps(function)
+    def inner(*args, **kwargs):
+        return function(*args, **kwargs)
+    return inner
+
+
+class _DecoratedFailing:
+    @hookimpl
+    @_logged
+    def dlm_step_end(self, state, decision):
+        raise KeyError("decorated observer failed")
+
+
+class _DecoratedQuiet:
+    @hookimpl
+    @_logged
+    def dlm_step_end(self, state, decision):
+        pass
+
+
+def test_observers_sharing_a_decorator_are_listed_not_one_blamed_at_random():
+    with pytest.raises(PluginError, match=r"plugin one of .* object, .* object in dlm_step_end") as caught:
+        toy_decoder(observers=[_DecoratedQuiet(), _DecoratedFailing()]).generate(["ab"])
+    assert "_DecoratedQuiet" in str(caught.value) and "_DecoratedFailing" in str(caught.value)
 
 
 class _RaisingWrapper:

@@ -136,7 +136,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from dlm_decode.decoder import Decoder
-    from dlm_decode.eval.runner import check_selection, evaluate, format_table
+    from dlm_decode.eval.runner import check_out_dir, check_selection, evaluate, format_table
 
     names = check_selection(_parse_tasks(args.tasks), args.limit)  # before a model is loaded
     _check_dry_run_arguments(args)
@@ -147,6 +147,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.out:
         raise DlmDecodeError("eval needs --out DIR; fix: pass --out DIR (the directory for results.jsonl and "
                              "summary.json), or --dry-run")
+    check_out_dir(args.out)  # before the weights load
     decoder = Decoder.from_config(args.config, args.overrides)
     summary = evaluate(decoder, args.out, tasks=names, limit=args.limit, split=args.split,
                        progress=not args.no_progress)

@@ -55,7 +55,8 @@ class RowStats:
     :ivar tokens_per_forward: ``generated_tokens / nfe``.
     :ivar steps: loop steps until the row finished.
     :ivar wall_s: seconds from the start of its batch until the row finished.
-    :ivar commits_per_step: tokens committed at each of its steps.
+    :ivar commits_per_step: tokens committed at each of its steps (not counting those an EOS committed in the same
+        step overwrote with the fill token).
     :ivar extra: statistics published by plugins through ``state.row_stats`` (e.g. ``wino.revocations``).
     """
 
@@ -259,12 +260,21 @@ class Decoder:
                 return False
             return True
 
-        offset = next((i for i, prompt in enumerate(prompts) if not encodes(prompt)), 0)
-        unknown = sorted({char for char in prompts[offset] if not encodes(char)})
-        shown = f"; characters it cannot encode: {''.join(unknown)!r}" if unknown else ""
-        return InputError(f"prompt {first_index + offset} cannot be tokenized by the dLLM's tokenizer "
-                          f"({type(exc).__name__}: {exc}){shown}. fix: remove or replace those characters, or use a "
-                          "model whose tokenizer covers them")
+        failure = f"({type(exc).__name__}: {exc})"
+        offset = next((i for i, prompt in enumerate(prompts) if not encodes(prompt)), None)
+        if offset is None:  # each prompt encodes alone: the batch as a whole failed
+            return InputError(f"prompts {first_index}-{first_index + len(prompts) - 1} cannot be tokenized together "
+                              f"by the dLLM's tokenizer {failure}; fix: check the tokenizer (e.g. with "
+                              "generation.batch_size=1)")
+        characters = set(prompts[offset])
+        unknown = sorted(char for char in characters if not encodes(char))
+        if not unknown or len(unknown) == len(characters):  # not a matter of characters (e.g. a failing template)
+            return InputError(f"prompt {first_index + offset} cannot be tokenized by the dLLM's tokenizer {failure}; "
+                              "fix: check the prompt against the tokenizer and its chat template "
+                              "(model.dllm.chat_template)")
+        return InputError(f"prompt {first_index + offset} cannot be tokenized by the dLLM's tokenizer {failure}; "
+                          f"characters it cannot encode: {''.join(unknown)!r}. fix: remove or replace those "
+                          "characters, or use a model whose tokenizer covers them")
 
     def _max_steps(self, max_new_tokens: int) -> int:
         return self.generation.max_steps or 4 * max_new_tokens

@@ -185,8 +185,8 @@ def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> I
     done = bool(state.finished.all())
     while not done:
         if state.step >= max_steps:
-            unfinished = (~state.finished).nonzero().flatten().tolist()
-            raise DecodeError(f"rows {unfinished} of the batch did not finish within {max_steps} steps (step limit "
+            unfinished = [state.first_index + row for row in (~state.finished).nonzero().flatten().tolist()]
+            raise DecodeError(f"prompts {unfinished} did not finish within {max_steps} steps (step limit "
                               "`generation.max_steps`); "
                               "the strategies may be stuck (e.g. a window that never reaches the remaining masks, "
                               "or revocations that undo progress). fix: raise generation.max_steps, or check "

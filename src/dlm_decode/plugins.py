@@ -333,9 +333,10 @@ def hook_error(caller: pluggy.HookCaller, exc: Exception, role_labels: dict[str,
 
     The culprit is the implementation owning the innermost traceback frame among the hook's implementations:
     a wrapper raising its own exception is blamed, while an exception raised by the wrapped implementation
-    and merely passed on through a wrapper's ``yield`` is blamed on that implementation. When no frame is one
-    of theirs (pluggy itself raised, e.g. for a wrapper that never yields), the error lists every
-    implementation of the hook.
+    and merely passed on through a wrapper's ``yield`` is blamed on that implementation. A frame whose code
+    several implementations share (functions wrapped by one decorator) names none of them. When no frame names
+    an implementation (pluggy itself raised, e.g. for a wrapper that never yields), a hook's only implementation
+    is blamed, and with several the error lists them all.
 
     :param role_labels: role -> label of the decoder's strategy for that role, whose plugin
         :func:`decoder_manager` registers as ``<role>:<strategy name>``.
@@ -343,11 +344,14 @@ def hook_error(caller: pluggy.HookCaller, exc: Exception, role_labels: dict[str,
         points at its config section.
     """
     impls = caller.get_hookimpls()
-    codes = {getattr(impl.function, "__code__", None): impl for impl in impls}
+    owners: dict[Any, list[pluggy.HookImpl]] = {}
+    for impl in impls:
+        owners.setdefault(getattr(impl.function, "__code__", None), []).append(impl)
     culprit = impls[0] if len(impls) == 1 else None
     traceback = exc.__traceback__
     while traceback is not None:
-        culprit = codes.get(traceback.tb_frame.f_code, culprit)
+        owner = owners.get(traceback.tb_frame.f_code, ())
+        culprit = owner[0] if len(owner) == 1 else culprit
         traceback = traceback.tb_next
 
     def is_strategy(impl: pluggy.HookImpl, of_role: str | None) -> bool:
@@ -365,10 +369,12 @@ def hook_error(caller: pluggy.HookCaller, exc: Exception, role_labels: dict[str,
 
     problem = f"raised {type(exc).__name__}: {exc}"
     if culprit is None:
-        return PluginError(f"one of {', '.join(label(impl) for impl in impls)}", caller.name, problem,
+        names = ", ".join(label(impl) for impl in impls) or "no registered implementation"
+        return PluginError(f"one of {names}", caller.name, problem,
                            "see the traceback above for the implementation that raised, and fix or remove its plugin")
-    if role is not None and is_strategy(culprit, role) and not (culprit.wrapper or culprit.hookwrapper):
-        fix = f"check the parameters of `decoder.{role}`, or report the bug to the plugin's authors"
+    if is_strategy(culprit, None):  # the decoder's own strategy for some role, a wrapper of another hook included
+        culprit_role = culprit.plugin_name.partition(":")[0]
+        fix = f"check the parameters of `decoder.{culprit_role}`, or report the bug to the plugin's authors"
     else:
         fix = "fix the plugin, or remove it (observers are passed to the Decoder as `observers=`)"
     return PluginError(label(culprit), caller.name, problem, fix)

@@ -172,6 +172,7 @@ class DecodeState:
     :ivar scratch: per-batch storage for plugins, keyed by a name of their choice.
     :ivar row_stats: per-row statistics plugins publish, name -> ``[B]`` tensor (e.g. WINO's revocation
         counts); they appear in each row's :class:`~dlm_decode.decoder.RowStats` ``extra`` and in eval summaries.
+    :ivar first_index: the index of row 0's prompt in the caller's request (errors name prompts by it).
     """
 
     canvas: torch.Tensor
@@ -191,6 +192,7 @@ class DecodeState:
     commits: list[torch.Tensor] = field(default_factory=list)
     scratch: dict[str, Any] = field(default_factory=dict)
     row_stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    first_index: int = 0
 
     @classmethod
     def build(
@@ -244,6 +246,7 @@ class DecodeState:
             previous_canvas=canvas,
             finished=finished,
             ar_forwards=torch.zeros(len(prompts), dtype=torch.long, device=device),
+            first_index=first_index,
         )
 
     @property

@@ -22,7 +22,7 @@ from dlm_decode.config.compose import Source, load_config
 from dlm_decode.decoder import Decoder
 from dlm_decode.errors import InputError
 from dlm_decode.eval.aup import aup
-from dlm_decode.eval.runner import check_selection, evaluate
+from dlm_decode.eval.runner import check_out_dir, check_selection, evaluate
 from dlm_decode.models.hf import DiffusionLM
 
 
@@ -58,7 +58,7 @@ def ablate(base: Source | Sequence[Source], factors: list[tuple[str, list[str]]]
 
     Every config is composed (and validated) and ``tasks``/``limit`` are checked before anything is evaluated.
     """
-    out = Path(out_dir)
+    out = check_out_dir(out_dir)
     rows, seen, models = [], {}, {}
     runs = [(name, factor, load_config(base, [*overrides, *extra])) for name, factor, extra in plan_runs(factors)]
     check_selection(tasks, limit)

@@ -137,10 +137,7 @@ def evaluate(decoder: Decoder, out_dir: str | Path, tasks: Sequence[str] | None 
     from dlm_decode.integrations import barrier, broadcast_object, distributed, gather_objects
 
     names = check_selection(tasks, limit)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file, not a directory; fix: pass a directory path (it is created if "
-                         "missing)")
+    out = check_out_dir(out_dir)
     identity = {"config_hash": decoder.config.hash, "weights_hash": decoder.weights_hash, "split": split}
     with distributed() as ranks:
         if ranks.main:
@@ -183,6 +180,18 @@ def evaluate(decoder: Decoder, out_dir: str | Path, tasks: Sequence[str] | None 
                 summary["decoded_per_rank"] = [len(records) for records in gathered]
             (out / SUMMARY).write_text(json.dumps(summary, indent=2), encoding="utf-8")
         return broadcast_object(summary, ranks)
+
+
+def check_out_dir(out_dir: str | Path) -> Path:
+    """``out_dir`` as a path, after checking it is not an existing file (it is created when missing).
+
+    :raises InputError: naming ``--out``.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a directory; fix: pass a directory path (it is created if "
+                         "missing)")
+    return out
 
 
 def check_selection(tasks: Sequence[str] | None, limit: int) -> list[str]:

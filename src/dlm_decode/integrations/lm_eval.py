@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -323,6 +324,10 @@ def write_task_suite(directory: str | Path, tasks: Sequence[str] | None = None, 
     from dlm_decode.eval.tasks import load_examples
 
     names = check_selection(tasks, limit)
+    if not name.isidentifier():
+        raise InputError(f"the suite name {name!r} is not a Python identifier, and it names the scoring module "
+                         f"`{name}_utils.py` lm-eval imports; fix: use letters, digits and underscores (e.g. "
+                         f"{re.sub(r'^(?=[0-9])|[^0-9A-Za-z_]', '_', name)!r})")
     directory = Path(directory).resolve()
     wanted = {f"{name}_{task}.yaml" for task in names}
     stale = [path.name for path in sorted(directory.glob(f"{name}*.yaml")) if path.name not in wanted]
@@ -334,12 +339,12 @@ def write_task_suite(directory: str | Path, tasks: Sequence[str] | None = None, 
     (directory / f"{utils}.py").write_text(_UTILS, encoding="utf-8")
     for task in names:
         examples = load_examples([task], split, limit, data_seed)
-        member = directory / f"{name}_{task}"
-        data = member.with_suffix(".jsonl")
+        member = f"{name}_{task}"
+        data = directory / f"{member}.jsonl"
         data.write_text("".join(json.dumps({"task": ex.task, "prompt": ex.prompt, "answer": ex.answer}) + "\n"
                                 for ex in examples), encoding="utf-8")
-        member.with_suffix(".yaml").write_text(
-            _TASK_YAML.format(count=len(examples), task=task, split=split, name=member.name,
+        (directory / f"{member}.yaml").write_text(
+            _TASK_YAML.format(count=len(examples), task=task, split=split, name=member,
                               data=json.dumps(str(data)), utils=utils, max_gen_toks=max_gen_toks), encoding="utf-8")
     path = directory / "groups" / f"{name}.yaml"
     path.write_text(_GROUP_YAML.format(tasks=",".join(names), split=split, name=name,

@@ -5,10 +5,10 @@ only hold a prefix of the canvas. Fast-dLLM's DualCache (Wu et al. 2025, arXiv 2
 ``replace_position`` argument of its modified LLaDA) also keeps the keys/values of the columns *after* the
 queries. :class:`PositionalKVCache` implements the transformers 5.24 :class:`~transformers.Cache` interface for
 that: every layer holds the keys/values of ``length`` canvas columns, a forward over queries ``[start, start + S)``
-overwrites those columns in place (for the rows and columns its write mask selects) and attention reads all
-``length`` columns. The model is called as usual with explicit ``position_ids`` ``[B, S]`` and a 4-D boolean
-attention mask ``[B, 1, S, length]``, which HF Llama/Qwen2 pass to attention as is; the store itself never
-looks at positions.
+overwrites those columns in place (for the rows and columns its write mask selects) and attention reads columns
+``[0, key_end)`` (all ``length`` unless :meth:`PositionalKVCache.set_queries` says fewer). The model is called as
+usual with explicit ``position_ids`` ``[B, S]`` and a 4-D boolean attention mask ``[B, 1, S, key_end]``, which HF
+Llama/Qwen2 pass to attention as is; the store itself never looks at positions.
 
 Columns a row does not write keep the keys/values of an earlier forward, so that row's queries attend to those
 (possibly stale) keys/values while other rows of the same forward write theirs: a batch whose rows recompute
@@ -90,8 +90,9 @@ class PositionalKVCache(Cache):
         model(..., cache=store)
         store.set_queries(start, write)       # queries [start, start + S) attend to all `length` columns
         model(..., cache=store)
+        store.set_queries(start, write, key_end=end)  # ... or to columns [0, end) only
 
-    :param length: ``K``, the number of columns stored (the key width of every attention mask).
+    :param length: the number of columns stored (the largest key width of an attention mask).
     """
 
     def __init__(self, length: int):
@@ -117,6 +118,7 @@ class PositionalKVCache(Cache):
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args,
                **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-        """Called by each HF attention layer with its new ``[B, H, S, D]`` keys/values; returns all columns'."""
+        """Called by each HF attention layer with its new ``[B, H, S, D]`` keys/values; returns those of columns
+        ``[0, key_end)``."""
         return super().update(key_states, value_states, layer_idx, start=self.start, write=self.write,
                               key_end=self.key_end)
