@@ -138,8 +138,9 @@ def _count_argument(value: int | None, name: str, default: int) -> int:
     return value
 
 
-def _seed(value: Any, name: str, fix: str) -> int:
-    """A generator seed: an int that ``torch.Generator.manual_seed`` accepts."""
+def check_seed(value: Any, name: str, fix: str) -> int:
+    """A generator seed: an int that ``torch.Generator.manual_seed`` accepts, or :class:`InputError` naming
+    ``name`` (how the seed was made) with ``fix``."""
     value = _int_argument(value, name, fix)
     if not SEED_MIN <= value <= SEED_MAX:
         raise InputError(f"{name} is {value}, outside [-2**63, 2**64 - 1] (the seeds torch.Generator.manual_seed "
@@ -215,7 +216,7 @@ class Decoder:
         max_new_tokens = _count_argument(max_new_tokens, "max_new_tokens", self.generation.max_new_tokens)
         batch_size = _count_argument(batch_size, "batch_size", self.generation.batch_size)
         if seeds is None:
-            seeds = [_seed(self.generation.seed + i, f"generation.seed + {i} (the seed of prompt {i})",
+            seeds = [check_seed(self.generation.seed + i, f"generation.seed + {i} (the seed of prompt {i})",
                            "lower generation.seed, or pass seeds") for i in range(len(prompts))]
         else:
             try:
@@ -225,7 +226,7 @@ class Decoder:
                                  "prompt") from None
             if len(seeds) != len(prompts):
                 raise InputError(f"got {len(seeds)} seeds for {len(prompts)} prompts; fix: give one seed per prompt")
-            seeds = [_seed(seed, seed_name.format(i), "give every seed as an int in [-2**63, 2**64 - 1]")
+            seeds = [check_seed(seed, seed_name.format(i), "give every seed as an int in [-2**63, 2**64 - 1]")
                      for i, seed in enumerate(seeds)]
         return prompts, max_new_tokens, seeds, batch_size
 

@@ -22,8 +22,7 @@ from dlm_decode.state import Decision, DecodeState, ForwardOutput, ForwardPlan, 
 
 
 class CoreInputs:
-    """Default ``dlm_model_inputs``: the plan's span of the canvas with a bidirectional mask over it; keys at or
-    past ``window.input_end`` are hidden (``window.visible`` narrows them per row)."""
+    """Default ``dlm_model_inputs``: the plan's span of the canvas with a bidirectional mask over it."""
 
     @hookimpl(trylast=True)
     def dlm_model_inputs(self, state: DecodeState, window: Window, plan: ForwardPlan) -> ModelInputs:
@@ -36,8 +35,6 @@ class CoreInputs:
             input_ids, position_ids = state.canvas[:, start:end], state.position_ids[:, start:end]
         if window.visible is not None:
             mask = mask & window.visible[:, None, None, first_key:last_key]
-        elif last_key > window.input_end:  # a cache holding columns the window does not show
-            mask = mask & (state.columns[first_key:last_key] < window.input_end)
         return ModelInputs(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, start=start, end=end)
 
 

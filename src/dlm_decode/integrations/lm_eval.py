@@ -63,7 +63,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError("dlm_decode.integrations.lm_eval needs lm-evaluation-harness; fix: "
                       "pip install 'dlm-decode[lm-eval]' (or pip install 'lm-eval>=0.4.5')") from exc
 
-from dlm_decode.config.schema import SEED_MAX, SEED_MIN
+from dlm_decode.decoder import check_seed
 from dlm_decode.errors import ConfigError, InputError
 from dlm_decode.integrations import join_process_group
 
@@ -225,14 +225,11 @@ def request_seeds(requests: Sequence[Any], seed: int) -> list[int]:
             seeds.append(seed + position)
             continue
         key = (request.task_name, request.doc_id, request.idx)
-        value = seed + request.doc_id + repeats[key] * REPEAT_STRIDE
-        if not SEED_MIN <= value <= SEED_MAX:
-            raise InputError(
-                f"the seed of repeat {repeats[key]} of document {request.doc_id} of task {request.task_name!r}, "
-                f"generation.seed + doc_id + repeat * {REPEAT_STRIDE} = {value}, is outside [-2**63, 2**64 - 1] "
-                "(the seeds torch.Generator accepts); fix: lower generation.seed (or the task's repeats)")
+        seeds.append(check_seed(
+            seed + request.doc_id + repeats[key] * REPEAT_STRIDE,
+            f"the seed of repeat {repeats[key]} of document {request.doc_id} of task {request.task_name!r} "
+            f"(generation.seed + doc_id + repeat * {REPEAT_STRIDE})", "lower generation.seed (or the task's repeats)"))
         repeats[key] += 1
-        seeds.append(value)
     return seeds
 
 

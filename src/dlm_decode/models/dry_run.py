@@ -36,7 +36,7 @@ from typing import Any, Optional
 from dlm_decode.config.compose import ResolvedConfig, Source, load_config
 from dlm_decode.config.schema import ModelSpec
 from dlm_decode.errors import ModelError
-from dlm_decode.models.families import (CAUSAL_FIX, FAMILIES, detect_family, looks_causal, model_context,
+from dlm_decode.models.families import (CAUSAL_FIX, FAMILIES, causal_problem, detect_family, model_context,
                                         resolve_special_ids)
 from dlm_decode.models.hf import check_remote_code, read_config_json, resolve_path, tokenizer_mismatches
 from dlm_decode.models.prompts import encode_prompts
@@ -208,10 +208,9 @@ def _check_dllm(spec: ModelSpec, side: _Side, report: DryRunReport) -> None:
     if family is not detected:
         report.add("warning", "family", "model.dllm.family", f"set to {family.name} but config.json looks like "
                    f"{detected.name}", "leave model.dllm.family=auto unless the checkpoint is a renamed derivative")
-    if looks_causal(family, side.config):
-        report.add("error", "causal", "model.dllm.path", f"config.json (model_type "
-                   f"{side.config.get('model_type')!r}) does not declare is_causal: false, so this looks like a "
-                   "causal LM, not a diffusion LM", CAUSAL_FIX)
+    causal = causal_problem(family, side.config)
+    if causal:
+        report.add("error", "causal", "model.dllm.path", causal, CAUSAL_FIX)
     ids = resolve_special_ids(family, side.tokenizer, side.head, mask_override=spec.mask_token_id,
                               eos_override=spec.eos_token_ids)
     report.facts["special_ids"] = (f"mask {ids.mask}, eos {list(ids.eos)}, pad {ids.pad} ("

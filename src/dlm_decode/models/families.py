@@ -85,13 +85,16 @@ def detect_family(config: Mapping[str, Any] | Any) -> Family:
     return FAMILIES["bidirectional"]
 
 
-def looks_causal(family: Family, config: Mapping[str, Any] | Any) -> bool:
-    """A plain HF checkpoint (the ``bidirectional`` family) whose config does not declare ``is_causal: false``:
-    most likely a causal LM, which decodes nonsense as a diffusion LM."""
-    return family.name == "bidirectional" and config_value(config, "is_causal") is not False
+def causal_problem(family: Family, config: Mapping[str, Any] | Any) -> Optional[str]:
+    """Why the checkpoint looks like a causal LM (which decodes nonsense as a diffusion LM), or None: a plain HF
+    checkpoint (the ``bidirectional`` family) whose config does not declare ``is_causal: false``."""
+    if family.name != "bidirectional" or config_value(config, "is_causal") is False:
+        return None
+    return (f"config.json (model_type {config_value(config, 'model_type')!r}) does not declare is_causal: false, so "
+            "this looks like a causal LM, not a diffusion LM")
 
 
-#: The fix :func:`looks_causal` errors give.
+#: The fix :func:`causal_problem` errors give.
 CAUSAL_FIX = ("point model.dllm at a diffusion LM (LLaDA, Dream, or an HF Llama/Qwen2 trained bidirectionally "
               "with is_causal: false in its config.json)")
 

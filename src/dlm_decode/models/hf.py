@@ -44,7 +44,7 @@ import torch
 
 from dlm_decode.config.schema import ModelSpec
 from dlm_decode.errors import ModelError
-from dlm_decode.models.families import (CAUSAL_FIX, Family, looks_causal, model_context, resolve_family,
+from dlm_decode.models.families import (CAUSAL_FIX, Family, causal_problem, model_context, resolve_family,
                                         resolve_special_ids)
 from dlm_decode.models.prompts import encode_prompts, template_affixes
 from dlm_decode.state import ModelInputs
@@ -222,10 +222,9 @@ class DiffusionLM:
         self._probe = next(model.parameters())  # a parameter to read the device from (see `device`)
         self.tokenizer = tokenizer
         self.family = family if isinstance(family, Family) else resolve_family(family, model.config)
-        if looks_causal(self.family, model.config):
-            raise ModelError(f"the dLLM's config (model_type {getattr(model.config, 'model_type', None)!r}) does not "
-                             "declare is_causal: false, so this looks like a causal LM, not a diffusion LM; fix: "
-                             + CAUSAL_FIX)
+        causal = causal_problem(self.family, model.config)
+        if causal:
+            raise ModelError(f"the dLLM's {causal}; fix: {CAUSAL_FIX}")
         self.vocab_size = head_width(model)
         ids = resolve_special_ids(self.family, tokenizer, self.vocab_size, mask_override=mask_token_id,
                                   eos_override=eos_token_ids)
