@@ -60,7 +60,14 @@ def test_ablation_runs_each_distinct_config_once_and_writes_table_and_plots(tiny
     ("decoder.verification=topk,nope", ["arith"], "nope"),
     ("generation.seed=1", ["arith", "nope"], "unknown task.*nope"),
 ])
-def test_every_planned_run_is_checked_before_any_is_evaluated(tiny_dllm_dir, tmp_path, vary, tasks, message):
+def test_every_planned_run_is_checked_before_any_is_evaluated(tiny_dllm_dir, tmp_path, vary, tasks, message,
+                                                              monkeypatch):
+    import dlm_decode.eval.ablation
+
+    def evaluated(*args, **kwargs):
+        raise AssertionError("a run was evaluated before every planned run was checked")
+
+    monkeypatch.setattr(dlm_decode.eval.ablation, "evaluate", evaluated)
     with pytest.raises(DlmDecodeError, match=message):
         ablate("configs/decoders/llada.yaml", parse_vary([vary]), tmp_path,
                overrides=[f"model.dllm.path={tiny_dllm_dir}"], tasks=tasks, limit=1, progress=False)
