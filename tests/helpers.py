@@ -1,8 +1,9 @@
-"""Shared test helpers: decoders over the toy model and a step recorder."""
+"""Shared test helpers: decoders over the toy model, a step recorder, the reference fixtures, float comparisons."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -49,3 +50,14 @@ def toy_decoder(*overrides: str, model: ToyDiffusionLM | None = None, observers=
     from dlm_decode.config import load_config
 
     return Decoder(load_config({}, list(overrides)), dllm=model or ToyDiffusionLM(), observers=observers)
+
+
+#: The tiny LLaDA, Dream and Qwen2 checkpoints and the official code's outputs on them (tests/reference/record.py).
+REFERENCE = Path(__file__).parent / "reference"
+
+
+def assert_logits_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-4) -> None:
+    """Logits equal up to float reordering on any CPU: ``rtol`` relative to each value, plus the same fraction of
+    the largest magnitude for values near zero (a bare absolute tolerance would not scale with the logits)."""
+    torch.testing.assert_close(actual.float(), expected.float(), rtol=rtol,
+                               atol=rtol * float(expected.abs().max()))

@@ -36,6 +36,7 @@ from dlm_decode.testing.models import (
 
 SPIKE = 40.0
 PROMPTS = ["hi", "sort 3 1 2", "reverse abc"]  # different lengths: left padding in a batch
+REMOTE = ["model.dllm.implementation=remote", "model.dllm.trust_remote_code=true"]  # the stand-ins run their code
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +54,12 @@ def dirs(tmp_path_factory):
 
 
 def load(path, **spec) -> DiffusionLM:
-    return DiffusionLM.from_spec(ModelSpec(path=str(path), trust_remote_code=True, **spec))
+    return DiffusionLM.from_spec(ModelSpec(path=str(path), implementation="remote", trust_remote_code=True, **spec))
 
 
 def decoder(path, *overrides, **kwargs) -> Decoder:
-    return Decoder.from_config({}, [f"model.dllm.path={path}", "model.dllm.trust_remote_code=true",
-                                    "generation.max_new_tokens=10", "decoder.proposal=greedy", *overrides], **kwargs)
+    return Decoder.from_config({}, [f"model.dllm.path={path}", *REMOTE, "generation.max_new_tokens=10",
+                                    "decoder.proposal=greedy", *overrides], **kwargs)
 
 
 def expected_texts(dllm: DiffusionLM, prompts: list[str], new_tokens: int) -> list[str]:
@@ -68,10 +69,19 @@ def expected_texts(dllm: DiffusionLM, prompts: list[str], new_tokens: int) -> li
 
 # --- family detection and special ids ---------------------------------------------------------------------------
 
-def test_remote_code_families_need_trust_remote_code(dirs):
+def test_remote_code_needs_trust_remote_code(dirs):
     for name in ("dream", "llada"):
-        with pytest.raises(ModelError, match=r"(?s)needs its own modeling code.*model\.dllm\.trust_remote_code=true"):
-            DiffusionLM.from_spec(ModelSpec(path=str(dirs[name])))
+        with pytest.raises(ModelError, match=r"(?s)runs the checkpoint's own modeling code \(configuration_.*"
+                                             r"model\.dllm\.trust_remote_code=true.*implementation=native"):
+            DiffusionLM.from_spec(ModelSpec(path=str(dirs[name]), implementation="remote"))
+
+
+def test_a_stand_in_in_another_layout_is_refused_natively_naming_the_fields(dirs):
+    """The LLaDA stand-in keeps Llama's config fields under model_type llada: read with LLaDA's own defaults they
+    describe another network, which the native mapping refuses field by field instead of loading it."""
+    with pytest.raises(ModelError, match=r"(?s)does not reproduce: block_type='sequential' \(maps only 'llama'\);.*"
+                                         r"rope=False.*implementation=remote"):
+        DiffusionLM.from_spec(ModelSpec(path=str(dirs["llada"])))
 
 
 def test_dream_like_ids_come_from_dreams_special_tokens(dirs):
@@ -309,7 +319,8 @@ def tiny(tmp_path_factory):
 
 
 def check(dllm, ar=None, *overrides, trust=True, **kwargs):
-    items = [f"model.dllm.path={dllm}", f"model.dllm.trust_remote_code={str(trust).lower()}", *overrides]
+    items = [f"model.dllm.path={dllm}", "model.dllm.implementation=remote",
+             f"model.dllm.trust_remote_code={str(trust).lower()}", *overrides]
     if ar is not None:
         items += [f"model.ar.path={ar}", "decoder.verification=apd", "decoder.window=lookahead"]
     if "prompts" not in kwargs:
@@ -325,14 +336,14 @@ def test_dry_run_passes_the_paper_pairing_without_weights(dirs, tmp_path):
     assert "family dream" in report.facts["dllm"]
     tok = dream_like_tokenizer()
     assert report.facts["special_ids"].startswith(f"mask {tok.convert_tokens_to_ids('<|mask|>')}, ")
-    assert main(["generate", "--dry-run", "-c", "configs/decoders/apd.yaml", f"model.dllm.path={dream}",
-                 "model.dllm.trust_remote_code=true", f"model.ar.path={qwen}", "--prompt", "What is 2+2?"]) == 0
-    assert main(["generate", "--dry-run", "-c", "configs/decoders/apd.yaml", f"model.dllm.path={dream}",
-                 "model.dllm.trust_remote_code=true", f"model.ar.path={qwen}"]) == 2, "512 assumed + 32 > 256"
+    assert main(["generate", "--dry-run", "-c", "configs/decoders/apd.yaml", f"model.dllm.path={dream}", *REMOTE,
+                 f"model.ar.path={qwen}", "--prompt", "What is 2+2?"]) == 0
+    assert main(["generate", "--dry-run", "-c", "configs/decoders/apd.yaml", f"model.dllm.path={dream}", *REMOTE,
+                 f"model.ar.path={qwen}"]) == 2, "512 assumed + 32 > 256"
 
 
 def test_dry_run_needs_trust_remote_code(dirs):
-    assert check(dirs["llada"], trust=False).checks() == {"remote_code"}
+    assert check(dirs["llada"], trust=False).checks() == {"implementation"}
 
 
 def test_dry_run_catches_tokenizers_that_disagree(dirs, tmp_path):
@@ -450,8 +461,7 @@ def test_the_paper_setting_is_what_the_experiment_config_says():
 
 
 def test_the_experiment_config_runs_on_the_stand_ins(dirs):
-    paths = [f"model.dllm.path={dirs['dream_spike']}", "model.dllm.trust_remote_code=true",
-             f"model.ar.path={dirs['qwen']}"]
+    paths = [f"model.dllm.path={dirs['dream_spike']}", *REMOTE, f"model.ar.path={dirs['qwen']}"]
     report = dry_run("configs/experiments/apd-dream-qwen.yaml", paths, prompts=["hi"])
     assert report.checks() == {"context"}, "256 new tokens do not fit the stand-ins' 256 positions"
     decoder = Decoder.from_config("configs/experiments/apd-dream-qwen.yaml", [*paths, "generation.max_new_tokens=12"])

@@ -2,8 +2,8 @@
 
 Rules checked every step, whatever the plugins return: every unfinished row commits at least one token;
 commits fall on eligible (masked, generated) positions only, so prompt tokens never change; revocations touch
-only committed generated positions; the mask token is never proposed; NaN logits stop decoding; a batch may not
-exceed its step budget.
+only committed generated positions; the mask token and ids the tokenizer cannot decode are never proposed; NaN
+logits stop decoding; a batch may not exceed its step budget.
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> I
         inputs = roles.call("inputs", "dlm_model_inputs", state=state, window=window, plan=plan)
         logits = model.forward(inputs, plan.cache)
         early = forward_flags(state, window, logits)
-        logits.index_fill_(-1, state.mask_index, float("-inf"))  # the mask token is never a candidate
+        logits.index_fill_(-1, state.excluded_ids, float("-inf"))  # the mask and undecodable ids are never proposed
         forward = ForwardOutput(logits=logits, inputs=inputs)
         try:
             proposal = roles.call("proposal", "dlm_propose", state=state, forward=forward, window=window)

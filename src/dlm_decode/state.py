@@ -7,6 +7,7 @@ Every row shares the column where generation starts (``gen_start``), because pro
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable
@@ -159,13 +160,17 @@ class DecodeState:
     :ivar gen_start: first generated column (the same for every row).
     :ivar mask_token_id: the dLLM's mask id.
     :ivar eos_token_ids: ``[E]`` long, ids that end a row.
-    :ivar fill_token_id: written after a row's first EOS.
+    :ivar fill_token_id: written after a row's first EOS (when ``stop_at_eos``).
+    :ivar excluded_ids: ``[X]`` long, ids the core sets to ``-inf`` in the logits before every proposal: the mask
+        id, and ids the tokenizer cannot decode (a head wider than the vocabulary, e.g. Dream's 152,064 logits for
+        151,667 tokens), so no strategy can propose them.
     :ivar generators: one ``torch.Generator`` per row, seeded per request.
     :ivar masked: ``[B, N]`` bool, ``canvas == mask_token_id`` (only generated columns hold the mask id: prompts
         never do, see :meth:`build`).
-    :ivar filled: ``[B, N]`` bool, positions after a row's first EOS, written with ``fill_token_id``.
+    :ivar filled: ``[B, N]`` bool, positions after a row's first EOS, written with ``fill_token_id`` (none unless
+        ``stop_at_eos``).
     :ivar previous_canvas: ``[B, N]`` long, the canvas before the last step (see :attr:`changed`).
-    :ivar finished: ``[B]`` bool, rows with no mask left before their first EOS.
+    :ivar finished: ``[B]`` bool, rows with no mask left (before their first EOS, when ``stop_at_eos``).
     :ivar step: number of completed steps.
     :ivar ar_forwards: ``[B]`` long, AR-model forwards each row took part in (APD's verifier adds to it).
     :ivar commits: per step, ``[B]`` long commits (0 for rows already finished, at least 1 for the others).
@@ -173,6 +178,9 @@ class DecodeState:
     :ivar row_stats: per-row statistics plugins publish, name -> ``[B]`` tensor (e.g. WINO's revocation
         counts); they appear in each row's :class:`~dlm_decode.decoder.RowStats` ``extra`` and in eval summaries.
     :ivar first_index: the index of row 0's prompt in the caller's request (errors name prompts by it).
+    :ivar stop_at_eos: after a row's first EOS, fill the rest of the row with ``fill_token_id`` and stop deciding
+        it; false decodes every position, as the official LLaDA, Fast-dLLM, WINO and Dream decoders do (the
+        generated ids still end at the first EOS).
     """
 
     canvas: torch.Tensor
@@ -182,6 +190,7 @@ class DecodeState:
     mask_token_id: int
     eos_token_ids: torch.Tensor
     fill_token_id: int
+    excluded_ids: torch.Tensor
     generators: list[torch.Generator]
     masked: torch.Tensor
     filled: torch.Tensor
@@ -193,6 +202,7 @@ class DecodeState:
     scratch: dict[str, Any] = field(default_factory=dict)
     row_stats: dict[str, torch.Tensor] = field(default_factory=dict)
     first_index: int = 0
+    stop_at_eos: bool = True
 
     @classmethod
     def build(
@@ -207,12 +217,16 @@ class DecodeState:
         seeds: list[int],
         device: torch.device | str = "cpu",
         first_index: int = 0,
+        excluded_token_ids: Sequence[int] = (),
+        stop_at_eos: bool = True,
     ) -> DecodeState:
         """Left-pad ``prompts`` (token id lists) and append ``max_new_tokens`` masks to each.
 
         The state tells masked positions by their token, so only generated columns may hold the mask id.
 
         :param first_index: the index of ``prompts[0]`` in the caller's request, for error messages.
+        :param excluded_token_ids: ids never proposed besides the mask id (see :attr:`excluded_ids`).
+        :param stop_at_eos: see :attr:`stop_at_eos`.
         :raises ValueError: the pad or fill id is the mask id.
         :raises InputError: a prompt holds the mask id.
         """
@@ -240,6 +254,7 @@ class DecodeState:
             mask_token_id=mask_token_id,
             eos_token_ids=torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long, device=device),
             fill_token_id=fill_token_id,
+            excluded_ids=torch.tensor(sorted({mask_token_id, *excluded_token_ids}), dtype=torch.long, device=device),
             generators=generators,
             masked=canvas == mask_token_id,
             filled=torch.zeros_like(attention),
@@ -247,6 +262,7 @@ class DecodeState:
             finished=finished,
             ar_forwards=torch.zeros(len(prompts), dtype=torch.long, device=device),
             first_index=first_index,
+            stop_at_eos=stop_at_eos,
         )
 
     @property
@@ -257,11 +273,6 @@ class DecodeState:
     def width(self) -> int:
         """``N``, the number of canvas columns."""
         return self.canvas.shape[1]
-
-    @cached_property
-    def mask_index(self) -> torch.Tensor:
-        """``[1]`` long, the mask id, for filling its logit column in one operation."""
-        return torch.tensor([self.mask_token_id], device=self.canvas.device)
 
     @cached_property
     def columns(self) -> torch.Tensor:
@@ -310,8 +321,9 @@ class DecodeState:
     def apply(self, decision: Decision) -> torch.Tensor:
         """Write a (checked) decision into the canvas and settle EOS and termination.
 
-        Positions after a row's first EOS become ``fill_token_id`` and count as decided; if a revocation removes
-        that EOS, the filled tail becomes masked again. (On bool tensors ``a > b`` is ``a & ~b`` in one op.)
+        With :attr:`stop_at_eos`, positions after a row's first EOS become ``fill_token_id`` and count as decided;
+        if a revocation removes that EOS, the filled tail becomes masked again. (On bool tensors ``a > b`` is
+        ``a & ~b`` in one op.)
 
         :return: ``[B]`` long commits per row this step (not counting positions the EOS fill overwrote).
         """
@@ -319,8 +331,10 @@ class DecodeState:
         self.canvas = torch.where(decision.commit, decision.tokens, self.canvas)
         if decision.revoke is not None:  # reopen the filled tails too: the tail is settled again below
             self.canvas = self.canvas.masked_fill(decision.revoke | self.filled, self.mask_token_id)
-        tail = self.after_first_eos()
-        self.canvas = self.canvas.masked_fill(tail, self.fill_token_id)
+        tail = self.filled  # all false without stop_at_eos
+        if self.stop_at_eos:
+            tail = self.after_first_eos()
+            self.canvas = self.canvas.masked_fill(tail, self.fill_token_id)
         self.masked = self.canvas == self.mask_token_id
         self.filled = tail
         self.previous_canvas = before

@@ -35,8 +35,13 @@ class ModelSpec:
     device_map: Optional[str] = None
     """Passed to ``from_pretrained`` (e.g. ``auto`` to spread a large model over the GPUs; needs ``accelerate``);
     ``device`` is then ignored."""
+    implementation: str = "native"
+    """``native``: build the model with transformers' own classes and run none of the checkpoint's code (LLaDA and
+    Dream checkpoints are mapped onto Llama and Qwen2, other checkpoints use their ``model_type``'s class);
+    ``remote``: run the checkpoint's own modeling code (needs ``trust_remote_code``), for derivatives with no
+    native implementation."""
     trust_remote_code: bool = False
-    """Allow the checkpoint's own modeling code (LLaDA, Dream). Off unless the user sets it."""
+    """Allow the checkpoint's own modeling code (``implementation: remote``). Off unless the user sets it."""
     family: str = "auto"
     """How the adapter calls the dLLM: ``auto`` (from ``config.json``'s ``model_type``), ``bidirectional`` (HF
     Llama/Qwen2 with ``is_causal: false``), ``llada`` or ``dream`` (shifted logits re-aligned). Ignored for
@@ -54,6 +59,9 @@ class ModelSpec:
         check_field(_DEVICE.fullmatch(self.device) is not None, "device",
                     f"must be cpu, cuda, cuda:N (N a GPU index such as 0), mps or auto, got {self.device!r}",
                     "e.g. device: cuda:0, or device: auto for CUDA when available")
+        check_field(self.implementation in ("native", "remote"), "implementation",
+                    f"must be native or remote, got {self.implementation!r}",
+                    "native runs none of the checkpoint's code; remote runs it (with trust_remote_code=true)")
         check_field(self.family in ("auto", "bidirectional", "llada", "dream"), "family",
                     f"must be auto, bidirectional, llada or dream, got {self.family!r}",
                     "leave it at auto to detect the family from the checkpoint's config.json")
@@ -77,6 +85,9 @@ class GenerationSection:
     """Prompt ``i`` of a call is decoded with its own generator seeded ``seed + i`` (seeds lie in
     ``[-2**63, 2**64 - 1]``, the range ``torch.Generator.manual_seed`` accepts; a CPU generator uses only the low
     32 bits, so on the CPU seeds that differ by a multiple of 2**32 draw the same numbers)."""
+    stop_at_eos: bool = True
+    """After a row's first EOS, fill the rest of the row and stop decoding it (fewer forwards). false decodes every
+    position, as the official LLaDA, Fast-dLLM, WINO and Dream decoders do; the text still ends at the first EOS."""
     max_steps: Optional[int] = None
     """Abort when a batch takes more steps than this (default: 4 x max_new_tokens)."""
     kernels: Optional[str] = None

@@ -1,16 +1,17 @@
 """``--dry-run``: check a config and its model pair from ``config.json`` and tokenizer files alone, no weights.
 
 Run it before a multi-hour GPU job (``dlm-decode generate|eval --dry-run -c ...``, or :func:`dry_run`). It reads
-each model's ``config.json`` as JSON (none of the checkpoint's code runs for it) and loads its tokenizer with
-``AutoTokenizer`` (offline unless ``allow_download``). Each check below is a finding with a stable ``check`` name:
+each model's ``config.json`` as JSON (none of the checkpoint's code runs for it) and loads its tokenizer as loading
+would (offline unless ``allow_download``; natively unless ``implementation: remote``). Each check below is a finding with a stable ``check`` name:
 
 =================  ======================================================================================
 check              error when
 =================  ======================================================================================
 ``config``         a model's ``config.json`` cannot be found or read (path, hub id not cached)
 ``tokenizer``      a model's tokenizer cannot be loaded
-``remote_code``    the checkpoint needs its own code (``auto_map``, LLaDA, Dream) and ``trust_remote_code``
-                   is off
+``implementation`` ``implementation: remote`` without ``trust_remote_code``; a ``model_type`` with no native
+                   implementation (neither LLaDA, Dream nor a transformers class); a LLaDA or Dream
+                   ``config.json`` asking for what the native mapping does not reproduce
 ``causal``         the dLLM is a plain HF model without ``is_causal: false`` (a causal LM read as a dLLM);
                    or the AR model declares ``is_causal: false``
 ``mask``           no mask id (tokenizer, family table or ``mask_token_id``), or one outside the dLLM head
@@ -38,7 +39,7 @@ from dlm_decode.config.schema import ModelSpec
 from dlm_decode.errors import ModelError
 from dlm_decode.models.families import (CAUSAL_FIX, FAMILIES, causal_problem, detect_family, model_context,
                                         resolve_special_ids)
-from dlm_decode.models.hf import check_remote_code, read_config_json, resolve_path, tokenizer_mismatches
+from dlm_decode.models.hf import check_implementation, load_tokenizer, read_config_json, tokenizer_mismatches
 from dlm_decode.models.prompts import encode_prompts
 
 #: Verification strategies that load ``model.ar``.
@@ -111,8 +112,6 @@ def _head_from_config(config: dict) -> int:
 
 
 def _inspect(spec: ModelSpec, key: str, report: DryRunReport, *, dllm: bool) -> Optional[_Side]:
-    from transformers import AutoTokenizer
-
     try:
         config = read_config_json(spec, key)
     except ModelError as exc:
@@ -120,10 +119,10 @@ def _inspect(spec: ModelSpec, key: str, report: DryRunReport, *, dllm: bool) -> 
                    "give a checkpoint directory with config.json, `embedded:<name>`, or a cached hub id")
         return None
     try:
-        check_remote_code(config, spec, key)
+        check_implementation(config, spec, key)
     except ModelError as exc:
-        report.add("error", "remote_code", f"{key}.trust_remote_code", str(exc).split("\n")[0],
-                   f"set {key}.trust_remote_code=true after reading the checkpoint's code")
+        message, _, fix = str(exc).partition("\n  fix: ")
+        report.add("error", "implementation", f"{key}.implementation", message, fix or None)
     if spec.device.startswith("cuda"):
         import torch
 
@@ -135,13 +134,12 @@ def _inspect(spec: ModelSpec, key: str, report: DryRunReport, *, dllm: bool) -> 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # AutoTokenizer warns about remote-code configs it does not build
     try:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_path(spec.path, key),
-                                                  trust_remote_code=spec.trust_remote_code,
-                                                  local_files_only=not spec.allow_download)
+        tokenizer = load_tokenizer(spec, key, config)
     except Exception as exc:
         report.add("error", "tokenizer", f"{key}.path", f"the tokenizer cannot be loaded: {type(exc).__name__}: "
                    f"{str(exc).splitlines()[0] if str(exc) else ''}",
-                   f"check the tokenizer files; tokenizers with their own code need {key}.trust_remote_code=true")
+                   f"check the tokenizer files; tokenizers with their own code need {key}.implementation=remote and "
+                   f"{key}.trust_remote_code=true")
         return None
     finally:
         hf_logging.set_verbosity(verbosity)

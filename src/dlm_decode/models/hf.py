@@ -46,6 +46,7 @@ from dlm_decode.config.schema import ModelSpec
 from dlm_decode.errors import ModelError
 from dlm_decode.models.families import (CAUSAL_FIX, Family, causal_problem, model_context, resolve_family,
                                         resolve_special_ids)
+from dlm_decode.models.native import Architecture, architecture_for, load_native
 from dlm_decode.models.prompts import encode_prompts, template_affixes
 from dlm_decode.state import ModelInputs
 
@@ -103,17 +104,62 @@ def read_config_json(spec: ModelSpec, key: str) -> dict:
         return json.load(handle)
 
 
-def check_remote_code(config: dict, spec: ModelSpec, key: str) -> None:
-    """Raise unless the checkpoint can be built without its own code or the user allowed that code."""
+def check_implementation(config: dict, spec: ModelSpec, key: str) -> Architecture | None:
+    """How ``spec.implementation`` builds this checkpoint: its native :class:`Architecture` (LLaDA, Dream), or None
+    for transformers' own class of its ``model_type`` (native) or for the checkpoint's own code (remote).
+
+    :raises ModelError: remote code without ``trust_remote_code``; no native implementation for the
+        ``model_type``; a ``config.json`` the native mapping cannot reproduce.
+    """
     from transformers import CONFIG_MAPPING
 
     model_type = config.get("model_type")
-    native = model_type in CONFIG_MAPPING
-    if config.get("auto_map") and not native and not spec.trust_remote_code:
-        raise ModelError(
-            f"`{key}.path` = {spec.path!r} (model_type {model_type!r}) needs its own modeling code "
-            f"({', '.join(sorted(set(str(v).split('.')[0] + '.py' for v in config['auto_map'].values())))}), "
-            f"which is not run unless you allow it.\n  fix: set {key}.trust_remote_code=true after reading that code")
+    architecture = architecture_for(config)
+    if spec.implementation == "remote":
+        if not spec.trust_remote_code:
+            native = (f", or leave {key}.implementation=native: {architecture.original} maps onto transformers' own "
+                      "classes and needs no remote code") if architecture else ""
+            raise ModelError(f"`{key}.implementation` is remote, which runs the checkpoint's own modeling code "
+                             f"({_code_files(config)}), but {key}.trust_remote_code is false.\n  fix: set "
+                             f"{key}.trust_remote_code=true after reading that code{native}")
+        return None
+    if architecture is not None:
+        architecture.convert(config, key)
+        return architecture
+    if model_type not in CONFIG_MAPPING:
+        raise ModelError(f"`{key}.path` = {spec.path!r} has model_type {model_type!r}, which has no native "
+                         f"implementation here (transformers {_transformers_version()} does not know it, and it is "
+                         "not LLaDA or Dream): only the checkpoint's own modeling code "
+                         f"({_code_files(config)}) can build it.\n  fix: set {key}.implementation=remote and "
+                         f"{key}.trust_remote_code=true after reading that code")
+    return None
+
+
+def _code_files(config: dict) -> str:
+    files = sorted({str(v).split(".")[0] + ".py" for v in (config.get("auto_map") or {}).values()
+                    if isinstance(v, str)})
+    return ", ".join(files) or "no auto_map in config.json"
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+def load_tokenizer(spec: ModelSpec, key: str, config: dict):
+    """The checkpoint's tokenizer, built as ``spec.implementation`` builds the model (native: transformers' own
+    class, never the checkpoint's ``tokenization_*.py``)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_path(spec.path, key)
+    local = not spec.allow_download
+    if spec.implementation == "remote":
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=True, local_files_only=local)
+    architecture = architecture_for(config)
+    if architecture is not None:
+        return architecture.tokenizer_class().from_pretrained(path, local_files_only=local)
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=local)
 
 
 def _auto_class(config):
@@ -158,28 +204,30 @@ def weights_fingerprint(modules: Sequence[Any]) -> str:
 
 
 def load_hf(spec: ModelSpec, key: str):
-    """Load ``(model, tokenizer)`` for ``spec`` with plain transformers APIs (offline unless the user allows).
+    """Load ``(model, tokenizer)`` for ``spec`` (offline unless the user allows downloads).
 
-    ``dtype`` is passed to ``from_pretrained``; ``device_map`` (e.g. ``auto``, needs ``accelerate``) places the
-    weights, otherwise the model is moved to ``device`` (``auto``: CUDA when available).
+    ``implementation: native`` (the default) runs none of the checkpoint's code: LLaDA and Dream map onto
+    transformers' Llama and Qwen2 (:mod:`dlm_decode.models.native`), other checkpoints load with transformers' class
+    for their ``model_type``. ``implementation: remote`` runs the checkpoint's own modeling code, which needs
+    ``trust_remote_code``. ``dtype`` is passed to ``from_pretrained``; ``device_map`` (e.g. ``auto``, needs
+    ``accelerate``) places the weights, otherwise the model is moved to ``device`` (``auto``: CUDA when available).
     """
-    from transformers import AutoConfig, AutoTokenizer
-
     path = resolve_path(spec.path, key)
-    check_remote_code(read_config_json(spec, key), spec, key)
+    config = read_config_json(spec, key)
+    architecture = check_implementation(config, spec, key)
     device = None if spec.device_map else resolve_device(spec.device, f"{key}.device")
+    placement = {"device_map": spec.device_map} if spec.device_map else {}
+    dtype = _DTYPES[spec.dtype]
     try:
-        options = {"trust_remote_code": spec.trust_remote_code, "local_files_only": not spec.allow_download}
-        tokenizer = AutoTokenizer.from_pretrained(path, **options)
-        config = AutoConfig.from_pretrained(path, **options)
-        placement = {"device_map": spec.device_map} if spec.device_map else {}
-        model = _auto_class(config).from_pretrained(path, config=config, dtype=_DTYPES[spec.dtype], **placement,
-                                                    **options)
+        if architecture is not None:
+            model, tokenizer = load_native(architecture, path, config, key, dtype=dtype, placement=placement,
+                                           local_files_only=not spec.allow_download)
+        else:
+            model, tokenizer = _load_auto(spec, path, config, key, dtype, placement)
+    except ModelError:
+        raise
     except Exception as exc:
-        hint = " (device_map needs `pip install accelerate`)" if spec.device_map and "accelerate" in str(exc) else ""
-        raise ModelError(f"`{key}.path` = {spec.path!r} could not be loaded: {type(exc).__name__}: {exc}{hint}\n"
-                         "  fix: check the path; models with their own code need "
-                         f"{key}.trust_remote_code=true; hub ids need {key}.allow_download=true") from exc
+        raise _load_error(spec, key, config, exc) from exc
     if device is not None:
         try:
             model = model.to(device)
@@ -189,6 +237,40 @@ def load_hf(spec: ModelSpec, key: str):
                              f"(cpu, auto, or cuda:N with N < torch.cuda.device_count()), or a smaller "
                              f"{key}.dtype if memory ran out") from exc
     return model.eval(), tokenizer
+
+
+def _load_auto(spec: ModelSpec, path: str, config: dict, key: str, dtype, placement: dict):
+    """Through transformers' auto classes: the ``model_type``'s own class, or (remote) the checkpoint's code."""
+    from transformers import AutoConfig
+
+    remote = spec.implementation == "remote"
+    options = {"trust_remote_code": remote, "local_files_only": not spec.allow_download}
+    tokenizer = load_tokenizer(spec, key, config)
+    hf_config = AutoConfig.from_pretrained(path, **options)
+    model = _auto_class(hf_config).from_pretrained(path, config=hf_config, dtype=dtype, **placement, **options)
+    return model, tokenizer
+
+
+def _load_error(spec: ModelSpec, key: str, config: dict, exc: Exception) -> ModelError:
+    """The error for a checkpoint that failed to load: the real exception, and a fix that fits its cause."""
+    failure = f"{type(exc).__name__}: {exc}"
+    if spec.device_map and "accelerate" in str(exc):
+        return ModelError(f"`{key}.device_map` = {spec.device_map!r} needs accelerate ({failure})\n  fix: "
+                          "`pip install accelerate`, or drop device_map")
+    if spec.implementation == "remote":
+        architecture = architecture_for(config)
+        if architecture is not None:
+            fix = (f"set {key}.implementation=native (the default): {architecture.original} maps onto transformers' "
+                   "own classes and needs no remote code")
+        else:
+            written = config.get("transformers_version", "an older version")
+            fix = (f"that code was written for transformers {written} and this is {_transformers_version()}: port "
+                   "it, or run it where its transformers version is installed")
+        return ModelError(f"`{key}.path` = {spec.path!r}: the checkpoint's own modeling code ({_code_files(config)}) "
+                          f"failed while loading: {failure}\n  fix: {fix}")
+    return ModelError(f"`{key}.path` = {spec.path!r} could not be loaded: {failure}\n  fix: check that the "
+                      "directory holds the checkpoint's weights (*.safetensors) and tokenizer files; hub ids need "
+                      f"{key}.allow_download=true or a copy in the local HF cache")
 
 
 def head_width(model) -> int:
@@ -203,6 +285,14 @@ def head_width(model) -> int:
     return int(getattr(config, "embedding_size", None) or config.vocab_size)
 
 
+def undecodable_ids(tokenizer, width: int) -> list[int]:
+    """Ids in ``[0, width)`` that are no token of ``tokenizer`` (its vocabulary and added tokens)."""
+    known = torch.zeros(width, dtype=torch.bool)
+    ids = torch.tensor([i for i in tokenizer.get_vocab().values() if 0 <= i < width], dtype=torch.long)
+    known[ids] = True
+    return (~known).nonzero().flatten().tolist()
+
+
 class DiffusionLM:
     """A masked diffusion LM behind one interface.
 
@@ -210,6 +300,8 @@ class DiffusionLM:
     :ivar mask_token_id, pad_token_id, fill_token_id: special ids; ``fill_token_id`` is written after EOS.
     :ivar eos_token_ids: ids that end a generation.
     :ivar vocab_size: width of the logits (may exceed the tokenizer's vocabulary).
+    :ivar undecodable_ids: ids of the head the tokenizer has no token for (the padding of a head wider than the
+        vocabulary): never proposed, as they could not be turned into text.
     :ivar max_context: the longest canvas the model accepts (the config's, capped by the family's trained
         context).
     :ivar chat_template: wrap prompts with the tokenizer's chat template.
@@ -245,6 +337,7 @@ class DiffusionLM:
         if self.mask_token_id in self.eos_token_ids:
             raise ModelError(f"the mask id {self.mask_token_id} is also an EOS id ({self.eos_token_ids}); fix: check "
                              "model.dllm.mask_token_id and model.dllm.eos_token_ids")
+        self.undecodable_ids = undecodable_ids(tokenizer, self.vocab_size)
         self.max_context = model_context(self.family, model.config)
         self.chat_template = chat_template and getattr(tokenizer, "chat_template", None) is not None
         self._affixes: tuple[Any, tuple[str, str] | None] = (None, None)  # (template they were read from, affixes)
@@ -252,8 +345,9 @@ class DiffusionLM:
     @classmethod
     def from_spec(cls, spec: ModelSpec, key: str = "model.dllm") -> DiffusionLM:
         model, tokenizer = load_hf(spec, key)
-        return cls(model, tokenizer, mask_token_id=spec.mask_token_id, eos_token_ids=spec.eos_token_ids,
-                   chat_template=spec.chat_template, family=spec.family)
+        family = resolve_family(spec.family, read_config_json(spec, key))  # the checkpoint's model_type, not the
+        return cls(model, tokenizer, mask_token_id=spec.mask_token_id,     # native class's
+                   eos_token_ids=spec.eos_token_ids, chat_template=spec.chat_template, family=family)
 
     @property
     def device(self) -> torch.device:

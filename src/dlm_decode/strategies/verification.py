@@ -7,6 +7,12 @@
   ``ceil(m / tokens_per_step)`` when that is null. Positions are ranked by ``score``: ``confidence`` (the
   proposed token's probability), ``margin`` (top-1 minus top-2 probability), ``entropy`` (lowest first) or
   ``random`` (uniform, from the row's generator).
+  With ``schedule: dream`` the quota follows Dream's sampler instead (Ye et al. 2025, ``diffusion_generate``):
+  with ``t = linspace(1, eps, s + 1)`` (float32) and ``m`` the masks left in the row's block, step ``i`` commits
+  ``int(m * (1 - t[i + 1] / t[i]))``, and the last step all ``m``. Dream spends a forward on a step whose quota is
+  0 (its first step when ``s`` equals the canvas length); here the row skips such steps (the canvas, and so the
+  logits, would not change), so every step commits and the tokens are Dream's. Dream's batched sampler sizes the
+  quota from the batch's mean mask count; here every row uses its own, so a row decodes as it would alone.
 * ``left_to_right(k)``: commit the ``k`` leftmost eligible positions per row.
 """
 
@@ -31,14 +37,25 @@ class Score(enum.Enum):
     random = "random"
 
 
+class Schedule(enum.Enum):
+    linear = "linear"
+    dream = "dream"
+
+
 @dataclass
 class TopKConfig:
     score: Score = Score.confidence
     """How eligible positions are ranked: confidence, margin, entropy or random."""
     steps_per_block: Optional[int] = None
-    """Steps to fill a block (LLaDA's ``steps / num_blocks``); null: derive it from tokens_per_step."""
+    """Steps to fill a block (LLaDA's ``steps / num_blocks``, Dream's ``steps``); null: derive it from
+    tokens_per_step (linear schedule only)."""
     tokens_per_step: int = 1
     """Tokens per step when steps_per_block is null (1: one token per step)."""
+    schedule: Schedule = Schedule.linear
+    """How many tokens each step commits: linear (LLaDA's ``m // s``, remainder first) or dream (Dream's
+    timestep schedule, see the module docstring)."""
+    eps: float = 1e-3
+    """Dream's last timestep (schedule dream)."""
 
     def __post_init__(self) -> None:
         check_field(self.steps_per_block is None or self.steps_per_block >= 1, "steps_per_block",
@@ -46,6 +63,9 @@ class TopKConfig:
         check_field(self.tokens_per_step >= 1, "tokens_per_step", f"must be >= 1, got {self.tokens_per_step}")
         check_field(self.steps_per_block is None or self.tokens_per_step == 1, "tokens_per_step",
                     "is ignored when steps_per_block is set", "set only one of steps_per_block and tokens_per_step")
+        check_field(self.schedule is not Schedule.dream or self.steps_per_block is not None, "steps_per_block",
+                    "must be set for schedule dream (Dream's `steps`)", "e.g. steps_per_block: 256")
+        check_field(0 < self.eps < 1, "eps", f"must be in (0, 1), got {self.eps}")
 
 
 @dataclass
@@ -89,9 +109,14 @@ class TopK:
         self.score = config.score
         self.steps_per_block = config.steps_per_block
         self.tokens_per_step = config.tokens_per_step
+        self.schedule = config.schedule
+        self.eps = config.eps
+        self._ratios: dict[torch.device, torch.Tensor] = {}
 
     def quota(self, state: DecodeState, window: Window) -> torch.Tensor | None:
         """``[B]`` long tokens each row commits this step (None: one per row, the schedule needs no state)."""
+        if self.schedule is Schedule.dream:
+            return self.dream_quota(state, window)
         if self.steps_per_block is None and self.tokens_per_step == 1:
             return None
         memory = state.scratch.get("topk")
@@ -106,6 +131,30 @@ class TopK:
             steps = torch.full_like(size, self.steps_per_block)
         quota = size.div(steps, rounding_mode="floor") + (step < size.remainder(steps)).long()
         state.scratch["topk"] = {"block_start": window.block_start, "size": size, "step": step + 1}
+        return quota.clamp(min=1)
+
+    def dream_ratios(self, device: torch.device) -> torch.Tensor:
+        """``[s]`` float32, ``1 - t[i + 1] / t[i]`` for ``t = linspace(1, eps, s + 1)``, in Dream's arithmetic
+        (made once per device)."""
+        if device not in self._ratios:
+            timesteps = torch.linspace(1, self.eps, self.steps_per_block + 1, device=device)
+            self._ratios[device] = 1 - timesteps[1:] / timesteps[:-1]
+        return self._ratios[device]
+
+    def dream_quota(self, state: DecodeState, window: Window) -> torch.Tensor:
+        """Dream's quota for each row's schedule step, skipping the steps whose quota is 0 (module docstring)."""
+        memory = state.scratch.get("topk")
+        steps = self.steps_per_block
+        step = torch.zeros_like(window.block_start)
+        if memory is not None:
+            step = torch.where(window.block_start != memory["block_start"], 0, memory["step"])
+        masks = window.eligible.sum(-1)  # [B] m, read as a float32 as Dream does
+        quotas = (masks.float()[:, None] * self.dream_ratios(state.canvas.device)).long()  # [B, s], int() truncates
+        index = torch.arange(steps, device=masks.device)
+        usable = (index >= step[:, None]) & ((quotas >= 1) | (index == steps - 1))
+        current = torch.where(usable.any(-1), usable.int().argmax(-1), steps - 1)  # the row's next usable step
+        quota = torch.where(current >= steps - 1, masks, quotas.gather(1, current[:, None])[:, 0])
+        state.scratch["topk"] = {"block_start": window.block_start, "step": current + 1}
         return quota.clamp(min=1)
 
     def scores(self, state: DecodeState, proposal: Proposal) -> torch.Tensor:

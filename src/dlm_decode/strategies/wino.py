@@ -23,15 +23,17 @@ official code. One forward both drafts and verifies; it needs cache ``none`` and
    ``clamp(int(max_accept_ratio * m), min_accept, max_accept)`` most confident; if none passes, the single most
    confident one.
 2. **Narrow out.** Candidates are the committed generated tokens of the block (committed at earlier steps, so a
-   token drafted now is verified from the next step on; a row's EOS and the fill tokens after it excluded, since
-   revoking the EOS would turn its whole filled tail back into masks). Those with shadow
-   support below ``verify_threshold`` (tau2) are turned back into masks, lowest first, at most
-   ``min(last_accept, a) - 1`` of them, where ``last_accept`` is the row's accept count at its previous step
-   (``initial_last_accept`` at its first step). So nothing is revoked unless this step drafted more than one
-   token (the official ``if num_accept > 1``), and every step makes net progress (``a - revoked >= 1``); the
-   official code bounds revocations by ``last_accept - 1`` alone, which lets one step revoke more than it
-   commits. The official code also resets ``last_accept`` to 30 at each block, but a block's first step has
-   nothing to revoke, so carrying the count over (which suits sliding windows) changes nothing for blocks.
+   token drafted now is verified from the next step on; with ``generation.stop_at_eos`` a row's EOS and the fill
+   tokens after it are excluded, since revoking the EOS would turn its whole filled tail back into masks). Those
+   with shadow support below ``verify_threshold`` (tau2) are turned back into masks, lowest first, and only when
+   this step drafted more than one token (the official ``if num_accept > 1``). ``revoke_limit`` bounds how many:
+   ``progress`` (the default) at most ``min(last_accept, a) - 1``, where ``last_accept`` is the row's accept count
+   at its previous step (``initial_last_accept`` at its first step), so every step makes net progress
+   (``a - revoked >= 1``); ``official`` at most ``last_accept - 1``, the official code's bound, which lets one step
+   revoke more than it commits. The official code also resets ``last_accept`` to 30 at each block, but a block's
+   first step has nothing to revoke, so carrying the count over (which suits sliding windows) changes nothing
+   for blocks. With ``revoke_limit: official`` and ``generation.stop_at_eos: false`` the decoder reproduces
+   ``decoding_wino`` token for token (tests/test_reference.py).
 
 The official heuristics (0.7, clamp 5..20, 30) are the defaults of the named parameters; the paper's settings
 are blocks of 128 for 256 generated tokens, tau2 = 0.9 and tau1 = 0.5 to 0.8 by task (0.6 for GSM8K). Unlike the
@@ -46,6 +48,7 @@ revoked that many times.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Optional
 
@@ -57,6 +60,11 @@ from dlm_decode.state import Decision, DecodeState, ForwardOutput, ForwardPlan, 
 from dlm_decode.strategies.verification import select_top
 
 PLUGIN = "dlm_decode.strategies.wino (verification strategy 'wino')"
+
+
+class RevokeLimit(enum.Enum):
+    progress = "progress"
+    official = "official"
 
 
 @dataclass
@@ -77,6 +85,9 @@ class WinoConfig:
     """Never revoke a position again once it was revoked this many times (null: no limit; 0: never revoke)."""
     shadows_attend_each_other: bool = True
     """Shadow slots see each other (the official code) or only themselves (exact first-layer leave-one-out)."""
+    revoke_limit: RevokeLimit = RevokeLimit.progress
+    """progress: revoke at most ``min(last_accept, drafted) - 1`` (every step gains a token); official: at most
+    ``last_accept - 1``, as WINO's code."""
 
     def __post_init__(self) -> None:
         for name in ("draft_threshold", "verify_threshold"):
@@ -190,11 +201,13 @@ class WinoVerifier:
         return torch.where(passing.any(-1, keepdim=True), drafted, select_top(confidence, eligible, None))
 
     def revocable(self, state: DecodeState, window: Window, memory: WinoMemory) -> torch.Tensor:
-        """``[B, N]`` bool: committed generated tokens of unfinished rows' blocks that may still be revoked (not a
-        row's EOS: revoking it would reopen the whole filled tail after it)."""
+        """``[B, N]`` bool: committed generated tokens of unfinished rows' blocks that may still be revoked (with
+        ``stop_at_eos``, not a row's EOS: revoking it would reopen the whole filled tail after it)."""
         columns = state.columns
         block = (columns >= window.block_start[:, None]) & (columns < window.block_end[:, None])
-        settled = state.masked | state.filled | state.is_eos(state.canvas) | state.finished[:, None]
+        settled = state.masked | state.filled | state.finished[:, None]
+        if state.stop_at_eos:
+            settled = settled | state.is_eos(state.canvas)
         candidates = block & (columns >= state.gen_start) & ~settled
         if self.config.max_revocations_per_position is not None:
             candidates &= memory.revocations < self.config.max_revocations_per_position
@@ -225,7 +238,10 @@ class WinoVerifier:
         accepted = commit.sum(-1)
         candidates = self.revocable(state, window, memory)
         support = self.support(state, forward, window, candidates)
-        limit = (torch.minimum(memory.last_accept, accepted) - 1).clamp(min=0)  # [B], 0 unless accepted > 1
+        if self.config.revoke_limit is RevokeLimit.official:
+            limit = torch.where(accepted > 1, memory.last_accept - 1, 0)
+        else:
+            limit = (torch.minimum(memory.last_accept, accepted) - 1).clamp(min=0)  # [B], 0 unless accepted > 1
         revoke = select_top(-support, candidates & (support < self.config.verify_threshold), limit)
 
         memory.flip_flops += (commit & (proposal.tokens == memory.revoked_token)).sum(-1)

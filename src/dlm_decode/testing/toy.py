@@ -25,6 +25,7 @@ class ToyDiffusionLM:
 
     pad_token_id, bos_token_id, fill_token_id, mask_token_id = 0, 1, 2, 3
     eos_token_ids = [2]
+    undecodable_ids: list[int] = []
     chat_template = False
 
     def __init__(self, vocab_size: int = 12, *, eos_bias: float = 0.0, sharpness: float = 3.0, seed: int = 0,

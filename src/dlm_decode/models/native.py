@@ -1,0 +1,231 @@
+"""LLaDA and Dream checkpoints on transformers' own classes: none of the checkpoint's code runs.
+
+The modeling files published with LLaDA and Dream were written for transformers 4.4x and do not load on the
+transformers this project needs (LLaDA's never calls ``post_init``, Dream's asks for a RoPE type transformers 5
+no longer has), and neither takes position ids together with a key/value cache, which caches, WINO and batches of
+prompts of different lengths need. Their weights are those of a Llama and a Qwen2 decoder, so a checkpoint is
+read from its ``config.json`` and safetensors and mapped onto ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` with
+bidirectional attention (``config.is_causal = False``; every forward also gets the project's 4-D mask):
+
+=============  =============================================  ======================  ================================
+``model_type`` ``config.json``                                class                   weights
+=============  =============================================  ======================  ================================
+``llada``      LLaDA's own fields (``d_model``, ``n_heads``,   ``LlamaForCausalLM``    ``model.transformer.*`` renamed
+               ``mlp_hidden_size``, ``block_type: llama``...)                          (:data:`LLADA_KEYS`)
+``dream``      Qwen2's fields under another ``model_type``    ``Qwen2ForCausalLM``    Qwen2's own names
+=============  =============================================  ======================  ================================
+
+LLaDA's block is a Llama block under other names: RMSNorm, rotary embeddings on the head dimension's two halves,
+bias-free projections, a SiLU-gated MLP (``ff_proj`` gated by ``up_proj``), no logit scaling. A LLaDA
+``config.json`` asking for anything else (ALiBi, biases, a sequential block, layer-normed queries and keys...) is
+refused with the field, its value and why, instead of loading a different network. Loading goes through
+``from_pretrained`` with a key mapping, so sharded checkpoints, ``dtype`` and ``device_map`` work as for any
+transformers model; a checkpoint whose tensors do not have the expected names or shapes is refused listing them.
+
+Tokenizers load natively too: LLaDA's is a plain ``PreTrainedTokenizerFast`` (``tokenizer.json``), Dream's ships a
+``tokenization_dream.py`` over Qwen2's byte-level BPE files, read here by transformers' ``Qwen2Tokenizer`` (the
+same ids for the same text; ``skip_special_tokens`` also drops Qwen's chat markers, which Dream's class keeps).
+
+Verified against the official code (logits and decoders) on the tiny checkpoints of ``tests/reference``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dlm_decode.errors import ModelError
+
+#: LLaDA's weight names -> Llama's (regular expressions, one capture group at most per pattern).
+_BLOCK = r"^model\.transformer\.blocks\.(\d+)\."
+LLADA_KEYS = {
+    r"^model\.transformer\.wte\.": "model.embed_tokens.",
+    r"^model\.transformer\.ln_f\.": "model.norm.",
+    r"^model\.transformer\.ff_out\.": "lm_head.",
+    _BLOCK + r"attn_norm\.": r"model.layers.\1.input_layernorm.",
+    _BLOCK + r"q_proj\.": r"model.layers.\1.self_attn.q_proj.",
+    _BLOCK + r"k_proj\.": r"model.layers.\1.self_attn.k_proj.",
+    _BLOCK + r"v_proj\.": r"model.layers.\1.self_attn.v_proj.",
+    _BLOCK + r"attn_out\.": r"model.layers.\1.self_attn.o_proj.",
+    _BLOCK + r"ff_norm\.": r"model.layers.\1.post_attention_layernorm.",
+    _BLOCK + r"ff_proj\.": r"model.layers.\1.mlp.gate_proj.",
+    _BLOCK + r"up_proj\.": r"model.layers.\1.mlp.up_proj.",
+    _BLOCK + r"ff_out\.": r"model.layers.\1.mlp.down_proj.",
+}
+
+#: LLaDA ``config.json`` fields the mapping depends on: ``field: (default in LLaDA's code, values that map)``.
+LLADA_REQUIRED: dict[str, tuple[Any, tuple[Any, ...]]] = {
+    "block_type": ("sequential", ("llama",)),
+    "layer_norm_type": ("default", ("rms",)),
+    "activation_type": ("swiglu", ("silu",)),
+    "rope": (False, (True,)),
+    "alibi": (False, (False,)),
+    "attention_layer_norm": (False, (False,)),
+    "include_bias": (False, (False,)),
+    "include_qkv_bias": (False, (False, None)),
+    "bias_for_layer_norm": (None, (False, None)),
+    "layer_norm_with_affine": (True, (True,)),
+    "input_emb_norm": (False, (False,)),
+    "scale_logits": (False, (False,)),
+    "block_group_size": (1, (1,)),
+    "clip_qkv": (None, (None,)),
+}
+
+#: Dream ``config.json`` fields Qwen2's class would read differently: ``field: (default, values that map)``.
+DREAM_REQUIRED: dict[str, tuple[Any, tuple[Any, ...]]] = {
+    "use_sliding_window": (False, (False,)),
+    "use_mrope": (False, (False,)),
+    "rope_scaling": (None, (None,)),
+}
+
+
+def _unsupported(config: Mapping[str, Any], required: Mapping[str, tuple[Any, tuple[Any, ...]]]) -> list[str]:
+    return [f"{name}={config.get(name, default)!r} (maps only {' or '.join(repr(v) for v in accepted)})"
+            for name, (default, accepted) in required.items() if config.get(name, default) not in accepted]
+
+
+def _llada_config(config: Mapping[str, Any]):
+    from transformers import LlamaConfig
+
+    heads = config.get("n_heads", 12)
+    kv_heads = 1 if config.get("multi_query_attention") else (config.get("n_kv_heads") or heads)
+    width = config.get("embedding_size") or config.get("vocab_size", 50257)
+    d_model = config.get("d_model", 768)
+    return LlamaConfig(
+        vocab_size=width, hidden_size=d_model, num_hidden_layers=config.get("n_layers", 12),
+        intermediate_size=config.get("mlp_hidden_size") or config.get("mlp_ratio", 4) * d_model,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, hidden_act="silu",
+        max_position_embeddings=config.get("max_sequence_length", 1024), rms_norm_eps=config.get("rms_norm_eps", 1e-5),
+        rope_theta=float(config.get("rope_theta", 10000.0)), attention_bias=False, mlp_bias=False,
+        tie_word_embeddings=bool(config.get("weight_tying", True)), bos_token_id=None,
+        eos_token_id=config.get("eos_token_id"), pad_token_id=config.get("pad_token_id"),
+    )
+
+
+#: Qwen2 fields read from a Dream ``config.json`` as they are.
+_QWEN2_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps", "rope_theta",
+                 "tie_word_embeddings", "attention_dropout", "bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def _dream_config(config: Mapping[str, Any]):
+    from transformers import Qwen2Config
+
+    return Qwen2Config(**{name: config[name] for name in _QWEN2_FIELDS if name in config},
+                       use_sliding_window=False, sliding_window=None)
+
+
+def _llama():
+    from transformers import LlamaForCausalLM
+
+    return LlamaForCausalLM
+
+
+def _qwen2():
+    from transformers import Qwen2ForCausalLM
+
+    return Qwen2ForCausalLM
+
+
+def _fast_tokenizer():
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast
+
+
+def _qwen2_tokenizer():
+    from transformers import Qwen2Tokenizer
+
+    return Qwen2Tokenizer
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """How checkpoints of one ``model_type`` map onto a transformers class.
+
+    :ivar name: the architecture (and family) name. :ivar original: what the checkpoint is, for messages.
+    :ivar required: ``config.json`` fields the mapping depends on (see :data:`LLADA_REQUIRED`).
+    :ivar hf_config: ``config.json`` -> the transformers config (before ``is_causal`` is set).
+    :ivar model_class: the transformers model class. :ivar tokenizer_class: the transformers tokenizer class.
+    :ivar key_mapping: checkpoint weight names -> the class's (None: the same names).
+    """
+
+    name: str
+    original: str
+    required: Mapping[str, tuple[Any, tuple[Any, ...]]]
+    hf_config: Callable[[Mapping[str, Any]], Any]
+    model_class: Callable[[], type]
+    tokenizer_class: Callable[[], type]
+    key_mapping: Mapping[str, str] | None = None
+
+    def convert(self, config: Mapping[str, Any], key: str):
+        """The transformers config of a bidirectional model for ``config`` (a ``config.json`` mapping).
+
+        :raises ModelError: naming every field the mapping cannot reproduce.
+        """
+        problems = _unsupported(config, self.required)
+        if problems:
+            raise ModelError(
+                f"`{key}.path`: this {self.original} checkpoint's config.json asks for what the native "
+                f"{self.name} mapping does not reproduce: {'; '.join(problems)}.\n  fix: if it is a derivative with "
+                f"its own modeling code, set {key}.implementation=remote and {key}.trust_remote_code=true after "
+                "reading that code")
+        hf_config = self.hf_config(config)
+        hf_config.is_causal = False
+        return hf_config
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "llada": Architecture("llada", "LLaDA", LLADA_REQUIRED, _llada_config, _llama, _fast_tokenizer, LLADA_KEYS),
+    "dream": Architecture("dream", "Dream", DREAM_REQUIRED, _dream_config, _qwen2, _qwen2_tokenizer),
+}
+
+
+def architecture_for(config: Mapping[str, Any]) -> Architecture | None:
+    """The native mapping for a ``config.json`` (by ``model_type``), or None."""
+    return ARCHITECTURES.get(str(config.get("model_type") or "").lower())
+
+
+def loading_problems(info: Mapping[str, Any], shown: int = 5) -> list[str]:
+    """What ``from_pretrained(..., output_loading_info=True)`` could not match, the first ``shown`` of each kind."""
+    problems = []
+    for kind, label in (("missing_keys", "missing from the checkpoint"),
+                        ("unexpected_keys", "in the checkpoint but not in the model"),
+                        ("mismatched_keys", "of another shape")):
+        keys = sorted(str(k) if not isinstance(k, tuple) else f"{k[0]} (checkpoint {tuple(k[1])}, model {tuple(k[2])})"
+                      for k in info.get(kind) or ())
+        if keys:
+            more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+            problems.append(f"{len(keys)} tensor(s) {label}: {', '.join(keys[:shown])}{more}")
+    return problems
+
+
+def load_native(architecture: Architecture, path: str, config: Mapping[str, Any], key: str, *, dtype,
+                placement: Mapping[str, Any], local_files_only: bool):
+    """``(model, tokenizer)`` of a checkpoint of ``architecture`` on transformers' own classes.
+
+    :raises ModelError: for a ``config.json`` the mapping cannot reproduce, or tensors that do not match the
+        model's names and shapes (the first few of each kind are listed).
+    """
+    from transformers.utils import logging as hf_logging
+
+    hf_config = architecture.convert(config, key)
+    options = {"local_files_only": local_files_only}
+    tokenizer = architecture.tokenizer_class().from_pretrained(path, **options)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the mismatch report below replaces transformers' load report
+    try:
+        model, info = architecture.model_class().from_pretrained(
+            path, config=hf_config, dtype=dtype, key_mapping=architecture.key_mapping, output_loading_info=True,
+            ignore_mismatched_sizes=True, **placement, **options)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    problems = loading_problems(info)
+    if problems:
+        raise ModelError(f"`{key}.path` = {path!r}: the weights do not have the {architecture.original} layout the "
+                         f"native {architecture.name} mapping expects: " + "; ".join(problems)
+                         + f".\n  fix: check that the checkpoint is a {architecture.original} checkpoint (a "
+                         f"derivative with other tensors needs {key}.implementation=remote and "
+                         f"{key}.trust_remote_code=true)")
+    return model, tokenizer
