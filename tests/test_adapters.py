@@ -33,6 +33,7 @@ from dlm_decode.testing.models import (
     llada_like_tokenizer,
     spike_text,
 )
+from helpers import assert_logits_close
 
 SPIKE = 40.0
 PROMPTS = ["hi", "sort 3 1 2", "reverse abc"]  # different lengths: left padding in a batch
@@ -148,10 +149,10 @@ def test_dream_logits_are_shifted_back_onto_their_columns(dirs):
     ids, positions, mask = canvas_inputs(dllm, PROMPTS, 6)
     raw = dllm.model(input_ids=ids, position_ids=positions, attention_mask=mask).logits
     realigned = dllm.forward(span(ids, positions, mask, 0, ids.shape[1], cached=False))
-    torch.testing.assert_close(realigned[:, 1:], raw[:, :-1])
+    assert torch.equal(realigned[:, 1:], raw[:, :-1]), "the same values, moved one column"
     as_bidirectional = load(dirs["dream"], family="bidirectional").forward(span(ids, positions, mask, 0,
                                                                                 ids.shape[1], cached=False))
-    torch.testing.assert_close(as_bidirectional, raw)
+    assert torch.equal(as_bidirectional, raw)
 
 
 @pytest.mark.parametrize("store", ["dynamic", "positional"])
@@ -165,14 +166,14 @@ def test_a_cached_span_takes_its_first_logit_from_the_column_before_it(dirs, sto
     cache = new_cache() if store == "dynamic" else PositionalKVCache(width)
     if store == "positional":
         cache.set_queries(0)
-    torch.testing.assert_close(dllm.forward(span(ids, positions, mask, 0, width, cached=True), cache), full)
+    assert_logits_close(dllm.forward(span(ids, positions, mask, 0, width, cached=True), cache), full)
     for start in (width - 5, width - 8, width - 2):  # spans moving back and forth, as kv_window's do
         if store == "dynamic":
             cache.crop(start - cache.get_seq_length())
         else:
             cache.set_queries(start)
         logits = dllm.forward(span(ids, positions, mask, start, width, cached=True), cache)
-        torch.testing.assert_close(logits, full[:, start:], msg=f"span from column {start}")
+        assert_logits_close(logits, full[:, start:])  # span from column `start`
         assert cache.get_seq_length() == width, "the duplicate of the previous column is gone"
 
 
@@ -195,7 +196,7 @@ def test_the_previous_column_keeps_its_frozen_key_value(dirs):
         else:
             cache.set_queries(start)
         results.append(dllm.forward(span(changed, positions, mask, start, width, cached=True), cache))
-    torch.testing.assert_close(results[0], results[1])
+    assert_logits_close(results[0], results[1])
 
 
 # --- end to end: the spiked stand-ins decode their constructed answer -------------------------------------------

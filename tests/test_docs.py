@@ -32,3 +32,29 @@ def test_every_builtin_strategy_has_a_section(strategy_registry):
         if spec.package == "dlm-decode":
             assert f"`{spec.name}" in text, f"{spec.role} strategy {spec.name!r} missing from docs/strategies.md"
     assert len(HOOKS) == 9 and set(ROLES) == {"window", "cache", "proposal", "verification"}
+
+
+def _absolute_only_comparisons(path: Path) -> list[str]:
+    """``allclose`` / ``assert_close`` / ``isclose`` calls in ``path`` given an ``atol`` but no relative tolerance
+    (``rtol`` missing for assert_close's own defaults is fine only without ``atol``)."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.Call):
+            continue
+        name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+        keywords = {k.arg: k.value for k in node.keywords if k.arg}
+        if name in ("allclose", "assert_close", "isclose") and "atol" in keywords:
+            rtol = keywords.get("rtol")
+            if rtol is None or (isinstance(rtol, ast.Constant) and not rtol.value):
+                found.append(f"{path.name}:{node.lineno}")
+    return found
+
+
+def test_float_comparisons_in_the_suite_scale_with_the_values():
+    """An absolute tolerance alone fails on another CPU as soon as the values are large (logits of 10 differ by
+    2e-5 between x86 machines): comparisons pass an rtol, or use helpers.assert_logits_close."""
+    root = Path(__file__).resolve().parent
+    files = [*root.glob("*.py"), *root.parent.glob("plugins/*/tests/*.py")]
+    assert [hit for path in files for hit in _absolute_only_comparisons(path)] == []

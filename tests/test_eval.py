@@ -164,3 +164,69 @@ def test_an_out_path_that_is_a_file_is_refused(make_decoder, tmp_path):
         evaluate(make_decoder(), tmp_path / "taken", tasks=["arith"], limit=1, progress=False)
     with pytest.raises(InputError, match="--out .*taken.*cannot be created.*fix"):
         evaluate(make_decoder(), tmp_path / "taken" / "sub", tasks=["arith"], limit=1, progress=False)
+
+
+HOLD_THE_LOCK = """
+import sys, time
+from pathlib import Path
+from dlm_decode.eval.runner import claim_out_dir
+from dlm_decode.integrations import Ranks
+with claim_out_dir(Path(sys.argv[1]), Ranks(), sys.argv[2]):
+    Path(sys.argv[3]).touch()
+    time.sleep(60)
+"""
+
+
+@pytest.fixture
+def busy_out(tmp_path):
+    """A results directory whose lock another process holds (as a running `dlm-decode eval` does)."""
+    import subprocess
+    import sys
+    import time
+
+    out, ready = tmp_path / "run", tmp_path / "ready"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, str(out), "eval", str(ready)])
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        assert holder.poll() is None and time.monotonic() < deadline, "the lock holder did not start"
+        time.sleep(0.05)
+    yield out, holder
+    holder.kill()
+    holder.wait()
+
+
+def test_a_second_run_on_a_busy_out_is_refused_and_writes_nothing(make_decoder, busy_out, capsys):
+    from dlm_decode.cli import main
+
+    out, holder = busy_out
+    with pytest.raises(InputError, match=rf"(?s)--out {out} is in use by another run \(dlm-decode eval, pid "
+                                         rf"{holder.pid} .*record it twice.*another --out"):
+        evaluate(make_decoder(), out, tasks=["sort"], limit=2, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == [".dlm-decode.lock"], "nothing written beside the lock"
+    assert main(["eval", "--tasks", "sort", "--limit", "2", "--out", str(out)]) == 2
+    assert "is in use by another run" in capsys.readouterr().err
+    assert main(["ablate", "--vary", "decoder.verification.tokens_per_step=2", "--tasks", "sort", "--limit", "2",
+                 "--out", str(out)]) == 2
+    assert "is in use by another run (dlm-decode eval" in capsys.readouterr().err
+    holder.kill()
+    holder.wait()  # the lock goes with its process, even a killed one
+    assert evaluate(make_decoder(), out, tasks=["sort"], limit=2, progress=False)["examples"] == 2
+
+
+def test_an_ablation_holds_its_directory_for_every_run(make_decoder, tmp_path, monkeypatch):
+    """A second ablation (or an eval of one of its runs) is refused while the first is between runs."""
+    from dlm_decode.eval import ablation
+
+    out = tmp_path / "ablation"
+    seen = []
+    real_evaluate = ablation.evaluate
+
+    def evaluate_while_another_starts(decoder, run_dir, **kwargs):
+        with pytest.raises(InputError, match="is in use by another run \\(dlm-decode ablate"):
+            ablation.ablate({}, [], out, tasks=["sort"], limit=1, progress=False)
+        seen.append(run_dir.name)
+        return real_evaluate(decoder, run_dir, **kwargs)
+
+    monkeypatch.setattr(ablation, "evaluate", evaluate_while_another_starts)
+    ablation.ablate({}, ablation.parse_vary(["generation.seed=1"]), out, tasks=["sort"], limit=1, progress=False)
+    assert len(seen) == 2

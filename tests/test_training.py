@@ -18,6 +18,7 @@ from dlm_decode.eval.tasks import TASKS, load_examples
 from dlm_decode.models import train
 from dlm_decode.models.embedded import EMBEDDED_MODELS, embedded_model_dir
 from dlm_decode.models.tokenizer import build_char_tokenizer
+from helpers import assert_logits_close
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def test_checkpoints_load_through_plain_transformers(smoke_run, tokenizer):
     perturbed = input_ids.clone()
     perturbed[0, -1] = tokenizer.mask_token_id
     assert not torch.allclose(_logits(dllm, input_ids)[0, :-1], _logits(dllm, perturbed)[0, :-1])
-    assert torch.allclose(_logits(ar, input_ids)[0, :-1], _logits(ar, perturbed)[0, :-1], atol=1e-6)
+    assert_logits_close(_logits(ar, input_ids)[0, :-1], _logits(ar, perturbed)[0, :-1])
     loaded = AutoTokenizer.from_pretrained(out / "dllm")
     assert (loaded.pad_token_id, loaded.bos_token_id, loaded.eos_token_id, loaded.mask_token_id) == (0, 1, 2, 3)
 
@@ -156,8 +157,9 @@ def test_compiled_training_matches_eager_training(kind, tokenizer):
                         arch=arch)[0] for compiled in (False, True)]  # fmt: skip
     eager, compiled = (dict(model.named_parameters()) for model in runs)
     assert eager.keys() == compiled.keys()
-    for name, value in eager.items():  # three AdamW steps of lr 1e-2 move weights by about 3e-2
-        torch.testing.assert_close(compiled[name], value, rtol=0, atol=1e-4, msg=name)
+    for name, value in eager.items():  # three AdamW steps of lr 1e-2 move weights by about 3e-2: a difference of
+        # 1% of one step (plus 0.1% of the weight itself) would be another update, not float reordering
+        torch.testing.assert_close(compiled[name], value, rtol=1e-3, atol=1e-4, msg=name)
 
 
 def test_training_draws_tasks_with_their_weights():

@@ -15,6 +15,7 @@ from dlm_decode.state import DecodeState, ForwardOutput, ForwardPlan, ModelInput
 from dlm_decode.strategies import wino
 from dlm_decode.testing.models import build_tiny_checkpoint
 from dlm_decode.testing.toy import ToyDiffusionLM
+from helpers import assert_logits_close
 
 NEVER = float("-inf")
 PRESET = Path(__file__).resolve().parents[1] / "configs" / "decoders" / "wino.yaml"
@@ -136,8 +137,7 @@ def test_shadow_block_leaves_real_logits_unchanged(make_decoder, registry):
     state, window = partly_decoded(decoder, ["sort: 3 1 2", "hi", "reverse: abc"], new_tokens=10, seed=1)
     forward = shadow_forward(decoder, state, window)
     assert forward.logits.shape[1] == state.width + 8
-    torch.testing.assert_close(forward.logits[:, : state.width], plain_logits(decoder, state, state.canvas),
-                               atol=1e-5, rtol=0)
+    assert_logits_close(forward.logits[:, : state.width], plain_logits(decoder, state, state.canvas))
 
 
 def test_shared_shadow_slots_never_see_their_own_token(make_decoder, registry, one_layer_dir):
@@ -149,7 +149,7 @@ def test_shared_shadow_slots_never_see_their_own_token(make_decoder, registry, o
     before = shadow_forward(decoder, state, window).logits[0, state.width:]
     state.canvas[0, column] = 41
     after = shadow_forward(decoder, state, window).logits[0, state.width:]
-    torch.testing.assert_close(after[3], before[3], atol=1e-5, rtol=0)
+    assert_logits_close(after[3], before[3])
     assert float((after[2] - before[2]).nan_to_num().abs().max()) > 1e-3
 
 
@@ -169,7 +169,7 @@ def test_ragged_shadow_blocks_give_each_row_its_own_shadow_logits(make_decoder, 
                      block_end=window.block_end[row: row + 1] - shift)
         length = int(own.block_end - own.block_start)
         expected = shadow_forward(decoder, alone, own).logits[0, width:]
-        torch.testing.assert_close(together[row, :length], expected, atol=1e-5, rtol=0)
+        assert_logits_close(together[row, :length], expected)
 
 
 def test_a_cache_is_rejected_by_name(registry):

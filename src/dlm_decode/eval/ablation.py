@@ -22,7 +22,7 @@ from dlm_decode.config.compose import Source, load_config
 from dlm_decode.decoder import Decoder
 from dlm_decode.errors import InputError
 from dlm_decode.eval.aup import aup
-from dlm_decode.eval.runner import check_out_dir, check_selection, evaluate
+from dlm_decode.eval.runner import check_out_dir, check_selection, claim_out_dir, evaluate
 from dlm_decode.models.hf import DiffusionLM
 
 
@@ -58,10 +58,17 @@ def ablate(base: Source | Sequence[Source], factors: list[tuple[str, list[str]]]
 
     Every config is composed (and validated) and ``tasks``/``limit`` are checked before anything is evaluated.
     """
+    from dlm_decode.integrations import distributed
+
     out = check_out_dir(out_dir)
-    rows, seen, models = [], {}, {}
     runs = [(name, factor, load_config(base, [*overrides, *extra])) for name, factor, extra in plan_runs(factors)]
     check_selection(tasks, limit)
+    with distributed() as ranks, claim_out_dir(out, ranks, "ablate"):  # the whole ablation, not run by run
+        return _run_all(runs, out, tasks, limit, split, progress)
+
+
+def _run_all(runs: list, out: Path, tasks: Sequence[str] | None, limit: int, split: str, progress: bool) -> list[dict]:
+    rows, seen, models = [], {}, {}
     for name, factor, config in tqdm(runs, desc="ablation", unit="run", disable=not progress):
         if config.hash in seen:  # a variation equal to the base (or to an earlier run) is not run twice
             rows.append({**seen[config.hash], "run": name, "factor": factor})

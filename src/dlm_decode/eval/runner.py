@@ -10,14 +10,22 @@ record stores its ``prompt`` and ``seed``, and a record whose prompt or seed dif
 is refused. Nothing is written in ``DIR`` before its records are checked: then ``DIR/config.yaml``, and
 ``DIR/summary.json`` at the end. Under ``torchrun``/``accelerate launch`` the examples are split by rank and
 gathered on rank 0 (see :func:`evaluate`).
+
+One run at a time per directory: :func:`claim_out_dir` holds a lock on ``DIR/.dlm-decode.lock`` (``flock``;
+the ranks of one launcher job share it through rank 0) for the whole run, so a second ``eval`` or ``ablate``
+started on the same directory is refused instead of decoding every example again and appending them twice. The
+lock goes with the process that holds it, even one that is killed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import os
+import socket
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -134,19 +142,12 @@ def evaluate(decoder: Decoder, out_dir: str | Path, tasks: Sequence[str] | None 
 
     :return: the summary (also written to ``out_dir/summary.json``).
     """
-    from dlm_decode.integrations import barrier, broadcast_object, distributed, gather_objects
+    from dlm_decode.integrations import broadcast_object, distributed, gather_objects
 
     names = check_selection(tasks, limit)
     out = check_out_dir(out_dir)
     identity = {"config_hash": decoder.config.hash, "weights_hash": decoder.weights_hash, "split": split}
-    with distributed() as ranks:
-        if ranks.main:
-            try:
-                out.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise InputError(f"--out {out} cannot be created ({exc.strerror}); fix: pass a directory path "
-                                 "that can be created") from None
-        barrier(ranks)
+    with distributed() as ranks, claim_out_dir(out, ranks, "eval"):
         done = _read_results(out / RESULTS, identity)
         for partial in sorted(out.glob(RANK_RESULTS.format(rank="*"))):
             done.update(_read_results(partial, identity))
@@ -192,6 +193,65 @@ def check_out_dir(out_dir: str | Path) -> Path:
         raise InputError(f"--out {out} is a file, not a directory; fix: pass a directory path (it is created if "
                          "missing)")
     return out
+
+
+#: The lock file of a results directory (see :func:`claim_out_dir`).
+LOCK = ".dlm-decode.lock"
+
+
+@contextlib.contextmanager
+def claim_out_dir(out: Path, ranks, command: str) -> Iterator[None]:
+    """Create ``out`` and hold its lock for the block: rank 0 does both and tells every rank whether it could.
+
+    :param ranks: :class:`~dlm_decode.integrations.Ranks` of this process.
+    :param command: what holds the lock (``eval``, ``ablate``), recorded in the lock file for the error message.
+    :raises InputError: on every rank, when ``out`` cannot be created or another process holds its lock.
+    """
+    from dlm_decode.integrations import broadcast_object
+
+    with contextlib.ExitStack() as stack:
+        problem = None
+        if ranks.main:
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(_locked(out / LOCK, command))
+            except InputError as exc:
+                problem = str(exc)
+            except OSError as exc:
+                problem = (f"--out {out} cannot be created ({exc.strerror}); fix: pass a directory path that can be "
+                           "created")
+        problem = broadcast_object(problem, ranks)  # the other ranks wait for rank 0's answer, then all agree
+        if problem is not None:
+            raise InputError(problem)
+        yield
+
+
+@contextlib.contextmanager
+def _locked(path: Path, command: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing), writing who holds it into the file."""
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform (Windows): runs are not serialised
+        yield
+        return
+    with path.open("a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise InputError(f"--out {path.parent} is in use by another run ({holder}): two runs writing one "
+                             "directory would each decode every example and record it twice. fix: wait for that "
+                             "run to finish (it resumes where it stops), or pass another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        started = datetime.datetime.now().isoformat(timespec="seconds")
+        handle.write(f"dlm-decode {command}, pid {os.getpid()} on {socket.gethostname()}, since {started}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def check_selection(tasks: Sequence[str] | None, limit: int) -> list[str]:

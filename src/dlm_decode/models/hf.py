@@ -21,12 +21,14 @@ duplicate that no query attends to and is removed after the forward. This costs 
 forward. Fast-dLLM's Dream code instead force-decodes the block's first column at each refresh; WINO's shadow
 block (extra query positions) has no shifted-logit equivalent and is refused.
 
-**LLaDA's modeling code.** The official ``modeling_llada.py`` takes neither ``position_ids`` nor an HF cache, and
-versions before October 2025 ignore the attention mask (LLaDA issue #90). When the model's ``forward`` has no
-``position_ids`` parameter, the adapter calls it with ``input_ids`` alone and refuses (with a fix) what would
-silently change the result: a cache (use ``decoder.cache=none``), left padding in a batch of prompts of
-different lengths, or a mask that hides columns (``generation.batch_size=1`` fixes both). Modeling files that
-accept ``position_ids`` and a 4-D boolean mask (WINO's, Fast-dLLM's, any HF-native port) get the full path.
+**Loading.** ``implementation: native`` (the default) builds LLaDA and Dream checkpoints with transformers' own
+Llama and Qwen2 classes (:mod:`dlm_decode.models.native`), so positions, 4-D masks and every cache work and none of
+the checkpoint's code runs. ``implementation: remote`` runs the checkpoint's own modeling code instead, for
+derivatives with no native mapping. The official ``modeling_llada.py`` takes neither ``position_ids`` nor an HF
+cache, and versions before October 2025 ignore the attention mask (LLaDA issue #90): when the model's ``forward``
+has no ``position_ids`` parameter, the adapter calls it with ``input_ids`` alone and refuses what would silently
+change the result (a cache, left padding in a batch, a mask that hides columns). Remote code that fails in a
+forward (a file with its own tuple cache, WINO's 1-D ``position_ids``) is reported with its exception and a fix.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from dlm_decode.config.schema import ModelSpec
 from dlm_decode.errors import ModelError
 from dlm_decode.models.families import (CAUSAL_FIX, Family, causal_problem, model_context, resolve_family,
                                         resolve_special_ids)
-from dlm_decode.models.native import Architecture, architecture_for, load_native
+from dlm_decode.models.native import ARCHITECTURES, Architecture, architecture_for, load_native
 from dlm_decode.models.prompts import encode_prompts, template_affixes
 from dlm_decode.state import ModelInputs
 
@@ -305,12 +307,15 @@ class DiffusionLM:
     :ivar max_context: the longest canvas the model accepts (the config's, capped by the family's trained
         context).
     :ivar chat_template: wrap prompts with the tokenizer's chat template.
+    :ivar remote: the model is the checkpoint's own code (``implementation: remote``); its failures are reported
+        as such.
     """
 
     def __init__(self, model, tokenizer, *, mask_token_id: int | None = None,
                  eos_token_ids: list[int] | None = None, chat_template: bool = True,
                  family: str | Family = "auto"):
         self.model = model
+        self.remote = type(model).__module__.startswith("transformers_modules")  # the checkpoint's own code
         self._probe = next(model.parameters())  # a parameter to read the device from (see `device`)
         self.tokenizer = tokenizer
         self.family = family if isinstance(family, Family) else resolve_family(family, model.config)
@@ -389,26 +394,48 @@ class DiffusionLM:
 
     def _run(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
              cache: Any) -> torch.Tensor:
-        """One forward in the model's calling convention: ``[B, S]`` ids and positions, ``[B, 1, S, K]`` bool mask."""
-        if "position_ids" in _forward_parameters(type(self.model)):
+        """One forward in the model's calling convention: ``[B, S]`` ids and positions, ``[B, 1, S, K]`` bool mask.
+
+        :raises ModelError: when the checkpoint's own (remote) code fails, naming its exception and the fix.
+        """
+        if "position_ids" not in _forward_parameters(type(self.model)):
+            return self._run_legacy(input_ids, position_ids, attention_mask, cache)
+        if not self.remote:
             return run_hf(self.model, input_ids, position_ids, attention_mask, cache)
-        return self._run_legacy(input_ids, position_ids, attention_mask, cache)
+        try:
+            return run_hf(self.model, input_ids, position_ids, attention_mask, cache)
+        except Exception as exc:
+            raise self._remote_failure(exc, cache) from exc
+
+    def _remote_failure(self, exc: Exception, cache: Any) -> ModelError:
+        """The error for the checkpoint's own modeling code failing in a forward."""
+        fixes = []
+        if cache is not None:
+            fixes.append("set decoder.cache=none (this code handles keys/values its own way, not through the "
+                         "transformers cache interface the caches use)")
+        if self.family.name in ARCHITECTURES:
+            fixes.append(f"set model.dllm.implementation=native: the {self.family.name} architecture maps onto "
+                         "transformers' own classes, where every cache works")
+        fixes = fixes or ["the code may be written for another transformers version: port it"]
+        during = " with a key/value cache" if cache is not None else ""
+        return ModelError(f"the checkpoint's own modeling code ({type(self.model).__name__}) failed in a "
+                          f"forward{during}: {type(exc).__name__}: {exc}\n  fix: " + "; or ".join(fixes))
 
     def _run_legacy(self, input_ids, position_ids, attention_mask, cache) -> torch.Tensor:
         """Models whose ``forward`` takes no ``position_ids`` (the official LLaDA code): ids only, full attention."""
         name = type(self.model).__name__
         if cache is not None:
             raise ModelError(f"{name}.forward takes no position_ids, so this adapter cannot give it a key/value cache "
-                             "(the official LLaDA code has none). fix: set decoder.cache=none, or use a modeling "
-                             "file that accepts position_ids and an HF cache")
+                             "(the official LLaDA code has none). fix: set model.dllm.implementation=native (LLaDA "
+                             "on transformers' Llama, where every cache works), or decoder.cache=none")
         width = input_ids.shape[1]
         expected = torch.arange(width, device=position_ids.device).expand_as(position_ids)
         if not bool(torch.equal(position_ids, expected)) or not bool(attention_mask.all()):
             raise ModelError(f"{name}.forward takes no position_ids (and older LLaDA code ignores the attention mask, "
                              "LLaDA issue #90), so prompts of different lengths in one batch, or a window that "
                              "hides columns from some rows, would change the result. fix: set "
-                             "generation.batch_size=1, or use a modeling file that accepts position_ids and a 4-D "
-                             "mask (e.g. WINO's or Fast-dLLM's modeling_llada.py)")
+                             "model.dllm.implementation=native (LLaDA on transformers' Llama takes positions and "
+                             "4-D masks), or generation.batch_size=1")
         return self.model(input_ids=input_ids).logits
 
     def _forward_shifted(self, inputs: ModelInputs, cache: Any) -> torch.Tensor:
