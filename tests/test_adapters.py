@@ -77,11 +77,11 @@ def test_remote_code_needs_trust_remote_code(dirs):
             DiffusionLM.from_spec(ModelSpec(path=str(dirs[name]), implementation="remote"))
 
 
-def test_a_stand_in_in_another_layout_is_refused_natively_naming_the_fields(dirs):
-    """The LLaDA stand-in keeps Llama's config fields under model_type llada: read with LLaDA's own defaults they
-    describe another network, which the native mapping refuses field by field instead of loading it."""
-    with pytest.raises(ModelError, match=r"(?s)does not reproduce: block_type='sequential' \(maps only 'llama'\);.*"
-                                         r"rope=False.*implementation=remote"):
+def test_a_stand_in_in_another_layout_is_refused_natively(dirs):
+    """The LLaDA stand-in keeps Llama's config fields under model_type llada: not LLaDA's layout, which the native
+    mapping refuses instead of reading its defaults for the missing dimensions."""
+    with pytest.raises(ModelError, match=r"(?s)has no d_model, n_heads, n_layers, which every LLaDA checkpoint's "
+                                         r"config.json has.*implementation=remote"):
         DiffusionLM.from_spec(ModelSpec(path=str(dirs["llada"])))
 
 

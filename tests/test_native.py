@@ -110,6 +110,16 @@ def test_a_llada_config_the_mapping_cannot_reproduce_is_refused_naming_the_field
     assert report.checks() == {"implementation"} and "alibi=True" in report.errors[0].message
 
 
+def test_a_mixture_of_experts_published_as_llada_is_refused_with_the_reason(tmp_path):
+    """LLaDA-MoE checkpoints are published with model_type llada and Hugging Face-style fields."""
+    path = copy_of(LLADA, tmp_path / "moe", config={"hidden_size": 64, "num_hidden_layers": 2, "num_experts": 8,
+                                                   "num_experts_per_tok": 2, "expert_intermediate_size": 32})
+    with pytest.raises(ModelError, match=r"(?s)a mixture of experts \(config.json has num_experts=8, "
+                                         r"num_experts_per_tok=2, expert_intermediate_size=32\).*dense LLaDA.*"
+                                         r"implementation=remote"):
+        DiffusionLM.from_spec(ModelSpec(path=str(path)))
+
+
 def _rewrite_weights(path, edit) -> None:
     from safetensors.torch import load_file, save_file
 

@@ -43,9 +43,9 @@ class ModelSpec:
     trust_remote_code: bool = False
     """Allow the checkpoint's own modeling code (``implementation: remote``). Off unless the user sets it."""
     family: str = "auto"
-    """How the adapter calls the dLLM: ``auto`` (from ``config.json``'s ``model_type``), ``bidirectional`` (HF
-    Llama/Qwen2 with ``is_causal: false``), ``llada`` or ``dream`` (shifted logits re-aligned). Ignored for
-    ``model.ar``."""
+    """How the adapter reads the dLLM's logits and special ids: ``auto`` (from ``config.json``'s ``model_type``),
+    ``bidirectional`` (HF Llama/Qwen2 with ``is_causal: false``), ``llada`` or ``dream`` (shifted logits
+    re-aligned). Ignored for ``model.ar``."""
     chat_template: bool = True
     """Wrap each prompt as one user turn with the tokenizer's chat template, when it has one."""
     mask_token_id: Optional[int] = None

@@ -1,19 +1,21 @@
 """Model families: what differs between diffusion LMs, as data.
 
-A family fixes how the adapter calls the model and reads its special ids; everything else is shared.
+A family fixes how the adapter reads the model's logits and special ids; how the model is *built* is
+``model.<role>.implementation`` (:mod:`dlm_decode.models.native`: LLaDA and Dream on transformers' own classes by
+default, or the checkpoint's own code). Everything else is shared.
 
 =============  =================================  =============================================================
 family         detected from ``config.json``      differences
 =============  =================================  =============================================================
-bidirectional  any other ``model_type``           HF Llama/Qwen2 with ``is_causal: false``; no remote code;
-                                                  special ids from the tokenizer
-llada          ``model_type: llada``              remote code (``trust_remote_code``); mask ``<|mdm_mask|>``
-                                                  (126336), EOS ``<|endoftext|>`` (126081, also the pad, as in
-                                                  LLaDA's SFT data) and EoT ``<|eot_id|>`` (126348); context 4096
-dream          ``model_type: Dream``              remote code; logits shifted by one (raw logit ``i`` predicts
-                                                  token ``i + 1``; the adapter re-aligns them); mask
-                                                  ``<|mask|>`` (151666), pad/EOS ``<|endoftext|>`` (151643),
-                                                  end of turn ``<|im_end|>`` (151645); context 2048
+bidirectional  any other ``model_type``           HF Llama/Qwen2 with ``is_causal: false``; special ids from the
+                                                  tokenizer
+llada          ``model_type: llada``              mask ``<|mdm_mask|>`` (126336), EOS ``<|endoftext|>`` (126081,
+                                                  also the pad, as in LLaDA's SFT data) and EoT ``<|eot_id|>``
+                                                  (126348); context 4096
+dream          ``model_type: Dream``              logits shifted by one (raw logit ``i`` predicts token ``i + 1``;
+                                                  the adapter re-aligns them); mask ``<|mask|>`` (151666), pad/EOS
+                                                  ``<|endoftext|>`` (151643), end of turn ``<|im_end|>`` (151645);
+                                                  context 2048
 =============  =================================  =============================================================
 
 Special ids are resolved by token *string* first (so scaled-down stand-ins with the same special tokens at other
@@ -37,7 +39,6 @@ class Family:
     :ivar name: the ``model.dllm.family`` value.
     :ivar model_types: ``config.json`` ``model_type`` values (lower case) that select this family.
     :ivar shifted_logits: raw logit ``i`` predicts input column ``i + 1`` (Dream, initialised from an AR model).
-    :ivar remote_code: the checkpoint ships its own modeling code (needs ``trust_remote_code``).
     :ivar mask: ``(token string, documented id)`` of the mask token, or None (read the tokenizer's).
     :ivar eos: ``(token string, documented id)`` pairs that end a generation, the first one also fills the tail.
     :ivar pad: ``(token string, documented id)`` of the padding token, or None (tokenizer's, else the first EOS).
@@ -47,7 +48,6 @@ class Family:
     name: str
     model_types: tuple[str, ...] = ()
     shifted_logits: bool = False
-    remote_code: bool = False
     mask: Optional[tuple[str, int]] = None
     eos: tuple[tuple[str, int], ...] = ()
     pad: Optional[tuple[str, int]] = None
@@ -57,11 +57,11 @@ class Family:
 FAMILIES: dict[str, Family] = {
     "bidirectional": Family("bidirectional"),
     "llada": Family(
-        "llada", model_types=("llada",), remote_code=True, mask=("<|mdm_mask|>", 126336),
+        "llada", model_types=("llada",), mask=("<|mdm_mask|>", 126336),
         eos=(("<|endoftext|>", 126081), ("<|eot_id|>", 126348)), pad=("<|endoftext|>", 126081), context=4096,
     ),
     "dream": Family(
-        "dream", model_types=("dream",), shifted_logits=True, remote_code=True, mask=("<|mask|>", 151666),
+        "dream", model_types=("dream",), shifted_logits=True, mask=("<|mask|>", 151666),
         eos=(("<|endoftext|>", 151643), ("<|im_end|>", 151645)), pad=("<|endoftext|>", 151643), context=2048,
     ),
 }

@@ -80,6 +80,11 @@ DREAM_REQUIRED: dict[str, tuple[Any, tuple[Any, ...]]] = {
 }
 
 
+#: ``config.json`` keys of mixture-of-experts checkpoints (LLaDA-MoE is published with ``model_type: llada``).
+MOE_KEYS = ("num_experts", "n_routed_experts", "num_local_experts", "num_experts_per_tok", "moe_intermediate_size",
+            "expert_intermediate_size")
+
+
 def _unsupported(config: Mapping[str, Any], required: Mapping[str, tuple[Any, tuple[Any, ...]]]) -> list[str]:
     return [f"{name}={config.get(name, default)!r} (maps only {' or '.join(repr(v) for v in accepted)})"
             for name, (default, accepted) in required.items() if config.get(name, default) not in accepted]
@@ -145,6 +150,7 @@ class Architecture:
     """How checkpoints of one ``model_type`` map onto a transformers class.
 
     :ivar name: the architecture (and family) name. :ivar original: what the checkpoint is, for messages.
+    :ivar layout: ``config.json`` fields every checkpoint of this layout has (the dimensions).
     :ivar required: ``config.json`` fields the mapping depends on (see :data:`LLADA_REQUIRED`).
     :ivar hf_config: ``config.json`` -> the transformers config (before ``is_causal`` is set).
     :ivar model_class: the transformers model class. :ivar tokenizer_class: the transformers tokenizer class.
@@ -153,6 +159,7 @@ class Architecture:
 
     name: str
     original: str
+    layout: tuple[str, ...]
     required: Mapping[str, tuple[Any, tuple[Any, ...]]]
     hf_config: Callable[[Mapping[str, Any]], Any]
     model_class: Callable[[], type]
@@ -162,23 +169,36 @@ class Architecture:
     def convert(self, config: Mapping[str, Any], key: str):
         """The transformers config of a bidirectional model for ``config`` (a ``config.json`` mapping).
 
-        :raises ModelError: naming every field the mapping cannot reproduce.
+        :raises ModelError: for a mixture-of-experts checkpoint, one without the layout's dimension fields, or
+            naming every field the mapping cannot reproduce.
         """
+        remote = (f"\n  fix: if it is a derivative with its own modeling code, set {key}.implementation=remote and "
+                  f"{key}.trust_remote_code=true after reading that code")
+        experts = [f"{name}={config[name]!r}" for name in MOE_KEYS if name in config]
+        if experts:
+            raise ModelError(f"`{key}.path`: this checkpoint is a mixture of experts (config.json has "
+                             f"{', '.join(experts)}); the native {self.name} mapping reproduces the dense "
+                             f"{self.original} architecture only." + remote)
+        missing = [name for name in self.layout if name not in config]
+        if missing:
+            raise ModelError(f"`{key}.path`: config.json (model_type {config.get('model_type')!r}) has no "
+                             f"{', '.join(missing)}, which every {self.original} checkpoint's config.json has: this is "
+                             f"not the {self.original} layout the native {self.name} mapping reads." + remote)
         problems = _unsupported(config, self.required)
         if problems:
-            raise ModelError(
-                f"`{key}.path`: this {self.original} checkpoint's config.json asks for what the native "
-                f"{self.name} mapping does not reproduce: {'; '.join(problems)}.\n  fix: if it is a derivative with "
-                f"its own modeling code, set {key}.implementation=remote and {key}.trust_remote_code=true after "
-                "reading that code")
+            raise ModelError(f"`{key}.path`: this {self.original} checkpoint's config.json asks for what the native "
+                             f"{self.name} mapping does not reproduce: {'; '.join(problems)}." + remote)
         hf_config = self.hf_config(config)
         hf_config.is_causal = False
         return hf_config
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "llada": Architecture("llada", "LLaDA", LLADA_REQUIRED, _llada_config, _llama, _fast_tokenizer, LLADA_KEYS),
-    "dream": Architecture("dream", "Dream", DREAM_REQUIRED, _dream_config, _qwen2, _qwen2_tokenizer),
+    "llada": Architecture("llada", "LLaDA", ("d_model", "n_heads", "n_layers"), LLADA_REQUIRED, _llada_config, _llama,
+                          _fast_tokenizer, LLADA_KEYS),
+    "dream": Architecture("dream", "Dream", ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                             "intermediate_size", "vocab_size"), DREAM_REQUIRED, _dream_config,
+                          _qwen2, _qwen2_tokenizer),
 }
 
 

@@ -1,10 +1,11 @@
 """Tiny randomly initialised HF checkpoints, built in seconds on a CPU.
 
 * :func:`build_tiny_checkpoint`: a Llama (bidirectional unless ``causal``) with the project's char tokenizer.
-* Stand-ins for the real families, with their special-token *layout* scaled down and their *code layout* kept:
-  the checkpoint ships ``configuration_*.py``/``modeling_*.py`` and an ``auto_map`` in ``config.json``, so it
-  loads only with ``trust_remote_code`` and goes through exactly the path a real LLaDA or Dream checkpoint takes
-  (offline; the code is the files written here, which subclass transformers' Llama/Qwen2).
+* Stand-ins for remote-code derivatives of the real families, with their special-token *layout* scaled down and a
+  *code layout* of their own: the checkpoint ships ``configuration_*.py``/``modeling_*.py`` and an ``auto_map`` in
+  ``config.json`` and loads with ``implementation: remote`` and ``trust_remote_code`` (offline; the code is the
+  files written here, which subclass transformers' Llama/Qwen2). The real LLaDA and Dream layouts, which load
+  natively, are the reference checkpoints in the repository's ``tests/reference``.
 
   - :func:`build_dream_like`: a bidirectional Qwen2 (``model_type: Dream``, ``AutoModel`` only in its
     ``auto_map``) whose head is wider than its tokenizer (Dream: 152,064 logits for 151,667 tokens), with the
