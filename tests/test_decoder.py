@@ -141,3 +141,18 @@ def test_tokenizer_failures_that_are_not_about_characters_are_not_blamed_on_char
     monkeypatch.setattr(decoder.dllm, "encode", batch_fails)
     with pytest.raises(InputError, match=r"prompts 0-1 cannot be tokenized together"):
         decoder.generate(["sort 3 1 2", "12+7="], batch_size=2)
+
+
+def test_ids_the_tokenizer_cannot_decode_are_never_proposed_even_when_the_model_prefers_them():
+    """The core removes them from the logits before any proposal, whatever the strategies."""
+    from dlm_decode.testing.toy import ToyDiffusionLM
+    from helpers import toy_decoder
+
+    model = ToyDiffusionLM(eos_bias=float("-inf"))
+    model.positional[:, 5] += 100.0  # the model's favourite id
+    assert toy_decoder("generation.max_new_tokens=6", model=model).generate(["ab"]).token_ids == [[5] * 6]
+    model.undecodable_ids = [5]  # ... which now has no token
+    for overrides in ([], ["decoder.proposal=sample", "decoder.proposal.temperature=1.0"],
+                      ["decoder.verification=threshold"]):
+        out = toy_decoder("generation.max_new_tokens=6", *overrides, model=model).generate(["ab", "abcd"])
+        assert all(5 not in ids for ids in out.token_ids), overrides

@@ -203,6 +203,7 @@ def test_a_second_run_on_a_busy_out_is_refused_and_writes_nothing(make_decoder, 
                                          rf"{holder.pid} .*record it twice.*another --out"):
         evaluate(make_decoder(), out, tasks=["sort"], limit=2, progress=False)
     assert sorted(p.name for p in out.iterdir()) == [".dlm-decode.lock"], "nothing written beside the lock"
+    assert (out / ".dlm-decode.lock").read_text().startswith(f"dlm-decode eval, pid {holder.pid} on ")
     assert main(["eval", "--tasks", "sort", "--limit", "2", "--out", str(out)]) == 2
     assert "is in use by another run" in capsys.readouterr().err
     assert main(["ablate", "--vary", "decoder.verification.tokens_per_step=2", "--tasks", "sort", "--limit", "2",
@@ -211,10 +212,25 @@ def test_a_second_run_on_a_busy_out_is_refused_and_writes_nothing(make_decoder, 
     holder.kill()
     holder.wait()  # the lock goes with its process, even a killed one
     assert evaluate(make_decoder(), out, tasks=["sort"], limit=2, progress=False)["examples"] == 2
+    assert (out / ".dlm-decode.lock").read_text() == "", "a finished run leaves no holder behind"
+
+
+def test_a_file_system_without_flock_warns_and_runs(make_decoder, tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def unsupported(handle, operation):
+        if operation & fcntl.LOCK_EX:
+            raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", unsupported)
+    with pytest.warns(UserWarning, match="does not support flock \\(No locks available\\)"):
+        summary = evaluate(make_decoder(), tmp_path / "run", tasks=["sort"], limit=1, progress=False)
+    assert summary["examples"] == 1
 
 
 def test_an_ablation_holds_its_directory_for_every_run(make_decoder, tmp_path, monkeypatch):
-    """A second ablation (or an eval of one of its runs) is refused while the first is between runs."""
+    """A second ablation on the same --out is refused at every run of the first, not only while one evaluates."""
     from dlm_decode.eval import ablation
 
     out = tmp_path / "ablation"

@@ -72,6 +72,22 @@ def test_the_native_families_keep_their_special_ids_and_layout():
     assert dream.undecodable_ids == [277, 278, 279]
 
 
+def test_a_natively_loaded_model_names_its_family_itself():
+    """The native class's config keeps the checkpoint's architectures, so the adapter built without a spec still
+    finds the family (Dream's shifted logits, its trained context)."""
+    from dlm_decode.models.hf import load_hf
+
+    dream = DiffusionLM(*load_hf(ModelSpec(path=DREAM), "model.dllm"))
+    assert (dream.family.name, dream.family.shifted_logits, dream.max_context) == ("dream", True, 2048)
+    assert DiffusionLM(*load_hf(ModelSpec(path=LLADA), "model.dllm")).family.name == "llada"
+
+
+def test_an_eos_id_the_tokenizer_cannot_decode_is_refused():
+    with pytest.raises(ModelError, match=r"(?s)EOS id\(s\) \[103\] are no token of the dLLM's tokenizer.*"
+                                         r"model\.dllm\.eos_token_ids.*its EOS is 97"):
+        DiffusionLM.from_spec(ModelSpec(path=LLADA, eos_token_ids=[103]))
+
+
 def test_sharded_weights_load_in_bfloat16():
     assert (REFERENCE / "llada-tiny" / "model.safetensors.index.json").exists(), "the LLaDA fixture is sharded"
     dllm = DiffusionLM.from_spec(ModelSpec(path=LLADA, dtype="bfloat16"))
@@ -208,10 +224,10 @@ TUPLE_CACHE = {
 }
 
 
-def test_remote_code_that_fails_with_a_cache_names_its_exception_and_the_fixes(tmp_path):
+def _tuple_cache_checkpoint(path):
+    """A remote-code LLaDA stand-in whose forward indexes the cache as tuples (TUPLE_CACHE)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    path = tmp_path / "llada"
     config = LlamaConfig(vocab_size=104, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                          num_attention_heads=2, max_position_embeddings=512)
     config.is_causal = False
@@ -224,7 +240,15 @@ def test_remote_code_that_fails_with_a_cache_names_its_exception_and_the_fixes(t
     (path / "config.json").write_text(json.dumps(data))
     for name, text in TUPLE_CACHE.items():
         (path / name).write_text(text)
-    remote = ["model.dllm.implementation=remote", "model.dllm.trust_remote_code=true"]
+    return path
+
+
+REMOTE = ["model.dllm.implementation=remote", "model.dllm.trust_remote_code=true"]
+
+
+def test_remote_code_that_fails_with_a_cache_names_its_exception_and_the_fixes(tmp_path):
+    path = _tuple_cache_checkpoint(tmp_path / "llada")
+    remote = REMOTE
     assert Decoder.from_config("configs/decoders/llada.yaml", [f"model.dllm.path={path}", *remote]).generate(["hi"])
     decoder = Decoder.from_config("configs/decoders/fast-dllm.yaml", [f"model.dllm.path={path}", *remote])
     with pytest.raises(ModelError) as error:
@@ -278,3 +302,42 @@ def test_wino_is_refused_on_dream_with_the_reason():
     decoder = Decoder.from_config("configs/decoders/wino.yaml", [f"model.dllm.path={DREAM}"])
     with pytest.raises(ModelError, match="shift"):
         decoder.generate(PROMPTS[:2])
+
+
+def test_a_missing_weight_file_of_remote_code_is_not_blamed_on_the_code(tmp_path):
+    path = _tuple_cache_checkpoint(tmp_path / "llada")
+    (path / "model.safetensors").unlink()
+    with pytest.raises(ModelError) as error:
+        Decoder.from_config({}, [f"model.dllm.path={path}", *REMOTE])
+    message = str(error.value)
+    assert "could not be loaded: OSError" in message and "weights (*.safetensors)" in message
+    assert "modeling code" not in message
+
+
+@pytest.mark.parametrize("fields, kv_heads", [({}, 4), ({"n_kv_heads": 2}, 2), ({"n_kv_heads": None}, 4),
+                                              ({"multi_query_attention": True}, 1)])
+def test_llada_key_value_heads_map_as_llada_reads_them(fields, kv_heads):
+    """n_kv_heads (None: as many as n_heads), or one with multi_query_attention, as LLaDA's own config class."""
+    from dlm_decode.models.native import ARCHITECTURES
+
+    config = {**json.loads((REFERENCE / "llada-tiny" / "config.json").read_text()), **fields}
+    assert ARCHITECTURES["llada"].convert(config, "model.dllm").num_key_value_heads == kv_heads
+
+
+@pytest.mark.parametrize("masks, steps, step", [(19, 111, 109), (55, 37, 35), (32, 16, 5)])
+def test_the_dream_quota_is_computed_in_dreams_float32_arithmetic(masks, steps, step):
+    """Dream's sampler takes ``int(m * (1 - s / t))`` with float32 scalars of ``linspace(1, eps, steps + 1)``. The
+    first two cases are among the rare ones (m <= 1024, steps <= 256) where the same formula in float64 (the product,
+    or the timesteps) truncates to another count."""
+    from dlm_decode.state import DecodeState, Window
+    from dlm_decode.strategies.verification import Schedule, TopK, TopKConfig
+
+    timesteps = torch.linspace(1, 1e-3, steps + 1)
+    dream = int(torch.tensor(float(masks)) * (1 - timesteps[step + 1] / timesteps[step]))  # Dream's expression
+    state = DecodeState.build([[1]], max_new_tokens=masks, mask_token_id=3, pad_token_id=0, eos_token_ids=[2],
+                              fill_token_id=2, seeds=[0])
+    window = Window(eligible=state.masked.clone(), input_end=state.width, block_start=torch.tensor([1]),
+                    block_end=torch.tensor([state.width]))
+    state.scratch["topk"] = {"block_start": window.block_start, "step": torch.tensor([step])}
+    topk = TopK(TopKConfig(schedule=Schedule.dream, steps_per_block=steps))
+    assert dream >= 1 and int(topk.quota(state, window)) == dream

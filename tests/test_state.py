@@ -98,3 +98,21 @@ def test_first_of_finds_the_earliest_of_several_targets():
     assert first_of([4, 9, 2, 9, 3], [3, 9]) == 1
     assert first_of([4, 9, 2], [7]) == 3
     assert first_of([], [1]) == 0
+
+
+def test_without_stop_at_eos_every_position_is_decoded_and_the_ids_still_end_at_the_first_eos():
+    state = DecodeState.build([[5, 6]], max_new_tokens=4, mask_token_id=MASK, pad_token_id=PAD, eos_token_ids=[EOS],
+                              fill_token_id=FILL, seeds=[0], stop_at_eos=False)
+    start = state.gen_start
+    state.apply(decision(state, {(0, start + 1): EOS}))
+    assert state.masked[0, start:].tolist() == [True, False, True, True], "nothing filled after the EOS"
+    assert not bool(state.finished[0])
+    state.apply(decision(state, {(0, start): 9, (0, start + 2): 7, (0, start + 3): 8}))
+    assert bool(state.finished[0]) and state.generated() == [[9, EOS]]
+    assert [int(c) for c in state.commits] == [1, 3], "positions after the EOS are decoded and counted"
+
+
+def test_the_excluded_ids_are_the_mask_id_and_the_undecodable_ones():
+    state = DecodeState.build([[5]], max_new_tokens=2, mask_token_id=MASK, pad_token_id=PAD, eos_token_ids=[EOS],
+                              fill_token_id=FILL, seeds=[0], excluded_token_ids=[7, 5, 7])
+    assert state.excluded_ids.tolist() == [MASK, 5, 7]

@@ -14,16 +14,19 @@ gathered on rank 0 (see :func:`evaluate`).
 One run at a time per directory: :func:`claim_out_dir` holds a lock on ``DIR/.dlm-decode.lock`` (``flock``;
 the ranks of one launcher job share it through rank 0) for the whole run, so a second ``eval`` or ``ablate``
 started on the same directory is refused instead of decoding every example again and appending them twice. The
-lock goes with the process that holds it, even one that is killed.
+lock goes with the process that holds it, even one that is killed; the file names its holder while it is held and
+is empty otherwise.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import json
 import os
 import socket
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -228,7 +231,8 @@ def claim_out_dir(out: Path, ranks, command: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _locked(path: Path, command: str) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created if missing), writing who holds it into the file."""
+    """Hold an exclusive ``flock`` on ``path`` (created if missing), with who holds it written into the file while
+    it is held (emptied again on release, so a finished run leaves an empty file and no stale holder)."""
     try:
         import fcntl
     except ImportError:  # no flock on this platform (Windows): runs are not serialised
@@ -237,20 +241,29 @@ def _locked(path: Path, command: str) -> Iterator[None]:
     with path.open("a+", encoding="utf-8") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):  # the file system has no flock
+                warnings.warn(f"--out {path.parent}: its file system does not support flock ({exc.strerror}), so "
+                              "another run started on this directory would not be refused; start one run per "
+                              "directory", stacklevel=3)
+                yield
+                return
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             raise InputError(f"--out {path.parent} is in use by another run ({holder}): two runs writing one "
                              "directory would each decode every example and record it twice. fix: wait for that "
                              "run to finish (it resumes where it stops), or pass another --out") from None
+        started = datetime.datetime.now().isoformat(timespec="seconds")
         handle.seek(0)
         handle.truncate()
-        started = datetime.datetime.now().isoformat(timespec="seconds")
         handle.write(f"dlm-decode {command}, pid {os.getpid()} on {socket.gethostname()}, since {started}\n")
         handle.flush()
         try:
             yield
         finally:
+            handle.seek(0)
+            handle.truncate()
+            handle.flush()
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 

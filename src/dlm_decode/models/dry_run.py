@@ -201,8 +201,8 @@ def _check_dllm(spec: ModelSpec, side: _Side, report: DryRunReport) -> None:
     detected = detect_family(side.config)
     family = detected if spec.family == "auto" else FAMILIES[spec.family]
     report.facts["dllm"] = (f"family {family.name} ({'detected' if spec.family == 'auto' else 'set'}; config.json "
-                            f"model_type {side.config.get('model_type')!r}), head {side.head}, context "
-                            f"{side.context}, shifted logits {family.shifted_logits}")
+                            f"model_type {side.config.get('model_type')!r}), implementation {spec.implementation}, "
+                            f"head {side.head}, context {side.context}, shifted logits {family.shifted_logits}")
     if family is not detected:
         report.add("warning", "family", "model.dllm.family", f"set to {family.name} but config.json looks like "
                    f"{detected.name}", "leave model.dllm.family=auto unless the checkpoint is a renamed derivative")

@@ -259,20 +259,27 @@ def _load_error(spec: ModelSpec, key: str, config: dict, exc: Exception) -> Mode
     if spec.device_map and "accelerate" in str(exc):
         return ModelError(f"`{key}.device_map` = {spec.device_map!r} needs accelerate ({failure})\n  fix: "
                           "`pip install accelerate`, or drop device_map")
-    if spec.implementation == "remote":
+    if spec.implementation == "remote" and not _resource_failure(exc):
         architecture = architecture_for(config)
+        written = config.get("transformers_version")
         if architecture is not None:
             fix = (f"set {key}.implementation=native (the default): {architecture.original} maps onto transformers' "
                    "own classes and needs no remote code")
-        else:
-            written = config.get("transformers_version", "an older version")
+        elif written and written != _transformers_version():
             fix = (f"that code was written for transformers {written} and this is {_transformers_version()}: port "
                    "it, or run it where its transformers version is installed")
+        else:
+            fix = "fix the checkpoint's code, or report the failure to its authors"
         return ModelError(f"`{key}.path` = {spec.path!r}: the checkpoint's own modeling code ({_code_files(config)}) "
                           f"failed while loading: {failure}\n  fix: {fix}")
     return ModelError(f"`{key}.path` = {spec.path!r} could not be loaded: {failure}\n  fix: check that the "
                       "directory holds the checkpoint's weights (*.safetensors) and tokenizer files; hub ids need "
                       f"{key}.allow_download=true or a copy in the local HF cache")
+
+
+def _resource_failure(exc: BaseException) -> bool:
+    """A failure of files or memory (a missing weight file, out of memory), which is not the code's fault."""
+    return isinstance(exc, (OSError, MemoryError, torch.OutOfMemoryError))
 
 
 def head_width(model) -> int:
@@ -343,6 +350,11 @@ class DiffusionLM:
             raise ModelError(f"the mask id {self.mask_token_id} is also an EOS id ({self.eos_token_ids}); fix: check "
                              "model.dllm.mask_token_id and model.dllm.eos_token_ids")
         self.undecodable_ids = undecodable_ids(tokenizer, self.vocab_size)
+        unreachable = sorted(set(self.eos_token_ids) & set(self.undecodable_ids))
+        if unreachable:
+            raise ModelError(f"EOS id(s) {unreachable} are no token of the dLLM's tokenizer: ids it cannot decode are "
+                             "never proposed, so no row would end at them. fix: set model.dllm.eos_token_ids to ids "
+                             f"of the tokenizer (its EOS is {tokenizer.eos_token_id})")
         self.max_context = model_context(self.family, model.config)
         self.chat_template = chat_template and getattr(tokenizer, "chat_template", None) is not None
         self._affixes: tuple[Any, tuple[str, str] | None] = (None, None)  # (template they were read from, affixes)
@@ -350,9 +362,8 @@ class DiffusionLM:
     @classmethod
     def from_spec(cls, spec: ModelSpec, key: str = "model.dllm") -> DiffusionLM:
         model, tokenizer = load_hf(spec, key)
-        family = resolve_family(spec.family, read_config_json(spec, key))  # the checkpoint's model_type, not the
-        return cls(model, tokenizer, mask_token_id=spec.mask_token_id,     # native class's
-                   eos_token_ids=spec.eos_token_ids, chat_template=spec.chat_template, family=family)
+        return cls(model, tokenizer, mask_token_id=spec.mask_token_id, eos_token_ids=spec.eos_token_ids,
+                   chat_template=spec.chat_template, family=spec.family)
 
     @property
     def device(self) -> torch.device:
@@ -405,6 +416,8 @@ class DiffusionLM:
         try:
             return run_hf(self.model, input_ids, position_ids, attention_mask, cache)
         except Exception as exc:
+            if _resource_failure(exc):  # e.g. out of device memory: not the code's fault
+                raise
             raise self._remote_failure(exc, cache) from exc
 
     def _remote_failure(self, exc: Exception, cache: Any) -> ModelError:

@@ -190,6 +190,7 @@ class Architecture:
                              f"{self.name} mapping does not reproduce: {'; '.join(problems)}." + remote)
         hf_config = self.hf_config(config)
         hf_config.is_causal = False
+        hf_config.architectures = config.get("architectures")  # ``LLaDAModelLM``, ``DreamModel``: names the family
         return hf_config
 
 

@@ -66,6 +66,8 @@ class TopKConfig:
         check_field(self.schedule is not Schedule.dream or self.steps_per_block is not None, "steps_per_block",
                     "must be set for schedule dream (Dream's `steps`)", "e.g. steps_per_block: 256")
         check_field(0 < self.eps < 1, "eps", f"must be in (0, 1), got {self.eps}")
+        check_field(self.schedule is Schedule.dream or self.eps == TopKConfig.eps, "eps",
+                    "is used only by schedule dream", "set schedule: dream, or leave eps out")
 
 
 @dataclass
