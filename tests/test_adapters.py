@@ -19,7 +19,7 @@ from dlm_decode.cli import main
 from dlm_decode.config import load_config
 from dlm_decode.config.schema import ModelSpec
 from dlm_decode.decoder import Decoder
-from dlm_decode.models.attention import bidirectional_mask, position_ids_from_mask
+from dlm_decode.masks import bidirectional_mask, position_ids_from_mask
 from dlm_decode.models.dry_run import dry_run
 from dlm_decode.models.hf import DiffusionLM, new_cache
 from dlm_decode.models.kv_store import PositionalKVCache

@@ -11,7 +11,7 @@ from dlm_decode.config.schema import ModelSpec
 from dlm_decode.decoder import Decoder
 from dlm_decode.errors import PluginError
 from dlm_decode.hookspecs import hookimpl
-from dlm_decode.models.attention import bidirectional_mask, position_ids_from_mask
+from dlm_decode.masks import bidirectional_mask, position_ids_from_mask
 from dlm_decode.models.hf import DiffusionLM, run_hf
 from dlm_decode.models.kv_store import PositionalKVCache
 from dlm_decode.state import Window

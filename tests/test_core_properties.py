@@ -9,7 +9,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dlm_decode.models.attention import bidirectional_mask, position_ids_from_mask
+from dlm_decode.masks import bidirectional_mask, position_ids_from_mask
 from dlm_decode.ops import Scorer
 from dlm_decode.state import ModelInputs
 from dlm_decode.testing.strategies import logits as logits_st

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from dlm_decode.cli import main
-from dlm_decode.integrations import Ranks, env_ranks, gather_objects
+from dlm_decode.distributed import Ranks, env_ranks, gather_objects
 
 EVAL_ARGS = ["generation.max_new_tokens=6", "generation.batch_size=2", "--tasks", "arith,sort", "--limit", "3",
              "--no-progress"]

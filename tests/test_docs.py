@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dlm_decode import hookspecs
-from dlm_decode.plugins import ROLES
+from dlm_decode.registry import ROLES
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 HOOKS = [name for name, obj in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("dlm_")]

@@ -10,7 +10,7 @@ import torch
 from dlm_decode import ConfigError, DecodeError, InputError, ModelError, PluginError, load_config
 from dlm_decode.decoder import Decoder
 from dlm_decode.hookspecs import hookimpl
-from dlm_decode.plugins import StrategyRegistry, discovery_manager
+from dlm_decode.plugins import build_registry
 from dlm_decode.state import Decision
 from dlm_decode.testing.registry import registry_with
 from dlm_decode.testing.toy import ToyDiffusionLM
@@ -283,18 +283,14 @@ def test_infinite_logits_are_not_mistaken_for_nan():
 
 
 def test_duplicate_strategy_names_are_rejected():
-    registry = StrategyRegistry()
-
     class Twice:
         @staticmethod
         @hookimpl
         def dlm_register(registry):
             registry.add("verification", "topk", _NoParams, lambda config, context: None)
 
-    manager = discovery_manager()
-    manager.register(Twice, name="tests.twice")
     with pytest.raises(PluginError, match="(?s)'topk' is already registered by dlm_decode.strategies.verification"):
-        registry.collect(manager)
+        build_registry({"tests.twice": Twice})
 
 
 def test_step_limit_stops_a_runaway_generation_and_names_the_unfinished_rows():

@@ -170,7 +170,7 @@ HOLD_THE_LOCK = """
 import sys, time
 from pathlib import Path
 from dlm_decode.eval.runner import claim_out_dir
-from dlm_decode.integrations import Ranks
+from dlm_decode.distributed import Ranks
 with claim_out_dir(Path(sys.argv[1]), Ranks(), sys.argv[2]):
     Path(sys.argv[3]).touch()
     time.sleep(60)

@@ -167,7 +167,7 @@ def test_the_dream_adapter_realigns_the_official_logits(official_logits):
     raw = official_logits["dream.full"]
     prompt = OFFICIAL["prompt_ids"]["dream"][1]
     ids = torch.tensor([prompt + [dllm.mask_token_id] * (raw.shape[1] - len(prompt))])
-    from dlm_decode.models.attention import bidirectional_mask, position_ids_from_mask
+    from dlm_decode.masks import bidirectional_mask, position_ids_from_mask
     from dlm_decode.state import ModelInputs
 
     real = torch.ones_like(ids, dtype=torch.bool)

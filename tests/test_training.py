@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dlm_decode.errors import ModelError
 from dlm_decode.eval.tasks import TASKS, load_examples
-from dlm_decode.models import train
+from dlm_decode.recipes import train_embedded as train
 from dlm_decode.models.embedded import EMBEDDED_MODELS, embedded_model_dir
 from dlm_decode.models.tokenizer import build_char_tokenizer
 from helpers import assert_logits_close
@@ -39,7 +39,7 @@ def test_smoke_run_writes_both_checkpoints_and_the_model_card(smoke_run):
         files = {p.name for p in (out / kind).iterdir()}
         assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= files
     card = (out / "MODEL_CARD.md").read_text()
-    assert "python -m dlm_decode.models.train --out" in card and "--smoke" in card
+    assert "python -m dlm_decode.recipes.train_embedded --out" in card and "--smoke" in card
     assert "| dllm k=all |" in card and "| ar |" in card
     assert set(table) == {"dllm k=1", "dllm k=2", "dllm k=4", "dllm k=all", "ar"}
     assert all(set(row) == {*TASKS, "mean"} for row in table.values())

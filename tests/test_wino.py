@@ -10,7 +10,8 @@ import torch
 
 from dlm_decode import ConfigError, PluginError, hookimpl, load_config
 from dlm_decode.decoder import Decoder
-from dlm_decode.plugins import StrategyRegistry, discovery_manager
+from dlm_decode.plugins import build_registry
+from dlm_decode.registry import StrategyRegistry
 from dlm_decode.state import DecodeState, ForwardOutput, ForwardPlan, ModelInputs, Window
 from dlm_decode.strategies import wino
 from dlm_decode.testing.models import build_tiny_checkpoint
@@ -24,13 +25,7 @@ PROMPTS = ["abc", "d", "efgh", "hello world", "xy"]
 
 @pytest.fixture(scope="module")
 def registry() -> StrategyRegistry:
-    """Every discovered strategy plus ``wino`` (whether or not the built-in plugin list has it yet)."""
-    manager = discovery_manager()
-    if not manager.has_plugin(wino.__name__):
-        manager.register(wino, name=wino.__name__)
-    registry = StrategyRegistry()
-    registry.collect(manager)
-    return registry
+    return build_registry()
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,12 @@ from dlm_decode.config.compose import ResolvedConfig, Source, load_config
 from dlm_decode.config.schema import SEED_MAX, SEED_MIN, ModelSpec
 from dlm_decode.errors import InputError
 from dlm_decode.hookspecs import hookimpl
-from dlm_decode.loop import Roles, decode, run_steps
+from dlm_decode.dispatch import Roles, decoder_manager
+from dlm_decode.loop import decode, run_steps
 from dlm_decode.models.hf import DiffusionLM, weights_fingerprint
 from dlm_decode.ops import Scorer, get_scorer
-from dlm_decode.plugins import ROLES, StrategyRegistry, decoder_manager, get_registry, tracing_enabled
+from dlm_decode.plugins import get_registry, tracing_enabled
+from dlm_decode.registry import ROLES, StrategyRegistry
 from dlm_decode.state import DecodeState, first_of
 
 
@@ -167,9 +169,9 @@ class Decoder:
             spec = self.registry.get(role, name)
             self.strategies[role] = (spec, spec.factory(params, context))
         self.models = [getattr(self.dllm, "model", None), *context.loaded]
-        self.manager = decoder_manager(self.strategies, list(observers))
-        labels = {role: f"{spec.plugin} ({role} strategy {spec.name!r})" for role, (spec, _) in self.strategies.items()}
-        self.roles = Roles(self.manager, labels, direct=not tracing_enabled())
+        self.manager = decoder_manager(self.strategies, observers)
+        self.roles = Roles(self.manager, {role: spec for role, (spec, _) in self.strategies.items()},
+                           direct=not tracing_enabled())
 
     @classmethod
     def from_config(cls, source: Source | Sequence[Source] | ResolvedConfig, overrides: Sequence[str] = (),

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from dlm_decode.plugins import StrategyRegistry
+    from dlm_decode.registry import StrategyRegistry
     from dlm_decode.state import Decision, DecodeState, ForwardOutput, ForwardPlan, ModelInputs, Proposal, Window
 
 PROJECT_NAME = "dlm_decode"

@@ -8,113 +8,15 @@ logits stop decoding; a batch may not exceed its step budget.
 
 from __future__ import annotations
 
-import operator
 import time
 from collections.abc import Iterator
-from typing import Any, Callable
+from typing import Any
 
-import pluggy
 import torch
 
+from dlm_decode.dispatch import Roles
 from dlm_decode.errors import DecodeError, PluginError
-from dlm_decode.hookspecs import hookimpl
-from dlm_decode.state import Decision, DecodeState, ForwardOutput, ForwardPlan, ModelInputs, Window
-
-
-class CoreInputs:
-    """Default ``dlm_model_inputs``: the plan's span of the canvas with a bidirectional mask over it."""
-
-    @hookimpl(trylast=True)
-    def dlm_model_inputs(self, state: DecodeState, window: Window, plan: ForwardPlan) -> ModelInputs:
-        start, end = plan.start, plan.end
-        first_key, last_key = (0, plan.key_end or end) if plan.cache is not None else (start, end)
-        if (start, end, first_key, last_key) == (0, state.width, 0, state.width):  # the whole canvas: no views
-            mask, input_ids, position_ids = state.full_attention, state.canvas, state.position_ids
-        else:
-            mask = state.full_attention[:, :, start:end, first_key:last_key]
-            input_ids, position_ids = state.canvas[:, start:end], state.position_ids[:, start:end]
-        if window.visible is not None:
-            mask = mask & window.visible[:, None, None, first_key:last_key]
-        return ModelInputs(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, start=start, end=end)
-
-
-class Roles:
-    """Calls the role hooks of one decoder's plugin manager, turning plugin failures into named errors.
-
-    :meth:`bind` (called once per batch) resolves each hook: one that has a single implementation and no
-    wrappers is then called directly, with pluggy's argument selection and result, but without its per-call
-    dispatch (a few microseconds per hook, a visible share of a tiny model's step). Hooks with several
-    implementations or wrappers, and every hook while pluggy tracing is on, go through pluggy. An exception
-    raised by an implementation becomes a :class:`PluginError` naming that implementation's plugin; working
-    that out is left to the failure path, so a successful call costs nothing extra.
-
-    :param manager: the decoder's plugin manager.
-    :param names: role -> a label for error messages (``"verification strategy 'topk' (module)"``).
-    :param direct: allow direct calls (false while ``DLM_DECODE_TRACE_PLUGINS`` traces every hook call).
-    """
-
-    def __init__(self, manager: pluggy.PluginManager, names: dict[str, str], direct: bool = True):
-        self.hook = manager.hook
-        self.names = names
-        self.direct = direct
-        self.callers: dict[str, Callable[..., Any]] = {}
-
-    def bind(self) -> None:
-        """Resolve every hook against the plugins registered now (observers may come and go between batches)."""
-        self.callers = {name: self._resolve(getattr(self.hook, name)) for name in vars(self.hook)}
-
-    def _resolve(self, caller: pluggy.HookCaller) -> Callable[..., Any]:
-        impls = caller.get_hookimpls()
-        if not self.direct or len(impls) > 1 or any(impl.wrapper or impl.hookwrapper for impl in impls):
-            return caller
-        if not impls:
-            return _no_implementation
-        function, argnames = impls[0].function, impls[0].argnames
-        if not argnames:
-            return lambda **kwargs: function()
-        if len(argnames) == 1:
-            (name,) = argnames
-            return lambda **kwargs: function(kwargs[name])
-        pick = operator.itemgetter(*argnames)  # a tuple of the arguments the implementation takes, in its order
-        return lambda **kwargs: function(*pick(kwargs))
-
-    def notify(self, hook_name: str, **kwargs: Any) -> None:
-        """Call an observer hook (its results are ignored). Needs :meth:`bind`.
-
-        :raises PluginError: when an implementation raises, naming it (see :func:`dlm_decode.plugins.hook_error`).
-        """
-        try:
-            self.callers[hook_name](**kwargs)
-        except PluginError:
-            raise
-        except Exception as exc:
-            from dlm_decode.plugins import hook_error  # here, not at the top: dlm_decode.plugins imports this module
-
-            raise hook_error(getattr(self.hook, hook_name), exc, self.names) from exc
-
-    def call(self, role: str, hook_name: str, **kwargs: Any) -> Any:
-        """Call a role hook bound by :meth:`bind`; a failure or a None result becomes a :class:`PluginError`.
-
-        A failure names the implementation that raised: the role's strategy, or a wrapper around its hook
-        (see :func:`dlm_decode.plugins.hook_error`).
-        """
-        hook = self.callers[hook_name]
-        try:
-            result = hook(**kwargs)
-        except PluginError:
-            raise
-        except Exception as exc:
-            from dlm_decode.plugins import hook_error  # here, not at the top: dlm_decode.plugins imports this module
-
-            raise hook_error(getattr(self.hook, hook_name), exc, self.names, role) from exc
-        if result is None:
-            raise PluginError(self.names.get(role, role), hook_name, "returned None",
-                              "a role hook must return its result object")
-        return result
-
-
-def _no_implementation(**kwargs: Any) -> None:
-    return None
+from dlm_decode.state import Decision, DecodeState, ForwardOutput, Window
 
 
 def forward_flags(state: DecodeState, window: Window, logits: torch.Tensor) -> list[torch.Tensor]:
@@ -175,10 +77,9 @@ def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> I
     :param model: has ``forward(ModelInputs, cache) -> [B, S, V] logits``.
     :param max_steps: abort with :class:`DecodeError` past this many steps.
     """
-    verifier = roles.names.get("verification", "verification")
-    window_plugin = roles.names.get("window", "window")
+    verifier, window_plugin = roles.label("verification"), roles.label("window")
     roles.bind()
-    roles.notify("dlm_generation_start", state=state)
+    roles.generation_start(state)
     done = bool(state.finished.all())
     while not done:
         if state.step >= max_steps:
@@ -188,17 +89,16 @@ def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> I
                               "the strategies may be stuck (e.g. a window that never reaches the remaining masks, "
                               "or revocations that undo progress). fix: raise generation.max_steps, or check "
                               "the window and verification strategies")
-        window = roles.call("window", "dlm_window", state=state)
-        plan = roles.call("cache", "dlm_cache", state=state, window=window)
-        inputs = roles.call("inputs", "dlm_model_inputs", state=state, window=window, plan=plan)
+        window = roles.window(state)
+        plan = roles.cache(state, window)
+        inputs = roles.model_inputs(state, window, plan)
         logits = model.forward(inputs, plan.cache)
         early = forward_flags(state, window, logits)
         logits.index_fill_(-1, state.excluded_ids, float("-inf"))  # the mask and undecodable ids are never proposed
         forward = ForwardOutput(logits=logits, inputs=inputs)
         try:
-            proposal = roles.call("proposal", "dlm_propose", state=state, forward=forward, window=window)
-            decision = roles.call("verification", "dlm_verify", state=state, forward=forward, proposal=proposal,
-                                  window=window)
+            proposal = roles.propose(state, forward, window)
+            decision = roles.verify(state, forward, proposal, window)
         except PluginError:
             raise_forward_errors(torch.stack(early).tolist(), state.step, window_plugin)  # a bad window or NaN
             raise                                                                        # explains it first
@@ -210,9 +110,9 @@ def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> I
         *flags, done = torch.stack([*early, *late, progressed, state.finished.all()]).tolist()
         raise_forward_errors(flags[:2], state.step - 1, window_plugin)
         raise_decision_errors(flags[2:], decision, finished_before, state.step - 1, verifier)
-        roles.notify("dlm_step_end", state=state, decision=decision)
+        roles.step_end(state, decision)
         yield decision
-    roles.notify("dlm_generation_end", state=state)
+    roles.generation_end(state)
 
 
 def decode(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> list[float]:

@@ -1,13 +1,10 @@
-"""Plugin discovery, the strategy registry, and the per-decoder plugin managers.
+"""Plugin discovery: the built-in plugin modules and the ``dlm_decode`` entry points, collected into the
+:class:`~dlm_decode.registry.StrategyRegistry`.
 
-Discovery and execution are separate:
-
-* the *discovery* manager (:func:`discovery_manager`) registers the built-in plugin modules listed in
-  :data:`DEFAULT_PLUGINS`, then every module of the ``dlm_decode`` entry-point group, and asks each of them to
-  fill a :class:`StrategyRegistry` through the ``dlm_register`` hook. Built-ins go through exactly the same path
-  as third-party packages.
-* each decoder builds its own manager (:func:`decoder_manager`) holding only the strategy objects its config
-  chose, one per role, so role hooks return a single answer.
+The *discovery* manager (:func:`discovery_manager`) registers the built-in plugin modules listed in
+:data:`DEFAULT_PLUGINS`, then every module of the ``dlm_decode`` entry-point group, and asks each of them to fill a
+registry through the ``dlm_register`` hook: built-ins go through exactly the same path as third-party packages.
+Running the strategies a config chose is :mod:`dlm_decode.dispatch`'s.
 
 Environment switches:
 
@@ -28,31 +25,21 @@ import importlib
 import os
 import sys
 import types
-from dataclasses import dataclass
+from collections.abc import Mapping
 from functools import lru_cache
 from importlib import metadata
-from typing import Any, Callable, Iterator
 
 import pluggy
 
 from dlm_decode import hookspecs
-from dlm_decode.errors import ConfigError, PluginError
+from dlm_decode.errors import PluginError
+from dlm_decode.registry import StrategyRegistry
 
 
 def _switch(name: str) -> bool:
     """Whether the environment switch ``name`` is on (unset, empty, 0, false, no and off mean off)."""
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
 
-
-ROLES = ("window", "cache", "proposal", "verification")
-
-#: The hook each role's strategy object must implement.
-ROLE_HOOKS = {
-    "window": "dlm_window",
-    "cache": "dlm_cache",
-    "proposal": "dlm_propose",
-    "verification": "dlm_verify",
-}
 
 DEFAULT_PLUGINS = (
     "dlm_decode.strategies.windows",
@@ -66,109 +53,13 @@ DEFAULT_PLUGINS = (
 )
 
 
-@dataclass(frozen=True)
-class StrategySpec:
-    """One registered strategy.
-
-    :ivar role: one of :data:`ROLES`.
-    :ivar name: the name configs select it by (``decoder.<role>.name``).
-    :ivar config_cls: the dataclass holding its parameters (the schema of its config section).
-    :ivar factory: ``factory(config, context)`` -> the plugin object implementing the role hook.
-    :ivar plugin: the plugin module (or object) name that registered it.
-    :ivar package: the distribution that ships it.
-    :ivar version: the distribution's version.
-    """
-
-    role: str
-    name: str
-    config_cls: type
-    factory: Callable[[Any, Any], object]
-    plugin: str
-    package: str
-    version: str
-
-
-class StrategyRegistry:
-    """All strategies known to this process, by role and name."""
-
-    def __init__(self) -> None:
-        self._specs: dict[tuple[str, str], StrategySpec] = {}
-        self._origin: tuple[str, str, str] = ("?", "?", "?")
-
-    def add(self, role: str, name: str, config_cls: type, factory: Callable[[Any, Any], object]) -> None:
-        """Register a strategy (called from a plugin's ``dlm_register``).
-
-        :raises PluginError: for an unknown role or a name already registered for that role.
-        """
-        plugin, package, version = self._origin
-        if role not in ROLES:
-            raise PluginError(plugin, "dlm_register", f"unknown role {role!r}", f"use one of {', '.join(ROLES)}")
-        if (role, name) in self._specs:
-            other = self._specs[(role, name)]
-            raise PluginError(
-                plugin,
-                "dlm_register",
-                f"{role} strategy {name!r} is already registered by {other.plugin} ({other.package})",
-                "choose another name, or uninstall one of the two packages",
-            )
-        self._specs[(role, name)] = StrategySpec(role, name, config_cls, factory, plugin, package, version)
-
-    def get(self, role: str, name: str) -> StrategySpec:
-        """The strategy ``name`` of ``role``.
-
-        :raises ConfigError: naming ``decoder.<role>.name`` and listing the registered names.
-        """
-        try:
-            return self._specs[(role, name)]
-        except KeyError:
-            known = ", ".join(self.names(role)) or "none"
-            raise ConfigError(
-                f"decoder.{role}.name",
-                f"unknown {role} strategy {name!r}; registered: {known}",
-                "pick a registered name, or install the plugin package that provides it (`dlm-decode plugins`)",
-            ) from None
-
-    def names(self, role: str) -> list[str]:
-        return sorted(name for (r, name) in self._specs if r == role)
-
-    def __iter__(self) -> Iterator[StrategySpec]:
-        return iter(sorted(self._specs.values(), key=lambda s: (ROLES.index(s.role), s.name)))
-
-    def collect(self, manager: pluggy.PluginManager) -> None:
-        """Ask every plugin of ``manager`` for its strategies, remembering which plugin added which."""
-        distributions = {id(plugin): dist for plugin, dist in manager.list_plugin_distinfo()}
-        own_version = _version("dlm-decode")
-        for impl in manager.hook.dlm_register.get_hookimpls():
-            dist = distributions.get(id(impl.plugin))
-            if dist is None:
-                self._origin = (impl.plugin_name, "dlm-decode", own_version)
-            else:
-                self._origin = (impl.plugin_name, dist.project_name, dist.version)
-            try:
-                impl.function(registry=self)
-            except PluginError:
-                raise
-            except Exception as exc:
-                raise PluginError(
-                    impl.plugin_name, "dlm_register", f"raised {type(exc).__name__}: {exc}",
-                    "fix or uninstall the plugin package, or set DLM_DECODE_DISABLE_PLUGIN_AUTOLOAD=1",
-                ) from exc
-        self._origin = ("?", "?", "?")
-
-
-def _version(distribution: str) -> str:
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def tracing_enabled() -> bool:
     """``DLM_DECODE_TRACE_PLUGINS`` is set: pluggy writes every hook call to stderr."""
     return _switch("DLM_DECODE_TRACE_PLUGINS")
 
 
-def _new_manager() -> pluggy.PluginManager:
+def new_manager() -> pluggy.PluginManager:
+    """An empty manager of dlm_decode's hooks (tracing every call when ``DLM_DECODE_TRACE_PLUGINS`` is on)."""
     manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     manager.add_hookspecs(hookspecs)
     if tracing_enabled():
@@ -184,7 +75,7 @@ def discovery_manager() -> pluggy.PluginManager:
         entry point that is not installed, an entry point fails to load, or a plugin implements a hook that does
         not exist or asks a hook for an argument it does not pass.
     """
-    manager = _new_manager()
+    manager = new_manager()
     for module_name in DEFAULT_PLUGINS:
         register(manager, importlib.import_module(module_name), module_name)
     if not _switch("DLM_DECODE_DISABLE_PLUGIN_AUTOLOAD"):
@@ -264,7 +155,7 @@ def register(manager: pluggy.PluginManager, plugin: object, name: str | None = N
     try:
         manager.register(plugin, name=name)
     except pluggy.PluginValidationError as exc:
-        raise _invalid_plugin(manager, plugin, label or name or _object_label(plugin), exc) from exc
+        raise _invalid_plugin(manager, plugin, label or name or object_label(plugin), exc) from exc
 
 
 def _invalid_plugin(manager: pluggy.PluginManager, plugin: object, label: str,
@@ -308,7 +199,7 @@ def check_pending(manager: pluggy.PluginManager) -> None:
                               f"{hookspecs.PROJECT_NAME} hook", f"{rename}; the hooks are {', '.join(hooks)}")
 
 
-def _object_label(plugin: object) -> str:
+def object_label(plugin: object) -> str:
     """A name for a plugin registered without one: the module's or class's name, or the class of an object."""
     if isinstance(plugin, (type, types.ModuleType)):
         return plugin.__name__
@@ -319,73 +210,29 @@ def _object_label(plugin: object) -> str:
 def _impl_label(manager: pluggy.PluginManager, impl: pluggy.HookImpl) -> str:
     """The plugin of ``impl``: its registered name (its class for an object registered without a name) and, for an
     entry point, its distribution."""
-    name = _object_label(impl.plugin) if impl.plugin_name == str(id(impl.plugin)) else impl.plugin_name
+    name = object_label(impl.plugin) if impl.plugin_name == str(id(impl.plugin)) else impl.plugin_name
     for plugin, dist in manager.list_plugin_distinfo():
         if plugin is impl.plugin:
             return f"{name} ({dist.project_name} {dist.version})"
     return name
 
 
-def hook_error(caller: pluggy.HookCaller, exc: Exception, role_labels: dict[str, str], role: str | None = None
-               ) -> PluginError:
-    """The :class:`PluginError` for ``exc``, raised calling the hook of ``caller``, naming the implementation
-    that raised it (for :class:`dlm_decode.loop.Roles`; called only on failure).
-
-    The culprit is the implementation owning the innermost traceback frame among the hook's implementations:
-    a wrapper raising its own exception is blamed, while an exception raised by the wrapped implementation
-    and merely passed on through a wrapper's ``yield`` is blamed on that implementation. A frame whose code
-    several implementations share (functions wrapped by one decorator) names none of them. When no frame names
-    an implementation (pluggy itself raised, e.g. for a wrapper that never yields), a hook's only implementation
-    is blamed, and with several the error lists them all.
-
-    :param role_labels: role -> label of the decoder's strategy for that role, whose plugin
-        :func:`decoder_manager` registers as ``<role>:<strategy name>``.
-    :param role: the role whose hook this is (None for an observer hook): a failure of that role's strategy
-        points at its config section.
-    """
-    impls = caller.get_hookimpls()
-    owners: dict[Any, list[pluggy.HookImpl]] = {}
-    for impl in impls:
-        owners.setdefault(getattr(impl.function, "__code__", None), []).append(impl)
-    culprit = impls[0] if len(impls) == 1 else None
-    traceback = exc.__traceback__
-    while traceback is not None:
-        owner = owners.get(traceback.tb_frame.f_code, ())
-        culprit = owner[0] if len(owner) == 1 else culprit
-        traceback = traceback.tb_next
-
-    def is_strategy(impl: pluggy.HookImpl, of_role: str | None) -> bool:
-        impl_role, colon, _ = impl.plugin_name.partition(":")
-        return bool(colon) and impl_role in role_labels and of_role in (None, impl_role)
-
-    def label(impl: pluggy.HookImpl) -> str:
-        if is_strategy(impl, None):
-            name = role_labels[impl.plugin_name.partition(":")[0]]
-        elif impl.plugin_name == str(id(impl.plugin)):
-            name = _object_label(impl.plugin)
-        else:
-            name = impl.plugin_name
-        return f"{name} (a wrapper)" if impl.wrapper or impl.hookwrapper else name
-
-    problem = f"raised {type(exc).__name__}: {exc}"
-    if culprit is None:
-        names = ", ".join(label(impl) for impl in impls) or "no registered implementation"
-        return PluginError(f"one of {names}", caller.name, problem,
-                           "see the traceback above for the implementation that raised, and fix or remove its plugin")
-    if is_strategy(culprit, None):  # the decoder's own strategy for some role, a wrapper of another hook included
-        culprit_role = culprit.plugin_name.partition(":")[0]
-        fix = f"check the parameters of `decoder.{culprit_role}`, or report the bug to the plugin's authors"
-    else:
-        fix = "fix the plugin, or remove it (observers are passed to the Decoder as `observers=`)"
-    return PluginError(label(culprit), caller.name, problem, fix)
+def build_registry(extra: Mapping[str, object] | None = None) -> StrategyRegistry:
+    """A registry of the built-in and installed plugins (:func:`discovery_manager`) and of ``extra``: name ->
+    plugin object or module, registered after them (an inline plugin of a test)."""
+    manager = discovery_manager()
+    for name, plugin in (extra or {}).items():
+        register(manager, plugin, name)
+    check_pending(manager)
+    registry = StrategyRegistry()
+    registry.collect(manager)
+    return registry
 
 
 @lru_cache(maxsize=1)
 def get_registry() -> StrategyRegistry:
     """The process-wide registry (built once; :func:`reset_registry` rebuilds it)."""
-    registry = StrategyRegistry()
-    registry.collect(discovery_manager())
-    return registry
+    return build_registry()
 
 
 def reset_registry() -> None:
@@ -393,36 +240,3 @@ def reset_registry() -> None:
     get_registry.cache_clear()
 
 
-def decoder_manager(strategies: dict[str, tuple[StrategySpec, object]], extra: list[object] = ()) -> pluggy.PluginManager:
-    """A fresh manager holding one strategy object per role plus the core defaults and ``extra`` observers.
-
-    Each strategy object is registered as ``<role>:<strategy name>`` (:func:`hook_error` relies on this).
-
-    :raises PluginError: when a strategy object does not implement its role hook, or implements another
-        role's hook (which would make the role ambiguous); when a strategy or observer implements a hook that
-        does not exist, or asks a hook for an argument it does not pass.
-    """
-    from dlm_decode import loop
-
-    manager = _new_manager()
-    manager.register(loop.CoreInputs(), name="core.inputs")
-    for role, (spec, plugin) in strategies.items():
-        register(manager, plugin, f"{role}:{spec.name}", f"{spec.plugin} ({spec.role} strategy {spec.name!r})")
-        implemented = {
-            hook for hook in ROLE_HOOKS.values()
-            for impl in getattr(manager.hook, hook).get_hookimpls()
-            if impl.plugin is plugin and not impl.wrapper and not impl.hookwrapper
-        }
-        if implemented != {ROLE_HOOKS[role]}:
-            raise PluginError(
-                f"{spec.plugin} ({spec.role} strategy {spec.name!r})",
-                ROLE_HOOKS[role],
-                f"a {role} strategy must implement exactly `{ROLE_HOOKS[role]}` among the role hooks, "
-                f"but implements {sorted(implemented) or 'none'}",
-                "implement the role hook as a method marked with @dlm_decode.hookimpl; use wrapper=True to "
-                "extend another role",
-            )
-    for observer in extra:
-        register(manager, observer)
-    check_pending(manager)
-    return manager

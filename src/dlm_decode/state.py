@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 
 from dlm_decode.errors import InputError
-from dlm_decode.models.attention import position_ids_from_mask
+from dlm_decode.masks import position_ids_from_mask
 
 
 @dataclass
@@ -282,7 +282,7 @@ class DecodeState:
     @cached_property
     def full_attention(self) -> torch.Tensor:
         """``[B, 1, N, N]`` bool, the bidirectional mask over the whole canvas (padding excluded)."""
-        from dlm_decode.models.attention import bidirectional_mask
+        from dlm_decode.masks import bidirectional_mask
 
         return bidirectional_mask(self.attention_mask)
 

@@ -21,7 +21,8 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from dlm_decode.config.schema import Config, GenerationSection, ModelSection, ModelSpec
 from dlm_decode.errors import ConfigError, FieldError
-from dlm_decode.plugins import ROLES, StrategyRegistry, get_registry
+from dlm_decode.plugins import get_registry
+from dlm_decode.registry import ROLES, StrategyRegistry
 
 Source = str | Path | Mapping | DictConfig
 

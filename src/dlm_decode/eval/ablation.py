@@ -58,7 +58,7 @@ def ablate(base: Source | Sequence[Source], factors: list[tuple[str, list[str]]]
 
     Every config is composed (and validated) and ``tasks``/``limit`` are checked before anything is evaluated.
     """
-    from dlm_decode.integrations import distributed
+    from dlm_decode.distributed import distributed
 
     out = check_out_dir(out_dir)
     runs = [(name, factor, load_config(base, [*overrides, *extra])) for name, factor, extra in plan_runs(factors)]

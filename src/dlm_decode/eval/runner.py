@@ -135,7 +135,7 @@ def evaluate(decoder: Decoder, out_dir: str | Path, tasks: Sequence[str] | None 
     the results under ``out_dir`` (see the module docstring for ids, seeds and resuming).
 
     **Several processes.** Under ``torchrun --nproc_per_node N`` / ``accelerate launch --num_processes N`` (the
-    ``RANK``/``WORLD_SIZE`` environment, see :mod:`dlm_decode.integrations`) every rank builds the same example
+    ``RANK``/``WORLD_SIZE`` environment, see :mod:`dlm_decode.distributed`) every rank builds the same example
     list, skips what earlier runs finished, and decodes every ``N``-th remaining example from its rank on (each
     example once, with the seed of its id, so the results equal a single process's); it appends its records
     to ``out_dir/results.rank<r>.jsonl`` as batches finish (resumable per rank), and rank 0 gathers the records,
@@ -145,7 +145,7 @@ def evaluate(decoder: Decoder, out_dir: str | Path, tasks: Sequence[str] | None 
 
     :return: the summary (also written to ``out_dir/summary.json``).
     """
-    from dlm_decode.integrations import broadcast_object, distributed, gather_objects
+    from dlm_decode.distributed import broadcast_object, distributed, gather_objects
 
     names = check_selection(tasks, limit)
     out = check_out_dir(out_dir)
@@ -206,11 +206,11 @@ LOCK = ".dlm-decode.lock"
 def claim_out_dir(out: Path, ranks, command: str) -> Iterator[None]:
     """Create ``out`` and hold its lock for the block: rank 0 does both and tells every rank whether it could.
 
-    :param ranks: :class:`~dlm_decode.integrations.Ranks` of this process.
+    :param ranks: :class:`~dlm_decode.distributed.Ranks` of this process.
     :param command: what holds the lock (``eval``, ``ablate``), recorded in the lock file for the error message.
     :raises InputError: on every rank, when ``out`` cannot be created or another process holds its lock.
     """
-    from dlm_decode.integrations import broadcast_object
+    from dlm_decode.distributed import broadcast_object
 
     with contextlib.ExitStack() as stack:
         problem = None

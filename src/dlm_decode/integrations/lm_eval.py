@@ -33,7 +33,7 @@ renders the template (multi-turn few-shot) and the decoder's own wrapping is swi
 
 **Several processes.** ``accelerate launch --num_processes N -m dlm_decode.integrations.lm_eval ...`` or
 ``torchrun --nproc_per_node N -m dlm_decode.integrations.lm_eval ...``: the model joins the launcher's process group
-(``gloo``, see :mod:`dlm_decode.integrations`) and reports its rank and world size, so lm-eval's evaluator splits
+(``gloo``, see :mod:`dlm_decode.distributed`) and reports its rank and world size, so lm-eval's evaluator splits
 the requests by rank and gathers the metrics on rank 0; each process takes ``cuda:LOCAL_RANK`` when its device is
 ``auto`` or ``cuda``.
 
@@ -64,8 +64,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
                       "pip install 'dlm-decode[lm-eval]' (or pip install 'lm-eval>=0.4.5')") from exc
 
 from dlm_decode.decoder import check_seed
+from dlm_decode.distributed import join_process_group
 from dlm_decode.errors import ConfigError, InputError
-from dlm_decode.integrations import join_process_group
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The model pair that ships inside the package (trained by :mod:`dlm_decode.models.train`)."""
+"""The model pair that ships inside the package (trained by :mod:`dlm_decode.recipes.train_embedded`)."""
 
 from __future__ import annotations
 
@@ -26,5 +26,5 @@ def embedded_model_dir(name: str) -> Path:
     directory = EMBEDDED_ROOT / name
     if not (directory / "config.json").is_file():
         raise ModelError(f"the embedded model {name!r} is missing from {directory}; fix: reinstall dlm-decode, or "
-                         "train it with `python -m dlm_decode.models.train --out src/dlm_decode/models/embedded`")
+                         "train it with `python -m dlm_decode.recipes.train_embedded --out src/dlm_decode/models/embedded`")
     return directory

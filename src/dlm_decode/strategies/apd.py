@@ -31,7 +31,7 @@ import torch
 
 from dlm_decode.errors import ConfigError, check_field
 from dlm_decode.hookspecs import hookimpl
-from dlm_decode.models.attention import bidirectional_mask
+from dlm_decode.masks import bidirectional_mask
 from dlm_decode.models.hf import CausalLM, check_shared_tokenizer, crop_cache, new_cache
 from dlm_decode.state import Decision, DecodeState, Proposal, Window
 from dlm_decode.strategies.proposals import gumbel_noise, uniform_noise

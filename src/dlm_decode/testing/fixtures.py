@@ -2,7 +2,7 @@
 
 * ``tiny_dllm_dir``: a session-wide tiny random bidirectional checkpoint with the project's tokenizer.
 * ``tiny_ar_dir``: the same with a causal model.
-* ``strategy_registry``: a freshly collected :class:`~dlm_decode.plugins.StrategyRegistry`.
+* ``strategy_registry``: a freshly collected :class:`~dlm_decode.registry.StrategyRegistry`.
 * ``make_decoder``: ``make_decoder(*overrides, source=None)`` -> a :class:`~dlm_decode.Decoder` over
   ``tiny_dllm_dir`` (override ``model.dllm.path`` to use another model).
 """
@@ -26,11 +26,9 @@ def tiny_ar_dir(tmp_path_factory):
 
 @pytest.fixture
 def strategy_registry():
-    from dlm_decode.plugins import StrategyRegistry, discovery_manager
+    from dlm_decode.plugins import build_registry
 
-    registry = StrategyRegistry()
-    registry.collect(discovery_manager())
-    return registry
+    return build_registry()
 
 
 @pytest.fixture

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from dlm_decode.hookspecs import hookimpl
-from dlm_decode.plugins import StrategyRegistry, discovery_manager
+from dlm_decode.plugins import build_registry
+from dlm_decode.registry import StrategyRegistry
 
 
 def registry_with(*strategies: tuple[str, str, type, Callable[[Any, Any], object]],
@@ -20,8 +21,4 @@ def registry_with(*strategies: tuple[str, str, type, Callable[[Any, Any], object
             for role, name, config_cls, factory in strategies:
                 registry.add(role, name, config_cls, factory)
 
-    manager = discovery_manager()
-    manager.register(InlinePlugin, name=plugin_name)
-    registry = StrategyRegistry()
-    registry.collect(manager)
-    return registry
+    return build_registry({plugin_name: InlinePlugin})

@@ -11,8 +11,8 @@ evaluator for development only; official numbers come from ``dlm-decode eval``.
 
 Usage::
 
-    python -m dlm_decode.models.train --out src/dlm_decode/models/embedded --which both
-    python -m dlm_decode.models.train --out /tmp/pair --smoke
+    python -m dlm_decode.recipes.train_embedded --out src/dlm_decode/models/embedded --which both
+    python -m dlm_decode.recipes.train_embedded --out /tmp/pair --smoke
 
 ``--compile`` runs the forwards through ``torch.compile``: on the 2-core machine a dLLM step of batch 64 took
 0.18 s instead of 0.24 s (1.3x; measured 2026-11-26, 40 steps after a warm-up), so more steps fit into the same
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from dlm_decode.eval.tasks import TASKS, Example, get_task
-from dlm_decode.models.attention import bidirectional_mask, position_ids_from_mask
+from dlm_decode.masks import bidirectional_mask, position_ids_from_mask
 from dlm_decode.models.tokenizer import build_char_tokenizer
 
 logger = logging.getLogger("dlm_decode.train")
@@ -454,7 +454,7 @@ def markdown_table(table: dict[str, dict[str, float]]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m dlm_decode.models.train", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dlm_decode.recipes.train_embedded", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="directory that receives dllm/, ar/, MODEL_CARD.md")
     parser.add_argument("--which", choices=("dllm", "ar", "both"), default="both")
     parser.add_argument("--dllm-steps", type=int, default=16000)
@@ -507,7 +507,7 @@ def write_model_card(out: Path, args: argparse.Namespace, runs: dict[str, dict],
         "## Training",
         "",
         "```",
-        "python -m dlm_decode.models.train " + " ".join(_command_line(args)),
+        "python -m dlm_decode.recipes.train_embedded " + " ".join(_command_line(args)),
         "```",
         "",
         "| model | layers | hidden | heads | ffn | parameters | safetensors | steps | batch | lr | seed | wall time |",
@@ -538,7 +538,7 @@ def write_model_card(out: Path, args: argparse.Namespace, runs: dict[str, dict],
             f"{args.eval_n} test examples per task, `max_new_tokens={EVAL_MAX_NEW_TOKENS}`, accuracy in percent."
             " `dllm k=n`: low-confidence remasking committing the n most confident masked positions per step"
             " (`all`: the whole canvas in one forward), EOS fill after a committed EOS. `ar`: greedy left to right."
-            " Measured by `quick_eval` in `dlm_decode.models.train`; `dlm-decode eval` gives the official numbers.",
+            " Measured by `quick_eval` in `dlm_decode.recipes.train_embedded`; `dlm-decode eval` gives the official numbers.",
             "",
             markdown_table(table),
         ]

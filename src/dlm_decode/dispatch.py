@@ -1,0 +1,222 @@
+"""One decoder's plugin manager and how the loop calls it: the chosen strategy per role, the core's default model
+inputs, typed calls of the hooks, and plugin failures turned into errors that name the plugin.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from typing import Any, Callable
+
+import pluggy
+
+from dlm_decode.errors import PluginError
+from dlm_decode.hookspecs import hookimpl
+from dlm_decode.plugins import check_pending, new_manager, object_label, register
+from dlm_decode.registry import ROLE_HOOKS, StrategySpec
+from dlm_decode.state import Decision, DecodeState, ForwardOutput, ForwardPlan, ModelInputs, Proposal, Window
+
+
+class CoreInputs:
+    """Default ``dlm_model_inputs``: the plan's span of the canvas with a bidirectional mask over it."""
+
+    @hookimpl(trylast=True)
+    def dlm_model_inputs(self, state: DecodeState, window: Window, plan: ForwardPlan) -> ModelInputs:
+        start, end = plan.start, plan.end
+        first_key, last_key = (0, plan.key_end or end) if plan.cache is not None else (start, end)
+        if (start, end, first_key, last_key) == (0, state.width, 0, state.width):  # the whole canvas: no views
+            mask, input_ids, position_ids = state.full_attention, state.canvas, state.position_ids
+        else:
+            mask = state.full_attention[:, :, start:end, first_key:last_key]
+            input_ids, position_ids = state.canvas[:, start:end], state.position_ids[:, start:end]
+        if window.visible is not None:
+            mask = mask & window.visible[:, None, None, first_key:last_key]
+        return ModelInputs(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, start=start, end=end)
+
+
+def decoder_manager(strategies: dict[str, tuple[StrategySpec, object]], extra: Sequence[object] = ()
+                    ) -> pluggy.PluginManager:
+    """A fresh manager holding one strategy object per role plus the core defaults and ``extra`` observers.
+
+    Each strategy object is registered as ``<role>:<strategy name>`` (:func:`hook_error` relies on this).
+
+    :raises PluginError: when a strategy object does not implement its role hook, or implements another
+        role's hook (which would make the role ambiguous); when a strategy or observer implements a hook that
+        does not exist, or asks a hook for an argument it does not pass.
+    """
+    manager = new_manager()
+    manager.register(CoreInputs(), name="core.inputs")
+    for role, (spec, plugin) in strategies.items():
+        register(manager, plugin, f"{role}:{spec.name}", spec.label)
+        implemented = {
+            hook for hook in ROLE_HOOKS.values()
+            for impl in getattr(manager.hook, hook).get_hookimpls()
+            if impl.plugin is plugin and not impl.wrapper and not impl.hookwrapper
+        }
+        if implemented != {ROLE_HOOKS[role]}:
+            raise PluginError(
+                spec.label, ROLE_HOOKS[role],
+                f"a {role} strategy must implement exactly `{ROLE_HOOKS[role]}` among the role hooks, "
+                f"but implements {sorted(implemented) or 'none'}",
+                "implement the role hook as a method marked with @dlm_decode.api.hookimpl; use wrapper=True to "
+                "extend another role",
+            )
+    for observer in extra:
+        register(manager, observer)
+    check_pending(manager)
+    return manager
+
+
+class Roles:
+    """Calls the hooks of one decoder's plugin manager, one typed method per hook, turning plugin failures into
+    errors that name the plugin.
+
+    :meth:`bind` (called once per batch) resolves each hook: one that has a single implementation and no
+    wrappers is then called directly, with pluggy's argument selection and result, but without its per-call
+    dispatch (a few microseconds per hook, a visible share of a tiny model's step). Hooks with several
+    implementations or wrappers, and every hook while pluggy tracing is on, go through pluggy. An exception
+    raised by an implementation becomes a :class:`PluginError` naming that implementation's plugin
+    (:func:`hook_error`); working that out is left to the failure path, so a successful call costs nothing extra.
+
+    :param manager: the decoder's plugin manager (:func:`decoder_manager`).
+    :param strategies: role -> the spec of the decoder's strategy for it (named in errors).
+    :param direct: allow direct calls (false while ``DLM_DECODE_TRACE_PLUGINS`` traces every hook call).
+    """
+
+    def __init__(self, manager: pluggy.PluginManager, strategies: dict[str, StrategySpec], direct: bool = True):
+        self.hook = manager.hook
+        self.labels = {role: spec.label for role, spec in strategies.items()}
+        self.direct = direct
+        self.callers: dict[str, Callable[..., Any]] = {}
+
+    def label(self, role: str) -> str:
+        """The strategy of ``role`` as errors name it (the role itself for the core's model inputs)."""
+        return self.labels.get(role, role)
+
+    def bind(self) -> None:
+        """Resolve every hook against the plugins registered now (observers may come and go between batches)."""
+        self.callers = {name: self._resolve(getattr(self.hook, name)) for name in vars(self.hook)}
+
+    def _resolve(self, caller: pluggy.HookCaller) -> Callable[..., Any]:
+        impls = caller.get_hookimpls()
+        if not self.direct or len(impls) > 1 or any(impl.wrapper or impl.hookwrapper for impl in impls):
+            return caller
+        if not impls:
+            return _no_implementation
+        function, argnames = impls[0].function, impls[0].argnames
+        if not argnames:
+            return lambda **kwargs: function()
+        if len(argnames) == 1:
+            (name,) = argnames
+            return lambda **kwargs: function(kwargs[name])
+        pick = operator.itemgetter(*argnames)  # a tuple of the arguments the implementation takes, in its order
+        return lambda **kwargs: function(*pick(kwargs))
+
+    # --- the role hooks: one result each, never None ---------------------------------------------------------
+
+    def window(self, state: DecodeState) -> Window:
+        return self._call("window", "dlm_window", state=state)
+
+    def cache(self, state: DecodeState, window: Window) -> ForwardPlan:
+        return self._call("cache", "dlm_cache", state=state, window=window)
+
+    def model_inputs(self, state: DecodeState, window: Window, plan: ForwardPlan) -> ModelInputs:
+        return self._call("inputs", "dlm_model_inputs", state=state, window=window, plan=plan)
+
+    def propose(self, state: DecodeState, forward: ForwardOutput, window: Window) -> Proposal:
+        return self._call("proposal", "dlm_propose", state=state, forward=forward, window=window)
+
+    def verify(self, state: DecodeState, forward: ForwardOutput, proposal: Proposal, window: Window) -> Decision:
+        return self._call("verification", "dlm_verify", state=state, forward=forward, proposal=proposal,
+                          window=window)
+
+    # --- the observers ---------------------------------------------------------------------------------------
+
+    def generation_start(self, state: DecodeState) -> None:
+        self._notify("dlm_generation_start", state=state)
+
+    def step_end(self, state: DecodeState, decision: Decision) -> None:
+        self._notify("dlm_step_end", state=state, decision=decision)
+
+    def generation_end(self, state: DecodeState) -> None:
+        self._notify("dlm_generation_end", state=state)
+
+    def _notify(self, hook_name: str, **kwargs: Any) -> None:
+        """Call an observer hook (its results are ignored). Needs :meth:`bind`."""
+        try:
+            self.callers[hook_name](**kwargs)
+        except PluginError:
+            raise
+        except Exception as exc:
+            raise hook_error(getattr(self.hook, hook_name), exc, self.labels) from exc
+
+    def _call(self, role: str, hook_name: str, **kwargs: Any) -> Any:
+        """Call a role hook bound by :meth:`bind`; a failure or a None result becomes a :class:`PluginError`
+        naming the implementation that raised: the role's strategy, or a wrapper around its hook."""
+        try:
+            result = self.callers[hook_name](**kwargs)
+        except PluginError:
+            raise
+        except Exception as exc:
+            raise hook_error(getattr(self.hook, hook_name), exc, self.labels, role) from exc
+        if result is None:
+            raise PluginError(self.label(role), hook_name, "returned None", "a role hook must return its result object")
+        return result
+
+
+def _no_implementation(**kwargs: Any) -> None:
+    return None
+
+
+def hook_error(caller: pluggy.HookCaller, exc: Exception, role_labels: dict[str, str], role: str | None = None
+               ) -> PluginError:
+    """The :class:`PluginError` for ``exc``, raised calling the hook of ``caller``, naming the implementation
+    that raised it (for :class:`Roles`; called only on failure).
+
+    The culprit is the implementation owning the innermost traceback frame among the hook's implementations:
+    a wrapper raising its own exception is blamed, while an exception raised by the wrapped implementation
+    and merely passed on through a wrapper's ``yield`` is blamed on that implementation. A frame whose code
+    several implementations share (functions wrapped by one decorator) names none of them. When no frame names
+    an implementation (pluggy itself raised, e.g. for a wrapper that never yields), a hook's only implementation
+    is blamed, and with several the error lists them all.
+
+    :param role_labels: role -> label of the decoder's strategy for that role, whose plugin
+        :func:`decoder_manager` registers as ``<role>:<strategy name>``.
+    :param role: the role whose hook this is (None for an observer hook): a failure of that role's strategy
+        points at its config section.
+    """
+    impls = caller.get_hookimpls()
+    owners: dict[Any, list[pluggy.HookImpl]] = {}
+    for impl in impls:
+        owners.setdefault(getattr(impl.function, "__code__", None), []).append(impl)
+    culprit = impls[0] if len(impls) == 1 else None
+    traceback = exc.__traceback__
+    while traceback is not None:
+        owner = owners.get(traceback.tb_frame.f_code, ())
+        culprit = owner[0] if len(owner) == 1 else culprit
+        traceback = traceback.tb_next
+
+    def is_strategy(impl: pluggy.HookImpl, of_role: str | None) -> bool:
+        impl_role, colon, _ = impl.plugin_name.partition(":")
+        return bool(colon) and impl_role in role_labels and of_role in (None, impl_role)
+
+    def label(impl: pluggy.HookImpl) -> str:
+        if is_strategy(impl, None):
+            name = role_labels[impl.plugin_name.partition(":")[0]]
+        elif impl.plugin_name == str(id(impl.plugin)):
+            name = object_label(impl.plugin)
+        else:
+            name = impl.plugin_name
+        return f"{name} (a wrapper)" if impl.wrapper or impl.hookwrapper else name
+
+    problem = f"raised {type(exc).__name__}: {exc}"
+    if culprit is None:
+        names = ", ".join(label(impl) for impl in impls) or "no registered implementation"
+        return PluginError(f"one of {names}", caller.name, problem,
+                           "see the traceback above for the implementation that raised, and fix or remove its plugin")
+    if is_strategy(culprit, None):  # the decoder's own strategy for some role, a wrapper of another hook included
+        culprit_role = culprit.plugin_name.partition(":")[0]
+        fix = f"check the parameters of `decoder.{culprit_role}`, or report the bug to the plugin's authors"
+    else:
+        fix = "fix the plugin, or remove it (observers are passed to the Decoder as `observers=`)"
+    return PluginError(label(culprit), caller.name, problem, fix)
