@@ -1,7 +1,9 @@
-"""Test settings: a deterministic Hypothesis profile (no deadlines: the first torch call of a test is slow)."""
+"""Test settings: a deterministic Hypothesis profile (no deadlines: the first torch call of a test is slow), and the
+remote-code stand-in checkpoints several test modules share."""
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -9,3 +11,21 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 settings.load_profile("dlm")
+
+
+@pytest.fixture(scope="session")
+def stand_ins(tmp_path_factory):
+    """Remote-code LLaDA and Dream stand-ins (stand_ins.py), spiked ones, a one-layer Dream and a Qwen2 verifier."""
+    from dlm_decode.testing.models import build_dream_like, build_llada_like, build_qwen_like_verifier
+    from stand_ins import SPIKE
+
+    root = tmp_path_factory.mktemp("stand-ins")
+    return {
+        "dream": build_dream_like(root / "dream", seed=0),
+        "dream1": build_dream_like(root / "dream1", seed=0, layers=1),
+        "dream_spike": build_dream_like(root / "dream_spike", position_spike=SPIKE),
+        "llada": build_llada_like(root / "llada"),
+        "llada_spike": build_llada_like(root / "llada_spike", position_spike=SPIKE),
+        "llada_legacy": build_llada_like(root / "llada_legacy", position_spike=SPIKE, legacy=True),
+        "qwen": build_qwen_like_verifier(root / "qwen"),
+    }

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
-from dlm_decode import ModelError, load_config
+from dlm_decode import ConfigError, ModelError, load_config
 from dlm_decode.decoder import Decoder
 from dlm_decode.models.hf import check_shared_tokenizer
 from dlm_decode.models.tokenizer import build_char_tokenizer
 from dlm_decode.ops import Scorer
-from dlm_decode.strategies.apd import Acceptance, APDConfig, APDVerifier, Coupling
+from dlm_decode.strategies.apd import APDConfig, APDVerifier, Acceptance, Coupling
 from dlm_decode.testing.registry import registry_with
 from dlm_decode.testing.toy import ToyCausalLM, ToyDiffusionLM
-
 from helpers import StepRecorder
+from stand_ins import PROMPTS as STAND_IN_PROMPTS, decoder, expected_texts
 
 NEVER = float("-inf")
 
@@ -201,7 +200,6 @@ def test_apd_on_hf_models_is_batch_invariant_and_counts_ar_forwards(hf_apd):
 
 
 def test_apd_without_an_ar_model_names_model_ar(make_decoder):
-    from dlm_decode import ConfigError
 
     with pytest.raises(ConfigError, match="(?s)`model.ar`.*fix"):
         make_decoder("decoder.verification=apd")
@@ -219,3 +217,43 @@ def test_kv_window_decodes_each_row_of_a_batch_as_alone_on_the_shipped_pair():
     together = decoder.generate(prompts, batch_size=8, seeds=seeds).token_ids
     alone = [decoder.generate([p], seeds=[s]).token_ids[0] for p, s in zip(prompts, seeds)]
     assert together == alone
+
+
+def stand_in_apd(stand_ins, dllm_dir, *overrides):
+    """APD on a remote-code stand-in with the Qwen-like verifier, whose head is narrower than the Dream-like one."""
+    return decoder(dllm_dir, "decoder.verification=apd", f"model.ar.path={stand_ins['qwen']}",
+                   "decoder.window=lookahead", "decoder.window.max_lookahead=4", "decoder.cache=kv_window",
+                   "decoder.cache.window=2", "decoder.proposal=sample", "decoder.proposal.temperature=0.2",
+                   "decoder.proposal.top_p=0.95", "generation.max_new_tokens=12", *overrides)
+
+
+def test_apd_accepts_whole_windows_when_the_dream_draft_dominates(stand_ins):
+    """R = 0.7 times a spike of 40 outweighs the verifier's random logits: every window of M = 4 is accepted,
+    and the committed text is the constructed answer (through kv_window's cached spans)."""
+    dec = stand_in_apd(stand_ins, stand_ins["dream_spike"])
+    assert dec.strategies["verification"][1].ar.vocab_size == 104 < dec.dllm.vocab_size == 112
+    out = dec.generate(STAND_IN_PROMPTS)
+    assert out.texts == expected_texts(dec.dllm, STAND_IN_PROMPTS, 12)
+    for stats in out.stats:
+        assert stats.commits_per_step == [4, 4, 4]
+        assert stats.ar_forwards == stats.nfe == 3
+
+
+def test_apd_on_random_stand_ins_is_batch_invariant_and_within_bounds(stand_ins):
+    dec = stand_in_apd(stand_ins, stand_ins["dream"], "decoder.proposal=greedy")
+    together = dec.generate(STAND_IN_PROMPTS)
+    assert together.token_ids == [dec.generate([p]).token_ids[0] for p in STAND_IN_PROMPTS]
+    for ids, stats in zip(together.token_ids, together.stats):
+        assert all(1 <= c <= 4 for c in stats.commits_per_step)
+        assert stats.ar_forwards == stats.nfe
+
+
+def test_apd_kv_window_covering_the_canvas_equals_no_cache_on_dream(stand_ins):
+    plain = stand_in_apd(stand_ins, stand_ins["dream"], "decoder.cache=none").generate(STAND_IN_PROMPTS)
+    wide = stand_in_apd(stand_ins, stand_ins["dream"], "decoder.cache.window=1000").generate(STAND_IN_PROMPTS)
+    assert wide.token_ids == plain.token_ids
+
+
+def test_apd_refuses_a_verifier_with_another_tokenizer(stand_ins):
+    with pytest.raises(ModelError, match="tokenizer differs"):
+        stand_in_apd(stand_ins, stand_ins["llada"])

@@ -5,8 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
-from dlm_decode import load_config
+from dlm_decode import ConfigError, load_config
+from dlm_decode.decoder import Decoder
+from dlm_decode.models.dry_run import dry_run
+from stand_ins import PROMPTS as STAND_IN_PROMPTS, REMOTE, expected_texts
+
+
 
 CONFIGS = sorted(Path("configs").rglob("*.yaml"))
 
@@ -105,3 +111,98 @@ def test_the_configuration_reference_lists_every_strategy_and_field(strategy_reg
         fields = {f.name: _yaml_cell(f.default if f.default is not dataclasses.MISSING else f.default_factory())
                   for f in dataclasses.fields(spec.config_cls)}
         assert documented[spec.name] == fields, f"{spec.role} strategy {spec.name!r}: keys or defaults differ"
+
+
+@pytest.mark.parametrize(("overrides", "key", "hint"), [
+    (["decoder.verification=bogus"], "decoder.verification.name", "registered: apd"),
+    (["generation.max_new_tokens=abc"], "generation.max_new_tokens", "type"),
+    (["generation.max_new_tokens=0"], "generation.max_new_tokens", "at least 1"),
+    (["generation.max_new_tokens=-5"], "generation.max_new_tokens", "at least 1"),
+    (["generation.max_new_tokns=5"], "generation.max_new_tokns", "valid keys: max_new_tokens"),
+    (["decoder.verification.score=best"], "decoder.verification.score", "confidence"),
+    (["decoder.proposal=sample", "decoder.proposal.top_p=1.5"], "decoder.proposal.top_p", "(0, 1]"),
+    (["decoder.proposal=sample", "decoder.proposal.temperature=.inf"], "decoder.proposal.temperature", "finite"),
+    (["decoder.proposal=sample", "decoder.proposal.temperature=nan"], "decoder.proposal.temperature", "finite"),
+    (["decoder.proposal.temperature=0.5"], "decoder.proposal.temperature", "takes no parameters"),
+    (["decoder.window=blocks", "decoder.window.size=0"], "decoder.window.size", "at least 1"),
+    (["decoder.verifier=topk"], "decoder.verifier", "the roles are"),
+    (["model.dllm.dtype=int4"], "model.dllm.dtype", "float32"),
+    (["modle.dllm.path=x"], "modle", "top-level keys"),
+    (["generation.max_new_tokens"], "generation.max_new_tokens", "key=value"),
+    (["decoder.verification.tokens_per_step=2", "decoder.verification.steps_per_block=4"],
+     "decoder.verification.tokens_per_step", "only one"),
+    (["decoder.verification.schedule=dream"], "decoder.verification.steps_per_block", "Dream's `steps`"),
+    (["decoder.verification.eps=0.01"], "decoder.verification.eps", "schedule dream"),
+    (["decoder.verification=wino", "decoder.verification.revoke_limit=none"], "decoder.verification.revoke_limit",
+     "progress"),
+    (["model.dllm.implementation=native_code"], "model.dllm.implementation", "native or remote"),
+    (["generation.seed=18446744073709551616"], "generation.seed", "manual_seed accepts"),
+    (["generation.seed=-9223372036854775809"], "generation.seed", "manual_seed accepts"),
+    (["decoder=foo"], "decoder", "mapping of roles (window, cache, proposal, verification)"),
+    (["decoder=null"], "decoder", "mapping of roles"),
+    (["decoder=[1]"], "decoder", "mapping of roles"),
+    (["decoder=null", "decoder.window=blocks"], "decoder", "mapping of roles"),
+    (["model.dllm=null"], "model.dllm", "leave it out to keep the defaults"),
+    (["model.dllm.dtype=bfloat16", "model.dllm=null"], "model.dllm", "must be a mapping"),
+    (["model=null"], "model", "must be a mapping"),
+    (["generation=null"], "generation", "must be a mapping"),
+    (["model.dllm.device=cpu:x"], "model.dllm.device", "cuda:N"),
+    (["model.dllm.device=cuda:x"], "model.dllm.device", "cuda:N"),
+    (["model.dllm.device=cuda:-1"], "model.dllm.device", "cuda:N"),
+    (["model.dllm.device=cuda0"], "model.dllm.device", "cuda:N"),
+])
+def test_bad_configs_name_the_key_and_the_fix(overrides, key, hint):
+    with pytest.raises(ConfigError) as info:
+        load_config({}, overrides)
+    message = str(info.value)
+    assert f"`{key}`" in message and hint in message
+    assert info.value.key == key
+
+
+def test_null_decoder_section_in_a_file_is_named(tmp_path):
+    path = tmp_path / "null-decoder.yaml"
+    path.write_text("decoder: null\n")
+    with pytest.raises(ConfigError, match=r"(?s)`decoder`: must be a mapping of roles.*fix") as info:
+        load_config(path)
+    assert info.value.key == "decoder"
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="(?s)no config file at .*nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_yaml_that_is_not_a_mapping_is_rejected(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="(?s)mapping at the top level"):
+        load_config(path)
+
+
+def test_the_paper_setting_is_what_the_experiment_config_says():
+    config = load_config("configs/experiments/apd-dream-qwen.yaml")
+    strategies = {role: params for role, (_, params) in config.strategies.items()}
+    assert strategies["verification"].mixture_weight == 0.7  # R
+    assert strategies["cache"].window == 16  # W
+    assert strategies["window"].max_lookahead == 100  # M
+    assert (strategies["proposal"].temperature, strategies["proposal"].top_p) == (0.2, 0.95)
+    assert config.config.generation.max_new_tokens == 256
+    model = config.config.model
+    assert (model.dllm.path, model.ar.path) == ("Dream-org/Dream-v0-Instruct-7B", "Qwen/Qwen2.5-0.5B")
+    assert not model.dllm.trust_remote_code, "remote code is the user's decision, on the command line"
+    llada = load_config(["configs/decoders/llada.yaml", "configs/models/llada-8b-instruct.yaml"]).config.model.dllm
+    assert (llada.family, llada.dtype, llada.device) == ("llada", "bfloat16", "auto")
+    pair = load_config(["configs/decoders/apd.yaml", "configs/models/dream-7b-instruct.yaml",
+                        "configs/models/qwen2.5-0.5b.yaml"]).config.model
+    assert (pair.dllm.family, pair.ar.path) == ("dream", "Qwen/Qwen2.5-0.5B")
+
+
+def test_the_experiment_config_runs_on_the_stand_ins(stand_ins):
+    paths = [f"model.dllm.path={stand_ins['dream_spike']}", *REMOTE, f"model.ar.path={stand_ins['qwen']}"]
+    report = dry_run("configs/experiments/apd-dream-qwen.yaml", paths, prompts=["hi"])
+    assert report.checks() == {"context"}, "256 new tokens do not fit the stand-ins' 256 positions"
+    decoder = Decoder.from_config("configs/experiments/apd-dream-qwen.yaml", [*paths, "generation.max_new_tokens=12"])
+    assert next(decoder.dllm.model.parameters()).dtype == torch.bfloat16
+    out = decoder.generate(STAND_IN_PROMPTS)
+    assert out.texts == expected_texts(decoder.dllm, STAND_IN_PROMPTS, 12)
+    assert all(s.commits_per_step == [12] for s in out.stats), "M = 100 covers the canvas; the spike is accepted"

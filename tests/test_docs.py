@@ -58,3 +58,29 @@ def test_float_comparisons_in_the_suite_scale_with_the_values():
     root = Path(__file__).resolve().parent
     files = [*root.glob("*.py"), *root.parent.glob("plugins/*/tests/*.py")]
     assert [hit for path in files for hit in _absolute_only_comparisons(path)] == []
+
+
+def test_the_plugin_example_of_writing_plugins_runs_from_the_public_api_alone(monkeypatch):
+    """The "per-batch memory" example of docs/writing-plugins.md: registered as a plugin, selected by name, it
+    commits 1, 2, 4... tokens per row and step and publishes its row statistic."""
+    import re
+    import sys
+    import types
+
+    from dlm_decode.config import load_config
+    from dlm_decode.decoder import Decoder
+    from dlm_decode.plugins import build_registry
+    from dlm_decode.testing.toy import ToyDiffusionLM
+
+    text = (DOCS / "writing-plugins.md").read_text(encoding="utf-8")
+    section = text.split("## A strategy with per-batch memory", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert re.findall(r"^from dlm_decode[\w.]* import", code, re.M) == ["from dlm_decode.api import"]
+    module = types.ModuleType("docs_doubling")
+    monkeypatch.setitem(sys.modules, module.__name__, module)  # dataclasses look their module up
+    exec(compile(code, "writing-plugins.md", "exec"), module.__dict__)
+    registry = build_registry({"docs.doubling": module})
+    config = load_config({}, ["decoder.verification=doubling", "generation.max_new_tokens=7"], registry)
+    out = Decoder(config, dllm=ToyDiffusionLM(eos_bias=float("-inf")), registry=registry).generate(["ab", "abcd"])
+    assert [s.commits_per_step for s in out.stats] == [[1, 2, 4], [1, 2, 4]]
+    assert [s.extra["doubling.commits"] for s in out.stats] == [7.0, 7.0]

@@ -330,7 +330,7 @@ def test_the_dream_quota_is_computed_in_dreams_float32_arithmetic(masks, steps, 
     first two cases are among the rare ones (m <= 1024, steps <= 256) where the same formula in float64 (the product,
     or the timesteps) truncates to another count."""
     from dlm_decode.state import DecodeState, Window
-    from dlm_decode.strategies.verification import Schedule, TopK, TopKConfig
+    from dlm_decode.strategies.verification import Schedule, TopK, TopKConfig, TopKMemory
 
     timesteps = torch.linspace(1, 1e-3, steps + 1)
     dream = int(torch.tensor(float(masks)) * (1 - timesteps[step + 1] / timesteps[step]))  # Dream's expression
@@ -338,6 +338,6 @@ def test_the_dream_quota_is_computed_in_dreams_float32_arithmetic(masks, steps, 
                               fill_token_id=2, seeds=[0])
     window = Window(eligible=state.masked.clone(), input_end=state.width, block_start=torch.tensor([1]),
                     block_end=torch.tensor([state.width]))
-    state.scratch["topk"] = {"block_start": window.block_start, "step": torch.tensor([step])}
     topk = TopK(TopKConfig(schedule=Schedule.dream, steps_per_block=steps))
+    state.memory(topk, lambda state: TopKMemory(window.block_start, torch.tensor([masks]), torch.tensor([step])))
     assert dream >= 1 and int(topk.quota(state, window)) == dream

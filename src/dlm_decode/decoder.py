@@ -11,40 +11,16 @@ import torch
 
 from dlm_decode.config.compose import ResolvedConfig, Source, load_config
 from dlm_decode.config.schema import SEED_MAX, SEED_MIN, ModelSpec
+from dlm_decode.context import BuildContext
+from dlm_decode.dispatch import Roles, decoder_manager
 from dlm_decode.errors import InputError
 from dlm_decode.hookspecs import hookimpl
-from dlm_decode.dispatch import Roles, decoder_manager
 from dlm_decode.loop import decode, run_steps
 from dlm_decode.models.hf import DiffusionLM, weights_fingerprint
 from dlm_decode.ops import Scorer, get_scorer
 from dlm_decode.plugins import get_registry, tracing_enabled
 from dlm_decode.registry import ROLES, StrategyRegistry
-from dlm_decode.state import DecodeState, first_of
-
-
-@dataclass
-class BuildContext:
-    """What a strategy factory may use besides its own config.
-
-    :ivar config: the whole resolved config (e.g. ``config.config.model.ar`` for an AR verifier).
-    :ivar dllm: the loaded diffusion LM.
-    :ivar scorer: the scoring backend every plugin must use for vocabulary reductions.
-    :ivar loaded: the other models strategies loaded through :meth:`load_model_spec`: their weights count in
-        :attr:`Decoder.weights_hash`.
-    """
-
-    config: ResolvedConfig
-    dllm: DiffusionLM
-    scorer: Scorer
-    loaded: list[Any] = field(default_factory=list)
-
-    def load_model_spec(self, spec: ModelSpec, key: str):
-        """Load ``(model, tokenizer)`` for another model of the config (e.g. ``model.ar``)."""
-        from dlm_decode.models.hf import load_hf
-
-        model, tokenizer = load_hf(spec, key)
-        self.loaded.append(model)
-        return model, tokenizer
+from dlm_decode.state import AR_FORWARDS, DecodeState, first_of
 
 
 @dataclass
@@ -162,7 +138,7 @@ class Decoder:
         self.registry = registry or get_registry()
         self.dllm = dllm or DiffusionLM.from_spec(config.config.model.dllm)
         self.scorer = get_scorer(config.config.generation.kernels, key="generation.kernels")
-        context = BuildContext(config=config, dllm=self.dllm, scorer=self.scorer)
+        context = BuildContext(resolved=config, dllm=self.dllm, scorer=self.scorer)
         self.strategies = {}
         for role in ROLES:
             name, params = config.strategies[role]
@@ -300,8 +276,10 @@ class Decoder:
             state = self._state(chunk, first, max_new_tokens, seeds[first: first + batch_size])
             step_ends = decode(self.roles, self.dllm, state, self._max_steps(max_new_tokens))
             commits = torch.stack(state.commits, dim=1).tolist()  # [B][steps]
-            extra = {name: [float(v) for v in values.tolist()] for name, values in state.row_stats.items()}
-            rows = zip(state.generated(), state.nfe.tolist(), state.ar_forwards.tolist(), commits)
+            extra = {name: [float(v) for v in values.tolist()] for name, values in state.row_stats.items()
+                     if name != AR_FORWARDS}
+            ar_forwards = state.row_stats.get(AR_FORWARDS, torch.zeros_like(state.finished, dtype=torch.long))
+            rows = zip(state.generated(), state.nfe.tolist(), ar_forwards.tolist(), commits)
             for row, (generated, nfe, ar_forwards, row_commits) in enumerate(rows):
                 ids.append(generated)
                 texts.append(self.dllm.decode(generated))

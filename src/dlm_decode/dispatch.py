@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import pluggy
 
-from dlm_decode.errors import PluginError
+from dlm_decode.errors import PluginError, StrategyError
 from dlm_decode.hookspecs import hookimpl
 from dlm_decode.plugins import check_pending, new_manager, object_label, register
 from dlm_decode.registry import ROLE_HOOKS, StrategySpec
@@ -209,12 +209,15 @@ def hook_error(caller: pluggy.HookCaller, exc: Exception, role_labels: dict[str,
             name = impl.plugin_name
         return f"{name} (a wrapper)" if impl.wrapper or impl.hookwrapper else name
 
-    problem = f"raised {type(exc).__name__}: {exc}"
+    given = exc.fix if isinstance(exc, StrategyError) else None
+    problem = exc.message if isinstance(exc, StrategyError) else f"raised {type(exc).__name__}: {exc}"
     if culprit is None:
         names = ", ".join(label(impl) for impl in impls) or "no registered implementation"
         return PluginError(f"one of {names}", caller.name, problem,
                            "see the traceback above for the implementation that raised, and fix or remove its plugin")
-    if is_strategy(culprit, None):  # the decoder's own strategy for some role, a wrapper of another hook included
+    if given is not None:
+        fix = given
+    elif is_strategy(culprit, None):  # the decoder's own strategy for some role, a wrapper of another hook included
         culprit_role = culprit.plugin_name.partition(":")[0]
         fix = f"check the parameters of `decoder.{culprit_role}`, or report the bug to the plugin's authors"
     else:

@@ -41,6 +41,18 @@ class PluginError(DlmDecodeError):
         super().__init__(f"{text}\n  fix: {fix}" if fix else text)
 
 
+class StrategyError(DlmDecodeError):
+    """What a strategy raises from its hook when it cannot go on (another role's choice it cannot work with, say).
+    The core turns it into a :class:`PluginError` naming the strategy, so a plugin never spells its own label.
+
+    :param message: what is wrong. :param fix: how to fix it (e.g. the config key to change).
+    """
+
+    def __init__(self, message: str, fix: str | None = None):
+        self.message, self.fix = message, fix
+        super().__init__(f"{message}\n  fix: {fix}" if fix else message)
+
+
 class DecodeError(DlmDecodeError, RuntimeError):
     """Decoding cannot go on (NaN logits, no progress within the step limit)."""
 

@@ -44,8 +44,8 @@ def dlm_register(registry: StrategyRegistry) -> None:
 
     :param registry: call ``registry.add(role, name, config_cls, factory)`` for each strategy the plugin
         provides. ``factory(config, context)`` returns the plugin object implementing the role hook, given the
-        validated config dataclass and a :class:`~dlm_decode.decoder.BuildContext` (the loaded dLLM, the whole
-        config, the scoring backend).
+        validated config dataclass and a :class:`~dlm_decode.context.BuildContext` (the loaded dLLM, the whole
+        config, the scoring backend, other models of the config).
     """
 
 
@@ -102,7 +102,7 @@ def dlm_verify(state: DecodeState, forward: ForwardOutput, proposal: Proposal, w
     :return: a :class:`~dlm_decode.state.Decision`: ``commit`` ``[B, N]`` bool (a subset of ``window.eligible``,
         at least one per unfinished row), ``tokens`` ``[B, N]`` long (read where ``commit``), optional
         ``revoke`` ``[B, N]`` bool (committed generated positions only). The core checks these contracts and
-        raises :class:`~dlm_decode.errors.PluginContractError` naming the plugin when one is broken.
+        raises :class:`~dlm_decode.errors.PluginError` naming the plugin when one is broken.
     """
 
 
@@ -112,7 +112,7 @@ def dlm_verify(state: DecodeState, forward: ForwardOutput, proposal: Proposal, w
 @hookspec
 def dlm_generation_start(state: DecodeState) -> None:
     """Called once per batch after its canvas is built, before the first step; per-batch plugin state belongs
-    in ``state.scratch``."""
+    in ``state.memory(plugin, create)``."""
 
 
 @hookspec

@@ -10,12 +10,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import torch
 
 from dlm_decode.errors import InputError
 from dlm_decode.masks import position_ids_from_mask
+
+
+T = TypeVar("T")
+
+#: The row statistic of AR-model forwards (APD's verifier adds to it); RowStats reports it as ``ar_forwards``.
+AR_FORWARDS = "ar_forwards"
 
 
 @dataclass
@@ -172,11 +178,11 @@ class DecodeState:
     :ivar previous_canvas: ``[B, N]`` long, the canvas before the last step (see :attr:`changed`).
     :ivar finished: ``[B]`` bool, rows with no mask left (before their first EOS, when ``stop_at_eos``).
     :ivar step: number of completed steps.
-    :ivar ar_forwards: ``[B]`` long, AR-model forwards each row took part in (APD's verifier adds to it).
     :ivar commits: per step, ``[B]`` long commits (0 for rows already finished, at least 1 for the others).
-    :ivar scratch: per-batch storage for plugins, keyed by a name of their choice.
-    :ivar row_stats: per-row statistics plugins publish, name -> ``[B]`` tensor (e.g. WINO's revocation
-        counts); they appear in each row's :class:`~dlm_decode.decoder.RowStats` ``extra`` and in eval summaries.
+    :ivar row_stats: per-row statistics plugins publish, name -> ``[B]`` tensor (WINO's revocation counts, APD's
+        AR forwards); each row's :class:`~dlm_decode.decoder.RowStats` reports them (:data:`AR_FORWARDS` in its own
+        field, the others in ``extra``), and so do eval summaries. Plugins keep per-batch data with
+        :meth:`memory`.
     :ivar first_index: the index of row 0's prompt in the caller's request (errors name prompts by it).
     :ivar stop_at_eos: after a row's first EOS, fill the rest of the row with ``fill_token_id`` and stop deciding
         it; false decodes every position, as the official LLaDA, Fast-dLLM, WINO and Dream decoders do (the
@@ -196,13 +202,12 @@ class DecodeState:
     filled: torch.Tensor
     previous_canvas: torch.Tensor
     finished: torch.Tensor
-    ar_forwards: torch.Tensor
     step: int = 0
     commits: list[torch.Tensor] = field(default_factory=list)
-    scratch: dict[str, Any] = field(default_factory=dict)
     row_stats: dict[str, torch.Tensor] = field(default_factory=dict)
     first_index: int = 0
     stop_at_eos: bool = True
+    _memories: dict[int, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(
@@ -260,10 +265,38 @@ class DecodeState:
             filled=torch.zeros_like(attention),
             previous_canvas=canvas,
             finished=finished,
-            ar_forwards=torch.zeros(len(prompts), dtype=torch.long, device=device),
             first_index=first_index,
             stop_at_eos=stop_at_eos,
         )
+
+    def memory(self, owner: object, create: Callable[[DecodeState], T]) -> T:
+        """The per-batch memory of plugin object ``owner``: ``create(self)`` at its first call in this batch, the
+        same object afterwards. This is where a strategy keeps what lives for one batch (a key/value store,
+        counters, the schedule's position): the strategy object itself serves every batch of its decoder, and a
+        new batch starts with no memory.
+        """
+        key = id(owner)  # the owner lives for the whole batch; plugin objects need not be hashable
+        if key not in self._memories:
+            self._memories[key] = create(self)
+        return self._memories[key]
+
+    def add_row_stat(self, name: str, values: torch.Tensor) -> None:
+        """Add ``values`` (``[B]``) to the row statistic ``name`` (created at 0; see :attr:`row_stats`)."""
+        self.row_stats[name] = self.row_stats[name] + values if name in self.row_stats else values.clone()
+
+    def gumbel_noise(self, counts: list[int], vocab: int) -> torch.Tensor:
+        """Standard Gumbel noise ``[sum(counts), vocab]`` float64, ``counts[b]`` rows drawn from row ``b``'s
+        generator (so a row's draws do not depend on its batch)."""
+        parts = [-torch.empty((count, vocab), dtype=torch.float64, device=self.canvas.device)
+                 .exponential_(generator=generator).log()
+                 for count, generator in zip(counts, self.generators) if count]
+        return torch.cat(parts)
+
+    def uniform_noise(self, counts: list[int]) -> torch.Tensor:
+        """``[sum(counts)]`` float64 uniforms in [0, 1), ``counts[b]`` drawn from row ``b``'s generator."""
+        parts = [torch.rand(count, dtype=torch.float64, generator=generator, device=self.canvas.device)
+                 for count, generator in zip(counts, self.generators) if count]
+        return torch.cat(parts)
 
     @property
     def batch_size(self) -> int:

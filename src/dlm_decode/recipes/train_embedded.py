@@ -14,10 +14,9 @@ Usage::
     python -m dlm_decode.recipes.train_embedded --out src/dlm_decode/models/embedded --which both
     python -m dlm_decode.recipes.train_embedded --out /tmp/pair --smoke
 
-``--compile`` runs the forwards through ``torch.compile``: on the 2-core machine a dLLM step of batch 64 took
-0.18 s instead of 0.24 s (1.3x; measured 2026-11-26, 40 steps after a warm-up), so more steps fit into the same
-time. The shipped pair was trained with it (the model card gives the command); compiled runs are not bit-identical
-from one run to the next, eager runs are.
+``--compile`` runs the forwards through ``torch.compile``, which makes a step faster on a CPU (docs/results.md
+gives the measurement), so more steps fit into the same time. The shipped pair was trained with it (the model card
+gives the command); compiled runs are not bit-identical from one run to the next, eager runs are.
 """
 
 from __future__ import annotations

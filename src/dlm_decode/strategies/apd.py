@@ -26,15 +26,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from dlm_decode.errors import ConfigError, check_field
-from dlm_decode.hookspecs import hookimpl
-from dlm_decode.masks import bidirectional_mask
-from dlm_decode.models.hf import CausalLM, check_shared_tokenizer, crop_cache, new_cache
-from dlm_decode.state import Decision, DecodeState, Proposal, Window
-from dlm_decode.strategies.proposals import gumbel_noise, uniform_noise
+from dlm_decode.api import (AR_FORWARDS, BuildContext, ConfigError, Decision, DecodeState, Proposal, Window,
+                            bidirectional_mask, check_field, check_shared_tokenizer, crop_cache, first_true_columns,
+                            hookimpl, new_cache)
 
 
 class Coupling(enum.Enum):
@@ -60,9 +58,17 @@ class APDConfig:
         check_field(0 <= self.mixture_weight <= 1, "mixture_weight", f"must be in [0, 1], got {self.mixture_weight}")
 
 
-def first_columns(mask: torch.Tensor, width: int) -> torch.Tensor:
-    """``[B]`` long, first true column of each row of ``mask`` ``[B, N]`` (``width`` when none)."""
-    return torch.where(mask.any(-1), mask.int().argmax(-1), width)
+@dataclass
+class APDMemory:
+    """Per batch: the AR model's key/value cache (an appending HF cache, cropped to the accepted prefix) and its
+    causal ``[B, 1, N, N]`` mask over the canvas."""
+
+    cache: Any
+    mask: torch.Tensor
+
+    @classmethod
+    def new(cls, state: DecodeState) -> APDMemory:
+        return cls(cache=new_cache(), mask=bidirectional_mask(state.attention_mask, causal=True))
 
 
 class APDVerifier:
@@ -87,22 +93,18 @@ class APDVerifier:
 
         :param frontier: ``[B]`` long, each row's first eligible column (``N`` for rows with none).
         """
-        memory = state.scratch.get("apd")
-        if memory is None:
-            memory = state.scratch["apd"] = {
-                "cache": new_cache(), "mask": bidirectional_mask(state.attention_mask, causal=True)}
-        active = frontier < state.width
+        memory = state.memory(self, APDMemory.new)
         first, end = torch.stack([frontier.min(), proposal.cols.max()]).tolist()  # one host sync
-        start = min(first - 1, memory["cache"].get_seq_length())
-        crop_cache(memory["cache"], start)
+        start = min(first - 1, memory.cache.get_seq_length())
+        crop_cache(memory.cache, start)
         logits = self.ar.forward(proposal.tokens[:, start:end], state.position_ids[:, start:end],
-                                 memory["mask"][:, :, start:end, :end], memory["cache"])
-        state.ar_forwards += active
+                                 memory.mask[:, :, start:end, :end], memory.cache)
+        state.add_row_stat(AR_FORWARDS, (frontier < state.width).long())  # the rows this forward served
         return logits[proposal.rows, proposal.cols - 1 - start]
 
     @hookimpl
     def dlm_verify(self, state: DecodeState, proposal: Proposal, window: Window) -> Decision:
-        frontier = first_columns(window.eligible, state.width)
+        frontier = first_true_columns(window.eligible, state.width)
         ar_logits = self.ar_logits(state, proposal, frontier)
         draft = proposal.tokens[proposal.rows, proposal.cols]
         if self.acceptance is Acceptance.speculative:
@@ -110,7 +112,7 @@ class APDVerifier:
         noise = proposal.noise if self.coupling is Coupling.gumbel else None
         target = self.scorer.coupled_sample(proposal.logits, ar_logits, self.weight, noise, proposal.temperature)
         disagree = proposal.scatter((target != draft) & (proposal.cols > frontier[proposal.rows]), False)
-        stop = first_columns(disagree, state.width)
+        stop = first_true_columns(disagree, state.width)
         return Decision(commit=window.eligible & (state.columns < stop[:, None]), tokens=proposal.tokens)
 
     def speculative(self, state: DecodeState, proposal: Proposal, window: Window, ar_logits: torch.Tensor,
@@ -125,24 +127,23 @@ class APDVerifier:
             t = torch.softmax(mixed / proposal.temperature, -1)
         counts = window.eligible.sum(-1).tolist()
         p_x, t_x = p.gather(-1, draft[:, None])[:, 0], t.gather(-1, draft[:, None])[:, 0]
-        accepted = uniform_noise(state, counts, mixed.device) * p_x < t_x
+        accepted = state.uniform_noise(counts) * p_x < t_x
         residual = (t - p).clamp(min=0)
-        resampled = self.scorer.gumbel_argmax(residual.log(), gumbel_noise(state, counts, mixed.shape[-1],
-                                                                           mixed.device), 1.0)
+        resampled = self.scorer.gumbel_argmax(residual.log(), state.gumbel_noise(counts, mixed.shape[-1]), 1.0)
         rejected = window.eligible & ~proposal.scatter(accepted, False)
-        stop = first_columns(rejected, state.width)
+        stop = first_true_columns(rejected, state.width)
         tokens = proposal.tokens.clone()
         tokens[proposal.rows, proposal.cols] = torch.where(accepted, draft, resampled)
         return Decision(commit=window.eligible & (state.columns <= stop[:, None]), tokens=tokens)
 
 
-def build_apd(config: APDConfig, context) -> APDVerifier:
+def build_apd(config: APDConfig, context: BuildContext) -> APDVerifier:
     """Factory: load ``model.ar`` and check it shares the dLLM's tokenizer."""
-    spec = context.config.config.model.ar
+    spec = context.config.model.ar
     if spec is None:
         raise ConfigError("model.ar", "the `apd` verification needs an autoregressive model, but model.ar is null",
                           "set model.ar.path (e.g. embedded:ar), or compose configs/models/embedded-ar.yaml")
-    ar = CausalLM.from_spec(spec, load=context.load_model_spec)  # recorded: its weights count in the weights hash
+    ar = context.load_causal_lm(spec, "model.ar")  # recorded: its weights count in the weights hash
     check_shared_tokenizer(context.dllm.tokenizer, ar.tokenizer, context.dllm.vocab_size, ar.vocab_size)
     return APDVerifier(config, ar, context.scorer)
 

@@ -8,10 +8,10 @@ Both caches keep the keys/values of every visible canvas column in a
 * ``dual`` (DualCache): the row's current block only; the keys/values before *and after* it are reused and the
   block's are written in place (the official ``replace_position``).
 
-**Refresh.** When a row enters a new block (``window.block_start`` differs from the previous step's, kept in
-``state.scratch``), the step's forward covers the whole visible canvas ``[0, window.input_end)`` for that row and
-stores all its keys/values; the same forward's logits serve the step, so every step is still one dLLM forward
-(one NFE). Within a block nothing is refreshed: the reused keys/values were computed at the block's first step,
+**Refresh.** When a row enters a new block (``window.block_start`` differs from the previous step's, kept in the
+batch's :class:`BlockCacheMemory`), the step's forward covers the whole visible canvas ``[0, window.input_end)``
+for that row and stores all its keys/values; the same forward's logits serve the step, so every step is still one
+dLLM forward (one NFE). Within a block nothing is refreshed: the reused keys/values were computed at the block's first step,
 when the block was all masks, and keep that view of the block (the approximation; smaller blocks refresh more
 often and approximate less). A row also refreshes when a column it reuses changed in the last step, which
 happens when an EOS fills the rest of the row (the core writes ``fill_token_id`` after the first EOS) or when a
@@ -42,14 +42,21 @@ from dataclasses import dataclass
 
 import torch
 
-from dlm_decode.hookspecs import hookimpl
-from dlm_decode.models.kv_store import PositionalKVCache
-from dlm_decode.state import DecodeState, ForwardPlan, Window
+from dlm_decode.api import DecodeState, ForwardPlan, PositionalKVCache, StrategyError, Window, hookimpl
 
 
 @dataclass
 class BlockCacheConfig:
     """``prefix`` and ``dual`` have no parameters (the block size is the window's: ``decoder.window.size``)."""
+
+
+@dataclass
+class BlockCacheMemory:
+    """Per batch: the store of every visible column (None before the first forward) and each row's block start
+    at the last step (``[B]`` long)."""
+
+    store: PositionalKVCache | None = None
+    block_start: torch.Tensor | None = None
 
 
 class BlockCache:
@@ -66,29 +73,28 @@ class BlockCache:
     @hookimpl
     def dlm_cache(self, state: DecodeState, window: Window) -> ForwardPlan:
         length = window.input_end
-        memory = state.scratch.get("block_cache")
-        if memory is None or memory["store"].length != length:
-            store = PositionalKVCache(length)
-            store.set_queries(0)
-            state.scratch["block_cache"] = {"store": store, "block_start": window.block_start}
-            return ForwardPlan(start=0, end=length, cache=store, key_end=length)
-        store = memory["store"]
+        memory = state.memory(self, lambda state: BlockCacheMemory())
+        if memory.store is None or memory.store.length != length:
+            memory.store, memory.block_start = PositionalKVCache(length), window.block_start
+            memory.store.set_queries(0)
+            return ForwardPlan(start=0, end=length, cache=memory.store, key_end=length)
+        store = memory.store
         columns = state.columns[:length]
         first = window.block_start
         last = window.block_end if self.reuse_suffix else torch.full_like(first, length)
         own = (columns >= first[:, None]) & (columns < last[:, None])  # [B, length] recomputed per row
         stale = (state.changed[:, :length] & ~own).any(-1)
         running = ~state.finished
-        refresh = running & ((first != memory["block_start"]) | stale)
-        memory["block_start"] = first
+        refresh = running & ((first != memory.block_start) | stale)
+        memory.block_start = first
         outside = (window.eligible[:, :length] & ~own).any()
         bounds = torch.stack([refresh.any().long(), outside.long(), first.masked_fill(~running, length).min(),
                               last.masked_fill(~running, 0).max()]).tolist()
         any_refresh, any_outside, span_start, span_end = bounds
         if any_outside:
-            raise ValueError("the window made a column eligible outside its row's block "
-                             "[window.block_start, window.block_end); the prefix and dual caches recompute only "
-                             "the block. fix: use decoder.window=blocks (or full)")
+            raise StrategyError("the window made a column eligible outside its row's block [window.block_start, "
+                                "window.block_end); the prefix and dual caches recompute only the block",
+                                "use decoder.window=blocks (or full)")
         start, end = (0, length) if any_refresh else (span_start, span_end)
         store.set_queries(start, (own | refresh[:, None])[:, start:end])
         return ForwardPlan(start=start, end=end, cache=store, key_end=length)

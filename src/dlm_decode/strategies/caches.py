@@ -14,12 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-import torch
-
-from dlm_decode.errors import check_field
-from dlm_decode.hookspecs import hookimpl
-from dlm_decode.models.kv_store import PositionalKVCache
-from dlm_decode.state import DecodeState, ForwardPlan, Window
+from dlm_decode.api import DecodeState, ForwardPlan, PositionalKVCache, Window, check_field, first_true_columns, hookimpl
 
 
 @dataclass
@@ -62,13 +57,11 @@ class KVWindowCache:
         if self.window is None:
             return ForwardPlan(start=0, end=window.input_end)
         end = window.input_end
-        store = state.scratch.get("kv_window")
-        if store is None:
-            store = state.scratch["kv_window"] = PositionalKVCache(state.width)
+        store = state.memory(self, lambda state: PositionalKVCache(state.width))
+        if store.get_seq_length() == 0:  # the batch's first forward fills it from column 0
             store.set_queries(0, key_end=end)
             return ForwardPlan(start=0, end=end, cache=store, key_end=end)
-        open_columns = state.masked | state.changed
-        earliest = torch.where(open_columns.any(-1), open_columns.int().argmax(-1), state.width)
+        earliest = first_true_columns(state.masked | state.changed, state.width)
         first = (earliest - (self.window - 1)).clamp(min=0)  # [B] each row's first recomputed column
         firsts = first.masked_fill(state.finished, -1).tolist()  # one host read; finished rows: -1, no constraint
         start = min(min(f for f in firsts if f >= 0), end - 1)

@@ -16,9 +16,7 @@ from typing import Optional
 
 import torch
 
-from dlm_decode.errors import check_field
-from dlm_decode.hookspecs import hookimpl
-from dlm_decode.state import DecodeState, ForwardOutput, Proposal, Window
+from dlm_decode.api import DecodeState, ForwardOutput, Proposal, Window, check_field, hookimpl
 
 
 @dataclass
@@ -61,23 +59,6 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) 
     return logits
 
 
-def gumbel_noise(state: DecodeState, counts: list[int], vocab: int, device: torch.device) -> torch.Tensor:
-    """Standard Gumbel noise ``[sum(counts), V]`` float64, ``counts[b]`` rows drawn from row ``b``'s generator."""
-    parts = [
-        -torch.empty((count, vocab), dtype=torch.float64, device=device).exponential_(generator=generator).log()
-        for count, generator in zip(counts, state.generators)
-        if count
-    ]
-    return torch.cat(parts)
-
-
-def uniform_noise(state: DecodeState, counts: list[int], device: torch.device) -> torch.Tensor:
-    """``[sum(counts)]`` float64 uniforms in [0, 1), ``counts[b]`` drawn from row ``b``'s generator."""
-    parts = [torch.rand(count, dtype=torch.float64, generator=generator, device=device)
-             for count, generator in zip(counts, state.generators) if count]
-    return torch.cat(parts)
-
-
 class TokenProposal:
     """Propose ``argmax`` (temperature 0) or a Gumbel-max sample of ``softmax(filter(logits / T))``."""
 
@@ -94,7 +75,7 @@ class TokenProposal:
             confidence, tokens = self.scorer.max_prob(logits)
         else:
             counts = window.eligible.sum(-1).tolist()
-            noise = gumbel_noise(state, counts, logits.shape[-1], logits.device)
+            noise = state.gumbel_noise(counts, logits.shape[-1])
             filtered = filter_logits(logits.float() / self.temperature, self.top_k, self.top_p)
             tokens = self.scorer.gumbel_argmax(filtered, noise, 1.0)
             confidence = self.scorer.token_prob(logits, tokens)

@@ -25,10 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dlm_decode.errors import check_field
-from dlm_decode.hookspecs import hookimpl
-from dlm_decode.state import Decision, Proposal, Window
-from dlm_decode.strategies.verification import select_top
+from dlm_decode.api import Decision, Proposal, Window, check_field, hookimpl, select_top
 
 
 @dataclass

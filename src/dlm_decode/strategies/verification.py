@@ -9,9 +9,9 @@
   ``random`` (uniform, from the row's generator).
   With ``schedule: dream`` the quota follows Dream's sampler instead (Ye et al. 2025, ``diffusion_generate``):
   with ``t = linspace(1, eps, s + 1)`` (float32) and ``m`` the masks left in the row's block, step ``i`` commits
-  ``int(m * (1 - t[i + 1] / t[i]))``, and the last step all ``m``. Dream spends a forward on a step whose quota is
-  0 (its first step when ``s`` equals the canvas length); here the row skips such steps (the canvas, and so the
-  logits, would not change), so every step commits and the tokens are Dream's. Dream's batched sampler sizes the
+  ``int(m * (1 - t[i + 1] / t[i]))``, and the last step all ``m``. Dream spends a forward on each step whose quota
+  is 0 (its first step when ``s`` equals the canvas length, more when ``s`` exceeds the masks); here the row skips
+  such steps (the canvas, and so the logits, would not change), so every step commits and the tokens are Dream's. Dream's batched sampler sizes the
   quota from the batch's mean mask count; here every row uses its own, so a row decodes as it would alone.
 * ``left_to_right(k)``: commit the ``k`` leftmost eligible positions per row.
 """
@@ -19,15 +19,12 @@
 from __future__ import annotations
 
 import enum
-import functools
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from dlm_decode.errors import check_field
-from dlm_decode.hookspecs import hookimpl
-from dlm_decode.state import Decision, DecodeState, ForwardOutput, Proposal, Window
+from dlm_decode.api import Decision, DecodeState, Proposal, Window, check_field, first_true_columns, hookimpl, select_top
 
 
 class Score(enum.Enum):
@@ -79,29 +76,14 @@ class LeftToRightConfig:
         check_field(self.k >= 1, "k", f"must be >= 1, got {self.k}")
 
 
-@functools.lru_cache(maxsize=None)
-def negative_infinity(device: torch.device) -> torch.Tensor:
-    """``-inf`` as a 0-d float32 tensor on ``device``, made once per device: ``torch.where`` wraps a Python float
-    into a new tensor at every call (about 1 us on the CPU, a visible share of a tiny model's step), and it
-    rejects a CPU tensor next to CUDA ones. Being 0-d, it leaves the result in the scores' dtype."""
-    return torch.tensor(float("-inf"), device=device)
+@dataclass
+class TopKMemory:
+    """Per batch and row (``[B]`` long each): the block the row was in at its last step, that block's mask count
+    when the row entered it, and the row's next step of the block's schedule."""
 
-
-def select_top(scores: torch.Tensor, eligible: torch.Tensor, quota: torch.Tensor | None) -> torch.Tensor:
-    """Per row, the ``quota[b]`` eligible positions with the highest ``scores`` (ties: leftmost first).
-
-    :param scores: ``[B, N]`` float.
-    :param eligible: ``[B, N]`` bool.
-    :param quota: ``[B]`` long, or None for one position per row (the argmax, without a sort).
-    :return: ``[B, N]`` bool.
-    """
-    ranked = torch.where(eligible, scores, negative_infinity(scores.device))
-    if quota is None:
-        best = torch.zeros_like(eligible).scatter_(-1, ranked.argmax(-1, keepdim=True), True)
-        return best & eligible
-    order = ranked.argsort(dim=-1, descending=True, stable=True)
-    ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
-    return (ranks < quota[:, None]) & eligible
+    block_start: torch.Tensor
+    size: torch.Tensor
+    step: torch.Tensor
 
 
 class TopK:
@@ -121,18 +103,17 @@ class TopK:
             return self.dream_quota(state, window)
         if self.steps_per_block is None and self.tokens_per_step == 1:
             return None
-        memory = state.scratch.get("topk")
-        entered = window.block_start if memory is None else memory["block_start"]
-        new_block = torch.ones_like(state.finished) if memory is None else window.block_start != entered
         masks = window.eligible.sum(-1)
-        size = masks if memory is None else torch.where(new_block, masks, memory["size"])
-        step = torch.zeros_like(size) if memory is None else torch.where(new_block, 0, memory["step"])
+        memory = state.memory(self, lambda state: TopKMemory(window.block_start, masks, torch.zeros_like(masks)))
+        new_block = window.block_start != memory.block_start
+        size = torch.where(new_block, masks, memory.size)
+        step = torch.where(new_block, 0, memory.step)
         if self.steps_per_block is None:
             steps = (size + self.tokens_per_step - 1).div(self.tokens_per_step, rounding_mode="floor").clamp(min=1)
         else:
             steps = torch.full_like(size, self.steps_per_block)
         quota = size.div(steps, rounding_mode="floor") + (step < size.remainder(steps)).long()
-        state.scratch["topk"] = {"block_start": window.block_start, "size": size, "step": step + 1}
+        memory.block_start, memory.size, memory.step = window.block_start, size, step + 1
         return quota.clamp(min=1)
 
     def dream_ratios(self, device: torch.device) -> torch.Tensor:
@@ -145,18 +126,16 @@ class TopK:
 
     def dream_quota(self, state: DecodeState, window: Window) -> torch.Tensor:
         """Dream's quota for each row's schedule step, skipping the steps whose quota is 0 (module docstring)."""
-        memory = state.scratch.get("topk")
         steps = self.steps_per_block
-        step = torch.zeros_like(window.block_start)
-        if memory is not None:
-            step = torch.where(window.block_start != memory["block_start"], 0, memory["step"])
         masks = window.eligible.sum(-1)  # [B] m, read as a float32 as Dream does
+        memory = state.memory(self, lambda state: TopKMemory(window.block_start, masks, torch.zeros_like(masks)))
+        step = torch.where(window.block_start != memory.block_start, 0, memory.step)
         quotas = (masks.float()[:, None] * self.dream_ratios(state.canvas.device)).long()  # [B, s], int() truncates
         index = torch.arange(steps, device=masks.device)
         usable = (index >= step[:, None]) & ((quotas >= 1) | (index == steps - 1))
-        current = torch.where(usable.any(-1), usable.int().argmax(-1), steps - 1)  # the row's next usable step
+        current = first_true_columns(usable, steps - 1)  # the row's next usable step
         quota = torch.where(current >= steps - 1, masks, quotas.gather(1, current[:, None])[:, 0])
-        state.scratch["topk"] = {"block_start": window.block_start, "step": current + 1}
+        memory.block_start, memory.step = window.block_start, current + 1
         return quota.clamp(min=1)
 
     def scores(self, state: DecodeState, proposal: Proposal) -> torch.Tensor:

@@ -15,9 +15,7 @@ from typing import Optional
 
 import torch
 
-from dlm_decode.errors import check_field
-from dlm_decode.hookspecs import hookimpl
-from dlm_decode.state import DecodeState, Window
+from dlm_decode.api import DecodeState, Window, check_field, first_true_columns, hookimpl
 
 
 @dataclass
@@ -63,9 +61,8 @@ class BlockWindow:
     def dlm_window(self, state: DecodeState) -> Window:
         masked = state.masked
         starts, ends = self.blocks(state)
-        # [B] first mask (argmax takes no bool, a uint8 view costs nothing); a finished row has no mask left, so
-        # its frontier is column 0 and its window is empty
-        frontier = masked.view(torch.uint8).argmax(-1)
+        # [B] first mask; a finished row has no mask left, so its frontier is column 0 and its window is empty
+        frontier = first_true_columns(masked)
         block_end = ends.index_select(0, frontier)
         # every mask of a row lies at or after its frontier, so at or after its block's start
         return Window(eligible=masked & (state.columns < block_end.unsqueeze(1)), input_end=state.width,
@@ -92,7 +89,7 @@ class LookaheadWindow:
     def dlm_window(self, state: DecodeState) -> Window:
         masked = state.masked
         columns = state.columns
-        frontier = torch.where(masked.any(-1), masked.view(torch.uint8).argmax(-1), state.gen_start)
+        frontier = first_true_columns(masked, state.gen_start)
         end = torch.where(masked.any(-1), frontier + (self.max_lookahead or state.width), state.gen_start)
         end = end.clamp(max=state.width)
         visible = columns < end[:, None]

@@ -54,12 +54,8 @@ from typing import Optional
 
 import torch
 
-from dlm_decode.errors import PluginError, check_field
-from dlm_decode.hookspecs import hookimpl
-from dlm_decode.state import Decision, DecodeState, ForwardOutput, ForwardPlan, ModelInputs, Proposal, Window
-from dlm_decode.strategies.verification import select_top
-
-PLUGIN = "dlm_decode.strategies.wino (verification strategy 'wino')"
+from dlm_decode.api import (Decision, DecodeState, ForwardOutput, ForwardPlan, ModelInputs, Proposal, StrategyError,
+                            Window, check_field, hookimpl, select_top)
 
 
 class RevokeLimit(enum.Enum):
@@ -128,9 +124,9 @@ def append_shadow(state: DecodeState, window: Window, inputs: ModelInputs, each_
     batch, span = inputs.input_ids.shape
     outside = valid & ((cols < inputs.start) | (cols >= inputs.end))
     if bool(outside.any()):
-        raise PluginError(PLUGIN, "dlm_model_inputs", f"the current block of rows "
-                          f"{outside.any(-1).nonzero().flatten().tolist()} lies outside the forward's columns "
-                          f"[{inputs.start}, {inputs.end})", "use a window whose model input covers its blocks")
+        raise StrategyError(f"the current block of rows {outside.any(-1).nonzero().flatten().tolist()} lies outside "
+                            f"the forward's columns [{inputs.start}, {inputs.end})",
+                            "use a window whose model input covers its blocks")
     queries = torch.where(valid, cols - inputs.start, 0)  # [B, L] the real query at each slot's column
     real = inputs.attention_mask[:, 0]  # [B, S, S]
     seen = real.gather(1, queries[:, :, None].expand(-1, -1, span))  # [B, L, S] what that query sees
@@ -151,7 +147,7 @@ def append_shadow(state: DecodeState, window: Window, inputs: ModelInputs, each_
 
 @dataclass
 class WinoMemory:
-    """Per-batch WINO state, kept in ``state.scratch["wino"]``.
+    """Per-batch WINO state (the batch's ``state.memory`` of the strategy).
 
     :ivar last_accept: ``[B]`` long, the row's accept count at its previous step.
     :ivar revocations: ``[B, N]`` long, times each position was revoked.
@@ -186,8 +182,8 @@ class WinoVerifier:
     def dlm_model_inputs(self, state: DecodeState, window: Window, plan: ForwardPlan):
         """Wrap the default inputs: append this step's shadow block (see :func:`append_shadow`)."""
         if plan.cache is not None:
-            raise PluginError(PLUGIN, "dlm_model_inputs", "the shadow block needs the whole canvas recomputed each "
-                              "step, but the cache strategy reuses keys/values", "set decoder.cache=none")
+            raise StrategyError("the shadow block needs the whole canvas recomputed each step, but the cache "
+                                "strategy reuses keys/values", "set decoder.cache=none")
         inputs = yield
         return append_shadow(state, window, inputs, self.config.shadows_attend_each_other)
 
@@ -231,9 +227,7 @@ class WinoVerifier:
     @hookimpl
     def dlm_verify(self, state: DecodeState, forward: ForwardOutput, proposal: Proposal, window: Window) -> Decision:
         """Commit the drafts and revoke the weakest unsupported block tokens, every ``[B, N]`` mask per row."""
-        memory = state.scratch.get("wino")
-        if memory is None:
-            memory = state.scratch["wino"] = WinoMemory.new(state, self.config.initial_last_accept)
+        memory = state.memory(self, lambda state: WinoMemory.new(state, self.config.initial_last_accept))
         commit = self.draft(proposal, window)
         accepted = commit.sum(-1)
         candidates = self.revocable(state, window, memory)

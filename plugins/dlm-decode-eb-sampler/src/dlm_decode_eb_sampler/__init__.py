@@ -14,7 +14,7 @@ Select it in a config with ``decoder.verification: {name: entropy_bound, gamma: 
 
 from __future__ import annotations
 
-from dlm_decode import hookimpl
+from dlm_decode.api import StrategyRegistry, hookimpl
 from dlm_decode_eb_sampler.sampler import EntropyBound, EntropyBoundConfig, ErrorProxy, entropy_bounded_commit
 
 __version__ = "0.1.0"
@@ -23,10 +23,10 @@ __all__ = ["EntropyBound", "EntropyBoundConfig", "ErrorProxy", "dlm_register", "
 
 
 @hookimpl
-def dlm_register(registry) -> None:
+def dlm_register(registry: StrategyRegistry) -> None:
     """Add ``entropy_bound`` to the verification role.
 
-    :param registry: the :class:`dlm_decode.plugins.StrategyRegistry` being filled.
+    :param registry: the registry being filled.
     """
     registry.add("verification", "entropy_bound", EntropyBoundConfig,
                  lambda config, context: EntropyBound(config))

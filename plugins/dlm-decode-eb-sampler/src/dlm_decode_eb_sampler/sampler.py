@@ -27,9 +27,7 @@ from typing import Optional
 
 import torch
 
-from dlm_decode import hookimpl
-from dlm_decode.errors import check_field
-from dlm_decode.state import Decision, Proposal, Window
+from dlm_decode.api import Decision, Proposal, Window, check_field, hookimpl
 
 
 class ErrorProxy(enum.Enum):

@@ -16,11 +16,11 @@ from dlm_decode import PluginError, load_config
 from dlm_decode.cli import main
 from dlm_decode.decoder import Decoder
 from dlm_decode.hookspecs import hookimpl
-from dlm_decode.plugins import _switch, discovery_manager, reset_registry
+from dlm_decode.plugins import _switch, build_registry, discovery_manager, reset_registry
 from dlm_decode.testing.registry import registry_with
 from dlm_decode.testing.toy import ToyDiffusionLM
-
 from helpers import toy_decoder
+
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "writing-plugins.md"
 
@@ -175,7 +175,7 @@ class _QuietObserver:
 @pytest.mark.parametrize("others", [0, 1], ids=["alone", "beside-another-observer"])
 def test_an_observer_raising_is_named(others):
     observers = [_QuietObserver()] * others + [_FailingObserver()]
-    with pytest.raises(PluginError, match=r"(?s)plugin test_plugin_loading._FailingObserver object in dlm_step_end: "
+    with pytest.raises(PluginError, match=r"(?s)plugin test_plugins._FailingObserver object in dlm_step_end: "
                                           r"raised KeyError: 'observer failed'.*fix") as caught:
         toy_decoder(observers=observers).generate(["ab"])
     assert isinstance(caught.value.__cause__, KeyError)
@@ -217,7 +217,7 @@ class _RaisingWrapper:
 
 
 def test_a_raising_wrapper_is_blamed_not_the_strategy():
-    with pytest.raises(PluginError, match=r"(?s)plugin test_plugin_loading._RaisingWrapper object \(a wrapper\) in "
+    with pytest.raises(PluginError, match=r"(?s)plugin test_plugins._RaisingWrapper object \(a wrapper\) in "
                                           r"dlm_verify: raised RuntimeError: bug in the wrapper") as caught:
         toy_decoder(observers=[_RaisingWrapper()]).generate(["ab"])
     assert "verification strategy" not in str(caught.value)
@@ -260,3 +260,14 @@ def test_an_error_no_implementation_raised_lists_the_hooks_implementations():
                                           r"in dlm_verify: raised RuntimeError") as caught:
         toy_decoder(observers=[_WrapperThatNeverYields()]).generate(["ab"])
     assert "(verification strategy 'topk')" in str(caught.value)
+
+
+def test_duplicate_strategy_names_are_rejected():
+    class Twice:
+        @staticmethod
+        @hookimpl
+        def dlm_register(registry):
+            registry.add("verification", "topk", _NoParams, lambda config, context: None)
+
+    with pytest.raises(PluginError, match="(?s)'topk' is already registered by dlm_decode.strategies.verification"):
+        build_registry({"tests.twice": Twice})

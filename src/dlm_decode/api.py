@@ -1,0 +1,42 @@
+"""The public plugin API: everything a strategy plugin needs, in one module.
+
+Third-party strategies import from here alone, and so do the built-in ones (``dlm_decode.strategies``), which are
+registered through the very path an installed package takes (see ``docs/writing-plugins.md``):
+
+* **hooks**: :data:`hookimpl` marks a plugin's implementations of the hooks in :mod:`dlm_decode.hookspecs`;
+  ``dlm_register(registry)`` adds strategies to a :class:`StrategyRegistry` (``registry.add(role, name,
+  config_cls, factory)``, role one of :data:`ROLES`).
+* **building**: a factory ``factory(config, context)`` gets its validated config dataclass (validate fields in
+  ``__post_init__`` with :func:`check_field`) and a :class:`BuildContext`: the loaded dLLM, the structured config,
+  the scoring backend, and :meth:`BuildContext.load_causal_lm` for another model of the config.
+* **the step's values**: :class:`DecodeState` (the canvas, per-batch plugin memory with
+  :meth:`DecodeState.memory`, per-row statistics with :meth:`DecodeState.add_row_stat`, per-row noise),
+  :class:`Window`, :class:`ForwardPlan`, :class:`ModelInputs`, :class:`ForwardOutput`, :class:`Proposal`,
+  :class:`Decision`.
+* **helpers**: per-row selections (:func:`select_top`, :func:`first_true_columns`), attention masks
+  (:func:`bidirectional_mask`, :func:`position_ids_from_mask`), the positional key/value store
+  (:class:`PositionalKVCache`) and appending HF caches (:func:`new_cache`, :func:`crop_cache`), an AR model
+  (:class:`CausalLM`, :func:`check_shared_tokenizer`), and the :class:`Scorer` every vocabulary reduction goes
+  through.
+* **errors**: a hook raises :class:`StrategyError` (message and fix) when it cannot go on, and the core reports it
+  as a :class:`PluginError` naming the strategy; a factory raises :class:`ConfigError` for a config key.
+"""
+
+from dlm_decode.context import BuildContext
+from dlm_decode.errors import ConfigError, PluginError, StrategyError, check_field
+from dlm_decode.hookspecs import hookimpl
+from dlm_decode.masks import bidirectional_mask, position_ids_from_mask
+from dlm_decode.models.hf import CausalLM, check_shared_tokenizer, crop_cache, new_cache
+from dlm_decode.models.kv_store import PositionalKVCache
+from dlm_decode.ops import Scorer
+from dlm_decode.registry import ROLES, StrategyRegistry
+from dlm_decode.selection import first_true_columns, negative_infinity, select_top
+from dlm_decode.state import (AR_FORWARDS, Decision, DecodeState, ForwardOutput, ForwardPlan, ModelInputs, Proposal,
+                              Window)
+
+__all__ = [
+    "AR_FORWARDS", "BuildContext", "CausalLM", "ConfigError", "Decision", "DecodeState", "ForwardOutput",
+    "ForwardPlan", "ModelInputs", "PluginError", "PositionalKVCache", "Proposal", "ROLES", "Scorer",
+    "StrategyError", "StrategyRegistry", "Window", "bidirectional_mask", "check_field", "check_shared_tokenizer", "crop_cache",
+    "first_true_columns", "hookimpl", "negative_infinity", "new_cache", "position_ids_from_mask", "select_top",
+]

@@ -1,0 +1,48 @@
+"""What a strategy factory gets besides its own config: the :class:`BuildContext`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dlm_decode.config.compose import ResolvedConfig
+from dlm_decode.config.schema import Config, ModelSpec
+from dlm_decode.models.hf import CausalLM, DiffusionLM, load_hf
+from dlm_decode.ops import Scorer
+
+
+@dataclass
+class BuildContext:
+    """What a strategy factory may use besides its own config (``factory(config, context)``).
+
+    :ivar resolved: the whole resolved config (YAML text, hash, strategies).
+    :ivar dllm: the loaded diffusion LM.
+    :ivar scorer: the scoring backend every plugin must use for vocabulary reductions.
+    :ivar loaded: the other models strategies loaded through :meth:`load_model_spec`: their weights count in
+        :attr:`~dlm_decode.decoder.Decoder.weights_hash`.
+    """
+
+    resolved: ResolvedConfig
+    dllm: DiffusionLM
+    scorer: Scorer
+    loaded: list[Any] = field(default_factory=list)
+
+    @property
+    def config(self) -> Config:
+        """The structured config: ``context.config.model.ar``, ``context.config.generation``..."""
+        return self.resolved.config
+
+    def load_model_spec(self, spec: ModelSpec, key: str):
+        """Load ``(model, tokenizer)`` for another model of the config (e.g. ``model.ar``), recorded in
+        :attr:`loaded`."""
+        model, tokenizer = load_hf(spec, key)
+        self.loaded.append(model)
+        return model, tokenizer
+
+    def load_causal_lm(self, spec: ModelSpec, key: str) -> CausalLM:
+        """An autoregressive model of the config (e.g. ``model.ar``) behind :class:`~dlm_decode.models.hf.CausalLM`,
+        recorded in :attr:`loaded`.
+
+        :raises ModelError: for a bidirectional model.
+        """
+        return CausalLM.from_spec(spec, key, load=self.load_model_spec)
