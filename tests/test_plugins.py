@@ -1,26 +1,22 @@
-"""Plugin discovery and hook calls: every broken plugin is reported as a PluginError naming it, never raw.
+"""Plugin discovery (plugins.py): every broken plugin package or entry point is reported as a PluginError naming
+it, never raw; a registry refuses a strategy registered twice. Hook calls while a decoder runs are
+test_dispatch.py's.
 
 Entry points are simulated with fake distributions (a ``*.dist-info`` directory and a module) on ``sys.path``.
 """
 
 from __future__ import annotations
 
-import functools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from dlm_decode import PluginError, load_config
+from dlm_decode import PluginError
 from dlm_decode.cli import main
-from dlm_decode.decoder import Decoder
 from dlm_decode.hookspecs import hookimpl
 from dlm_decode.plugins import _switch, build_registry, discovery_manager, reset_registry
-from dlm_decode.testing.registry import registry_with
-from dlm_decode.testing.toy import ToyDiffusionLM
-from helpers import toy_decoder
-
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "writing-plugins.md"
 
@@ -131,135 +127,6 @@ def test_the_docs_say_which_switch_values_mean_off(monkeypatch):
 @dataclass
 class _NoParams:
     pass
-
-
-class _MisspeltArgument:
-    @hookimpl
-    def dlm_verify(self, proposal, windows):
-        pass
-
-
-def test_a_strategy_asking_for_an_argument_the_hook_lacks_is_named():
-    registry = registry_with(("verification", "typo", _NoParams, lambda config, context: _MisspeltArgument()),
-                             plugin_name="tests.typo_plugin")
-    config = load_config({}, ["decoder.verification=typo"], registry=registry)
-    with pytest.raises(PluginError, match=r"(?s)plugin tests.typo_plugin \(verification strategy 'typo'\) in "
-                                          r"dlm_verify: the implementation asks for windows.*fix:.*proposal, window"):
-        Decoder(config, dllm=ToyDiffusionLM(), registry=registry)
-
-
-class _MisspeltObserver:
-    @hookimpl
-    def dlm_step_ends(self, state, decision):
-        pass
-
-
-def test_an_observer_with_a_misspelt_hook_is_named():
-    with pytest.raises(PluginError, match=r"(?s)_MisspeltObserver object in dlm_step_ends: implements "
-                                          r"`dlm_step_ends`.*fix: rename it to `dlm_step_end`"):
-        toy_decoder(observers=[_MisspeltObserver()])
-
-
-class _FailingObserver:
-    @hookimpl
-    def dlm_step_end(self, state, decision):
-        raise KeyError("observer failed")
-
-
-class _QuietObserver:
-    @hookimpl
-    def dlm_step_end(self, state, decision):
-        pass
-
-
-@pytest.mark.parametrize("others", [0, 1], ids=["alone", "beside-another-observer"])
-def test_an_observer_raising_is_named(others):
-    observers = [_QuietObserver()] * others + [_FailingObserver()]
-    with pytest.raises(PluginError, match=r"(?s)plugin test_plugins._FailingObserver object in dlm_step_end: "
-                                          r"raised KeyError: 'observer failed'.*fix") as caught:
-        toy_decoder(observers=observers).generate(["ab"])
-    assert isinstance(caught.value.__cause__, KeyError)
-
-
-def _logged(function):
-    """A decorator: every function it wraps runs the same code object (``inner``)."""
-    @functools.wraps(function)
-    def inner(*args, **kwargs):
-        return function(*args, **kwargs)
-    return inner
-
-
-class _DecoratedFailing:
-    @hookimpl
-    @_logged
-    def dlm_step_end(self, state, decision):
-        raise KeyError("decorated observer failed")
-
-
-class _DecoratedQuiet:
-    @hookimpl
-    @_logged
-    def dlm_step_end(self, state, decision):
-        pass
-
-
-def test_observers_sharing_a_decorator_are_listed_not_one_blamed_at_random():
-    with pytest.raises(PluginError, match=r"plugin one of .* object, .* object in dlm_step_end") as caught:
-        toy_decoder(observers=[_DecoratedQuiet(), _DecoratedFailing()]).generate(["ab"])
-    assert "_DecoratedQuiet" in str(caught.value) and "_DecoratedFailing" in str(caught.value)
-
-
-class _RaisingWrapper:
-    @hookimpl(wrapper=True)
-    def dlm_verify(self):
-        yield
-        raise RuntimeError("bug in the wrapper")
-
-
-def test_a_raising_wrapper_is_blamed_not_the_strategy():
-    with pytest.raises(PluginError, match=r"(?s)plugin test_plugins._RaisingWrapper object \(a wrapper\) in "
-                                          r"dlm_verify: raised RuntimeError: bug in the wrapper") as caught:
-        toy_decoder(observers=[_RaisingWrapper()]).generate(["ab"])
-    assert "verification strategy" not in str(caught.value)
-
-
-class _Raiser:
-    @hookimpl
-    def dlm_verify(self, proposal, window):
-        raise ZeroDivisionError("inside verify")
-
-
-class _PassingWrapper:
-    @hookimpl(wrapper=True)
-    def dlm_verify(self):
-        return (yield)
-
-
-@pytest.mark.parametrize("wrapped", [False, True], ids=["direct", "under-a-wrapper"])
-def test_a_raising_strategy_is_blamed_even_under_a_wrapper(wrapped):
-    registry = registry_with(("verification", "raiser", _NoParams, lambda config, context: _Raiser()),
-                             plugin_name="tests.raiser_plugin")
-    config = load_config({}, ["decoder.verification=raiser"], registry=registry)
-    observers = [_PassingWrapper()] if wrapped else []
-    decoder = Decoder(config, dllm=ToyDiffusionLM(), registry=registry, observers=observers)
-    with pytest.raises(PluginError, match=r"(?s)^plugin tests.raiser_plugin \(verification strategy 'raiser'\) in "
-                                          r"dlm_verify: raised ZeroDivisionError: inside verify.*"
-                                          r"fix: check the parameters of `decoder.verification`"):
-        decoder.generate(["ab"])
-
-
-class _WrapperThatNeverYields:
-    @hookimpl(wrapper=True)
-    def dlm_verify(self):
-        return
-        yield  # a generator that stops before yielding: pluggy, not this code, raises
-
-
-def test_an_error_no_implementation_raised_lists_the_hooks_implementations():
-    with pytest.raises(PluginError, match=r"(?s)^plugin one of .*_WrapperThatNeverYields object \(a wrapper\).*"
-                                          r"in dlm_verify: raised RuntimeError") as caught:
-        toy_decoder(observers=[_WrapperThatNeverYields()]).generate(["ab"])
-    assert "(verification strategy 'topk')" in str(caught.value)
 
 
 def test_duplicate_strategy_names_are_rejected():

@@ -13,7 +13,6 @@ from dlm_decode.decoder import Decoder
 from dlm_decode.plugins import build_registry
 from dlm_decode.registry import StrategyRegistry
 from dlm_decode.state import DecodeState, ForwardOutput, ForwardPlan, ModelInputs, Window
-from dlm_decode.strategies import wino
 from dlm_decode.testing.models import build_tiny_checkpoint
 from dlm_decode.testing.toy import ToyDiffusionLM
 from helpers import assert_logits_close

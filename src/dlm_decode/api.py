@@ -19,24 +19,25 @@ registered through the very path an installed package takes (see ``docs/writing-
   (:class:`CausalLM`, :func:`check_shared_tokenizer`), and the :class:`Scorer` every vocabulary reduction goes
   through.
 * **errors**: a hook raises :class:`StrategyError` (message and fix) when it cannot go on, and the core reports it
-  as a :class:`PluginError` naming the strategy; a factory raises :class:`ConfigError` for a config key.
+  as a :class:`~dlm_decode.errors.PluginError` naming the strategy; a factory raises :class:`ConfigError` for a
+  config key.
 """
 
 from dlm_decode.context import BuildContext
-from dlm_decode.errors import ConfigError, PluginError, StrategyError, check_field
+from dlm_decode.errors import ConfigError, StrategyError, check_field
 from dlm_decode.hookspecs import hookimpl
 from dlm_decode.masks import bidirectional_mask, position_ids_from_mask
 from dlm_decode.models.hf import CausalLM, check_shared_tokenizer, crop_cache, new_cache
 from dlm_decode.models.kv_store import PositionalKVCache
 from dlm_decode.ops import Scorer
 from dlm_decode.registry import ROLES, StrategyRegistry
-from dlm_decode.selection import first_true_columns, negative_infinity, select_top
+from dlm_decode.selection import first_true_columns, select_top
 from dlm_decode.state import (AR_FORWARDS, Decision, DecodeState, ForwardOutput, ForwardPlan, ModelInputs, Proposal,
                               Window)
 
 __all__ = [
     "AR_FORWARDS", "BuildContext", "CausalLM", "ConfigError", "Decision", "DecodeState", "ForwardOutput",
-    "ForwardPlan", "ModelInputs", "PluginError", "PositionalKVCache", "Proposal", "ROLES", "Scorer",
-    "StrategyError", "StrategyRegistry", "Window", "bidirectional_mask", "check_field", "check_shared_tokenizer", "crop_cache",
-    "first_true_columns", "hookimpl", "negative_infinity", "new_cache", "position_ids_from_mask", "select_top",
+    "ForwardPlan", "ModelInputs", "PositionalKVCache", "Proposal", "ROLES", "Scorer", "StrategyError",
+    "StrategyRegistry", "Window", "bidirectional_mask", "check_field", "check_shared_tokenizer", "crop_cache",
+    "first_true_columns", "hookimpl", "new_cache", "position_ids_from_mask", "select_top",
 ]

@@ -10,14 +10,14 @@ from typing import Any
 import torch
 
 from dlm_decode.config.compose import ResolvedConfig, Source, load_config
-from dlm_decode.config.schema import SEED_MAX, SEED_MIN, ModelSpec
+from dlm_decode.config.schema import SEED_MAX, SEED_MIN
 from dlm_decode.context import BuildContext
 from dlm_decode.dispatch import Roles, decoder_manager
 from dlm_decode.errors import InputError
 from dlm_decode.hookspecs import hookimpl
 from dlm_decode.loop import decode, run_steps
 from dlm_decode.models.hf import DiffusionLM, weights_fingerprint
-from dlm_decode.ops import Scorer, get_scorer
+from dlm_decode.ops import get_scorer
 from dlm_decode.plugins import get_registry, tracing_enabled
 from dlm_decode.registry import ROLES, StrategyRegistry
 from dlm_decode.state import AR_FORWARDS, DecodeState, first_of

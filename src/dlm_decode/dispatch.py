@@ -12,7 +12,7 @@ import pluggy
 
 from dlm_decode.errors import PluginError, StrategyError
 from dlm_decode.hookspecs import hookimpl
-from dlm_decode.plugins import check_pending, new_manager, object_label, register
+from dlm_decode.plugins import check_pending, new_manager, register, registered_name
 from dlm_decode.registry import ROLE_HOOKS, StrategySpec
 from dlm_decode.state import Decision, DecodeState, ForwardOutput, ForwardPlan, ModelInputs, Proposal, Window
 
@@ -201,12 +201,9 @@ def hook_error(caller: pluggy.HookCaller, exc: Exception, role_labels: dict[str,
         return bool(colon) and impl_role in role_labels and of_role in (None, impl_role)
 
     def label(impl: pluggy.HookImpl) -> str:
-        if is_strategy(impl, None):
-            name = role_labels[impl.plugin_name.partition(":")[0]]
-        elif impl.plugin_name == str(id(impl.plugin)):
-            name = object_label(impl.plugin)
-        else:
-            name = impl.plugin_name
+        if is_strategy(impl, None):  # a strategy's own wrapper of another hook is the strategy
+            return role_labels[impl.plugin_name.partition(":")[0]]
+        name = registered_name(impl)
         return f"{name} (a wrapper)" if impl.wrapper or impl.hookwrapper else name
 
     given = exc.fix if isinstance(exc, StrategyError) else None

@@ -155,7 +155,7 @@ def register(manager: pluggy.PluginManager, plugin: object, name: str | None = N
     try:
         manager.register(plugin, name=name)
     except pluggy.PluginValidationError as exc:
-        raise _invalid_plugin(manager, plugin, label or name or object_label(plugin), exc) from exc
+        raise _invalid_plugin(manager, plugin, label or name or _object_label(plugin), exc) from exc
 
 
 def _invalid_plugin(manager: pluggy.PluginManager, plugin: object, label: str,
@@ -199,7 +199,7 @@ def check_pending(manager: pluggy.PluginManager) -> None:
                               f"{hookspecs.PROJECT_NAME} hook", f"{rename}; the hooks are {', '.join(hooks)}")
 
 
-def object_label(plugin: object) -> str:
+def _object_label(plugin: object) -> str:
     """A name for a plugin registered without one: the module's or class's name, or the class of an object."""
     if isinstance(plugin, (type, types.ModuleType)):
         return plugin.__name__
@@ -207,10 +207,14 @@ def object_label(plugin: object) -> str:
     return f"{cls.__module__}.{cls.__qualname__} object"
 
 
+def registered_name(impl: pluggy.HookImpl) -> str:
+    """The name ``impl``'s plugin was registered under (its :func:`_object_label` when registered without one)."""
+    return _object_label(impl.plugin) if impl.plugin_name == str(id(impl.plugin)) else impl.plugin_name
+
+
 def _impl_label(manager: pluggy.PluginManager, impl: pluggy.HookImpl) -> str:
-    """The plugin of ``impl``: its registered name (its class for an object registered without a name) and, for an
-    entry point, its distribution."""
-    name = object_label(impl.plugin) if impl.plugin_name == str(id(impl.plugin)) else impl.plugin_name
+    """The plugin of ``impl``: its registered name and, for an entry point, its distribution."""
+    name = registered_name(impl)
     for plugin, dist in manager.list_plugin_distinfo():
         if plugin is impl.plugin:
             return f"{name} ({dist.project_name} {dist.version})"
@@ -219,14 +223,39 @@ def _impl_label(manager: pluggy.PluginManager, impl: pluggy.HookImpl) -> str:
 
 def build_registry(extra: Mapping[str, object] | None = None) -> StrategyRegistry:
     """A registry of the built-in and installed plugins (:func:`discovery_manager`) and of ``extra``: name ->
-    plugin object or module, registered after them (an inline plugin of a test)."""
+    plugin object or module, registered after them (an inline plugin of a test). Each plugin's ``dlm_register``
+    fills it, and the registry records which plugin, package and version added each strategy.
+
+    :raises PluginError: naming the plugin whose ``dlm_register`` raised or added a strategy twice.
+    """
     manager = discovery_manager()
     for name, plugin in (extra or {}).items():
         register(manager, plugin, name)
     check_pending(manager)
     registry = StrategyRegistry()
-    registry.collect(manager)
+    distributions = {id(plugin): dist for plugin, dist in manager.list_plugin_distinfo()}
+    own_version = _version("dlm-decode")
+    for impl in manager.hook.dlm_register.get_hookimpls():
+        dist = distributions.get(id(impl.plugin))
+        package, version = ("dlm-decode", own_version) if dist is None else (dist.project_name, dist.version)
+        with registry.origin(impl.plugin_name, package, version):
+            try:
+                impl.function(registry=registry)
+            except PluginError:
+                raise
+            except Exception as exc:
+                raise PluginError(
+                    impl.plugin_name, "dlm_register", f"raised {type(exc).__name__}: {exc}",
+                    "fix or uninstall the plugin package, or set DLM_DECODE_DISABLE_PLUGIN_AUTOLOAD=1",
+                ) from exc
     return registry
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 @lru_cache(maxsize=1)

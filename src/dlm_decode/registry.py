@@ -6,11 +6,9 @@ strategies from it by name (:mod:`dlm_decode.config`), and a decoder builds the 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any, Callable, Iterator
-
-import pluggy
 
 from dlm_decode.errors import ConfigError, PluginError
 
@@ -97,30 +95,11 @@ class StrategyRegistry:
     def __iter__(self) -> Iterator[StrategySpec]:
         return iter(sorted(self._specs.values(), key=lambda s: (ROLES.index(s.role), s.name)))
 
-    def collect(self, manager: pluggy.PluginManager) -> None:
-        """Ask every plugin of ``manager`` for its strategies, remembering which plugin added which."""
-        distributions = {id(plugin): dist for plugin, dist in manager.list_plugin_distinfo()}
-        own_version = _version("dlm-decode")
-        for impl in manager.hook.dlm_register.get_hookimpls():
-            dist = distributions.get(id(impl.plugin))
-            if dist is None:
-                self._origin = (impl.plugin_name, "dlm-decode", own_version)
-            else:
-                self._origin = (impl.plugin_name, dist.project_name, dist.version)
-            try:
-                impl.function(registry=self)
-            except PluginError:
-                raise
-            except Exception as exc:
-                raise PluginError(
-                    impl.plugin_name, "dlm_register", f"raised {type(exc).__name__}: {exc}",
-                    "fix or uninstall the plugin package, or set DLM_DECODE_DISABLE_PLUGIN_AUTOLOAD=1",
-                ) from exc
-        self._origin = ("?", "?", "?")
-
-
-def _version(distribution: str) -> str:
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    @contextlib.contextmanager
+    def origin(self, plugin: str, package: str, version: str) -> Iterator[None]:
+        """Record the strategies added in the block as registered by ``plugin`` of ``package`` ``version``."""
+        self._origin = (plugin, package, version)
+        try:
+            yield
+        finally:
+            self._origin = ("?", "?", "?")

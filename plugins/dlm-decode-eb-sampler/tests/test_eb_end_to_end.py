@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dlm_decode import hookimpl
+from dlm_decode.api import hookimpl
 from dlm_decode_eb_sampler import EntropyBound, EntropyBoundConfig
 
 PROMPTS = ["sort: 5 3 9 1", "ab", "pick a fruit"]

@@ -591,8 +591,8 @@ class CausalLM:
 
     @classmethod
     def from_spec(cls, spec: ModelSpec, key: str = "model.ar", load=load_hf) -> CausalLM:
-        """Load ``spec`` with ``load(spec, key) -> (model, tokenizer)`` (a strategy factory passes
-        ``BuildContext.load_model_spec``, which also records the model) and check it is causal."""
+        """Load ``spec`` with ``load(spec, key) -> (model, tokenizer)`` and check it is causal (strategy factories
+        call :meth:`~dlm_decode.context.BuildContext.load_causal_lm`, which records the model)."""
         model, tokenizer = load(spec, key)
         if getattr(model.config, "is_causal", True) is False:
             raise ModelError(f"`{key}.path` = {spec.path!r} is a bidirectional model (config.is_causal=False); "

@@ -40,6 +40,13 @@ class NoCache:
         return ForwardPlan(start=0, end=window.input_end)
 
 
+@dataclass
+class KVWindowMemory:
+    """Per batch: the store of every canvas column (None before the batch's first forward)."""
+
+    store: PositionalKVCache | None = None
+
+
 class KVWindowCache:
     """Reuse the keys/values of columns decided more than ``W`` columns before the last change, per row.
 
@@ -57,10 +64,12 @@ class KVWindowCache:
         if self.window is None:
             return ForwardPlan(start=0, end=window.input_end)
         end = window.input_end
-        store = state.memory(self, lambda state: PositionalKVCache(state.width))
-        if store.get_seq_length() == 0:  # the batch's first forward fills it from column 0
-            store.set_queries(0, key_end=end)
-            return ForwardPlan(start=0, end=end, cache=store, key_end=end)
+        memory = state.memory(self, lambda state: KVWindowMemory())
+        if memory.store is None:  # the batch's first forward fills the store from column 0
+            memory.store = PositionalKVCache(state.width)
+            memory.store.set_queries(0, key_end=end)
+            return ForwardPlan(start=0, end=end, cache=memory.store, key_end=end)
+        store = memory.store
         earliest = first_true_columns(state.masked | state.changed, state.width)
         first = (earliest - (self.window - 1)).clamp(min=0)  # [B] each row's first recomputed column
         firsts = first.masked_fill(state.finished, -1).tolist()  # one host read; finished rows: -1, no constraint

@@ -79,7 +79,8 @@ class LeftToRightConfig:
 @dataclass
 class TopKMemory:
     """Per batch and row (``[B]`` long each): the block the row was in at its last step, that block's mask count
-    when the row entered it, and the row's next step of the block's schedule."""
+    when the row entered it (read by the linear schedule only; Dream's reads the masks left), and the row's next
+    step of the block's schedule."""
 
     block_start: torch.Tensor
     size: torch.Tensor

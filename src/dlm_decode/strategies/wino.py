@@ -41,8 +41,8 @@ official code (batch size 1), every quota and threshold applies per row, so a ba
 alone. The official softmax includes the mask token; here, as everywhere in the core, it is excluded.
 
 *Flip-flops* (COVER, arXiv 2602.06161): a token revoked and later committed again unchanged. Per row, the
-totals are published as ``state.row_stats["wino.revocations"]`` and ``state.row_stats["wino.flip_flops"]``
-(``[B]`` long, updated every step); ``max_revocations_per_position`` stops revoking a position once it has been
+totals are published as the row statistics ``wino.revocations`` and ``wino.flip_flops`` (``state.add_row_stat``,
+``[B]`` long, added up every step); ``max_revocations_per_position`` stops revoking a position once it has been
 revoked that many times.
 """
 
@@ -153,19 +153,17 @@ class WinoMemory:
     :ivar revocations: ``[B, N]`` long, times each position was revoked.
     :ivar revoked_token: ``[B, N]`` long, the token a position held when revoked, until it is committed again
         (-1: none).
-    :ivar flip_flops: ``[B]`` long, commits that restored the token revoked there.
     """
 
     last_accept: torch.Tensor
     revocations: torch.Tensor
     revoked_token: torch.Tensor
-    flip_flops: torch.Tensor
 
     @classmethod
     def new(cls, state: DecodeState, initial_last_accept: int) -> WinoMemory:
         rows = torch.zeros(state.batch_size, dtype=torch.long, device=state.canvas.device)
         return cls(last_accept=rows + initial_last_accept, revocations=torch.zeros_like(state.canvas),
-                   revoked_token=torch.full_like(state.canvas, -1), flip_flops=rows)
+                   revoked_token=torch.full_like(state.canvas, -1))
 
 
 class WinoVerifier:
@@ -238,12 +236,11 @@ class WinoVerifier:
             limit = (torch.minimum(memory.last_accept, accepted) - 1).clamp(min=0)  # [B], 0 unless accepted > 1
         revoke = select_top(-support, candidates & (support < self.config.verify_threshold), limit)
 
-        memory.flip_flops += (commit & (proposal.tokens == memory.revoked_token)).sum(-1)
+        state.add_row_stat("wino.flip_flops", (commit & (proposal.tokens == memory.revoked_token)).sum(-1))
+        state.add_row_stat("wino.revocations", revoke.sum(-1))
         memory.revoked_token = torch.where(revoke, state.canvas, memory.revoked_token.masked_fill(commit, -1))
         memory.revocations += revoke
         memory.last_accept = torch.where(state.finished, memory.last_accept, accepted)
-        state.row_stats["wino.revocations"] = memory.revocations.sum(-1)
-        state.row_stats["wino.flip_flops"] = memory.flip_flops
         return Decision(commit=commit, tokens=proposal.tokens, revoke=revoke)
 
 
