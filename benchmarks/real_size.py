@@ -16,8 +16,18 @@ at ``--new-tokens`` (256) and each batch size (1 and 16, prompts of ``--prompt-t
 ``generate_with_dual_cache`` on a LLaDA model built by the official modeling file with the *same* weights (batch 1,
 its only batch size; blocks of 32, threshold 0.9, as the ``fast-dllm`` row). It needs ``einops``.
 
-On the lent H200 (see docs/results.md), from the repository root, with this project's missing packages carried as
-wheels in an ignored ``.whl`` folder and Fast-dLLM's code in an ignored ``.official`` folder::
+On the lent H200 (see docs/results.md). Its image has torch, Triton, pluggy, einops and transformers 5.17; this
+project needs transformers >= 5.24 and OmegaConf, which travel as wheels, and Fast-dLLM's code travels as files (both
+in folders ``.git/info/exclude`` ignores, named in the device tool's ``carry``). Here, from the repository root::
+
+    printf '/.whl/\n/.official/\n' >> .git/info/exclude
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
+        transformers==5.24.0 omegaconf==2.4.0
+    mkdir -p .official/Fast-dLLM && git --git-dir=<a clone of NVlabs/Fast-dLLM>/.git archive HEAD llada \
+        | tar -x -C .official/Fast-dLLM
+
+then on the device (``carry: [".whl", ".official"]``), in one command (its time was estimated, not measured: about
+5 to 8 minutes; ``--models llada`` and ``--models dream`` split it in two)::
 
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \
     PYTHONPATH=/tmp/site:src python3 benchmarks/real_size.py --device cuda --fast-dllm .official/Fast-dLLM \
