@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import random
 import sys
@@ -132,7 +133,7 @@ def build(name: str, scale: str, device: torch.device):
     else:
         architecture = ARCHITECTURES[name]
         hf_config = architecture.convert(config, f"model.{name}")
-        model_class = architecture.model_class()
+        model_class = architecture.model_class
     with torch.device(device):
         model = model_class._from_config(hf_config, dtype=torch.bfloat16)
     return model.eval(), config
@@ -173,6 +174,7 @@ def gpu_idle_share(profile) -> float | None:
 
 
 def prompts(batch: int, tokens: int, vocab: int, seed: int) -> list[list[int]]:
+    """``batch`` prompts of random ids below ``vocab`` (no special token), ``tokens`` long (+- 25% when batched)."""
     rng = random.Random(seed)
     lengths = [tokens] if batch == 1 else [rng.randint(int(0.75 * tokens), int(1.25 * tokens)) for _ in range(batch)]
     return [[rng.randrange(vocab) for _ in range(length)] for length in lengths]
@@ -300,16 +302,13 @@ def main() -> None:
                 config_obj = load_config(f"configs/decoders/{preset.split('+')[0]}.yaml", [*overrides, *extra])
                 decoder = Decoder(config_obj, dllm=dllm)
                 for batch in batches:
-                    if preset == "wino" and family == "dream":
-                        continue
-                    rows = prompts(batch, args.prompt_tokens, TOKENIZER_SIZE[family] - 400, seed=batch)
+                    rows = prompts(batch, args.prompt_tokens, min(SPECIALS[family]), seed=batch)
                     measure = time_decoder(decoder, dllm, rows, args)
                     rows_out.append({"model": family, "preset": preset, "batch": batch, **_fields(measure)})
                     _print_row(rows_out[-1])
             if args.fast_dllm is not None and family == "llada":
-                measure = official_dual_cache(args.fast_dllm, model, config, prompts(1, args.prompt_tokens,
-                                                                                     TOKENIZER_SIZE[family] - 400, 1),
-                                              args)
+                rows = prompts(1, args.prompt_tokens, min(SPECIALS[family]), seed=1)
+                measure = official_dual_cache(args.fast_dllm, model, config, rows, args)
                 rows_out.append({"model": family, "preset": "official Fast-dLLM generate_with_dual_cache",
                                  "batch": 1, **_fields(measure)})
                 _print_row(rows_out[-1])

@@ -158,7 +158,7 @@ class Roles:
         except PluginError:
             raise
         except Exception as exc:
-            raise hook_error(getattr(self.hook, hook_name), exc, self.labels, role) from exc
+            raise hook_error(getattr(self.hook, hook_name), exc, self.labels) from exc
         if result is None:
             raise PluginError(self.label(role), hook_name, "returned None", "a role hook must return its result object")
         return result
@@ -168,8 +168,7 @@ def _no_implementation(**kwargs: Any) -> None:
     return None
 
 
-def hook_error(caller: pluggy.HookCaller, exc: Exception, role_labels: dict[str, str], role: str | None = None
-               ) -> PluginError:
+def hook_error(caller: pluggy.HookCaller, exc: Exception, role_labels: dict[str, str]) -> PluginError:
     """The :class:`PluginError` for ``exc``, raised calling the hook of ``caller``, naming the implementation
     that raised it (for :class:`Roles`; called only on failure).
 
@@ -181,9 +180,8 @@ def hook_error(caller: pluggy.HookCaller, exc: Exception, role_labels: dict[str,
     is blamed, and with several the error lists them all.
 
     :param role_labels: role -> label of the decoder's strategy for that role, whose plugin
-        :func:`decoder_manager` registers as ``<role>:<strategy name>``.
-    :param role: the role whose hook this is (None for an observer hook): a failure of that role's strategy
-        points at its config section.
+        :func:`decoder_manager` registers as ``<role>:<strategy name>``; a failure of a strategy points at its
+        config section.
     """
     impls = caller.get_hookimpls()
     owners: dict[Any, list[pluggy.HookImpl]] = {}
@@ -196,13 +194,14 @@ def hook_error(caller: pluggy.HookCaller, exc: Exception, role_labels: dict[str,
         culprit = owner[0] if len(owner) == 1 else culprit
         traceback = traceback.tb_next
 
-    def is_strategy(impl: pluggy.HookImpl, of_role: str | None) -> bool:
+    def strategy_role(impl: pluggy.HookImpl) -> str | None:
+        """The role of the decoder's strategy that ``impl`` belongs to, wrappers of other hooks included."""
         impl_role, colon, _ = impl.plugin_name.partition(":")
-        return bool(colon) and impl_role in role_labels and of_role in (None, impl_role)
+        return impl_role if colon and impl_role in role_labels else None
 
     def label(impl: pluggy.HookImpl) -> str:
-        if is_strategy(impl, None):  # a strategy's own wrapper of another hook is the strategy
-            return role_labels[impl.plugin_name.partition(":")[0]]
+        if strategy_role(impl) is not None:  # a strategy's own wrapper of another hook is the strategy
+            return role_labels[strategy_role(impl)]
         name = registered_name(impl)
         return f"{name} (a wrapper)" if impl.wrapper or impl.hookwrapper else name
 
@@ -214,9 +213,8 @@ def hook_error(caller: pluggy.HookCaller, exc: Exception, role_labels: dict[str,
                            "see the traceback above for the implementation that raised, and fix or remove its plugin")
     if given is not None:
         fix = given
-    elif is_strategy(culprit, None):  # the decoder's own strategy for some role, a wrapper of another hook included
-        culprit_role = culprit.plugin_name.partition(":")[0]
-        fix = f"check the parameters of `decoder.{culprit_role}`, or report the bug to the plugin's authors"
+    elif strategy_role(culprit) is not None:
+        fix = f"check the parameters of `decoder.{strategy_role(culprit)}`, or report the bug to the plugin's authors"
     else:
         fix = "fix the plugin, or remove it (observers are passed to the Decoder as `observers=`)"
     return PluginError(label(culprit), caller.name, problem, fix)

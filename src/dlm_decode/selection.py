@@ -28,7 +28,8 @@ def select_top(scores: torch.Tensor, eligible: torch.Tensor, quota: torch.Tensor
         best = torch.zeros_like(eligible).scatter_(-1, ranked.argmax(-1, keepdim=True), True)
         return best & eligible
     order = ranked.argsort(dim=-1, descending=True, stable=True)
-    ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
+    positions = torch.arange(order.shape[-1], device=order.device).expand_as(order)
+    ranks = torch.empty_like(order).scatter_(-1, order, positions)  # ranks[b, i]: place of column i in row b
     return (ranks < quota[:, None]) & eligible
 
 

@@ -2,7 +2,8 @@
 
 Run it before a multi-hour GPU job (``dlm-decode generate|eval --dry-run -c ...``, or :func:`dry_run`). It reads
 each model's ``config.json`` as JSON (none of the checkpoint's code runs for it) and loads its tokenizer as loading
-would (offline unless ``allow_download``; natively unless ``implementation: remote``). Each check below is a finding with a stable ``check`` name:
+would (offline unless ``allow_download``; natively unless ``implementation: remote``). Each check below is a
+finding with a stable ``check`` name:
 
 =================  ======================================================================================
 check              error when

@@ -26,5 +26,6 @@ def embedded_model_dir(name: str) -> Path:
     directory = EMBEDDED_ROOT / name
     if not (directory / "config.json").is_file():
         raise ModelError(f"the embedded model {name!r} is missing from {directory}; fix: reinstall dlm-decode, or "
-                         "train it with `python -m dlm_decode.recipes.train_embedded --out src/dlm_decode/models/embedded`")
+                         "train it with `python -m dlm_decode.recipes.train_embedded --out "
+                         "src/dlm_decode/models/embedded`")
     return directory

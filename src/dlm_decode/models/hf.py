@@ -160,7 +160,7 @@ def load_tokenizer(spec: ModelSpec, key: str, config: dict):
         return AutoTokenizer.from_pretrained(path, trust_remote_code=True, local_files_only=local)
     architecture = architecture_for(config)
     if architecture is not None:
-        return architecture.tokenizer_class().from_pretrained(path, local_files_only=local)
+        return architecture.tokenizer_class.from_pretrained(path, local_files_only=local)
     return AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=local)
 
 
@@ -411,12 +411,10 @@ class DiffusionLM:
         """
         if "position_ids" not in _forward_parameters(type(self.model)):
             return self._run_legacy(input_ids, position_ids, attention_mask, cache)
-        if not self.remote:
-            return run_hf(self.model, input_ids, position_ids, attention_mask, cache)
         try:
             return run_hf(self.model, input_ids, position_ids, attention_mask, cache)
         except Exception as exc:
-            if _resource_failure(exc):  # e.g. out of device memory: not the code's fault
+            if not self.remote or _resource_failure(exc):  # transformers' own code, or e.g. out of device memory
                 raise
             raise self._remote_failure(exc, cache) from exc
 

@@ -90,14 +90,19 @@ def _unsupported(config: Mapping[str, Any], required: Mapping[str, tuple[Any, tu
             for name, (default, accepted) in required.items() if config.get(name, default) not in accepted]
 
 
-def _llada_config(config: Mapping[str, Any]):
-    from transformers import LlamaConfig
+def transformers_class(name: str) -> type:
+    """A class of transformers by name (imported on first use: transformers is slow to import)."""
+    import transformers
 
+    return getattr(transformers, name)
+
+
+def _llada_config(config: Mapping[str, Any]):
     heads = config.get("n_heads", 12)
     kv_heads = 1 if config.get("multi_query_attention") else (config.get("n_kv_heads") or heads)
     width = config.get("embedding_size") or config.get("vocab_size", 50257)
     d_model = config.get("d_model", 768)
-    return LlamaConfig(
+    return transformers_class("LlamaConfig")(
         vocab_size=width, hidden_size=d_model, num_hidden_layers=config.get("n_layers", 12),
         intermediate_size=config.get("mlp_hidden_size") or config.get("mlp_ratio", 4) * d_model,
         num_attention_heads=heads, num_key_value_heads=kv_heads, hidden_act="silu",
@@ -115,34 +120,8 @@ _QWEN2_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_l
 
 
 def _dream_config(config: Mapping[str, Any]):
-    from transformers import Qwen2Config
-
-    return Qwen2Config(**{name: config[name] for name in _QWEN2_FIELDS if name in config},
-                       use_sliding_window=False, sliding_window=None)
-
-
-def _llama():
-    from transformers import LlamaForCausalLM
-
-    return LlamaForCausalLM
-
-
-def _qwen2():
-    from transformers import Qwen2ForCausalLM
-
-    return Qwen2ForCausalLM
-
-
-def _fast_tokenizer():
-    from transformers import PreTrainedTokenizerFast
-
-    return PreTrainedTokenizerFast
-
-
-def _qwen2_tokenizer():
-    from transformers import Qwen2Tokenizer
-
-    return Qwen2Tokenizer
+    fields = {name: config[name] for name in _QWEN2_FIELDS if name in config}
+    return transformers_class("Qwen2Config")(**fields, use_sliding_window=False, sliding_window=None)
 
 
 @dataclass(frozen=True)
@@ -153,7 +132,7 @@ class Architecture:
     :ivar layout: ``config.json`` fields every checkpoint of this layout has (the dimensions).
     :ivar required: ``config.json`` fields the mapping depends on (see :data:`LLADA_REQUIRED`).
     :ivar hf_config: ``config.json`` -> the transformers config (before ``is_causal`` is set).
-    :ivar model_class: the transformers model class. :ivar tokenizer_class: the transformers tokenizer class.
+    :ivar model_class_name: the transformers model class. :ivar tokenizer_class_name: its tokenizer class.
     :ivar key_mapping: checkpoint weight names -> the class's (None: the same names).
     """
 
@@ -162,9 +141,17 @@ class Architecture:
     layout: tuple[str, ...]
     required: Mapping[str, tuple[Any, tuple[Any, ...]]]
     hf_config: Callable[[Mapping[str, Any]], Any]
-    model_class: Callable[[], type]
-    tokenizer_class: Callable[[], type]
+    model_class_name: str
+    tokenizer_class_name: str
     key_mapping: Mapping[str, str] | None = None
+
+    @property
+    def model_class(self) -> type:
+        return transformers_class(self.model_class_name)
+
+    @property
+    def tokenizer_class(self) -> type:
+        return transformers_class(self.tokenizer_class_name)
 
     def convert(self, config: Mapping[str, Any], key: str):
         """The transformers config of a bidirectional model for ``config`` (a ``config.json`` mapping).
@@ -195,11 +182,11 @@ class Architecture:
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "llada": Architecture("llada", "LLaDA", ("d_model", "n_heads", "n_layers"), LLADA_REQUIRED, _llada_config, _llama,
-                          _fast_tokenizer, LLADA_KEYS),
+    "llada": Architecture("llada", "LLaDA", ("d_model", "n_heads", "n_layers"), LLADA_REQUIRED, _llada_config,
+                          "LlamaForCausalLM", "PreTrainedTokenizerFast", LLADA_KEYS),
     "dream": Architecture("dream", "Dream", ("hidden_size", "num_hidden_layers", "num_attention_heads",
                                              "intermediate_size", "vocab_size"), DREAM_REQUIRED, _dream_config,
-                          _qwen2, _qwen2_tokenizer),
+                          "Qwen2ForCausalLM", "Qwen2Tokenizer"),
 }
 
 
@@ -233,11 +220,11 @@ def load_native(architecture: Architecture, path: str, config: Mapping[str, Any]
 
     hf_config = architecture.convert(config, key)
     options = {"local_files_only": local_files_only}
-    tokenizer = architecture.tokenizer_class().from_pretrained(path, **options)
+    tokenizer = architecture.tokenizer_class.from_pretrained(path, **options)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the mismatch report below replaces transformers' load report
     try:
-        model, info = architecture.model_class().from_pretrained(
+        model, info = architecture.model_class.from_pretrained(
             path, config=hf_config, dtype=dtype, key_mapping=architecture.key_mapping, output_loading_info=True,
             ignore_mismatched_sizes=True, **placement, **options)
     finally:

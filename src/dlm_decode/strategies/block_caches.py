@@ -11,9 +11,9 @@ Both caches keep the keys/values of every visible canvas column in a
 **Refresh.** When a row enters a new block (``window.block_start`` differs from the previous step's, kept in the
 batch's :class:`BlockCacheMemory`), the step's forward covers the whole visible canvas ``[0, window.input_end)``
 for that row and stores all its keys/values; the same forward's logits serve the step, so every step is still one
-dLLM forward (one NFE). Within a block nothing is refreshed: the reused keys/values were computed at the block's first step,
-when the block was all masks, and keep that view of the block (the approximation; smaller blocks refresh more
-often and approximate less). A row also refreshes when a column it reuses changed in the last step, which
+dLLM forward (one NFE). Within a block nothing is refreshed: the reused keys/values were computed at the block's
+first step, when the block was all masks, and keep that view of the block (the approximation; smaller blocks
+refresh more often and approximate less). A row also refreshes when a column it reuses changed in the last step, which
 happens when an EOS fills the rest of the row (the core writes ``fill_token_id`` after the first EOS) or when a
 verifier revokes a token before the block. With a one-layer model the reused keys/values are then exact (a
 layer-0 key depends only on its own token and position) and both caches decode exactly like ``none``.

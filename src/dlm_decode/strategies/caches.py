@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from dlm_decode.api import DecodeState, ForwardPlan, PositionalKVCache, Window, check_field, first_true_columns, hookimpl
+from dlm_decode.api import (DecodeState, ForwardPlan, PositionalKVCache, Window, check_field, first_true_columns,
+                            hookimpl)
 
 
 @dataclass

@@ -11,8 +11,9 @@
   with ``t = linspace(1, eps, s + 1)`` (float32) and ``m`` the masks left in the row's block, step ``i`` commits
   ``int(m * (1 - t[i + 1] / t[i]))``, and the last step all ``m``. Dream spends a forward on each step whose quota
   is 0 (its first step when ``s`` equals the canvas length, more when ``s`` exceeds the masks); here the row skips
-  such steps (the canvas, and so the logits, would not change), so every step commits and the tokens are Dream's. Dream's batched sampler sizes the
-  quota from the batch's mean mask count; here every row uses its own, so a row decodes as it would alone.
+  such steps (the canvas, and so the logits, would not change), so every step commits and the tokens are Dream's.
+  Dream's batched sampler sizes the quota from the batch's mean mask count; here every row uses its own, so a row
+  decodes as it would alone.
 * ``left_to_right(k)``: commit the ``k`` leftmost eligible positions per row.
 """
 
@@ -24,7 +25,8 @@ from typing import Optional
 
 import torch
 
-from dlm_decode.api import Decision, DecodeState, Proposal, Window, check_field, first_true_columns, hookimpl, select_top
+from dlm_decode.api import (Decision, DecodeState, Proposal, Window, check_field, first_true_columns, hookimpl,
+                            select_top)
 
 
 class Score(enum.Enum):
@@ -100,22 +102,27 @@ class TopK:
 
     def quota(self, state: DecodeState, window: Window) -> torch.Tensor | None:
         """``[B]`` long tokens each row commits this step (None: one per row, the schedule needs no state)."""
-        if self.schedule is Schedule.dream:
-            return self.dream_quota(state, window)
-        if self.steps_per_block is None and self.tokens_per_step == 1:
+        if self.schedule is Schedule.linear and self.steps_per_block is None and self.tokens_per_step == 1:
             return None
-        masks = window.eligible.sum(-1)
+        masks = window.eligible.sum(-1)  # [B]
         memory = state.memory(self, lambda state: TopKMemory(window.block_start, masks, torch.zeros_like(masks)))
         new_block = window.block_start != memory.block_start
-        size = torch.where(new_block, masks, memory.size)
         step = torch.where(new_block, 0, memory.step)
+        if self.schedule is Schedule.dream:
+            quota, step = self.dream_quota(masks, step)
+        else:
+            memory.size = torch.where(new_block, masks, memory.size)
+            quota = self.linear_quota(memory.size, step)
+        memory.block_start, memory.step = window.block_start, step + 1
+        return quota.clamp(min=1)
+
+    def linear_quota(self, size: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        """LLaDA's quota at schedule ``step`` of a block that held ``size`` masks (``[B]`` long each)."""
         if self.steps_per_block is None:
             steps = (size + self.tokens_per_step - 1).div(self.tokens_per_step, rounding_mode="floor").clamp(min=1)
         else:
             steps = torch.full_like(size, self.steps_per_block)
-        quota = size.div(steps, rounding_mode="floor") + (step < size.remainder(steps)).long()
-        memory.block_start, memory.size, memory.step = window.block_start, size, step + 1
-        return quota.clamp(min=1)
+        return size.div(steps, rounding_mode="floor") + (step < size.remainder(steps)).long()
 
     def dream_ratios(self, device: torch.device) -> torch.Tensor:
         """``[s]`` float32, ``1 - t[i + 1] / t[i]`` for ``t = linspace(1, eps, s + 1)``, in Dream's arithmetic
@@ -125,19 +132,18 @@ class TopK:
             self._ratios[device] = 1 - timesteps[1:] / timesteps[:-1]
         return self._ratios[device]
 
-    def dream_quota(self, state: DecodeState, window: Window) -> torch.Tensor:
-        """Dream's quota for each row's schedule step, skipping the steps whose quota is 0 (module docstring)."""
+    def dream_quota(self, masks: torch.Tensor, step: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dream's quota for ``masks`` left in the block, at the first schedule step from ``step`` on whose quota is
+        not 0 (module docstring); ``[B]`` long each.
+
+        :return: the quota and the schedule step it belongs to.
+        """
         steps = self.steps_per_block
-        masks = window.eligible.sum(-1)  # [B] m, read as a float32 as Dream does
-        memory = state.memory(self, lambda state: TopKMemory(window.block_start, masks, torch.zeros_like(masks)))
-        step = torch.where(window.block_start != memory.block_start, 0, memory.step)
-        quotas = (masks.float()[:, None] * self.dream_ratios(state.canvas.device)).long()  # [B, s], int() truncates
+        quotas = (masks.float()[:, None] * self.dream_ratios(masks.device)).long()  # [B, s], Dream's int(float)
         index = torch.arange(steps, device=masks.device)
         usable = (index >= step[:, None]) & ((quotas >= 1) | (index == steps - 1))
         current = first_true_columns(usable, steps - 1)  # the row's next usable step
-        quota = torch.where(current >= steps - 1, masks, quotas.gather(1, current[:, None])[:, 0])
-        memory.block_start, memory.step = window.block_start, current + 1
-        return quota.clamp(min=1)
+        return torch.where(current >= steps - 1, masks, quotas.gather(1, current[:, None])[:, 0]), current
 
     def scores(self, state: DecodeState, proposal: Proposal) -> torch.Tensor:
         if self.score is Score.confidence:
