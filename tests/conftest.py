@@ -1,7 +1,8 @@
-"""Test settings: a deterministic Hypothesis profile (no deadlines: the first torch call of a test is slow), and the
-remote-code stand-in checkpoints several test modules share."""
+"""Test settings: a deterministic Hypothesis profile (no deadlines: the first torch call of a test is slow), the
+repository root as the working directory, and the remote-code stand-in checkpoints several test modules share."""
 
 import os
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -11,6 +12,16 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 settings.load_profile("dlm")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _at_the_repository_root():
+    """Tests name configs and scripts as the README's commands do (``configs/...``), relative to the repository
+    root: run them there, from wherever pytest was started."""
+    started = os.getcwd()
+    os.chdir(Path(__file__).resolve().parent.parent)
+    yield
+    os.chdir(started)
 
 
 @pytest.fixture(scope="session")

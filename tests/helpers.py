@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +47,24 @@ class StepRecorder:
         self._finished = state.finished.clone()
 
 
+@dataclass
+class NoParams:
+    """The config of a test strategy without parameters."""
+
+
+def strategy_decoder(role: str, name: str, factory, *overrides: str, plugin_name: str = "tests.plugin",
+                     model: ToyDiffusionLM | None = None, observers=()) -> Decoder:
+    """A decoder over the toy model whose ``role`` strategy is ``name``, built by ``factory(config, context)`` and
+    registered by an inline plugin called ``plugin_name`` (the registry and config are built first, so a strategy
+    the decoder rejects fails in ``Decoder``)."""
+    from dlm_decode.config import load_config
+    from dlm_decode.testing.registry import registry_with
+
+    registry = registry_with((role, name, NoParams, factory), plugin_name=plugin_name)
+    config = load_config({}, [f"decoder.{role}={name}", *overrides], registry=registry)
+    return Decoder(config, dllm=model or ToyDiffusionLM(), registry=registry, observers=observers)
+
+
 def toy_decoder(*overrides: str, model: ToyDiffusionLM | None = None, observers=()) -> Decoder:
     """A decoder over the toy model (``model.dllm`` is not loaded)."""
     from dlm_decode.config import load_config
@@ -58,6 +78,31 @@ REFERENCE = Path(__file__).parent / "reference"
 
 def assert_logits_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-4) -> None:
     """Logits equal up to float reordering on any CPU: ``rtol`` relative to each value, plus the same fraction of
-    the largest magnitude for values near zero (a bare absolute tolerance would not scale with the logits)."""
+    the largest finite magnitude for values near zero (a bare absolute tolerance would not scale with the logits).
+    Infinite logits (an excluded token's ``-inf``) must sit at the same places with the same sign."""
+    finite = expected.isfinite()
+    assert bool(finite.any()), "no finite logit to compare"
     torch.testing.assert_close(actual.float(), expected.float(), rtol=rtol,
-                               atol=rtol * float(expected.abs().max()))
+                               atol=rtol * float(expected[finite].abs().max()))
+
+
+def edited_copy(source, target: Path, *, config=None, tokenizer_config=None, vocab=None, drop=(), files=None) -> Path:
+    """A copy of checkpoint ``source`` at ``target``: ``config.json`` / ``tokenizer_config.json`` entries replaced (a
+    None value deletes the key), ``tokenizer.json``'s vocabulary edited in place by ``vocab(dict)``, the files
+    ``drop`` deleted and the files ``files`` (name -> text) written."""
+    shutil.copytree(source, target)
+    for name, updates in (("config.json", config), ("tokenizer_config.json", tokenizer_config)):
+        if updates:
+            data = json.loads((target / name).read_text())
+            for key, value in updates.items():
+                data.pop(key, None) if value is None else data.__setitem__(key, value)
+            (target / name).write_text(json.dumps(data))
+    if vocab:
+        data = json.loads((target / "tokenizer.json").read_text())
+        vocab(data["model"]["vocab"])
+        (target / "tokenizer.json").write_text(json.dumps(data))
+    for name in drop:
+        (target / name).unlink()
+    for name, text in (files or {}).items():
+        (target / name).write_text(text)
+    return target

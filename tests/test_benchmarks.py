@@ -12,9 +12,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_real_size_benchmark_measures_every_preset_on_both_families(tmp_path):
     out = tmp_path / "real_size.json"
-    subprocess.run([sys.executable, "benchmarks/real_size.py", "--device", "cpu", "--scale", "tiny",
-                    "--batch-sizes", "2", "--new-tokens", "32", "--prompt-tokens", "8", "--warmup", "1",
-                    "--steps", "2", "--out", str(out)], cwd=ROOT, check=True, capture_output=True)
+    run = subprocess.run([sys.executable, "benchmarks/real_size.py", "--device", "cpu", "--scale", "tiny",
+                          "--batch-sizes", "2", "--new-tokens", "32", "--prompt-tokens", "8", "--warmup", "1",
+                          "--steps", "2", "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-4000:]
     rows = json.loads(out.read_text())["rows"]
     measured = {(row["model"], row["preset"]) for row in rows}
     assert measured == {("llada", p) for p in ("llada", "fast-dllm", "fast-dllm+prefix", "fast-dllm+none",

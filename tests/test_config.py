@@ -12,9 +12,12 @@ from dlm_decode.decoder import Decoder
 from dlm_decode.models.dry_run import dry_run
 from stand_ins import PROMPTS as STAND_IN_PROMPTS, REMOTE, expected_texts
 
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = sorted(path.relative_to(ROOT) for path in (ROOT / "configs").rglob("*.yaml"))
 
 
-CONFIGS = sorted(Path("configs").rglob("*.yaml"))
+def test_the_shipped_configs_are_found():
+    assert len(CONFIGS) >= 16, CONFIGS  # decoders, models, experiments
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=str)
@@ -151,7 +154,7 @@ def test_the_configuration_reference_lists_every_strategy_and_field(strategy_reg
     (["model.dllm.device=cuda:-1"], "model.dllm.device", "cuda:N"),
     (["model.dllm.device=cuda0"], "model.dllm.device", "cuda:N"),
 ])
-def test_bad_configs_name_the_key_and_the_fix(overrides, key, hint):
+def test_bad_configs_name_the_key_and_what_it_accepts(overrides, key, hint):
     with pytest.raises(ConfigError) as info:
         load_config({}, overrides)
     message = str(info.value)
@@ -159,24 +162,19 @@ def test_bad_configs_name_the_key_and_the_fix(overrides, key, hint):
     assert info.value.key == key
 
 
-def test_null_decoder_section_in_a_file_is_named(tmp_path):
-    path = tmp_path / "null-decoder.yaml"
-    path.write_text("decoder: null\n")
-    with pytest.raises(ConfigError, match=r"(?s)`decoder`: must be a mapping of roles.*fix") as info:
+@pytest.mark.parametrize(("content", "pattern", "key"), [
+    ("decoder: null\n", r"`decoder`: must be a mapping of roles.*fix", "decoder"),
+    (None, r"no config file at .*config.yaml", None),
+    ("- a\n- b\n", r"mapping at the top level", None),
+], ids=["null-decoder-section", "missing-file", "not-a-mapping"])
+def test_a_bad_config_file_is_named(tmp_path, content, pattern, key):
+    path = tmp_path / "config.yaml"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match="(?s)" + pattern) as info:
         load_config(path)
-    assert info.value.key == "decoder"
-
-
-def test_missing_config_file_is_named(tmp_path):
-    with pytest.raises(ConfigError, match="(?s)no config file at .*nope.yaml"):
-        load_config(tmp_path / "nope.yaml")
-
-
-def test_yaml_that_is_not_a_mapping_is_rejected(tmp_path):
-    path = tmp_path / "list.yaml"
-    path.write_text("- a\n- b\n")
-    with pytest.raises(ConfigError, match="(?s)mapping at the top level"):
-        load_config(path)
+    if key is not None:
+        assert info.value.key == key
 
 
 def test_the_paper_setting_is_what_the_experiment_config_says():

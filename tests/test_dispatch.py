@@ -6,37 +6,20 @@ hold through the state (per-batch memory, row statistics) and the build context.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 import pytest
 import torch
 
-from dlm_decode import PluginError, load_config
+from dlm_decode import PluginError
 from dlm_decode.api import StrategyError, first_true_columns, hookimpl
-from dlm_decode.decoder import Decoder
-from dlm_decode.testing.registry import registry_with
 from dlm_decode.testing.toy import ToyDiffusionLM
-from helpers import toy_decoder
-
-
-@dataclass
-class _NoParams:
-    pass
+from helpers import strategy_decoder, toy_decoder
 
 
 class _MisspeltArgument:
     @hookimpl
     def dlm_verify(self, proposal, windows):
         pass
-
-
-def test_a_strategy_asking_for_an_argument_the_hook_lacks_is_named():
-    registry = registry_with(("verification", "typo", _NoParams, lambda config, context: _MisspeltArgument()),
-                             plugin_name="tests.typo_plugin")
-    config = load_config({}, ["decoder.verification=typo"], registry=registry)
-    with pytest.raises(PluginError, match=r"(?s)plugin tests.typo_plugin \(verification strategy 'typo'\) in "
-                                          r"dlm_verify: the implementation asks for windows.*fix:.*proposal, window"):
-        Decoder(config, dllm=ToyDiffusionLM(), registry=registry)
 
 
 class _MisspeltObserver:
@@ -128,11 +111,8 @@ class _PassingWrapper:
 
 @pytest.mark.parametrize("wrapped", [False, True], ids=["direct", "under-a-wrapper"])
 def test_a_raising_strategy_is_blamed_even_under_a_wrapper(wrapped):
-    registry = registry_with(("verification", "raiser", _NoParams, lambda config, context: _Raiser()),
-                             plugin_name="tests.raiser_plugin")
-    config = load_config({}, ["decoder.verification=raiser"], registry=registry)
-    observers = [_PassingWrapper()] if wrapped else []
-    decoder = Decoder(config, dllm=ToyDiffusionLM(), registry=registry, observers=observers)
+    decoder = strategy_decoder("verification", "raiser", lambda config, context: _Raiser(),
+                               plugin_name="tests.raiser_plugin", observers=[_PassingWrapper()] if wrapped else [])
     with pytest.raises(PluginError, match=r"(?s)^plugin tests.raiser_plugin \(verification strategy 'raiser'\) in "
                                           r"dlm_verify: raised ZeroDivisionError: inside verify.*"
                                           r"fix: check the parameters of `decoder.verification`"):
@@ -159,13 +139,14 @@ class _WrongRole:
         return None
 
 
-def test_plugin_implementing_the_wrong_role_is_rejected_at_build_time():
-    registry = registry_with(("verification", "bad", _NoParams, lambda config, context: _WrongRole()),
-                             plugin_name="tests.bad_plugin")
-    config = load_config({}, ["decoder.verification=bad"], registry=registry)
-    with pytest.raises(PluginError, match=r"(?s)tests.bad_plugin \(verification strategy 'bad'\) in dlm_verify: "
-                                          r"a verification strategy must implement exactly `dlm_verify`.*implements \['dlm_propose'\].*fix"):
-        Decoder(config, dllm=ToyDiffusionLM(), registry=registry)
+@pytest.mark.parametrize(("plugin_cls", "problem"), [
+    (_MisspeltArgument, r"the implementation asks for windows.*fix:.*proposal, window"),
+    (_WrongRole, r"a verification strategy must implement exactly `dlm_verify`.*implements \['dlm_propose'\].*fix"),
+], ids=["argument-the-hook-lacks", "another-roles-hook"])
+def test_a_malformed_strategy_is_named_when_the_decoder_is_built(plugin_cls, problem):
+    with pytest.raises(PluginError, match=r"(?s)^plugin tests.bad_plugin \(verification strategy 'bad'\) in "
+                                          r"dlm_verify: " + problem):
+        strategy_decoder("verification", "bad", lambda config, context: plugin_cls(), plugin_name="tests.bad_plugin")
 
 
 class _StuckObserver:
@@ -220,8 +201,6 @@ def test_a_factory_reads_the_structured_config_and_the_resolved_one():
                     dllm=context.dllm, loaded=list(context.loaded))
         return _Raiser()
 
-    registry = registry_with(("verification", "reads", _NoParams, factory), plugin_name="tests.reads")
-    config = load_config({}, ["decoder.verification=reads", "generation.max_new_tokens=7"], registry=registry)
     model = ToyDiffusionLM()
-    Decoder(config, dllm=model, registry=registry)
-    assert seen == {"new_tokens": 7, "hash": config.hash, "dllm": model, "loaded": []}
+    decoder = strategy_decoder("verification", "reads", factory, "generation.max_new_tokens=7", model=model)
+    assert seen == {"new_tokens": 7, "hash": decoder.config.hash, "dllm": model, "loaded": []}

@@ -3,7 +3,6 @@ and of tiny checkpoints, without loading weights."""
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest
@@ -15,27 +14,13 @@ from dlm_decode.decoder import Decoder
 from dlm_decode.models.dry_run import dry_run
 from dlm_decode.models.hf import DiffusionLM
 from dlm_decode.testing.models import build_tiny_checkpoint, dream_like_tokenizer
+from helpers import edited_copy
 from stand_ins import REMOTE
 
 
-def variant(source, target, *, config=None, tokenizer_config=None, vocab=None, drop=()):
-    """Copy a checkpoint, update its config.json / tokenizer_config.json (None values delete keys), edit
-    tokenizer.json's vocabulary with ``vocab(dict)``, and delete files; the weights are removed (never read)."""
-    shutil.copytree(source, target)
-    (target / "model.safetensors").unlink()
-    for name, updates in (("config.json", config), ("tokenizer_config.json", tokenizer_config)):
-        if updates:
-            data = json.loads((target / name).read_text())
-            for key, value in updates.items():
-                data.pop(key, None) if value is None else data.__setitem__(key, value)
-            (target / name).write_text(json.dumps(data))
-    if vocab:
-        data = json.loads((target / "tokenizer.json").read_text())
-        vocab(data["model"]["vocab"])
-        (target / "tokenizer.json").write_text(json.dumps(data))
-    for name in drop:
-        (target / name).unlink()
-    return target
+def variant(source, target, *, drop=(), **edits):
+    """:func:`~helpers.edited_copy` without the weights (a dry run never reads them)."""
+    return edited_copy(source, target, drop=("model.safetensors", *drop), **edits)
 
 
 @pytest.fixture(scope="module")
@@ -90,22 +75,21 @@ def test_dry_run_catches_an_ar_head_wider_than_the_dllm_head(stand_ins, tmp_path
     assert "120" in report.errors[0].message and "112" in report.errors[0].message
 
 
-def test_dry_run_catches_a_missing_or_out_of_range_mask(tiny, tmp_path):
-    no_mask = variant(tiny["dllm"], tmp_path / "no-mask", tokenizer_config={"mask_token": None})
-    assert check(no_mask).checks() == {"mask"}
+@pytest.mark.parametrize(("edit", "expected"), [({"mask_token": None}, "mask"), ({"pad_token": "<mask>"}, "pad"),
+                                              ({"eos_token": None}, "eos")], ids=["no-mask", "pad-is-mask", "no-eos"])
+def test_a_bad_special_token_is_refused_by_the_dry_run_and_by_the_real_load(tiny, tmp_path, edit, expected):
+    broken = variant(tiny["dllm"], tmp_path / "broken", tokenizer_config=edit)
+    assert check(broken).checks() == {expected}
+    shutil.copy(tiny["dllm"] / "model.safetensors", broken / "model.safetensors")
+    with pytest.raises(ModelError, match="fix"):
+        DiffusionLM.from_spec(ModelSpec(path=str(broken)))
+
+
+def test_dry_run_checks_the_special_ids_a_config_sets(tiny, tmp_path):
     assert check(tiny["dllm"], None, "model.dllm.mask_token_id=100").checks() == {"mask"}, "head is 100 wide"
-    assert check(no_mask, None, "model.dllm.mask_token_id=3").ok, "an explicit id fixes it"
-
-
-def test_dry_run_catches_a_pad_equal_to_the_mask(tiny, tmp_path):
-    pad_is_mask = variant(tiny["dllm"], tmp_path / "pad", tokenizer_config={"pad_token": "<mask>"})
-    assert check(pad_is_mask).checks() == {"pad"}
-
-
-def test_dry_run_catches_a_missing_eos(tiny, tmp_path):
-    no_eos = variant(tiny["dllm"], tmp_path / "eos", tokenizer_config={"eos_token": None})
-    assert check(no_eos).checks() == {"eos"}
     assert check(tiny["dllm"], None, "model.dllm.eos_token_ids=[2,150]").checks() == {"eos"}
+    no_mask = variant(tiny["dllm"], tmp_path / "no-mask", tokenizer_config={"mask_token": None})
+    assert check(no_mask, None, "model.dllm.mask_token_id=3").ok, "an explicit id fixes a missing one"
 
 
 def test_dry_run_catches_a_context_too_short(stand_ins, tiny, tmp_path):
@@ -145,17 +129,6 @@ def test_dry_run_reports_unreadable_files_and_family_overrides(stand_ins, tiny, 
     assert check(no_tokenizer).checks() == {"tokenizer"}
     report = check(stand_ins["dream"], None, "model.dllm.family=llada")
     assert report.checks("warning") == {"family"}
-
-
-@pytest.mark.parametrize("edit", [{"tokenizer_config": {"mask_token": None}},
-                                  {"tokenizer_config": {"pad_token": "<mask>"}},
-                                  {"tokenizer_config": {"eos_token": None}}])
-def test_what_the_dry_run_refuses_the_real_load_refuses_too(tiny, tmp_path, edit):
-    broken = variant(tiny["dllm"], tmp_path / "broken", **edit)
-    shutil.copy(tiny["dllm"] / "model.safetensors", broken / "model.safetensors")
-    assert not check(broken).ok
-    with pytest.raises(ModelError):
-        DiffusionLM.from_spec(ModelSpec(path=str(broken)))
 
 
 def test_cli_dry_run_exit_status(tiny, capsys):

@@ -3,23 +3,14 @@ commits outside the window, no progress, revocations of prompts, None results, N
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 import torch
 
-from dlm_decode import DecodeError, PluginError, load_config
-from dlm_decode.decoder import Decoder
+from dlm_decode import DecodeError, PluginError
 from dlm_decode.hookspecs import hookimpl
 from dlm_decode.state import Decision
-from dlm_decode.testing.registry import registry_with
 from dlm_decode.testing.toy import ToyDiffusionLM
-from helpers import toy_decoder
-
-
-@dataclass
-class _NoParams:
-    pass
+from helpers import strategy_decoder, toy_decoder
 
 
 class _Raising:
@@ -72,13 +63,6 @@ class _NaNModel(ToyDiffusionLM):
         return logits
 
 
-def bad_decoder(plugin_cls, model=None) -> Decoder:
-    registry = registry_with(("verification", "bad", _NoParams, lambda config, context: plugin_cls()),
-                             plugin_name="tests.bad_plugin")
-    config = load_config({}, ["decoder.verification=bad", "generation.max_new_tokens=4"], registry=registry)
-    return Decoder(config, dllm=model or ToyDiffusionLM(), registry=registry)
-
-
 @pytest.mark.parametrize(("plugin_cls", "pattern"), [
     (_Raising, r"tests.bad_plugin \(verification strategy 'bad'\) in dlm_verify: raised ValueError: boom.*fix"),
     (_CommitsNothing, r"tests.bad_plugin.*committed nothing for unfinished rows \[0, 1\].*never end.*fix"),
@@ -88,7 +72,8 @@ def bad_decoder(plugin_cls, model=None) -> Decoder:
 ])
 def test_misbehaving_plugins_are_named(plugin_cls, pattern):
     with pytest.raises(PluginError, match="(?s)" + pattern):
-        bad_decoder(plugin_cls).generate(["ab", "cd"])
+        strategy_decoder("verification", "bad", lambda config, context: plugin_cls(), "generation.max_new_tokens=4",
+                         plugin_name="tests.bad_plugin").generate(["ab", "cd"])
 
 
 @pytest.mark.parametrize("step", [0, 2])
@@ -127,9 +112,7 @@ class _GreedyWindow:
 
 
 def test_window_that_makes_prompt_positions_eligible_is_named():
-    registry = registry_with(("window", "everything", _NoParams, lambda config, context: _GreedyWindow()),
-                             plugin_name="tests.window_plugin")
-    config = load_config({}, ["decoder.window=everything"], registry=registry)
-    decoder = Decoder(config, dllm=ToyDiffusionLM(), registry=registry)
+    decoder = strategy_decoder("window", "everything", lambda config, context: _GreedyWindow(),
+                               plugin_name="tests.window_plugin")
     with pytest.raises(PluginError, match=r"(?s)tests.window_plugin.*dlm_window: made a position eligible.*fix"):
         decoder.generate(["ab"])

@@ -17,7 +17,8 @@ from dlm_decode.config.schema import ModelSpec
 from dlm_decode.decoder import Decoder
 from dlm_decode.models.dry_run import dry_run
 from dlm_decode.models.hf import DiffusionLM
-from helpers import REFERENCE
+from helpers import REFERENCE, edited_copy
+from stand_ins import REMOTE
 
 LLADA, DREAM, QWEN2 = (str(REFERENCE / name) for name in ("llada-tiny", "dream-tiny", "qwen2-tiny"))
 #: 16 prompts of 1 to 43 characters: left padding of every width in a batch.
@@ -25,19 +26,6 @@ PROMPTS = ["hi", "sort 3 1 2", "What is 17 * 24?", "a", "Name three fruits, then
            "ok", "count from one to nine, slowly", "x = 4; y = x * 2; what is y?", "tell me a story about a cat",
            "yes or no?", "2+2", "translate 'dog' into French", "Which is larger, 7 or 9?",
            "Write a haiku about the sea.", "List the primes below twenty and explain each one."]
-
-
-def copy_of(source: str, target, drop=(), config=None, files=None):
-    """A copy of a reference checkpoint with files dropped, ``config.json`` entries replaced, files written."""
-    shutil.copytree(source, target)
-    for name in drop:
-        (target / name).unlink()
-    if config:
-        path = target / "config.json"
-        path.write_text(json.dumps({**json.loads(path.read_text()), **config}))
-    for name, text in (files or {}).items():
-        (target / name).write_text(text)
-    return target
 
 
 # --- loading --------------------------------------------------------------------------------------------------
@@ -52,7 +40,7 @@ RAISES_ON_IMPORT = 'raise RuntimeError("the checkpoint code ran")\n'
 def test_native_loading_runs_none_of_the_checkpoint_code(tmp_path, source, code):
     """The checkpoint's own files (named by config.json's auto_map, and for Dream by tokenizer_config.json's) raise
     when imported: loading and decoding still work, without trust_remote_code."""
-    path = copy_of(source, tmp_path / "ckpt", files={name: RAISES_ON_IMPORT for name in code})
+    path = edited_copy(source, tmp_path / "ckpt", files={name: RAISES_ON_IMPORT for name in code})
     decoder = Decoder.from_config("configs/decoders/fast-dllm.yaml", [f"model.dllm.path={path}"])
     assert type(decoder.dllm.model).__name__ in ("LlamaForCausalLM", "Qwen2ForCausalLM")
     assert not decoder.config.config.model.dllm.trust_remote_code
@@ -118,7 +106,7 @@ def test_dry_run_reports_the_native_family_without_weights():
 # --- errors ---------------------------------------------------------------------------------------------------
 
 def test_a_llada_config_the_mapping_cannot_reproduce_is_refused_naming_the_fields(tmp_path):
-    path = copy_of(LLADA, tmp_path / "llada", config={"alibi": True, "include_bias": True})
+    path = edited_copy(LLADA, tmp_path / "llada", config={"alibi": True, "include_bias": True})
     with pytest.raises(ModelError, match=r"(?s)alibi=True \(maps only False\); include_bias=True.*"
                                          r"implementation=remote"):
         DiffusionLM.from_spec(ModelSpec(path=str(path)))
@@ -128,7 +116,7 @@ def test_a_llada_config_the_mapping_cannot_reproduce_is_refused_naming_the_field
 
 def test_a_mixture_of_experts_published_as_llada_is_refused_with_the_reason(tmp_path):
     """LLaDA-MoE checkpoints are published with model_type llada and Hugging Face-style fields."""
-    path = copy_of(LLADA, tmp_path / "moe", config={"hidden_size": 64, "num_hidden_layers": 2, "num_experts": 8,
+    path = edited_copy(LLADA, tmp_path / "moe", config={"hidden_size": 64, "num_hidden_layers": 2, "num_experts": 8,
                                                    "num_experts_per_tok": 2, "expert_intermediate_size": 32})
     with pytest.raises(ModelError, match=r"(?s)a mixture of experts \(config.json has num_experts=8, "
                                          r"num_experts_per_tok=2, expert_intermediate_size=32\).*dense LLaDA.*"
@@ -152,7 +140,7 @@ def _rewrite_weights(path, edit) -> None:
 
 
 def test_weights_that_do_not_match_the_layout_are_listed(tmp_path):
-    path = copy_of(LLADA, tmp_path / "llada")
+    path = edited_copy(LLADA, tmp_path / "llada")
 
     def edit(tensors):
         if "model.transformer.blocks.1.ff_out.weight" in tensors:
@@ -171,13 +159,13 @@ def test_weights_that_do_not_match_the_layout_are_listed(tmp_path):
 
 
 def test_missing_weight_files_name_the_exception_and_the_files_to_check(tmp_path):
-    path = copy_of(DREAM, tmp_path / "dream", drop=["model.safetensors"])
+    path = edited_copy(DREAM, tmp_path / "dream", drop=["model.safetensors"])
     with pytest.raises(ModelError, match=r"(?s)could not be loaded: OSError.*weights \(\*\.safetensors\)"):
         DiffusionLM.from_spec(ModelSpec(path=str(path)))
 
 
 def test_an_unknown_model_type_names_the_remote_implementation_as_the_fix(tmp_path):
-    path = copy_of(LLADA, tmp_path / "custom", config={"model_type": "my_dllm",
+    path = edited_copy(LLADA, tmp_path / "custom", config={"model_type": "my_dllm",
                                                        "auto_map": {"AutoModel": "modeling_my.MyModel"}})
     with pytest.raises(ModelError, match=r"(?s)model_type 'my_dllm', which has no native implementation.*"
                                          r"\(modeling_my\.py\).*implementation=remote and model\.dllm\.trust_remote"):
@@ -198,7 +186,7 @@ NO_POST_INIT = {
 
 
 def test_remote_code_that_fails_to_load_names_its_exception_and_the_native_fix(tmp_path):
-    path = copy_of(LLADA, tmp_path / "llada", files=NO_POST_INIT)
+    path = edited_copy(LLADA, tmp_path / "llada", files=NO_POST_INIT)
     spec = ModelSpec(path=str(path), implementation="remote", trust_remote_code=True)
     with pytest.raises(ModelError) as error:
         DiffusionLM.from_spec(spec)
@@ -243,14 +231,10 @@ def _tuple_cache_checkpoint(path):
     return path
 
 
-REMOTE = ["model.dllm.implementation=remote", "model.dllm.trust_remote_code=true"]
-
-
 def test_remote_code_that_fails_with_a_cache_names_its_exception_and_the_fixes(tmp_path):
     path = _tuple_cache_checkpoint(tmp_path / "llada")
-    remote = REMOTE
-    assert Decoder.from_config("configs/decoders/llada.yaml", [f"model.dllm.path={path}", *remote]).generate(["hi"])
-    decoder = Decoder.from_config("configs/decoders/fast-dllm.yaml", [f"model.dllm.path={path}", *remote])
+    assert Decoder.from_config("configs/decoders/llada.yaml", [f"model.dllm.path={path}", *REMOTE]).generate(["hi"])
+    decoder = Decoder.from_config("configs/decoders/fast-dllm.yaml", [f"model.dllm.path={path}", *REMOTE])
     with pytest.raises(ModelError) as error:
         decoder.generate(["hi"])
     message = str(error.value)

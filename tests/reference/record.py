@@ -361,7 +361,7 @@ def _padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor
     return ids, real
 
 
-def _pairwise_mask(real: torch.Tensor) -> torch.Tensor:
+def pairwise_mask(real: torch.Tensor) -> torch.Tensor:
     """``[B, 1, N, N]`` bool: real queries see real keys; a padding query sees itself (no empty softmax row)."""
     eye = torch.eye(real.shape[1], dtype=torch.bool)
     return (real[:, None, :, None] & real[:, None, None, :]) | (eye & ~real[:, None, :, None])
@@ -397,7 +397,7 @@ def record(args: argparse.Namespace) -> None:
             logits["llada.full"] = fast(canvas).logits
             ids, real = _padded([_chat_ids(llada_tok, p) + [llada_mask] * 8 for p in PADDED_PROMPTS],
                                 llada_config["pad_token_id"])
-            logits["llada.padded"] = wino(ids, attention_mask=_pairwise_mask(real),
+            logits["llada.padded"] = wino(ids, attention_mask=pairwise_mask(real),
                                           position_ids=torch.arange(ids.shape[1])).logits
             logits["llada.padded.input_ids"], logits["llada.padded.real"] = ids, real
             canvas = torch.tensor([prompts["dream"][1] + [dream_mask] * GEN_LENGTH])
@@ -405,7 +405,7 @@ def record(args: argparse.Namespace) -> None:
             ids, real = _padded([_chat_ids(dream_tok, p) + [dream_mask] * 8 for p in PADDED_PROMPTS],
                                 dream_config["pad_token_id"])
             positions = (real.long().cumsum(-1) - 1).masked_fill(~real, 1)  # Dream's own tok_idx
-            logits["dream.padded"] = dream(ids, _pairwise_mask(real), positions).logits
+            logits["dream.padded"] = dream(ids, pairwise_mask(real), positions).logits
             logits["dream.padded.input_ids"], logits["dream.padded.real"] = ids, real
             logits["qwen2.full"] = verifier(torch.tensor([prompts["dream"][1]])).logits
         save_file({k: v.contiguous() for k, v in logits.items()}, str(out / "logits.safetensors"))
