@@ -227,6 +227,7 @@ class Decoder:
             pad_token_id=self.dllm.pad_token_id, eos_token_ids=self.dllm.eos_token_ids,
             fill_token_id=self.dllm.fill_token_id, seeds=seeds, device=self.dllm.device, first_index=first_index,
             excluded_token_ids=self.dllm.undecodable_ids, stop_at_eos=self.generation.stop_at_eos,
+            attention=self.dllm.attention,
         )
 
     def _untokenizable(self, prompts: list[str], first_index: int, exc: Exception) -> InputError:

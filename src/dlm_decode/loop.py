@@ -68,6 +68,23 @@ def raise_decision_errors(flags: list[bool], decision: Decision, finished: torch
                           "restrict `revoke` to generated columns that are not masked")
 
 
+def within_model_block(state: DecodeState, window: Window) -> Window:
+    """A block-causal model's limit on any window: only the row's current model block may be decided (its later
+    blocks would be decided with masks in their context, which block diffusion never sees), and no forward covers
+    columns past the last current block of the batch (:attr:`DecodeState.input_limit`), since no query before them
+    may attend to them."""
+    start, end = state.model_block()
+    return Window(eligible=window.eligible & (state.columns < end[:, None]),
+                  input_end=min(window.input_end, state.input_limit),
+                  block_start=torch.maximum(window.block_start, start),
+                  block_end=torch.minimum(window.block_end, end), visible=window.visible)
+
+
+def input_limit(state: DecodeState) -> torch.Tensor:
+    """A long scalar: the largest end of an unfinished row's current model block (0 when every row finished)."""
+    return state.model_block()[1].masked_fill(state.finished, 0).max()
+
+
 def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> Iterator[Decision]:
     """Decode ``state`` until every row is finished, yielding each step's decision after it is applied.
 
@@ -78,6 +95,7 @@ def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> I
     :param max_steps: abort with :class:`DecodeError` past this many steps.
     """
     verifier, window_plugin = roles.label("verification"), roles.label("window")
+    block_causal = state.attention.block_causal
     roles.bind()
     roles.generation_start(state)
     done = bool(state.finished.all())
@@ -90,6 +108,8 @@ def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> I
                               "or revocations that undo progress). fix: raise generation.max_steps, or check "
                               "the window and verification strategies")
         window = roles.window(state)
+        if block_causal:
+            window = within_model_block(state, window)
         plan = roles.cache(state, window)
         inputs = roles.model_inputs(state, window, plan)
         logits = model.forward(inputs, plan.cache)
@@ -106,8 +126,13 @@ def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> I
         late = decision_flags(state, window, decision)
         commits = state.apply(decision)
         progressed = progress_flag(commits, finished_before)
-        # one host sync, of bools only (stacking mixed dtypes costs a type promotion: 8 us instead of 2 on the CPU)
-        *flags, done = torch.stack([*early, *late, progressed, state.finished.all()]).tolist()
+        # one host sync, of bools only (stacking mixed dtypes costs a type promotion: 8 us instead of 2 on the CPU),
+        # and for a block-causal model the next step's input limit
+        limit = [input_limit(state)] if block_causal else []
+        values = torch.stack([*early, *late, progressed, state.finished.all(), *limit]).tolist()
+        if block_causal:
+            state.input_limit = values.pop()
+        *flags, done = values
         raise_forward_errors(flags[:2], state.step - 1, window_plugin)
         raise_decision_errors(flags[2:], decision, finished_before, state.step - 1, verifier)
         roles.step_end(state, decision)

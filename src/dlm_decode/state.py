@@ -15,7 +15,8 @@ from typing import Any, Callable, TypeVar
 import torch
 
 from dlm_decode.errors import InputError
-from dlm_decode.masks import position_ids_from_mask
+from dlm_decode.masks import BIDIRECTIONAL, AttentionPattern, position_ids_from_mask
+from dlm_decode.selection import first_true_columns
 
 
 T = TypeVar("T")
@@ -187,6 +188,11 @@ class DecodeState:
     :ivar stop_at_eos: after a row's first EOS, fill the rest of the row with ``fill_token_id`` and stop deciding
         it; false decodes every position, as the official LLaDA, Fast-dLLM, WINO and Dream decoders do (the
         generated ids still end at the first EOS).
+    :ivar attention: the dLLM's :class:`~dlm_decode.masks.AttentionPattern`; the core builds every mask from it
+        (:attr:`full_attention`) and, for a block-causal model, keeps every step inside each row's current model
+        block (:meth:`model_block`).
+    :ivar input_limit: one past the last column any forward may cover: the largest end of an unfinished row's
+        current model block for a block-causal model (kept by the loop), the canvas width otherwise.
     """
 
     canvas: torch.Tensor
@@ -207,6 +213,8 @@ class DecodeState:
     row_stats: dict[str, torch.Tensor] = field(default_factory=dict)
     first_index: int = 0
     stop_at_eos: bool = True
+    attention: AttentionPattern = BIDIRECTIONAL
+    input_limit: int = 0
     _memories: dict[int, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -224,6 +232,7 @@ class DecodeState:
         first_index: int = 0,
         excluded_token_ids: Sequence[int] = (),
         stop_at_eos: bool = True,
+        attention: AttentionPattern = BIDIRECTIONAL,
     ) -> DecodeState:
         """Left-pad ``prompts`` (token id lists) and append ``max_new_tokens`` masks to each.
 
@@ -232,6 +241,7 @@ class DecodeState:
         :param first_index: the index of ``prompts[0]`` in the caller's request, for error messages.
         :param excluded_token_ids: ids never proposed besides the mask id (see :attr:`excluded_ids`).
         :param stop_at_eos: see :attr:`stop_at_eos`.
+        :param attention: see :attr:`attention`.
         :raises ValueError: the pad or fill id is the mask id.
         :raises InputError: a prompt holds the mask id.
         """
@@ -248,13 +258,13 @@ class DecodeState:
         pads = [width - len(prompt) for prompt in prompts]
         canvas = torch.tensor([[pad_token_id] * pad + list(prompt) + [mask_token_id] * max_new_tokens
                                for pad, prompt in zip(pads, prompts)], dtype=torch.long, device=device)
-        attention = torch.arange(canvas.shape[1], device=device) >= torch.tensor(pads, device=device)[:, None]
+        real = torch.arange(canvas.shape[1], device=device) >= torch.tensor(pads, device=device)[:, None]
         generators = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
         finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-        return cls(
+        state = cls(
             canvas=canvas,
-            attention_mask=attention,
-            position_ids=position_ids_from_mask(attention),
+            attention_mask=real,
+            position_ids=position_ids_from_mask(real),
             gen_start=width,
             mask_token_id=mask_token_id,
             eos_token_ids=torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long, device=device),
@@ -262,12 +272,17 @@ class DecodeState:
             excluded_ids=torch.tensor(sorted({mask_token_id, *excluded_token_ids}), dtype=torch.long, device=device),
             generators=generators,
             masked=canvas == mask_token_id,
-            filled=torch.zeros_like(attention),
+            filled=torch.zeros_like(real),
             previous_canvas=canvas,
             finished=finished,
             first_index=first_index,
             stop_at_eos=stop_at_eos,
+            attention=attention,
+            input_limit=canvas.shape[1],
         )
+        if attention.block_causal:  # the first generated column of every row is its first mask
+            state.input_limit = int(state.model_block()[1].max())
+        return state
 
     def memory(self, owner: object, create: Callable[[DecodeState], T]) -> T:
         """The per-batch memory of plugin object ``owner``: ``create(self)`` at its first call in this batch, the
@@ -314,10 +329,29 @@ class DecodeState:
 
     @cached_property
     def full_attention(self) -> torch.Tensor:
-        """``[B, 1, N, N]`` bool, the bidirectional mask over the whole canvas (padding excluded)."""
-        from dlm_decode.masks import bidirectional_mask
+        """``[B, 1, N, N]`` bool, the mask of :attr:`attention` over the whole canvas (padding excluded)."""
+        return self.attention.mask(self.attention_mask, self.gen_start)
 
-        return bidirectional_mask(self.attention_mask)
+    @cached_property
+    def block_coordinates(self) -> torch.Tensor:
+        """``[N]`` or ``[B, N]`` long, the coordinate in which block windows count their blocks so that they align
+        with the model's (:meth:`~dlm_decode.masks.AttentionPattern.coordinates`): ``column - gen_start``, or the
+        position for a model whose blocks start at position 0."""
+        return self.attention.coordinates(self.attention_mask, self.gen_start)
+
+    @cached_property
+    def model_blocks(self) -> torch.Tensor:
+        """``[B, N]`` long, the model's block id of every column (:meth:`AttentionPattern.blocks`)."""
+        return self.attention.blocks(self.attention_mask, self.gen_start).expand_as(self.canvas)
+
+    def model_block(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's current model block, the one holding its first mask: ``start``, ``end`` ``[B]`` long columns
+        (the whole canvas for a bidirectional model; meaningless for finished rows)."""
+        blocks = self.model_blocks
+        current = blocks.gather(1, first_true_columns(self.masked, self.gen_start)[:, None])  # [B, 1]
+        inside = blocks == current
+        start = first_true_columns(inside)
+        return start, start + inside.sum(-1)
 
     def is_eos(self, tokens: torch.Tensor) -> torch.Tensor:
         """Elementwise ``tokens in eos_token_ids`` (same shape, bool)."""

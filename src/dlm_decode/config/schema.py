@@ -16,6 +16,9 @@ from dlm_decode.errors import check_field
 SEED_MIN, SEED_MAX = -2**63, 2**64 - 1
 """The seeds ``torch.Generator.manual_seed`` accepts (a negative seed is read as its 64-bit two's complement)."""
 
+#: ``model.dllm.family`` values (see :mod:`dlm_decode.models.families`).
+FAMILY_NAMES = ("auto", "bidirectional", "llada", "dream", "sdar", "fast_dllm_v2")
+
 _DEVICE = re.compile(r"auto|(cpu|cuda|mps)(:[0-9]+)?")
 
 
@@ -44,8 +47,14 @@ class ModelSpec:
     """Allow the checkpoint's own modeling code (``implementation: remote``). Off unless the user sets it."""
     family: str = "auto"
     """How the adapter reads the dLLM's logits and special ids: ``auto`` (from ``config.json``'s ``model_type``),
-    ``bidirectional`` (HF Llama/Qwen2 with ``is_causal: false``), ``llada`` or ``dream`` (shifted logits
-    re-aligned). Ignored for ``model.ar``."""
+    ``bidirectional`` (HF Llama/Qwen2 with ``is_causal: false``), ``llada``, ``dream`` (shifted logits
+    re-aligned), ``sdar`` or ``fast_dllm_v2`` (block-causal). Ignored for ``model.ar``."""
+    attention: str = "auto"
+    """The dLLM's attention pattern: ``auto`` (as its ``config.json`` declares: block-causal for block-diffusion
+    families such as SDAR and for configs with ``attention_pattern: block_causal``, bidirectional otherwise),
+    ``bidirectional`` or ``block_causal``. Ignored for ``model.ar``."""
+    block_size: Optional[int] = None
+    """The block size of a block-causal dLLM (null: from ``config.json``)."""
     chat_template: bool = True
     """Wrap each prompt as one user turn with the tokenizer's chat template, when it has one."""
     mask_token_id: Optional[int] = None
@@ -62,9 +71,14 @@ class ModelSpec:
         check_field(self.implementation in ("native", "remote"), "implementation",
                     f"must be native or remote, got {self.implementation!r}",
                     "native runs none of the checkpoint's code; remote runs it (with trust_remote_code=true)")
-        check_field(self.family in ("auto", "bidirectional", "llada", "dream"), "family",
-                    f"must be auto, bidirectional, llada or dream, got {self.family!r}",
+        check_field(self.family in FAMILY_NAMES, "family",
+                    f"must be one of {', '.join(FAMILY_NAMES)}, got {self.family!r}",
                     "leave it at auto to detect the family from the checkpoint's config.json")
+        check_field(self.attention in ("auto", "bidirectional", "block_causal"), "attention",
+                    f"must be auto, bidirectional or block_causal, got {self.attention!r}",
+                    "leave it at auto to read the pattern from the checkpoint's config.json")
+        check_field(self.block_size is None or self.block_size >= 1, "block_size",
+                    f"must be at least 1 or null, got {self.block_size}")
 
 
 @dataclass

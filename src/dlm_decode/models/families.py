@@ -29,7 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
 
-FAMILY_NAMES = ("auto", "bidirectional", "llada", "dream")
+from dlm_decode.errors import ModelError
+from dlm_decode.masks import BIDIRECTIONAL, AttentionPattern
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ class Family:
     :ivar eos: ``(token string, documented id)`` pairs that end a generation, the first one also fills the tail.
     :ivar pad: ``(token string, documented id)`` of the padding token, or None (tokenizer's, else the first EOS).
     :ivar context: the context the model was trained with (None: trust ``config.json``).
+    :ivar block_size_key: the ``config.json`` key of a block-diffusion family's block size (None: the family is
+        bidirectional unless the config declares ``attention_pattern: block_causal``, see :func:`attention_pattern`).
+    :ivar block_anchor: where the family's blocks start (:class:`~dlm_decode.masks.AttentionPattern` ``anchor``).
     """
 
     name: str
@@ -52,6 +56,8 @@ class Family:
     eos: tuple[tuple[str, int], ...] = ()
     pad: Optional[tuple[str, int]] = None
     context: Optional[int] = None
+    block_size_key: Optional[str] = None
+    block_anchor: str = "generation"
 
 
 FAMILIES: dict[str, Family] = {
@@ -64,7 +70,20 @@ FAMILIES: dict[str, Family] = {
         "dream", model_types=("dream",), shifted_logits=True, mask=("<|mask|>", 151666),
         eos=(("<|endoftext|>", 151643), ("<|im_end|>", 151645)), pad=("<|endoftext|>", 151643), context=2048,
     ),
+    "sdar": Family(
+        "sdar", model_types=("sdar",), mask=("<|MASK|>", 151669), eos=(("<|endoftext|>", 151643),
+                                                                      ("<|im_end|>", 151645)),
+        pad=("<|endoftext|>", 151643), block_size_key="block_size", block_anchor="position",
+    ),
+    "fast_dllm_v2": Family(
+        "fast_dllm_v2", model_types=("fast_dllm_qwen",), shifted_logits=True, mask=("|<MASK>|", 151665),
+        eos=(("<|im_end|>", 151645), ("<|endoftext|>", 151643)), pad=("<|endoftext|>", 151643),
+        block_size_key="bd_size", block_anchor="position",
+    ),
 }
+
+#: ``config.json`` keys by which any checkpoint declares a block-causal pattern (the embedded block model does).
+PATTERN_KEY, BLOCK_SIZE_KEY, ANCHOR_KEY = "attention_pattern", "diffusion_block_size", "diffusion_block_anchor"
 
 #: ``config.json`` keys that hold the longest sequence a model accepts, in order of preference.
 CONTEXT_KEYS = ("max_position_embeddings", "max_sequence_length", "n_positions", "seq_length")
@@ -183,3 +202,33 @@ def resolve_special_ids(family: Family, tokenizer, head_width: int, *, mask_over
         pad = eos[0]
         sources.append(("pad", "first EOS"))
     return SpecialIds(mask=mask, eos=eos, pad=pad, sources=tuple(sources))
+
+
+def attention_pattern(family: Family, config: Mapping[str, Any] | Any, attention: str = "auto",
+                      block_size: Optional[int] = None, key: str = "model.dllm") -> AttentionPattern:
+    """The dLLM's :class:`~dlm_decode.masks.AttentionPattern`.
+
+    ``auto`` reads it from ``config.json``: the family's block-size key (SDAR's ``block_size``), or the generic
+    ``attention_pattern: block_causal`` with ``diffusion_block_size`` (and optionally ``diffusion_block_anchor``);
+    anything else is bidirectional. ``bidirectional`` and ``block_causal`` override it; ``block_size`` overrides
+    the config's block size.
+
+    :raises ModelError: block-causal without a block size, or a declared pattern this adapter does not know.
+    """
+    declared = config_value(config, PATTERN_KEY)
+    if declared not in (None, "bidirectional", "block_causal"):
+        raise ModelError(f"config.json declares {PATTERN_KEY}: {declared!r}, which this version does not know; fix: "
+                         f"set {key}.attention to bidirectional or block_causal if you know the model's pattern")
+    found = config_value(config, family.block_size_key) if family.block_size_key else None
+    if found is None and declared == "block_causal":
+        found = config_value(config, BLOCK_SIZE_KEY)
+    block_causal = attention == "block_causal" or (attention == "auto" and (found is not None
+                                                                             or declared == "block_causal"))
+    if not block_causal:
+        return BIDIRECTIONAL
+    size = block_size or found
+    if not isinstance(size, int) or size < 1:
+        raise ModelError(f"{key} is block-causal but its block size is unknown (config.json gives "
+                         f"{family.block_size_key or BLOCK_SIZE_KEY}: {size!r}); fix: set {key}.block_size")
+    anchor = config_value(config, ANCHOR_KEY) or family.block_anchor
+    return AttentionPattern(block_size=size, anchor=anchor)

@@ -46,7 +46,7 @@ import torch
 
 from dlm_decode.config.schema import ModelSpec
 from dlm_decode.errors import ModelError
-from dlm_decode.models.families import (CAUSAL_FIX, Family, causal_problem, model_context, resolve_family,
+from dlm_decode.models.families import (CAUSAL_FIX, Family, attention_pattern, causal_problem, model_context, resolve_family,
                                         resolve_special_ids)
 from dlm_decode.models.native import ARCHITECTURES, Architecture, architecture_for, load_native
 from dlm_decode.models.prompts import encode_prompts, template_affixes
@@ -314,13 +314,15 @@ class DiffusionLM:
     :ivar max_context: the longest canvas the model accepts (the config's, capped by the family's trained
         context).
     :ivar chat_template: wrap prompts with the tokenizer's chat template.
+    :ivar attention: its :class:`~dlm_decode.masks.AttentionPattern` (``model.dllm.attention``, read from
+        ``config.json`` by default), from which the core builds every mask.
     :ivar remote: the model is the checkpoint's own code (``implementation: remote``); its failures are reported
         as such.
     """
 
     def __init__(self, model, tokenizer, *, mask_token_id: int | None = None,
                  eos_token_ids: list[int] | None = None, chat_template: bool = True,
-                 family: str | Family = "auto"):
+                 family: str | Family = "auto", attention: str = "auto", block_size: int | None = None):
         self.model = model
         self.remote = type(model).__module__.startswith("transformers_modules")  # the checkpoint's own code
         self._probe = next(model.parameters())  # a parameter to read the device from (see `device`)
@@ -356,6 +358,11 @@ class DiffusionLM:
                              "never proposed, so no row would end at them. fix: set model.dllm.eos_token_ids to ids "
                              f"of the tokenizer (its EOS is {tokenizer.eos_token_id})")
         self.max_context = model_context(self.family, model.config)
+        self.attention = attention_pattern(self.family, model.config, attention, block_size)
+        if self.attention.block_causal and self.family.shifted_logits:
+            raise ModelError(f"the dLLM is block-causal ({self.attention}) and its logits are shifted "
+                             f"({self.family.name}); this version realigns shifted logits for bidirectional models "
+                             "only. fix: set model.dllm.attention=bidirectional if the model is one")
         self.chat_template = chat_template and getattr(tokenizer, "chat_template", None) is not None
         self._affixes: tuple[Any, tuple[str, str] | None] = (None, None)  # (template they were read from, affixes)
 
@@ -363,7 +370,8 @@ class DiffusionLM:
     def from_spec(cls, spec: ModelSpec, key: str = "model.dllm") -> DiffusionLM:
         model, tokenizer = load_hf(spec, key)
         return cls(model, tokenizer, mask_token_id=spec.mask_token_id, eos_token_ids=spec.eos_token_ids,
-                   chat_template=spec.chat_template, family=spec.family)
+                   chat_template=spec.chat_template, family=spec.family, attention=spec.attention,
+                   block_size=spec.block_size)
 
     @property
     def device(self) -> torch.device:

@@ -1,4 +1,4 @@
-"""LLaDA and Dream checkpoints on transformers' own classes: none of the checkpoint's code runs.
+"""LLaDA, Dream and SDAR checkpoints on transformers' own classes: none of the checkpoint's code runs.
 
 The modeling files published with LLaDA and Dream were written for transformers 4.4x and do not load on the
 transformers this project needs (LLaDA's never calls ``post_init``, Dream's asks for a RoPE type transformers 5
@@ -13,7 +13,18 @@ bidirectional attention (``config.is_causal = False``; every forward also gets t
 ``llada``      LLaDA's own fields (``d_model``, ``n_heads``,   ``LlamaForCausalLM``    ``model.transformer.*`` renamed
                ``mlp_hidden_size``, ``block_type: llama``...)                          (:data:`LLADA_KEYS`)
 ``dream``      Qwen2's fields under another ``model_type``    ``Qwen2ForCausalLM``    Qwen2's own names
+``sdar``       Qwen3's fields and ``block_size``              ``Qwen3ForCausalLM``    Qwen3's own names
+``fast_dllm_   Qwen2's fields and ``bd_size``                 ``Qwen2ForCausalLM``    Qwen2's own names
+qwen``
 =============  =============================================  ======================  ================================
+
+SDAR (Cheng et al. 2025, arXiv 2510.06303) is a block-diffusion model converted from Qwen3: its attention is
+block-causal (:class:`~dlm_decode.masks.AttentionPattern`, blocks of ``block_size`` from position 0, the
+``sdar`` family of :mod:`~dlm_decode.models.families`), which the project's masks give the same class; its code
+imports flash-attention's Triton RMSNorm at module level, so it does not even import without a GPU stack.
+Fast-dLLM v2 (Wu et al. 2025, arXiv 2509.26328, Qwen2.5 adapted to blocks) loads the same way onto
+``Qwen2ForCausalLM``, but its logits are shifted like Dream's under block-causal attention, which the adapter
+refuses for now (see :class:`~dlm_decode.models.hf.DiffusionLM`).
 
 LLaDA's block is a Llama block under other names: RMSNorm, rotary embeddings on the head dimension's two halves,
 bias-free projections, a SiLU-gated MLP (``ff_proj`` gated by ``up_proj``), no logit scaling. A LLaDA
@@ -124,6 +135,18 @@ def _dream_config(config: Mapping[str, Any]):
     return transformers_class("Qwen2Config")(**fields, use_sliding_window=False, sliding_window=None)
 
 
+#: SDAR ``config.json`` fields Qwen3's class would read differently: ``field: (default, values that map)``.
+SDAR_REQUIRED: dict[str, tuple[Any, tuple[Any, ...]]] = {
+    "use_sliding_window": (False, (False,)),
+    "rope_scaling": (None, (None,)),
+}
+
+
+def _sdar_config(config: Mapping[str, Any]):
+    fields = {name: config[name] for name in (*_QWEN2_FIELDS, "head_dim", "attention_bias") if name in config}
+    return transformers_class("Qwen3Config")(**fields, use_sliding_window=False, sliding_window=None)
+
+
 @dataclass(frozen=True)
 class Architecture:
     """How checkpoints of one ``model_type`` map onto a transformers class.
@@ -134,6 +157,8 @@ class Architecture:
     :ivar hf_config: ``config.json`` -> the transformers config (before ``is_causal`` is set).
     :ivar model_class_name: the transformers model class. :ivar tokenizer_class_name: its tokenizer class.
     :ivar key_mapping: checkpoint weight names -> the class's (None: the same names).
+    :ivar carried: ``config.json`` fields copied onto the transformers config as they are, for the adapter (SDAR's
+        ``block_size``, from which its attention pattern is read).
     """
 
     name: str
@@ -144,6 +169,7 @@ class Architecture:
     model_class_name: str
     tokenizer_class_name: str
     key_mapping: Mapping[str, str] | None = None
+    carried: tuple[str, ...] = ()
 
     @property
     def model_class(self) -> type:
@@ -154,7 +180,7 @@ class Architecture:
         return transformers_class(self.tokenizer_class_name)
 
     def convert(self, config: Mapping[str, Any], key: str):
-        """The transformers config of a bidirectional model for ``config`` (a ``config.json`` mapping).
+        """The transformers config of a non-causal model for ``config`` (a ``config.json`` mapping).
 
         :raises ModelError: for a mixture-of-experts checkpoint, one without the layout's dimension fields, or
             naming every field the mapping cannot reproduce.
@@ -178,6 +204,8 @@ class Architecture:
         hf_config = self.hf_config(config)
         hf_config.is_causal = False
         hf_config.architectures = config.get("architectures")  # ``LLaDAModelLM``, ``DreamModel``: names the family
+        for name in self.carried:
+            setattr(hf_config, name, config[name])
         return hf_config
 
 
@@ -187,6 +215,13 @@ ARCHITECTURES: dict[str, Architecture] = {
     "dream": Architecture("dream", "Dream", ("hidden_size", "num_hidden_layers", "num_attention_heads",
                                              "intermediate_size", "vocab_size"), DREAM_REQUIRED, _dream_config,
                           "Qwen2ForCausalLM", "Qwen2Tokenizer"),
+    "sdar": Architecture("sdar", "SDAR", ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                          "intermediate_size", "vocab_size", "block_size"), SDAR_REQUIRED,
+                         _sdar_config, "Qwen3ForCausalLM", "Qwen2Tokenizer", carried=("block_size",)),
+    "fast_dllm_qwen": Architecture("fast_dllm_qwen", "Fast-dLLM v2", ("hidden_size", "num_hidden_layers",
+                                                                     "num_attention_heads", "intermediate_size",
+                                                                     "vocab_size", "bd_size"), DREAM_REQUIRED,
+                                   _dream_config, "Qwen2ForCausalLM", "Qwen2Tokenizer", carried=("bd_size",)),
 }
 
 

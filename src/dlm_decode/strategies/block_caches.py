@@ -42,7 +42,8 @@ from dataclasses import dataclass
 
 import torch
 
-from dlm_decode.api import DecodeState, ForwardPlan, PositionalKVCache, StrategyError, Window, hookimpl
+from dlm_decode.api import (DecodeState, ForwardPlan, PositionalKVCache, StrategyError, Window, first_true_columns,
+                            hookimpl)
 
 
 @dataclass
@@ -52,18 +53,20 @@ class BlockCacheConfig:
 
 @dataclass
 class BlockCacheMemory:
-    """Per batch: the store of every visible column (None before the first forward) and each row's block start
-    at the last step (``[B]`` long)."""
+    """Per batch: the store (None before the first forward), each row's window block start at the last step and
+    the columns before which its stored keys/values are exact (``[B]`` long each; always 0 for a bidirectional
+    model), and the input width of the last step."""
 
     store: PositionalKVCache | None = None
     block_start: torch.Tensor | None = None
+    exact_end: torch.Tensor | None = None
+    length: int = 0
 
 
 class BlockCache:
-    """Refresh every column at a row's block start, then recompute only the row's block (and, unless
-    ``reuse_suffix``, everything after it) while reusing the stored keys/values of the rest.
+    """Reuse stored keys/values outside each row's recomputed columns (see the module docstring).
 
-    :param reuse_suffix: reuse the keys/values after the block too (``dual``) instead of recomputing them
+    :param reuse_suffix: reuse the keys/values after the window's block too (``dual``) instead of recomputing them
         (``prefix``).
     """
 
@@ -74,30 +77,42 @@ class BlockCache:
     def dlm_cache(self, state: DecodeState, window: Window) -> ForwardPlan:
         length = window.input_end
         memory = state.memory(self, lambda state: BlockCacheMemory())
-        if memory.store is None or memory.store.length != length:
-            memory.store, memory.block_start = PositionalKVCache(length), window.block_start
-            memory.store.set_queries(0)
+        block_causal = state.attention.block_causal
+        settled = state.model_block()[0] if block_causal else torch.zeros_like(window.block_start)
+        if memory.store is None or (not block_causal and memory.length != length):
+            memory.store = PositionalKVCache(state.width if block_causal else length)
+            memory.store.set_queries(0, key_end=length)
+            memory.block_start, memory.exact_end, memory.length = window.block_start, settled, length
             return ForwardPlan(start=0, end=length, cache=memory.store, key_end=length)
-        store = memory.store
         columns = state.columns[:length]
-        first = window.block_start
-        last = window.block_end if self.reuse_suffix else torch.full_like(first, length)
-        own = (columns >= first[:, None]) & (columns < last[:, None])  # [B, length] recomputed per row
-        stale = (state.changed[:, :length] & ~own).any(-1)
+        changed = state.changed[:, :length]
+        exact_end = torch.minimum(memory.exact_end, first_true_columns(changed, length))
+        recompute_exact = columns >= exact_end[:, None]  # [B, length]: every column whose keys/values may be stale
         running = ~state.finished
-        refresh = running & ((first != memory.block_start) | stale)
-        memory.block_start = first
-        outside = (window.eligible[:, :length] & ~own).any()
-        bounds = torch.stack([refresh.any().long(), outside.long(), first.masked_fill(~running, length).min(),
-                              last.masked_fill(~running, 0).max()]).tolist()
-        any_refresh, any_outside, span_start, span_end = bounds
+        if block_causal and not self.reuse_suffix:
+            own = recompute_exact  # exact: nothing before a row's current model block changes any more
+        else:
+            first = window.block_start
+            last = window.block_end if self.reuse_suffix else torch.full_like(first, length)
+            own = (columns >= first[:, None]) & (columns < last[:, None])
+            stale = (changed & ~own).any(-1)
+            refresh = running & ((first != memory.block_start) | stale)
+            own = own | (refresh[:, None] & recompute_exact)
+        active = own & running[:, None]
+        spanned = active.any(0)
+        bounds = torch.stack([(window.eligible[:, :length] & ~own).any().long(),
+                              first_true_columns(spanned[None], length)[0],
+                              length - first_true_columns(spanned.flip(0)[None], length)[0]]).tolist()
+        any_outside, start, end = bounds
         if any_outside:
             raise StrategyError("the window made a column eligible outside its row's block [window.block_start, "
                                 "window.block_end); the prefix and dual caches recompute only the block",
                                 "use decoder.window=blocks (or full)")
-        start, end = (0, length) if any_refresh else (span_start, span_end)
-        store.set_queries(start, (own | refresh[:, None])[:, start:end])
-        return ForwardPlan(start=start, end=end, cache=store, key_end=length)
+        memory.block_start, memory.exact_end, memory.length = window.block_start, settled, length
+        start = min(start, length - 1)  # every row finished: a one-column forward the loop ends after
+        end = max(end, start + 1)
+        memory.store.set_queries(start, active[:, start:end], key_end=length)
+        return ForwardPlan(start=start, end=end, cache=memory.store, key_end=length)
 
 
 @hookimpl

@@ -3,9 +3,12 @@
 A step commits a *variable* number of tokens per row, decided by the proposals' confidences (the probability of
 the proposed token under the untempered model distribution) over the row's eligible positions:
 
-* ``threshold(threshold)``: every eligible position whose confidence is at least τ, and always the single most
-  confident one, so each unfinished row progresses (Alg. 1; official ``get_transfer_index``). While confidences
-  stay below 1, τ = 1 commits one token per step, the most confident: LLaDA's low-confidence remasking.
+* ``threshold(threshold, min_tokens)``: every eligible position whose confidence is at least τ, and always the
+  ``min_tokens`` most confident ones (1 by default), so each unfinished row progresses (Alg. 1; official
+  ``get_transfer_index``). While confidences stay below 1, τ = 1 commits one token per step, the most confident:
+  LLaDA's low-confidence remasking. ``min_tokens`` k > 1 is SDAR's dynamic low-confidence remasking (Cheng et al.
+  2025, arXiv 2510.06303; its evaluation decoder): all positions above τ when there are at least k of them, else
+  the k most confident.
 * ``factor(factor)``: sort the eligible confidences of a row in descending order, ``c_(1) >= c_(2) >= ...``, and
   accept the n-th (1-based) while ``c_(n) >= 1 - f / (n + 1)``, stopping at the first failure; the first is
   always accepted (official ``get_transfer_index_dynamic``). With ``f = 1`` this is the condition
@@ -32,10 +35,14 @@ from dlm_decode.api import Decision, Proposal, Window, check_field, hookimpl, se
 class ThresholdConfig:
     threshold: float = 0.9
     """τ: commit every eligible position whose confidence is at least this (and always the most confident)."""
+    min_tokens: int = 1
+    """Commit at least this many of each row's most confident eligible positions (SDAR's per-step quota)."""
 
     def __post_init__(self) -> None:
         check_field(0.0 <= self.threshold <= 1.0, "threshold", f"must be in [0, 1], got {self.threshold}",
                     "confidences are probabilities; 1.0 commits one token per step, 0.9 is the paper's default")
+        check_field(self.min_tokens >= 1, "min_tokens", f"must be at least 1, got {self.min_tokens}",
+                    "every unfinished row commits at least one token per step")
 
 
 @dataclass
@@ -48,14 +55,17 @@ class FactorConfig:
                     "1.0 is Theorem 1's bound; larger values accept more tokens per step")
 
 
-def threshold_commit(confidence: torch.Tensor, eligible: torch.Tensor, threshold: float) -> torch.Tensor:
-    """The eligible positions with ``confidence >= threshold``, plus each row's most confident eligible one.
+def threshold_commit(confidence: torch.Tensor, eligible: torch.Tensor, threshold: float,
+                     min_tokens: int = 1) -> torch.Tensor:
+    """The eligible positions with ``confidence >= threshold``, plus each row's ``min_tokens`` most confident
+    eligible ones.
 
     :param confidence: ``[B, N]`` float.
     :param eligible: ``[B, N]`` bool.
     :return: ``[B, N]`` bool, empty only for rows without an eligible position.
     """
-    return ((confidence >= threshold) & eligible) | select_top(confidence, eligible, None)
+    quota = None if min_tokens == 1 else torch.full_like(confidence[:, 0], min_tokens, dtype=torch.long)
+    return ((confidence >= threshold) & eligible) | select_top(confidence, eligible, quota)
 
 
 def factor_counts(confidence: torch.Tensor, eligible: torch.Tensor, factor: float) -> torch.Tensor:
@@ -75,14 +85,14 @@ def factor_counts(confidence: torch.Tensor, eligible: torch.Tensor, factor: floa
 
 
 class Threshold:
-    """Commit every eligible proposal with confidence at least τ, at least one per row."""
+    """Commit every eligible proposal with confidence at least τ, at least ``min_tokens`` per row."""
 
     def __init__(self, config: ThresholdConfig):
-        self.threshold = config.threshold
+        self.threshold, self.min_tokens = config.threshold, config.min_tokens
 
     @hookimpl
     def dlm_verify(self, proposal: Proposal, window: Window) -> Decision:
-        commit = threshold_commit(proposal.confidence, window.eligible, self.threshold)
+        commit = threshold_commit(proposal.confidence, window.eligible, self.threshold, self.min_tokens)
         return Decision(commit=commit, tokens=proposal.tokens)
 
 

@@ -2,7 +2,10 @@
 
 * ``full``: every masked generated position (LLaDA with one block).
 * ``blocks(size)``: semi-autoregressive blocks of ``size`` columns; a row moves to its next block once the
-  current one has no mask left (LLaDA, Fast-dLLM, WINO).
+  current one has no mask left (LLaDA, Fast-dLLM, WINO). Blocks are counted in ``state.block_coordinates``, so
+  on a block-causal model they align with the model's blocks; there ``size`` must divide the model's block size
+  (sub-blocks, as Fast-dLLM v2 decodes) or be a multiple of it (the core then keeps each step inside the model's
+  current block), and any other size is refused.
 * ``lookahead(max_lookahead)``: the first M masked columns from each row's frontier (its first mask), and the
   model input stops there (APD's maximum masked lookahead M, Israel et al. 2025). Rows see only their own
   lookahead, so a batch decodes each row as it would alone.
@@ -15,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from dlm_decode.api import DecodeState, Window, check_field, first_true_columns, hookimpl
+from dlm_decode.api import ConfigError, DecodeState, Window, check_field, first_true_columns, hookimpl
 
 
 @dataclass
@@ -43,19 +46,22 @@ class BlockWindow:
         self._tables: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None  # (layout, tables)
 
     def blocks(self, state: DecodeState) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per column ``[N]`` long: the start and end columns of the block holding it. Prompt columns get a block
-        just before the first one; only finished rows (frontier at column 0) read it, and their window is empty.
+        """The start and end columns of the block holding each column: ``[N]`` long, or ``[B, N]`` when the rows'
+        blocks lie at different columns (``state.block_coordinates`` per row). Only finished rows (frontier at
+        column 0) read the prompt columns' entries, and their window is empty.
 
-        The tables depend only on the canvas layout, so the last ones are kept for the next batch of that layout
-        (read-only: consecutive batches of similar prompts skip eight small operations)."""
+        ``[N]`` tables depend only on the canvas layout, so the last ones are kept for the next batch of that layout
+        (read-only: consecutive batches of similar prompts skip a few small operations)."""
+        coordinates = state.block_coordinates
         layout = (state.gen_start, state.width, state.canvas.device)
         kept = self._tables  # one read: another thread decoding with this plugin may replace it meanwhile
-        if kept is None or kept[0] != layout:
-            size = self.size or state.width
-            index = (state.columns - state.gen_start).clamp(min=-1).div(size, rounding_mode="floor")
-            start = (state.gen_start + index * size).clamp(min=0)
-            kept = self._tables = (layout, (start, (start + size).clamp(max=state.width)))
-        return kept[1]
+        if coordinates.dim() == 1 and kept is not None and kept[0] == layout:
+            return kept[1]
+        start = (state.columns - coordinates.remainder(self.size or state.width)).clamp(min=0)
+        tables = (start, (start + (self.size or state.width)).clamp(max=state.width))
+        if coordinates.dim() == 1:
+            self._tables = (layout, tables)
+        return tables
 
     @hookimpl
     def dlm_window(self, state: DecodeState) -> Window:
@@ -63,10 +69,25 @@ class BlockWindow:
         starts, ends = self.blocks(state)
         # [B] first mask; a finished row has no mask left, so its frontier is column 0 and its window is empty
         frontier = first_true_columns(masked)
-        block_end = ends.index_select(0, frontier)
+        if starts.dim() == 1:
+            block_start, block_end = starts.index_select(0, frontier), ends.index_select(0, frontier)
+        else:
+            block_start, block_end = (table.gather(1, frontier[:, None]).squeeze(1) for table in (starts, ends))
         # every mask of a row lies at or after its frontier, so at or after its block's start
         return Window(eligible=masked & (state.columns < block_end.unsqueeze(1)), input_end=state.width,
-                      block_start=starts.index_select(0, frontier), block_end=block_end)
+                      block_start=block_start, block_end=block_end)
+
+
+def block_window(config: BlocksConfig, context) -> BlockWindow:
+    """``blocks(size)``, refused when its blocks cannot nest with a block-causal model's blocks."""
+    pattern = context.dllm.attention
+    if pattern.block_causal and config.size % pattern.block_size and pattern.block_size % config.size:
+        raise ConfigError("decoder.window.size", f"{config.size} neither divides nor is a multiple of the dLLM's "
+                          f"block size {pattern.block_size} ({pattern}): a window block would straddle the "
+                          "model's blocks, so part of it would be decided while the model cannot yet see it as "
+                          "the current block",
+                          f"set decoder.window.size to a divisor or a multiple of {pattern.block_size}")
+    return BlockWindow(config.size)
 
 
 @dataclass
@@ -100,6 +121,6 @@ class LookaheadWindow:
 @hookimpl
 def dlm_register(registry) -> None:
     registry.add("window", "full", FullWindowConfig, lambda config, context: BlockWindow(None))
-    registry.add("window", "blocks", BlocksConfig, lambda config, context: BlockWindow(config.size))
+    registry.add("window", "blocks", BlocksConfig, block_window)
     registry.add("window", "lookahead", LookaheadConfig,
                  lambda config, context: LookaheadWindow(config.max_lookahead))

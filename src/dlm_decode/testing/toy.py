@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from dlm_decode.masks import BIDIRECTIONAL, AttentionPattern
 from dlm_decode.state import ModelInputs
 
 
@@ -21,6 +22,7 @@ class ToyDiffusionLM:
     :param seed: seeds the fixed random weights.
     :param context: let the logits depend on the visible tokens (False: logits are a fixed table per position,
         ``positional[position]``, which gives a dLLM with known per-position distributions).
+    :param attention: its attention pattern (the masks the core builds honour it).
     """
 
     pad_token_id, bos_token_id, fill_token_id, mask_token_id = 0, 1, 2, 3
@@ -29,7 +31,9 @@ class ToyDiffusionLM:
     chat_template = False
 
     def __init__(self, vocab_size: int = 12, *, eos_bias: float = 0.0, sharpness: float = 3.0, seed: int = 0,
-                 max_context: int = 512, dim: int = 8, context: bool = True):
+                 max_context: int = 512, dim: int = 8, context: bool = True,
+                 attention: AttentionPattern = BIDIRECTIONAL):
+        self.attention = attention
         generator = torch.Generator().manual_seed(seed)
         self.vocab_size = vocab_size
         self.max_context = max_context
