@@ -228,8 +228,8 @@ def test_quick_eval_scores_with_the_checkers():
 
 
 def test_embedded_models_are_listed_and_unknown_names_fail():
-    assert set(EMBEDDED_MODELS) == {"dllm", "ar"}
-    with pytest.raises(ModelError, match="embedded:dllm, embedded:ar"):
+    assert set(EMBEDDED_MODELS) == {"dllm", "ar", "block"}
+    with pytest.raises(ModelError, match="embedded:dllm, embedded:ar, embedded:block"):
         embedded_model_dir("gpt5")
 
 
@@ -250,3 +250,62 @@ def test_shipped_pair_loads_with_plain_transformers_and_is_trained(tokenizer):
     outputs = train.dllm_generate_greedy(dllm, loaded, prompts, train.EVAL_MAX_NEW_TOKENS, 1)
     assert sum(bool(o.strip()) and set(o) <= set("0123456789 ") for o in outputs) >= 8, outputs
     assert (embedded_model_dir("dllm").parent / "MODEL_CARD.md").is_file()
+
+
+# --- the block-diffusion recipe ---------------------------------------------------------------------------------
+
+
+def test_two_stream_training_shows_each_block_what_the_decoder_shows_it(tokenizer):
+    """The noisy copy's logits of block b equal those of one decoding forward over [prompt, clean blocks < b, the
+    noisy block b, masks after it] with the block-causal mask: training and decoding see the same context."""
+    from dlm_decode.masks import block_mask, position_ids_from_mask
+    from dlm_decode.recipes import train_block
+
+    model = AutoModelForCausalLM.from_pretrained(embedded_model_dir("dllm")).eval()
+    rng = random.Random(0)
+    rows = train.dllm_rows(train.draw_examples(rng, 6, train.TASK_WEIGHTS), tokenizer, rng)
+    batch = train.make_batches(rows, tokenizer.pad_token_id, 16)[0]
+    size = 8
+    blocks = train_block.region_blocks(batch.targets, size)
+    masked = batch.targets & (torch.rand(batch.input_ids.shape, generator=torch.Generator().manual_seed(1)) < 0.5)
+    noisy = batch.input_ids.masked_fill(masked, tokenizer.mask_token_id)
+    positions = position_ids_from_mask(batch.attention_mask)
+    with torch.no_grad():
+        both = model(input_ids=torch.cat([noisy, batch.input_ids], -1), position_ids=torch.cat([positions] * 2, -1),
+                     attention_mask=train_block.two_stream_mask(batch.attention_mask, batch.targets, blocks)).logits
+        compared = 0
+        for row in range(noisy.shape[0]):
+            for block in range(int(blocks[row].max()) + 1):
+                canvas = torch.where(blocks[row] < block, batch.input_ids[row], noisy[row])
+                canvas = torch.where(blocks[row] > block, tokenizer.mask_token_id, canvas)
+                alone = model(input_ids=canvas[None], position_ids=positions[row : row + 1],
+                              attention_mask=block_mask(batch.attention_mask[row : row + 1], blocks[row])).logits[0]
+                columns = blocks[row] == block
+                assert_logits_close(both[row, : noisy.shape[1]][columns], alone[columns])
+                compared += 1
+    assert compared > 10
+
+
+def test_block_recipe_smoke_run_writes_a_block_causal_checkpoint(tmp_path):
+    from dlm_decode.masks import AttentionPattern
+    from dlm_decode.models.hf import DiffusionLM
+    from dlm_decode.config.schema import ModelSpec
+    from dlm_decode.recipes import train_block
+
+    table = train_block.main(["--out", str(tmp_path), "--smoke", "--threads", "1"])
+    assert set(table) == {"block k=1", "block k=2", "block k=4", "block k=block"}
+    card = (tmp_path / "block" / "MODEL_CARD.md").read_text()
+    assert "python -m dlm_decode.recipes.train_block --out" in card and "--init embedded:dllm" in card
+    dllm = DiffusionLM.from_spec(ModelSpec(path=str(tmp_path / "block")))
+    assert dllm.attention == AttentionPattern(block_size=8)
+
+
+def test_shipped_block_model_decodes_block_by_block(tokenizer):
+    """The quality its model card reports, on a few sort and reverse problems (one token per step)."""
+    from dlm_decode.recipes import train_block
+
+    model = AutoModelForCausalLM.from_pretrained(embedded_model_dir("block")).eval()
+    table = train.quick_eval(lambda ps: train_block.block_generate_greedy(model, tokenizer, ps,
+                                                                          train.EVAL_MAX_NEW_TOKENS, 1),
+                             n_per_task=10, tasks=("sort", "reverse"))
+    assert table["mean"] >= 0.8, table

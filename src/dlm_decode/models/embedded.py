@@ -12,11 +12,12 @@ EMBEDDED_ROOT = Path(__file__).parent / "embedded"
 EMBEDDED_MODELS: dict[str, str] = {
     "dllm": "tiny bidirectional Llama (0.87M parameters) trained with the LLaDA masked-diffusion objective",
     "ar": "smaller causal Llama (0.44M parameters), next-token trained on the same tasks and tokenizer",
+    "block": "the dllm adapted to block diffusion (block-causal attention, blocks of 8), same tasks and tokenizer",
 }
 
 
 def embedded_model_dir(name: str) -> Path:
-    """The ``save_pretrained`` directory of the embedded model ``name`` (``"dllm"`` or ``"ar"``).
+    """The ``save_pretrained`` directory of the embedded model ``name`` (a key of :data:`EMBEDDED_MODELS`).
 
     Loadable with plain ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained``.
     """
