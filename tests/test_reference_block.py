@@ -1,6 +1,6 @@
-"""The native SDAR family (Qwen3 with the block-causal pattern) against the official SDAR code, through the fixtures
-of ``tests/reference`` written by ``tests/reference/record_block.py`` (the official modeling file and decoders,
-transformers 4.53, in an environment of their own).
+"""The native SDAR and Fast-dLLM v2 families (Qwen3 / Qwen2 with the block-causal pattern) against their official
+code, through the fixtures of ``tests/reference`` written by ``tests/reference/record_block.py`` (the official
+modeling files and decoders, transformers 4.53, in an environment of their own).
 
 The project loads ``sdar-tiny`` on transformers' own ``Qwen3ForCausalLM`` (none of the checkpoint's code) and
 builds its masks from the pattern the config declares (blocks of ``block_size`` from position 0); it must give:
@@ -13,8 +13,10 @@ builds its masks from the pattern the config declares (blocks of ``block_size`` 
   are taken after top-k filtering, so at ``top_k=1`` they all equal 1.0 and the order of commits is
   ``torch.topk``'s order among ties, which nothing specifies.
 
-Fast-dLLM v2's fixtures (``fastdllm-v2-tiny``) are recorded too; its shifted logits under block-causal attention
-are not supported natively yet, which a test here checks is refused with the reason.
+``fastdllm-v2-tiny`` loads on ``Qwen2ForCausalLM``, its shifted logits realigned under the block-causal pattern;
+it must give the official raw logits under the pattern's mask, the prompt ids of its chat template, and the tokens
+of the checkpoint's ``generate`` (3 configurations x 5 prompts, sub-blocks and thresholds), again with no cache and
+with the exact prefix cache.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from safetensors.torch import load_file
 
 from dlm_decode.config.schema import ModelSpec
 from dlm_decode.decoder import Decoder
-from dlm_decode.errors import ModelError
 from dlm_decode.masks import AttentionPattern
 from dlm_decode.models.hf import DiffusionLM
 from helpers import REFERENCE, assert_logits_close
@@ -126,7 +127,65 @@ def test_the_official_evaluation_decoder_is_matched_token_for_token(sdar, key, c
         assert ids[: len(official)] == official, f"prompt {case['prompt']}"
 
 
-def test_fast_dllm_v2_is_refused_with_the_reason():
-    with pytest.raises(ModelError, match="(?s)block-causal.*shifted"):
-        DiffusionLM.from_spec(ModelSpec(path=str(REFERENCE / "fastdllm-v2-tiny"), attention="block_causal",
-                                        block_size=8, family="dream", mask_token_id=294))
+# --- Fast-dLLM v2 ----------------------------------------------------------------------------------------------
+
+V2_DECODER = "fastdllm_v2.generate"
+
+
+@pytest.fixture(scope="module")
+def fast_v2():
+    return DiffusionLM.from_spec(ModelSpec(path=str(REFERENCE / "fastdllm-v2-tiny")))
+
+
+def test_fast_dllm_v2_loads_natively_with_shifted_logits_and_autoregressive_block_heads(fast_v2):
+    assert type(fast_v2.model).__name__ == "Qwen2ForCausalLM" and not fast_v2.remote
+    assert fast_v2.family.shifted_logits
+    assert fast_v2.attention == AttentionPattern(block_size=8, anchor="position", head_first=True)
+    assert fast_v2.mask_token_id == OFFICIAL["special_ids"]["fastdllm_v2"]["|<MASK>|"]
+    assert fast_v2.encode(OFFICIAL["prompts"]) == OFFICIAL["prompt_ids"]["fastdllm_v2"]
+
+
+@pytest.mark.parametrize("name, block", [("fastdllm_v2.full.b8", 8), ("fastdllm_v2.full.b32", 32)])
+def test_fast_dllm_v2_raw_logits_equal_the_official_ones_under_the_patterns_mask(fast_v2, recorded, name, block):
+    """The official forward ignores the attention mask it is given and builds a block-causal one from its
+    ``block_size`` argument; the pattern's mask for that block size gives the same logits."""
+    ids = recorded[f"{name}.input_ids"]
+    real = torch.ones_like(ids, dtype=torch.bool)
+    mask = AttentionPattern(block_size=block, anchor="position").mask(real, ids.shape[1] - OFFICIAL["gen_length"])
+    positions = torch.arange(ids.shape[1])[None]
+    logits = fast_v2.model(input_ids=ids, position_ids=positions, attention_mask=mask).logits
+    assert_logits_close(logits[0], recorded[f"{name}.logits"][0])
+
+
+def v2_equivalent(arguments: dict) -> list[str]:
+    """Fast-dLLM v2's ``generate``: blocks of ``block_size`` (the attention's and the window's unit) decoded in
+    sub-blocks of ``small_block_size``, each step committing every masked position above ``threshold`` and always
+    the most confident one; the block's first column first and alone (:attr:`AttentionPattern.head_first`)."""
+    return [f"model.dllm.block_size={arguments['block_size']}", "decoder.window=blocks",
+            f"decoder.window.size={arguments['small_block_size']}", "decoder.verification=threshold",
+            f"decoder.verification.threshold={arguments['threshold']}", "decoder.proposal=greedy",
+            "generation.stop_at_eos=false"]
+
+
+V2_GROUPS = defaultdict(list)
+for _case in OFFICIAL["cases"]:
+    if _case["decoder"] == V2_DECODER and not _case["arguments"]["use_block_cache"]:
+        V2_GROUPS[json.dumps(_case["arguments"], sort_keys=True)].append(_case)
+
+
+@pytest.mark.parametrize("cache", ["none", "prefix"])
+@pytest.mark.parametrize("key", list(V2_GROUPS))
+def test_fast_dllm_v2_generate_is_matched_token_for_token(fast_v2, key, cache):
+    """The three recorded configurations without the official block cache (whose stale in-block keys/values are
+    another approximation than ``dual``'s), 5 prompts each, in one batch of mixed prompt lengths."""
+    cases = V2_GROUPS[key]
+    arguments = cases[0]["arguments"]
+    width = max(len(case["generated"]) for case in cases)
+    decoder = Decoder.from_config([], [f"model.dllm.path={REFERENCE / 'fastdllm-v2-tiny'}",
+                                       *v2_equivalent(arguments), f"decoder.cache={cache}",
+                                       f"generation.max_new_tokens={width}", "generation.batch_size=5"])
+    out = decoder.generate([OFFICIAL["prompts"][case["prompt"]] for case in cases])
+    stops = [arguments["stop_token"]]
+    for case, ids in zip(cases, out.token_ids, strict=True):
+        official = until_stop(case["generated"], stops)
+        assert ids[: len(official)] == official, f"prompt {case['prompt']}"

@@ -72,9 +72,14 @@ def within_model_block(state: DecodeState, window: Window) -> Window:
     """A block-causal model's limit on any window: only the row's current model block may be decided (its later
     blocks would be decided with masks in their context, which block diffusion never sees), and no forward covers
     columns past the last current block of the batch (:attr:`DecodeState.input_limit`), since no query before them
-    may attend to them."""
+    may attend to them. A pattern with ``head_first`` makes a block's first column, while masked, the only eligible
+    one."""
     start, end = state.model_block()
-    return Window(eligible=window.eligible & (state.columns < end[:, None]),
+    eligible = window.eligible & (state.columns < end[:, None])
+    if state.attention.head_first:
+        head = state.columns == start[:, None]
+        eligible = torch.where((head & state.masked).any(-1, keepdim=True), head & eligible, eligible)
+    return Window(eligible=eligible,
                   input_end=min(window.input_end, state.input_limit),
                   block_start=torch.maximum(window.block_start, start),
                   block_end=torch.minimum(window.block_end, end), visible=window.visible)

@@ -86,10 +86,15 @@ class AttentionPattern:
 
     :ivar block_size: B, or None for bidirectional.
     :ivar anchor: one of :data:`ANCHORS`.
+    :ivar head_first: a block's first column is decided alone, before the rest of its block. A block-causal model
+        with shifted logits (Fast-dLLM v2) predicts that column from the column before it, in the previous block,
+        so its prediction never depends on its own block: it is an autoregressive token, and the official decoder
+        commits it as soon as the previous block is done.
     """
 
     block_size: int | None = None
     anchor: str = "generation"
+    head_first: bool = False
 
     def __post_init__(self) -> None:
         if self.block_size is not None and self.block_size < 1:
@@ -104,7 +109,8 @@ class AttentionPattern:
     def __str__(self) -> str:
         if not self.block_causal:
             return "bidirectional"
-        return f"block_causal(block_size={self.block_size}, anchor={self.anchor})"
+        head = ", head_first" if self.head_first else ""
+        return f"block_causal(block_size={self.block_size}, anchor={self.anchor}{head})"
 
     def coordinates(self, attention_mask: torch.Tensor, gen_start: int) -> torch.Tensor:
         """The coordinate blocks are counted in: ``column - gen_start`` (``[N]``, anchor ``generation``, and for

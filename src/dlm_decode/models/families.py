@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from dlm_decode.errors import ModelError
-from dlm_decode.masks import BIDIRECTIONAL, AttentionPattern
+from dlm_decode.masks import ANCHORS, BIDIRECTIONAL, AttentionPattern
 
 
 @dataclass(frozen=True)
@@ -231,4 +231,6 @@ def attention_pattern(family: Family, config: Mapping[str, Any] | Any, attention
         raise ModelError(f"{key} is block-causal but its block size is unknown (config.json gives "
                          f"{family.block_size_key or BLOCK_SIZE_KEY}: {size!r}); fix: set {key}.block_size")
     anchor = config_value(config, ANCHOR_KEY) or family.block_anchor
-    return AttentionPattern(block_size=size, anchor=anchor)
+    if anchor not in ANCHORS:
+        raise ModelError(f"config.json declares {ANCHOR_KEY}: {anchor!r}; fix: use one of {', '.join(ANCHORS)}")
+    return AttentionPattern(block_size=size, anchor=anchor, head_first=family.shifted_logits)

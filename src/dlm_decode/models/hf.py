@@ -359,10 +359,10 @@ class DiffusionLM:
                              f"of the tokenizer (its EOS is {tokenizer.eos_token_id})")
         self.max_context = model_context(self.family, model.config)
         self.attention = attention_pattern(self.family, model.config, attention, block_size)
-        if self.attention.block_causal and self.family.shifted_logits:
+        if self.attention.block_causal and self.family.shifted_logits and self.attention.anchor != "position":
             raise ModelError(f"the dLLM is block-causal ({self.attention}) and its logits are shifted "
-                             f"({self.family.name}); this version realigns shifted logits for bidirectional models "
-                             "only. fix: set model.dllm.attention=bidirectional if the model is one")
+                             f"({self.family.name}); shifted logits are realigned for blocks anchored at position 0 "
+                             "only (Fast-dLLM v2). fix: set model.dllm.attention=bidirectional if the model is one")
         self.chat_template = chat_template and getattr(tokenizer, "chat_template", None) is not None
         self._affixes: tuple[Any, tuple[str, str] | None] = (None, None)  # (template they were read from, affixes)
 
@@ -485,6 +485,10 @@ class DiffusionLM:
         alone = torch.zeros_like(mask[:, :, :1, :])
         alone[..., previous] = True
         prev_row = torch.where(real, mask[:, :, :1, :], alone)  # [B, 1, 1, K]
+        if self.attention.block_causal:  # a span starting a block: the column before it sees only earlier columns
+            starts_block = (positions[:, :1] % self.attention.block_size == 0)[:, None, :, None]  # [B, 1, 1, 1]
+            earlier = torch.arange(mask.shape[-1], device=mask.device) < start
+            prev_row = prev_row & (earlier | ~starts_block)
         all_ids = torch.cat([prev_ids, ids], dim=1)
         all_positions = torch.cat([prev_positions, positions], dim=1)
         all_mask = torch.cat([prev_row, mask], dim=2)  # [B, 1, S + 1, K]
