@@ -4,7 +4,8 @@ For each canvas length (``generation.max_new_tokens``) and each cache, decodes t
 config (``-c``, default ``configs/decoders/apd.yaml``) and prints wall time, tokens/s, the speedup over
 ``cache: none``, the share of outputs identical to ``cache: none`` and the task accuracy. A cache is a name
 (``prefix``, ``dual``) or ``kv_window:W``. The caches of one length run in turn, ``--repeats`` rounds, and each
-prints its median wall time.
+prints its median wall time. Prompts whose canvas would exceed the model's context at the longest length are
+left out of every length (the embedded models have 128 positions), and the count is printed.
 
     python benchmarks/caches.py [-c CFG] [key=value ...] [--caches kv_window:1000,kv_window:16] [--lengths 32,64]
     python benchmarks/caches.py -c configs/decoders/fast-dllm.yaml --caches prefix,dual --lengths 32,64,128
@@ -65,12 +66,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="rounds (an odd number)")
     args = parser.parse_args()
     sources = args.config or ["configs/decoders/apd.yaml"]
-    examples = load_examples(None, "test", args.per_task)
+    lengths = [int(v) for v in args.lengths.split(",")]
     dllm = DiffusionLM.from_spec(load_config(sources, args.overrides).config.model.dllm)
+    examples = load_examples(None, "test", args.per_task)
+    fits = [len(ids) + max(lengths) <= dllm.max_context for ids in dllm.encode([ex.prompt for ex in examples])]
+    if not all(fits):
+        dropped = sorted({ex.task for ex, fit in zip(examples, fits) if not fit})
+        print(f"{fits.count(False)} of {len(examples)} prompts left out (tasks {', '.join(dropped)}): with "
+              f"{max(lengths)} new tokens their canvas exceeds the model's context of {dllm.max_context}")
+        examples = [ex for ex, fit in zip(examples, fits) if fit]
     print(f"{len(examples)} prompts, config {sources}, overrides {args.overrides}")
     print(f"{'max_new':>7} {'cache':>14} {'wall s':>8} {'tokens/s':>9} {'speedup':>8} {'same as none':>12} "
           f"{'accuracy':>9}")
-    for length in [int(v) for v in args.lengths.split(",")]:
+    for length in lengths:
         configs = {}
         for cache in ["none", *args.caches.split(",")]:
             name, _, window = cache.partition(":")

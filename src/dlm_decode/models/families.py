@@ -2,7 +2,7 @@
 
 A family fixes how the adapter reads the model's logits and special ids; how the model is *built* is
 ``model.<role>.implementation`` (:mod:`dlm_decode.models.native`: LLaDA and Dream on transformers' own classes by
-default, or the checkpoint's own code). Everything else is shared.
+default, SDAR and Fast-dLLM v2 too, or the checkpoint's own code). Everything else is shared.
 
 =============  =================================  =============================================================
 family         detected from ``config.json``      differences
@@ -16,7 +16,16 @@ dream          ``model_type: Dream``              logits shifted by one (raw log
                                                   the adapter re-aligns them); mask ``<|mask|>`` (151666), pad/EOS
                                                   ``<|endoftext|>`` (151643), end of turn ``<|im_end|>`` (151645);
                                                   context 2048
+sdar           ``model_type: sdar``               block-causal (``block_size``, blocks from position 0); mask
+                                                  ``<|MASK|>`` (151669), EOS ``<|endoftext|>`` (151643) and
+                                                  ``<|im_end|>`` (151645)
+fast_dllm_v2   ``model_type: Fast_dLLM_Qwen``     block-causal (``bd_size``, from position 0) with shifted logits,
+                                                  block heads first; mask ``|<MASK>|`` (151665), EOS
+                                                  ``<|im_end|>`` (151645) and ``<|endoftext|>`` (151643)
 =============  =================================  =============================================================
+
+The attention pattern (:func:`attention_pattern`) is read from the family's block-size key, or from the generic
+``attention_pattern: block_causal`` / ``diffusion_block_size`` keys any checkpoint may declare.
 
 Special ids are resolved by token *string* first (so scaled-down stand-ins with the same special tokens at other
 ids work), then the documented id, as long as it lies inside the model's head. An explicit

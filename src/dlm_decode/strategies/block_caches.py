@@ -16,7 +16,16 @@ first step, when the block was all masks, and keep that view of the block (the a
 refresh more often and approximate less). A row also refreshes when a column it reuses changed in the last step, which
 happens when an EOS fills the rest of the row (the core writes ``fill_token_id`` after the first EOS) or when a
 verifier revokes a token before the block. With a one-layer model the reused keys/values are then exact (a
-layer-0 key depends only on its own token and position) and both caches decode exactly like ``none``.
+layer-0 key depends only on its own token and position) and both caches decode exactly like ``none``; with a
+bidirectional model of two layers or more they are an approximation.
+
+**Block-causal models** (:class:`~dlm_decode.masks.AttentionPattern`): the keys/values of a finished model block
+depend only on it and the blocks before it, so once computed with its final tokens they are exact. The memory keeps,
+per row, the column before which the stored keys/values are exact (the start of the row's current model block at
+the last forward; moved back if a column before it changed). ``prefix`` then recomputes each row from that column to
+the input end and never refreshes: it is exact, and gives the tokens of ``none``. ``dual`` recomputes the window's
+(sub-)block only and refreshes from that column, not from 0; the columns of the current model block outside the
+window's block are unfinished, so its reuse stays an approximation (none with a window as large as the model block).
 
 **Batches.** Rows may be in different blocks and refresh at different steps, but a step has one forward. Its
 query span is the one covering every unfinished row's recomputed columns: ``[min block_start, max block_end)``
