@@ -194,3 +194,21 @@ def test_dual_with_sub_blocks_is_an_approximation_that_says_so(block_model):
                            dllm=block_model).generate(prompts) for cache in ("none", "dual")}
     agree = sum(a == b for a, b in zip(outs["none"].token_ids, outs["dual"].token_ids))
     assert agree >= len(prompts) // 2
+
+
+# --- the dry run reads the pattern --------------------------------------------------------------------------
+
+
+def test_the_dry_run_reports_the_pattern_and_refuses_a_straddling_window():
+    from dlm_decode.models.dry_run import dry_run
+    from helpers import REFERENCE
+
+    sdar = [f"model.dllm.path={REFERENCE / 'sdar-tiny'}", "decoder.window=blocks"]
+    report = dry_run({}, [*sdar, "decoder.window.size=2"])
+    assert report.ok and report.facts["attention"] == "block_causal(block_size=4, anchor=position)"
+    report = dry_run({}, [*sdar, "decoder.window.size=6"])
+    assert report.checks() == {"window"}
+    assert "decoder.window.size" in report.format() and "block size 4" in report.format()
+    report = dry_run({}, ["model.dllm.attention=block_causal"], prompt_budget=16)
+    assert report.checks() == {"attention"}
+    assert "model.dllm.block_size" in report.format()

@@ -22,6 +22,10 @@ check              error when
 ``pair_tokenizer`` an AR token has another id in the dLLM's tokenizer (APD compares ids, adds logits per id)
 ``pair_vocab``     the AR head is wider than the dLLM head
 ``context``        a model's context is shorter than the prompt budget + ``generation.max_new_tokens``
+``attention``      the dLLM's attention pattern cannot be read (block-causal without a block size, a declared
+                   pattern this version does not know)
+``window``         a ``blocks`` window whose size neither divides nor is a multiple of a block-causal dLLM's
+                   block size (the decoder would refuse it)
 =================  ======================================================================================
 
 Warnings (``family`` when an explicit ``model.dllm.family`` disagrees with ``config.json``; ``mask`` when the
@@ -38,8 +42,9 @@ from typing import Any, Optional
 from dlm_decode.config.compose import ResolvedConfig, Source, load_config
 from dlm_decode.config.schema import ModelSpec
 from dlm_decode.errors import ModelError
-from dlm_decode.models.families import (CAUSAL_FIX, FAMILIES, causal_problem, detect_family, model_context,
-                                        resolve_special_ids)
+from dlm_decode.masks import AttentionPattern
+from dlm_decode.models.families import (CAUSAL_FIX, FAMILIES, attention_pattern, causal_problem, detect_family,
+                                        model_context, resolve_special_ids)
 from dlm_decode.models.hf import check_implementation, load_tokenizer, read_config_json, tokenizer_mismatches
 from dlm_decode.models.prompts import encode_prompts
 
@@ -166,7 +171,14 @@ def dry_run(source: Source | Sequence[Source] | ResolvedConfig = (), overrides: 
     report.facts["config_hash"] = config.hash
     dllm = _inspect(dllm_spec, "model.dllm", report, dllm=True)
     if dllm is not None:
-        _check_dllm(dllm_spec, dllm, report)
+        pattern = _check_dllm(dllm_spec, dllm, report)
+        window, window_config = config.strategies["window"]
+        if pattern is not None and pattern.block_causal and window == "blocks":
+            size = window_config.size
+            if size % pattern.block_size and pattern.block_size % size:
+                report.add("error", "window", "decoder.window.size", f"{size} neither divides nor is a multiple of "
+                           f"the dLLM's block size {pattern.block_size} ({pattern})",
+                           f"set decoder.window.size to a divisor or a multiple of {pattern.block_size}")
     verification = config.strategies["verification"][0]
     ar = None
     if ar_spec is None:
@@ -198,7 +210,8 @@ def dry_run(source: Source | Sequence[Source] | ResolvedConfig = (), overrides: 
     return report
 
 
-def _check_dllm(spec: ModelSpec, side: _Side, report: DryRunReport) -> None:
+def _check_dllm(spec: ModelSpec, side: _Side, report: DryRunReport) -> Optional[AttentionPattern]:
+    """The dLLM's checks; returns its attention pattern (None when it cannot be read)."""
     detected = detect_family(side.config)
     family = detected if spec.family == "auto" else FAMILIES[spec.family]
     report.facts["dllm"] = (f"family {family.name} ({'detected' if spec.family == 'auto' else 'set'}; config.json "
@@ -235,6 +248,14 @@ def _check_dllm(spec: ModelSpec, side: _Side, report: DryRunReport) -> None:
     elif any(not 0 <= i < side.head for i in ids.eos):
         report.add("error", "eos", "model.dllm.eos_token_ids", f"EOS ids {list(ids.eos)} include ids outside the "
                    f"dLLM's {side.head} logits", "check model.dllm.eos_token_ids")
+    try:
+        pattern = attention_pattern(family, side.config, spec.attention, spec.block_size)
+    except ModelError as exc:
+        message, _, fix = str(exc).partition("; fix: ")
+        report.add("error", "attention", "model.dllm.attention", message, fix or None)
+        return None
+    report.facts["attention"] = str(pattern)
+    return pattern
 
 
 def _check_pair(dllm: _Side, ar: _Side, report: DryRunReport) -> None:
