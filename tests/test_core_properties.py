@@ -197,3 +197,43 @@ def test_one_decoder_decodes_batches_of_different_layouts_like_fresh_decoders():
         again = reused.generate(prompts)
         assert again.token_ids == fresh.token_ids
         assert [s.commits_per_step for s in again.stats] == [s.commits_per_step for s in fresh.stats]
+
+
+@given(prompts=prompts_st, window=windows_st, verification=verifications_st, block=st.integers(1, 6),
+       anchor=st.sampled_from(["generation", "position"]), head_first=st.booleans(), max_new=st.integers(1, 14),
+       batch=st.integers(1, 4))
+def test_a_block_causal_model_is_decoded_one_model_block_at_a_time(prompts, window, verification, block, anchor,
+                                                                    head_first, max_new, batch):
+    """Whatever the window and verification: a blocks window that would straddle the model's blocks is refused;
+    otherwise every commit lies in its row's current model block (the one holding the row's first mask; block ids
+    recomputed here from positions), a block's first column is committed alone when ``head_first``, and decoding
+    ends with no mask left."""
+    from dlm_decode.errors import ConfigError
+    from dlm_decode.masks import AttentionPattern
+
+    model = ToyDiffusionLM(attention=AttentionPattern(block, anchor, head_first=head_first))
+    size = int(window[1].split("=")[1]) if window[0] == "decoder.window=blocks" else None
+    overrides = [*window, *verification, f"generation.max_new_tokens={max_new}", f"generation.batch_size={batch}"]
+    if size is not None and size % block and block % size:
+        with pytest.raises(ConfigError, match="decoder.window.size"):
+            toy_decoder(*overrides, model=model)
+        return
+    recorder = StepRecorder()
+    toy_decoder(*overrides, model=model, observers=[recorder]).generate(prompts)
+    for run in recorder.runs:
+        real = run.initial != ToyDiffusionLM.pad_token_id
+        columns = torch.arange(run.initial.shape[1])
+        coordinate = (real.long().cumsum(-1) - 1) if anchor == "position" else (columns - run.gen_start).expand_as(real)
+        ids = torch.div(coordinate, block, rounding_mode="floor")
+        masked = run.initial == ToyDiffusionLM.mask_token_id
+        for step in run.steps:
+            for row in (~step.finished_before).nonzero().flatten().tolist():
+                first = int(masked[row].int().argmax())
+                current = ids[row] == ids[row, first]
+                committed = step.commit[row]
+                assert bool((committed <= current).all()), "a commit left the current model block"
+                head = int(current.int().argmax())
+                if head_first and bool(masked[row, head]):
+                    assert committed.nonzero().flatten().tolist() == [head], "the block head was not decided alone"
+            masked = step.masked
+        assert not bool(run.steps[-1].masked.any())
