@@ -67,6 +67,10 @@ def test_the_pattern_is_read_from_config_json_and_can_be_overridden():
         attention_pattern(bidirectional, {}, attention="block_causal")
     with pytest.raises(ModelError, match="attention_pattern: 'sliding'.*fix: set model.dllm.attention"):
         attention_pattern(bidirectional, {"attention_pattern": "sliding"})
+    with pytest.raises(ModelError, match="(?s)block_size is 4, but the model is bidirectional.*fix"):
+        attention_pattern(bidirectional, {}, block_size=4)
+    with pytest.raises(ModelError, match="(?s)shifted.*anchored at position 0 only.*diffusion_block_anchor"):
+        attention_pattern(FAMILIES["dream"], generic)
 
 
 def test_the_embedded_block_model_declares_its_pattern():

@@ -34,3 +34,10 @@ def test_llada_like_mask_id_comes_from_the_family_table(stand_ins):
 def test_special_ids_outside_the_head_are_refused(stand_ins):
     with pytest.raises(ModelError, match="outside the dLLM's 104 logits"):
         load(stand_ins["llada"], mask_token_id=126336)
+
+
+def test_the_config_schema_accepts_exactly_the_known_families():
+    from dlm_decode.config.schema import FAMILY_NAMES
+    from dlm_decode.models.families import FAMILIES
+
+    assert set(FAMILY_NAMES) == {"auto", *FAMILIES}

@@ -7,6 +7,7 @@ from typing import Any
 
 from dlm_decode.config.compose import ResolvedConfig
 from dlm_decode.config.schema import Config, ModelSpec
+from dlm_decode.masks import BIDIRECTIONAL, AttentionPattern
 from dlm_decode.models.hf import CausalLM, DiffusionLM, load_hf
 from dlm_decode.ops import Scorer
 
@@ -16,7 +17,7 @@ class BuildContext:
     """What a strategy factory may use besides its own config (``factory(config, context)``).
 
     :ivar resolved: the whole resolved config (YAML text, hash, strategies).
-    :ivar dllm: the loaded diffusion LM.
+    :ivar dllm: the loaded diffusion LM (its attention pattern: :attr:`attention`).
     :ivar scorer: the scoring backend every plugin must use for vocabulary reductions.
     :ivar loaded: the other models strategies loaded through :meth:`load_model_spec`: their weights count in
         :attr:`~dlm_decode.decoder.Decoder.weights_hash`.
@@ -26,6 +27,11 @@ class BuildContext:
     dllm: DiffusionLM
     scorer: Scorer
     loaded: list[Any] = field(default_factory=list)
+
+    @property
+    def attention(self) -> AttentionPattern:
+        """The dLLM's attention pattern (bidirectional for an adapter that declares none)."""
+        return getattr(self.dllm, "attention", BIDIRECTIONAL)
 
     @property
     def config(self) -> Config:

@@ -16,6 +16,7 @@ from dlm_decode.dispatch import Roles, decoder_manager
 from dlm_decode.errors import InputError
 from dlm_decode.hookspecs import hookimpl
 from dlm_decode.loop import decode, run_steps
+from dlm_decode.masks import BIDIRECTIONAL
 from dlm_decode.models.hf import DiffusionLM, weights_fingerprint
 from dlm_decode.ops import get_scorer
 from dlm_decode.plugins import get_registry, tracing_enabled
@@ -227,7 +228,7 @@ class Decoder:
             pad_token_id=self.dllm.pad_token_id, eos_token_ids=self.dllm.eos_token_ids,
             fill_token_id=self.dllm.fill_token_id, seeds=seeds, device=self.dllm.device, first_index=first_index,
             excluded_token_ids=self.dllm.undecodable_ids, stop_at_eos=self.generation.stop_at_eos,
-            attention=self.dllm.attention,
+            attention=getattr(self.dllm, "attention", BIDIRECTIONAL),
         )
 
     def _untokenizable(self, prompts: list[str], first_index: int, exc: Exception) -> InputError:

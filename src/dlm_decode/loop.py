@@ -27,12 +27,17 @@ def forward_flags(state: DecodeState, window: Window, logits: torch.Tensor) -> l
 
 def decision_flags(state: DecodeState, window: Window, decision: Decision) -> list[torch.Tensor]:
     """Two bool scalars on the device, computed before the decision is applied: a commit outside the window; a
-    revocation of something other than a committed generated token (a placeholder, not read, when there is no
-    revocation)."""
+    revocation of something other than a committed generated token, of the row's current model block for a
+    block-causal model (a placeholder, not read, when there is no revocation)."""
     off_window = (decision.commit > window.eligible).any()
     revoke = decision.revoke
-    bad_revoke = off_window if revoke is None else (revoke & (state.masked | ~state.generated_columns)).any()
-    return [off_window, bad_revoke]
+    if revoke is None:
+        return [off_window, off_window]
+    settled = state.masked | ~state.generated_columns
+    if state.attention.block_causal:  # a finished block stays finished: later blocks were decided on it
+        start, end = state.model_block()
+        settled = settled | (state.columns < start[:, None]) | (state.columns >= end[:, None])
+    return [off_window, (revoke & settled).any()]
 
 
 def progress_flag(commits: torch.Tensor, finished_before: torch.Tensor) -> torch.Tensor:
@@ -64,8 +69,10 @@ def raise_decision_errors(flags: list[bool], decision: Decision, finished: torch
                           f"{step}; decoding would never end",
                           "commit at least one eligible position per unfinished row (e.g. the most confident)")
     if bad_revoke and decision.revoke is not None:
-        raise PluginError(plugin, "dlm_verify", "revoked a position that is not a committed generated token",
-                          "restrict `revoke` to generated columns that are not masked")
+        raise PluginError(plugin, "dlm_verify", "revoked a position that is not a committed generated token (of the "
+                          "row's current model block, for a block-causal model)",
+                          "restrict `revoke` to generated columns that are not masked, inside window.block_start "
+                          "to window.block_end")
 
 
 def within_model_block(state: DecodeState, window: Window) -> Window:
@@ -131,8 +138,8 @@ def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> I
         late = decision_flags(state, window, decision)
         commits = state.apply(decision)
         progressed = progress_flag(commits, finished_before)
-        # one host sync, of bools only (stacking mixed dtypes costs a type promotion: 8 us instead of 2 on the CPU),
-        # and for a block-causal model the next step's input limit
+        # one host sync; of bools only for a bidirectional model, and for a block-causal one also the next step's
+        # input limit (a long: stacking mixed dtypes costs a type promotion, 8 us instead of 2 on the CPU)
         limit = [input_limit(state)] if block_causal else []
         values = torch.stack([*early, *late, progressed, state.finished.all(), *limit]).tolist()
         if block_causal:

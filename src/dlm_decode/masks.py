@@ -38,17 +38,6 @@ def block_mask(attention_mask: torch.Tensor, blocks: torch.Tensor) -> torch.Tens
     return mask | (eye & ~keys[:, None, :, None])
 
 
-def generation_blocks(width: int, gen_start: int, block_size: int, device: torch.device | str = "cpu"
-                      ) -> torch.Tensor:
-    """Block ids of a canvas whose blocks are counted from its first generated column: ``-1`` for the prompt
-    columns (one block before the first), ``(column - gen_start) // block_size`` from ``gen_start`` on.
-
-    :return: ``[width]`` long.
-    """
-    offsets = torch.arange(width, device=device) - gen_start
-    return torch.where(offsets < 0, -1, offsets.div(block_size, rounding_mode="floor"))
-
-
 def bidirectional_mask(attention_mask: torch.Tensor, causal: bool = False) -> torch.Tensor:
     """Expand a 2-D padding mask into the 4-D boolean mask HF attention takes as is.
 
@@ -111,6 +100,12 @@ class AttentionPattern:
             return "bidirectional"
         head = ", head_first" if self.head_first else ""
         return f"block_causal(block_size={self.block_size}, anchor={self.anchor}{head})"
+
+    def nests(self, size: int) -> bool:
+        """Whether windows of ``size`` columns, counted in :meth:`coordinates`, nest with this pattern's blocks:
+        always for a bidirectional model; for a block-causal one when ``size`` divides the block size (sub-blocks)
+        or is a multiple of it."""
+        return not self.block_causal or self.block_size % size == 0 or size % self.block_size == 0
 
     def coordinates(self, attention_mask: torch.Tensor, gen_start: int) -> torch.Tensor:
         """The coordinate blocks are counted in: ``column - gen_start`` (``[N]``, anchor ``generation``, and for

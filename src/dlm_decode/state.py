@@ -192,7 +192,8 @@ class DecodeState:
         (:attr:`full_attention`) and, for a block-causal model, keeps every step inside each row's current model
         block (:meth:`model_block`).
     :ivar input_limit: one past the last column any forward may cover: the largest end of an unfinished row's
-        current model block for a block-causal model (kept by the loop), the canvas width otherwise.
+        current model block for a block-causal model (kept by the loop), the canvas width otherwise (None at
+        construction means the width).
     """
 
     canvas: torch.Tensor
@@ -214,8 +215,13 @@ class DecodeState:
     first_index: int = 0
     stop_at_eos: bool = True
     attention: AttentionPattern = BIDIRECTIONAL
-    input_limit: int = 0
+    input_limit: int | None = None
     _memories: dict[int, Any] = field(default_factory=dict, repr=False)
+    _model_block: tuple[int, tuple[torch.Tensor, torch.Tensor]] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.input_limit is None:
+            self.input_limit = self.canvas.shape[1]
 
     @classmethod
     def build(
@@ -278,7 +284,6 @@ class DecodeState:
             first_index=first_index,
             stop_at_eos=stop_at_eos,
             attention=attention,
-            input_limit=canvas.shape[1],
         )
         if attention.block_causal:  # the first generated column of every row is its first mask
             state.input_limit = int(state.model_block()[1].max())
@@ -346,7 +351,14 @@ class DecodeState:
 
     def model_block(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Each row's current model block, the one holding its first mask: ``start``, ``end`` ``[B]`` long columns
-        (the whole canvas for a bidirectional model; meaningless for finished rows)."""
+        (the whole canvas for a bidirectional model; meaningless for finished rows). Computed once per step: the
+        masks change only in :meth:`apply`, which counts the step."""
+        kept = self._model_block
+        if kept is None or kept[0] != self.step:
+            kept = self._model_block = (self.step, self._current_model_block())
+        return kept[1]
+
+    def _current_model_block(self) -> tuple[torch.Tensor, torch.Tensor]:
         blocks = self.model_blocks
         current = blocks.gather(1, first_true_columns(self.masked, self.gen_start)[:, None])  # [B, 1]
         inside = blocks == current

@@ -175,7 +175,7 @@ def dry_run(source: Source | Sequence[Source] | ResolvedConfig = (), overrides: 
         window, window_config = config.strategies["window"]
         if pattern is not None and pattern.block_causal and window == "blocks":
             size = window_config.size
-            if size % pattern.block_size and pattern.block_size % size:
+            if not pattern.nests(size):
                 report.add("error", "window", "decoder.window.size", f"{size} neither divides nor is a multiple of "
                            f"the dLLM's block size {pattern.block_size} ({pattern})",
                            f"set decoder.window.size to a divisor or a multiple of {pattern.block_size}")

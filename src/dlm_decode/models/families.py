@@ -222,7 +222,9 @@ def attention_pattern(family: Family, config: Mapping[str, Any] | Any, attention
     anything else is bidirectional. ``bidirectional`` and ``block_causal`` override it; ``block_size`` overrides
     the config's block size.
 
-    :raises ModelError: block-causal without a block size, or a declared pattern this adapter does not know.
+    :raises ModelError: block-causal without a block size, a block size for a bidirectional model, a declared
+        pattern or anchor this adapter does not know, or shifted logits with blocks anchored at the first generated
+        column.
     """
     declared = config_value(config, PATTERN_KEY)
     if declared not in (None, "bidirectional", "block_causal"):
@@ -234,6 +236,10 @@ def attention_pattern(family: Family, config: Mapping[str, Any] | Any, attention
     block_causal = attention == "block_causal" or (attention == "auto" and (found is not None
                                                                              or declared == "block_causal"))
     if not block_causal:
+        if block_size is not None:
+            raise ModelError(f"{key}.block_size is {block_size}, but the model is bidirectional ({key}.attention: "
+                             f"{attention}); fix: set {key}.attention=block_causal if it is block-causal, or drop "
+                             f"{key}.block_size")
         return BIDIRECTIONAL
     size = block_size or found
     if not isinstance(size, int) or size < 1:
@@ -242,4 +248,9 @@ def attention_pattern(family: Family, config: Mapping[str, Any] | Any, attention
     anchor = config_value(config, ANCHOR_KEY) or family.block_anchor
     if anchor not in ANCHORS:
         raise ModelError(f"config.json declares {ANCHOR_KEY}: {anchor!r}; fix: use one of {', '.join(ANCHORS)}")
+    if family.shifted_logits and anchor != "position":
+        raise ModelError(f"{key} is block-causal with blocks anchored at the first generated column and its logits "
+                         f"are shifted ({family.name}): shifted logits are realigned for blocks anchored at position "
+                         f"0 only (Fast-dLLM v2); fix: set {key}.attention=bidirectional if the model is one, or "
+                         f"declare {ANCHOR_KEY}: position in config.json if its blocks start at position 0")
     return AttentionPattern(block_size=size, anchor=anchor, head_first=family.shifted_logits)

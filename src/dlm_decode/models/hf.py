@@ -46,8 +46,8 @@ import torch
 
 from dlm_decode.config.schema import ModelSpec
 from dlm_decode.errors import ModelError
-from dlm_decode.models.families import (CAUSAL_FIX, Family, attention_pattern, causal_problem, model_context, resolve_family,
-                                        resolve_special_ids)
+from dlm_decode.models.families import (CAUSAL_FIX, Family, attention_pattern, causal_problem, model_context,
+                                        resolve_family, resolve_special_ids)
 from dlm_decode.models.native import ARCHITECTURES, Architecture, architecture_for, load_native
 from dlm_decode.models.prompts import encode_prompts, template_affixes
 from dlm_decode.state import ModelInputs
@@ -131,7 +131,8 @@ def check_implementation(config: dict, spec: ModelSpec, key: str) -> Architectur
     if model_type not in CONFIG_MAPPING:
         raise ModelError(f"`{key}.path` = {spec.path!r} has model_type {model_type!r}, which has no native "
                          f"implementation here (transformers {_transformers_version()} does not know it, and it is "
-                         "not LLaDA or Dream): only the checkpoint's own modeling code "
+                         f"not one of {', '.join(a.original for a in ARCHITECTURES.values())}): only the checkpoint's "
+                         "own modeling code "
                          f"({_code_files(config)}) can build it.\n  fix: set {key}.implementation=remote and "
                          f"{key}.trust_remote_code=true after reading that code")
     return None
@@ -359,10 +360,6 @@ class DiffusionLM:
                              f"of the tokenizer (its EOS is {tokenizer.eos_token_id})")
         self.max_context = model_context(self.family, model.config)
         self.attention = attention_pattern(self.family, model.config, attention, block_size)
-        if self.attention.block_causal and self.family.shifted_logits and self.attention.anchor != "position":
-            raise ModelError(f"the dLLM is block-causal ({self.attention}) and its logits are shifted "
-                             f"({self.family.name}); shifted logits are realigned for blocks anchored at position 0 "
-                             "only (Fast-dLLM v2). fix: set model.dllm.attention=bidirectional if the model is one")
         self.chat_template = chat_template and getattr(tokenizer, "chat_template", None) is not None
         self._affixes: tuple[Any, tuple[str, str] | None] = (None, None)  # (template they were read from, affixes)
 
@@ -432,8 +429,9 @@ class DiffusionLM:
         if cache is not None:
             fixes.append("set decoder.cache=none (this code handles keys/values its own way, not through the "
                          "transformers cache interface the caches use)")
-        if self.family.name in ARCHITECTURES:
-            fixes.append(f"set model.dllm.implementation=native: the {self.family.name} architecture maps onto "
+        native = ARCHITECTURES.get(str(getattr(self.model.config, "model_type", "") or "").lower())
+        if native is not None:
+            fixes.append(f"set model.dllm.implementation=native: the {native.original} architecture maps onto "
                          "transformers' own classes, where every cache works")
         fixes = fixes or ["the code may be written for another transformers version: port it"]
         during = " with a key/value cache" if cache is not None else ""
@@ -461,22 +459,22 @@ class DiffusionLM:
         """Realigned logits of a shifted-logit model (see the module docstring): ``[B, S, V]``."""
         ids, positions, mask, start = inputs.input_ids, inputs.position_ids, inputs.attention_mask, inputs.start
         if ids.shape[1] != inputs.end - start:
-            raise ModelError("extra query positions (WINO's shadow block) have no meaning for a shifted-logit "
-                             "model (Dream): the prediction for a column comes from the hidden state of the column "
-                             "before it. fix: use another verification than wino with model.dllm.family=dream")
+            raise ModelError(f"extra query positions (WINO's shadow block) have no meaning for a shifted-logit "
+                             f"model ({self.family.name}): the prediction for a column comes from the hidden state of "
+                             "the column before it. fix: use another verification than wino with this model")
         if start == 0:
             raw = self._run(ids, positions, mask, cache)
             if cache is not None:
                 _ColumnRecord.write(cache, 0, ids, positions)
             return torch.cat([raw[:, :1], raw[:, :-1]], dim=1)
         if cache is None:
-            raise ModelError(f"a forward over columns [{start}, {inputs.end}) without a cache cannot realign Dream's "
-                             f"logits: column {start}'s prediction comes from column {start - 1}. fix: report this "
-                             "cache strategy; spans starting after column 0 need a cache")
+            raise ModelError(f"a forward over columns [{start}, {inputs.end}) without a cache cannot realign the "
+                             f"shifted logits of {self.family.name}: column {start}'s prediction comes from column "
+                             f"{start - 1}. fix: report this cache strategy; spans starting after column 0 need a cache")
         record = getattr(cache, _ColumnRecord.ATTRIBUTE, None)
         if record is None or record.tokens.shape[1] < start:
             raise ModelError(f"the cache was not filled by a forward from column 0 through this adapter, so column "
-                             f"{start - 1} (whose logit predicts column {start} in Dream) is unknown. fix: the "
+                             f"{start - 1} (whose logit predicts column {start} in {self.family.name}) is unknown. fix: the "
                              "cache strategy's first forward must cover the canvas from column 0")
         previous = start - 1
         prev_ids = record.tokens[:, previous:start]

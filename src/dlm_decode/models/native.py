@@ -1,4 +1,4 @@
-"""LLaDA, Dream and SDAR checkpoints on transformers' own classes: none of the checkpoint's code runs.
+"""LLaDA, Dream, SDAR and Fast-dLLM v2 checkpoints on transformers' own classes: none of the checkpoint's code runs.
 
 The modeling files published with LLaDA and Dream were written for transformers 4.4x and do not load on the
 transformers this project needs (LLaDA's never calls ``post_init``, Dream's asks for a RoPE type transformers 5
@@ -23,8 +23,8 @@ block-causal (:class:`~dlm_decode.masks.AttentionPattern`, blocks of ``block_siz
 ``sdar`` family of :mod:`~dlm_decode.models.families`), which the project's masks give the same class; its code
 imports flash-attention's Triton RMSNorm at module level, so it does not even import without a GPU stack.
 Fast-dLLM v2 (Wu et al. 2025, arXiv 2509.26328, Qwen2.5 adapted to blocks) loads the same way onto
-``Qwen2ForCausalLM``, but its logits are shifted like Dream's under block-causal attention, which the adapter
-refuses for now (see :class:`~dlm_decode.models.hf.DiffusionLM`).
+``Qwen2ForCausalLM``; its logits are shifted like Dream's, which the adapter realigns under the block-causal
+pattern, and each block's first column is decided first (``head_first``, :class:`~dlm_decode.masks.AttentionPattern`).
 
 LLaDA's block is a Llama block under other names: RMSNorm, rotary embeddings on the head dimension's two halves,
 bias-free projections, a SiLU-gated MLP (``ff_proj`` gated by ``up_proj``), no logit scaling. A LLaDA

@@ -36,10 +36,11 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from dlm_decode.masks import block_mask, generation_blocks, position_ids_from_mask
+from dlm_decode.masks import AttentionPattern, block_mask, position_ids_from_mask
+from dlm_decode.models.families import BLOCK_SIZE_KEY, PATTERN_KEY
 from dlm_decode.models.tokenizer import build_char_tokenizer
 from dlm_decode.recipes.train_embedded import (EVAL_MAX_NEW_TOKENS, MIN_MASK_RATIO, ROWS_PER_FORWARD, TASK_WEIGHTS,
-                                               Batch, Schedule, _allowed_logits, _decode_region, count_parameters,
+                                               Batch, Schedule, allowed_logits, count_parameters, decode_region,
                                                dllm_rows, draw_examples, left_pad, make_batches, markdown_table,
                                                prompt_ids, quick_eval, train_model)
 
@@ -47,8 +48,6 @@ logger = logging.getLogger("dlm_decode.train")
 
 #: Columns per block, counted from the first generated column.
 BLOCK_SIZE = 8
-#: ``config.json`` keys that declare the attention pattern (read by :mod:`dlm_decode.models.hf`).
-PATTERN_KEYS = {"attention_pattern": "block_causal", "diffusion_block_size": BLOCK_SIZE}
 #: Tokens committed per step in the quick evaluation's trade-off table (``None``: a whole block at once).
 TRADEOFF_KS: tuple[int | None, ...] = (1, 2, 4, None)
 
@@ -118,7 +117,7 @@ def block_generate_greedy(model: LlamaForCausalLM, tokenizer: PreTrainedTokenize
     rows = [p + [mask_id] * max_new_tokens for p in prompt_ids(tokenizer, prompts)]
     input_ids, attention_mask = left_pad(rows, tokenizer.pad_token_id)
     gen_start = input_ids.shape[1] - max_new_tokens
-    blocks = generation_blocks(input_ids.shape[1], gen_start, block_size)
+    blocks = AttentionPattern(block_size).blocks(attention_mask, gen_start)
     mask, positions = block_mask(attention_mask, blocks), position_ids_from_mask(attention_mask)
     k = block_size if tokens_per_step is None else tokens_per_step
     region_blocks_ = blocks[gen_start:]
@@ -126,11 +125,11 @@ def block_generate_greedy(model: LlamaForCausalLM, tokenizer: PreTrainedTokenize
         region = input_ids[:, gen_start:]  # [B, L], a view
         masked = region == mask_id
         if not masked.any():
-            return _decode_region(tokenizer, region)
+            return decode_region(tokenizer, region)
         current = region_blocks_.masked_fill(~masked, 1 << 30).min(-1, keepdim=True).values  # [B, 1]
         eligible = masked & (region_blocks_ == current)
         logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions).logits[:, gen_start:]
-        confidence, predicted = _allowed_logits(logits.float(), tokenizer).softmax(-1).max(-1)  # [B, L]
+        confidence, predicted = allowed_logits(logits.float(), tokenizer).softmax(-1).max(-1)  # [B, L]
         confidence = confidence.masked_fill(~eligible, -1.0)
         top = confidence.topk(min(k, max_new_tokens), dim=-1).indices
         commit = torch.zeros_like(masked).scatter_(1, top, True) & eligible
@@ -145,7 +144,7 @@ def train(tokenizer: PreTrainedTokenizerFast, init: Path, *, steps: int, batch_s
     CPU, its config declaring the pattern) and the training wall time."""
     torch.manual_seed(seed)
     model = LlamaForCausalLM.from_pretrained(init, dtype=torch.float32).to(device)
-    model.config.update({**PATTERN_KEYS, "diffusion_block_size": block_size})
+    model.config.update({PATTERN_KEY: "block_causal", BLOCK_SIZE_KEY: block_size})  # read by the adapter
     forward_model = torch.compile(model, dynamic=True) if compile else model
     rng = random.Random(f"block/{seed}")
     generator = torch.Generator().manual_seed(seed)

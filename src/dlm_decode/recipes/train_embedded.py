@@ -282,13 +282,13 @@ def train_model(
     return time.perf_counter() - start
 
 
-def _allowed_logits(logits: torch.Tensor, tokenizer: PreTrainedTokenizerFast) -> torch.Tensor:
+def allowed_logits(logits: torch.Tensor, tokenizer: PreTrainedTokenizerFast) -> torch.Tensor:
     """Forbid pad, BOS and mask as outputs. ``logits``: ``[..., V]``."""
     banned = [tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.mask_token_id]
     return logits.index_fill(-1, torch.tensor(banned), float("-inf"))
 
 
-def _decode_region(tokenizer: PreTrainedTokenizerFast, region: torch.Tensor) -> list[str]:
+def decode_region(tokenizer: PreTrainedTokenizerFast, region: torch.Tensor) -> list[str]:
     """Text before the first EOS of each row of ``region`` ``[B, L]``."""
     texts = []
     for row in region.tolist():
@@ -315,8 +315,8 @@ def dllm_generate_greedy(
         region = input_ids[:, -max_new_tokens:]  # [B, L], a view
         masked = region == mask_id
         if not masked.any():
-            return _decode_region(tokenizer, region)
-        logits = _allowed_logits(forward_logits(model, input_ids, attention_mask)[:, -max_new_tokens:], tokenizer)
+            return decode_region(tokenizer, region)
+        logits = allowed_logits(forward_logits(model, input_ids, attention_mask)[:, -max_new_tokens:], tokenizer)
         confidence, predicted = logits.softmax(-1).max(-1)  # [B, L]
         confidence = confidence.masked_fill(~masked, -1.0)
         top = confidence.topk(min(k, max_new_tokens), dim=-1).indices  # [B, k]
@@ -335,14 +335,14 @@ def ar_generate_greedy(
     start = input_ids.shape[1]
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool)
     for _ in range(max_new_tokens):
-        logits = _allowed_logits(forward_logits(model, input_ids, attention_mask)[:, -1], tokenizer)
+        logits = allowed_logits(forward_logits(model, input_ids, attention_mask)[:, -1], tokenizer)
         token = logits.argmax(-1).masked_fill(done, tokenizer.eos_token_id)  # [B]
         input_ids = torch.cat([input_ids, token[:, None]], dim=1)
         attention_mask = torch.cat([attention_mask, torch.ones_like(done)[:, None]], dim=1)
         done |= token == tokenizer.eos_token_id
         if done.all():
             break
-    return _decode_region(tokenizer, input_ids[:, start:])
+    return decode_region(tokenizer, input_ids[:, start:])
 
 
 def quick_eval(

@@ -30,7 +30,8 @@ window's block are unfinished, so its reuse stays an approximation (none with a 
 **Batches.** Rows may be in different blocks and refresh at different steps, but a step has one forward. Its
 query span is the one covering every unfinished row's recomputed columns: ``[min block_start, max block_end)``
 for ``dual``, ``[min block_start, input_end)`` for ``prefix``, and the whole visible canvas when any row
-refreshes. The store writes, per row, only that row's own columns (all of them for a refreshing row); at the
+refreshes (for a block-causal model: from the smallest exact end of the recomputing rows, never from column 0
+after the first forward). The store writes, per row, only that row's own columns (all of them for a refreshing row); at the
 other columns the row's queries are computed but attend to, and leave, the row's stored keys/values. A row's
 logits therefore do not depend on the other rows (batch invariance at temperature 0); the price is the compute
 of the extra columns, up to a full forward for the whole batch whenever one row refreshes.
@@ -118,8 +119,6 @@ class BlockCache:
                                 "window.block_end); the prefix and dual caches recompute only the block",
                                 "use decoder.window=blocks (or full)")
         memory.block_start, memory.exact_end, memory.length = window.block_start, settled, length
-        start = min(start, length - 1)  # every row finished: a one-column forward the loop ends after
-        end = max(end, start + 1)
         memory.store.set_queries(start, active[:, start:end], key_end=length)
         return ForwardPlan(start=start, end=end, cache=memory.store, key_end=length)
 

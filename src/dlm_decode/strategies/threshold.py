@@ -34,7 +34,8 @@ from dlm_decode.api import Decision, Proposal, Window, check_field, hookimpl, se
 @dataclass
 class ThresholdConfig:
     threshold: float = 0.9
-    """τ: commit every eligible position whose confidence is at least this (and always the most confident)."""
+    """τ: commit every eligible position whose confidence is at least this (and always the ``min_tokens`` most
+    confident)."""
     min_tokens: int = 1
     """Commit at least this many of each row's most confident eligible positions (SDAR's per-step quota)."""
 

@@ -51,17 +51,21 @@ class BlockWindow:
         column 0) read the prompt columns' entries, and their window is empty.
 
         ``[N]`` tables depend only on the canvas layout, so the last ones are kept for the next batch of that layout
-        (read-only: consecutive batches of similar prompts skip a few small operations)."""
+        (read-only: consecutive batches of similar prompts skip a few small operations); ``[B, N]`` tables are kept
+        for their batch."""
         coordinates = state.block_coordinates
+        if coordinates.dim() == 2:  # per-row blocks: they depend on the batch's padding, kept for the batch
+            return state.memory(self, lambda state: self._tables_for(state, coordinates))
         layout = (state.gen_start, state.width, state.canvas.device)
         kept = self._tables  # one read: another thread decoding with this plugin may replace it meanwhile
-        if coordinates.dim() == 1 and kept is not None and kept[0] == layout:
-            return kept[1]
-        start = (state.columns - coordinates.remainder(self.size or state.width)).clamp(min=0)
-        tables = (start, (start + (self.size or state.width)).clamp(max=state.width))
-        if coordinates.dim() == 1:
-            self._tables = (layout, tables)
-        return tables
+        if kept is None or kept[0] != layout:
+            kept = self._tables = (layout, self._tables_for(state, coordinates))
+        return kept[1]
+
+    def _tables_for(self, state: DecodeState, coordinates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        size = self.size or state.width
+        start = (state.columns - coordinates.remainder(size)).clamp(min=0)
+        return start, (start + size).clamp(max=state.width)
 
     @hookimpl
     def dlm_window(self, state: DecodeState) -> Window:
@@ -80,8 +84,8 @@ class BlockWindow:
 
 def block_window(config: BlocksConfig, context) -> BlockWindow:
     """``blocks(size)``, refused when its blocks cannot nest with a block-causal model's blocks."""
-    pattern = context.dllm.attention
-    if pattern.block_causal and config.size % pattern.block_size and pattern.block_size % config.size:
+    pattern = context.attention
+    if not pattern.nests(config.size):
         raise ConfigError("decoder.window.size", f"{config.size} neither divides nor is a multiple of the dLLM's "
                           f"block size {pattern.block_size} ({pattern}): a window block would straddle the "
                           "model's blocks, so part of it would be decided while the model cannot yet see it as "
