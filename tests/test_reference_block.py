@@ -8,10 +8,11 @@ builds its masks from the pattern the config declares (blocks of ``block_size`` 
 * the official logits of a full forward and of a left-padded batch, and the same 4-D masks;
 * the official tokenizer's prompt ids;
 * the tokens of SDAR's evaluation decoder (``huggingface_bd3.block_diffusion_generate``, behind the paper's
-  numbers), 4 configurations x 5 prompts, decoded here in one batch of mixed prompt lengths, with no cache and with
-  the exact prefix cache. The recorded cases of the repository's ``generate.py`` are not compared: its confidences
-  are taken after top-k filtering, so at ``top_k=1`` they all equal 1.0 and the order of commits is
-  ``torch.topk``'s order among ties, which nothing specifies.
+  numbers), 4 configurations x 5 prompts, and of the repository's ``generate.py``, 3 configurations x 5 prompts,
+  decoded here in one batch of mixed prompt lengths, with no cache and with the exact prefix cache. ``generate.py``
+  takes its confidences after top-k filtering, so at ``top_k=1`` they all equal 1.0: its ``sequential`` remasking
+  is left to right (``left_to_right``), its ``low_confidence_dynamic`` commits the whole block at once (threshold
+  0); its ``low_confidence_static``, whose order would be ``torch.topk``'s among ties, is not recorded.
 
 ``fastdllm-v2-tiny`` loads on ``Qwen2ForCausalLM``, its shifted logits realigned under the block-causal pattern;
 it must give the official raw logits under the pattern's mask, the prompt ids of its chat template, and the tokens
@@ -36,6 +37,7 @@ from helpers import REFERENCE, assert_logits_close
 
 OFFICIAL = json.loads((REFERENCE / "official_block.json").read_text(encoding="utf-8"))
 EVALUATION_DECODER = "sdar.huggingface_bd3.block_diffusion_generate"
+SCRIPT_DECODER = "sdar.generate.block_diffusion_generate"
 
 
 @pytest.fixture(scope="module")
@@ -71,17 +73,22 @@ def test_the_native_tokenizer_gives_the_official_prompt_ids(sdar):
     assert sdar.encode(OFFICIAL["prompts"]) == OFFICIAL["prompt_ids"]["sdar"]
 
 
-def equivalent(arguments: dict) -> list[str]:
+def equivalent(decoder: str, arguments: dict) -> list[str]:
     """The overrides under which the project decodes as SDAR's evaluation decoder called with ``arguments``:
     blocks of ``block_length`` for the window and for the attention pattern (the official decoder builds its mask
     from ``block_length``, whatever the config's ``block_size``); ``k = block_length / denoising_steps`` tokens per step, the most confident
     (``threshold`` 1.0), or every token above ``threshold`` but at least k (below 1.0); every position decoded
     (``stop_at_eos=false``), the tokens compared up to the first stop id."""
     k = arguments["block_length"] // arguments["denoising_steps"]
-    verification = (["decoder.verification=topk", f"decoder.verification.tokens_per_step={k}"]
-                    if arguments["threshold"] >= 1.0 else
-                    ["decoder.verification=threshold", f"decoder.verification.threshold={arguments['threshold']}",
-                     f"decoder.verification.min_tokens={k}"])
+    if decoder == SCRIPT_DECODER:  # every confidence 1.0 (see the module docstring)
+        verification = (["decoder.verification=left_to_right", f"decoder.verification.k={k}"]
+                        if arguments["remasking_strategy"] == "sequential" else
+                        ["decoder.verification=threshold", "decoder.verification.threshold=0.0"])
+    elif arguments["threshold"] >= 1.0:
+        verification = ["decoder.verification=topk", f"decoder.verification.tokens_per_step={k}"]
+    else:
+        verification = ["decoder.verification=threshold", f"decoder.verification.threshold={arguments['threshold']}",
+                        f"decoder.verification.min_tokens={k}"]
     return [f"model.dllm.block_size={arguments['block_length']}", "decoder.window=blocks",
             f"decoder.window.size={arguments['block_length']}", *verification,
             "decoder.proposal=greedy", "generation.stop_at_eos=false"]
@@ -90,16 +97,21 @@ def equivalent(arguments: dict) -> list[str]:
 def _groups() -> dict[str, list[dict]]:
     groups = defaultdict(list)
     for case in OFFICIAL["cases"]:
-        if case["decoder"] == EVALUATION_DECODER:
-            groups[json.dumps(case["arguments"], sort_keys=True)].append(case)
+        if case["decoder"] in (EVALUATION_DECODER, SCRIPT_DECODER):
+            groups[json.dumps([case["decoder"], case["arguments"]], sort_keys=True)].append(case)
     return groups
 
 
 GROUPS = _groups()
 
 
-def test_every_evaluation_case_is_compared():
-    assert len(GROUPS) == 4 and sum(len(cases) for cases in GROUPS.values()) == 20
+def test_every_sdar_case_is_compared():
+    assert len(GROUPS) == 7 and sum(len(cases) for cases in GROUPS.values()) == 35
+    assert sum(case["model"] == "sdar" for case in OFFICIAL["cases"]) == 35
+
+
+def test_every_fast_dllm_v2_case_without_the_official_block_cache_is_compared():
+    assert len(V2_GROUPS) == 3 and sum(len(cases) for cases in V2_GROUPS.values()) == 15
 
 
 def until_stop(ids: list[int], stops: list[int]) -> list[int]:
@@ -109,14 +121,15 @@ def until_stop(ids: list[int], stops: list[int]) -> list[int]:
 
 @pytest.mark.parametrize("cache", ["none", "prefix"])
 @pytest.mark.parametrize("key", list(GROUPS))
-def test_the_official_evaluation_decoder_is_matched_token_for_token(sdar, key, cache):
+def test_the_official_sdar_decoders_are_matched_token_for_token(sdar, key, cache):
     """One batch of the 5 prompts (left-padded, so each row's blocks lie at other columns). The official decoder
     fills whole blocks from position 0; the canvas here is as long as the longest of its outputs, and the columns
     a shorter row has beyond its official end form later blocks, which no earlier block sees."""
     cases = GROUPS[key]
     arguments = cases[0]["arguments"]
     width = max(len(case["generated"]) for case in cases)
-    decoder = Decoder.from_config([], [f"model.dllm.path={REFERENCE / 'sdar-tiny'}", *equivalent(arguments),
+    decoder = Decoder.from_config([], [f"model.dllm.path={REFERENCE / 'sdar-tiny'}",
+                                       *equivalent(cases[0]["decoder"], arguments),
                                        f"decoder.cache={cache}", f"generation.max_new_tokens={width}",
                                        "generation.batch_size=5"])
     out = decoder.generate([OFFICIAL["prompts"][case["prompt"]] for case in cases])
@@ -152,6 +165,7 @@ def test_fast_dllm_v2_raw_logits_equal_the_official_ones_under_the_patterns_mask
     ids = recorded[f"{name}.input_ids"]
     real = torch.ones_like(ids, dtype=torch.bool)
     mask = AttentionPattern(block_size=block, anchor="position").mask(real, ids.shape[1] - OFFICIAL["gen_length"])
+    assert torch.equal(mask, recorded[f"{name}.mask"].bool()), "the pattern's mask is not the official eval_mask"
     positions = torch.arange(ids.shape[1])[None]
     logits = fast_v2.model(input_ids=ids, position_ids=positions, attention_mask=mask).logits
     assert_logits_close(logits[0], recorded[f"{name}.logits"][0])

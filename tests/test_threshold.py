@@ -136,3 +136,18 @@ def test_threshold_out_of_range_names_its_key(override, key):
 def test_factor_must_be_positive():
     with pytest.raises(ConfigError, match="(?s)`decoder.verification.factor`: must be > 0.*fix"):
         load_config({}, ["decoder.verification=factor", "decoder.verification.factor=0"])
+
+
+def test_min_tokens_commits_at_least_that_many_of_the_most_confident():
+    """SDAR's dynamic rule: everything above τ when at least k pass, else the k most confident (never an
+    ineligible position, never more than the eligible ones)."""
+    from dlm_decode.strategies.threshold import threshold_commit
+
+    confidence = torch.tensor([[0.9, 0.5, 0.4, 0.1, 0.95]])
+    eligible = torch.tensor([[True, True, True, True, False]])
+    assert threshold_commit(confidence, eligible, 0.8, 1).int().tolist() == [[1, 0, 0, 0, 0]]
+    assert threshold_commit(confidence, eligible, 0.8, 3).int().tolist() == [[1, 1, 1, 0, 0]]
+    assert threshold_commit(confidence, eligible, 0.3, 2).int().tolist() == [[1, 1, 1, 0, 0]]
+    assert threshold_commit(confidence, eligible, 0.99, 9).int().tolist() == [[1, 1, 1, 1, 0]]
+    with pytest.raises(ConfigError, match="min_tokens"):
+        load_config({}, ["decoder.verification=threshold", "decoder.verification.min_tokens=0"])

@@ -258,7 +258,7 @@ def test_shipped_pair_loads_with_plain_transformers_and_is_trained(tokenizer):
 def test_two_stream_training_shows_each_block_what_the_decoder_shows_it(tokenizer):
     """The noisy copy's logits of block b equal those of one decoding forward over [prompt, clean blocks < b, the
     noisy block b, masks after it] with the block-causal mask: training and decoding see the same context."""
-    from dlm_decode.masks import block_mask, position_ids_from_mask
+    from dlm_decode.masks import AttentionPattern, position_ids_from_mask
     from dlm_decode.recipes import train_block
 
     model = AutoModelForCausalLM.from_pretrained(embedded_model_dir("dllm")).eval()
@@ -278,8 +278,10 @@ def test_two_stream_training_shows_each_block_what_the_decoder_shows_it(tokenize
             for block in range(int(blocks[row].max()) + 1):
                 canvas = torch.where(blocks[row] < block, batch.input_ids[row], noisy[row])
                 canvas = torch.where(blocks[row] > block, tokenizer.mask_token_id, canvas)
+                gen_start = int(batch.targets[row].int().argmax())  # the decoder's blocks start at the region
+                decoding = AttentionPattern(size).mask(batch.attention_mask[row : row + 1], gen_start)
                 alone = model(input_ids=canvas[None], position_ids=positions[row : row + 1],
-                              attention_mask=block_mask(batch.attention_mask[row : row + 1], blocks[row])).logits[0]
+                              attention_mask=decoding).logits[0]
                 columns = blocks[row] == block
                 assert_logits_close(both[row, : noisy.shape[1]][columns], alone[columns])
                 compared += 1

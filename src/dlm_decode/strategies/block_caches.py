@@ -22,7 +22,8 @@ bidirectional model of two layers or more they are an approximation.
 **Block-causal models** (:class:`~dlm_decode.masks.AttentionPattern`): the keys/values of a finished model block
 depend only on it and the blocks before it, so once computed with its final tokens they are exact. The memory keeps,
 per row, the column before which the stored keys/values are exact (the start of the row's current model block at
-the last forward; moved back if a column before it changed). ``prefix`` then recomputes each row from that column to
+the last forward; no column before it changes again, since the core confines revocations to the current model
+block and the EOS fill writes only after it). ``prefix`` then recomputes each row from that column to
 the input end and never refreshes: it is exact, and gives the tokens of ``none``. ``dual`` recomputes the window's
 (sub-)block only and refreshes from that column, not from 0; the columns of the current model block outside the
 window's block are unfinished, so its reuse stays an approximation (none with a window as large as the model block).
@@ -96,8 +97,7 @@ class BlockCache:
             return ForwardPlan(start=0, end=length, cache=memory.store, key_end=length)
         columns = state.columns[:length]
         changed = state.changed[:, :length]
-        exact_end = torch.minimum(memory.exact_end, first_true_columns(changed, length))
-        recompute_exact = columns >= exact_end[:, None]  # [B, length]: every column whose keys/values may be stale
+        recompute_exact = columns >= memory.exact_end[:, None]  # [B, length]: every column that may be stale
         running = ~state.finished
         if block_causal and not self.reuse_suffix:
             own = recompute_exact  # exact: nothing before a row's current model block changes any more
