@@ -1,8 +1,8 @@
-"""Speed of every preset on LLaDA-8B- and Dream-7B-sized models, next to the official Fast-dLLM decoder.
+"""Speed of every preset on LLaDA-8B-, Dream-7B- and SDAR-8B-sized models, next to the official Fast-dLLM decoder.
 
-Random weights need no download: the models are built from the real checkpoints' dimensions (LLaDA-8B-Instruct's
-and Dream-v0-Instruct-7B's ``config.json``, through the same native mapping that loads the real weights; Qwen2.5-
-0.5B's for APD's verifier) in bfloat16 on the GPU, with a tokenizer holding the real special ids. For each preset
+Random weights need no download: the models are built from the real checkpoints' dimensions (LLaDA-8B-Instruct's,
+Dream-v0-Instruct-7B's and SDAR-8B-Chat's ``config.json``, the last a block-diffusion model with blocks of 4, through
+the same native mapping that loads the real weights; Qwen2.5-0.5B's for APD's verifier) in bfloat16 on the GPU, with a tokenizer holding the real special ids. For each preset
 at ``--new-tokens`` (256) and each batch size (1 and 16, prompts of ``--prompt-tokens`` +- 25%), it decodes
 ``--warmup`` steps, then times ``--steps`` steps:
 
@@ -27,7 +27,8 @@ in folders ``.git/info/exclude`` ignores, named in the device tool's ``carry``).
         | tar -x -C .official/Fast-dLLM
 
 then on the device (``carry: [".whl", ".official"]``), in one command (its time was estimated, not measured: about
-5 to 8 minutes; ``--models llada`` and ``--models dream`` split it in two)::
+5 to 8 minutes for LLaDA and Dream, a few more for SDAR; ``--models llada``, ``--models dream`` and ``--models sdar``
+split it)::
 
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \
     PYTHONPATH=/tmp/site:src python3 benchmarks/real_size.py --device cuda --fast-dllm .official/Fast-dLLM \
@@ -70,6 +71,10 @@ REAL = {
               "num_key_value_heads": 4, "intermediate_size": 18944, "vocab_size": 152064, "rope_theta": 1000000.0,
               "rms_norm_eps": 1e-6, "max_position_embeddings": 131072, "tie_word_embeddings": False,
               "mask_token_id": 151666, "eos_token_id": 151643, "pad_token_id": 151643},
+    "sdar": {"model_type": "sdar", "hidden_size": 4096, "num_hidden_layers": 36, "num_attention_heads": 32,
+             "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 12288, "vocab_size": 151936,
+             "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "max_position_embeddings": 32768,
+             "tie_word_embeddings": False, "block_size": 4, "mask_token_id": 151669, "eos_token_id": 151643},
     "qwen2": {"model_type": "qwen2", "hidden_size": 896, "num_hidden_layers": 24, "num_attention_heads": 14,
               "num_key_value_heads": 2, "intermediate_size": 4864, "vocab_size": 151936, "rope_theta": 1000000.0,
               "rms_norm_eps": 1e-6, "max_position_embeddings": 32768, "tie_word_embeddings": True},
@@ -79,6 +84,8 @@ TINY = {
     "llada": {"d_model": 64, "n_heads": 4, "n_kv_heads": 4, "n_layers": 2, "mlp_hidden_size": 128},
     "dream": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
               "intermediate_size": 128},
+    "sdar": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+             "head_dim": 16, "intermediate_size": 128},
     "qwen2": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
               "intermediate_size": 64},
 }
@@ -87,8 +94,9 @@ SPECIALS = {
     "llada": {126080: "<|startoftext|>", 126081: "<|endoftext|>", 126336: "<|mdm_mask|>", 126348: "<|eot_id|>"},
     "dream": {151643: "<|endoftext|>", 151644: "<|im_start|>", 151645: "<|im_end|>", 151665: "<|beginoftext|>",
               151666: "<|mask|>"},
+    "sdar": {151643: "<|endoftext|>", 151644: "<|im_start|>", 151645: "<|im_end|>", 151669: "<|MASK|>"},
 }
-TOKENIZER_SIZE = {"llada": 126349, "dream": 151667, "qwen2": 151665}
+TOKENIZER_SIZE = {"llada": 126349, "dream": 151667, "sdar": 151670, "qwen2": 151665}
 
 #: (preset, model, overrides at 256 new tokens: the papers' block sizes and APD's W and M).
 PRESETS = [
@@ -105,6 +113,11 @@ PRESETS = [
     ("dream-entropy", "dream", []),
     ("left-to-right", "dream", []),
     ("apd", "dream", ["decoder.window.max_lookahead=100", "decoder.cache.window=16"]),
+    ("llada", "sdar", ["decoder.window.size=4"]),
+    ("fast-dllm+prefix", "sdar", ["decoder.window.size=4", "decoder.cache=prefix"]),
+    ("fast-dllm+none", "sdar", ["decoder.window.size=4", "decoder.cache=none"]),
+    ("wino", "sdar", ["decoder.window.size=4"]),
+    ("left-to-right", "sdar", []),
 ]
 
 
@@ -188,7 +201,8 @@ def time_decoder(decoder: Decoder, dllm: DiffusionLM, rows: list[list[int]], arg
         state = DecodeState.build(rows, max_new_tokens=args.new_tokens, mask_token_id=dllm.mask_token_id,
                                   pad_token_id=dllm.pad_token_id, eos_token_ids=dllm.eos_token_ids,
                                   fill_token_id=dllm.fill_token_id, seeds=list(range(len(rows))),
-                                  device=dllm.device, excluded_token_ids=dllm.undecodable_ids, stop_at_eos=False)
+                                  device=dllm.device, excluded_token_ids=dllm.undecodable_ids, stop_at_eos=False,
+                                  attention=dllm.attention)
         return state, run_steps(decoder.roles, dllm, state, max_steps=10 * args.new_tokens)
 
     with torch.inference_mode():
@@ -264,7 +278,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--scale", choices=("real", "tiny"), default="real")
-    parser.add_argument("--models", default="llada,dream")
+    parser.add_argument("--models", default="llada,dream,sdar")
     parser.add_argument("--batch-sizes", default="1,16")
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--prompt-tokens", type=int, default=64)
