@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dlm_decode import load_config
 from dlm_decode.config.schema import ModelSpec
@@ -18,6 +20,7 @@ from dlm_decode.hookspecs import hookimpl
 from dlm_decode.state import ModelInputs
 from dlm_decode.testing.toy import ToyDiffusionLM
 from helpers import StepRecorder
+from test_block_caches import sharp  # noqa: F401 (sharp: a session-scoped fixture)
 
 
 # --- masks -------------------------------------------------------------------------------------------------
@@ -360,3 +363,38 @@ def test_the_dry_run_reports_the_pattern_and_refuses_a_straddling_window():
     report = dry_run({}, ["model.dllm.attention=block_causal"], prompt_budget=16)
     assert report.checks() == {"attention"}
     assert "model.dllm.block_size" in report.format()
+
+
+# --- exactness of the prefix cache, as a property ------------------------------------------------------------
+
+
+class WithPattern:
+    """A dLLM seen with another attention pattern (the model's weights and forward unchanged)."""
+
+    def __init__(self, dllm, attention: AttentionPattern):
+        self.dllm, self.attention = dllm, attention
+
+    def __getattr__(self, name):
+        return getattr(self.dllm, name)
+
+
+@settings(max_examples=12, deadline=None)
+@given(prompts=st.lists(st.text(alphabet="abcdefgh 1234", min_size=1, max_size=12), min_size=1, max_size=6),
+       block=st.integers(1, 6), anchor=st.sampled_from(["generation", "position"]),
+       window=st.sampled_from(["full", "lookahead", "same", "half", "double"]), threshold=st.floats(0.0, 1.0),
+       max_new=st.integers(4, 20), stop_at_eos=st.booleans())
+def test_the_prefix_cache_is_exact_on_any_block_causal_model(sharp, prompts, block, anchor, window, threshold,
+                                                            max_new, stop_at_eos):
+    """A random two-layer model (weights scaled so that its predictions depend on the context) read as
+    block-causal with random blocks and anchors, any window that nests, batches of prompts of different lengths:
+    ``prefix`` gives exactly the tokens of ``none``."""
+    model = WithPattern(sharp, AttentionPattern(block, anchor))
+    sizes = {"same": block, "half": max(1, block // 2) if block % 2 == 0 else block, "double": 2 * block}
+    window_overrides = (["decoder.window=blocks", f"decoder.window.size={sizes[window]}"] if window in sizes
+                        else [f"decoder.window={window}"])
+    common = [*window_overrides, "decoder.verification=threshold", f"decoder.verification.threshold={threshold}",
+              f"generation.max_new_tokens={max_new}", f"generation.stop_at_eos={str(stop_at_eos).lower()}",
+              f"generation.batch_size={len(prompts)}"]
+    plain = Decoder(load_config({}, [*common, "decoder.cache=none"]), dllm=model).generate(prompts)
+    cached = Decoder(load_config({}, [*common, "decoder.cache=prefix"]), dllm=model).generate(prompts)
+    assert cached.token_ids == plain.token_ids
