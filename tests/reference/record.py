@@ -298,53 +298,65 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-class Official:
-    """The official modules, imported from the given paths (never copied: packages are symlinks in a temp dir)."""
+class OfficialFiles:
+    """Official modules imported from paths given on the command line, each file's SHA-256 recorded (packages are
+    symlinks in a temp dir, never copies).
 
-    def __init__(self, args: argparse.Namespace, scratch: Path):
+    :param roots: argument name -> the directory it names; every recorded file lies under one of them.
+    """
+
+    def __init__(self, roots: dict[str, Path]):
         self.files: dict[str, str] = {}  # "<argument>/<path in it>" -> SHA-256
-        self.roots = {name: getattr(args, name.replace("-", "_")).resolve()
-                      for name in ("llada", "fast-dllm", "wino", "dream", "apd")}
-        llada_dir = args.fast_dllm / "llada"
-        sys.path.insert(0, str(llada_dir))  # Fast-dLLM's generate.py imports `model.modeling_llada`
-        self.fast_model = importlib.import_module("model.modeling_llada")
-        self.fast_generate = self._load("fast_dllm_generate", llada_dir / "generate.py")
-        self.llada_generate = self._load("llada_generate", args.llada / "generate.py")
-        sys.path.insert(0, str(args.wino / "LLaDA"))  # WINO's modeling file imports `configuration_llada`
-        self.wino_model = self._load("modeling_llada", args.wino / "LLaDA" / "modeling_llada.py")
-        self.wino_decoding = self._load("wino_decoding", args.wino / "LLaDA" / "decoding.py")
-        for name in ("model/modeling_llada.py", "model/configuration_llada.py"):
-            self._record(llada_dir / name)
-        self._record(args.wino / "LLaDA" / "configuration_llada.py")
-        self.dream = self._package(scratch, "dream_hub", args.dream, ("configuration_dream.py", "modeling_dream.py",
-                                                                       "generation_utils.py", "tokenization_dream.py"))
-        self.apd = self._package(scratch, "dream_apd", args.apd / "dream", ("configuration_dream.py",
-                                                                             "modeling_dream.py", "generation_utils.py"))
+        self.roots = {name: root.resolve() for name, root in roots.items()}
 
-    def _record(self, path: Path) -> None:
+    def record(self, path: Path) -> None:
         path = path.resolve()
         name, root = next((n, r) for n, r in self.roots.items() if path.is_relative_to(r))
         self.files[f"{name}/{path.relative_to(root)}"] = _sha256(path)
 
-    def _load(self, name: str, path: Path):
+    def load(self, name: str, path: Path):
+        """Import the file ``path`` as module ``name``."""
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
-        self._record(path)
+        self.record(path)
         return module
 
-    def _package(self, scratch: Path, name: str, source: Path, files: tuple[str, ...]):
+    def package(self, scratch: Path, name: str, source: Path, files: tuple[str, ...]):
         """Import ``source``'s files as package ``name`` (they import each other relatively)."""
         package = scratch / name
         package.mkdir()
         (package / "__init__.py").write_text("", encoding="utf-8")
         for file in files:
             (package / file).symlink_to((source / file).resolve())
-            self._record(source / file)
+            self.record(source / file)
         if str(scratch) not in sys.path:
             sys.path.insert(0, str(scratch))
         return {file[:-3]: importlib.import_module(f"{name}.{file[:-3]}") for file in files}
+
+
+class Official(OfficialFiles):
+    """The official LLaDA, Fast-dLLM, WINO, Dream and APD modules."""
+
+    def __init__(self, args: argparse.Namespace, scratch: Path):
+        super().__init__({name: getattr(args, name.replace("-", "_"))
+                          for name in ("llada", "fast-dllm", "wino", "dream", "apd")})
+        llada_dir = args.fast_dllm / "llada"
+        sys.path.insert(0, str(llada_dir))  # Fast-dLLM's generate.py imports `model.modeling_llada`
+        self.fast_model = importlib.import_module("model.modeling_llada")
+        self.fast_generate = self.load("fast_dllm_generate", llada_dir / "generate.py")
+        self.llada_generate = self.load("llada_generate", args.llada / "generate.py")
+        sys.path.insert(0, str(args.wino / "LLaDA"))  # WINO's modeling file imports `configuration_llada`
+        self.wino_model = self.load("modeling_llada", args.wino / "LLaDA" / "modeling_llada.py")
+        self.wino_decoding = self.load("wino_decoding", args.wino / "LLaDA" / "decoding.py")
+        for name in ("model/modeling_llada.py", "model/configuration_llada.py"):
+            self.record(llada_dir / name)
+        self.record(args.wino / "LLaDA" / "configuration_llada.py")
+        self.dream = self.package(scratch, "dream_hub", args.dream, ("configuration_dream.py", "modeling_dream.py",
+                                                                       "generation_utils.py", "tokenization_dream.py"))
+        self.apd = self.package(scratch, "dream_apd", args.apd / "dream", ("configuration_dream.py",
+                                                                             "modeling_dream.py", "generation_utils.py"))
 
 
 def _chat_ids(tokenizer, prompt: str) -> list[int]:

@@ -45,10 +45,6 @@ What it writes into ``--out`` (well under a megabyte):
 from __future__ import annotations
 
 import argparse
-import hashlib
-import importlib
-import importlib.util
-import json
 import os
 import sys
 import tempfile
@@ -58,7 +54,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import (GEN_LENGTH, PADDED_PROMPTS, PROMPTS, QWEN_MERGES, QWEN_TEMPLATE,  # noqa: E402
+from record import (GEN_LENGTH, PADDED_PROMPTS, PROMPTS, QWEN_MERGES, QWEN_TEMPLATE, OfficialFiles,  # noqa: E402
                     _added_tokens, _byte_alphabet, _chat_ids, _normal, _save_shards, _silence_rows, _write_json)
 
 # --- checkpoints -------------------------------------------------------------------------------------------------
@@ -260,55 +256,27 @@ def rms_norm_fn(x, weight, bias=None, eps=1e-6, **kwargs):
 }
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-class Official:
-    """The official modules, imported from the given paths (packages are symlinks in a temp dir, never copies)."""
+class Official(OfficialFiles):
+    """The official SDAR and Fast-dLLM v2 modules."""
 
     SDAR_HUB = Path("training/model/SDAR-4B-Chat")
 
     def __init__(self, args: argparse.Namespace, scratch: Path):
-        self.files: dict[str, str] = {}  # "<argument>/<path in it>" -> SHA-256
-        self.roots = {name: getattr(args, name.replace("-", "_")).resolve()
-                      for name in ("sdar", "fast-dllm", "fast-dllm-v2-hub")}
+        super().__init__({name: getattr(args, name.replace("-", "_"))
+                          for name in ("sdar", "fast-dllm", "fast-dllm-v2-hub")})
         for name, text in _SHIMS.items():
             (scratch / "shims" / name).parent.mkdir(parents=True, exist_ok=True)
             (scratch / "shims" / name).write_text(text, encoding="utf-8")
         sys.path.insert(0, str(scratch / "shims"))
         sys.path.insert(0, str(scratch))
-        self.sdar = self._package(scratch, "sdar_hub", args.sdar / self.SDAR_HUB, (
+        self.sdar = self.package(scratch, "sdar_hub", args.sdar / self.SDAR_HUB, (
             "configuration_sdar.py", "fused_linear_diffusion_cross_entropy.py", "modeling_sdar.py"))
-        self.sdar_generate = self._load("sdar_generate", args.sdar / "generate.py")
-        self.sdar_bd3 = self._load("sdar_bd3", args.sdar / "evaluation/opencompass/opencompass/models/"
-                                                           "huggingface_bd3.py")
-        self.fast = self._package(scratch, "fast_dllm_v2_hub", args.fast_dllm_v2_hub,
-                                  ("configuration.py", "modeling.py"))
-        self.fast_generation = self._load("fast_dllm_v2_generation", args.fast_dllm / "v2/generation_functions.py")
-
-    def _record(self, path: Path) -> None:
-        path = path.resolve()
-        name, root = next((n, r) for n, r in self.roots.items() if path.is_relative_to(r))
-        self.files[f"{name}/{path.relative_to(root)}"] = _sha256(path)
-
-    def _load(self, name: str, path: Path):
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        self._record(path)
-        return module
-
-    def _package(self, scratch: Path, name: str, source: Path, files: tuple[str, ...]):
-        """Import ``source``'s files as package ``name`` (they import each other relatively)."""
-        package = scratch / name
-        package.mkdir()
-        (package / "__init__.py").write_text("", encoding="utf-8")
-        for file in files:
-            (package / file).symlink_to((source / file).resolve())
-            self._record(source / file)
-        return {file[:-3]: importlib.import_module(f"{name}.{file[:-3]}") for file in files}
+        self.sdar_generate = self.load("sdar_generate", args.sdar / "generate.py")
+        self.sdar_bd3 = self.load("sdar_bd3", args.sdar / "evaluation/opencompass/opencompass/models/"
+                                                         "huggingface_bd3.py")
+        self.fast = self.package(scratch, "fast_dllm_v2_hub", args.fast_dllm_v2_hub,
+                                 ("configuration.py", "modeling.py"))
+        self.fast_generation = self.load("fast_dllm_v2_generation", args.fast_dllm / "v2/generation_functions.py")
 
 
 def block_causal(length: int, block: int, offset: int = 0) -> torch.Tensor:
