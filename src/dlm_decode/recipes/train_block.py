@@ -39,10 +39,10 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 from dlm_decode.masks import AttentionPattern, block_mask, position_ids_from_mask
 from dlm_decode.models.families import BLOCK_SIZE_KEY, PATTERN_KEY
 from dlm_decode.models.tokenizer import build_char_tokenizer
-from dlm_decode.recipes.train_embedded import (EVAL_MAX_NEW_TOKENS, MIN_MASK_RATIO, ROWS_PER_FORWARD, TASK_WEIGHTS,
-                                               Batch, Schedule, allowed_logits, count_parameters, decode_region,
-                                               dllm_rows, draw_examples, left_pad, make_batches, markdown_table,
-                                               prompt_ids, quick_eval, train_model)
+from dlm_decode.recipes.train_embedded import (EVAL_MAX_NEW_TOKENS, MIN_MASK_RATIO, OPTIMIZER_TEXT, ROWS_PER_FORWARD,
+                                               TASK_WEIGHTS, Batch, Schedule, allowed_logits, count_parameters,
+                                               decode_region, dllm_rows, draw_examples, left_pad, make_batches,
+                                               prompt_ids, quick_eval, quick_eval_section, train_model, trained_on)
 
 logger = logging.getLogger("dlm_decode.train")
 
@@ -235,21 +235,12 @@ def write_model_card(directory: Path, args: argparse.Namespace, run: dict, table
         f"| {run['layers']} | {run['hidden']} | {run['parameters']:,} | {run['bytes'] / 1e6:.2f} MB | {args.steps} "
         f"| {args.batch_size} | {args.lr:g} | {args.seed} | {run['seconds'] / 60:.1f} min |",
         "",
-        "AdamW (betas 0.9/0.98, weight decay 0.01), 5% linear warmup then cosine decay, gradient clipping 1.0,"
-        f" float32, {args.threads} CPU threads" + (", forwards through `torch.compile`" if args.compile else "") + ".",
+        f"{OPTIMIZER_TEXT}, {trained_on(args)}.",
     ]
-    if table:
-        lines += [
-            "",
-            "## Quick evaluation (greedy, test split)",
-            "",
-            f"{args.eval_n} test examples per task, `max_new_tokens={EVAL_MAX_NEW_TOKENS}`, accuracy in percent."
-            " `block k=n`: blocks left to right, committing the n most confident masked positions of the block per"
-            " step (`block`: the whole block in one forward), EOS fill after a committed EOS. Measured by"
-            " `evaluate` in `dlm_decode.recipes.train_block`; `dlm-decode eval` gives the official numbers.",
-            "",
-            markdown_table(table),
-        ]
+    lines += quick_eval_section(args.eval_n, table, (
+        "`block k=n`: blocks left to right, committing the n most confident masked positions of the block per"
+        " step (`block`: the whole block in one forward), EOS fill after a committed EOS. Measured by"
+        " `evaluate` in `dlm_decode.recipes.train_block`"))
     (directory / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
 
 

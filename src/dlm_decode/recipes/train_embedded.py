@@ -521,32 +521,39 @@ def write_model_card(out: Path, args: argparse.Namespace, runs: dict[str, dict],
         )
     lines += [
         "",
-        f"AdamW (betas 0.9/0.98, weight decay 0.01), 5% linear warmup then cosine decay, gradient clipping 1.0,"
-        f" float32, weights initialised with std {INIT_STD}, {_trained_on(args)}. dLLM objective (masked"
+        f"{OPTIMIZER_TEXT}, weights initialised with std {INIT_STD}, {trained_on(args)}. dLLM objective (masked"
         f" diffusion): per row `t ~ U({MIN_MASK_RATIO:g}, 1)` (stratified over each forward of {ROWS_PER_FORWARD}"
         " rows), every generated-region token masked with probability `t`, mean cross-entropy over the masked"
         " tokens, without LLaDA's `1/t` weight (see `masked_diffusion_loss`). The region is the answer plus a log-uniform"
         f" number of EOS tokens, up to {MAX_REGION} in all; {TRUNCATED_FRACTION:.0%} of rows instead keep only a"
         " prefix of the answer (a canvas cut by a lookahead window).",
     ]
-    if table:
-        lines += [
-            "",
-            "## Quick evaluation (greedy, test split)",
-            "",
-            f"{args.eval_n} test examples per task, `max_new_tokens={EVAL_MAX_NEW_TOKENS}`, accuracy in percent."
-            " `dllm k=n`: low-confidence remasking committing the n most confident masked positions per step"
-            " (`all`: the whole canvas in one forward), EOS fill after a committed EOS. `ar`: greedy left to right."
-            " Measured by `quick_eval` in `dlm_decode.recipes.train_embedded`; `dlm-decode eval` gives the official numbers.",
-            "",
-            markdown_table(table),
-        ]
+    lines += quick_eval_section(args.eval_n, table, (
+        "`dllm k=n`: low-confidence remasking committing the n most confident masked positions per step"
+        " (`all`: the whole canvas in one forward), EOS fill after a committed EOS. `ar`: greedy left to right."
+        " Measured by `quick_eval` in `dlm_decode.recipes.train_embedded`"))
     (out / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
 
 
-def _trained_on(args: argparse.Namespace) -> str:
+#: How every embedded model is optimised (the trainers share :class:`Schedule` and :func:`train_model`).
+OPTIMIZER_TEXT = ("AdamW (betas 0.9/0.98, weight decay 0.01), 5% linear warmup then cosine decay, gradient clipping"
+                  " 1.0, float32")
+
+
+def trained_on(args: argparse.Namespace) -> str:
+    """Where a trainer ran, for a model card: ``--threads`` / ``--device`` and ``--compile``."""
     where = f"{args.threads} CPU threads" if args.device == "cpu" else f"trained on {args.device}"
     return where + (", forwards through `torch.compile`" if args.compile else "")
+
+
+def quick_eval_section(eval_n: int, table: dict[str, dict[str, float]], legend: str) -> list[str]:
+    """A model card's quick-evaluation section (none for an empty table); ``legend`` explains its row labels and
+    names the evaluator."""
+    if not table:
+        return []
+    return ["", "## Quick evaluation (greedy, test split)", "",
+            f"{eval_n} test examples per task, `max_new_tokens={EVAL_MAX_NEW_TOKENS}`, accuracy in percent. {legend};"
+            " `dlm-decode eval` gives the official numbers.", "", markdown_table(table)]
 
 
 def _card_examples() -> dict[str, Example]:
