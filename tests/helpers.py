@@ -47,6 +47,28 @@ class StepRecorder:
         self._finished = state.finished.clone()
 
 
+class ModelWrapper:
+    """A dLLM seen through a wrapper: every attribute the wrapper does not set is the wrapped model's."""
+
+    def __init__(self, dllm):
+        self.dllm = dllm
+
+    def __getattr__(self, name):
+        return getattr(self.dllm, name)
+
+
+class ForwardRecorder(ModelWrapper):
+    """A dLLM wrapper keeping the :class:`~dlm_decode.state.ModelInputs` of every forward in ``inputs``."""
+
+    def __init__(self, dllm):
+        super().__init__(dllm)
+        self.inputs = []
+
+    def forward(self, inputs, cache=None):
+        self.inputs.append(inputs)
+        return self.dllm.forward(inputs, cache)
+
+
 @dataclass
 class NoParams:
     """The config of a test strategy without parameters."""

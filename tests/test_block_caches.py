@@ -18,7 +18,7 @@ from dlm_decode.state import Window
 from dlm_decode.strategies.windows import BlocksConfig, BlockWindow
 from dlm_decode.testing.models import build_tiny_checkpoint
 from dlm_decode.testing.registry import registry_with
-from helpers import StepRecorder, assert_logits_close
+from helpers import ForwardRecorder, StepRecorder, assert_logits_close
 
 
 PROMPTS = ["sort: 3 1 2", "hi", "reverse: abcdef", "7+5=", "pick a fruit please"]
@@ -175,25 +175,11 @@ def test_one_block_spanning_the_canvas_makes_prefix_and_dual_the_same(sharp):
     assert decoder(sharp, *common, "decoder.cache=dual").generate(PROMPTS).token_ids == prefix.token_ids
 
 
-class SpanRecorder:
-    """Wraps a dLLM and records the query span ``(start, end)`` and key width of every forward."""
-
-    def __init__(self, dllm):
-        self.dllm, self.spans = dllm, []
-
-    def __getattr__(self, name):
-        return getattr(self.dllm, name)
-
-    def forward(self, inputs, cache=None):
-        self.spans.append((inputs.start, inputs.end, inputs.attention_mask.shape[-1]))
-        return self.dllm.forward(inputs, cache)
-
-
 @pytest.mark.parametrize("cache", ["prefix", "dual"])
 def test_one_forward_per_step_full_at_each_block_start(sharp, cache):
     """Batch 1: the forward covers the whole canvas at the first step of each block (or after an EOS fill, for
     dual), else the block (dual) or the block and everything after it (prefix), always with every key."""
-    model, recorder = SpanRecorder(sharp), StepRecorder()
+    model, recorder = ForwardRecorder(sharp), StepRecorder()
     out = decoder(model, "decoder.window.size=4", "decoder.verification.threshold=0.3", f"decoder.cache={cache}",
                   observers=[recorder]).generate(["pick a fruit please"])
     run = recorder.runs[0]
@@ -208,7 +194,7 @@ def test_one_forward_per_step_full_at_each_block_start(sharp, cache):
             expected.append((0, width, width))
         else:
             expected.append((first, min(first + 4, width) if cache == "dual" else width, width))
-    assert model.spans == expected
+    assert [(i.start, i.end, i.attention_mask.shape[-1]) for i in model.inputs] == expected
     assert out.stats[0].nfe == out.stats[0].steps == len(expected)
     assert sum(1 for span in expected if span[0] == 0) < len(expected), "every step refreshed"
 

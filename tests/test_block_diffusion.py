@@ -19,7 +19,7 @@ from dlm_decode.models.hf import DiffusionLM
 from dlm_decode.hookspecs import hookimpl
 from dlm_decode.state import ModelInputs
 from dlm_decode.testing.toy import ToyDiffusionLM
-from helpers import StepRecorder
+from helpers import ForwardRecorder, ModelWrapper, StepRecorder
 from test_block_caches import sharp  # noqa: F401 (sharp: a session-scoped fixture)
 
 
@@ -112,20 +112,6 @@ def test_the_embedded_block_model_declares_its_pattern():
 # --- the core keeps every step inside the model's block ------------------------------------------------------
 
 
-class InputRecorder:
-    """Wraps a dLLM and records every forward's inputs."""
-
-    def __init__(self, dllm):
-        self.dllm, self.inputs = dllm, []
-
-    def __getattr__(self, name):
-        return getattr(self.dllm, name)
-
-    def forward(self, inputs, cache=None):
-        self.inputs.append(inputs)
-        return self.dllm.forward(inputs, cache)
-
-
 def block_toy(anchor: str = "generation") -> ToyDiffusionLM:
     return ToyDiffusionLM(vocab_size=24, sharpness=1.0, attention=AttentionPattern(4, anchor))
 
@@ -148,7 +134,7 @@ def block_ids(initial: torch.Tensor, gen_start: int, size: int, anchor: str) -> 
 def test_commits_stay_in_the_current_model_block_and_no_forward_covers_later_columns(anchor, window, stop_at_eos):
     """Whatever the window, a step commits only inside each row's current model block (the one holding its first
     mask), and the forward's input ends at the batch's last current block end."""
-    model, recorder = InputRecorder(block_toy(anchor)), StepRecorder()
+    model, recorder = ForwardRecorder(block_toy(anchor)), StepRecorder()
     overrides = [f"decoder.window={window}", "decoder.verification=threshold", "decoder.verification.threshold=0.2",
                  "generation.max_new_tokens=12", f"generation.stop_at_eos={str(stop_at_eos).lower()}"]
     if window == "blocks":
@@ -238,16 +224,14 @@ def task_prompts(n_per_task: int) -> list[str]:
     return [example.prompt for name in TASKS for example in get_task(name).generate("test", n_per_task, seed=0)]
 
 
-class ExactForward:
+class ExactForward(ModelWrapper):
     """A dLLM wrapper and observer: at every forward through a cache, compares the logits of the masked columns of
     each unfinished row's current model block with those of a full forward without cache over the same canvas,
     and counts the steps where they differ beyond float reordering (``rtol`` 1e-4 of the logit scale)."""
 
     def __init__(self, dllm):
-        self.dllm, self.state, self.cached, self.inexact, self.columns = dllm, None, 0, 0, 0
-
-    def __getattr__(self, name):
-        return getattr(self.dllm, name)
+        super().__init__(dllm)
+        self.state, self.cached, self.inexact, self.columns = None, 0, 0, 0
 
     @hookimpl
     def dlm_generation_start(self, state):
@@ -368,14 +352,12 @@ def test_the_dry_run_reports_the_pattern_and_refuses_a_straddling_window():
 # --- exactness of the prefix cache, as a property ------------------------------------------------------------
 
 
-class WithPattern:
+class WithPattern(ModelWrapper):
     """A dLLM seen with another attention pattern (the model's weights and forward unchanged)."""
 
     def __init__(self, dllm, attention: AttentionPattern):
-        self.dllm, self.attention = dllm, attention
-
-    def __getattr__(self, name):
-        return getattr(self.dllm, name)
+        super().__init__(dllm)
+        self.attention = attention
 
 
 @settings(max_examples=12, deadline=None)
