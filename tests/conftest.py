@@ -1,10 +1,12 @@
 """Test settings: a deterministic Hypothesis profile (no deadlines: the first torch call of a test is slow), the
-repository root as the working directory, and the remote-code stand-in checkpoints several test modules share."""
+repository root as the working directory, and the models several test modules share (the remote-code stand-in
+checkpoints, the sharpened random transformers)."""
 
 import os
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -40,3 +42,33 @@ def stand_ins(tmp_path_factory):
         "llada_legacy": build_llada_like(root / "llada_legacy", position_spike=SPIKE, legacy=True),
         "qwen": build_qwen_like_verifier(root / "qwen"),
     }
+
+
+def sharp_dllm(directory, layers: int, eos_token_ids: list[int] | None = None):
+    """A tiny random bidirectional Llama with its weights scaled from the 0.02 init to about 0.7, so that its
+    predictions depend on the context and its confidences spread over (0, 1) (the plain tiny model is nearly
+    uniform and proposes the same token everywhere, which would make token comparisons vacuous)."""
+    from dlm_decode.config.schema import ModelSpec
+    from dlm_decode.models.hf import DiffusionLM
+    from dlm_decode.testing.models import build_tiny_checkpoint
+
+    path = build_tiny_checkpoint(directory, layers=layers, seed=0)
+    dllm = DiffusionLM.from_spec(ModelSpec(path=str(path), eos_token_ids=eos_token_ids))
+    with torch.no_grad():
+        for name, weight in dllm.model.named_parameters():
+            if "norm" not in name:
+                weight.mul_(35.0)
+    return dllm
+
+
+@pytest.fixture(scope="session")
+def sharp(tmp_path_factory):
+    """A sharpened random two-layer bidirectional transformer (:func:`sharp_dllm`)."""
+    return sharp_dllm(tmp_path_factory.mktemp("sharp"), layers=2)
+
+
+@pytest.fixture(scope="session")
+def one_layer(tmp_path_factory):
+    """One layer; "}" (id 98, a frequent proposal of this model) also ends a row, so rows end early and the core
+    fills their tails while masks remain before the EOS."""
+    return sharp_dllm(tmp_path_factory.mktemp("one-layer"), layers=1, eos_token_ids=[2, 98])

@@ -7,46 +7,19 @@ import pytest
 import torch
 
 from dlm_decode import load_config
-from dlm_decode.config.schema import ModelSpec
 from dlm_decode.decoder import Decoder
 from dlm_decode.errors import PluginError
 from dlm_decode.hookspecs import hookimpl
 from dlm_decode.masks import bidirectional_mask, position_ids_from_mask
-from dlm_decode.models.hf import DiffusionLM, run_hf
+from dlm_decode.models.hf import run_hf
 from dlm_decode.models.kv_store import PositionalKVCache
 from dlm_decode.state import Window
 from dlm_decode.strategies.windows import BlocksConfig, BlockWindow
-from dlm_decode.testing.models import build_tiny_checkpoint
 from dlm_decode.testing.registry import registry_with
 from helpers import ForwardRecorder, StepRecorder, assert_logits_close
 
 
 PROMPTS = ["sort: 3 1 2", "hi", "reverse: abcdef", "7+5=", "pick a fruit please"]
-
-
-def sharp_dllm(directory, layers: int, eos_token_ids: list[int] | None = None) -> DiffusionLM:
-    """A tiny random bidirectional Llama with its weights scaled from the 0.02 init to about 0.7, so that its
-    predictions depend on the context and its confidences spread over (0, 1) (the plain tiny model is nearly
-    uniform and proposes the same token everywhere, which would make token comparisons vacuous)."""
-    path = build_tiny_checkpoint(directory, layers=layers, seed=0)
-    dllm = DiffusionLM.from_spec(ModelSpec(path=str(path), eos_token_ids=eos_token_ids))
-    with torch.no_grad():
-        for name, weight in dllm.model.named_parameters():
-            if "norm" not in name:
-                weight.mul_(35.0)
-    return dllm
-
-
-@pytest.fixture(scope="session")
-def sharp(tmp_path_factory):
-    return sharp_dllm(tmp_path_factory.mktemp("sharp"), layers=2)
-
-
-@pytest.fixture(scope="session")
-def one_layer(tmp_path_factory):
-    """One layer; "}" (id 98, a frequent proposal of this model) also ends a row, so rows end early and the core
-    fills their tails while masks remain before the EOS."""
-    return sharp_dllm(tmp_path_factory.mktemp("one-layer"), layers=1, eos_token_ids=[2, 98])
 
 
 def decoder(dllm, *overrides, **kwargs):

@@ -20,7 +20,6 @@ from dlm_decode.hookspecs import hookimpl
 from dlm_decode.state import ModelInputs
 from dlm_decode.testing.toy import ToyDiffusionLM
 from helpers import ForwardRecorder, ModelWrapper, StepRecorder
-from test_block_caches import sharp  # noqa: F401 (sharp: a session-scoped fixture)
 
 
 # --- masks -------------------------------------------------------------------------------------------------

@@ -34,6 +34,19 @@ def test_every_builtin_strategy_has_a_section(strategy_registry):
     assert len(HOOKS) == 9 and set(ROLES) == {"window", "cache", "proposal", "verification"}
 
 
+def test_the_concepts_page_lists_exactly_the_registered_built_ins(strategy_registry):
+    """The built-ins column of docs/concepts.md's roles table names every strategy the package registers for the
+    role, and no other."""
+    import re
+
+    text = (DOCS / "concepts.md").read_text(encoding="utf-8")
+    for role in ROLES:
+        row = next(line for line in text.splitlines() if line.startswith(f"| {role} |"))
+        documented = set(re.findall(r"`(\w+)`", row.split("|")[4].split(";")[0]))
+        registered = {spec.name for spec in strategy_registry if spec.role == role and spec.package == "dlm-decode"}
+        assert documented == registered, role
+
+
 def _absolute_only_comparisons(path: Path) -> list[str]:
     """``allclose`` / ``assert_close`` / ``isclose`` calls in ``path`` given an ``atol`` but no relative tolerance
     (``rtol`` missing for assert_close's own defaults is fine only without ``atol``)."""

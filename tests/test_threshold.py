@@ -12,7 +12,7 @@ from dlm_decode.decoder import Decoder
 from dlm_decode.state import Proposal, Window
 from dlm_decode.strategies.threshold import Factor, FactorConfig, Threshold, ThresholdConfig
 
-from test_block_caches import PROMPTS, sharp  # noqa: F401 (sharp: a module-scoped fixture)
+from test_block_caches import PROMPTS
 
 
 def verify(plugin, confidence: list[list[float]], eligible: list[list[bool]] | None = None) -> list[list[int]]:

@@ -77,8 +77,11 @@ def dlm_cache(state: DecodeState, window: Window) -> ForwardPlan:
 def dlm_model_inputs(state: DecodeState, window: Window, plan: ForwardPlan) -> ModelInputs:
     """Build the model inputs for the plan's span.
 
-    The core registers a default implementation (ids, position ids, and a 4-D bidirectional attention mask over
-    the span). Wrappers may extend the result, e.g. append shadow positions with their own mask rows.
+    The core registers a default implementation (ids, position ids, and a 4-D attention mask over the span, from
+    the model's attention pattern). Wrappers may extend the result: append positions after the span with their own
+    mask rows (WINO's shadow block), or append rows after the batch (FreeDave's drafted canvases: ``[B * D, S]``,
+    rows ``[B * j, B * (j + 1))`` holding the wrapper's canvas ``j``). Rows ``[0, B)`` and columns ``[0, end - start)``
+    stay the plain canvas: proposals and the core's checks read only those.
 
     :return: :class:`~dlm_decode.state.ModelInputs` with ``input_ids`` ``[B, S]``, ``position_ids`` ``[B, S]``,
         ``attention_mask`` ``[B, 1, S, K]`` bool.

@@ -50,6 +50,14 @@ DEFAULT_PLUGINS = (
     "dlm_decode.strategies.threshold",
     "dlm_decode.strategies.block_caches",
     "dlm_decode.strategies.wino",
+    "dlm_decode.strategies.prophet",
+    "dlm_decode.strategies.klass",
+    "dlm_decode.strategies.dinfer",
+    "dlm_decode.strategies.local_leap",
+    "dlm_decode.strategies.slow_fast",
+    "dlm_decode.strategies.dpad",
+    "dlm_decode.strategies.freedave",
+    "dlm_decode.strategies.adaptive_cache",
 )
 
 

@@ -64,6 +64,9 @@ class ForwardPlan:
 class ModelInputs:
     """What the dLLM is called with.
 
+    Shapes are those of the core's default inputs; a wrapper may append rows after the batch's ``B`` (see
+    :func:`~dlm_decode.hookspecs.dlm_model_inputs`), whose logits rows then follow the batch's.
+
     :ivar input_ids: ``[B, S]`` long.
     :ivar position_ids: ``[B, S]`` long.
     :ivar attention_mask: ``[B, 1, S, K]`` bool, true where a query may attend to a key.
@@ -386,13 +389,16 @@ class DecodeState:
         """Whether some prompt holds an EOS id (a chat template's end of turn, say); read once per batch."""
         return bool(self.is_eos(self.canvas[:, : self.gen_start]).any())
 
-    def after_first_eos(self) -> torch.Tensor:
-        """``[B, N]`` bool, generated columns strictly after each row's first EOS token.
+    def after_first_eos(self, canvas: torch.Tensor | None = None) -> torch.Tensor:
+        """``[..., B, N]`` bool, generated columns strictly after each row's first EOS token.
 
         Masked positions hold the mask id and filled ones lie after the first EOS, so neither moves it; an EOS
         inside a prompt does not count.
+
+        :param canvas: ``[..., B, N]`` long, a canvas of this batch's layout (None: :attr:`canvas`), e.g. the canvas
+            a decision would give, which a drafting strategy settles as :meth:`apply` would.
         """
-        eos = self.is_eos(self.canvas)
+        eos = self.is_eos(self.canvas if canvas is None else canvas)
         if self.prompt_has_eos:
             eos = eos & self.generated_columns
         return eos.cumsum(dim=-1) > eos  # at least one EOS so far, not counting this column's first
