@@ -368,6 +368,17 @@ class DecodeState:
         start = first_true_columns(inside)
         return start, start + inside.sum(-1)
 
+    def own_columns(self, window: Window) -> torch.Tensor:
+        """``[B, N]`` bool, the columns whose logits a forward under ``window`` computes for each row whatever the
+        rest of the batch: the row's ``visible`` keys (all columns before ``input_end`` without them), and for a
+        block-causal model none past the row's current model block (a batch's forward covers later columns for the
+        rows that have reached them). A strategy that keeps logits across steps reads only these, so that a row
+        decodes as it would alone."""
+        own = window.visible if window.visible is not None else (self.columns < window.input_end).expand_as(self.canvas)
+        if self.attention.block_causal:
+            own = own & (self.columns < self.model_block()[1][:, None])
+        return own
+
     def is_eos(self, tokens: torch.Tensor) -> torch.Tensor:
         """Elementwise ``tokens in eos_token_ids`` (same shape, bool)."""
         if self.single_eos is not None:

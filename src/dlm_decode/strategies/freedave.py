@@ -156,10 +156,12 @@ class FreeDave:
             attention_mask=inputs.attention_mask.repeat(copies, 1, 1, 1),
             start=inputs.start, end=inputs.end)
 
-    def ranking(self, state: DecodeState, forward: ForwardOutput, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def ranking(self, state: DecodeState, forward: ForwardOutput, window: Window,
+                rows: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The one-token rule's confidence and argmax at every column of every forwarded canvas.
 
-        :return: ``[R, B, N]`` float32 (``-inf`` outside the forward's columns) and ``[R, B, N]`` long, ``R`` canvases.
+        :return: ``[R, B, N]`` float32 (``-inf`` outside the columns the forward computes for the row alone,
+            :meth:`DecodeState.own_columns`) and ``[R, B, N]`` long, ``R`` canvases.
         """
         batch, width = state.canvas.shape
         span = forward.inputs.end - forward.start
@@ -169,7 +171,7 @@ class FreeDave:
         full_tokens = torch.zeros((rows, batch, width), dtype=torch.long, device=confidence.device)
         full_confidence[:, :, forward.start:forward.inputs.end] = confidence.view(rows, batch, span)
         full_tokens[:, :, forward.start:forward.inputs.end] = tokens.view(rows, batch, span)
-        return full_confidence, full_tokens
+        return full_confidence.masked_fill(~state.own_columns(window), float("-inf")), full_tokens
 
     @hookimpl
     def dlm_verify(self, state: DecodeState, forward: ForwardOutput, proposal: Proposal, window: Window) -> Decision:
@@ -179,7 +181,7 @@ class FreeDave:
         drafts = memory.drafts
         first = select_top(proposal.confidence, window.eligible, None)  # a_0: exact, from the current canvas
         rows = 1 if drafts is None else self.draft_steps
-        confidence, tokens = self.ranking(state, forward, rows)
+        confidence, tokens = self.ranking(state, forward, window, rows)
         if drafts is None:
             memory.confidence, memory.tokens = confidence[0], tokens[0]
             return Decision(commit=first, tokens=proposal.tokens)

@@ -118,9 +118,11 @@ class KlassVerifier:
     def __init__(self, config: KlassConfig):
         self.config = config
 
-    def stable_runs(self, state: DecodeState, forward: ForwardOutput, memory: KlassMemory) -> tuple[torch.Tensor,
-                                                                                                     torch.Tensor]:
-        """Update the history with this step's forward.
+    def stable_runs(self, state: DecodeState, forward: ForwardOutput, window: Window,
+                    memory: KlassMemory) -> tuple[torch.Tensor, torch.Tensor]:
+        """Update the history with this step's forward, at the columns it computes for each row as alone
+        (:meth:`DecodeState.own_columns`; on a block-causal model a batch's forward also covers later blocks of
+        rows behind the others).
 
         :return: ``run`` ``[B, N]`` long (consecutive KLs below the threshold, 0 on prompt columns) and ``kl``
             ``[B, N]`` float32 (this step's KL, ``inf`` where there is none).
@@ -134,11 +136,13 @@ class KlassVerifier:
             memory.known = torch.zeros(batch, generated, dtype=torch.bool, device=log_probs.device)
             memory.run = torch.zeros(batch, generated, dtype=torch.long, device=log_probs.device)
         span = slice(low - first_gen, high - first_gen)
-        kl = torch.where(memory.known[:, span], kl_divergence(log_probs, memory.log_probs[:, span]), float("inf"))
+        own = state.own_columns(window)[:, low:high]
+        kl = torch.where(memory.known[:, span] & own, kl_divergence(log_probs, memory.log_probs[:, span]),
+                         float("inf"))
         run = torch.zeros_like(memory.run)  # a column outside the span loses its history
         run[:, span] = torch.where(kl < self.config.kl_threshold, memory.run[:, span] + 1, 0)
         known = torch.zeros_like(memory.known)
-        known[:, span] = True
+        known[:, span] = own
         memory.log_probs[:, span] = log_probs
         memory.run, memory.known = run, known
         full_run = torch.zeros_like(state.canvas)
@@ -169,7 +173,7 @@ class KlassVerifier:
     def dlm_verify(self, state: DecodeState, forward: ForwardOutput, proposal: Proposal, window: Window) -> Decision:
         config = self.config
         memory = state.memory(self, lambda state: KlassMemory())
-        run, kl = self.stable_runs(state, forward, memory)
+        run, kl = self.stable_runs(state, forward, window, memory)
         step, quota = self.block_schedule(memory, window)
         stable = run >= config.history_length
         if config.block_warmup:
