@@ -72,3 +72,33 @@ def test_every_planned_run_is_checked_before_any_is_evaluated(tiny_dllm_dir, tmp
         ablate("configs/decoders/llada.yaml", parse_vary([vary]), tmp_path,
                overrides=[f"model.dllm.path={tiny_dllm_dir}"], tasks=tasks, limit=1, progress=False)
     assert not list(tmp_path.iterdir()), "no run was evaluated"
+
+
+def _row(run, factor, tpf, accuracy):
+    return {"run": run, "factor": factor, "tokens_per_forward": tpf, "tokens_per_s": 100 * tpf,
+            "accuracy": accuracy}
+
+
+def test_plot_labels_never_overlap_and_the_base_stays_visible_under_an_equal_variation():
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from dlm_decode.eval.ablation import pareto_figure
+
+    names = ["threshold", "factor", "wino", "apd", "prophet", "klass", "hierarchy", "credit", "local_leap",
+             "slow_fast", "freedave", "entropy_bound"]
+    # a dense cluster: tokens per forward 3.9 to 4.3, accuracy 97.5 to 98.6, and one variation equal to the base
+    rows = [_row("base", None, 0.85, 0.98), _row("decoder.verification=topk", "decoder.verification", 0.85, 0.98)]
+    rows += [_row(f"decoder.verification={name}", "decoder.verification", 3.9 + 0.04 * i, 0.975 + 0.001 * (i % 5))
+             for i, name in enumerate(names)]
+    figure, texts = pareto_figure(rows, "tokens_per_forward")
+    renderer = figure.canvas.get_renderer()
+    boxes = [text.get_window_extent(renderer) for text in texts]
+    overlapping = [(a.get_text(), b.get_text()) for i, (a, box_a) in enumerate(zip(texts, boxes))
+                   for b, box_b in zip(texts[i + 1:], boxes[i + 1:]) if box_a.overlaps(box_b)]
+    assert overlapping == []
+    assert sorted(text.get_text() for text in texts) == sorted(["base = topk", *names])
+    base = next(c for c in figure.axes[0].collections if c.get_label() == "base")
+    assert base.get_zorder() > max(c.get_zorder() for c in figure.axes[0].collections if c is not base)
+    assert base.get_facecolor().size == 0 or base.get_facecolor()[0][3] == 0  # a ring: what is under it shows

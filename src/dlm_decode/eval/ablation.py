@@ -121,8 +121,59 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: Directions tried around a point for its label, nearest first at each distance (points of offset).
+_LABEL_DIRECTIONS = ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))
+_LABEL_DISTANCES = (4, 10, 18, 28, 40, 55, 75, 100)
+
+
+def place_labels(axes, points: Sequence[tuple[float, float]], labels: Sequence[str], fontsize: float = 7,
+                 avoid: Sequence = ()) -> list:
+    """Annotate each point with its label at the nearest offset where the label overlaps no other label, no marker
+    and no artist of ``avoid`` (a legend, say), and stays inside the axes (a leader line joins a label placed away
+    from its point).
+
+    :return: the matplotlib ``Annotation`` of each label, in order.
+    """
+    figure = axes.figure
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    frame = axes.get_window_extent(renderer)
+    centres = [axes.transData.transform(point) for point in points]
+    radius = fontsize * figure.dpi / 72 * 0.8  # a marker's half-width in pixels, about
+    taken = [(cx - radius, cy - radius, cx + radius, cy + radius) for cx, cy in centres]
+    taken += [tuple(artist.get_window_extent(renderer).extents) for artist in avoid]
+
+    def free(box, own: int) -> bool:
+        inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+        return inside and all(box.x1 < x0 or box.x0 > x1 or box.y1 < y0 or box.y0 > y1
+                              for index, (x0, y0, x1, y1) in enumerate(taken) if index != own)
+
+    texts = []
+    for index, (point, label) in enumerate(zip(points, labels)):
+        text = None
+        for distance in _LABEL_DISTANCES:
+            for dx, dy in _LABEL_DIRECTIONS:
+                if text is not None:
+                    text.remove()
+                text = axes.annotate(label, point, xytext=(dx * distance, dy * distance), textcoords="offset points",
+                                     fontsize=fontsize, ha="left" if dx > 0 else "right" if dx < 0 else "center",
+                                     va="bottom" if dy > 0 else "top" if dy < 0 else "center",
+                                     arrowprops=None if distance <= 10 else {"arrowstyle": "-", "lw": 0.5,
+                                                                             "color": "0.5"})
+                box = text.get_window_extent(renderer)
+                if free(box, index):
+                    break
+            else:
+                continue
+            break
+        box = text.get_window_extent(renderer)
+        taken.append((box.x0, box.y0, box.x1, box.y1))
+        texts.append(text)
+    return texts
+
+
 def plot_pareto(rows: list[dict], out: Path) -> None:
-    """Accuracy against tokens per forward and against tokens/s, one colour per factor."""
+    """``pareto_tpf.png`` and ``pareto_tps.png`` in ``out`` (:func:`pareto_figure`), when matplotlib is installed."""
     try:
         import matplotlib
 
@@ -131,23 +182,39 @@ def plot_pareto(rows: list[dict], out: Path) -> None:
     except ImportError:
         print("matplotlib is not installed: no plots (pip install 'dlm-decode[plots]')")
         return
-    for metric, label, filename in (("tokens_per_forward", "tokens per dLLM forward", "pareto_tpf.png"),
-                                    ("tokens_per_s", "tokens / s", "pareto_tps.png")):
-        figure, axes = plt.subplots(figsize=(6.4, 4.4))
-        groups: dict[str, list[dict]] = {}
-        for row in rows:
-            groups.setdefault(row["factor"] or "base", []).append(row)
-        for factor, members in groups.items():
-            xs = [m[metric] for m in members]
-            ys = [100 * m["accuracy"] for m in members]
-            axes.scatter(xs, ys, label=factor)
-            for m, x, y in zip(members, xs, ys):
-                axes.annotate(m["run"].split("=", 1)[-1], (x, y), fontsize=7, xytext=(3, 3),
-                              textcoords="offset points")
-        axes.set_xlabel(label)
-        axes.set_ylabel("accuracy (%)")
-        axes.grid(alpha=0.3)
-        axes.legend(fontsize=7)
-        figure.tight_layout()
+    for metric, filename in (("tokens_per_forward", "pareto_tpf.png"), ("tokens_per_s", "pareto_tps.png")):
+        figure, _ = pareto_figure(rows, metric)
         figure.savefig(out / filename, dpi=120)
         plt.close(figure)
+
+
+def pareto_figure(rows: list[dict], metric: str):
+    """Accuracy against ``metric`` (``tokens_per_forward`` or ``tokens_per_s``), one colour per factor, every point
+    labelled by its value without overlapping another label or marker (:func:`place_labels`); the base is a ring
+    drawn over the other markers, so it stays visible where a variation equals it, and runs at the same point share
+    one label (``base = value``).
+
+    :return: the matplotlib figure and its labels.
+    """
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7.2, 5.0))
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["factor"] or "base", []).append(row)
+    for factor, members in groups.items():
+        style = ({"s": 110, "facecolors": "none", "edgecolors": "black", "linewidths": 1.5, "zorder": 3}
+                 if factor == "base" else {"s": 30, "zorder": 2})
+        axes.scatter([m[metric] for m in members], [100 * m["accuracy"] for m in members], label=factor, **style)
+    names: dict[tuple[float, float], list[str]] = {}
+    for row in rows:
+        names.setdefault((row[metric], 100 * row["accuracy"]), []).append(row["run"].split("=", 1)[-1])
+    axes.margins(0.12)
+    axes.set_xlabel("tokens per dLLM forward" if metric == "tokens_per_forward" else "tokens / s")
+    axes.set_ylabel("accuracy (%)")
+    axes.grid(alpha=0.3)
+    legend = axes.legend(fontsize=7, loc="lower left")
+    figure.tight_layout()  # before the labels: it moves the axes, which would move the points under them
+    texts = place_labels(axes, list(names), [" = ".join(dict.fromkeys(value)) for value in names.values()],
+                         avoid=[legend])
+    return figure, texts
