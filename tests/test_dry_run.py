@@ -1,26 +1,19 @@
 """``--dry-run`` (models/dry_run.py): every incompatibility it claims to catch, on edited copies of the stand-ins
-and of tiny checkpoints, without loading weights."""
+and of tiny checkpoints, without loading weights (the missing files themselves: tests/test_loading_errors.py)."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
-from dlm_decode import ModelError
+from dlm_decode import ConfigError, ModelError
 from dlm_decode.cli import main
 from dlm_decode.config.schema import ModelSpec
 from dlm_decode.decoder import Decoder
+from dlm_decode.models.adapter import DiffusionLM
 from dlm_decode.models.dry_run import dry_run
-from dlm_decode.models.hf import DiffusionLM
 from dlm_decode.testing.models import build_tiny_checkpoint, dream_like_tokenizer
 from helpers import edited_copy
 from stand_ins import REMOTE
-
-
-def variant(source, target, *, drop=(), **edits):
-    """:func:`~helpers.edited_copy` without the weights (a dry run never reads them)."""
-    return edited_copy(source, target, drop=("model.safetensors", *drop), **edits)
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +33,8 @@ def check(dllm, ar=None, *overrides, trust=True, **kwargs):
 
 
 def test_dry_run_passes_the_paper_pairing_without_weights(stand_ins, tmp_path):
-    dream = variant(stand_ins["dream"], tmp_path / "dream")
-    qwen = variant(stand_ins["qwen"], tmp_path / "qwen")
+    dream = edited_copy(stand_ins["dream"], tmp_path / "dream")
+    qwen = edited_copy(stand_ins["qwen"], tmp_path / "qwen")
     report = check(dream, qwen, prompts=["What is 2+2?"])
     assert report.ok, report.format()
     assert "family dream" in report.facts["dllm"]
@@ -50,7 +43,9 @@ def test_dry_run_passes_the_paper_pairing_without_weights(stand_ins, tmp_path):
     assert main(["generate", "--dry-run", "-c", "configs/decoders/apd.yaml", f"model.dllm.path={dream}", *REMOTE,
                  f"model.ar.path={qwen}", "--prompt", "What is 2+2?"]) == 0
     assert main(["generate", "--dry-run", "-c", "configs/decoders/apd.yaml", f"model.dllm.path={dream}", *REMOTE,
-                 f"model.ar.path={qwen}"]) == 2, "512 assumed + 32 > 256"
+                 f"model.ar.path={qwen}"]) == 0, "no prompt: the budget is what the contexts leave"
+    assert main(["generate", "--dry-run", "-c", "configs/decoders/apd.yaml", f"model.dllm.path={dream}", *REMOTE,
+                 f"model.ar.path={qwen}", "--prompt-budget", "512"]) == 2, "512 + 32 > 256"
 
 
 def test_dry_run_needs_trust_remote_code(stand_ins):
@@ -61,7 +56,7 @@ def test_dry_run_catches_tokenizers_that_disagree(stand_ins, tmp_path):
     def swap(vocab):
         vocab["a"], vocab["b"] = vocab["b"], vocab["a"]
 
-    qwen = variant(stand_ins["qwen"], tmp_path / "qwen", vocab=swap)
+    qwen = edited_copy(stand_ins["qwen"], tmp_path / "qwen", vocab=swap)
     report = check(stand_ins["dream"], qwen)
     assert report.checks() == {"pair_tokenizer"}
     assert "2 AR token(s)" in report.errors[0].message
@@ -69,7 +64,7 @@ def test_dry_run_catches_tokenizers_that_disagree(stand_ins, tmp_path):
 
 
 def test_dry_run_catches_an_ar_head_wider_than_the_dllm_head(stand_ins, tmp_path):
-    qwen = variant(stand_ins["qwen"], tmp_path / "qwen", config={"vocab_size": 120})
+    qwen = edited_copy(stand_ins["qwen"], tmp_path / "qwen", config={"vocab_size": 120})
     report = check(stand_ins["dream"], qwen)
     assert report.checks() == {"pair_vocab"}
     assert "120" in report.errors[0].message and "112" in report.errors[0].message
@@ -78,9 +73,8 @@ def test_dry_run_catches_an_ar_head_wider_than_the_dllm_head(stand_ins, tmp_path
 @pytest.mark.parametrize(("edit", "expected"), [({"mask_token": None}, "mask"), ({"pad_token": "<mask>"}, "pad"),
                                               ({"eos_token": None}, "eos")], ids=["no-mask", "pad-is-mask", "no-eos"])
 def test_a_bad_special_token_is_refused_by_the_dry_run_and_by_the_real_load(tiny, tmp_path, edit, expected):
-    broken = variant(tiny["dllm"], tmp_path / "broken", tokenizer_config=edit)
+    broken = edited_copy(tiny["dllm"], tmp_path / "broken", tokenizer_config=edit)
     assert check(broken).checks() == {expected}
-    shutil.copy(tiny["dllm"] / "model.safetensors", broken / "model.safetensors")
     with pytest.raises(ModelError, match="fix"):
         DiffusionLM.from_spec(ModelSpec(path=str(broken)))
 
@@ -88,19 +82,19 @@ def test_a_bad_special_token_is_refused_by_the_dry_run_and_by_the_real_load(tiny
 def test_dry_run_checks_the_special_ids_a_config_sets(tiny, tmp_path):
     assert check(tiny["dllm"], None, "model.dllm.mask_token_id=100").checks() == {"mask"}, "head is 100 wide"
     assert check(tiny["dllm"], None, "model.dllm.eos_token_ids=[2,150]").checks() == {"eos"}
-    no_mask = variant(tiny["dllm"], tmp_path / "no-mask", tokenizer_config={"mask_token": None})
+    no_mask = edited_copy(tiny["dllm"], tmp_path / "no-mask", tokenizer_config={"mask_token": None})
     assert check(no_mask, None, "model.dllm.mask_token_id=3").ok, "an explicit id fixes a missing one"
 
 
 def test_dry_run_catches_a_context_too_short(stand_ins, tiny, tmp_path):
-    short = variant(tiny["dllm"], tmp_path / "short", config={"max_position_embeddings": 40})
+    short = edited_copy(tiny["dllm"], tmp_path / "short", config={"max_position_embeddings": 40})
     assert check(short, None, "generation.max_new_tokens=32", prompts=["x" * 6]).ok, "<bos> + 6 + newline + 32 = 40"
     report = check(short, None, "generation.max_new_tokens=32", prompts=["x" * 7])
     assert report.checks() == {"context"} and report.errors[0].key == "model.dllm.path"
-    short_ar = variant(stand_ins["qwen"], tmp_path / "short-ar", config={"max_position_embeddings": 64})
+    short_ar = edited_copy(stand_ins["qwen"], tmp_path / "short-ar", config={"max_position_embeddings": 64})
     report = check(stand_ins["dream"], short_ar, "generation.max_new_tokens=32", prompt_budget=40)
     assert report.checks() == {"context"} and report.errors[0].key == "model.ar.path"
-    long_dream = variant(stand_ins["dream"], tmp_path / "long", config={"max_position_embeddings": 131072})
+    long_dream = edited_copy(stand_ins["dream"], tmp_path / "long", config={"max_position_embeddings": 131072})
     assert check(long_dream, None, prompt_budget=2048 - 32).ok
     assert check(long_dream, None, prompt_budget=2048 - 31).checks() == {"context"}, "Dream was trained on 2048"
 
@@ -120,12 +114,14 @@ def test_dry_run_and_loading_agree_on_causal_dllms_and_a_mask_id_that_is_an_eos_
 
 
 def test_dry_run_catches_apd_without_an_ar_model(tiny):
-    assert check(tiny["dllm"], None, "decoder.verification=apd").checks() == {"ar_missing"}
+    with pytest.raises(ConfigError, match=r"(?s)`model.ar`: the 'apd' verification strategy.*null.*fix: set "
+                                          r"model.ar.path"):
+        check(tiny["dllm"], None, "decoder.verification=apd")
 
 
 def test_dry_run_reports_unreadable_files_and_family_overrides(stand_ins, tiny, tmp_path):
     assert check(tmp_path / "nowhere").checks() == {"config"}
-    no_tokenizer = variant(tiny["dllm"], tmp_path / "tok", drop=("tokenizer.json", "tokenizer_config.json"))
+    no_tokenizer = edited_copy(tiny["dllm"], tmp_path / "tok", drop=("tokenizer.json", "tokenizer_config.json"))
     assert check(no_tokenizer).checks() == {"tokenizer"}
     report = check(stand_ins["dream"], None, "model.dllm.family=llada")
     assert report.checks("warning") == {"family"}

@@ -1,8 +1,13 @@
-"""The dLLM adapter and model loading (models/hf.py): devices and dtypes, failing paths, the remote-code path on
-stand-ins (tests/stand_ins.py): Dream's realignment through caches, the spiked stand-ins' known answers, LLaDA's
-official calling convention. The native LLaDA and Dream loading is tests/test_native.py's."""
+"""The dLLM adapter (models/adapter.py, models/shifted.py) and model loading (models/loading.py): devices and
+dtypes, a model in memory (``Decoder.from_model``, docs/api.md's example), the remote-code path on stand-ins
+(tests/stand_ins.py): Dream's realignment through caches, the spiked stand-ins' known answers, LLaDA's official
+calling convention. The native LLaDA and Dream loading is tests/test_native.py's; wrong paths and missing files
+tests/test_loading_errors.py's."""
 
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +16,8 @@ from dlm_decode import ModelError
 from dlm_decode.config.schema import ModelSpec
 from dlm_decode.decoder import Decoder
 from dlm_decode.masks import bidirectional_mask, position_ids_from_mask
-from dlm_decode.models.hf import DiffusionLM, new_cache
+from dlm_decode.models.adapter import DiffusionLM
+from dlm_decode.models.causal import new_cache
 from dlm_decode.models.kv_store import PositionalKVCache
 from dlm_decode.state import ModelInputs
 from dlm_decode.testing.models import spike_text
@@ -41,6 +47,47 @@ def test_failure_to_move_the_weights_is_a_model_error_naming_the_key(monkeypatch
     with pytest.raises(ModelError, match=r"(?s)`model.dllm.device` = 'cpu'.*invalid device ordinal.*fix: set "
                                          r"model.dllm.device to a device this machine has"):
         Decoder.from_config({}, ["model.dllm.device=cpu"])
+
+
+def test_a_model_in_memory_decodes_as_the_same_checkpoint_loaded_from_its_path():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dlm_decode.models.embedded import embedded_model_dir
+
+    path = embedded_model_dir("dllm")
+    overrides = ["generation.max_new_tokens=12"]
+    in_memory = Decoder.from_model(AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path),
+                                   "configs/decoders/llada.yaml", overrides)
+    loaded = Decoder.from_config("configs/decoders/llada.yaml", overrides)
+    prompts = ["sort 3 1 2", "reverse abc"]
+    assert in_memory.generate(prompts).token_ids == loaded.generate(prompts).token_ids
+    assert in_memory.weights_hash == loaded.weights_hash
+
+
+def test_the_in_memory_example_of_the_api_page_runs(capsys):
+    text = (Path(__file__).resolve().parent.parent / "docs" / "api.md").read_text(encoding="utf-8")
+    section = text.split("## Decoding a model in memory", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    exec(compile(code, "docs/api.md", "exec"), {})
+    printed = capsys.readouterr().out.strip()
+    assert printed.startswith("['") and printed.endswith("']"), printed
+
+
+def test_a_plain_module_is_refused_with_what_is_needed():
+    with pytest.raises(ModelError, match=r"(?s)DiffusionLM needs a transformers PreTrainedModel whose `config`.*got "
+                                         r"Linear \(a torch.nn.Module\).*fix: pass a transformers model.*adapter "
+                                         r"implementing the DiffusionLM interface.*Decoder\(config, dllm=adapter\)"):
+        Decoder.from_model(torch.nn.Linear(4, 4), None, "configs/decoders/llada.yaml")
+
+
+def test_a_transformers_model_without_its_tokenizer_is_refused():
+    from transformers import AutoModelForCausalLM
+
+    from dlm_decode.models.embedded import embedded_model_dir
+
+    model = AutoModelForCausalLM.from_pretrained(embedded_model_dir("dllm"))
+    with pytest.raises(ModelError, match=r"(?s)got a LlamaForCausalLM but no tokenizer.*fix: pass the tokenizer"):
+        Decoder.from_model(model, None)
 
 
 def test_unknown_local_model_path_is_named():

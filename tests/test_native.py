@@ -15,8 +15,8 @@ from dlm_decode import ModelError
 from dlm_decode.cli import main
 from dlm_decode.config.schema import ModelSpec
 from dlm_decode.decoder import Decoder
+from dlm_decode.models.adapter import DiffusionLM
 from dlm_decode.models.dry_run import dry_run
-from dlm_decode.models.hf import DiffusionLM
 from helpers import REFERENCE, edited_copy
 from stand_ins import REMOTE
 
@@ -63,7 +63,7 @@ def test_the_native_families_keep_their_special_ids_and_layout():
 def test_a_natively_loaded_model_names_its_family_itself():
     """The native class's config keeps the checkpoint's architectures, so the adapter built without a spec still
     finds the family (Dream's shifted logits, its trained context)."""
-    from dlm_decode.models.hf import load_hf
+    from dlm_decode.models.loading import load_hf
 
     dream = DiffusionLM(*load_hf(ModelSpec(path=DREAM), "model.dllm"))
     assert (dream.family.name, dream.family.shifted_logits, dream.max_context) == ("dream", True, 2048)
@@ -158,9 +158,11 @@ def test_weights_that_do_not_match_the_layout_are_listed(tmp_path):
     assert "1 tensor(s) of another shape: model.layers.0.self_attn.q_proj.weight" in message
 
 
-def test_missing_weight_files_name_the_exception_and_the_files_to_check(tmp_path):
+def test_missing_weight_files_name_the_directory_and_the_files_looked_for(tmp_path):
     path = edited_copy(DREAM, tmp_path / "dream", drop=["model.safetensors"])
-    with pytest.raises(ModelError, match=r"(?s)could not be loaded: OSError.*weights \(\*\.safetensors\)"):
+    with pytest.raises(ModelError, match=r"(?s)has no weights: none of model\.safetensors, model\.safetensors"
+                                         r"\.index\.json, pytorch_model\.bin.* in .*dream.*fix: copy the checkpoint's "
+                                         r"weights"):
         DiffusionLM.from_spec(ModelSpec(path=str(path)))
 
 
@@ -294,7 +296,7 @@ def test_a_missing_weight_file_of_remote_code_is_not_blamed_on_the_code(tmp_path
     with pytest.raises(ModelError) as error:
         Decoder.from_config({}, [f"model.dllm.path={path}", *REMOTE])
     message = str(error.value)
-    assert "could not be loaded: OSError" in message and "weights (*.safetensors)" in message
+    assert "has no weights: none of model.safetensors" in message
     assert "modeling code" not in message
 
 

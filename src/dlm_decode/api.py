@@ -27,7 +27,7 @@ from dlm_decode.context import BuildContext
 from dlm_decode.errors import ConfigError, StrategyError, check_field
 from dlm_decode.hookspecs import hookimpl
 from dlm_decode.masks import bidirectional_mask, position_ids_from_mask
-from dlm_decode.models.hf import CausalLM, check_shared_tokenizer, crop_cache, new_cache
+from dlm_decode.models.causal import CausalLM, check_shared_tokenizer, crop_cache, new_cache
 from dlm_decode.models.kv_store import PositionalKVCache
 from dlm_decode.ops import Scorer
 from dlm_decode.registry import ROLES, StrategyRegistry

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dlm_decode.config.compose import ResolvedConfig
 from dlm_decode.config.schema import Config, ModelSpec
 from dlm_decode.masks import BIDIRECTIONAL, AttentionPattern
-from dlm_decode.models.hf import CausalLM, DiffusionLM, load_hf
+from dlm_decode.models.causal import CausalLM
+from dlm_decode.models.loading import load_hf
 from dlm_decode.ops import Scorer
+
+if TYPE_CHECKING:  # the type of `dllm` only: the plugin API need not import the adapter
+    from dlm_decode.models.adapter import DiffusionLM
 
 
 @dataclass
@@ -46,7 +50,7 @@ class BuildContext:
         return model, tokenizer
 
     def load_causal_lm(self, spec: ModelSpec, key: str) -> CausalLM:
-        """An autoregressive model of the config (e.g. ``model.ar``) behind :class:`~dlm_decode.models.hf.CausalLM`,
+        """An autoregressive model of the config (e.g. ``model.ar``) behind :class:`~dlm_decode.models.causal.CausalLM`,
         recorded in :attr:`loaded`.
 
         :raises ModelError: for a bidirectional model.

@@ -17,7 +17,8 @@ from dlm_decode.errors import InputError
 from dlm_decode.hookspecs import hookimpl
 from dlm_decode.loop import decode, run_steps
 from dlm_decode.masks import BIDIRECTIONAL
-from dlm_decode.models.hf import DiffusionLM, weights_fingerprint
+from dlm_decode.models.adapter import DiffusionLM
+from dlm_decode.models.fingerprint import weights_fingerprint
 from dlm_decode.ops import get_scorer
 from dlm_decode.plugins import get_registry, tracing_enabled
 from dlm_decode.registry import ROLES, StrategyRegistry
@@ -130,7 +131,8 @@ def check_seed(value: Any, name: str, fix: str) -> int:
 class Decoder:
     """A diffusion-LM decoder: one strategy per role over a loaded dLLM.
 
-    Build it with :meth:`from_config`; call :meth:`generate` or :meth:`stream`.
+    Build it with :meth:`from_config` (a model loaded as the config says) or :meth:`from_model` (a transformers
+    model already in memory); call :meth:`generate` or :meth:`stream`.
     """
 
     def __init__(self, config: ResolvedConfig, dllm: DiffusionLM | None = None,
@@ -157,6 +159,27 @@ class Decoder:
         config = source if isinstance(source, ResolvedConfig) else load_config(source, overrides,
                                                                                kwargs.get("registry"))
         return cls(config, **kwargs)
+
+    @classmethod
+    def from_model(cls, model: Any, tokenizer: Any, source: Source | Sequence[Source] | ResolvedConfig = (),
+                   overrides: Sequence[str] = (), **kwargs: Any) -> Decoder:
+        """Build a decoder around a transformers model already in memory (trained or edited in this process).
+
+        The config (``source`` and ``overrides``, as for :meth:`from_config`) chooses the strategies and the
+        generation settings; of ``model.dllm`` only what reads the model applies (``family``, ``attention``,
+        ``block_size``, ``chat_template``, ``mask_token_id``, ``eos_token_ids``): the weights stay where they are,
+        so ``path``, ``dtype``, ``device`` and the other loading keys are not used.
+
+        :param model: a transformers ``PreTrainedModel`` (for a bidirectional dLLM on a causal architecture,
+            built with ``config.is_causal = False``). Another model needs an adapter implementing the
+            :class:`~dlm_decode.models.adapter.DiffusionLM` interface, passed as ``Decoder(config, dllm=adapter)``.
+        :param tokenizer: its tokenizer.
+        :raises ModelError: for a model that is no transformers model with a config (a plain ``torch.nn.Module``),
+            a missing tokenizer, or special ids the model cannot use (as loading from a config would).
+        """
+        config = source if isinstance(source, ResolvedConfig) else load_config(source, overrides,
+                                                                               kwargs.get("registry"))
+        return cls(config, dllm=DiffusionLM.from_loaded(model, tokenizer, config.config.model.dllm), **kwargs)
 
     @property
     def weights_hash(self) -> str:

@@ -8,8 +8,11 @@ finding with a stable ``check`` name:
 =================  ======================================================================================
 check              error when
 =================  ======================================================================================
-``config``         a model's ``config.json`` cannot be found or read (path, hub id not cached)
-``tokenizer``      a model's tokenizer cannot be loaded
+``config``         a model's ``config.json`` cannot be found or read: no such directory, a directory without
+                   one (subdirectories with one listed), a hub id not in the local cache with downloading
+                   off, an unreachable hub with downloading on (:mod:`~dlm_decode.models.checkpoint`)
+``weights``        none of the weight files ``from_pretrained`` reads, or shards an index names, are there
+``tokenizer``      no tokenizer files (the ones looked for are named), or the tokenizer cannot be loaded
 ``implementation`` ``implementation: remote`` without ``trust_remote_code``; a ``model_type`` with no native
                    implementation (neither LLaDA, Dream nor a transformers class); a LLaDA or Dream
                    ``config.json`` asking for what the native mapping does not reproduce
@@ -18,7 +21,6 @@ check              error when
 ``mask``           no mask id (tokenizer, family table or ``mask_token_id``), or one outside the dLLM head
 ``pad``            the pad id equals the mask id
 ``eos``            no EOS id, or one outside the dLLM head
-``ar_missing``     the verification needs an AR model (``apd``) and ``model.ar`` is null
 ``pair_tokenizer`` an AR token has another id in the dLLM's tokenizer (APD compares ids, adds logits per id)
 ``pair_vocab``     the AR head is wider than the dLLM head
 ``context``        a model's context is shorter than the prompt budget + ``generation.max_new_tokens``
@@ -30,28 +32,30 @@ check              error when
 
 Warnings (``family`` when an explicit ``model.dllm.family`` disagrees with ``config.json``; ``mask`` when the
 mask id is not a token of the tokenizer; ``device`` when CUDA is asked for but absent here) do not fail the run.
-The prompt budget is the longest of the given prompts after the chat template, else ``prompt_budget`` tokens.
+The prompt budget is the longest of the given prompts after the chat template, else ``prompt_budget`` tokens, else
+what the shorter context of the pair leaves after ``generation.max_new_tokens`` (so the check then fails only when
+nothing is left). The weight and tokenizer files are looked for where loading reads them (the directory, or a hub
+id's cached snapshot when downloading is off), with the checks loading runs itself.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from dlm_decode.config.compose import ResolvedConfig, Source, load_config
 from dlm_decode.config.schema import ModelSpec
 from dlm_decode.errors import ModelError
 from dlm_decode.masks import AttentionPattern
+from dlm_decode.models.causal import tokenizer_mismatches
+from dlm_decode.models.checkpoint import (check_tokenizer_files, check_weight_files, local_files,
+                                          read_config_json, tokenizer_code)
 from dlm_decode.models.families import (CAUSAL_FIX, FAMILIES, attention_pattern, causal_problem, detect_family,
                                         model_context, resolve_special_ids)
-from dlm_decode.models.hf import check_implementation, load_tokenizer, read_config_json, tokenizer_mismatches
+from dlm_decode.models.loading import check_implementation, load_tokenizer
 from dlm_decode.models.prompts import encode_prompts
-
-#: Verification strategies that load ``model.ar``.
-NEEDS_AR = ("apd",)
-#: Prompt tokens assumed when no prompt is given.
-DEFAULT_PROMPT_BUDGET = 512
 
 
 @dataclass
@@ -117,40 +121,70 @@ def _head_from_config(config: dict) -> int:
     return int(config.get("embedding_size") or config.get("vocab_size") or 0)
 
 
+def _message_and_fix(exc: ModelError) -> tuple[str, Optional[str]]:
+    """A :class:`ModelError`'s text split into the message and its fix (None when it names none)."""
+    text = str(exc)
+    for separator in ("\n  fix: ", "; fix: "):
+        message, found, fix = text.partition(separator)
+        if found:
+            return message, fix
+    return text, None
+
+
 def _inspect(spec: ModelSpec, key: str, report: DryRunReport, *, dllm: bool) -> Optional[_Side]:
     try:
         config = read_config_json(spec, key)
     except ModelError as exc:
-        report.add("error", "config", f"{key}.path", str(exc).split("\n")[0],
-                   "give a checkpoint directory with config.json, `embedded:<name>`, or a cached hub id")
+        report.add("error", "config", f"{key}.path", *_message_and_fix(exc))
         return None
     try:
         check_implementation(config, spec, key)
     except ModelError as exc:
-        message, _, fix = str(exc).partition("\n  fix: ")
-        report.add("error", "implementation", f"{key}.implementation", message, fix or None)
+        report.add("error", "implementation", f"{key}.implementation", *_message_and_fix(exc))
     if spec.device.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
             report.add("warning", "device", f"{key}.device", f"{spec.device!r} but no CUDA device on this machine",
                        "fine if the real run goes to a GPU machine; use device: auto to run anywhere")
+    directory = local_files(spec, key)
+    if directory is not None:
+        try:
+            check_weight_files(directory, spec, key)
+        except ModelError as exc:
+            report.add("error", "weights", f"{key}.path", *_message_and_fix(exc))
+        try:
+            check_tokenizer_files(directory, spec, key)
+        except ModelError as exc:
+            report.add("error", "tokenizer", f"{key}.path", *_message_and_fix(exc))
+            return None
+    tokenizer = _load_tokenizer(spec, key, config, directory, report)
+    if tokenizer is None:
+        return None
+    family = detect_family(config) if (not dllm or spec.family == "auto") else FAMILIES[spec.family]
+    return _Side(config, tokenizer, _head_from_config(config), model_context(family, config))
+
+
+def _load_tokenizer(spec: ModelSpec, key: str, config: dict, directory: Optional[Path],
+                    report: DryRunReport) -> Any:
+    """The tokenizer as loading builds it, or None after reporting why it cannot be loaded."""
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # AutoTokenizer warns about remote-code configs it does not build
     try:
-        tokenizer = load_tokenizer(spec, key, config)
+        return load_tokenizer(spec, key, config)
     except Exception as exc:
+        fix = "check the tokenizer files against the checkpoint's"
+        if spec.implementation == "native" and directory is not None and tokenizer_code(directory):
+            fix += (f"; its tokenizer_config.json names its own tokenizer code, which needs "
+                    f"{key}.implementation=remote and {key}.trust_remote_code=true")
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
         report.add("error", "tokenizer", f"{key}.path", f"the tokenizer cannot be loaded: {type(exc).__name__}: "
-                   f"{str(exc).splitlines()[0] if str(exc) else ''}",
-                   f"check the tokenizer files; tokenizers with their own code need {key}.implementation=remote and "
-                   f"{key}.trust_remote_code=true")
+                   f"{first_line}", fix)
         return None
     finally:
         hf_logging.set_verbosity(verbosity)
-    family = detect_family(config) if (not dllm or spec.family == "auto") else FAMILIES[spec.family]
-    return _Side(config, tokenizer, _head_from_config(config), model_context(family, config))
 
 
 def dry_run(source: Source | Sequence[Source] | ResolvedConfig = (), overrides: Sequence[str] = (), *,
@@ -159,9 +193,11 @@ def dry_run(source: Source | Sequence[Source] | ResolvedConfig = (), overrides: 
     """Validate a config and its models' compatibility without loading weights.
 
     :param source: config files/mappings (composed with ``overrides``) or a resolved config; an invalid config
-        raises :class:`~dlm_decode.errors.ConfigError` as ``load_config`` does.
+        raises :class:`~dlm_decode.errors.ConfigError` as ``load_config`` does (a strategy's required key left
+        null, such as ``model.ar`` for ``apd``, included).
     :param prompts: prompts to size the context check with (after the chat template).
-    :param prompt_budget: prompt tokens to assume when ``prompts`` is None (default 512).
+    :param prompt_budget: prompt tokens to assume when ``prompts`` is None (default: what the shorter context of
+        the model pair leaves after ``max_new_tokens``, so that the check fails only when nothing is left).
     :param max_new_tokens: override ``generation.max_new_tokens``.
     """
     config = source if isinstance(source, ResolvedConfig) else load_config(source, overrides)
@@ -179,13 +215,8 @@ def dry_run(source: Source | Sequence[Source] | ResolvedConfig = (), overrides: 
                 report.add("error", "window", "decoder.window.size", f"{size} neither divides nor is a multiple of "
                            f"the dLLM's block size {pattern.block_size} ({pattern})",
                            f"set decoder.window.size to a divisor or a multiple of {pattern.block_size}")
-    verification = config.strategies["verification"][0]
     ar = None
-    if ar_spec is None:
-        if verification in NEEDS_AR:
-            report.add("error", "ar_missing", "model.ar", f"the `{verification}` verification needs an autoregressive "
-                       "model, but model.ar is null", "set model.ar.path (e.g. the Qwen2.5-0.5B checkpoint for Dream)")
-    else:
+    if ar_spec is not None:
         ar = _inspect(ar_spec, "model.ar", report, dllm=False)
         if ar is not None:
             report.facts["ar"] = f"model_type {ar.config.get('model_type')!r}, head {ar.head}, context {ar.context}"
@@ -199,15 +230,29 @@ def dry_run(source: Source | Sequence[Source] | ResolvedConfig = (), overrides: 
         if prompts:
             budget = max(len(ids) for ids in encode_prompts(dllm.tokenizer, list(prompts), chat))
             origin = f"longest of {len(prompts)} prompt(s) after the chat template"
+            fix = "lower generation.max_new_tokens or shorten the prompts (few-shot examples)"
+        elif prompt_budget is not None:
+            budget, origin = prompt_budget, "given (--prompt-budget)"
+            fix = "lower --prompt-budget (prompt_budget) or generation.max_new_tokens"
         else:
-            budget, origin = prompt_budget or DEFAULT_PROMPT_BUDGET, "assumed (--prompt-budget)"
+            budget, origin = _room(dllm, ar, new_tokens)
+            fix = "lower generation.max_new_tokens"
         report.facts["prompt_budget"] = f"{budget} tokens ({origin}) + max_new_tokens {new_tokens}"
         for key, side in (("model.dllm", dllm), ("model.ar", ar)):
             if side is not None and budget + new_tokens > side.context:
+                room = side.context - new_tokens
                 report.add("error", "context", f"{key}.path", f"context {side.context} < prompt budget {budget} + "
-                           f"generation.max_new_tokens {new_tokens} = {budget + new_tokens}",
-                           "lower generation.max_new_tokens or shorten the prompts (few-shot examples)")
+                           f"generation.max_new_tokens {new_tokens} = {budget + new_tokens}"
+                           + (f" (room for prompts of {room} tokens at most)" if room > 0 else
+                              " (no room for any prompt)"), fix)
     return report
+
+
+def _room(dllm: _Side, ar: Optional[_Side], new_tokens: int) -> tuple[int, str]:
+    """The default prompt budget: what the shorter context leaves after ``new_tokens`` (at least 1 token, so that
+    a context with no room at all fails the check), and where it comes from."""
+    key, side = min((("model.dllm", dllm), ("model.ar", ar)), key=lambda pair: pair[1].context if pair[1] else 2**62)
+    return max(side.context - new_tokens, 1), f"{key}'s context {side.context} - max_new_tokens {new_tokens}"
 
 
 def _check_dllm(spec: ModelSpec, side: _Side, report: DryRunReport) -> Optional[AttentionPattern]:

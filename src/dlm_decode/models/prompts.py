@@ -1,6 +1,6 @@
 """Prompt token ids: one user turn of the tokenizer's chat template, or the bare text.
 
-Rendering a chat template (Jinja) costs about 0.2 ms per prompt, a visible share of a small model's decoding.
+Rendering a chat template (Jinja) for every prompt is a visible share of a small model's decoding.
 When a template only prints the turn's content between fixed text, :func:`template_affixes` renders it once and
 keeps that text; :func:`encode_prompts` then tokenizes ``prefix + prompt + suffix`` directly. The shortcut is
 taken only when it is safe: the template's syntax tree prints the content unchanged and uses it nowhere else
