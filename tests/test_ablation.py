@@ -37,6 +37,33 @@ def test_vary_parsing_and_run_plan():
         parse_vary(["decoder.verification"])
 
 
+def test_a_strategy_with_parameters_is_one_value_of_a_factor_and_its_run_is_named_readably():
+    factors = parse_vary(["decoder.verification={name: threshold, threshold: 0.8},{name: wino, draft_threshold: "
+                          "0.7},topk", "decoder.window={size: [4, 8]}, {flag: 'a,b'}", "generation.note=don't,x"])
+    assert factors == [
+        ("decoder.verification", ["{name: threshold, threshold: 0.8}", "{name: wino, draft_threshold: 0.7}", "topk"]),
+        ("decoder.window", ["{size: [4, 8]}", "{flag: 'a,b'}"]),
+        ("generation.note", ["don't", "x"]),  # a quote inside a plain value opens nothing
+    ]
+    runs = plan_runs(factors[:2])
+    assert [name for name, _, _ in runs] == [
+        "base", "decoder.verification=threshold(threshold=0.8)", "decoder.verification=wino(draft_threshold=0.7)",
+        "decoder.verification=topk", "decoder.window=(size=[4, 8])", "decoder.window=(flag=a,b)"]
+    assert runs[1][1:] == ("decoder.verification", ["decoder.verification={name: threshold, threshold: 0.8}"])
+
+
+@pytest.mark.parametrize(("vary", "message"), [
+    ("decoder.verification={name: threshold, threshold: 0.8", "a value is missing its closing '}'"),
+    ("decoder.verification={name: topk},'x", "a value is missing its closing \"'\""),
+    ("decoder.verification=topk},wino", "'}' at column 5 of the values, with no brace or bracket open"),
+    ("decoder.window={size: [4, 8}", "'}' at column 13 of the values, where ']' was expected"),
+], ids=["unclosed-brace", "unclosed-quote", "unopened-brace", "crossed"])
+def test_unbalanced_vary_values_are_named(vary, message):
+    with pytest.raises(InputError) as info:
+        parse_vary([vary])
+    assert str(info.value).startswith(f"--vary {vary!r}: {message}; fix: ")
+
+
 def test_ablation_runs_each_distinct_config_once_and_writes_table_and_plots(tiny_dllm_dir, tmp_path):
     rows = ablate({}, parse_vary(["decoder.verification=topk,left_to_right", "generation.max_new_tokens=4"]),
                   tmp_path, overrides=[f"model.dllm.path={tiny_dllm_dir}", "generation.max_new_tokens=6"],

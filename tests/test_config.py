@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 
-from dlm_decode import ConfigError, load_config
+from dlm_decode import ConfigError, PluginError, load_config
 from dlm_decode.decoder import Decoder
+from dlm_decode.hookspecs import hookimpl
 from dlm_decode.models.dry_run import dry_run
+from dlm_decode.plugins import build_registry
 from stand_ins import PROMPTS as STAND_IN_PROMPTS, REMOTE, expected_texts
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -204,3 +207,70 @@ def test_the_experiment_config_runs_on_the_stand_ins(stand_ins):
     out = decoder.generate(STAND_IN_PROMPTS)
     assert out.texts == expected_texts(decoder.dllm, STAND_IN_PROMPTS, 12)
     assert all(s.commits_per_step == [12] for s in out.stats), "M = 100 covers the canvas; the spike is accepted"
+
+
+@pytest.mark.parametrize(("override", "where"), [
+    ("decoder.verification={name: topk", "did not find expected ',' or '}' while parsing a flow mapping, at the end "
+                                         "of the value"),
+    ("decoder.verification={name: topk}}", "did not find expected <document start>, at column 13 of the value"),
+    ("decoder.verification={name: topk, k: [1, }", "did not find expected node content while parsing a flow node, "
+                                                   "at column 21 of the value"),
+    ('generation.seed="1', "found unexpected end of stream while scanning a quoted scalar, at the end of the value"),
+], ids=["unclosed-brace", "extra-brace", "unclosed-bracket", "unclosed-quote"])
+def test_a_malformed_override_value_names_the_override_the_value_and_where_it_breaks(override, where):
+    key, _, value = override.partition("=")
+    with pytest.raises(ConfigError) as info:
+        load_config("configs/decoders/llada.yaml", [override])
+    assert info.value.key == key
+    message = str(info.value)
+    assert f"cannot parse the value {value!r} of the override {override!r}: {where}" in message
+    assert "fix: write the value as YAML, closing every `{` and `[`" in message
+
+
+def test_a_strategy_that_needs_a_key_is_refused_when_the_config_leaves_it_null():
+    """APD declares that it needs ``model.ar``: the config is refused when composed, before any model loads."""
+    load_config(["configs/decoders/apd.yaml"])  # the preset composes the AR model
+    with pytest.raises(ConfigError) as info:
+        load_config(["configs/decoders/apd.yaml"], ["model.ar=null"])
+    assert info.value.key == "model.ar"
+    assert str(info.value) == ("`model.ar`: the 'apd' verification strategy (decoder.verification.name=apd) needs it, "
+                               "but it is null\n  fix: set model.ar.path (e.g. embedded:ar), or compose "
+                               "configs/models/embedded-ar.yaml; or choose another verification strategy")
+    assert load_config(["configs/decoders/apd.yaml"], ["model.ar=null", "decoder.verification=topk"])
+
+
+@dataclass
+class _NoParams:
+    pass
+
+
+def _registry_needing(requires: dict[str, str]):
+    """The built-in strategies plus a verification strategy ``needy`` declaring ``requires``."""
+
+    class Needy:
+        @staticmethod
+        @hookimpl
+        def dlm_register(registry) -> None:
+            registry.add("verification", "needy", _NoParams, lambda config, context: None, requires=requires)
+
+    return build_registry({"tests.needy": Needy})
+
+
+@pytest.mark.parametrize(("requires", "null", "pattern"), [
+    ({"model.ar.path": "set model.ar.path"}, "model.ar=null",
+     r"`model.ar.path`: the 'needy' verification strategy .* is null\n  fix: set model.ar.path; or choose"),
+    ({"generation.max_steps": "set generation.max_steps=64"}, "generation.max_steps=null",
+     r"`generation.max_steps`: the 'needy' verification strategy .*\n  fix: set generation.max_steps=64;"),
+], ids=["key-under-a-null-section", "generation-key"])
+def test_any_declared_requirement_is_checked(requires, null, pattern):
+    registry = _registry_needing(requires)
+    needy = ["decoder.verification=needy", "model.ar.path=embedded:ar", "generation.max_steps=64"]
+    assert load_config({}, needy, registry=registry).strategies["verification"][0] == "needy"
+    with pytest.raises(ConfigError, match=pattern):
+        load_config({}, [*needy, null], registry=registry)
+
+
+def test_a_requirement_that_is_no_config_key_is_the_plugins_mistake():
+    with pytest.raises(PluginError, match=r"plugin tests.needy in dlm_register: verification strategy 'needy' "
+                                          r"declares that it requires `model.arr`, which is not a config key"):
+        load_config({}, ["decoder.verification=needy"], registry=_registry_needing({"model.arr": "set it"}))

@@ -169,7 +169,7 @@ def test_an_out_path_that_is_a_file_is_refused(make_decoder, tmp_path):
 HOLD_THE_LOCK = """
 import sys, time
 from pathlib import Path
-from dlm_decode.eval.runner import claim_out_dir
+from dlm_decode.eval.lock import claim_out_dir
 from dlm_decode.distributed import Ranks
 with claim_out_dir(Path(sys.argv[1]), Ranks(), sys.argv[2]):
     Path(sys.argv[3]).touch()
@@ -212,7 +212,30 @@ def test_a_second_run_on_a_busy_out_is_refused_and_writes_nothing(make_decoder, 
     holder.kill()
     holder.wait()  # the lock goes with its process, even a killed one
     assert evaluate(make_decoder(), out, tasks=["sort"], limit=2, progress=False)["examples"] == 2
-    assert (out / ".dlm-decode.lock").read_text() == "", "a finished run leaves no holder behind"
+    assert not (out / ".dlm-decode.lock").exists(), "a finished run removes the lock file, stale or its own"
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "results.jsonl", "summary.json"]
+
+
+def test_a_run_locks_the_file_its_path_names_even_when_the_holder_before_removes_it(tmp_path, monkeypatch):
+    """Between opening the lock file and locking it, the run before may end and remove the file: the lock taken
+    then would be on a removed file, invisible to a third run. The run locks the file that its path names."""
+    import fcntl
+
+    from dlm_decode.distributed import Ranks
+    from dlm_decode.eval.lock import LOCK, claim_out_dir
+
+    real_flock, calls = fcntl.flock, []
+
+    def previous_run_ends_first(handle, operation):
+        calls.append(operation)
+        if len(calls) == 1:
+            (tmp_path / LOCK).unlink()  # what the run before does as it ends
+        return real_flock(handle, operation)
+
+    monkeypatch.setattr(fcntl, "flock", previous_run_ends_first)
+    with claim_out_dir(tmp_path, Ranks(), "eval"):
+        assert (tmp_path / LOCK).read_text().startswith("dlm-decode eval, pid ")
+    assert not (tmp_path / LOCK).exists()
 
 
 def test_a_file_system_without_flock_warns_and_runs(make_decoder, tmp_path, monkeypatch):
@@ -227,6 +250,7 @@ def test_a_file_system_without_flock_warns_and_runs(make_decoder, tmp_path, monk
     with pytest.warns(UserWarning, match="does not support flock \\(No locks available\\)"):
         summary = evaluate(make_decoder(), tmp_path / "run", tasks=["sort"], limit=1, progress=False)
     assert summary["examples"] == 1
+    assert not (tmp_path / "run" / ".dlm-decode.lock").exists()
 
 
 def test_an_ablation_holds_its_directory_for_every_run(make_decoder, tmp_path, monkeypatch):

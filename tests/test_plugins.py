@@ -138,3 +138,46 @@ def test_duplicate_strategy_names_are_rejected():
 
     with pytest.raises(PluginError, match="(?s)'topk' is already registered by dlm_decode.strategies.verification"):
         build_registry({"tests.twice": Twice})
+
+
+@pytest.mark.parametrize("requires", [{"model.ar": ""}, {"": "set it"}, {"model.ar": None}, {1: "set it"}],
+                         ids=["empty-fix", "empty-key", "no-fix", "key-not-a-string"])
+def test_a_requirement_declaration_must_map_keys_to_fixes(requires):
+    class Needy:
+        @staticmethod
+        @hookimpl
+        def dlm_register(registry):
+            registry.add("verification", "needy", _NoParams, lambda config, context: None, requires=requires)
+
+    with pytest.raises(PluginError, match=r"(?s)plugin tests.needy in dlm_register: verification strategy 'needy': "
+                                          r"requires must map dotted config keys to fixes.*fix: e.g. requires="):
+        build_registry({"tests.needy": Needy})
+
+
+def test_a_strategy_declares_its_requirements_optionally():
+    registry = build_registry()
+    assert registry.get("verification", "apd").requires == {
+        "model.ar": "set model.ar.path (e.g. embedded:ar), or compose configs/models/embedded-ar.yaml"}
+    assert registry.get("verification", "topk").requires == {}
+
+
+RAISES = "from dlm_decode import hookimpl\n@hookimpl\ndef dlm_register(registry):\n    return 1 / 0\n"
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_shows_where_a_plugin_raised(site, capsys, where):
+    """Without --debug: the one-line error, which mentions --debug; with it (before or after the subcommand): the
+    chained traceback, down to the plugin's file and line."""
+    module = site("zeroplug", {"zero": RAISES})[0]
+    reset_registry()
+    assert main(["plugins"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("dlm-decode: error: plugin zero in dlm_register: raised ZeroDivisionError: division by zero\n"
+                   "  fix: fix or uninstall the plugin package, or set DLM_DECODE_DISABLE_PLUGIN_AUTOLOAD=1\n"
+                   "  (rerun with --debug for the traceback, with the file and line where it was raised)\n")
+    assert main(["--debug", "plugins"] if where == "before" else ["plugins", "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert f'{module}.py", line 4, in dlm_register\n    return 1 / 0' in err
+    assert "The above exception was the direct cause of the following exception" in err
+    assert err.endswith("dlm-decode: error: plugin zero in dlm_register: raised ZeroDivisionError: division by zero\n"
+                        "  fix: fix or uninstall the plugin package, or set DLM_DECODE_DISABLE_PLUGIN_AUTOLOAD=1\n")

@@ -7,7 +7,8 @@ strategies from it by name (:mod:`dlm_decode.config`), and a decoder builds the 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from dlm_decode.errors import ConfigError, PluginError
@@ -33,6 +34,9 @@ class StrategySpec:
     :ivar plugin: the plugin module (or object) name that registered it.
     :ivar package: the distribution that ships it.
     :ivar version: the distribution's version.
+    :ivar requires: dotted config keys the strategy cannot work without (each must not be null), with how to set
+        each; checked when a config is composed (``load_config``), so ``dlm-decode config validate`` and the dry
+        run report them before any model loads.
     """
 
     role: str
@@ -42,6 +46,7 @@ class StrategySpec:
     plugin: str
     package: str
     version: str
+    requires: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -56,14 +61,23 @@ class StrategyRegistry:
         self._specs: dict[tuple[str, str], StrategySpec] = {}
         self._origin: tuple[str, str, str] = ("?", "?", "?")
 
-    def add(self, role: str, name: str, config_cls: type, factory: Callable[[Any, Any], object]) -> None:
+    def add(self, role: str, name: str, config_cls: type, factory: Callable[[Any, Any], object], *,
+            requires: Mapping[str, str] | None = None) -> None:
         """Register a strategy (called from a plugin's ``dlm_register``).
 
-        :raises PluginError: for an unknown role or a name already registered for that role.
+        :param requires: optional: the config keys the strategy needs set (not null), each with the fix to print
+            when it is null, e.g. ``{"model.ar": "set model.ar.path (e.g. embedded:ar)"}``.
+        :raises PluginError: for an unknown role, a name already registered for that role, or a ``requires`` that
+            is not a mapping of dotted keys to fixes.
         """
         plugin, package, version = self._origin
         if role not in ROLES:
             raise PluginError(plugin, "dlm_register", f"unknown role {role!r}", f"use one of {', '.join(ROLES)}")
+        requires = dict(requires or {})
+        if not all(isinstance(key, str) and key and isinstance(fix, str) and fix for key, fix in requires.items()):
+            raise PluginError(plugin, "dlm_register", f"{role} strategy {name!r}: requires must map dotted config "
+                              f"keys to fixes, got {requires!r}",
+                              "e.g. requires={'model.ar': 'set model.ar.path (e.g. embedded:ar)'}")
         if (role, name) in self._specs:
             other = self._specs[(role, name)]
             raise PluginError(
@@ -72,7 +86,8 @@ class StrategyRegistry:
                 f"{role} strategy {name!r} is already registered by {other.plugin} ({other.package})",
                 "choose another name, or uninstall one of the two packages",
             )
-        self._specs[(role, name)] = StrategySpec(role, name, config_cls, factory, plugin, package, version)
+        self._specs[(role, name)] = StrategySpec(role, name, config_cls, factory, plugin, package, version,
+                                                 requires)
 
     def get(self, role: str, name: str) -> StrategySpec:
         """The strategy ``name`` of ``role``.

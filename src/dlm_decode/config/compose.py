@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from dlm_decode.config.schema import Config, GenerationSection, ModelSection, ModelSpec
-from dlm_decode.errors import ConfigError, FieldError
+from dlm_decode.errors import ConfigError, FieldError, PluginError
 from dlm_decode.plugins import get_registry
 from dlm_decode.registry import ROLES, StrategyRegistry
 
@@ -78,6 +79,7 @@ def load_config(
         "decoder": {role: {"name": name, **_asdict(params)} for role, (name, params) in strategies.items()},
         "generation": _asdict(config.generation),
     }
+    _check_requirements(resolved, strategies, registry)
     config.decoder = resolved["decoder"]
     text = OmegaConf.to_yaml(OmegaConf.create(resolved))
     return ResolvedConfig(config, strategies, text, hashlib.sha256(text.encode()).hexdigest()[:12])
@@ -116,8 +118,36 @@ def _parse_override(item: str) -> dict:
                           "e.g. generation.max_new_tokens=64 or decoder.verification=left_to_right")
     try:
         return OmegaConf.to_container(OmegaConf.from_dotlist([item]))
+    except yaml.YAMLError as exc:  # the value is not YAML (an unclosed brace, say)
+        value = item.partition("=")[2]
+        problem = _yaml_problem(exc, value)
+        raise ConfigError(key, f"cannot parse the value {value!r} of the override {item!r}: {problem}",
+                          OVERRIDE_VALUE_FIX) from None
     except OmegaConfBaseException as exc:
-        raise ConfigError(key, f"cannot parse the override {item!r}: {exc}") from exc
+        raise ConfigError(key, f"cannot parse the override {item!r}: {exc}",
+                          "write it as dotted.key=value, e.g. generation.max_new_tokens=64") from exc
+
+
+#: How to write an override value that YAML can read (the fix of a value that does not parse).
+OVERRIDE_VALUE_FIX = ("write the value as YAML, closing every `{` and `[` (a strategy with parameters is "
+                      "{name: threshold, threshold: 0.8}) and quoting a string that holds `:`, `,`, `{` or `[`; "
+                      "quote the whole override for the shell, e.g. 'decoder.verification={name: threshold, "
+                      "threshold: 0.8}'")
+
+
+def _yaml_problem(exc: yaml.YAMLError, value: str) -> str:
+    """What YAML says is wrong with ``value``, and where: ``<problem> at column N`` (1-based, of the value) or
+    ``<problem> at the end of the value``."""
+    problem = getattr(exc, "problem", None) or str(exc).split("\n")[0]
+    context = getattr(exc, "context", None)
+    text = f"{problem} {context}" if context else problem
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None:
+        return text
+    if mark.index >= len(value.rstrip()):
+        return f"{text}, at the end of the value"
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if "\n" in value else f"column {mark.column + 1}"
+    return f"{text}, at {where} of the value"
 
 
 def _as_section(value: Any, key: str) -> dict:
@@ -202,3 +232,27 @@ def _validate_strategies(decoder: dict, registry: StrategyRegistry) -> dict[str,
         spec = registry.get(role, name)
         strategies[role] = (name, _structured(spec.config_cls, section, f"decoder.{role}"))
     return strategies
+
+
+def _check_requirements(resolved: dict, strategies: dict[str, tuple[str, Any]], registry: StrategyRegistry) -> None:
+    """Refuse a config that leaves null a key a chosen strategy declared it needs (``registry.add(...,
+    requires=...)``), so that the error comes before any model loads.
+
+    :raises ConfigError: naming the key, the strategy that needs it and the strategy's fix.
+    :raises PluginError: when a strategy declares a key the config does not have (a mistake in the plugin).
+    """
+    for role, (name, _) in strategies.items():
+        spec = registry.get(role, name)
+        for key, fix in spec.requires.items():
+            node: Any = resolved
+            for part in key.split("."):
+                if node is None:  # a section above the key is null (model.ar for model.ar.path): so is the key
+                    break
+                if not isinstance(node, dict) or part not in node:
+                    raise PluginError(spec.plugin, "dlm_register", f"{role} strategy {name!r} declares that it "
+                                      f"requires `{key}`, which is not a config key",
+                                      "declare dotted keys of the config, e.g. requires={'model.ar': ...}")
+                node = node[part]
+            if node is None:
+                raise ConfigError(key, f"the {name!r} {role} strategy (decoder.{role}.name={name}) needs it, but it "
+                                  "is null", f"{fix}; or choose another {role} strategy")

@@ -16,22 +16,31 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
 from tqdm.auto import tqdm
 
 from dlm_decode.config.compose import Source, load_config
 from dlm_decode.decoder import Decoder
 from dlm_decode.errors import InputError
 from dlm_decode.eval.aup import aup
-from dlm_decode.eval.runner import check_out_dir, check_selection, claim_out_dir, evaluate
-from dlm_decode.models.hf import DiffusionLM
+from dlm_decode.eval.lock import claim_out_dir
+from dlm_decode.eval.runner import check_out_dir, check_selection, evaluate
+from dlm_decode.models.adapter import DiffusionLM
 
 
 def parse_vary(items: Sequence[str]) -> list[tuple[str, list[str]]]:
-    """``["key=v1,v2", ...]`` -> ``[("key", ["v1", "v2"]), ...]``."""
+    """``["key=v1,v2", ...]`` -> ``[("key", ["v1", "v2"]), ...]``.
+
+    The values split at the commas outside braces, brackets and quotes, so a whole strategy with its parameters is
+    one value: ``decoder.verification={name: threshold, threshold: 0.8},topk`` has two.
+
+    :raises InputError: naming the ``--vary`` item, for one without ``=``, a key or a value, or with an unclosed
+        (or unopened) brace, bracket or quote.
+    """
     factors = []
     for item in items:
         key, sep, values = item.partition("=")
-        choices = [v.strip() for v in values.split(",") if v.strip()]
+        choices = [v.strip() for v in _split_values(item, values) if v.strip()]
         if not sep or not key or not choices:
             raise InputError(f"--vary {item!r} must be key=value1,value2,...; "
                              "fix: e.g. --vary decoder.verification=topk,apd")
@@ -39,12 +48,67 @@ def parse_vary(items: Sequence[str]) -> list[tuple[str, list[str]]]:
     return factors
 
 
+_CLOSING = {"{": "}", "[": "]", "(": ")"}
+
+
+def _split_values(item: str, values: str) -> list[str]:
+    """``values`` split at the commas outside ``{}``, ``[]``, ``()`` and quotes (``item``: the whole ``--vary``
+    argument, for errors)."""
+    parts, start, open_, quote, previous = [], 0, [], None, ","
+    for index, char in enumerate(values):
+        if quote is not None:
+            quote = None if char == quote else quote
+        elif char in "'\"" and previous in ",{[(:":  # a quote opens a scalar only where one starts (not in don't)
+            quote = char
+        elif char in _CLOSING:
+            open_.append(_CLOSING[char])
+        elif char in _CLOSING.values():
+            expected = open_.pop() if open_ else None
+            if char != expected:
+                what = f"where {expected!r} was expected" if expected else "with no brace or bracket open"
+                raise InputError(f"--vary {item!r}: {char!r} at column {index + 1} of the values, {what}; fix: "
+                                 "balance the braces and brackets of each value, e.g. "
+                                 "--vary 'decoder.verification={name: threshold, threshold: 0.8},topk'")
+        elif char == "," and not open_:
+            parts.append(values[start:index])
+            start = index + 1
+        if not char.isspace():
+            previous = char
+    if quote is not None or open_:
+        missing = quote if quote is not None else open_[-1]
+        raise InputError(f"--vary {item!r}: a value is missing its closing {missing!r}; fix: close every brace, "
+                         "bracket and quote of each value, e.g. --vary 'decoder.verification={name: threshold, "
+                         "threshold: 0.8},topk'")
+    return [*parts, values[start:]]
+
+
 def plan_runs(factors: list[tuple[str, list[str]]]) -> list[tuple[str, str | None, list[str]]]:
-    """``[(run name, factor key or None for the base, overrides)]`` with the base first."""
+    """``[(run name, factor key or None for the base, overrides)]`` with the base first; a run is named
+    ``key=value``, a strategy value with parameters as ``name(param=value, ...)``
+    (:func:`_readable_value`)."""
     runs: list[tuple[str, str | None, list[str]]] = [("base", None, [])]
     for key, values in factors:
-        runs += [(f"{key}={value}", key, [f"{key}={value}"]) for value in values]
+        runs += [(f"{key}={_readable_value(value)}", key, [f"{key}={value}"]) for value in values]
     return runs
+
+
+def _readable_value(value: str) -> str:
+    """A ``--vary`` value as a run name: a mapping such as ``{name: threshold, threshold: 0.8}`` as
+    ``threshold(threshold=0.8)`` (``(threshold=0.8)`` without a name); any other value, or one that is not YAML
+    (:func:`load_config` reports it), as given."""
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    if not isinstance(parsed, dict):
+        return value
+    parameters = ", ".join(f"{key}={_yaml_scalar(item)}" for key, item in parsed.items() if key != "name")
+    return f"{parsed.get('name', '')}({parameters})"
+
+
+def _yaml_scalar(value: object) -> str:
+    """``value`` in YAML's flow style on one line (``0.8``, ``true``, ``[1, 2]``)."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("\n...").strip()
 
 
 def _directory_name(name: str) -> str:

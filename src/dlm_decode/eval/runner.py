@@ -11,30 +11,22 @@ is refused. Nothing is written in ``DIR`` before its records are checked: then `
 ``DIR/summary.json`` at the end. Under ``torchrun``/``accelerate launch`` the examples are split by rank and
 gathered on rank 0 (see :func:`evaluate`).
 
-One run at a time per directory: :func:`claim_out_dir` holds a lock on ``DIR/.dlm-decode.lock`` (``flock``;
-the ranks of one launcher job share it through rank 0) for the whole run, so a second ``eval`` or ``ablate``
-started on the same directory is refused instead of decoding every example again and appending them twice. The
-lock goes with the process that holds it, even one that is killed; the file names its holder while it is held and
-is empty otherwise.
+One run at a time per directory: the run holds the directory's lock (:mod:`dlm_decode.eval.lock`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime
-import errno
 import json
 import os
-import socket
-import warnings
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from dlm_decode.decoder import Decoder
 from dlm_decode.errors import InputError
+from dlm_decode.eval.lock import claim_out_dir
 from dlm_decode.eval.tasks import TASKS, Example, load_examples
 
 RESULTS, SUMMARY, CONFIG = "results.jsonl", "summary.json", "config.yaml"
@@ -196,75 +188,6 @@ def check_out_dir(out_dir: str | Path) -> Path:
         raise InputError(f"--out {out} is a file, not a directory; fix: pass a directory path (it is created if "
                          "missing)")
     return out
-
-
-#: The lock file of a results directory (see :func:`claim_out_dir`).
-LOCK = ".dlm-decode.lock"
-
-
-@contextlib.contextmanager
-def claim_out_dir(out: Path, ranks, command: str) -> Iterator[None]:
-    """Create ``out`` and hold its lock for the block: rank 0 does both and tells every rank whether it could.
-
-    :param ranks: :class:`~dlm_decode.distributed.Ranks` of this process.
-    :param command: what holds the lock (``eval``, ``ablate``), recorded in the lock file for the error message.
-    :raises InputError: on every rank, when ``out`` cannot be created or another process holds its lock.
-    """
-    from dlm_decode.distributed import broadcast_object
-
-    with contextlib.ExitStack() as stack:
-        problem = None
-        if ranks.main:
-            try:
-                out.mkdir(parents=True, exist_ok=True)
-                stack.enter_context(_locked(out / LOCK, command))
-            except InputError as exc:
-                problem = str(exc)
-            except OSError as exc:
-                problem = (f"--out {out} cannot be created ({exc.strerror}); fix: pass a directory path that can be "
-                           "created")
-        problem = broadcast_object(problem, ranks)  # the other ranks wait for rank 0's answer, then all agree
-        if problem is not None:
-            raise InputError(problem)
-        yield
-
-
-@contextlib.contextmanager
-def _locked(path: Path, command: str) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created if missing), with who holds it written into the file while
-    it is held (emptied again on release, so a finished run leaves an empty file and no stale holder)."""
-    try:
-        import fcntl
-    except ImportError:  # no flock on this platform (Windows): runs are not serialised
-        yield
-        return
-    with path.open("a+", encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):  # the file system has no flock
-                warnings.warn(f"--out {path.parent}: its file system does not support flock ({exc.strerror}), so "
-                              "another run started on this directory would not be refused; start one run per "
-                              "directory", stacklevel=3)
-                yield
-                return
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise InputError(f"--out {path.parent} is in use by another run ({holder}): two runs writing one "
-                             "directory would each decode every example and record it twice. fix: wait for that "
-                             "run to finish (it resumes where it stops), or pass another --out") from None
-        started = datetime.datetime.now().isoformat(timespec="seconds")
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"dlm-decode {command}, pid {os.getpid()} on {socket.gethostname()}, since {started}\n")
-        handle.flush()
-        try:
-            yield
-        finally:
-            handle.seek(0)
-            handle.truncate()
-            handle.flush()
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def check_selection(tasks: Sequence[str] | None, limit: int) -> list[str]:

@@ -72,7 +72,7 @@ class APDMemory:
 
 
 class APDVerifier:
-    """The ``apd`` verification strategy over a :class:`~dlm_decode.models.hf.CausalLM`-like AR model.
+    """The ``apd`` verification strategy over a :class:`~dlm_decode.models.causal.CausalLM`-like AR model.
 
     :param ar: has ``vocab_size`` and ``forward(input_ids, position_ids, attention_mask, cache) -> [B, S, V_ar]``.
     :param scorer: the scoring backend (mixture and coupled sample).
@@ -150,4 +150,6 @@ def build_apd(config: APDConfig, context: BuildContext) -> APDVerifier:
 
 @hookimpl
 def dlm_register(registry) -> None:
-    registry.add("verification", "apd", APDConfig, build_apd)
+    registry.add("verification", "apd", APDConfig, build_apd,
+                 requires={"model.ar": "set model.ar.path (e.g. embedded:ar), or compose "
+                                       "configs/models/embedded-ar.yaml"})
