@@ -23,7 +23,8 @@ from dlm_decode.config import load_config
 from dlm_decode.decoder import Decoder
 from dlm_decode.eval.runner import evaluate
 from dlm_decode.eval.tasks import TASKS, load_examples
-from dlm_decode.models.hf import CausalLM, DiffusionLM
+from dlm_decode.models.adapter import DiffusionLM
+from dlm_decode.models.causal import CausalLM
 
 
 def ar_alone(ar: CausalLM, dllm: DiffusionLM, per_task: int, batch_size: int, max_new_tokens: int) -> dict:

@@ -20,7 +20,7 @@ import time
 from dlm_decode.config import load_config
 from dlm_decode.decoder import Decoder
 from dlm_decode.eval.tasks import TASKS, load_examples
-from dlm_decode.models.hf import DiffusionLM
+from dlm_decode.models.adapter import DiffusionLM
 
 
 def timed(decoder: Decoder, prompts: list[str]):

@@ -55,8 +55,8 @@ import torch
 from dlm_decode.config import load_config
 from dlm_decode.decoder import Decoder
 from dlm_decode.loop import run_steps
+from dlm_decode.models.adapter import DiffusionLM
 from dlm_decode.models.families import FAMILIES
-from dlm_decode.models.hf import DiffusionLM
 from dlm_decode.models.native import ARCHITECTURES, LLADA_KEYS
 from dlm_decode.state import DecodeState
 

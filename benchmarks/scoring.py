@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from dlm_decode.ops import kernels, native
+from dlm_decode.ops import kernels, reference
 from dlm_decode.ops._triton import HAS_TRITON, triton
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -63,17 +63,17 @@ class Op:
 
 
 OPS = [
-    Op("stats", lambda x: native.softmax_stats_native(x.logits), lambda x: kernels.softmax_stats_triton(x.logits),
+    Op("stats", lambda x: reference.softmax_stats_native(x.logits), lambda x: kernels.softmax_stats_triton(x.logits),
        outputs=4),
-    Op("max_prob", lambda x: native.max_prob_native(x.logits), lambda x: kernels.max_prob_triton(x.logits),
+    Op("max_prob", lambda x: reference.max_prob_native(x.logits), lambda x: kernels.max_prob_triton(x.logits),
        outputs=2),
-    Op("token_prob", lambda x: native.token_prob_native(x.logits, x.tokens),
+    Op("token_prob", lambda x: reference.token_prob_native(x.logits, x.tokens),
        lambda x: kernels.token_prob_triton(x.logits, x.tokens)),
-    Op("entropy", lambda x: native.entropy_native(x.logits), lambda x: kernels.entropy_triton(x.logits)),
-    Op("margin", lambda x: native.margin_native(x.logits), lambda x: kernels.margin_triton(x.logits)),
-    Op("gumbel_argmax", lambda x: native.gumbel_argmax_native(x.logits, x.noise, TEMPERATURE),
+    Op("entropy", lambda x: reference.entropy_native(x.logits), lambda x: kernels.entropy_triton(x.logits)),
+    Op("margin", lambda x: reference.margin_native(x.logits), lambda x: kernels.margin_triton(x.logits)),
+    Op("gumbel_argmax", lambda x: reference.gumbel_argmax_native(x.logits, x.noise, TEMPERATURE),
        lambda x: kernels.gumbel_argmax_triton(x.logits, x.noise, TEMPERATURE), reads_noise=True),
-    Op("coupled_sample", lambda x: native.coupled_sample_native(x.logits, x.ar, WEIGHT, x.noise, TEMPERATURE),
+    Op("coupled_sample", lambda x: reference.coupled_sample_native(x.logits, x.ar, WEIGHT, x.noise, TEMPERATURE),
        lambda x: kernels.coupled_sample_triton(x.logits, x.ar, WEIGHT, x.noise, TEMPERATURE),
        reads_noise=True, reads_ar=True),
 ]

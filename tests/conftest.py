@@ -49,7 +49,7 @@ def sharp_dllm(directory, layers: int, eos_token_ids: list[int] | None = None):
     predictions depend on the context and its confidences spread over (0, 1) (the plain tiny model is nearly
     uniform and proposes the same token everywhere, which would make token comparisons vacuous)."""
     from dlm_decode.config.schema import ModelSpec
-    from dlm_decode.models.hf import DiffusionLM
+    from dlm_decode.models.adapter import DiffusionLM
     from dlm_decode.testing.models import build_tiny_checkpoint
 
     path = build_tiny_checkpoint(directory, layers=layers, seed=0)

@@ -1,4 +1,6 @@
-"""Shared test helpers: decoders over the toy model, a step recorder, the reference fixtures, float comparisons."""
+"""Shared test helpers: decoders over the toy model, step and final-canvas recorders, shared prompts, the reference
+fixtures, float comparisons. (Shared pytest fixtures live in conftest.py: a fixture imported from one test module
+into another is built once per module that imports it.)"""
 
 from __future__ import annotations
 
@@ -12,6 +14,10 @@ import torch
 from dlm_decode.decoder import Decoder
 from dlm_decode.hookspecs import hookimpl
 from dlm_decode.testing.toy import ToyDiffusionLM
+
+
+#: Five prompts of different lengths and kinds: a batch of them is left-padded, and the rows finish apart.
+PROMPTS = ["sort: 3 1 2", "hi", "reverse: abcdef", "7+5=", "pick a fruit please"]
 
 
 @dataclass
@@ -45,6 +51,17 @@ class StepRecorder:
         self.runs[-1].steps.append(Step(self._finished, decision.commit.clone(), state.canvas.clone(),
                                         state.masked.clone()))
         self._finished = state.finished.clone()
+
+
+class FinalCanvas:
+    """Observer keeping each row's generated columns as the batch ends (positions after an EOS included)."""
+
+    def __init__(self):
+        self.rows: list[list[int]] = []
+
+    @hookimpl
+    def dlm_generation_end(self, state):
+        self.rows += state.canvas[:, state.gen_start:].tolist()
 
 
 class ModelWrapper:

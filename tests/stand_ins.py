@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dlm_decode.config.schema import ModelSpec
 from dlm_decode.decoder import Decoder
-from dlm_decode.models.hf import DiffusionLM
+from dlm_decode.models.adapter import DiffusionLM
 from dlm_decode.testing.models import spike_text
 
 SPIKE = 40.0

@@ -21,16 +21,17 @@ import torch
 from dlm_decode import ConfigError, load_config
 from dlm_decode.config.schema import ModelSpec
 from dlm_decode.decoder import Decoder
-from dlm_decode.models.hf import DiffusionLM
+from dlm_decode.models.adapter import DiffusionLM
 from dlm_decode.state import Decision, DecodeState, Window
 from dlm_decode.strategies.adaptive_cache import DKVCache, DKVMemory, RefreshSchedule
 from dlm_decode.testing.models import build_tiny_checkpoint
-from helpers import REFERENCE
-from test_reference import OFFICIAL as REFERENCE_FIXTURE, FinalCanvas
+from helpers import REFERENCE, FinalCanvas
 
 PRESET = "configs/decoders/dkv-cache.yaml"
 PROMPTS = ["sort 4 1 7 9 3", "hi", "reverse the word stone", "7+5=", "pick a fruit please"]
 OFFICIAL = json.loads((REFERENCE / "official_dkv.json").read_text(encoding="utf-8"))
+#: The LLaDA fixture of tests/test_reference.py, whose prompts the dKV recording reuses.
+REFERENCE_FIXTURE = json.loads((REFERENCE / "official.json").read_text(encoding="utf-8"))
 
 
 # --- the rule by hand ----------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from hypothesis import given, strategies as st
 
 from dlm_decode import ConfigError, ModelError, load_config
 from dlm_decode.decoder import Decoder
-from dlm_decode.models.hf import check_shared_tokenizer
+from dlm_decode.models.causal import check_shared_tokenizer
 from dlm_decode.models.tokenizer import build_char_tokenizer
 from dlm_decode.ops import Scorer
 from dlm_decode.strategies.apd import APDConfig, APDVerifier, Acceptance, Coupling

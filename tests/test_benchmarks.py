@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_real_size_benchmark_measures_every_preset_on_every_family(tmp_path):
     out = tmp_path / "real_size.json"
     run = subprocess.run([sys.executable, "benchmarks/real_size.py", "--device", "cpu", "--scale", "tiny",

@@ -11,15 +11,12 @@ from dlm_decode.decoder import Decoder
 from dlm_decode.errors import PluginError
 from dlm_decode.hookspecs import hookimpl
 from dlm_decode.masks import bidirectional_mask, position_ids_from_mask
-from dlm_decode.models.hf import run_hf
+from dlm_decode.models.forward import run_hf
 from dlm_decode.models.kv_store import PositionalKVCache
 from dlm_decode.state import Window
 from dlm_decode.strategies.windows import BlocksConfig, BlockWindow
 from dlm_decode.testing.registry import registry_with
-from helpers import ForwardRecorder, StepRecorder, assert_logits_close
-
-
-PROMPTS = ["sort: 3 1 2", "hi", "reverse: abcdef", "7+5=", "pick a fruit please"]
+from helpers import PROMPTS, ForwardRecorder, StepRecorder, assert_logits_close
 
 
 def decoder(dllm, *overrides, **kwargs):

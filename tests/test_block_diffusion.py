@@ -14,8 +14,8 @@ from dlm_decode.decoder import Decoder
 from dlm_decode.errors import ConfigError, ModelError
 from dlm_decode.eval.tasks import TASKS, get_task
 from dlm_decode.masks import BIDIRECTIONAL, AttentionPattern, bidirectional_mask, block_mask
+from dlm_decode.models.adapter import DiffusionLM
 from dlm_decode.models.families import FAMILIES, attention_pattern
-from dlm_decode.models.hf import DiffusionLM
 from dlm_decode.hookspecs import hookimpl
 from dlm_decode.state import ModelInputs
 from dlm_decode.testing.toy import ToyDiffusionLM

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from dlm_decode.masks import bidirectional_mask, position_ids_from_mask
 from dlm_decode.ops import Scorer
 from dlm_decode.state import ModelInputs
-from dlm_decode.testing.strategies import logits as logits_st
-from dlm_decode.testing.strategies import proposals, prompts, verifications, windows
+from dlm_decode.testing.hypothesis_strategies import logits as logits_st
+from dlm_decode.testing.hypothesis_strategies import proposals, prompts, verifications, windows
 from dlm_decode.testing.toy import ToyDiffusionLM
-from helpers import StepRecorder, assert_logits_close, toy_decoder
+from helpers import PROMPTS, StepRecorder, assert_logits_close, toy_decoder
 
 
 prompts_st = prompts()
@@ -102,9 +102,6 @@ def test_padding_does_not_change_a_rows_logits_beyond_tolerance(make_decoder, le
     for i, ids in enumerate(rows):
         alone = tiny_forward_logits(decoder.dllm, [ids], len(ids))[0]
         assert_logits_close(batch[i, width - len(ids):], alone, rtol=BATCH_LOGIT_RTOL)
-
-
-PROMPTS = ["sort: 3 1 2", "hi", "reverse: abcdef", "7+5=", "pick a fruit please"]
 
 
 @pytest.mark.parametrize("overrides", [

@@ -31,6 +31,7 @@ def test_single_process_helpers_are_no_ops(monkeypatch):
         env_ranks()
 
 
+@pytest.mark.slow
 def test_two_processes_evaluate_each_example_once_with_the_single_process_results(tiny_dllm_dir, tmp_path):
     single, double = tmp_path / "single", tmp_path / "double"
     overrides = [f"model.dllm.path={tiny_dllm_dir}"]

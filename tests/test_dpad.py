@@ -27,10 +27,9 @@ import torch
 
 from dlm_decode import ConfigError
 from dlm_decode.decoder import Decoder
-from dlm_decode.hookspecs import hookimpl
 from dlm_decode.state import DecodeState
 from dlm_decode.strategies.dpad import DPadConfig, DPadMemory, DPadWindow, keep_probabilities
-from helpers import REFERENCE
+from helpers import REFERENCE, FinalCanvas
 
 PRESET = Path(__file__).resolve().parents[1] / "configs" / "decoders" / "dpad.yaml"
 OFFICIAL = json.loads((REFERENCE / "official_dpad.json").read_text(encoding="utf-8"))
@@ -245,15 +244,6 @@ def _groups() -> dict[str, list[dict]]:
 
 
 GROUPS = _groups()
-
-
-class FinalCanvas:
-    def __init__(self):
-        self.rows: list[list[int]] = []
-
-    @hookimpl
-    def dlm_generation_end(self, state):
-        self.rows += state.canvas[:, state.gen_start:].tolist()
 
 
 def recorded_keep_table(cases: list[dict]):

@@ -36,8 +36,7 @@ from functools import cache
 import pytest
 
 from dlm_decode.decoder import Decoder
-from dlm_decode.hookspecs import hookimpl
-from helpers import REFERENCE
+from helpers import REFERENCE, FinalCanvas
 
 FIXTURE = json.loads((REFERENCE / "official_freedave.json").read_text(encoding="utf-8"))
 PROMPTS = FIXTURE["prompts"]
@@ -55,17 +54,6 @@ def official(decoder: str, block: int, draft_steps: int | None = None) -> list[d
              and c["arguments"].get("draft_steps") == draft_steps]
     assert [c["prompt"] for c in cases] == list(range(len(PROMPTS)))
     return cases
-
-
-class FinalCanvas:
-    """Observer keeping each row's generated columns as the batch ends."""
-
-    def __init__(self):
-        self.rows: list[list[int]] = []
-
-    @hookimpl
-    def dlm_generation_end(self, state):
-        self.rows += state.canvas[:, state.gen_start:].tolist()
 
 
 @cache

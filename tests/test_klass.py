@@ -21,8 +21,7 @@ from dlm_decode.ops import Scorer
 from dlm_decode.state import DecodeState, ForwardOutput, ModelInputs, Window
 from dlm_decode.strategies.klass import KlassConfig, KlassVerifier, Unmask, kl_divergence
 from dlm_decode.strategies.proposals import TokenProposal
-from helpers import REFERENCE
-from test_reference import FinalCanvas
+from helpers import REFERENCE, FinalCanvas
 
 PRESET = "configs/decoders/klass.yaml"
 OFFICIAL = json.loads((REFERENCE / "official_klass.json").read_text(encoding="utf-8"))

@@ -1,5 +1,5 @@
 """The rules the loop enforces whatever the plugins return (docs/concepts.md), and plugins that break them named:
-commits outside the window, no progress, revocations of prompts, None results, NaN logits, the step limit."""
+commits outside the window, no progress, revocations of prompts, None results, NaN or +inf logits, the step limit."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dlm_decode import DecodeError, PluginError
 from dlm_decode.hookspecs import hookimpl
 from dlm_decode.state import Decision
 from dlm_decode.testing.toy import ToyDiffusionLM
-from helpers import strategy_decoder, toy_decoder
+from helpers import StepRecorder, strategy_decoder, toy_decoder
 
 
 class _Raising:
@@ -48,10 +48,11 @@ class _RevokesPrompt:
 
 
 class _NaNModel(ToyDiffusionLM):
-    """Finite logits, except ``poison`` written into one logit of the last row's last position at step ``step``."""
+    """Finite logits, except ``poison`` written into one logit of the last row's last position at step ``step``
+    (and token 0's logit at the first position, always ``-inf``); ``toy`` goes to :class:`ToyDiffusionLM`."""
 
-    def __init__(self, poison: float = float("nan"), step: int = 0):
-        super().__init__()
+    def __init__(self, poison: float = float("nan"), step: int = 0, **toy):
+        super().__init__(**toy)
         self.poison, self.step, self.calls = poison, step, 0
 
     def forward(self, inputs, cache=None):
@@ -76,16 +77,40 @@ def test_misbehaving_plugins_are_named(plugin_cls, pattern):
                          plugin_name="tests.bad_plugin").generate(["ab", "cd"])
 
 
+@pytest.mark.parametrize("poison", [float("nan"), float("inf")])
 @pytest.mark.parametrize("step", [0, 2])
-def test_a_single_nan_logit_stops_decoding_with_a_fix(step):
-    decoder = toy_decoder(model=_NaNModel(step=step))
-    with pytest.raises(DecodeError, match=f"(?s)NaN logits at step {step}.*fix"):
+def test_a_single_nan_or_positive_infinite_logit_stops_decoding_with_a_fix(step, poison):
+    """A ``+inf`` logit (a float16 overflow) makes its position's softmax ``inf - inf``: NaN confidence, and the
+    argmax of NaN is id 0, the pad token, which would be committed silently."""
+    decoder = toy_decoder(model=_NaNModel(step=step, poison=poison))
+    with pytest.raises(DecodeError, match=f"(?s)NaN or infinite logits at step {step}.*fix"):
         decoder.generate(["ab", "cd"])
 
 
-def test_infinite_logits_are_not_mistaken_for_nan():
-    output = toy_decoder(model=_NaNModel(poison=float("inf"))).generate(["ab", "cd"])
-    assert all(stats.steps >= 1 for stats in output.stats)
+def test_negative_infinite_logits_are_not_mistaken_for_nan():
+    """A model that never proposes EOS, one token per step: each row commits exactly one token per step until its
+    4 masks are decided, 4 steps and 4 forwards, ``-inf`` logits (an excluded id) or not."""
+    recorder = StepRecorder()
+    decoder = toy_decoder("generation.max_new_tokens=4", "decoder.verification.tokens_per_step=1",
+                          model=_NaNModel(poison=float("-inf"), eos_bias=float("-inf")), observers=[recorder])
+    output = decoder.generate(["ab", "cd"])
+    (run,) = recorder.runs
+    assert [step.commit.sum(-1).tolist() for step in run.steps] == [[1, 1]] * 4
+    assert not run.steps[-1].masked.any()
+    for stats in output.stats:
+        assert (stats.commits_per_step, stats.nfe, stats.generated_tokens) == ([1, 1, 1, 1], 4, 4)
+
+
+def test_rows_commit_tokens_per_step_until_their_masks_run_out():
+    """5 masks, 2 tokens per step, a model that never proposes EOS: 3 steps committing 2, 2 and the last 1, one
+    forward each, for every row of the batch whatever its prompt length."""
+    recorder = StepRecorder()
+    decoder = toy_decoder("generation.max_new_tokens=5", "decoder.verification.tokens_per_step=2",
+                          model=ToyDiffusionLM(eos_bias=float("-inf")), observers=[recorder])
+    output = decoder.generate(["ab", "cde", "f"])
+    (run,) = recorder.runs
+    assert [step.commit.sum(-1).tolist() for step in run.steps] == [[2, 2, 2], [2, 2, 2], [1, 1, 1]]
+    assert [(s.commits_per_step, s.nfe, s.generated_tokens) for s in output.stats] == [([2, 2, 1], 3, 5)] * 3
 
 
 def test_step_limit_stops_a_runaway_generation_and_names_the_unfinished_rows():

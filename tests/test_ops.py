@@ -22,7 +22,7 @@ import torch
 
 import dlm_decode.ops as ops
 from dlm_decode.errors import ConfigError
-from dlm_decode.ops import _triton, kernels, native
+from dlm_decode.ops import _triton, kernels, reference
 
 NEG_INF = float("-inf")
 TEMPERATURE = 0.7
@@ -84,19 +84,19 @@ def make_inputs(name: str, dtype: torch.dtype) -> dict:
 def native_perturbed_argmax(logits, noise, temperature, ar_logits=None, weight=1.0, *, block_v=None):
     """``perturbed_argmax_triton`` spelled with the native functions."""
     if ar_logits is None:
-        return native.gumbel_argmax_native(logits, noise, temperature)
-    return native.coupled_sample_native(logits, ar_logits, weight, noise, temperature)
+        return reference.gumbel_argmax_native(logits, noise, temperature)
+    return reference.coupled_sample_native(logits, ar_logits, weight, noise, temperature)
 
 
 def native_stats(logits, tokens, *, block_v=None):
-    return native.softmax_stats_native(logits, tokens)
+    return reference.softmax_stats_native(logits, tokens)
 
 
 def score_all(x: dict, scorer: ops.Scorer, stats, perturbed_argmax) -> dict[str, torch.Tensor]:
     """Every output the parity tests compare, through one backend's functions and scorer."""
     logits, ar, tokens, noise, block_v = x["logits"], x["ar"], x["tokens"], x["noise"], x["block_v"]
     out = {f"stats.{field}": value for field, value in
-           zip(native.SoftmaxStats._fields, stats(logits, tokens, block_v=block_v))}
+           zip(reference.SoftmaxStats._fields, stats(logits, tokens, block_v=block_v))}
     out["gumbel_argmax"] = perturbed_argmax(logits, noise, TEMPERATURE, block_v=block_v)
     for weight in WEIGHTS:
         out[f"coupled.{weight}"] = perturbed_argmax(logits, noise, TEMPERATURE, ar, weight, block_v=block_v)
@@ -242,9 +242,9 @@ def test_auto_takes_triton_on_cuda_and_scores_cpu_tensors_natively(machine, capl
         scorer = ops.get_scorer()
     assert isinstance(scorer, ops.TritonScorer) and not scorer.strict and not caplog.records
     x = make_inputs("odd_vocab", torch.float32)
-    assert torch.equal(scorer.entropy(x["logits"]), native.entropy_native(x["logits"]))
+    assert torch.equal(scorer.entropy(x["logits"]), reference.entropy_native(x["logits"]))
     assert torch.equal(scorer.coupled_sample(x["logits"], x["ar"], 0.5, x["noise"], 1.0),
-                       native.coupled_sample_native(x["logits"], x["ar"], 0.5, x["noise"], 1.0))
+                       reference.coupled_sample_native(x["logits"], x["ar"], 0.5, x["noise"], 1.0))
 
 
 def test_an_explicit_triton_refuses_cpu_tensors_it_cannot_run(machine):

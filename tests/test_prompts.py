@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dlm_decode.models.hf import DiffusionLM
+from dlm_decode.models.adapter import DiffusionLM
 
 
 PROMPTS_FOR_TEMPLATES = ["sort 4 1 7", " padded  ", "two\nlines", "{{ not jinja }}", "x" * 40]

@@ -17,8 +17,7 @@ from dlm_decode.state import DecodeState, ForwardOutput, ModelInputs, Window
 from dlm_decode.strategies.prophet import (Base, ProphetConfig, ProphetVerifier, Progress, logit_gap,
                                            phase_threshold, prophet_verifier)
 from dlm_decode.strategies.proposals import TokenProposal
-from helpers import REFERENCE
-from test_reference import FinalCanvas
+from helpers import REFERENCE, FinalCanvas
 
 PRESET = "configs/decoders/prophet.yaml"
 COMPOSED = "configs/decoders/prophet-threshold.yaml"
@@ -170,9 +169,14 @@ BATCH = ["sort 4 1 7 9 3", "reverse hello", "sort 9 8", "copy abcde", "a", "sort
          "hi", "sort 2 1", "reverse ab", "sort 8 6 7", "count", "reverse diffusion", "sort 1", "x y z", "sort 3 3 1"]
 
 
+#: Prophet's own thresholds (the presets scale them for the embedded dLLM), under which the early commit fires often.
+OFFICIAL_THRESHOLDS = ["decoder.verification.early_threshold=7.5", "decoder.verification.mid_threshold=5.0",
+                       "decoder.verification.late_threshold=2.5"]
+
+
 @pytest.mark.parametrize("preset", [PRESET, COMPOSED])
 def test_batch_of_16_equals_one_by_one(preset):
-    decoder = Decoder.from_config(preset, [])
+    decoder = Decoder.from_config(preset, OFFICIAL_THRESHOLDS)
     together = decoder.generate(BATCH)
     assert sum(s.extra["prophet.exits"] for s in together.stats) >= 8  # the early commit fires on most rows
     for index in (0, 4, 5, 12, 15):
@@ -183,7 +187,7 @@ def test_batch_of_16_equals_one_by_one(preset):
 
 def test_the_early_commit_saves_forwards_and_keeps_llada_s_answers():
     prompts = ["sort 4 1 7 9 3", "reverse hello", "sort 9 8 7 6 5 4"]
-    prophet = Decoder.from_config(PRESET, []).generate(prompts)
+    prophet = Decoder.from_config(PRESET, OFFICIAL_THRESHOLDS).generate(prompts)
     llada = Decoder.from_config("configs/decoders/llada.yaml", []).generate(prompts)
     assert prophet.texts == llada.texts
     assert sum(s.nfe for s in prophet.stats) < sum(s.nfe for s in llada.stats)
@@ -202,7 +206,7 @@ def test_the_composition_without_exits_is_the_threshold_rule():
 
 @pytest.mark.parametrize("preset", [PRESET, COMPOSED])
 def test_the_presets_decode_a_block_causal_model(preset):
-    out = Decoder.from_config(preset, ["model.dllm.path=embedded:block"]).generate(BATCH[:4])
+    out = Decoder.from_config(preset, ["model.dllm.path=embedded:block", *OFFICIAL_THRESHOLDS]).generate(BATCH[:4])
     assert all(ids for ids in out.token_ids)
     assert sum(s.extra["prophet.exits"] for s in out.stats) >= 1
 

@@ -22,9 +22,9 @@ import torch
 
 from dlm_decode.config.schema import ModelSpec
 from dlm_decode.decoder import Decoder
-from dlm_decode.hookspecs import hookimpl
-from dlm_decode.models.hf import DiffusionLM, load_hf
-from helpers import REFERENCE, assert_logits_close
+from dlm_decode.models.adapter import DiffusionLM
+from dlm_decode.models.loading import load_hf
+from helpers import REFERENCE, FinalCanvas, assert_logits_close
 from reference.record import pairwise_mask  # the mask the padded official logits were recorded with
 
 OFFICIAL = json.loads((REFERENCE / "official.json").read_text(encoding="utf-8"))
@@ -85,17 +85,6 @@ def _groups() -> dict[str, list[dict]]:
 
 
 GROUPS = _groups()
-
-
-class FinalCanvas:
-    """Observer keeping each row's generated columns as the batch ends (positions after an EOS included)."""
-
-    def __init__(self):
-        self.rows: list[list[int]] = []
-
-    @hookimpl
-    def dlm_generation_end(self, state):
-        self.rows += state.canvas[:, state.gen_start:].tolist()
 
 
 def test_every_recorded_case_is_compared():

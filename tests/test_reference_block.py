@@ -32,7 +32,7 @@ from safetensors.torch import load_file
 from dlm_decode.config.schema import ModelSpec
 from dlm_decode.decoder import Decoder
 from dlm_decode.masks import AttentionPattern
-from dlm_decode.models.hf import DiffusionLM
+from dlm_decode.models.adapter import DiffusionLM
 from helpers import REFERENCE, assert_logits_close
 
 OFFICIAL = json.loads((REFERENCE / "official_block.json").read_text(encoding="utf-8"))

@@ -11,8 +11,7 @@ from dlm_decode import ConfigError, load_config
 from dlm_decode.decoder import Decoder
 from dlm_decode.state import Proposal, Window
 from dlm_decode.strategies.threshold import Factor, FactorConfig, Threshold, ThresholdConfig
-
-from test_block_caches import PROMPTS
+from helpers import PROMPTS
 
 
 def verify(plugin, confidence: list[list[float]], eligible: list[list[bool]] | None = None) -> list[list[int]]:

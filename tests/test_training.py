@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dlm_decode.errors import ModelError
 from dlm_decode.eval.tasks import TASKS, load_examples
+from dlm_decode.recipes import common
 from dlm_decode.recipes import train_embedded as train
 from dlm_decode.models.embedded import EMBEDDED_MODELS, embedded_model_dir
 from dlm_decode.models.tokenizer import build_char_tokenizer
@@ -55,7 +56,7 @@ def test_checkpoints_load_through_plain_transformers(smoke_run, tokenizer):
     dllm = AutoModelForCausalLM.from_pretrained(out / "dllm")
     ar = AutoModelForCausalLM.from_pretrained(out / "ar")
     assert dllm.config.is_causal is False and getattr(ar.config, "is_causal", True) is True
-    assert train.count_parameters(ar) < train.count_parameters(dllm)
+    assert common.count_parameters(ar) < common.count_parameters(dllm)
     # Perturbing the last token moves the dLLM's earlier logits (bidirectional), never the AR model's (causal).
     input_ids = torch.tensor([tokenizer.encode("12+34=", add_special_tokens=False)])
     perturbed = input_ids.clone()
@@ -79,16 +80,16 @@ def test_prompt_ids_follow_the_chat_template(tokenizer):
     prompts = ["sort 3 1 2", "name a fruit"]
     messages = [[{"role": "user", "content": p}] for p in prompts]
     expected = [tokenizer.apply_chat_template(m, tokenize=True, return_dict=False) for m in messages]
-    assert train.prompt_ids(tokenizer, prompts) == expected
+    assert common.prompt_ids(tokenizer, prompts) == expected
 
 
 def test_dllm_rows_follow_the_decoder_canvas(tokenizer):
     rng = random.Random(0)
     examples = load_examples(None, "train", 50)
-    rows = train.dllm_rows(examples, tokenizer, rng)
+    rows = common.dllm_rows(examples, tokenizer, rng)
     lengths, truncated = set(), 0
     for example, (ids, region) in zip(examples, rows, strict=True):
-        prompt = train.prompt_ids(tokenizer, [example.prompt])[0]
+        prompt = common.prompt_ids(tokenizer, [example.prompt])[0]
         answer = tokenizer.encode(example.answer, add_special_tokens=False)
         assert ids[: len(prompt)] == prompt and len(ids) == len(prompt) + region
         generated = ids[len(prompt) :]
@@ -97,10 +98,10 @@ def test_dllm_rows_follow_the_decoder_canvas(tokenizer):
             assert generated == answer[:region]
         else:
             assert generated == answer + [tokenizer.eos_token_id] * (region - len(answer))
-            assert region <= train.MAX_REGION
+            assert region <= common.MAX_REGION
         lengths.add(region)
     assert 0 < truncated < len(rows) / 4 and len(lengths) > 20
-    batches = train.make_batches(rows, tokenizer.pad_token_id, 128)
+    batches = common.make_batches(rows, tokenizer.pad_token_id, 128)
     assert [b.input_ids.shape[0] for b in batches] == [128, 128, 44]
     for batch in batches:
         assert not (batch.targets & ~batch.attention_mask).any()
@@ -125,8 +126,8 @@ def test_losses_fall_when_fitting_one_batch(kind, tokenizer):
     if kind == "ar":
         rows = train.ar_rows(examples, tokenizer)
     else:
-        rows = train.dllm_rows(examples, tokenizer, random.Random(0))
-    (batch,) = train.make_batches(rows, tokenizer.pad_token_id, 8)
+        rows = common.dllm_rows(examples, tokenizer, random.Random(0))
+    (batch,) = common.make_batches(rows, tokenizer.pad_token_id, 8)
 
     def loss_fn(step: int) -> torch.Tensor:
         if kind == "ar":
@@ -136,7 +137,8 @@ def test_losses_fall_when_fitting_one_batch(kind, tokenizer):
 
     with torch.no_grad():
         before = sum(loss_fn(s).item() for s in range(4))
-    train.train_model(model, loss_fn, train.Schedule(steps=40, lr=1e-2, warmup=2), label=kind, log_every=100)
+    schedule = common.LearningRateSchedule(steps=40, lr=1e-2, warmup=2)
+    common.train_model(model, loss_fn, schedule, label=kind, log_every=100)
     with torch.no_grad():
         after = sum(loss_fn(s).item() for s in range(4))
     assert after < 0.7 * before
@@ -148,6 +150,7 @@ def _can_compile_on_cpu() -> bool:
     return shutil.which(os.environ.get("CXX", "g++")) is not None and headers.exists()
 
 
+@pytest.mark.slow  # compiling the forwards (torch.compile on the CPU)
 @pytest.mark.skipif(not _can_compile_on_cpu(), reason="torch.compile on the CPU needs g++ and Python.h")
 @pytest.mark.parametrize("kind", ["dllm", "ar"])
 def test_compiled_training_matches_eager_training(kind, tokenizer):
@@ -164,10 +167,10 @@ def test_compiled_training_matches_eager_training(kind, tokenizer):
 
 def test_training_draws_tasks_with_their_weights():
     """Each task's share of 6,000 draws is within 5 binomial standard deviations of its weight's share."""
-    assert set(train.TASK_WEIGHTS) == set(TASKS)
-    draws = train.draw_examples(random.Random(0), 6000, train.TASK_WEIGHTS)
-    total = sum(train.TASK_WEIGHTS.values())
-    for name, weight in train.TASK_WEIGHTS.items():
+    assert set(common.TASK_WEIGHTS) == set(TASKS)
+    draws = common.draw_examples(random.Random(0), 6000, common.TASK_WEIGHTS)
+    total = sum(common.TASK_WEIGHTS.values())
+    for name, weight in common.TASK_WEIGHTS.items():
         share = weight / total
         count = sum(example.task == name for example in draws)
         assert abs(count - 6000 * share) <= 5 * (6000 * share * (1 - share)) ** 0.5, (name, count)
@@ -175,7 +178,7 @@ def test_training_draws_tasks_with_their_weights():
 
 
 def test_schedule_warms_up_then_decays():
-    schedule = train.Schedule(steps=100, lr=1.0, warmup=10)
+    schedule = common.LearningRateSchedule(steps=100, lr=1.0, warmup=10)
     factors = [schedule.factor(step) for step in range(100)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(factors[9:], factors[10:]))
@@ -221,10 +224,10 @@ def test_ar_greedy_stops_at_eos(tokenizer):
 
 
 def test_quick_eval_scores_with_the_checkers():
-    table = train.quick_eval(lambda prompts: ["0" for _ in prompts], n_per_task=4, tasks=("arith", "reverse"))
+    table = common.quick_eval(lambda prompts: ["0" for _ in prompts], n_per_task=4, tasks=("arith", "reverse"))
     assert table == {"arith": 0.0, "reverse": 0.0, "mean": 0.0}
     answers = {e.prompt: e.answer for e in load_examples(["sort"], "test", 4)}
-    assert train.quick_eval(lambda ps: [answers[p] for p in ps], n_per_task=4, tasks=("sort",))["sort"] == 1.0
+    assert common.quick_eval(lambda ps: [answers[p] for p in ps], n_per_task=4, tasks=("sort",))["sort"] == 1.0
 
 
 def test_embedded_models_are_listed_and_unknown_names_fail():
@@ -240,14 +243,14 @@ def test_shipped_pair_loads_with_plain_transformers_and_is_trained(tokenizer):
     dllm = AutoModelForCausalLM.from_pretrained(embedded_model_dir("dllm"))
     ar = AutoModelForCausalLM.from_pretrained(embedded_model_dir("ar"))
     assert dllm.config.is_causal is False
-    assert train.count_parameters(ar) < train.count_parameters(dllm)
+    assert common.count_parameters(ar) < common.count_parameters(dllm)
     loaded = AutoTokenizer.from_pretrained(embedded_model_dir("dllm"))
     assert loaded.get_vocab() == AutoTokenizer.from_pretrained(embedded_model_dir("ar")).get_vocab()
-    ar_table = train.quick_eval(lambda ps: train.ar_generate_greedy(ar, loaded, ps, train.EVAL_MAX_NEW_TOKENS),
-                                n_per_task=10, tasks=("sort", "reverse", "pick"))
+    ar_table = common.quick_eval(lambda ps: train.ar_generate_greedy(ar, loaded, ps, common.EVAL_MAX_NEW_TOKENS),
+                                 n_per_task=10, tasks=("sort", "reverse", "pick"))
     assert ar_table["mean"] >= 0.6, ar_table
     prompts = [e.prompt for e in load_examples(["sort"], "test", 10)]
-    outputs = train.dllm_generate_greedy(dllm, loaded, prompts, train.EVAL_MAX_NEW_TOKENS, 1)
+    outputs = train.dllm_generate_greedy(dllm, loaded, prompts, common.EVAL_MAX_NEW_TOKENS, 1)
     assert sum(bool(o.strip()) and set(o) <= set("0123456789 ") for o in outputs) >= 8, outputs
     assert (embedded_model_dir("dllm").parent / "MODEL_CARD.md").is_file()
 
@@ -263,8 +266,8 @@ def test_two_stream_training_shows_each_block_what_the_decoder_shows_it(tokenize
 
     model = AutoModelForCausalLM.from_pretrained(embedded_model_dir("dllm")).eval()
     rng = random.Random(0)
-    rows = train.dllm_rows(train.draw_examples(rng, 6, train.TASK_WEIGHTS), tokenizer, rng)
-    batch = train.make_batches(rows, tokenizer.pad_token_id, 16)[0]
+    rows = common.dllm_rows(common.draw_examples(rng, 6, common.TASK_WEIGHTS), tokenizer, rng)
+    batch = common.make_batches(rows, tokenizer.pad_token_id, 16)[0]
     size = 8
     blocks = train_block.region_blocks(batch.targets, size)
     masked = batch.targets & (torch.rand(batch.input_ids.shape, generator=torch.Generator().manual_seed(1)) < 0.5)
@@ -290,7 +293,7 @@ def test_two_stream_training_shows_each_block_what_the_decoder_shows_it(tokenize
 
 def test_block_recipe_smoke_run_writes_a_block_causal_checkpoint(tmp_path):
     from dlm_decode.masks import AttentionPattern
-    from dlm_decode.models.hf import DiffusionLM
+    from dlm_decode.models.adapter import DiffusionLM
     from dlm_decode.config.schema import ModelSpec
     from dlm_decode.recipes import train_block
 
@@ -307,7 +310,7 @@ def test_shipped_block_model_decodes_block_by_block(tokenizer):
     from dlm_decode.recipes import train_block
 
     model = AutoModelForCausalLM.from_pretrained(embedded_model_dir("block")).eval()
-    table = train.quick_eval(lambda ps: train_block.block_generate_greedy(model, tokenizer, ps,
-                                                                          train.EVAL_MAX_NEW_TOKENS, 1),
-                             n_per_task=10, tasks=("sort", "reverse"))
+    table = common.quick_eval(lambda ps: train_block.block_generate_greedy(model, tokenizer, ps,
+                                                                           common.EVAL_MAX_NEW_TOKENS, 1),
+                              n_per_task=10, tasks=("sort", "reverse"))
     assert table["mean"] >= 0.8, table

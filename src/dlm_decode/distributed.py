@@ -6,7 +6,7 @@ start one process per rank with the ``torch.distributed`` environment variables 
 describe (``gloo``: it only carries a few Python objects per run, so it works on CPU and GPU machines alike) and
 :func:`gather_objects` / :func:`broadcast_object` move results to and from rank 0. With ``WORLD_SIZE`` unset or 1
 everything is a no-op, so single-process runs are unchanged. A model whose ``device`` is ``auto`` or ``cuda`` goes
-to ``cuda:LOCAL_RANK`` (see :func:`dlm_decode.models.hf.resolve_device`).
+to ``cuda:LOCAL_RANK`` (see :func:`dlm_decode.models.loading.resolve_device`).
 """
 
 from __future__ import annotations

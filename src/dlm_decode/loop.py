@@ -3,7 +3,7 @@
 Rules checked every step, whatever the plugins return: every unfinished row commits at least one token;
 commits fall on eligible (masked, generated) positions only, so prompt tokens never change; revocations touch
 only committed generated positions; the mask token and ids the tokenizer cannot decode are never proposed; NaN
-logits stop decoding; a batch may not exceed its step budget.
+or infinite logits stop decoding; a batch may not exceed its step budget.
 """
 
 from __future__ import annotations
@@ -20,9 +20,12 @@ from dlm_decode.state import Decision, DecodeState, ForwardOutput, Window
 
 
 def forward_flags(state: DecodeState, window: Window, logits: torch.Tensor) -> list[torch.Tensor]:
-    """Two bool scalars on the device: the window made a decided position eligible; the logits hold NaN (checked
-    on their maximum, which ``amax`` makes NaN exactly when some logit is: no ``[B, S, V]`` bool tensor)."""
-    return [(window.eligible > state.masked).any(), logits.amax().isnan()]
+    """Two bool scalars on the device: the window made a decided position eligible; the logits hold NaN or
+    ``+inf`` (checked on their maximum, which ``amax`` makes NaN exactly when some logit is, and ``+inf`` when some
+    logit is: no ``[B, S, V]`` bool tensor; a ``+inf`` logit, a float16 overflow, would make its softmax NaN and
+    its proposal a silent pad token)."""
+    largest = logits.amax()
+    return [(window.eligible > state.masked).any(), largest.isnan() | largest.isposinf()]
 
 
 def decision_flags(state: DecodeState, window: Window, decision: Decision) -> list[torch.Tensor]:
@@ -52,7 +55,7 @@ def raise_forward_errors(flags: list[bool], step: int, window_plugin: str) -> No
                           "position (a prompt, padding or already decided column)",
                           "derive `eligible` from `state.masked`")
     if has_nan:
-        raise DecodeError(f"the dLLM returned NaN logits at step {step}. fix: use float32 or bfloat16 "
+        raise DecodeError(f"the dLLM returned NaN or infinite logits at step {step}. fix: use float32 or bfloat16 "
                           "instead of float16, and check the checkpoint and the attention mask")
 
 
@@ -139,7 +142,7 @@ def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> I
         commits = state.apply(decision)
         progressed = progress_flag(commits, finished_before)
         # one host sync; of bools only for a bidirectional model, and for a block-causal one also the next step's
-        # input limit (a long: stacking mixed dtypes costs a type promotion, 8 us instead of 2 on the CPU)
+        # input limit (a long: stacking mixed dtypes adds a type promotion, a cost the bools alone do not pay)
         limit = [input_limit(state)] if block_causal else []
         values = torch.stack([*early, *late, progressed, state.finished.all(), *limit]).tolist()
         if block_causal:

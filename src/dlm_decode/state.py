@@ -465,7 +465,3 @@ def first_of(ids: list[int], targets: list[int]) -> int:
     """Index of the first element of ``ids`` that is in ``targets`` (``len(ids)`` if none), found with
     ``list.index`` per target (a C search, no per-token Python)."""
     return min((ids.index(target) for target in targets if target in ids), default=len(ids))
-
-
-#: A factory building a strategy plugin object from its validated config and the build context.
-StrategyFactory = Callable[[Any, Any], object]

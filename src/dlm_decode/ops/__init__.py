@@ -2,7 +2,7 @@
 
 :func:`get_scorer` chooses the backend once, when a decoder is built:
 
-* ``native``: :class:`Scorer`, the torch functions of :mod:`dlm_decode.ops.native` (the reference).
+* ``native``: :class:`Scorer`, the torch reference functions of :mod:`dlm_decode.ops.reference`.
 * ``triton``: :class:`TritonScorer`, the one-pass kernels of :mod:`dlm_decode.ops.kernels`. It needs Triton and
   either a CUDA device or the Triton interpreter (``TRITON_INTERPRET=1`` set before the kernels are imported);
   otherwise choosing it raises :class:`~dlm_decode.errors.ConfigError`.
@@ -22,8 +22,8 @@ import os
 import torch
 
 from dlm_decode.errors import ConfigError
-from dlm_decode.ops import native
-from dlm_decode.ops.native import SoftmaxStats
+from dlm_decode.ops import reference
+from dlm_decode.ops.reference import SoftmaxStats
 
 #: The environment variable read when no backend is given.
 KERNELS_ENV = "DLM_DECODE_KERNELS"
@@ -34,7 +34,7 @@ _logged: set[str] = set()
 
 
 class Scorer:
-    """Per-position reductions over ``[K, V]`` logits (see :mod:`dlm_decode.ops.native` for the contracts).
+    """Per-position reductions over ``[K, V]`` logits (see :mod:`dlm_decode.ops.reference` for the contracts).
 
     This base class is the native backend; :class:`TritonScorer` overrides the one-pass reductions.
     """
@@ -43,29 +43,29 @@ class Scorer:
 
     def stats(self, logits: torch.Tensor, tokens: torch.Tensor | None = None) -> SoftmaxStats:
         """Max probability, argmax, entropy, margin (and with ``[K]`` ``tokens`` their probability) at once."""
-        return native.softmax_stats_native(logits, tokens)
+        return reference.softmax_stats_native(logits, tokens)
 
     def max_prob(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return native.max_prob_native(logits)
+        return reference.max_prob_native(logits)
 
     def token_prob(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        return native.token_prob_native(logits, tokens)
+        return reference.token_prob_native(logits, tokens)
 
     def margin(self, logits: torch.Tensor) -> torch.Tensor:
-        return native.margin_native(logits)
+        return reference.margin_native(logits)
 
     def entropy(self, logits: torch.Tensor) -> torch.Tensor:
-        return native.entropy_native(logits)
+        return reference.entropy_native(logits)
 
     def gumbel_argmax(self, logits: torch.Tensor, gumbel: torch.Tensor, temperature: float) -> torch.Tensor:
-        return native.gumbel_argmax_native(logits, gumbel, temperature)
+        return reference.gumbel_argmax_native(logits, gumbel, temperature)
 
     def mixture_logits(self, draft_logits: torch.Tensor, ar_logits: torch.Tensor, weight: float) -> torch.Tensor:
-        return native.mixture_logits_native(draft_logits, ar_logits, weight)
+        return reference.mixture_logits_native(draft_logits, ar_logits, weight)
 
     def coupled_sample(self, draft_logits: torch.Tensor, ar_logits: torch.Tensor, weight: float,
                        gumbel: torch.Tensor | None, temperature: float) -> torch.Tensor:
-        return native.coupled_sample_native(draft_logits, ar_logits, weight, gumbel, temperature)
+        return reference.coupled_sample_native(draft_logits, ar_logits, weight, gumbel, temperature)
 
 
 class TritonScorer(Scorer):

@@ -1,4 +1,4 @@
-"""One-pass Triton scoring kernels: the ``*_triton`` twins of :mod:`dlm_decode.ops.native`.
+"""One-pass Triton scoring kernels: the ``*_triton`` twins of :mod:`dlm_decode.ops.reference`.
 
 Two kernels, one program per position (row of ``[K, V]`` logits), each looping over the vocabulary in
 ``BLOCK_V`` chunks and never materialising probabilities:
@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from dlm_decode.ops._triton import HAS_TRITON, InterpretedFunction, tl, triton
-from dlm_decode.ops.native import SoftmaxStats
+from dlm_decode.ops.reference import SoftmaxStats
 
 #: Largest vocabulary chunk one loop iteration loads per program.
 MAX_BLOCK_V = 4096

@@ -15,8 +15,9 @@ shows it: decided earlier blocks and its own partly masked block. The loss is th
 masked tokens (without the ``1/t`` weight, as for the bidirectional model: see
 :func:`~dlm_decode.recipes.train_embedded.masked_diffusion_loss`).
 
-Data, schedule and optimiser are those of :mod:`dlm_decode.recipes.train_embedded`; a run is reproducible from its
-seed up to floating-point nondeterminism (``--compile``). Usage::
+Data, schedule and optimiser are those of :mod:`dlm_decode.recipes.train_embedded` (both trainers take them from
+:mod:`dlm_decode.recipes.common`); a run is reproducible from its seed up to floating-point nondeterminism
+(``--compile``). Usage::
 
     python -m dlm_decode.recipes.train_block --out src/dlm_decode/models/embedded --init embedded:dllm
     python -m dlm_decode.recipes.train_block --out /tmp/block --smoke
@@ -39,17 +40,16 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 from dlm_decode.masks import AttentionPattern, block_mask, position_ids_from_mask
 from dlm_decode.models.families import BLOCK_SIZE_KEY, PATTERN_KEY
 from dlm_decode.models.tokenizer import build_char_tokenizer
-from dlm_decode.recipes.train_embedded import (EVAL_MAX_NEW_TOKENS, MIN_MASK_RATIO, OPTIMIZER_TEXT, ROWS_PER_FORWARD,
-                                               TASK_WEIGHTS, Batch, Schedule, allowed_logits, count_parameters,
-                                               decode_region, dllm_rows, draw_examples, left_pad, make_batches,
-                                               prompt_ids, quick_eval, quick_eval_section, train_model, trained_on)
+from dlm_decode.recipes.common import (EVAL_MAX_NEW_TOKENS, MIN_MASK_RATIO, OPTIMIZER_TEXT, ROWS_PER_FORWARD,
+                                       TASK_WEIGHTS, TRADEOFF_KS, Batch, LearningRateSchedule, add_run_arguments,
+                                       allowed_logits, count_parameters, decode_region, dllm_rows, draw_examples,
+                                       format_row, left_pad, make_batches, prompt_ids, quick_eval, quick_eval_section,
+                                       run_words, train_model, trained_on)
 
 logger = logging.getLogger("dlm_decode.train")
 
 #: Columns per block, counted from the first generated column.
 BLOCK_SIZE = 8
-#: Tokens committed per step in the quick evaluation's trade-off table (``None``: a whole block at once).
-TRADEOFF_KS: tuple[int | None, ...] = (1, 2, 4, None)
 
 
 def region_blocks(targets: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -112,7 +112,9 @@ def block_generate_greedy(model: LlamaForCausalLM, tokenizer: PreTrainedTokenize
     """Block by block, low-confidence remasking inside the block, greedy: each step commits the
     ``tokens_per_step`` most confident masked positions of each row's current block (the whole block when
     ``None``); after a committed EOS, every later position is EOS. Full forwards with the block-causal mask (a
-    development evaluator: the decoder's exact caches make this cheaper)."""
+    development evaluator, beside the decoder for the reasons
+    :func:`~dlm_decode.recipes.train_embedded.dllm_generate_greedy` gives; the decoder's exact caches make this
+    cheaper)."""
     mask_id, eos_id = tokenizer.mask_token_id, tokenizer.eos_token_id
     rows = [p + [mask_id] * max_new_tokens for p in prompt_ids(tokenizer, prompts)]
     input_ids, attention_mask = left_pad(rows, tokenizer.pad_token_id)
@@ -160,7 +162,7 @@ def train(tokenizer: PreTrainedTokenizerFast, init: Path, *, steps: int, batch_s
 
     logger.info("block: %s parameters from %s, %d steps of batch %d", f"{count_parameters(model):,}", init, steps,
                 batch_size)
-    schedule = Schedule(steps=steps, lr=lr, warmup=max(1, steps // 20))
+    schedule = LearningRateSchedule(steps=steps, lr=lr, warmup=max(1, steps // 20))
     seconds = train_model(model, loss_fn, schedule, label="block", log_every=log_every)
     return model.to("cpu"), seconds
 
@@ -174,8 +176,7 @@ def evaluate(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, n_per_
         started = time.perf_counter()
         table[label] = quick_eval(lambda prompts, k=k: block_generate_greedy(
             model, tokenizer, prompts, EVAL_MAX_NEW_TOKENS, k, block_size), n_per_task=n_per_task)
-        logger.info("%s: %s (%.0f s)", label, " ".join(f"{n} {100 * v:.1f}" for n, v in table[label].items()),
-                    time.perf_counter() - started)
+        logger.info("%s: %s (%.0f s)", label, format_row(table[label]), time.perf_counter() - started)
     return table
 
 
@@ -189,13 +190,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    parser.add_argument("--device", default="cpu", help="where to train (cpu, cuda); evaluation runs on the CPU")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the forwards (needs a C++ compiler)")
-    parser.add_argument("--eval-n", type=int, default=100, help="test examples per task for quick_eval (0: skip)")
-    parser.add_argument("--log-every", type=int, default=100)
-    parser.add_argument("--smoke", action="store_true", help="a few tiny steps (CI): overrides steps, batch, eval")
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
     if args.smoke:
         args.steps, args.batch_size, args.eval_n, args.log_every = 3, 8, 2, 1
@@ -208,9 +203,7 @@ def command_line(args: argparse.Namespace) -> str:
         words.append("--smoke")
     else:
         words += ["--block-size", str(args.block_size), "--steps", str(args.steps), "--lr", f"{args.lr:g}",
-                  "--batch-size", str(args.batch_size), "--threads", str(args.threads),
-                  *(["--device", args.device] if args.device != "cpu" else []),
-                  *(["--compile"] if args.compile else [])]
+                  *run_words(args)]
     return "python -m dlm_decode.recipes.train_block " + " ".join(words)
 
 
@@ -246,7 +239,7 @@ def write_model_card(directory: Path, args: argparse.Namespace, run: dict, table
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     """Adapt, save (model + tokenizer), quick-evaluate and write the model card; return the quick_eval table."""
-    from dlm_decode.models.hf import resolve_path
+    from dlm_decode.models.checkpoint import resolve_path
 
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")

@@ -47,7 +47,7 @@ while the Dream code counts the steps of the whole generation (``schedule: gener
 only when every row has the same number of recomputed columns (it reshapes the gathered columns to ``[B, -1]``);
 here each row has its own. Project vs official: for Dream (shifted logits: column ``j``'s prediction comes from the
 hidden state at ``j - 1``) the official ``shift_type="un"`` keeps recomputing column ``j - 1`` while column ``j`` is
-masked; here the Dream adapter (:mod:`dlm_decode.models.hf`) computes the hidden state at ``j - 1`` as a query in the
+masked; here the Dream adapter (:mod:`dlm_decode.models.shifted`) computes the hidden state at ``j - 1`` as a query in the
 span but the rule stores by the column's own token, as for LLaDA (the official ``shift_type="right"`` choice of
 columns, not its default ``"un"``; the Dream path is not compared with the official Dream code). The other official variants are not implemented: *Greedy* (caches at the decode
 step itself with a local recompute window), *Prefill* and *PD* (the prompt never refreshed).

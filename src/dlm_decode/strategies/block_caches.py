@@ -39,7 +39,7 @@ of the extra columns, up to a full forward for the whole batch whenever one row 
 
 **Shifted-logit models** (Dream): there the prediction for column ``i`` comes from the hidden state at
 ``i - 1``, so the first column of a recomputed span needs the logit of the column before it, which the span does
-not recompute. The Dream adapter (:mod:`dlm_decode.models.hf`) runs such a span one column earlier and drops the
+not recompute. The Dream adapter (:mod:`dlm_decode.models.shifted`) runs such a span one column earlier and drops the
 extra logit, without writing that column's keys/values, so both caches mean the same for Dream; Fast-dLLM's Dream
 code instead force-decodes the block's first column at the refresh, from the full forward's logits.
 

@@ -5,22 +5,28 @@
 * ``strategy_registry``: a freshly collected :class:`~dlm_decode.registry.StrategyRegistry`.
 * ``make_decoder``: ``make_decoder(*overrides, source=None)`` -> a :class:`~dlm_decode.Decoder` over
   ``tiny_dllm_dir`` (override ``model.dllm.path`` to use another model).
+
+pytest imports this module in every session of a project that has dlm_decode installed, whether or not its tests
+use a fixture, so the module imports only pytest: each fixture imports what it needs (torch and transformers
+among them) when it runs.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from dlm_decode.testing.models import build_tiny_checkpoint
-
 
 @pytest.fixture(scope="session")
 def tiny_dllm_dir(tmp_path_factory):
+    from dlm_decode.testing.models import build_tiny_checkpoint
+
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-dllm"), causal=False, seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_ar_dir(tmp_path_factory):
+    from dlm_decode.testing.models import build_tiny_checkpoint
+
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-ar"), causal=True, seed=1)
 
 

@@ -1,4 +1,4 @@
-"""A toy diffusion LM with the :class:`~dlm_decode.models.hf.DiffusionLM` interface and no transformer.
+"""A toy diffusion LM with the :class:`~dlm_decode.models.adapter.DiffusionLM` interface and no transformer.
 
 Its logits are a fixed random function of the position and of the mean embedding of the keys each query may
 attend to, so they depend on context and honour the attention mask (padding and cut windows change nothing
