@@ -115,7 +115,7 @@ def timed_run(decoder: Decoder, prompts: list[str], batch_size: int, clock: Forw
     started = time.perf_counter()
     out = decoder.generate(prompts, batch_size=batch_size)
     total = time.perf_counter() - started
-    steps = sum(max(s.steps for s in out.stats[i: i + batch_size]) for i in range(0, len(prompts), batch_size))
+    steps = sum(max(s.nfe for s in out.stats[i: i + batch_size]) for i in range(0, len(prompts), batch_size))
     return Run(total, clock.seconds - before, steps)
 
 

@@ -61,7 +61,7 @@ def test_a_strategy_with_parameters_is_one_value_of_a_factor_and_its_run_is_name
 def test_unbalanced_vary_values_are_named(vary, message):
     with pytest.raises(InputError) as info:
         parse_vary([vary])
-    assert str(info.value).startswith(f"--vary {vary!r}: {message}; fix: ")
+    assert str(info.value).startswith(f"--vary {vary!r}: {message}\n  fix: ")
 
 
 def test_ablation_runs_each_distinct_config_once_and_writes_table_and_plots(tiny_dllm_dir, tmp_path):
@@ -129,3 +129,17 @@ def test_plot_labels_never_overlap_and_the_base_stays_visible_under_an_equal_var
     base = next(c for c in figure.axes[0].collections if c.get_label() == "base")
     assert base.get_zorder() > max(c.get_zorder() for c in figure.axes[0].collections if c is not base)
     assert base.get_facecolor().size == 0 or base.get_facecolor()[0][3] == 0  # a ring: what is under it shows
+
+
+def test_without_matplotlib_the_plots_are_skipped_with_a_logged_warning(tmp_path, monkeypatch, caplog):
+    import logging
+    import sys
+
+    from dlm_decode.eval.ablation import plot_pareto
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
+    with caplog.at_level(logging.WARNING, logger="dlm_decode.eval.ablation"):
+        plot_pareto([_row("base", None, 0.85, 0.98)], tmp_path)
+    assert [(record.levelno, record.getMessage()) for record in caplog.records] == [
+        (logging.WARNING, "matplotlib is not installed: no plots (pip install 'dlm-decode[plots]')")]
+    assert not list(tmp_path.iterdir())

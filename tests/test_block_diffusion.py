@@ -15,7 +15,8 @@ from dlm_decode.errors import ConfigError, ModelError
 from dlm_decode.eval.tasks import TASKS, get_task
 from dlm_decode.masks import BIDIRECTIONAL, AttentionPattern, bidirectional_mask, block_mask
 from dlm_decode.models.adapter import DiffusionLM
-from dlm_decode.models.families import FAMILIES, attention_pattern
+from dlm_decode.config.family_table import FAMILIES
+from dlm_decode.models.families import attention_pattern
 from dlm_decode.hookspecs import hookimpl
 from dlm_decode.state import ModelInputs
 from dlm_decode.testing.toy import ToyDiffusionLM
@@ -69,7 +70,8 @@ def test_the_pattern_is_read_from_config_json_and_can_be_overridden():
     assert attention_pattern(FAMILIES["sdar"], {"block_size": 4}) == AttentionPattern(4, "position")
     with pytest.raises(ModelError, match="(?s)block size is unknown.*fix: set model.dllm.block_size"):
         attention_pattern(bidirectional, {}, attention="block_causal")
-    with pytest.raises(ModelError, match="attention_pattern: 'sliding'.*fix: set model.dllm.attention"):
+    with pytest.raises(ModelError, match="attention_pattern: 'sliding', which this version does not know\n"
+                                         "  fix: set model.dllm.attention"):
         attention_pattern(bidirectional, {"attention_pattern": "sliding"})
     with pytest.raises(ModelError, match="(?s)block_size is 4, but the model is bidirectional.*fix"):
         attention_pattern(bidirectional, {}, block_size=4)
@@ -82,7 +84,7 @@ def test_declared_anchors_and_the_fast_dllm_v2_family():
     bidirectional = FAMILIES["bidirectional"]
     assert attention_pattern(bidirectional, {**declared, "diffusion_block_anchor": "position"}) == \
         AttentionPattern(8, "position")
-    with pytest.raises(ModelError, match="diffusion_block_anchor: 'middle'; fix: use one of generation, position"):
+    with pytest.raises(ModelError, match="diffusion_block_anchor: 'middle'\n  fix: use one of generation, position"):
         attention_pattern(bidirectional, {**declared, "diffusion_block_anchor": "middle"})
     with pytest.raises(ModelError, match="block size is unknown"):
         attention_pattern(bidirectional, {**declared, "diffusion_block_size": 0})

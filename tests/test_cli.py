@@ -10,7 +10,7 @@ import pytest
 
 from dlm_decode.cli import main
 
-REQUIRED = {"text", "token_ids", "nfe", "generated_tokens", "tokens_per_forward", "steps", "wall_s", "config_hash"}
+REQUIRED = {"text", "token_ids", "nfe", "generated_tokens", "tokens_per_forward", "wall_s", "config_hash"}
 
 
 def test_generate_json_prints_one_object_per_prompt(tiny_dllm_dir, tmp_path, capsys):
@@ -80,7 +80,7 @@ def test_an_out_that_is_a_file_is_named_before_any_model_loads(command, tmp_path
     (tmp_path / "taken").write_text("")
     assert main([*command, "-c", "configs/decoders/llada.yaml", "--tasks", "arith", "--limit", "1", "--no-progress",
                  "--out", str(tmp_path / "taken")]) == 2
-    assert f"--out {tmp_path / 'taken'} is a file, not a directory; fix:" in capsys.readouterr().err
+    assert f"--out {tmp_path / 'taken'} is a file, not a directory\n  fix:" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("arguments", "message"), [
@@ -199,7 +199,7 @@ def test_a_malformed_override_is_one_error_naming_it(command, tmp_path, capsys):
 def test_an_unbalanced_vary_value_is_refused_before_anything_runs(tmp_path, capsys):
     assert main(["ablate", "-c", "configs/decoders/llada.yaml", "--vary", "decoder.verification={name: topk,wino",
                  "--out", str(tmp_path / "out")]) == 2
-    assert "a value is missing its closing '}'; fix:" in capsys.readouterr().err
+    assert "a value is missing its closing '}'\n  fix:" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
@@ -220,7 +220,7 @@ def test_a_strategy_missing_what_it_needs_is_refused_before_any_model_loads(comm
 
 def test_prompts_are_checked_on_the_command_line(capsys):
     assert main(["generate", "-c", "configs/decoders/llada.yaml", "--prompt", "sort 3 1 2", "--prompt", " "]) == 2
-    assert "--prompt number 2 is empty; fix: give every --prompt some text" in capsys.readouterr().err
+    assert "--prompt number 2 is empty\n  fix: give every --prompt some text" in capsys.readouterr().err
 
 
 def test_threads_sets_torchs_cpu_threads_for_the_run_only(capsys, monkeypatch):
@@ -244,7 +244,7 @@ def test_threads_sets_torchs_cpu_threads_for_the_run_only(capsys, monkeypatch):
         main(["generate", "-c", "configs/decoders/llada.yaml", "--prompt", "sort 3 1 2", "--threads", "0"])
     assert "--threads: must be at least 1, got 0" in capsys.readouterr().err
     assert main(["eval", "-c", "configs/decoders/llada.yaml", "--limit", "1", "--dry-run", "--threads", "1"]) == 2
-    assert "--threads applies only to a run that decodes, and --dry-run decodes nothing; fix:" in \
+    assert "--threads applies only to a run that decodes, and --dry-run decodes nothing\n  fix:" in \
         capsys.readouterr().err
 
 

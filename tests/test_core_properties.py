@@ -46,7 +46,7 @@ def test_every_step_progresses_prompt_is_immutable_and_nothing_stays_masked(
     for generated, ids, stats in zip(finals, out.token_ids, out.stats):
         assert generated[: len(ids)] == ids
         assert all(t == ToyDiffusionLM.fill_token_id for t in generated[len(ids):]), "tail after EOS not filled"
-        assert stats.generated_tokens == len(ids) and stats.nfe == stats.steps >= 1
+        assert stats.generated_tokens == len(ids) and stats.nfe == len(stats.commits_per_step) >= 1
 
 
 def llada_schedule(masks: int, steps: int) -> list[int]:

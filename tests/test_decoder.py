@@ -34,7 +34,7 @@ def test_wrapper_plugin_sees_every_role_call_once_per_step():
     out = decoder.generate(["ab", "abcdef"])
     for hook in ("dlm_window", "dlm_cache", "dlm_model_inputs", "dlm_propose", "dlm_verify"):
         assert timer.calls[hook] == 7 and timer.seconds[hook] > 0
-    assert [s.steps for s in out.stats] == [7, 7]
+    assert [s.nfe for s in out.stats] == [7, 7]
 
 
 def test_plugins_registered_between_batches_are_called(monkeypatch):
@@ -65,7 +65,7 @@ def test_stats_are_consistent_per_row():
     assert len(out.texts) == len(out.token_ids) == len(out.stats) == 3
     for ids, stats in zip(out.token_ids, out.stats):
         assert stats.generated_tokens == len(ids)
-        assert stats.steps == stats.nfe == len(stats.commits_per_step)
+        assert stats.nfe == len(stats.commits_per_step)
         assert sum(stats.commits_per_step) >= len(ids) and all(c >= 1 for c in stats.commits_per_step)
         assert stats.wall_s > 0 and stats.ar_forwards == 0
 
@@ -92,11 +92,11 @@ def test_explicit_arguments_override_the_config_and_none_keeps_it():
                           "generation.seed=5", model=ToyDiffusionLM(eos_bias=float("-inf")), observers=[recorder])
     prompts = ["ab", "cd", "ef"]
     default = decoder.generate(prompts, max_new_tokens=None, batch_size=None, seeds=None)
-    assert len(recorder.runs) == 1 and [s.steps for s in default.stats] == [6, 6, 6]
+    assert len(recorder.runs) == 1 and [s.nfe for s in default.stats] == [6, 6, 6]
     assert decoder.generate(prompts, seeds=[5, 6, 7]).token_ids == default.token_ids  # seeds default to seed + i
     explicit = decoder.generate(prompts, max_new_tokens=3, batch_size=1)
     assert len(recorder.runs) == 2 + 3, "batch_size=1 did not decode one prompt per batch"
-    assert [s.steps for s in explicit.stats] == [3, 3, 3]
+    assert [s.nfe for s in explicit.stats] == [3, 3, 3]
 
 
 def test_seeds_at_the_ends_of_the_generator_range_and_numpy_ints_are_accepted():
@@ -132,7 +132,7 @@ def test_tokenizer_failures_that_are_not_about_characters_are_not_blamed_on_char
         raise ValueError("template error")
 
     monkeypatch.setattr(decoder.dllm, "encode", template_fails)  # fails for any text, one character included
-    with pytest.raises(InputError, match=r"prompt 0 cannot be tokenized .*template error\); fix: check the prompt"):
+    with pytest.raises(InputError, match=r"prompt 0 cannot be tokenized .*template error\)\n  fix: check the prompt"):
         decoder.generate(["sort 3 1 2"])
     real = type(decoder.dllm).encode.__get__(decoder.dllm)
 

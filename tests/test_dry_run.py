@@ -131,3 +131,15 @@ def test_cli_dry_run_exit_status(tiny, capsys):
     assert main(["eval", "--dry-run", f"model.dllm.path={tiny['ar']}", "--limit", "2"]) == 2
     assert "[causal]" in capsys.readouterr().out
     assert main(["eval", "--dry-run", f"model.dllm.path={tiny['dllm']}", "--limit", "2", "--tasks", "arith"]) == 0
+
+
+def test_a_finding_carries_the_errors_message_and_fix_apart(tiny, tmp_path):
+    """The dry run reads ``error.fix``: the finding's message holds no fix, its fix is the one loading gives."""
+    [missing] = check(tmp_path / "nowhere").errors
+    assert "fix" not in missing.message and missing.message.startswith(f"`model.dllm.path` = '{tmp_path / 'nowhere'}'")
+    assert missing.fix.startswith("check the path (a relative one is read from the working directory")
+    [attention] = check(tiny["dllm"], None, "model.dllm.block_size=4").errors
+    assert attention.message == ("model.dllm.block_size is 4, but the model is bidirectional (model.dllm.attention: "
+                                 "auto)")
+    assert attention.fix == "set model.dllm.attention=block_causal if it is block-causal, or drop model.dllm.block_size"
+    assert str(attention).endswith("\n    fix: " + attention.fix)

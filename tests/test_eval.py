@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -52,6 +53,20 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(make_decoder, tm
     assert summary["accuracy"] == sum(summary["per_task"].values()) / 2
 
 
+def test_records_of_earlier_versions_with_a_steps_key_resume_and_summarise_as_before(make_decoder, tmp_path):
+    """``steps`` (always equal to ``nfe``) is no longer written; a results.jsonl that has it still resumes."""
+    decoder = make_decoder("generation.max_new_tokens=6")
+    reference = evaluate(decoder, tmp_path / "new", tasks=["arith"], limit=2, progress=False)
+    [first, second] = read_results(tmp_path / "new")
+    assert "steps" not in first and first["nfe"] == len(first["commits_per_step"])
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "results.jsonl").write_text(json.dumps({**first, "steps": first["nfe"]}) + "\n")
+    resumed = evaluate(decoder, tmp_path / "old", tasks=["arith"], limit=2, progress=False)
+    assert [r["id"] for r in read_results(tmp_path / "old")] == [first["id"], second["id"]], "only the second decoded"
+    assert {k: resumed[k] for k in ("per_task", "nfe", "examples")} == \
+        {k: reference[k] for k in ("per_task", "nfe", "examples")}
+
+
 def test_results_of_another_config_are_not_mixed_in(make_decoder, tmp_path):
     evaluate(make_decoder("generation.max_new_tokens=4"), tmp_path, tasks=["arith"], limit=1, progress=False)
     with pytest.raises(InputError, match="holds results of another config"):
@@ -97,7 +112,7 @@ def test_results_of_another_split_are_not_mixed_in(make_decoder, tmp_path):
 
 
 def test_unknown_task_is_named(make_decoder, tmp_path):
-    with pytest.raises(InputError, match="unknown task.*nope.*arith"):
+    with pytest.raises(InputError, match="unknown task\\(s\\) nope\n  fix: choose from .*arith"):
         evaluate(make_decoder(), tmp_path, tasks=["nope"], limit=1, progress=False)
 
 
@@ -148,9 +163,9 @@ def test_a_refused_resume_writes_nothing(make_decoder, tmp_path):
 
 
 @pytest.mark.parametrize(("tasks", "limit", "message"), [
-    ([], 1, "--tasks names no task.*fix"),
-    (["sort", "arith", "sort"], 1, "--tasks names sort more than once.*fix"),
-    (["sort"], 0, "--limit must be at least 1, got 0.*fix"),
+    ([], 1, "--tasks names no task\n  fix: name one or more of"),
+    (["sort", "arith", "sort"], 1, "--tasks names sort more than once\n  fix: name each task once"),
+    (["sort"], 0, "--limit must be at least 1, got 0\n  fix: pass --limit 1 or more"),
 ])
 def test_an_empty_or_repeated_selection_is_refused(make_decoder, tmp_path, tasks, limit, message):
     with pytest.raises(InputError, match=message):
@@ -160,9 +175,9 @@ def test_an_empty_or_repeated_selection_is_refused(make_decoder, tmp_path, tasks
 
 def test_an_out_path_that_is_a_file_is_refused(make_decoder, tmp_path):
     (tmp_path / "taken").write_text("")
-    with pytest.raises(InputError, match="--out .*taken is a file.*fix"):
+    with pytest.raises(InputError, match="--out .*taken is a file, not a directory\n  fix"):
         evaluate(make_decoder(), tmp_path / "taken", tasks=["arith"], limit=1, progress=False)
-    with pytest.raises(InputError, match="--out .*taken.*cannot be created.*fix"):
+    with pytest.raises(InputError, match="(?s)--out .*taken.*cannot be created.*\n  fix"):
         evaluate(make_decoder(), tmp_path / "taken" / "sub", tasks=["arith"], limit=1, progress=False)
 
 
@@ -238,7 +253,7 @@ def test_a_run_locks_the_file_its_path_names_even_when_the_holder_before_removes
     assert not (tmp_path / LOCK).exists()
 
 
-def test_a_file_system_without_flock_warns_and_runs(make_decoder, tmp_path, monkeypatch):
+def test_a_file_system_without_flock_logs_a_warning_and_runs(make_decoder, tmp_path, monkeypatch, caplog):
     import errno
     import fcntl
 
@@ -247,8 +262,11 @@ def test_a_file_system_without_flock_warns_and_runs(make_decoder, tmp_path, monk
             raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(fcntl, "flock", unsupported)
-    with pytest.warns(UserWarning, match="does not support flock \\(No locks available\\)"):
+    with caplog.at_level(logging.WARNING, logger="dlm_decode.eval.lock"):
         summary = evaluate(make_decoder(), tmp_path / "run", tasks=["sort"], limit=1, progress=False)
+    assert [(record.levelno, record.getMessage()) for record in caplog.records] == [
+        (logging.WARNING, f"--out {tmp_path / 'run'}: its file system does not support flock (No locks available), "
+                          "so another run started on this directory would not be refused; start one run per directory")]
     assert summary["examples"] == 1
     assert not (tmp_path / "run" / ".dlm-decode.lock").exists()
 

@@ -37,7 +37,13 @@ def test_special_ids_outside_the_head_are_refused(stand_ins):
 
 
 def test_the_config_schema_accepts_exactly_the_known_families():
-    from dlm_decode.config.schema import FAMILY_NAMES
-    from dlm_decode.models.families import FAMILIES
+    """The schema's names are the family table's (config/family_table.py), not a copy of them."""
+    from dlm_decode.config.family_table import FAMILIES
+    from dlm_decode.config.schema import FAMILY_NAMES, ModelSpec
+    from dlm_decode.errors import FieldError
 
-    assert set(FAMILY_NAMES) == {"auto", *FAMILIES}
+    assert FAMILY_NAMES == ("auto", *FAMILIES) == ("auto", "bidirectional", "llada", "dream", "sdar", "fast_dllm_v2")
+    assert [ModelSpec(family=name).family for name in FAMILY_NAMES] == list(FAMILY_NAMES)
+    with pytest.raises(FieldError, match="must be one of auto, bidirectional, llada, dream, sdar, fast_dllm_v2, got "
+                                         "'gpt'"):
+        ModelSpec(family="gpt")

@@ -10,6 +10,19 @@ A transformers model already in memory: ``Decoder.from_model(model, tokenizer, "
 
 The names below are imported on first use (``import dlm_decode`` alone, as the CLI's help and the dry run do, loads
 neither torch nor the decoder); the errors and :data:`hookimpl` are imported at once.
+
+How the package reports (the rule for new code):
+
+* What stops a call is raised, as a :mod:`dlm_decode.errors` class with its fix (``fix=``), never printed.
+* What the caller should know but need not act on (a fallback taken, a safeguard that cannot work here, an
+  optional package missing) is logged, never printed: each module logs to its own ``logging.getLogger(__name__)``
+  (``dlm_decode.<module>``), so an application configures or silences it with :mod:`logging`. Unconfigured,
+  Python prints warnings and errors to stderr.
+* ``warnings.warn`` is only for misuse of the API by the calling code (a deprecated argument, say), which its
+  author should fix.
+* Only the command-line entry points print: :mod:`dlm_decode.cli`'s output and error lines,
+  ``python -m dlm_decode.integrations.lm_eval write-tasks``, and the training recipes' progress lines (the
+  ``dlm_decode.train`` logger they configure). ``DLM_DECODE_TRACE_PLUGINS=1`` writes pluggy's hook trace to stderr.
 """
 
 from __future__ import annotations

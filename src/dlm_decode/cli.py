@@ -32,7 +32,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from dlm_decode import __version__
-from dlm_decode.errors import DlmDecodeError, InputError
+from dlm_decode.errors import DlmDecodeError, InputError, with_fix
 from dlm_decode.eval.tasks import SPLITS
 
 if TYPE_CHECKING:
@@ -52,9 +52,10 @@ def _positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; fix: pass a whole number such as 512") from None
+        raise argparse.ArgumentTypeError(with_fix(f"{text!r} is not an integer", "pass a whole number such as 512")) \
+            from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}; fix: pass 1 or more")
+        raise argparse.ArgumentTypeError(with_fix(f"must be at least 1, got {value}", "pass 1 or more"))
     return value
 
 
@@ -71,19 +72,19 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
     prompts = list(args.prompt or [])
     blank = [index for index, prompt in enumerate(prompts) if not prompt.strip()]
     if blank:
-        raise InputError(f"--prompt number {blank[0] + 1} is empty; fix: give every --prompt some text")
+        raise InputError(f"--prompt number {blank[0] + 1} is empty", fix="give every --prompt some text")
     if args.prompts_file:
         try:
             with open(args.prompts_file, encoding="utf-8") as handle:
                 prompts += [line.rstrip("\n") for line in handle if line.strip()]
         except OSError as exc:
-            raise DlmDecodeError(f"--prompts-file {args.prompts_file}: cannot read it ({exc.strerror}); "
-                                 "fix: pass a readable text file with one prompt per line") from None
+            raise DlmDecodeError(f"--prompts-file {args.prompts_file}: cannot read it ({exc.strerror})",
+                                 fix="pass a readable text file with one prompt per line") from None
         except UnicodeDecodeError:
-            raise DlmDecodeError(f"--prompts-file {args.prompts_file} is not UTF-8 text; "
-                                 "fix: pass a UTF-8 text file with one prompt per line") from None
+            raise DlmDecodeError(f"--prompts-file {args.prompts_file} is not UTF-8 text",
+                                 fix="pass a UTF-8 text file with one prompt per line") from None
     if not prompts:
-        raise DlmDecodeError("no prompt given; fix: pass --prompt TEXT or --prompts-file FILE")
+        raise DlmDecodeError("no prompt given", fix="pass --prompt TEXT or --prompts-file FILE")
     return prompts
 
 
@@ -100,11 +101,11 @@ def _check_dry_run_arguments(args: argparse.Namespace) -> None:
     """``--prompt-budget`` means something only for a dry run, ``--threads`` only for a run that decodes: refuse
     them otherwise rather than ignore them."""
     if args.prompt_budget is not None and not args.dry_run:
-        raise DlmDecodeError("--prompt-budget applies only with --dry-run; fix: add --dry-run, or drop "
+        raise DlmDecodeError("--prompt-budget applies only with --dry-run", fix="add --dry-run, or drop "
                              "--prompt-budget")
     if args.threads is not None and args.dry_run:
-        raise DlmDecodeError("--threads applies only to a run that decodes, and --dry-run decodes nothing; fix: "
-                             "drop --threads, or --dry-run")
+        raise DlmDecodeError("--threads applies only to a run that decodes, and --dry-run decodes nothing",
+                             fix="drop --threads, or --dry-run")
 
 
 def _add_dry_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -203,7 +204,7 @@ def _generate_by_batch(decoder: Decoder, prompts: list[str]) -> Iterator[tuple[i
             if first == 0:
                 raise
             raise InputError(f"in the batch of prompts {first}-{first + len(chunk) - 1}, whose prompt numbers below "
-                             f"count from 0: {exc}") from exc
+                             f"count from 0: {exc.message}", fix=exc.fix) from exc
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -245,7 +246,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         return _report_dry_run(args, [ex.prompt for ex in load_examples(names, args.split, args.limit)])
     if not args.out:
-        raise DlmDecodeError("eval needs --out DIR; fix: pass --out DIR (the directory for results.jsonl and "
+        raise DlmDecodeError("eval needs --out DIR", fix="pass --out DIR (the directory for results.jsonl and "
                              "summary.json), or --dry-run")
     check_out_dir(args.out)  # before the weights load
     config = load_config(args.config, args.overrides)

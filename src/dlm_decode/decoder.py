@@ -29,11 +29,12 @@ from dlm_decode.state import AR_FORWARDS, DecodeState, first_of
 class RowStats:
     """Per-prompt decoding statistics.
 
-    :ivar nfe: dLLM forwards while the row was unfinished.
+    :ivar nfe: dLLM forwards while the row was unfinished. Each loop step makes one, so it is also the number of
+        steps the row took (``len(commits_per_step)``). Records written by earlier versions also have a ``steps``
+        key, always equal to ``nfe``; readers ignore it.
     :ivar ar_forwards: AR-model forwards (verifiers such as APD).
     :ivar generated_tokens: generated tokens up to and including the first EOS.
     :ivar tokens_per_forward: ``generated_tokens / nfe``.
-    :ivar steps: loop steps until the row finished.
     :ivar wall_s: seconds from the start of its batch until the row finished.
     :ivar commits_per_step: tokens committed at each of its steps (not counting those an EOS committed in the same
         step overwrote with the fill token).
@@ -44,7 +45,6 @@ class RowStats:
     ar_forwards: int
     generated_tokens: int
     tokens_per_forward: float
-    steps: int
     wall_s: float
     commits_per_step: list[int]
     extra: dict[str, float] = field(default_factory=dict)
@@ -103,7 +103,7 @@ def _int_argument(value: Any, name: str, fix: str) -> int:
             return operator.index(value)
         except TypeError:
             pass
-    raise InputError(f"{name} must be an int, got {value!r} ({type(value).__name__}); fix: {fix}")
+    raise InputError(f"{name} must be an int, got {value!r} ({type(value).__name__})", fix=fix)
 
 
 def _count_argument(value: int | None, name: str, default: int) -> int:
@@ -114,7 +114,7 @@ def _count_argument(value: int | None, name: str, default: int) -> int:
     fix = f"pass an int of at least 1, or leave {name} out to use generation.{name} ({default})"
     value = _int_argument(value, name, fix)
     if value < 1:
-        raise InputError(f"{name} must be at least 1, got {value}; fix: {fix}")
+        raise InputError(f"{name} must be at least 1, got {value}", fix=fix)
     return value
 
 
@@ -124,7 +124,7 @@ def check_seed(value: Any, name: str, fix: str) -> int:
     value = _int_argument(value, name, fix)
     if not SEED_MIN <= value <= SEED_MAX:
         raise InputError(f"{name} is {value}, outside [-2**63, 2**64 - 1] (the seeds torch.Generator.manual_seed "
-                         f"accepts); fix: {fix}")
+                         "accepts)", fix=fix)
     return value
 
 
@@ -205,16 +205,16 @@ class Decoder:
         try:
             prompts = list(prompts)
         except TypeError:
-            raise InputError(f"prompts must be a string or a sequence of strings, got {prompts!r}; "
-                             "fix: pass e.g. [\"sort 3 1 2\"]") from None
+            raise InputError(f"prompts must be a string or a sequence of strings, got {prompts!r}",
+                             fix="pass e.g. [\"sort 3 1 2\"]") from None
         if not prompts:
-            raise InputError("no prompts given; fix: pass at least one prompt")
+            raise InputError("no prompts given", fix="pass at least one prompt")
         for index, prompt in enumerate(prompts):
             if not isinstance(prompt, str):
-                raise InputError(f"prompt {index} is {prompt!r} ({type(prompt).__name__}), not a string; "
-                                 "fix: pass every prompt as a str")
+                raise InputError(f"prompt {index} is {prompt!r} ({type(prompt).__name__}), not a string",
+                                 fix="pass every prompt as a str")
             if not prompt.strip():
-                raise InputError(f"prompt {index} is empty; fix: give every prompt some text")
+                raise InputError(f"prompt {index} is empty", fix="give every prompt some text")
         max_new_tokens = _count_argument(max_new_tokens, "max_new_tokens", self.generation.max_new_tokens)
         batch_size = _count_argument(batch_size, "batch_size", self.generation.batch_size)
         if seeds is None:
@@ -224,10 +224,10 @@ class Decoder:
             try:
                 seeds = list(seeds)
             except TypeError:
-                raise InputError(f"seeds must be a sequence of ints, got {seeds!r}; fix: give one seed per "
+                raise InputError(f"seeds must be a sequence of ints, got {seeds!r}", fix="give one seed per "
                                  "prompt") from None
             if len(seeds) != len(prompts):
-                raise InputError(f"got {len(seeds)} seeds for {len(prompts)} prompts; fix: give one seed per prompt")
+                raise InputError(f"got {len(seeds)} seeds for {len(prompts)} prompts", fix="give one seed per prompt")
             seeds = [check_seed(seed, seed_name.format(i), "give every seed as an int in [-2**63, 2**64 - 1]")
                      for i, seed in enumerate(seeds)]
         return prompts, max_new_tokens, seeds, batch_size
@@ -244,8 +244,8 @@ class Decoder:
             if len(ids) + max_new_tokens > self.dllm.max_context:
                 raise InputError(
                     f"prompt {index} has {len(ids)} tokens; with generation.max_new_tokens={max_new_tokens} the "
-                    f"canvas needs {len(ids) + max_new_tokens} > the model's context of {self.dllm.max_context}. "
-                    "fix: shorten the prompt or lower generation.max_new_tokens")
+                    f"canvas needs {len(ids) + max_new_tokens} > the model's context of {self.dllm.max_context}",
+                    fix="shorten the prompt or lower generation.max_new_tokens")
         return DecodeState.build(
             encoded, max_new_tokens=max_new_tokens, mask_token_id=self.dllm.mask_token_id,
             pad_token_id=self.dllm.pad_token_id, eos_token_ids=self.dllm.eos_token_ids,
@@ -269,16 +269,16 @@ class Decoder:
         offset = next((i for i, prompt in enumerate(prompts) if not encodes(prompt)), None)
         if offset is None:  # each prompt encodes alone: the batch as a whole failed
             return InputError(f"prompts {first_index}-{first_index + len(prompts) - 1} cannot be tokenized together "
-                              f"by the dLLM's tokenizer {failure}; fix: check the tokenizer (e.g. with "
+                              f"by the dLLM's tokenizer {failure}", fix="check the tokenizer (e.g. with "
                               "generation.batch_size=1)")
         characters = set(prompts[offset])
         unknown = sorted(char for char in characters if not encodes(char))
         if not unknown or len(unknown) == len(characters):  # not a matter of characters (e.g. a failing template)
-            return InputError(f"prompt {first_index + offset} cannot be tokenized by the dLLM's tokenizer {failure}; "
-                              "fix: check the prompt against the tokenizer and its chat template "
+            return InputError(f"prompt {first_index + offset} cannot be tokenized by the dLLM's tokenizer {failure}",
+                              fix="check the prompt against the tokenizer and its chat template "
                               "(model.dllm.chat_template)")
         return InputError(f"prompt {first_index + offset} cannot be tokenized by the dLLM's tokenizer {failure}; "
-                          f"characters it cannot encode: {''.join(unknown)!r}. fix: remove or replace those "
+                          f"characters it cannot encode: {''.join(unknown)!r}", fix="remove or replace those "
                           "characters, or use a model whose tokenizer covers them")
 
     def _max_steps(self, max_new_tokens: int) -> int:
@@ -310,7 +310,7 @@ class Decoder:
                 texts.append(self.dllm.decode(generated))
                 stats.append(RowStats(
                     nfe=nfe, ar_forwards=ar_forwards, generated_tokens=len(generated),
-                    tokens_per_forward=len(generated) / max(nfe, 1), steps=nfe, wall_s=step_ends[nfe - 1],
+                    tokens_per_forward=len(generated) / max(nfe, 1), wall_s=step_ends[nfe - 1],
                     commits_per_step=row_commits[:nfe], extra={name: values[row] for name, values in extra.items()},
                 ))
         return GenerationOutput(texts=texts, token_ids=ids, stats=stats, config_hash=self.config.hash,

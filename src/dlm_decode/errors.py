@@ -1,19 +1,41 @@
-"""Errors raised by dlm_decode. Each message names the key, value or plugin at fault and says how to fix it."""
+"""Errors raised by dlm_decode. Each message names the key, value or plugin at fault and says how to fix it.
+
+Every error takes its fix apart from its message: ``DlmDecodeError(message, fix=None)`` keeps both as attributes
+(``error.message``, ``error.fix``), and its text is the message followed, when there is a fix, by the fix on a line
+of its own, indented: ``"<message>\\n  fix: <fix>"`` (:func:`with_fix`). The subclasses that name a key or a plugin
+(:class:`ConfigError`, :class:`PluginError`) put that name in front of the message and keep it as an attribute too.
+"""
 
 from __future__ import annotations
 
+#: What separates an error's message from its fix in the error's text.
+FIX_SEPARATOR = "\n  fix: "
+
+
+def with_fix(message: str, fix: str | None) -> str:
+    """``message``, followed by ``fix`` after :data:`FIX_SEPARATOR` when there is one: the text of every error
+    dlm_decode raises (also the few that are not :class:`DlmDecodeError`, such as an ``ImportError``)."""
+    return f"{message}{FIX_SEPARATOR}{fix}" if fix else message
+
 
 class DlmDecodeError(Exception):
-    """Base class of every error dlm_decode raises on purpose."""
+    """Base class of every error dlm_decode raises on purpose.
+
+    :param message: what is wrong, naming the key, argument or file at fault and the value.
+    :param fix: how to fix it (e.g. the config key to change), or None when there is nothing to suggest.
+    """
+
+    def __init__(self, message: str, fix: str | None = None):
+        self.message, self.fix = message, fix
+        super().__init__(with_fix(message, fix))
 
 
 class ConfigError(DlmDecodeError, ValueError):
-    """A configuration value is unknown, of the wrong type or out of range."""
+    """A configuration value is unknown, of the wrong type or out of range. Its message starts with the key."""
 
     def __init__(self, key: str, message: str, fix: str | None = None):
         self.key = key
-        text = f"`{key}`: {message}"
-        super().__init__(f"{text}\n  fix: {fix}" if fix else text)
+        super().__init__(f"`{key}`: {message}", fix)
 
 
 class FieldError(ValueError):
@@ -33,12 +55,12 @@ class ModelError(DlmDecodeError):
 
 
 class PluginError(DlmDecodeError):
-    """A plugin raised, returned nothing, or broke the contract of its hook."""
+    """A plugin raised, returned nothing, or broke the contract of its hook. Its message starts with the plugin
+    and the hook."""
 
     def __init__(self, plugin: str, hook: str, message: str, fix: str | None = None):
         self.plugin, self.hook = plugin, hook
-        text = f"plugin {plugin} in {hook}: {message}"
-        super().__init__(f"{text}\n  fix: {fix}" if fix else text)
+        super().__init__(f"plugin {plugin} in {hook}: {message}", fix)
 
 
 class StrategyError(DlmDecodeError):
@@ -47,10 +69,6 @@ class StrategyError(DlmDecodeError):
 
     :param message: what is wrong. :param fix: how to fix it (e.g. the config key to change).
     """
-
-    def __init__(self, message: str, fix: str | None = None):
-        self.message, self.fix = message, fix
-        super().__init__(f"{message}\n  fix: {fix}" if fix else message)
 
 
 class DecodeError(DlmDecodeError, RuntimeError):

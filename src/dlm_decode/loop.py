@@ -55,7 +55,7 @@ def raise_forward_errors(flags: list[bool], step: int, window_plugin: str) -> No
                           "position (a prompt, padding or already decided column)",
                           "derive `eligible` from `state.masked`")
     if has_nan:
-        raise DecodeError(f"the dLLM returned NaN or infinite logits at step {step}. fix: use float32 or bfloat16 "
+        raise DecodeError(f"the dLLM returned NaN or infinite logits at step {step}", fix="use float32 or bfloat16 "
                           "instead of float16, and check the checkpoint and the attention mask")
 
 
@@ -120,7 +120,7 @@ def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> I
             raise DecodeError(f"prompts {unfinished} did not finish within {max_steps} steps (step limit "
                               "`generation.max_steps`); "
                               "the strategies may be stuck (e.g. a window that never reaches the remaining masks, "
-                              "or revocations that undo progress). fix: raise generation.max_steps, or check "
+                              "or revocations that undo progress)", fix="raise generation.max_steps, or check "
                               "the window and verification strategies")
         window = roles.window(state)
         if block_causal:

@@ -14,7 +14,7 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
-from dlm_decode.errors import InputError
+from dlm_decode.errors import InputError, with_fix
 from dlm_decode.masks import BIDIRECTIONAL, AttentionPattern, position_ids_from_mask
 from dlm_decode.selection import first_true_columns
 
@@ -255,13 +255,13 @@ class DecodeState:
         :raises InputError: a prompt holds the mask id.
         """
         if mask_token_id in (pad_token_id, fill_token_id):
-            raise ValueError(f"the mask id {mask_token_id} is also the pad ({pad_token_id}) or fill "
-                             f"({fill_token_id}) id; fix: give the mask, pad and fill tokens distinct ids")
+            raise ValueError(with_fix(f"the mask id {mask_token_id} is also the pad ({pad_token_id}) or fill "
+                                      f"({fill_token_id}) id", "give the mask, pad and fill tokens distinct ids"))
         for row, prompt in enumerate(prompts):
             if mask_token_id in prompt:
                 raise InputError(
                     f"prompt {first_index + row} contains the dLLM's mask token (id {mask_token_id}); the decoder "
-                    "fills only the generated region, so a mask inside the prompt would stay there. fix: remove the "
+                    "fills only the generated region, so a mask inside the prompt would stay there", fix="remove the "
                     "mask token from the prompt")
         width = max(len(p) for p in prompts)
         pads = [width - len(prompt) for prompt in prompts]

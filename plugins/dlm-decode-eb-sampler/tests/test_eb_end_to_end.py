@@ -62,7 +62,7 @@ def test_every_row_finishes_with_every_position_decided(make_decoder, tmp_path, 
         # Every generated position was either committed by the strategy or filled after the row's first EOS.
         filled = int(state.filled[row].sum())
         assert sum(stats.commits_per_step) + filled == MAX_NEW
-        assert stats.steps == len(stats.commits_per_step) >= 1
+        assert stats.nfe == len(stats.commits_per_step) >= 1
         assert all(count >= 1 for count in stats.commits_per_step)
         assert 1 <= stats.generated_tokens <= MAX_NEW
 
@@ -70,7 +70,7 @@ def test_every_row_finishes_with_every_position_decided(make_decoder, tmp_path, 
 def test_gamma_zero_is_one_token_per_step(make_decoder, tmp_path):
     decoder = make_decoder(source=write_config(tmp_path, "{name: full}", "{name: entropy_bound, gamma: 0}"))
     for stats in decoder.generate(PROMPTS).stats:
-        assert stats.commits_per_step == [1] * stats.steps
+        assert stats.commits_per_step == [1] * stats.nfe
 
 
 def test_an_unbounded_budget_fills_the_canvas_in_one_step(make_decoder, tmp_path):

@@ -11,13 +11,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from dlm_decode.config.family_table import FAMILIES
 from dlm_decode.errors import check_field
 
 SEED_MIN, SEED_MAX = -2**63, 2**64 - 1
 """The seeds ``torch.Generator.manual_seed`` accepts (a negative seed is read as its 64-bit two's complement)."""
 
-#: ``model.dllm.family`` values (see :mod:`dlm_decode.models.families`).
-FAMILY_NAMES = ("auto", "bidirectional", "llada", "dream", "sdar", "fast_dllm_v2")
+#: ``model.dllm.family`` values: ``auto`` (detected from ``config.json``) or one of the known families.
+FAMILY_NAMES = ("auto", *FAMILIES)
 
 _DEVICE = re.compile(r"auto|(cpu|cuda|mps)(:[0-9]+)?")
 

@@ -12,6 +12,7 @@ and Pareto plots ``DIR/pareto_tpf.png`` and ``DIR/pareto_tps.png`` (matplotlib, 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,8 @@ from dlm_decode.eval.aup import aup
 from dlm_decode.eval.lock import claim_out_dir
 from dlm_decode.eval.runner import check_out_dir, check_selection, evaluate
 from dlm_decode.models.adapter import DiffusionLM
+
+logger = logging.getLogger(__name__)
 
 
 def parse_vary(items: Sequence[str]) -> list[tuple[str, list[str]]]:
@@ -42,8 +45,8 @@ def parse_vary(items: Sequence[str]) -> list[tuple[str, list[str]]]:
         key, sep, values = item.partition("=")
         choices = [v.strip() for v in _split_values(item, values) if v.strip()]
         if not sep or not key or not choices:
-            raise InputError(f"--vary {item!r} must be key=value1,value2,...; "
-                             "fix: e.g. --vary decoder.verification=topk,apd")
+            raise InputError(f"--vary {item!r} must be key=value1,value2,...",
+                             fix="e.g. --vary decoder.verification=topk,apd")
         factors.append((key.strip(), choices))
     return factors
 
@@ -66,8 +69,8 @@ def _split_values(item: str, values: str) -> list[str]:
             expected = open_.pop() if open_ else None
             if char != expected:
                 what = f"where {expected!r} was expected" if expected else "with no brace or bracket open"
-                raise InputError(f"--vary {item!r}: {char!r} at column {index + 1} of the values, {what}; fix: "
-                                 "balance the braces and brackets of each value, e.g. "
+                raise InputError(f"--vary {item!r}: {char!r} at column {index + 1} of the values, {what}",
+                                 fix="balance the braces and brackets of each value, e.g. "
                                  "--vary 'decoder.verification={name: threshold, threshold: 0.8},topk'")
         elif char == "," and not open_:
             parts.append(values[start:index])
@@ -76,7 +79,7 @@ def _split_values(item: str, values: str) -> list[str]:
             previous = char
     if quote is not None or open_:
         missing = quote if quote is not None else open_[-1]
-        raise InputError(f"--vary {item!r}: a value is missing its closing {missing!r}; fix: close every brace, "
+        raise InputError(f"--vary {item!r}: a value is missing its closing {missing!r}", fix="close every brace, "
                          "bracket and quote of each value, e.g. --vary 'decoder.verification={name: threshold, "
                          "threshold: 0.8},topk'")
     return [*parts, values[start:]]
@@ -244,7 +247,7 @@ def plot_pareto(rows: list[dict], out: Path) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib is not installed: no plots (pip install 'dlm-decode[plots]')")
+        logger.warning("matplotlib is not installed: no plots (pip install 'dlm-decode[plots]')")
         return
     for metric, filename in (("tokens_per_forward", "pareto_tpf.png"), ("tokens_per_s", "pareto_tps.png")):
         figure, _ = pareto_figure(rows, metric)

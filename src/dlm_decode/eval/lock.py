@@ -13,13 +13,15 @@ from __future__ import annotations
 import contextlib
 import datetime
 import errno
+import logging
 import os
 import socket
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 from dlm_decode.errors import InputError
+
+logger = logging.getLogger(__name__)
 
 #: The lock file of a results directory.
 LOCK = ".dlm-decode.lock"
@@ -42,13 +44,13 @@ def claim_out_dir(out: Path, ranks, command: str) -> Iterator[None]:
                 out.mkdir(parents=True, exist_ok=True)
                 stack.enter_context(_locked(out / LOCK, command))
             except InputError as exc:
-                problem = str(exc)
+                problem = (exc.message, exc.fix)
             except OSError as exc:
-                problem = (f"--out {out} cannot be created ({exc.strerror}); fix: pass a directory path that can be "
-                           "created")
+                problem = (f"--out {out} cannot be created ({exc.strerror})",
+                           "pass a directory path that can be created")
         problem = broadcast_object(problem, ranks)  # the other ranks wait for rank 0's answer, then all agree
         if problem is not None:
-            raise InputError(problem)
+            raise InputError(*problem)
         yield
 
 
@@ -76,13 +78,12 @@ def _locked(path: Path, command: str) -> Iterator[None]:
                 holder = handle.read().strip() or "another process"
                 handle.close()
                 raise InputError(f"--out {path.parent} is in use by another run ({holder}): two runs writing one "
-                                 "directory would each decode every example and record it twice. fix: wait for "
+                                 "directory would each decode every example and record it twice", fix="wait for "
                                  "that run to finish (it resumes where it stops), or pass another --out") from None
             handle.close()  # the file system has no flock
             path.unlink(missing_ok=True)
-            warnings.warn(f"--out {path.parent}: its file system does not support flock ({exc.strerror}), so "
-                          "another run started on this directory would not be refused; start one run per "
-                          "directory", stacklevel=3)
+            logger.warning("--out %s: its file system does not support flock (%s), so another run started on this "
+                           "directory would not be refused; start one run per directory", path.parent, exc.strerror)
             yield
             return
         if _names(path, handle):

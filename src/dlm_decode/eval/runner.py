@@ -42,8 +42,8 @@ RUN_IDENTITY = {
 }
 
 
-#: The error's ending when a results directory cannot be resumed.
-_USE_ANOTHER_OUT = "fix: pass another --out directory (or delete this one)"
+#: The fix of the error for a results directory that cannot be resumed.
+_USE_ANOTHER_OUT = "pass another --out directory (or delete this one)"
 
 
 def _read_results(path: Path, identity: dict[str, str]) -> dict[str, dict]:
@@ -63,12 +63,12 @@ def _read_results(path: Path, identity: dict[str, str]) -> dict[str, dict]:
             for key, value in identity.items():
                 if record.get(key) != value:
                     raise InputError(
-                        f"{path} holds results of {RUN_IDENTITY[key]} ({key} {record.get(key)!r}, now {value!r}); "
-                        + _USE_ANOTHER_OUT)
+                        f"{path} holds results of {RUN_IDENTITY[key]} ({key} {record.get(key)!r}, now {value!r})",
+                        fix=_USE_ANOTHER_OUT)
             if "seed" not in record:
                 raise InputError(
                     f"{path} holds results numbered across tasks by an earlier release (record {record['id']!r} has "
-                    f"no seed), so an id may name another example now; {_USE_ANOTHER_OUT}")
+                    "no seed), so an id may name another example now", fix=_USE_ANOTHER_OUT)
             done[record["id"]] = record
     return done
 
@@ -185,7 +185,7 @@ def check_out_dir(out_dir: str | Path) -> Path:
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file, not a directory; fix: pass a directory path (it is created if "
+        raise InputError(f"--out {out} is a file, not a directory", fix="pass a directory path (it is created if "
                          "missing)")
     return out
 
@@ -197,16 +197,16 @@ def check_selection(tasks: Sequence[str] | None, limit: int) -> list[str]:
     """
     names = list(TASKS) if tasks is None else list(tasks)
     if not names:
-        raise InputError(f"--tasks names no task; fix: name one or more of {', '.join(TASKS)} (or leave --tasks "
+        raise InputError("--tasks names no task", fix=f"name one or more of {', '.join(TASKS)} (or leave --tasks "
                          "out to run them all)")
     unknown = [name for name in names if name not in TASKS]
     if unknown:
-        raise InputError(f"unknown task(s) {', '.join(unknown)}; fix: choose from {', '.join(TASKS)}")
+        raise InputError(f"unknown task(s) {', '.join(unknown)}", fix=f"choose from {', '.join(TASKS)}")
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
-        raise InputError(f"--tasks names {', '.join(repeated)} more than once; fix: name each task once")
+        raise InputError(f"--tasks names {', '.join(repeated)} more than once", fix="name each task once")
     if limit < 1:
-        raise InputError(f"--limit must be at least 1, got {limit}; fix: pass --limit 1 or more")
+        raise InputError(f"--limit must be at least 1, got {limit}", fix="pass --limit 1 or more")
     return names
 
 
@@ -216,7 +216,7 @@ def _check_same_example(out: Path, record: dict, example: Example, seed: int) ->
         raise InputError(
             f"{out} holds record {record['id']!r} decoded from prompt {record['prompt']!r} with seed "
             f"{record['seed']}, but that id is now prompt {example.prompt!r} with seed {seed} (the task's examples "
-            f"changed, e.g. another data seed); {_USE_ANOTHER_OUT}")
+            "changed, e.g. another data seed)", fix=_USE_ANOTHER_OUT)
 
 
 #: Per-rank results file of a multi-process run (merged into ``results.jsonl`` by rank 0 at the end).

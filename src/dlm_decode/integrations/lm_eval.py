@@ -46,7 +46,6 @@ the requests by rank and gathers the metrics on rank 0; each process takes ``cud
 from __future__ import annotations
 
 import json
-import logging
 import re
 import sys
 from collections import Counter, defaultdict
@@ -56,25 +55,24 @@ from typing import Any
 
 import torch
 
+from dlm_decode.errors import ConfigError, InputError, with_fix
+
 try:
     from lm_eval.api.model import LM
     from lm_eval.api.registry import register_model
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError("dlm_decode.integrations.lm_eval needs lm-evaluation-harness; fix: "
-                      "pip install 'dlm-decode[lm-eval]' (or pip install 'lm-eval>=0.4.5')") from exc
+    raise ImportError(with_fix("dlm_decode.integrations.lm_eval needs lm-evaluation-harness",
+                               "pip install 'dlm-decode[lm-eval]' (or pip install 'lm-eval>=0.4.5')")) from exc
 
 from dlm_decode.decoder import check_seed
 from dlm_decode.distributed import join_process_group
-from dlm_decode.errors import ConfigError, InputError
-
-logger = logging.getLogger(__name__)
 
 MODEL_NAME = "dlm_decode"
 
-_LOGLIKELIHOOD = (
+_LOGLIKELIHOOD = with_fix(
     "dlm_decode evaluates generation tasks only (output_type: generate_until, e.g. gsm8k, minerva_math, "
     "humaneval): {kind} requests need a left-to-right likelihood, which a masked diffusion LM does not have (only "
-    "an ELBO, not computed here). fix: choose a generate_until task (or the `_cot`/generative variant of the task)")
+    "an ELBO, not computed here)", "choose a generate_until task (or the `_cot`/generative variant of the task)")
 
 
 def _override_value(value: Any) -> str:
@@ -323,14 +321,14 @@ def write_task_suite(directory: str | Path, tasks: Sequence[str] | None = None, 
     names = check_selection(tasks, limit)
     if not name.isidentifier():
         raise InputError(f"the suite name {name!r} is not a Python identifier, and it names the scoring module "
-                         f"`{name}_utils.py` lm-eval imports; fix: use letters, digits and underscores (e.g. "
+                         f"`{name}_utils.py` lm-eval imports", fix="use letters, digits and underscores (e.g. "
                          f"{re.sub(r'^(?=[0-9])|[^0-9A-Za-z_]', '_', name)!r})")
     directory = Path(directory).resolve()
     wanted = {f"{name}_{task}.yaml" for task in names}
     stale = [path.name for path in sorted(directory.glob(f"{name}*.yaml")) if path.name not in wanted]
     if stale:
         raise InputError(f"{directory} already holds {', '.join(stale)}, which `--tasks {directory}` would run "
-                         f"too; fix: delete {'them' if len(stale) > 1 else 'it'} or write to another directory")
+                         "too", fix=f"delete {'them' if len(stale) > 1 else 'it'} or write to another directory")
     (directory / "groups").mkdir(parents=True, exist_ok=True)
     utils = f"{name}_utils"
     (directory / f"{utils}.py").write_text(_UTILS, encoding="utf-8")

@@ -26,10 +26,11 @@ from typing import Any
 
 import torch
 
+from dlm_decode.config.family_table import Family
 from dlm_decode.config.schema import ModelSpec
 from dlm_decode.errors import ModelError
-from dlm_decode.models.families import (CAUSAL_FIX, Family, attention_pattern, causal_problem, model_context,
-                                        resolve_family, resolve_special_ids)
+from dlm_decode.models.families import (CAUSAL_FIX, attention_pattern, causal_problem, model_context, resolve_family,
+                                        resolve_special_ids)
 from dlm_decode.models.forward import forward_parameters, head_width, run_hf
 from dlm_decode.models.loading import load_hf, resource_failure
 from dlm_decode.models.native import ARCHITECTURES
@@ -48,12 +49,12 @@ def check_transformers_model(model: Any, tokenizer: Any) -> None:
 
     if isinstance(model, torch.nn.Module) and isinstance(getattr(model, "config", None), PretrainedConfig):
         if tokenizer is None:
-            raise ModelError(f"DiffusionLM got a {type(model).__name__} but no tokenizer\n  fix: pass the tokenizer "
+            raise ModelError(f"DiffusionLM got a {type(model).__name__} but no tokenizer", fix="pass the tokenizer "
                              "the model was trained with (e.g. AutoTokenizer.from_pretrained(<its directory>))")
         return
     kind = "a torch.nn.Module" if isinstance(model, torch.nn.Module) else f"a {type(model).__module__} object"
     raise ModelError(f"DiffusionLM needs a transformers PreTrainedModel whose `config` (a PretrainedConfig) "
-                     f"describes it, got {type(model).__name__} ({kind}) without one\n  fix: pass a transformers "
+                     f"describes it, got {type(model).__name__} ({kind}) without one", fix="pass a transformers "
                      "model (e.g. AutoModelForCausalLM.from_pretrained(...), with config.is_causal=False for a "
                      "bidirectional dLLM), or write an adapter implementing the DiffusionLM interface (forward, "
                      "encode, decode, the special ids, vocab_size, max_context, device: see "
@@ -101,32 +102,32 @@ class DiffusionLM:
         self.family = family if isinstance(family, Family) else resolve_family(family, model.config)
         causal = causal_problem(self.family, model.config)
         if causal:
-            raise ModelError(f"the dLLM's {causal}; fix: {CAUSAL_FIX}")
+            raise ModelError(f"the dLLM's {causal}", fix=CAUSAL_FIX)
         self.vocab_size = head_width(model)
         ids = resolve_special_ids(self.family, tokenizer, self.vocab_size, mask_override=mask_token_id,
                                   eos_override=eos_token_ids)
         self.mask_token_id = ids.mask
         if self.mask_token_id is None:
-            raise ModelError("the dLLM's tokenizer has no mask token; fix: set model.dllm.mask_token_id")
+            raise ModelError("the dLLM's tokenizer has no mask token", fix="set model.dllm.mask_token_id")
         if not ids.eos or None in ids.eos:
-            raise ModelError("the dLLM's tokenizer has no EOS token; fix: set model.dllm.eos_token_ids")
+            raise ModelError("the dLLM's tokenizer has no EOS token", fix="set model.dllm.eos_token_ids")
         outside = [i for i in (self.mask_token_id, *ids.eos) if not 0 <= i < self.vocab_size]
         if outside:
-            raise ModelError(f"special id(s) {outside} lie outside the dLLM's {self.vocab_size} logits; "
-                             "fix: check model.dllm.mask_token_id / eos_token_ids (and model.dllm.family)")
+            raise ModelError(f"special id(s) {outside} lie outside the dLLM's {self.vocab_size} logits",
+                             fix="check model.dllm.mask_token_id / eos_token_ids (and model.dllm.family)")
         self.eos_token_ids = list(ids.eos)
         self.fill_token_id = self.eos_token_ids[0]
         self.pad_token_id = ids.pad if ids.pad is not None else self.fill_token_id
         if self.pad_token_id == self.mask_token_id:
-            raise ModelError("the pad id equals the mask id; fix: give the tokenizer a distinct pad token")
+            raise ModelError("the pad id equals the mask id", fix="give the tokenizer a distinct pad token")
         if self.mask_token_id in self.eos_token_ids:
-            raise ModelError(f"the mask id {self.mask_token_id} is also an EOS id ({self.eos_token_ids}); fix: check "
+            raise ModelError(f"the mask id {self.mask_token_id} is also an EOS id ({self.eos_token_ids})", fix="check "
                              "model.dllm.mask_token_id and model.dllm.eos_token_ids")
         self.undecodable_ids = undecodable_ids(tokenizer, self.vocab_size)
         unreachable = sorted(set(self.eos_token_ids) & set(self.undecodable_ids))
         if unreachable:
             raise ModelError(f"EOS id(s) {unreachable} are no token of the dLLM's tokenizer: ids it cannot decode are "
-                             "never proposed, so no row would end at them. fix: set model.dllm.eos_token_ids to ids "
+                             "never proposed, so no row would end at them", fix="set model.dllm.eos_token_ids to ids "
                              f"of the tokenizer (its EOS is {tokenizer.eos_token_id})")
         self.max_context = model_context(self.family, model.config)
         self.attention = attention_pattern(self.family, model.config, attention, block_size)
@@ -213,21 +214,21 @@ class DiffusionLM:
         fixes = fixes or ["the code may be written for another transformers version: port it"]
         during = " with a key/value cache" if cache is not None else ""
         return ModelError(f"the checkpoint's own modeling code ({type(self.model).__name__}) failed in a "
-                          f"forward{during}: {type(exc).__name__}: {exc}\n  fix: " + "; or ".join(fixes))
+                          f"forward{during}: {type(exc).__name__}: {exc}", fix="; or ".join(fixes))
 
     def _run_legacy(self, input_ids, position_ids, attention_mask, cache) -> torch.Tensor:
         """Models whose ``forward`` takes no ``position_ids`` (the official LLaDA code): ids only, full attention."""
         name = type(self.model).__name__
         if cache is not None:
             raise ModelError(f"{name}.forward takes no position_ids, so this adapter cannot give it a key/value cache "
-                             "(the official LLaDA code has none). fix: set model.dllm.implementation=native (LLaDA "
+                             "(the official LLaDA code has none)", fix="set model.dllm.implementation=native (LLaDA "
                              "on transformers' Llama, where every cache works), or decoder.cache=none")
         width = input_ids.shape[1]
         expected = torch.arange(width, device=position_ids.device).expand_as(position_ids)
         if not bool(torch.equal(position_ids, expected)) or not bool(attention_mask.all()):
             raise ModelError(f"{name}.forward takes no position_ids (and older LLaDA code ignores the attention mask, "
                              "LLaDA issue #90), so prompts of different lengths in one batch, or a window that "
-                             "hides columns from some rows, would change the result. fix: set "
+                             "hides columns from some rows, would change the result", fix="set "
                              "model.dllm.implementation=native (LLaDA on transformers' Llama takes positions and "
                              "4-D masks), or generation.batch_size=1")
         return self.model(input_ids=input_ids).logits

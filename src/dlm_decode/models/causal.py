@@ -50,8 +50,8 @@ class CausalLM:
         call :meth:`~dlm_decode.context.BuildContext.load_causal_lm`, which records the model)."""
         model, tokenizer = load(spec, key)
         if getattr(model.config, "is_causal", True) is False:
-            raise ModelError(f"`{key}.path` = {spec.path!r} is a bidirectional model (config.is_causal=False); "
-                             "fix: give a causal LM as the AR model")
+            raise ModelError(f"`{key}.path` = {spec.path!r} is a bidirectional model (config.is_causal=False)",
+                             fix="give a causal LM as the AR model")
         return cls(model, tokenizer)
 
     @torch.inference_mode()
@@ -82,8 +82,8 @@ def check_shared_tokenizer(dllm_tokenizer, ar_tokenizer, dllm_vocab: int, ar_voc
         shown = ", ".join(f"{t!r}: AR {a} vs dLLM {'absent' if d is None else d}" for t, a, d in mismatched[:3])
         raise ModelError(
             f"the AR model's tokenizer differs from the dLLM's ({len(mismatched)} tokens disagree, e.g. {shown}); "
-            "APD compares token ids and adds logits per id. fix: pick an AR model trained with the dLLM's "
+            "APD compares token ids and adds logits per id", fix="pick an AR model trained with the dLLM's "
             "tokenizer (e.g. Qwen2.5 for Dream)")
     if ar_vocab > dllm_vocab:
-        raise ModelError(f"the AR head has {ar_vocab} logits but the dLLM head only {dllm_vocab}; "
-                         "fix: pick an AR model whose vocabulary the dLLM covers")
+        raise ModelError(f"the AR head has {ar_vocab} logits but the dLLM head only {dllm_vocab}",
+                         fix="pick an AR model whose vocabulary the dLLM covers")

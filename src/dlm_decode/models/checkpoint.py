@@ -71,12 +71,12 @@ def resolve_path(path: str, key: str) -> str:
     if local.is_dir():
         return str(local)
     if local.exists():
-        raise ModelError(f"`{key}.path` = {path!r} is a file ({local.resolve()}), not a checkpoint directory\n  fix: "
-                         f"set {key}.path to the directory holding config.json, the weights and the tokenizer files "
-                         f"(perhaps {local.resolve().parent})")
+        raise ModelError(f"`{key}.path` = {path!r} is a file ({local.resolve()}), not a checkpoint directory",
+                         fix=f"set {key}.path to the directory holding config.json, the weights and the tokenizer "
+                         f"files (perhaps {local.resolve().parent})")
     if _looks_local(path):
         hub = "" if "/" in path else ", nor a hub id (those have the form namespace/name)"
-        raise ModelError(f"`{key}.path` = {path!r}: no such directory ({local.resolve()}){hub}\n  fix: check the "
+        raise ModelError(f"`{key}.path` = {path!r}: no such directory ({local.resolve()}){hub}", fix="check the "
                          f"path (a relative one is read from the working directory, {Path.cwd()}), or give "
                          "`embedded:<name>` (see `dlm-decode models`) or a hub id such as GSAI-ML/LLaDA-8B-Instruct")
     return path
@@ -99,10 +99,10 @@ def _no_config(path: str, directory: Path, key: str) -> ModelError:
     if candidates:
         shown = ", ".join(str(c) for c in candidates[:_SHOWN]) + (f" and {len(candidates) - _SHOWN} more"
                                                                      if len(candidates) > _SHOWN else "")
-        return ModelError(f"{where}; these directories below it have one: {shown}\n  fix: set {key}.path to one of "
+        return ModelError(f"{where}; these directories below it have one: {shown}", fix=f"set {key}.path to one of "
                           "them (the checkpoint directory itself)")
     content = "it is empty" if not any(directory.iterdir()) else "nor do its subdirectories"
-    return ModelError(f"{where} ({content}): it is not a checkpoint directory\n  fix: set {key}.path to the "
+    return ModelError(f"{where} ({content}): it is not a checkpoint directory", fix=f"set {key}.path to the "
                       "directory holding the checkpoint's config.json, weights and tokenizer files (as "
                       "save_pretrained writes them), `embedded:<name>`, or a hub id")
 
@@ -112,7 +112,7 @@ def _not_cached(path: str, key: str) -> ModelError:
 
     local = Path(path).resolve()
     return ModelError(f"`{key}.path` = {path!r} is neither a local directory ({local} does not exist) nor a hub id "
-                      f"in the local Hugging Face cache ({constants.HF_HUB_CACHE}), and downloading is off\n  fix: set "
+                      f"in the local Hugging Face cache ({constants.HF_HUB_CACHE}), and downloading is off", fix="set "
                       f"{key}.allow_download=true to fetch it from the hub, or give the local directory of the "
                       "checkpoint")
 
@@ -135,7 +135,7 @@ def probe_hub(repo_id: str, key: str) -> None:
         offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
         raise ModelError(f"`{key}.path` = {repo_id!r} is not in the local Hugging Face cache and "
                          f"{key}.allow_download=true, but the hub ({constants.ENDPOINT}) cannot be reached{offline}: "
-                         f"{type(exc).__name__}: {exc}\n  fix: run where the hub is reachable (or set HTTPS_PROXY), "
+                         f"{type(exc).__name__}: {exc}", fix="run where the hub is reachable (or set HTTPS_PROXY), "
                          f"or download it elsewhere (`hf download {repo_id}`) and copy the cache or the directory "
                          "here") from exc
 
@@ -167,7 +167,7 @@ def config_file(spec: ModelSpec, key: str) -> Path:
         return Path(cached_file(path, "config.json"))
     except Exception as exc:
         raise ModelError(f"`{key}.path` = {spec.path!r}: config.json could not be downloaded "
-                         f"({type(exc).__name__}: {exc})\n  fix: check the hub id (and, for a gated model, "
+                         f"({type(exc).__name__}: {exc})", fix="check the hub id (and, for a gated model, "
                          "your access and `hf auth login`)") from exc
 
 
@@ -181,10 +181,10 @@ def read_config_json(spec: ModelSpec, key: str) -> dict:
         config = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelError(f"`{key}.path` = {spec.path!r}: {file} cannot be read as JSON ({type(exc).__name__}: "
-                         f"{exc})\n  fix: restore the checkpoint's config.json") from exc
+                         f"{exc})", fix="restore the checkpoint's config.json") from exc
     if not isinstance(config, dict):
-        raise ModelError(f"`{key}.path` = {spec.path!r}: {file} holds a {type(config).__name__}, not a JSON object"
-                         "\n  fix: restore the checkpoint's config.json")
+        raise ModelError(f"`{key}.path` = {spec.path!r}: {file} holds a {type(config).__name__}, not a JSON object",
+                         fix="restore the checkpoint's config.json")
     return config
 
 
@@ -208,7 +208,7 @@ def check_weight_files(directory: Path, spec: ModelSpec, key: str) -> None:
         others = sorted(p.name for p in directory.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
         found = f"; it has {', '.join(others)}, which from_pretrained does not read" if others else ""
         raise ModelError(f"`{key}.path` = {spec.path!r} has no weights: none of {', '.join(WEIGHT_FILES)} in "
-                         f"{directory}{found}\n  fix: copy the checkpoint's weights there (save_pretrained writes "
+                         f"{directory}{found}", fix="copy the checkpoint's weights there (save_pretrained writes "
                          "model.safetensors), or point the path at the complete checkpoint")
     index = next((directory / name for name in present if name.endswith(".index.json")), None)
     if index is not None and not any(name in present for name in WEIGHT_FILES if not name.endswith(".json")):
@@ -216,8 +216,8 @@ def check_weight_files(directory: Path, spec: ModelSpec, key: str) -> None:
         missing = [shard for shard in shards if not (directory / shard).is_file()]
         if missing:
             raise ModelError(f"`{key}.path` = {spec.path!r}: {index.name} names {len(shards)} weight shard(s), of "
-                             f"which {len(missing)} are missing from {directory}: {', '.join(missing[:_SHOWN])}\n  "
-                             "fix: copy every shard of the checkpoint there")
+                             f"which {len(missing)} are missing from {directory}: {', '.join(missing[:_SHOWN])}",
+                             fix="copy every shard of the checkpoint there")
 
 
 def _has_vocabulary(directory: Path) -> bool:
@@ -245,5 +245,5 @@ def check_tokenizer_files(directory: Path, spec: ModelSpec, key: str) -> None:
         return
     held = sorted(p.name for p in directory.iterdir() if p.is_file())
     raise ModelError(f"`{key}.path` = {spec.path!r} has no tokenizer files: none of {', '.join(VOCABULARY_FILES)} "
-                     f"in {directory} (it holds {', '.join(held) or 'nothing'})\n  fix: copy the checkpoint's "
+                     f"in {directory} (it holds {', '.join(held) or 'nothing'})", fix="copy the checkpoint's "
                      "tokenizer files there (tokenizer.save_pretrained writes them)")

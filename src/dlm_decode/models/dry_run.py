@@ -46,14 +46,15 @@ from pathlib import Path
 from typing import Any, Optional
 
 from dlm_decode.config.compose import ResolvedConfig, Source, load_config
+from dlm_decode.config.family_table import FAMILIES
 from dlm_decode.config.schema import ModelSpec
 from dlm_decode.errors import ModelError
 from dlm_decode.masks import AttentionPattern
 from dlm_decode.models.causal import tokenizer_mismatches
 from dlm_decode.models.checkpoint import (check_tokenizer_files, check_weight_files, local_files,
                                           read_config_json, tokenizer_code)
-from dlm_decode.models.families import (CAUSAL_FIX, FAMILIES, attention_pattern, causal_problem, detect_family,
-                                        model_context, resolve_special_ids)
+from dlm_decode.models.families import (CAUSAL_FIX, attention_pattern, causal_problem, detect_family, model_context,
+                                        resolve_special_ids)
 from dlm_decode.models.loading import check_implementation, load_tokenizer
 from dlm_decode.models.prompts import encode_prompts
 
@@ -121,26 +122,16 @@ def _head_from_config(config: dict) -> int:
     return int(config.get("embedding_size") or config.get("vocab_size") or 0)
 
 
-def _message_and_fix(exc: ModelError) -> tuple[str, Optional[str]]:
-    """A :class:`ModelError`'s text split into the message and its fix (None when it names none)."""
-    text = str(exc)
-    for separator in ("\n  fix: ", "; fix: "):
-        message, found, fix = text.partition(separator)
-        if found:
-            return message, fix
-    return text, None
-
-
 def _inspect(spec: ModelSpec, key: str, report: DryRunReport, *, dllm: bool) -> Optional[_Side]:
     try:
         config = read_config_json(spec, key)
     except ModelError as exc:
-        report.add("error", "config", f"{key}.path", *_message_and_fix(exc))
+        report.add("error", "config", f"{key}.path", exc.message, exc.fix)
         return None
     try:
         check_implementation(config, spec, key)
     except ModelError as exc:
-        report.add("error", "implementation", f"{key}.implementation", *_message_and_fix(exc))
+        report.add("error", "implementation", f"{key}.implementation", exc.message, exc.fix)
     if spec.device.startswith("cuda"):
         import torch
 
@@ -152,11 +143,11 @@ def _inspect(spec: ModelSpec, key: str, report: DryRunReport, *, dllm: bool) -> 
         try:
             check_weight_files(directory, spec, key)
         except ModelError as exc:
-            report.add("error", "weights", f"{key}.path", *_message_and_fix(exc))
+            report.add("error", "weights", f"{key}.path", exc.message, exc.fix)
         try:
             check_tokenizer_files(directory, spec, key)
         except ModelError as exc:
-            report.add("error", "tokenizer", f"{key}.path", *_message_and_fix(exc))
+            report.add("error", "tokenizer", f"{key}.path", exc.message, exc.fix)
             return None
     tokenizer = _load_tokenizer(spec, key, config, directory, report)
     if tokenizer is None:
@@ -296,8 +287,7 @@ def _check_dllm(spec: ModelSpec, side: _Side, report: DryRunReport) -> Optional[
     try:
         pattern = attention_pattern(family, side.config, spec.attention, spec.block_size)
     except ModelError as exc:
-        message, _, fix = str(exc).partition("; fix: ")
-        report.add("error", "attention", "model.dllm.attention", message, fix or None)
+        report.add("error", "attention", "model.dllm.attention", exc.message, exc.fix)
         return None
     report.facts["attention"] = str(pattern)
     return pattern

@@ -1,28 +1,12 @@
-"""Model families: what differs between diffusion LMs, as data.
+"""Model families: reading a diffusion LM by what differs between the families (detection, special ids, context,
+attention pattern).
 
 A family fixes how the adapter reads the model's logits and special ids; how the model is *built* is
 ``model.<role>.implementation`` (:mod:`dlm_decode.models.native`: LLaDA and Dream on transformers' own classes by
 default, SDAR and Fast-dLLM v2 too, or the checkpoint's own code). Everything else is shared.
 
-=============  =================================  =============================================================
-family         detected from ``config.json``      differences
-=============  =================================  =============================================================
-bidirectional  any other ``model_type``           HF Llama/Qwen2 with ``is_causal: false``; special ids from the
-                                                  tokenizer
-llada          ``model_type: llada``              mask ``<|mdm_mask|>`` (126336), EOS ``<|endoftext|>`` (126081,
-                                                  also the pad, as in LLaDA's SFT data) and EoT ``<|eot_id|>``
-                                                  (126348); context 4096
-dream          ``model_type: Dream``              logits shifted by one (raw logit ``i`` predicts token ``i + 1``;
-                                                  the adapter re-aligns them); mask ``<|mask|>`` (151666), pad/EOS
-                                                  ``<|endoftext|>`` (151643), end of turn ``<|im_end|>`` (151645);
-                                                  context 2048
-sdar           ``model_type: sdar``               block-causal (``block_size``, blocks from position 0); mask
-                                                  ``<|MASK|>`` (151669), EOS ``<|endoftext|>`` (151643) and
-                                                  ``<|im_end|>`` (151645)
-fast_dllm_v2   ``model_type: Fast_dLLM_Qwen``     block-causal (``bd_size``, from position 0) with shifted logits,
-                                                  block heads first; mask ``|<MASK>|`` (151665), EOS
-                                                  ``<|im_end|>`` (151645) and ``<|endoftext|>`` (151643)
-=============  =================================  =============================================================
+The families themselves, as data, are :data:`dlm_decode.config.family_table.FAMILIES` (a lower layer, so that
+the config schema checks ``model.dllm.family`` against them); this module reads models with them.
 
 The attention pattern (:func:`attention_pattern`) is read from the family's block-size key, or from the generic
 ``attention_pattern: block_causal`` / ``diffusion_block_size`` keys any checkpoint may declare.
@@ -38,58 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from dlm_decode.config.family_table import FAMILIES, Family
 from dlm_decode.errors import ModelError
 from dlm_decode.masks import ANCHORS, BIDIRECTIONAL, AttentionPattern
-
-
-@dataclass(frozen=True)
-class Family:
-    """What one family of diffusion LMs needs from the adapter.
-
-    :ivar name: the ``model.dllm.family`` value.
-    :ivar model_types: ``config.json`` ``model_type`` values (lower case) that select this family.
-    :ivar shifted_logits: raw logit ``i`` predicts input column ``i + 1`` (Dream, initialised from an AR model).
-    :ivar mask: ``(token string, documented id)`` of the mask token, or None (read the tokenizer's).
-    :ivar eos: ``(token string, documented id)`` pairs that end a generation, the first one also fills the tail.
-    :ivar pad: ``(token string, documented id)`` of the padding token, or None (tokenizer's, else the first EOS).
-    :ivar context: the context the model was trained with (None: trust ``config.json``).
-    :ivar block_size_key: the ``config.json`` key of a block-diffusion family's block size (None: the family is
-        bidirectional unless the config declares ``attention_pattern: block_causal``, see :func:`attention_pattern`).
-    :ivar block_anchor: where the family's blocks start (:class:`~dlm_decode.masks.AttentionPattern` ``anchor``).
-    """
-
-    name: str
-    model_types: tuple[str, ...] = ()
-    shifted_logits: bool = False
-    mask: Optional[tuple[str, int]] = None
-    eos: tuple[tuple[str, int], ...] = ()
-    pad: Optional[tuple[str, int]] = None
-    context: Optional[int] = None
-    block_size_key: Optional[str] = None
-    block_anchor: str = "generation"
-
-
-FAMILIES: dict[str, Family] = {
-    "bidirectional": Family("bidirectional"),
-    "llada": Family(
-        "llada", model_types=("llada",), mask=("<|mdm_mask|>", 126336),
-        eos=(("<|endoftext|>", 126081), ("<|eot_id|>", 126348)), pad=("<|endoftext|>", 126081), context=4096,
-    ),
-    "dream": Family(
-        "dream", model_types=("dream",), shifted_logits=True, mask=("<|mask|>", 151666),
-        eos=(("<|endoftext|>", 151643), ("<|im_end|>", 151645)), pad=("<|endoftext|>", 151643), context=2048,
-    ),
-    "sdar": Family(
-        "sdar", model_types=("sdar",), mask=("<|MASK|>", 151669), eos=(("<|endoftext|>", 151643),
-                                                                      ("<|im_end|>", 151645)),
-        pad=("<|endoftext|>", 151643), block_size_key="block_size", block_anchor="position",
-    ),
-    "fast_dllm_v2": Family(
-        "fast_dllm_v2", model_types=("fast_dllm_qwen",), shifted_logits=True, mask=("|<MASK>|", 151665),
-        eos=(("<|im_end|>", 151645), ("<|endoftext|>", 151643)), pad=("<|endoftext|>", 151643),
-        block_size_key="bd_size", block_anchor="position",
-    ),
-}
 
 #: ``config.json`` keys by which any checkpoint declares a block-causal pattern (the embedded block model does).
 PATTERN_KEY, BLOCK_SIZE_KEY, ANCHOR_KEY = "attention_pattern", "diffusion_block_size", "diffusion_block_anchor"
@@ -228,8 +163,8 @@ def attention_pattern(family: Family, config: Mapping[str, Any] | Any, attention
     """
     declared = config_value(config, PATTERN_KEY)
     if declared not in (None, "bidirectional", "block_causal"):
-        raise ModelError(f"config.json declares {PATTERN_KEY}: {declared!r}, which this version does not know; fix: "
-                         f"set {key}.attention to bidirectional or block_causal if you know the model's pattern")
+        raise ModelError(f"config.json declares {PATTERN_KEY}: {declared!r}, which this version does not know",
+                         fix=f"set {key}.attention to bidirectional or block_causal if you know the model's pattern")
     found = config_value(config, family.block_size_key) if family.block_size_key else None
     if found is None and declared == "block_causal":
         found = config_value(config, BLOCK_SIZE_KEY)
@@ -238,19 +173,19 @@ def attention_pattern(family: Family, config: Mapping[str, Any] | Any, attention
     if not block_causal:
         if block_size is not None:
             raise ModelError(f"{key}.block_size is {block_size}, but the model is bidirectional ({key}.attention: "
-                             f"{attention}); fix: set {key}.attention=block_causal if it is block-causal, or drop "
+                             f"{attention})", fix=f"set {key}.attention=block_causal if it is block-causal, or drop "
                              f"{key}.block_size")
         return BIDIRECTIONAL
     size = block_size or found
     if not isinstance(size, int) or size < 1:
         raise ModelError(f"{key} is block-causal but its block size is unknown (config.json gives "
-                         f"{family.block_size_key or BLOCK_SIZE_KEY}: {size!r}); fix: set {key}.block_size")
+                         f"{family.block_size_key or BLOCK_SIZE_KEY}: {size!r})", fix=f"set {key}.block_size")
     anchor = config_value(config, ANCHOR_KEY) or family.block_anchor
     if anchor not in ANCHORS:
-        raise ModelError(f"config.json declares {ANCHOR_KEY}: {anchor!r}; fix: use one of {', '.join(ANCHORS)}")
+        raise ModelError(f"config.json declares {ANCHOR_KEY}: {anchor!r}", fix=f"use one of {', '.join(ANCHORS)}")
     if family.shifted_logits and anchor != "position":
         raise ModelError(f"{key} is block-causal with blocks anchored at the first generated column and its logits "
                          f"are shifted ({family.name}): shifted logits are realigned for blocks anchored at position "
-                         f"0 only (Fast-dLLM v2); fix: set {key}.attention=bidirectional if the model is one, or "
+                         "0 only (Fast-dLLM v2)", fix=f"set {key}.attention=bidirectional if the model is one, or "
                          f"declare {ANCHOR_KEY}: position in config.json if its blocks start at position 0")
     return AttentionPattern(block_size=size, anchor=anchor, head_first=family.shifted_logits)

@@ -40,11 +40,11 @@ def resolve_device(device: str, key: str = "device") -> torch.device:
     for kind, available in (("cuda", torch.cuda.is_available), ("mps", torch.backends.mps.is_available)):
         if device.split(":")[0] == kind and not available():
             raise ModelError(f"`{key}` is {device!r} but {kind.upper()} is not available with this torch build "
-                             f"on this machine; fix: set {key}=cpu (or auto)")
+                             "on this machine", fix=f"set {key}=cpu (or auto)")
     try:
         return torch.device(device)
     except RuntimeError as exc:
-        raise ModelError(f"`{key}` is {device!r}, which torch rejects ({exc}); fix: set {key} to cpu, cuda, "
+        raise ModelError(f"`{key}` is {device!r}, which torch rejects ({exc})", fix=f"set {key} to cpu, cuda, "
                          "cuda:N, mps or auto") from exc
 
 
@@ -64,7 +64,7 @@ def check_implementation(config: dict, spec: ModelSpec, key: str) -> Architectur
             native = (f", or leave {key}.implementation=native: {architecture.original} maps onto transformers' own "
                       "classes and needs no remote code") if architecture else ""
             raise ModelError(f"`{key}.implementation` is remote, which runs the checkpoint's own modeling code "
-                             f"({_code_files(config)}), but {key}.trust_remote_code is false.\n  fix: set "
+                             f"({_code_files(config)}), but {key}.trust_remote_code is false", fix="set "
                              f"{key}.trust_remote_code=true after reading that code{native}")
         return None
     if architecture is not None:
@@ -75,7 +75,7 @@ def check_implementation(config: dict, spec: ModelSpec, key: str) -> Architectur
                          f"implementation here (transformers {_transformers_version()} does not know it, and it is "
                          f"not one of {', '.join(a.original for a in ARCHITECTURES.values())}): only the checkpoint's "
                          "own modeling code "
-                         f"({_code_files(config)}) can build it.\n  fix: set {key}.implementation=remote and "
+                         f"({_code_files(config)}) can build it", fix=f"set {key}.implementation=remote and "
                          f"{key}.trust_remote_code=true after reading that code")
     return None
 
@@ -152,7 +152,7 @@ def load_hf(spec: ModelSpec, key: str):
             model = model.to(device)
         except RuntimeError as exc:  # e.g. `cuda:N` past the GPUs, or out of device memory
             raise ModelError(f"`{key}.device` = {spec.device!r}: the weights could not be moved there "
-                             f"({type(exc).__name__}: {exc})\n  fix: set {key}.device to a device this machine has "
+                             f"({type(exc).__name__}: {exc})", fix=f"set {key}.device to a device this machine has "
                              f"(cpu, auto, or cuda:N with N < torch.cuda.device_count()), or a smaller "
                              f"{key}.dtype if memory ran out") from exc
     return model.eval(), tokenizer
@@ -174,8 +174,8 @@ def _load_error(spec: ModelSpec, key: str, config: dict, exc: Exception) -> Mode
     """The error for a checkpoint that failed to load: the real exception, and a fix that fits its cause."""
     failure = f"{type(exc).__name__}: {exc}"
     if spec.device_map and "accelerate" in str(exc):
-        return ModelError(f"`{key}.device_map` = {spec.device_map!r} needs accelerate ({failure})\n  fix: "
-                          "`pip install accelerate`, or drop device_map")
+        return ModelError(f"`{key}.device_map` = {spec.device_map!r} needs accelerate ({failure})",
+                          fix="`pip install accelerate`, or drop device_map")
     if spec.implementation == "remote" and not resource_failure(exc):
         architecture = architecture_for(config)
         written = config.get("transformers_version")
@@ -188,8 +188,8 @@ def _load_error(spec: ModelSpec, key: str, config: dict, exc: Exception) -> Mode
         else:
             fix = "fix the checkpoint's code, or report the failure to its authors"
         return ModelError(f"`{key}.path` = {spec.path!r}: the checkpoint's own modeling code ({_code_files(config)}) "
-                          f"failed while loading: {failure}\n  fix: {fix}")
-    return ModelError(f"`{key}.path` = {spec.path!r} could not be loaded: {failure}\n  fix: check that the "
+                          f"failed while loading: {failure}", fix=fix)
+    return ModelError(f"`{key}.path` = {spec.path!r} could not be loaded: {failure}", fix="check that the "
                       "directory holds the checkpoint's weights (*.safetensors) and tokenizer files; hub ids need "
                       f"{key}.allow_download=true or a copy in the local HF cache")
 

@@ -185,22 +185,22 @@ class Architecture:
         :raises ModelError: for a mixture-of-experts checkpoint, one without the layout's dimension fields, or
             naming every field the mapping cannot reproduce.
         """
-        remote = (f"\n  fix: if it is a derivative with its own modeling code, set {key}.implementation=remote and "
+        remote = (f"if it is a derivative with its own modeling code, set {key}.implementation=remote and "
                   f"{key}.trust_remote_code=true after reading that code")
         experts = [f"{name}={config[name]!r}" for name in MOE_KEYS if name in config]
         if experts:
             raise ModelError(f"`{key}.path`: this checkpoint is a mixture of experts (config.json has "
                              f"{', '.join(experts)}); the native {self.name} mapping reproduces the dense "
-                             f"{self.original} architecture only." + remote)
+                             f"{self.original} architecture only", fix=remote)
         missing = [name for name in self.layout if name not in config]
         if missing:
             raise ModelError(f"`{key}.path`: config.json (model_type {config.get('model_type')!r}) has no "
                              f"{', '.join(missing)}, which every {self.original} checkpoint's config.json has: this is "
-                             f"not the {self.original} layout the native {self.name} mapping reads." + remote)
+                             f"not the {self.original} layout the native {self.name} mapping reads", fix=remote)
         problems = _unsupported(config, self.required)
         if problems:
             raise ModelError(f"`{key}.path`: this {self.original} checkpoint's config.json asks for what the native "
-                             f"{self.name} mapping does not reproduce: {'; '.join(problems)}." + remote)
+                             f"{self.name} mapping does not reproduce: {'; '.join(problems)}", fix=remote)
         hf_config = self.hf_config(config)
         hf_config.is_causal = False
         hf_config.architectures = config.get("architectures")  # ``LLaDAModelLM``, ``DreamModel``: names the family
@@ -267,8 +267,8 @@ def load_native(architecture: Architecture, path: str, config: Mapping[str, Any]
     problems = loading_problems(info)
     if problems:
         raise ModelError(f"`{key}.path` = {path!r}: the weights do not have the {architecture.original} layout the "
-                         f"native {architecture.name} mapping expects: " + "; ".join(problems)
-                         + f".\n  fix: check that the checkpoint is a {architecture.original} checkpoint (a "
+                         f"native {architecture.name} mapping expects: " + "; ".join(problems),
+                         fix=f"check that the checkpoint is a {architecture.original} checkpoint (a "
                          f"derivative with other tensors needs {key}.implementation=remote and "
                          f"{key}.trust_remote_code=true)")
     return model, tokenizer

@@ -50,7 +50,7 @@ def realigned_logits(run: RunForward, inputs: ModelInputs, cache: Any, family: s
     if ids.shape[1] != inputs.end - start:
         raise ModelError(f"extra query positions (WINO's shadow block) have no meaning for a shifted-logit "
                          f"model ({family}): the prediction for a column comes from the hidden state of "
-                         "the column before it. fix: use another verification than wino with this model")
+                         "the column before it", fix="use another verification than wino with this model")
     if start == 0:
         raw = run(ids, positions, mask, cache)
         if cache is not None:
@@ -59,11 +59,11 @@ def realigned_logits(run: RunForward, inputs: ModelInputs, cache: Any, family: s
     if cache is None:
         raise ModelError(f"a forward over columns [{start}, {inputs.end}) without a cache cannot realign the "
                          f"shifted logits of {family}: column {start}'s prediction comes from column "
-                         f"{start - 1}. fix: report this cache strategy; spans starting after column 0 need a cache")
+                         f"{start - 1}", fix="report this cache strategy; spans starting after column 0 need a cache")
     record = getattr(cache, _ColumnRecord.ATTRIBUTE, None)
     if record is None or record.tokens.shape[1] < start:
         raise ModelError(f"the cache was not filled by a forward from column 0 through this adapter, so column "
-                         f"{start - 1} (whose logit predicts column {start} in {family}) is unknown. fix: the "
+                         f"{start - 1} (whose logit predicts column {start} in {family}) is unknown", fix="the "
                          "cache strategy's first forward must cover the canvas from column 0")
     previous = start - 1
     prev_ids = record.tokens[:, previous:start]
