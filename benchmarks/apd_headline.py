@@ -35,7 +35,7 @@ def ar_alone(ar: CausalLM, dllm: DiffusionLM, per_task: int, batch_size: int, ma
     correct = tokens = 0
     wall = 0.0
     for first in range(0, len(examples), batch_size):
-        chunk = examples[first: first + batch_size]
+        chunk = examples[first : first + batch_size]
         encoded = dllm.encode([ex.prompt for ex in chunk])
         width = max(len(ids) for ids in encoded)
         input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(ids)) + ids for ids in encoded])
@@ -43,9 +43,14 @@ def ar_alone(ar: CausalLM, dllm: DiffusionLM, per_task: int, batch_size: int, ma
         input_ids, attention = input_ids.to(ar.model.device), attention.to(ar.model.device)
         started = time.perf_counter()  # decoding time only, as evaluate() counts it for the dLLM decoders
         with torch.inference_mode():
-            out = ar.model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
-                                    do_sample=False, eos_token_id=dllm.eos_token_ids,
-                                    pad_token_id=tokenizer.pad_token_id)
+            out = ar.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=dllm.eos_token_ids,
+                pad_token_id=tokenizer.pad_token_id,
+            )
         if out.is_cuda:
             torch.cuda.synchronize()
         wall += time.perf_counter() - started
@@ -53,8 +58,13 @@ def ar_alone(ar: CausalLM, dllm: DiffusionLM, per_task: int, batch_size: int, ma
             end = next((i for i, t in enumerate(row) if t in dllm.eos_token_ids), len(row) - 1)
             tokens += end + 1
             correct += TASKS[ex.task].check(ex, dllm.decode(row[:end]))
-    return {"accuracy": correct / len(examples), "tokens_per_forward": 1.0, "ar_forwards": float("nan"),
-            "tokens_per_s": tokens / wall, "nfe": 0.0}
+    return {
+        "accuracy": correct / len(examples),
+        "tokens_per_forward": 1.0,
+        "ar_forwards": float("nan"),
+        "tokens_per_s": tokens / wall,
+        "nfe": 0.0,
+    }
 
 
 def main() -> None:
@@ -71,34 +81,43 @@ def main() -> None:
     baseline = load_config("configs/decoders/llada.yaml", [batch, device])
     dllm = DiffusionLM.from_spec(baseline.config.model.dllm)
     apd_overrides = [batch, device, f"model.ar.device={args.device}", *args.overrides]
-    apd_configs = {r: load_config("configs/decoders/apd.yaml",
-                                  [*apd_overrides, f"decoder.verification.mixture_weight={r}"])
-                   for r in args.r.split(",")}
+    apd_configs = {
+        r: load_config("configs/decoders/apd.yaml", [*apd_overrides, f"decoder.verification.mixture_weight={r}"])
+        for r in args.r.split(",")
+    }
     ar = CausalLM.from_spec(next(iter(apd_configs.values())).config.model.ar)
-    decoders = {"dLLM, 1 token/step (llada.yaml)": Decoder(baseline, dllm=dllm),
-                "AR model alone (greedy, KV cache)": None,
-                **{f"APD R={r} ({config.hash})": Decoder(config, dllm=dllm) for r, config in apd_configs.items()}}
+    decoders = {
+        "dLLM, 1 token/step (llada.yaml)": Decoder(baseline, dllm=dllm),
+        "AR model alone (greedy, KV cache)": None,
+        **{f"APD R={r} ({config.hash})": Decoder(config, dllm=dllm) for r, config in apd_configs.items()},
+    }
     best: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as scratch:
         for repeat in range(args.repeats):  # round-robin, so a slow spell of the machine hits every decoder
             for index, (name, decoder) in enumerate(decoders.items()):
                 if decoder is None:
-                    summary = ar_alone(ar, dllm, args.per_task, args.batch_size,
-                                       baseline.config.generation.max_new_tokens)
+                    summary = ar_alone(
+                        ar, dllm, args.per_task, args.batch_size, baseline.config.generation.max_new_tokens
+                    )
                 else:
                     summary = evaluate(decoder, f"{scratch}/{repeat}-{index}", limit=args.per_task, progress=False)
                 if name not in best or summary["tokens_per_s"] > best[name]["tokens_per_s"]:
                     best[name] = summary
     rows = list(best.items())
-    where = (torch.cuda.get_device_name() if args.device.startswith("cuda")
-             else f"CPU, {torch.get_num_threads()} threads")
-    print(f"{args.per_task} test examples per task x {len(TASKS)} tasks, batch size {args.batch_size}, best of "
-          f"{args.repeats} runs; torch {torch.__version__}, {where}")
-    print(f"| decoder | accuracy | tokens/dLLM forward | AR forwards/example | tokens/s |")
+    where = (
+        torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"{args.per_task} test examples per task x {len(TASKS)} tasks, batch size {args.batch_size}, best of "
+        f"{args.repeats} runs; torch {torch.__version__}, {where}"
+    )
+    print("| decoder | accuracy | tokens/dLLM forward | AR forwards/example | tokens/s |")
     print("|---|---:|---:|---:|---:|")
     for name, s in rows:
-        print(f"| {name} | {100 * s['accuracy']:.1f} | {s['tokens_per_forward']:.2f} | {s['ar_forwards']:.1f} | "
-              f"{s['tokens_per_s']:.1f} |")
+        print(
+            f"| {name} | {100 * s['accuracy']:.1f} | {s['tokens_per_forward']:.2f} | {s['ar_forwards']:.1f} | "
+            f"{s['tokens_per_s']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -59,8 +59,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--config", action="append", default=None)
     parser.add_argument("overrides", nargs="*")
-    parser.add_argument("--caches", default="kv_window:1000,kv_window:32,kv_window:16,kv_window:4,kv_window:1",
-                        help="caches to compare with cache none: names, or kv_window:W")
+    parser.add_argument(
+        "--caches",
+        default="kv_window:1000,kv_window:32,kv_window:16,kv_window:4,kv_window:1",
+        help="caches to compare with cache none: names, or kv_window:W",
+    )
     parser.add_argument("--lengths", default="32,64", help="generation.max_new_tokens values")
     parser.add_argument("--per-task", type=int, default=10, help="test examples per task")
     parser.add_argument("--repeats", type=int, default=5, help="rounds (an odd number)")
@@ -72,25 +75,35 @@ def main() -> None:
     fits = [len(ids) + max(lengths) <= dllm.max_context for ids in dllm.encode([ex.prompt for ex in examples])]
     if not all(fits):
         dropped = sorted({ex.task for ex, fit in zip(examples, fits) if not fit})
-        print(f"{fits.count(False)} of {len(examples)} prompts left out (tasks {', '.join(dropped)}): with "
-              f"{max(lengths)} new tokens their canvas exceeds the model's context of {dllm.max_context}")
+        print(
+            f"{fits.count(False)} of {len(examples)} prompts left out (tasks {', '.join(dropped)}): with "
+            f"{max(lengths)} new tokens their canvas exceeds the model's context of {dllm.max_context}"
+        )
         examples = [ex for ex, fit in zip(examples, fits) if fit]
     print(f"{len(examples)} prompts, config {sources}, overrides {args.overrides}")
-    print(f"{'max_new':>7} {'cache':>14} {'wall s':>8} {'tokens/s':>9} {'speedup':>8} {'same as none':>12} "
-          f"{'accuracy':>9}")
+    print(
+        f"{'max_new':>7} {'cache':>14} {'wall s':>8} {'tokens/s':>9} {'speedup':>8} {'same as none':>12} "
+        f"{'accuracy':>9}"
+    )
     for length in lengths:
         configs = {}
         for cache in ["none", *args.caches.split(",")]:
             name, _, window = cache.partition(":")
-            overrides = [*args.overrides, f"generation.max_new_tokens={length}", f"decoder.cache={name}",
-                         *([f"decoder.cache.window={window}"] if window else [])]
+            overrides = [
+                *args.overrides,
+                f"generation.max_new_tokens={length}",
+                f"decoder.cache={name}",
+                *([f"decoder.cache.window={window}"] if window else []),
+            ]
             configs[cache] = load_config(sources, overrides)
         results = compare(configs, dllm, examples, args.repeats)
         reference_ids, reference_wall = results["none"][:2]  # what the other caches are compared with
         for cache, (ids, wall, tps, acc) in results.items():
             same = sum(a == b for a, b in zip(ids, reference_ids)) / len(ids)
-            print(f"{length:>7} {cache:>14} {wall:>8.2f} {tps:>9.1f} {reference_wall / wall:>8.2f} {same:>12.0%} "
-                  f"{acc:>9.1%}")
+            print(
+                f"{length:>7} {cache:>14} {wall:>8.2f} {tps:>9.1f} {reference_wall / wall:>8.2f} {same:>12.0%} "
+                f"{acc:>9.1%}"
+            )
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 For each batch size (``--batch-sizes``, default 1 and 8) it decodes the same prompts with the real models and
 clocks the time spent inside the forward of every model the decoder loaded (the dLLM, and an AR verifier where the
-config has one), through forward hooks on those modules (CUDA is synchronised at each clock). Everything else — hooks, scoring, state updates, checks,
-per-batch set-up and read-out — is outside, and the printed share is ``outside / total`` wall time.
+config has one), through forward hooks on those modules (CUDA is synchronised at each clock). Everything else —
+hooks, scoring, state updates, checks, per-batch set-up and read-out — is outside, and the printed share is
+``outside / total`` wall time.
 
 A second column decodes the same prompts with a stand-in whose forward returns ready-made logits at no cost: the
 core's time per step when nothing runs between its steps. On a CPU it is much lower than the real outside time,
@@ -42,9 +43,11 @@ class ForwardClock:
         self.sync = torch.cuda.synchronize if on_cuda else (lambda: None)
         self.seconds = 0.0
         self._started = 0.0
-        self.handles = [handle for module in modules
-                        for handle in (module.register_forward_pre_hook(self._start),
-                                       module.register_forward_hook(self._stop))]
+        self.handles = [
+            handle
+            for module in modules
+            for handle in (module.register_forward_pre_hook(self._start), module.register_forward_hook(self._stop))
+        ]
 
     def _start(self, module, args) -> None:
         self.sync()
@@ -84,8 +87,9 @@ class FreeForward:
         shape = tuple(inputs.input_ids.shape)
         logits = self.by_shape.get(shape)
         if logits is None:
-            logits = self.by_shape[shape] = torch.randn(*shape, self.dllm.vocab_size,
-                                                        generator=self.generator).to(self.dllm.device)
+            logits = self.by_shape[shape] = torch.randn(*shape, self.dllm.vocab_size, generator=self.generator).to(
+                self.dllm.device
+            )
         return logits
 
     def __getattr__(self, name):
@@ -115,12 +119,13 @@ def timed_run(decoder: Decoder, prompts: list[str], batch_size: int, clock: Forw
     started = time.perf_counter()
     out = decoder.generate(prompts, batch_size=batch_size)
     total = time.perf_counter() - started
-    steps = sum(max(s.nfe for s in out.stats[i: i + batch_size]) for i in range(0, len(prompts), batch_size))
+    steps = sum(max(s.nfe for s in out.stats[i : i + batch_size]) for i in range(0, len(prompts), batch_size))
     return Run(total, clock.seconds - before, steps)
 
 
-def median_run(decoder: Decoder, prompts: list[str], batch_size: int, clock: ForwardClock | FreeForward,
-               repeats: int) -> Run:
+def median_run(
+    decoder: Decoder, prompts: list[str], batch_size: int, clock: ForwardClock | FreeForward, repeats: int
+) -> Run:
     """The run with the median share of ``repeats`` runs after a warm-up run."""
     runs = [timed_run(decoder, prompts, batch_size, clock) for _ in range(repeats + 1)][1:]
     return sorted(runs, key=lambda run: run.share)[len(runs) // 2]
@@ -134,17 +139,26 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="measured runs per batch size (an odd number)")
     parser.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes to measure")
     parser.add_argument("--breakdown", action="store_true", help="also time each role hook in the real run")
-    parser.add_argument("--stand-in-reads", type=float, default=0.0, metavar="MB",
-                        help="megabytes the stand-in's forward reads (to show the caches' effect)")
+    parser.add_argument(
+        "--stand-in-reads",
+        type=float,
+        default=0.0,
+        metavar="MB",
+        help="megabytes the stand-in's forward reads (to show the caches' effect)",
+    )
     args = parser.parse_args()
     decoder = Decoder.from_config(args.config or ["configs/decoders/llada.yaml"], args.overrides)
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.prompts)]
     real = decoder.dllm
     clock = ForwardClock([model for model in decoder.models if isinstance(model, torch.nn.Module)])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, config {decoder.config.hash}, "
-          f"model {decoder.config.config.model.dllm.path}")
-    header = (f"{'batch':>5} {'steps':>6} {'ms/step':>8} {'forward ms/step':>15} {'outside ms/step':>15} "
-              f"{'outside %':>9} {'stand-in outside ms/step':>24}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, config {decoder.config.hash}, "
+        f"model {decoder.config.config.model.dllm.path}"
+    )
+    header = (
+        f"{'batch':>5} {'steps':>6} {'ms/step':>8} {'forward ms/step':>15} {'outside ms/step':>15} "
+        f"{'outside %':>9} {'stand-in outside ms/step':>24}"
+    )
     print(header + ("  " + "  ".join(f"{h.removeprefix('dlm_')} µs" for h in HOOKS) if args.breakdown else ""))
     for batch_size in [int(size) for size in args.batch_sizes.split(",")]:
         measured = median_run(decoder, prompts, batch_size, clock, args.repeats)
@@ -152,10 +166,12 @@ def main() -> None:
         free = median_run(decoder, prompts, batch_size, stand_in, args.repeats)
         decoder.dllm = real
         per_step = measured.total / measured.steps
-        line = (f"{batch_size:>5} {measured.steps:>6} {1000 * per_step:>8.3f} "
-                f"{1000 * measured.forward / measured.steps:>15.3f} "
-                f"{1000 * measured.outside_per_step:>15.3f} "
-                f"{100 * measured.share:>8.1f}% {1000 * free.outside_per_step:>24.3f}")
+        line = (
+            f"{batch_size:>5} {measured.steps:>6} {1000 * per_step:>8.3f} "
+            f"{1000 * measured.forward / measured.steps:>15.3f} "
+            f"{1000 * measured.outside_per_step:>15.3f} "
+            f"{100 * measured.share:>8.1f}% {1000 * free.outside_per_step:>24.3f}"
+        )
         if args.breakdown:
             timer = HookTimer()
             decoder.manager.register(timer)

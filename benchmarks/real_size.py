@@ -2,9 +2,9 @@
 
 Random weights need no download: the models are built from the real checkpoints' dimensions (LLaDA-8B-Instruct's,
 Dream-v0-Instruct-7B's and SDAR-8B-Chat's ``config.json``, the last a block-diffusion model with blocks of 4, through
-the same native mapping that loads the real weights; Qwen2.5-0.5B's for APD's verifier) in bfloat16 on the GPU, with a tokenizer holding the real special ids. For each preset
-at ``--new-tokens`` (256) and each batch size (1 and 16, prompts of ``--prompt-tokens`` +- 25%), it decodes
-``--warmup`` steps, then times ``--steps`` steps:
+the same native mapping that loads the real weights; Qwen2.5-0.5B's for APD's verifier) in bfloat16 on the GPU,
+with a tokenizer holding the real special ids. For each preset at ``--new-tokens`` (256) and each batch size (1 and
+16, prompts of ``--prompt-tokens`` +- 25%), it decodes ``--warmup`` steps, then times ``--steps`` steps:
 
 * ``ms/step`` and ``tok/s`` (tokens committed per second over the timed steps; random weights are never confident,
   so thresholds commit one token per step: the numbers compare the cost of a step, not the parallelism);
@@ -62,38 +62,111 @@ from dlm_decode.state import DecodeState
 
 #: Dimensions of the published checkpoints' config.json (LLaDA-8B-Instruct, Dream-v0-Instruct-7B, Qwen2.5-0.5B).
 REAL = {
-    "llada": {"model_type": "llada", "d_model": 4096, "n_heads": 32, "n_kv_heads": 32, "n_layers": 32,
-              "mlp_hidden_size": 12288, "vocab_size": 126464, "embedding_size": 126464, "max_sequence_length": 4096,
-              "rope_theta": 500000.0, "rms_norm_eps": 1e-5, "weight_tying": False, "block_type": "llama",
-              "layer_norm_type": "rms", "activation_type": "silu", "rope": True, "include_qkv_bias": False,
-              "mask_token_id": 126336, "eos_token_id": 126081, "pad_token_id": 126081},
-    "dream": {"model_type": "Dream", "hidden_size": 3584, "num_hidden_layers": 28, "num_attention_heads": 28,
-              "num_key_value_heads": 4, "intermediate_size": 18944, "vocab_size": 152064, "rope_theta": 1000000.0,
-              "rms_norm_eps": 1e-6, "max_position_embeddings": 131072, "tie_word_embeddings": False,
-              "mask_token_id": 151666, "eos_token_id": 151643, "pad_token_id": 151643},
-    "sdar": {"model_type": "sdar", "hidden_size": 4096, "num_hidden_layers": 36, "num_attention_heads": 32,
-             "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 12288, "vocab_size": 151936,
-             "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "max_position_embeddings": 32768,
-             "tie_word_embeddings": False, "block_size": 4, "mask_token_id": 151669, "eos_token_id": 151643},
-    "qwen2": {"model_type": "qwen2", "hidden_size": 896, "num_hidden_layers": 24, "num_attention_heads": 14,
-              "num_key_value_heads": 2, "intermediate_size": 4864, "vocab_size": 151936, "rope_theta": 1000000.0,
-              "rms_norm_eps": 1e-6, "max_position_embeddings": 32768, "tie_word_embeddings": True},
+    "llada": {
+        "model_type": "llada",
+        "d_model": 4096,
+        "n_heads": 32,
+        "n_kv_heads": 32,
+        "n_layers": 32,
+        "mlp_hidden_size": 12288,
+        "vocab_size": 126464,
+        "embedding_size": 126464,
+        "max_sequence_length": 4096,
+        "rope_theta": 500000.0,
+        "rms_norm_eps": 1e-5,
+        "weight_tying": False,
+        "block_type": "llama",
+        "layer_norm_type": "rms",
+        "activation_type": "silu",
+        "rope": True,
+        "include_qkv_bias": False,
+        "mask_token_id": 126336,
+        "eos_token_id": 126081,
+        "pad_token_id": 126081,
+    },
+    "dream": {
+        "model_type": "Dream",
+        "hidden_size": 3584,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "intermediate_size": 18944,
+        "vocab_size": 152064,
+        "rope_theta": 1000000.0,
+        "rms_norm_eps": 1e-6,
+        "max_position_embeddings": 131072,
+        "tie_word_embeddings": False,
+        "mask_token_id": 151666,
+        "eos_token_id": 151643,
+        "pad_token_id": 151643,
+    },
+    "sdar": {
+        "model_type": "sdar",
+        "hidden_size": 4096,
+        "num_hidden_layers": 36,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "intermediate_size": 12288,
+        "vocab_size": 151936,
+        "rope_theta": 1000000.0,
+        "rms_norm_eps": 1e-6,
+        "max_position_embeddings": 32768,
+        "tie_word_embeddings": False,
+        "block_size": 4,
+        "mask_token_id": 151669,
+        "eos_token_id": 151643,
+    },
+    "qwen2": {
+        "model_type": "qwen2",
+        "hidden_size": 896,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+        "intermediate_size": 4864,
+        "vocab_size": 151936,
+        "rope_theta": 1000000.0,
+        "rms_norm_eps": 1e-6,
+        "max_position_embeddings": 32768,
+        "tie_word_embeddings": True,
+    },
 }
 #: Small stand-ins with the same special ids (``--scale tiny``): only the dimensions shrink.
 TINY = {
     "llada": {"d_model": 64, "n_heads": 4, "n_kv_heads": 4, "n_layers": 2, "mlp_hidden_size": 128},
-    "dream": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-              "intermediate_size": 128},
-    "sdar": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-             "head_dim": 16, "intermediate_size": 128},
-    "qwen2": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
-              "intermediate_size": 64},
+    "dream": {
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 128,
+    },
+    "sdar": {
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "intermediate_size": 128,
+    },
+    "qwen2": {
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "intermediate_size": 64,
+    },
 }
 #: Special tokens of each family's tokenizer, at their real ids.
 SPECIALS = {
     "llada": {126080: "<|startoftext|>", 126081: "<|endoftext|>", 126336: "<|mdm_mask|>", 126348: "<|eot_id|>"},
-    "dream": {151643: "<|endoftext|>", 151644: "<|im_start|>", 151645: "<|im_end|>", 151665: "<|beginoftext|>",
-              151666: "<|mask|>"},
+    "dream": {
+        151643: "<|endoftext|>",
+        151644: "<|im_start|>",
+        151645: "<|im_end|>",
+        151665: "<|beginoftext|>",
+        151666: "<|mask|>",
+    },
     "sdar": {151643: "<|endoftext|>", 151644: "<|im_start|>", 151645: "<|im_end|>", 151669: "<|MASK|>"},
 }
 TOKENIZER_SIZE = {"llada": 126349, "dream": 151667, "sdar": 151670, "qwen2": 151665}
@@ -170,8 +243,11 @@ class Measure:
 
 def gpu_idle_share(profile) -> float | None:
     """1 - (time covered by CUDA kernels) / (first kernel start .. last kernel end), overlaps merged."""
-    spans = sorted((e.time_range.start, e.time_range.end) for e in profile.events()
-                   if e.device_type == torch.autograd.DeviceType.CUDA and e.time_range.end > e.time_range.start)
+    spans = sorted(
+        (e.time_range.start, e.time_range.end)
+        for e in profile.events()
+        if e.device_type == torch.autograd.DeviceType.CUDA and e.time_range.end > e.time_range.start
+    )
     if not spans:
         return None
     busy, (start, end) = 0.0, spans[0]
@@ -198,11 +274,19 @@ def time_decoder(decoder: Decoder, dllm: DiffusionLM, rows: list[list[int]], arg
     sync = torch.cuda.synchronize if dllm.device.type == "cuda" else (lambda: None)
 
     def fresh_steps():
-        state = DecodeState.build(rows, max_new_tokens=args.new_tokens, mask_token_id=dllm.mask_token_id,
-                                  pad_token_id=dllm.pad_token_id, eos_token_ids=dllm.eos_token_ids,
-                                  fill_token_id=dllm.fill_token_id, seeds=list(range(len(rows))),
-                                  device=dllm.device, excluded_token_ids=dllm.undecodable_ids, stop_at_eos=False,
-                                  attention=dllm.attention)
+        state = DecodeState.build(
+            rows,
+            max_new_tokens=args.new_tokens,
+            mask_token_id=dllm.mask_token_id,
+            pad_token_id=dllm.pad_token_id,
+            eos_token_ids=dllm.eos_token_ids,
+            fill_token_id=dllm.fill_token_id,
+            seeds=list(range(len(rows))),
+            device=dllm.device,
+            excluded_token_ids=dllm.undecodable_ids,
+            stop_at_eos=False,
+            attention=dllm.attention,
+        )
         return state, run_steps(decoder.roles, dllm, state, max_steps=10 * args.new_tokens)
 
     with torch.inference_mode():
@@ -252,8 +336,13 @@ def official_dual_cache(path: Path, native_model, config: dict, rows: list[list[
     model = model.to(device).eval()
     prompt = torch.tensor([rows[0]], device=device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    kwargs = dict(steps=args.new_tokens, gen_length=args.new_tokens, block_length=32, threshold=0.9,
-                  mask_id=config["mask_token_id"])
+    kwargs = dict(
+        steps=args.new_tokens,
+        gen_length=args.new_tokens,
+        block_length=32,
+        threshold=0.9,
+        mask_id=config["mask_token_id"],
+    )
     with torch.inference_mode():
         generate.generate_with_dual_cache(model, prompt, **kwargs)  # warm-up (and torch.compile)
         sync()
@@ -323,27 +412,48 @@ def main() -> None:
             if args.fast_dllm is not None and family == "llada":
                 rows = prompts(1, args.prompt_tokens, min(SPECIALS[family]), seed=1)
                 measure = official_dual_cache(args.fast_dllm, model, config, rows, args)
-                rows_out.append({"model": family, "preset": "official Fast-dLLM generate_with_dual_cache",
-                                 "batch": 1, **_fields(measure)})
+                rows_out.append(
+                    {
+                        "model": family,
+                        "preset": "official Fast-dLLM generate_with_dual_cache",
+                        "batch": 1,
+                        **_fields(measure),
+                    }
+                )
                 _print_row(rows_out[-1])
             del model, dllm
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     if args.out is not None:
-        args.out.write_text(json.dumps({"device": name, "torch": torch.__version__, "args": vars(args) | {
-            "fast_dllm": str(args.fast_dllm), "out": str(args.out)}, "rows": rows_out}, indent=2))
+        args.out.write_text(
+            json.dumps(
+                {
+                    "device": name,
+                    "torch": torch.__version__,
+                    "args": vars(args) | {"fast_dllm": str(args.fast_dllm), "out": str(args.out)},
+                    "rows": rows_out,
+                },
+                indent=2,
+            )
+        )
 
 
 def _fields(measure: Measure) -> dict:
-    return {"steps": measure.steps, "ms_per_step": round(measure.ms_per_step, 2),
-            "tokens_per_s": round(measure.tokens_per_s, 1),
-            "idle_pct": None if measure.idle is None else round(100 * measure.idle, 1)}
+    return {
+        "steps": measure.steps,
+        "ms_per_step": round(measure.ms_per_step, 2),
+        "tokens_per_s": round(measure.tokens_per_s, 1),
+        "idle_pct": None if measure.idle is None else round(100 * measure.idle, 1),
+    }
 
 
 def _print_row(row: dict) -> None:
     idle = "-" if row["idle_pct"] is None else f"{row['idle_pct']:.1f}%"
-    print(f"| {row['model']} | {row['preset']} | {row['batch']} | {row['ms_per_step']:.2f} | "
-          f"{row['tokens_per_s']:.1f} | {idle} |", flush=True)
+    print(
+        f"| {row['model']} | {row['preset']} | {row['batch']} | {row['ms_per_step']:.2f} | "
+        f"{row['tokens_per_s']:.1f} | {idle} |",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

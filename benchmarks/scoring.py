@@ -20,8 +20,9 @@ import argparse
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from functools import partial
 
 import torch
 
@@ -63,19 +64,38 @@ class Op:
 
 
 OPS = [
-    Op("stats", lambda x: reference.softmax_stats_native(x.logits), lambda x: kernels.softmax_stats_triton(x.logits),
-       outputs=4),
-    Op("max_prob", lambda x: reference.max_prob_native(x.logits), lambda x: kernels.max_prob_triton(x.logits),
-       outputs=2),
-    Op("token_prob", lambda x: reference.token_prob_native(x.logits, x.tokens),
-       lambda x: kernels.token_prob_triton(x.logits, x.tokens)),
+    Op(
+        "stats",
+        lambda x: reference.softmax_stats_native(x.logits),
+        lambda x: kernels.softmax_stats_triton(x.logits),
+        outputs=4,
+    ),
+    Op(
+        "max_prob",
+        lambda x: reference.max_prob_native(x.logits),
+        lambda x: kernels.max_prob_triton(x.logits),
+        outputs=2,
+    ),
+    Op(
+        "token_prob",
+        lambda x: reference.token_prob_native(x.logits, x.tokens),
+        lambda x: kernels.token_prob_triton(x.logits, x.tokens),
+    ),
     Op("entropy", lambda x: reference.entropy_native(x.logits), lambda x: kernels.entropy_triton(x.logits)),
     Op("margin", lambda x: reference.margin_native(x.logits), lambda x: kernels.margin_triton(x.logits)),
-    Op("gumbel_argmax", lambda x: reference.gumbel_argmax_native(x.logits, x.noise, TEMPERATURE),
-       lambda x: kernels.gumbel_argmax_triton(x.logits, x.noise, TEMPERATURE), reads_noise=True),
-    Op("coupled_sample", lambda x: reference.coupled_sample_native(x.logits, x.ar, WEIGHT, x.noise, TEMPERATURE),
-       lambda x: kernels.coupled_sample_triton(x.logits, x.ar, WEIGHT, x.noise, TEMPERATURE),
-       reads_noise=True, reads_ar=True),
+    Op(
+        "gumbel_argmax",
+        lambda x: reference.gumbel_argmax_native(x.logits, x.noise, TEMPERATURE),
+        lambda x: kernels.gumbel_argmax_triton(x.logits, x.noise, TEMPERATURE),
+        reads_noise=True,
+    ),
+    Op(
+        "coupled_sample",
+        lambda x: reference.coupled_sample_native(x.logits, x.ar, WEIGHT, x.noise, TEMPERATURE),
+        lambda x: kernels.coupled_sample_triton(x.logits, x.ar, WEIGHT, x.noise, TEMPERATURE),
+        reads_noise=True,
+        reads_ar=True,
+    ),
 ]
 
 
@@ -125,8 +145,7 @@ def make_inputs(positions: int, vocab: int, dtype: torch.dtype, device: torch.de
     generator = torch.Generator(device=device).manual_seed(0)
     logits = (torch.randn(positions, vocab, generator=generator, device=device) * 3).to(dtype)
     ar = (torch.randn(positions, vocab, generator=generator, device=device) * 3).to(dtype)
-    noise = -torch.empty(positions, vocab, dtype=torch.float64, device=device).exponential_(
-        generator=generator).log()
+    noise = -torch.empty(positions, vocab, dtype=torch.float64, device=device).exponential_(generator=generator).log()
     tokens = torch.randint(0, vocab, (positions,), generator=generator, device=device)
     return Inputs(logits, ar, noise, tokens)
 
@@ -154,9 +173,11 @@ def main() -> None:
     positions = args.positions or ([256, 4096] if cuda else [256])
     timer = Timer(device, args.reps or (20 if cuda else 3))
     copy = copy_bandwidth(timer, (1 << 30) if cuda else (256 << 20))
-    print(f"device: {device_name(device)}; torch {torch.__version__}"
-          + ("" if args.native_only else f", triton {triton.__version__}")
-          + f"; copy bandwidth {copy / 1e9:.1f} GB/s")
+    print(
+        f"device: {device_name(device)}; torch {torch.__version__}"
+        + ("" if args.native_only else f", triton {triton.__version__}")
+        + f"; copy bandwidth {copy / 1e9:.1f} GB/s"
+    )
     columns = f"{'op':<15}{'dtype':<6}{'B·L':>6}{'V':>8}{'native ms':>11}{'GB/s':>8}{'% copy':>8}"
     if not args.native_only:
         columns += f"{'triton ms':>11}{'GB/s':>8}{'% copy':>8}{'speedup':>9}  agree"
@@ -167,13 +188,17 @@ def main() -> None:
                 x = make_inputs(count, vocab, DTYPES[dtype], device)
                 for op in (op for op in OPS if op.name in args.ops):
                     moved = op.bytes(x)
-                    seconds = timer(lambda: op.native(x))
-                    row = (f"{op.name:<15}{dtype:<6}{count:>6}{vocab:>8}{1e3 * seconds:>11.3f}"
-                           f"{moved / seconds / 1e9:>8.1f}{100 * moved / seconds / copy:>7.1f}%")
+                    seconds = timer(partial(op.native, x))
+                    row = (
+                        f"{op.name:<15}{dtype:<6}{count:>6}{vocab:>8}{1e3 * seconds:>11.3f}"
+                        f"{moved / seconds / 1e9:>8.1f}{100 * moved / seconds / copy:>7.1f}%"
+                    )
                     if not args.native_only:
-                        fast = timer(lambda: op.triton(x))
-                        row += (f"{1e3 * fast:>11.3f}{moved / fast / 1e9:>8.1f}{100 * moved / fast / copy:>7.1f}%"
-                                f"{seconds / fast:>8.2f}x  {'yes' if agree(op.native(x), op.triton(x)) else 'NO'}")
+                        fast = timer(partial(op.triton, x))
+                        row += (
+                            f"{1e3 * fast:>11.3f}{moved / fast / 1e9:>8.1f}{100 * moved / fast / copy:>7.1f}%"
+                            f"{seconds / fast:>8.2f}x  {'yes' if agree(op.native(x), op.triton(x)) else 'NO'}"
+                        )
                     print(row, flush=True)
                 del x
                 if cuda:

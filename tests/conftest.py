@@ -10,7 +10,10 @@ import torch
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
-    "dlm", deadline=None, max_examples=int(os.environ.get("DLM_HYPOTHESIS_EXAMPLES", "25")), derandomize=True,
+    "dlm",
+    deadline=None,
+    max_examples=int(os.environ.get("DLM_HYPOTHESIS_EXAMPLES", "25")),
+    derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 settings.load_profile("dlm")
@@ -30,6 +33,7 @@ def _at_the_repository_root():
 def stand_ins(tmp_path_factory):
     """Remote-code LLaDA and Dream stand-ins (stand_ins.py), spiked ones, a one-layer Dream and a Qwen2 verifier."""
     from dlm_decode.testing.models import build_dream_like, build_llada_like, build_qwen_like_verifier
+
     from stand_ins import SPIKE
 
     root = tmp_path_factory.mktemp("stand-ins")

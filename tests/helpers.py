@@ -15,7 +15,6 @@ from dlm_decode.decoder import Decoder
 from dlm_decode.hookspecs import hookimpl
 from dlm_decode.testing.toy import ToyDiffusionLM
 
-
 #: Five prompts of different lengths and kinds: a batch of them is left-padded, and the rows finish apart.
 PROMPTS = ["sort: 3 1 2", "hi", "reverse: abcdef", "7+5=", "pick a fruit please"]
 
@@ -48,8 +47,9 @@ class StepRecorder:
 
     @hookimpl
     def dlm_step_end(self, state, decision):
-        self.runs[-1].steps.append(Step(self._finished, decision.commit.clone(), state.canvas.clone(),
-                                        state.masked.clone()))
+        self.runs[-1].steps.append(
+            Step(self._finished, decision.commit.clone(), state.canvas.clone(), state.masked.clone())
+        )
         self._finished = state.finished.clone()
 
 
@@ -61,7 +61,7 @@ class FinalCanvas:
 
     @hookimpl
     def dlm_generation_end(self, state):
-        self.rows += state.canvas[:, state.gen_start:].tolist()
+        self.rows += state.canvas[:, state.gen_start :].tolist()
 
 
 class ModelWrapper:
@@ -91,8 +91,15 @@ class NoParams:
     """The config of a test strategy without parameters."""
 
 
-def strategy_decoder(role: str, name: str, factory, *overrides: str, plugin_name: str = "tests.plugin",
-                     model: ToyDiffusionLM | None = None, observers=()) -> Decoder:
+def strategy_decoder(
+    role: str,
+    name: str,
+    factory,
+    *overrides: str,
+    plugin_name: str = "tests.plugin",
+    model: ToyDiffusionLM | None = None,
+    observers=(),
+) -> Decoder:
     """A decoder over the toy model whose ``role`` strategy is ``name``, built by ``factory(config, context)`` and
     registered by an inline plugin called ``plugin_name`` (the registry and config are built first, so a strategy
     the decoder rejects fails in ``Decoder``)."""
@@ -121,8 +128,9 @@ def assert_logits_close(actual: torch.Tensor, expected: torch.Tensor, rtol: floa
     Infinite logits (an excluded token's ``-inf``) must sit at the same places with the same sign."""
     finite = expected.isfinite()
     assert bool(finite.any()), "no finite logit to compare"
-    torch.testing.assert_close(actual.float(), expected.float(), rtol=rtol,
-                               atol=rtol * float(expected[finite].abs().max()))
+    torch.testing.assert_close(
+        actual.float(), expected.float(), rtol=rtol, atol=rtol * float(expected[finite].abs().max())
+    )
 
 
 def edited_copy(source, target: Path, *, config=None, tokenizer_config=None, vocab=None, drop=(), files=None) -> Path:

@@ -23,8 +23,11 @@ def load(path, **spec) -> DiffusionLM:
 
 
 def decoder(path, *overrides, **kwargs) -> Decoder:
-    return Decoder.from_config({}, [f"model.dllm.path={path}", *REMOTE, "generation.max_new_tokens=10",
-                                    "decoder.proposal=greedy", *overrides], **kwargs)
+    return Decoder.from_config(
+        {},
+        [f"model.dllm.path={path}", *REMOTE, "generation.max_new_tokens=10", "decoder.proposal=greedy", *overrides],
+        **kwargs,
+    )
 
 
 def expected_texts(dllm: DiffusionLM, prompts: list[str], new_tokens: int) -> list[str]:

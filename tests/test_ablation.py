@@ -38,8 +38,13 @@ def test_vary_parsing_and_run_plan():
 
 
 def test_a_strategy_with_parameters_is_one_value_of_a_factor_and_its_run_is_named_readably():
-    factors = parse_vary(["decoder.verification={name: threshold, threshold: 0.8},{name: wino, draft_threshold: "
-                          "0.7},topk", "decoder.window={size: [4, 8]}, {flag: 'a,b'}", "generation.note=don't,x"])
+    factors = parse_vary(
+        [
+            "decoder.verification={name: threshold, threshold: 0.8},{name: wino, draft_threshold: 0.7},topk",
+            "decoder.window={size: [4, 8]}, {flag: 'a,b'}",
+            "generation.note=don't,x",
+        ]
+    )
     assert factors == [
         ("decoder.verification", ["{name: threshold, threshold: 0.8}", "{name: wino, draft_threshold: 0.7}", "topk"]),
         ("decoder.window", ["{size: [4, 8]}", "{flag: 'a,b'}"]),
@@ -47,17 +52,26 @@ def test_a_strategy_with_parameters_is_one_value_of_a_factor_and_its_run_is_name
     ]
     runs = plan_runs(factors[:2])
     assert [name for name, _, _ in runs] == [
-        "base", "decoder.verification=threshold(threshold=0.8)", "decoder.verification=wino(draft_threshold=0.7)",
-        "decoder.verification=topk", "decoder.window=(size=[4, 8])", "decoder.window=(flag=a,b)"]
+        "base",
+        "decoder.verification=threshold(threshold=0.8)",
+        "decoder.verification=wino(draft_threshold=0.7)",
+        "decoder.verification=topk",
+        "decoder.window=(size=[4, 8])",
+        "decoder.window=(flag=a,b)",
+    ]
     assert runs[1][1:] == ("decoder.verification", ["decoder.verification={name: threshold, threshold: 0.8}"])
 
 
-@pytest.mark.parametrize(("vary", "message"), [
-    ("decoder.verification={name: threshold, threshold: 0.8", "a value is missing its closing '}'"),
-    ("decoder.verification={name: topk},'x", "a value is missing its closing \"'\""),
-    ("decoder.verification=topk},wino", "'}' at column 5 of the values, with no brace or bracket open"),
-    ("decoder.window={size: [4, 8}", "'}' at column 13 of the values, where ']' was expected"),
-], ids=["unclosed-brace", "unclosed-quote", "unopened-brace", "crossed"])
+@pytest.mark.parametrize(
+    ("vary", "message"),
+    [
+        ("decoder.verification={name: threshold, threshold: 0.8", "a value is missing its closing '}'"),
+        ("decoder.verification={name: topk},'x", 'a value is missing its closing "\'"'),
+        ("decoder.verification=topk},wino", "'}' at column 5 of the values, with no brace or bracket open"),
+        ("decoder.window={size: [4, 8}", "'}' at column 13 of the values, where ']' was expected"),
+    ],
+    ids=["unclosed-brace", "unclosed-quote", "unopened-brace", "crossed"],
+)
 def test_unbalanced_vary_values_are_named(vary, message):
     with pytest.raises(InputError) as info:
         parse_vary([vary])
@@ -65,11 +79,21 @@ def test_unbalanced_vary_values_are_named(vary, message):
 
 
 def test_ablation_runs_each_distinct_config_once_and_writes_table_and_plots(tiny_dllm_dir, tmp_path):
-    rows = ablate({}, parse_vary(["decoder.verification=topk,left_to_right", "generation.max_new_tokens=4"]),
-                  tmp_path, overrides=[f"model.dllm.path={tiny_dllm_dir}", "generation.max_new_tokens=6"],
-                  tasks=["arith", "sort"], limit=2, progress=False)
-    assert [r["run"] for r in rows] == ["base", "decoder.verification=topk", "decoder.verification=left_to_right",
-                                        "generation.max_new_tokens=4"]
+    rows = ablate(
+        {},
+        parse_vary(["decoder.verification=topk,left_to_right", "generation.max_new_tokens=4"]),
+        tmp_path,
+        overrides=[f"model.dllm.path={tiny_dllm_dir}", "generation.max_new_tokens=6"],
+        tasks=["arith", "sort"],
+        limit=2,
+        progress=False,
+    )
+    assert [r["run"] for r in rows] == [
+        "base",
+        "decoder.verification=topk",
+        "decoder.verification=left_to_right",
+        "generation.max_new_tokens=4",
+    ]
     assert rows[1]["config_hash"] == rows[0]["config_hash"], "topk is the base: reused, not rerun"
     run_dirs = sorted(p.name for p in (tmp_path / "runs").iterdir())
     assert len(run_dirs) == 3
@@ -78,17 +102,22 @@ def test_ablation_runs_each_distinct_config_once_and_writes_table_and_plots(tiny
     assert table.count("\n") == 2 + len(rows) and "| AUP |" in table
     assert (tmp_path / "pareto_tpf.png").stat().st_size > 0 and (tmp_path / "pareto_tps.png").stat().st_size > 0
     for row in rows:
-        assert row["aup"] == pytest.approx(sum(row["tokens_per_forward"] * 100 * a for a in row["per_task"].values())
-                                           / len(row["per_task"]))
+        assert row["aup"] == pytest.approx(
+            sum(row["tokens_per_forward"] * 100 * a for a in row["per_task"].values()) / len(row["per_task"])
+        )
 
 
-@pytest.mark.parametrize(("vary", "tasks", "message"), [
-    ("decoder.window.size=8,0", ["arith"], "decoder.window.size.*at least 1, got 0"),
-    ("decoder.verification=topk,nope", ["arith"], "nope"),
-    ("generation.seed=1", ["arith", "nope"], "unknown task.*nope"),
-])
-def test_every_planned_run_is_checked_before_any_is_evaluated(tiny_dllm_dir, tmp_path, vary, tasks, message,
-                                                              monkeypatch):
+@pytest.mark.parametrize(
+    ("vary", "tasks", "message"),
+    [
+        ("decoder.window.size=8,0", ["arith"], "decoder.window.size.*at least 1, got 0"),
+        ("decoder.verification=topk,nope", ["arith"], "nope"),
+        ("generation.seed=1", ["arith", "nope"], "unknown task.*nope"),
+    ],
+)
+def test_every_planned_run_is_checked_before_any_is_evaluated(
+    tiny_dllm_dir, tmp_path, vary, tasks, message, monkeypatch
+):
     import dlm_decode.eval.ablation
 
     def evaluated(*args, **kwargs):
@@ -96,14 +125,20 @@ def test_every_planned_run_is_checked_before_any_is_evaluated(tiny_dllm_dir, tmp
 
     monkeypatch.setattr(dlm_decode.eval.ablation, "evaluate", evaluated)
     with pytest.raises(DlmDecodeError, match=message):
-        ablate("configs/decoders/llada.yaml", parse_vary([vary]), tmp_path,
-               overrides=[f"model.dllm.path={tiny_dllm_dir}"], tasks=tasks, limit=1, progress=False)
+        ablate(
+            "configs/decoders/llada.yaml",
+            parse_vary([vary]),
+            tmp_path,
+            overrides=[f"model.dllm.path={tiny_dllm_dir}"],
+            tasks=tasks,
+            limit=1,
+            progress=False,
+        )
     assert not list(tmp_path.iterdir()), "no run was evaluated"
 
 
 def _row(run, factor, tpf, accuracy):
-    return {"run": run, "factor": factor, "tokens_per_forward": tpf, "tokens_per_s": 100 * tpf,
-            "accuracy": accuracy}
+    return {"run": run, "factor": factor, "tokens_per_forward": tpf, "tokens_per_s": 100 * tpf, "accuracy": accuracy}
 
 
 def test_plot_labels_never_overlap_and_the_base_stays_visible_under_an_equal_variation():
@@ -113,17 +148,35 @@ def test_plot_labels_never_overlap_and_the_base_stays_visible_under_an_equal_var
     matplotlib.use("Agg")
     from dlm_decode.eval.ablation import pareto_figure
 
-    names = ["threshold", "factor", "wino", "apd", "prophet", "klass", "hierarchy", "credit", "local_leap",
-             "slow_fast", "freedave", "entropy_bound"]
+    names = [
+        "threshold",
+        "factor",
+        "wino",
+        "apd",
+        "prophet",
+        "klass",
+        "hierarchy",
+        "credit",
+        "local_leap",
+        "slow_fast",
+        "freedave",
+        "entropy_bound",
+    ]
     # a dense cluster: tokens per forward 3.9 to 4.3, accuracy 97.5 to 98.6, and one variation equal to the base
     rows = [_row("base", None, 0.85, 0.98), _row("decoder.verification=topk", "decoder.verification", 0.85, 0.98)]
-    rows += [_row(f"decoder.verification={name}", "decoder.verification", 3.9 + 0.04 * i, 0.975 + 0.001 * (i % 5))
-             for i, name in enumerate(names)]
+    rows += [
+        _row(f"decoder.verification={name}", "decoder.verification", 3.9 + 0.04 * i, 0.975 + 0.001 * (i % 5))
+        for i, name in enumerate(names)
+    ]
     figure, texts = pareto_figure(rows, "tokens_per_forward")
     renderer = figure.canvas.get_renderer()
     boxes = [text.get_window_extent(renderer) for text in texts]
-    overlapping = [(a.get_text(), b.get_text()) for i, (a, box_a) in enumerate(zip(texts, boxes))
-                   for b, box_b in zip(texts[i + 1:], boxes[i + 1:]) if box_a.overlaps(box_b)]
+    overlapping = [
+        (a.get_text(), b.get_text())
+        for i, (a, box_a) in enumerate(zip(texts, boxes))
+        for b, box_b in zip(texts[i + 1 :], boxes[i + 1 :])
+        if box_a.overlaps(box_b)
+    ]
     assert overlapping == []
     assert sorted(text.get_text() for text in texts) == sorted(["base = topk", *names])
     base = next(c for c in figure.axes[0].collections if c.get_label() == "base")
@@ -141,5 +194,6 @@ def test_without_matplotlib_the_plots_are_skipped_with_a_logged_warning(tmp_path
     with caplog.at_level(logging.WARNING, logger="dlm_decode.eval.ablation"):
         plot_pareto([_row("base", None, 0.85, 0.98)], tmp_path)
     assert [(record.levelno, record.getMessage()) for record in caplog.records] == [
-        (logging.WARNING, "matplotlib is not installed: no plots (pip install 'dlm-decode[plots]')")]
+        (logging.WARNING, "matplotlib is not installed: no plots (pip install 'dlm-decode[plots]')")
+    ]
     assert not list(tmp_path.iterdir())

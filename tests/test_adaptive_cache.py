@@ -25,6 +25,7 @@ from dlm_decode.models.adapter import DiffusionLM
 from dlm_decode.state import Decision, DecodeState, Window
 from dlm_decode.strategies.adaptive_cache import DKVCache, DKVMemory, RefreshSchedule
 from dlm_decode.testing.models import build_tiny_checkpoint
+
 from helpers import REFERENCE, FinalCanvas
 
 PRESET = "configs/decoders/dkv-cache.yaml"
@@ -40,8 +41,9 @@ REFERENCE_FIXTURE = json.loads((REFERENCE / "official.json").read_text(encoding=
 def schedule_flags(cache: DKVCache, block_starts: list[list[int]]) -> list[list[bool]]:
     """The refresh flags of steps 1.. for rows whose window block starts are ``block_starts[step]`` (step 0 is the
     batch's first forward, always full, which sets the counters as ``dlm_cache`` does)."""
-    memory = DKVMemory(block_start=torch.tensor(block_starts[0]), block_step=torch.zeros(len(block_starts[0]),
-                                                                                           dtype=torch.long))
+    memory = DKVMemory(
+        block_start=torch.tensor(block_starts[0]), block_step=torch.zeros(len(block_starts[0]), dtype=torch.long)
+    )
     flags = []
     for step, starts in enumerate(block_starts[1:], start=1):
         window = SimpleNamespace(block_start=torch.tensor(starts))
@@ -66,13 +68,22 @@ def test_generation_schedule_counts_the_decoder_steps_only():
 
 def test_delayed_store_recomputes_masks_and_the_columns_decoded_one_step_ago():
     """Two rows, prompts [5, 6] and [7] (left-padded), 4 masks each; interval 3 (schedule block, one block)."""
-    state = DecodeState.build([[5, 6], [7]], max_new_tokens=4, mask_token_id=3, pad_token_id=0, eos_token_ids=[2],
-                              fill_token_id=2, seeds=[0, 0], stop_at_eos=False)
+    state = DecodeState.build(
+        [[5, 6], [7]],
+        max_new_tokens=4,
+        mask_token_id=3,
+        pad_token_id=0,
+        eos_token_ids=[2],
+        fill_token_id=2,
+        seeds=[0, 0],
+        stop_at_eos=False,
+    )
     cache = DKVCache(3, RefreshSchedule.block)
 
     def plan():
-        window = Window(eligible=state.masked.clone(), input_end=6, block_start=torch.tensor([2, 2]),
-                        block_end=torch.tensor([6, 6]))
+        window = Window(
+            eligible=state.masked.clone(), input_end=6, block_start=torch.tensor([2, 2]), block_end=torch.tensor([6, 6])
+        )
         plan = cache.dlm_cache(state=state, window=window)
         return plan.start, plan.end, plan.key_end, plan.cache.write
 
@@ -199,12 +210,25 @@ def test_the_official_decoder_is_matched_token_for_token(setting):
     steps, block, interval = setting
     cases = SETTINGS[setting]
     canvas = FinalCanvas()
-    decoder = Decoder.from_config({}, [
-        f"model.dllm.path={REFERENCE / 'llada-tiny'}", "generation.max_new_tokens=32", "decoder.window=blocks",
-        f"decoder.window.size={block}", "decoder.proposal=greedy", "decoder.cache=dkv",
-        f"decoder.cache.interval={interval}", "decoder.cache.schedule=block", "decoder.verification=topk",
-        "decoder.verification.score=confidence", f"decoder.verification.steps_per_block={steps * block // 32}",
-        "generation.stop_at_eos=false", "generation.batch_size=16"], observers=[canvas])
+    decoder = Decoder.from_config(
+        {},
+        [
+            f"model.dllm.path={REFERENCE / 'llada-tiny'}",
+            "generation.max_new_tokens=32",
+            "decoder.window=blocks",
+            f"decoder.window.size={block}",
+            "decoder.proposal=greedy",
+            "decoder.cache=dkv",
+            f"decoder.cache.interval={interval}",
+            "decoder.cache.schedule=block",
+            "decoder.verification=topk",
+            "decoder.verification.score=confidence",
+            f"decoder.verification.steps_per_block={steps * block // 32}",
+            "generation.stop_at_eos=false",
+            "generation.batch_size=16",
+        ],
+        observers=[canvas],
+    )
     decoder.generate([OFFICIAL["prompts"][case["prompt"]] for case in cases])
     for case, row in zip(cases, canvas.rows, strict=True):
         assert row == case["generated"], f"prompt {case['prompt']}"

@@ -16,12 +16,18 @@ from dlm_decode.models.kv_store import PositionalKVCache
 from dlm_decode.state import Window
 from dlm_decode.strategies.windows import BlocksConfig, BlockWindow
 from dlm_decode.testing.registry import registry_with
+
 from helpers import PROMPTS, ForwardRecorder, StepRecorder, assert_logits_close
 
 
 def decoder(dllm, *overrides, **kwargs):
-    return Decoder(load_config({}, ["decoder.window=blocks", "decoder.verification=threshold",
-                                    "generation.max_new_tokens=32", *overrides]), dllm=dllm, **kwargs)
+    return Decoder(
+        load_config(
+            {}, ["decoder.window=blocks", "decoder.verification=threshold", "generation.max_new_tokens=32", *overrides]
+        ),
+        dllm=dllm,
+        **kwargs,
+    )
 
 
 # --- the positional store ----------------------------------------------------------------------------------
@@ -52,8 +58,11 @@ def test_store_writes_at_positions_and_reads_all():
         store.update(new_keys, new_values, 1)
     fresh = PositionalKVCache(5)
     fresh.set_queries(1)
-    with pytest.raises(ValueError, match=r"first forward into a positional store must start at column 0 and "
-                                         r"write every row, got columns \[1, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"first forward into a positional store must start at column 0 and "
+        r"write every row, got columns \[1, 3\)",
+    ):
         fresh.update(new_keys, new_values, 0)
     fresh.set_queries(0, write)
     with pytest.raises(ValueError, match="with a write mask"):
@@ -73,9 +82,16 @@ def tiny_hf(family: str):
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[family]
-    config = config_cls(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
-                        initializer_range=0.5)
+    config = config_cls(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        initializer_range=0.5,
+    )
     config.is_causal = False
     torch.manual_seed(0)
     return model_cls(config).eval()
@@ -150,8 +166,13 @@ def test_one_forward_per_step_full_at_each_block_start(sharp, cache):
     """Batch 1: the forward covers the whole canvas at the first step of each block (or after an EOS fill, for
     dual), else the block (dual) or the block and everything after it (prefix), always with every key."""
     model, recorder = ForwardRecorder(sharp), StepRecorder()
-    out = decoder(model, "decoder.window.size=4", "decoder.verification.threshold=0.3", f"decoder.cache={cache}",
-                  observers=[recorder]).generate(["pick a fruit please"])
+    out = decoder(
+        model,
+        "decoder.window.size=4",
+        "decoder.verification.threshold=0.3",
+        f"decoder.cache={cache}",
+        observers=[recorder],
+    ).generate(["pick a fruit please"])
     run = recorder.runs[0]
     width = run.initial.shape[1]
     before = [run.initial] + [step.canvas for step in run.steps[:-1]]
@@ -159,7 +180,7 @@ def test_one_forward_per_step_full_at_each_block_start(sharp, cache):
     block = [run.gen_start + (int(m[0].int().argmax()) - run.gen_start) // 4 * 4 for m in masked]
     expected = []
     for step, first in enumerate(block):
-        filled_suffix = step > 0 and bool((before[step][0, first + 4:] != before[step - 1][0, first + 4:]).any())
+        filled_suffix = step > 0 and bool((before[step][0, first + 4 :] != before[step - 1][0, first + 4 :]).any())
         if step == 0 or first != block[step - 1] or (cache == "dual" and filled_suffix):
             expected.append((0, width, width))
         else:
@@ -172,8 +193,13 @@ def test_one_forward_per_step_full_at_each_block_start(sharp, cache):
 @pytest.mark.parametrize("cache", ["prefix", "dual"])
 def test_batch_of_16_decodes_like_batch_of_1_with_caches(sharp, cache):
     prompts = [f"{word} {n}" for n in range(4) for word in ("sort:", "hi", "reverse: ab", "7+5=")]
-    dec = decoder(sharp, "decoder.window.size=4", "decoder.verification.threshold=0.5", f"decoder.cache={cache}",
-                  "generation.max_new_tokens=16")
+    dec = decoder(
+        sharp,
+        "decoder.window.size=4",
+        "decoder.verification.threshold=0.5",
+        f"decoder.cache={cache}",
+        "generation.max_new_tokens=16",
+    )
     together = dec.generate(prompts, batch_size=16)
     assert len({tuple(ids) for ids in together.token_ids}) > 8, "rows too alike to test invariance"
     assert together.token_ids == [dec.generate([p], batch_size=1).token_ids[0] for p in prompts]
@@ -190,8 +216,9 @@ def test_an_eligible_column_outside_the_block_is_a_named_error(sharp):
             return window
 
     registry = registry_with(("window", "block_of_one", BlocksConfig, lambda config, context: BlockOfOne(4)))
-    config = load_config({}, ["decoder.window=block_of_one", "decoder.cache=dual", "decoder.verification=threshold"],
-                         registry=registry)
+    config = load_config(
+        {}, ["decoder.window=block_of_one", "decoder.cache=dual", "decoder.verification=threshold"], registry=registry
+    )
     with pytest.raises(PluginError, match="(?s)outside its row's block.*decoder.window=blocks"):
         Decoder(config, dllm=sharp, registry=registry).generate(["hi"])
 

@@ -9,19 +9,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dlm_decode import load_config
+from dlm_decode.config.family_table import FAMILIES
 from dlm_decode.config.schema import ModelSpec
 from dlm_decode.decoder import Decoder
 from dlm_decode.errors import ConfigError, ModelError
 from dlm_decode.eval.tasks import TASKS, get_task
+from dlm_decode.hookspecs import hookimpl
 from dlm_decode.masks import BIDIRECTIONAL, AttentionPattern, bidirectional_mask, block_mask
 from dlm_decode.models.adapter import DiffusionLM
-from dlm_decode.config.family_table import FAMILIES
 from dlm_decode.models.families import attention_pattern
-from dlm_decode.hookspecs import hookimpl
 from dlm_decode.state import ModelInputs
 from dlm_decode.testing.toy import ToyDiffusionLM
-from helpers import ForwardRecorder, ModelWrapper, StepRecorder
 
+from helpers import ForwardRecorder, ModelWrapper, StepRecorder
 
 # --- masks -------------------------------------------------------------------------------------------------
 
@@ -70,8 +70,10 @@ def test_the_pattern_is_read_from_config_json_and_can_be_overridden():
     assert attention_pattern(FAMILIES["sdar"], {"block_size": 4}) == AttentionPattern(4, "position")
     with pytest.raises(ModelError, match="(?s)block size is unknown.*fix: set model.dllm.block_size"):
         attention_pattern(bidirectional, {}, attention="block_causal")
-    with pytest.raises(ModelError, match="attention_pattern: 'sliding', which this version does not know\n"
-                                         "  fix: set model.dllm.attention"):
+    with pytest.raises(
+        ModelError,
+        match="attention_pattern: 'sliding', which this version does not know\n  fix: set model.dllm.attention",
+    ):
         attention_pattern(bidirectional, {"attention_pattern": "sliding"})
     with pytest.raises(ModelError, match="(?s)block_size is 4, but the model is bidirectional.*fix"):
         attention_pattern(bidirectional, {}, block_size=4)
@@ -82,8 +84,9 @@ def test_the_pattern_is_read_from_config_json_and_can_be_overridden():
 def test_declared_anchors_and_the_fast_dllm_v2_family():
     declared = {"attention_pattern": "block_causal", "diffusion_block_size": 8}
     bidirectional = FAMILIES["bidirectional"]
-    assert attention_pattern(bidirectional, {**declared, "diffusion_block_anchor": "position"}) == \
-        AttentionPattern(8, "position")
+    assert attention_pattern(bidirectional, {**declared, "diffusion_block_anchor": "position"}) == AttentionPattern(
+        8, "position"
+    )
     with pytest.raises(ModelError, match="diffusion_block_anchor: 'middle'\n  fix: use one of generation, position"):
         attention_pattern(bidirectional, {**declared, "diffusion_block_anchor": "middle"})
     with pytest.raises(ModelError, match="block size is unknown"):
@@ -91,11 +94,14 @@ def test_declared_anchors_and_the_fast_dllm_v2_family():
     assert attention_pattern(FAMILIES["fast_dllm_v2"], {"bd_size": 8}) == AttentionPattern(8, "position", True)
 
 
-@pytest.mark.parametrize("edit, match", [
-    ({"num_experts": 128, "num_experts_per_tok": 8, "moe_intermediate_size": 768}, "mixture of experts"),
-    ({"use_sliding_window": True}, "use_sliding_window=True"),
-    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope_scaling="),
-])
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        ({"num_experts": 128, "num_experts_per_tok": 8, "moe_intermediate_size": 768}, "mixture of experts"),
+        ({"use_sliding_window": True}, "use_sliding_window=True"),
+        ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope_scaling="),
+    ],
+)
 def test_sdar_layouts_the_native_mapping_cannot_reproduce_are_refused(tmp_path, edit, match):
     from helpers import REFERENCE, edited_copy
 
@@ -136,8 +142,13 @@ def test_commits_stay_in_the_current_model_block_and_no_forward_covers_later_col
     """Whatever the window, a step commits only inside each row's current model block (the one holding its first
     mask), and the forward's input ends at the batch's last current block end."""
     model, recorder = ForwardRecorder(block_toy(anchor)), StepRecorder()
-    overrides = [f"decoder.window={window}", "decoder.verification=threshold", "decoder.verification.threshold=0.2",
-                 "generation.max_new_tokens=12", f"generation.stop_at_eos={str(stop_at_eos).lower()}"]
+    overrides = [
+        f"decoder.window={window}",
+        "decoder.verification=threshold",
+        "decoder.verification.threshold=0.2",
+        "generation.max_new_tokens=12",
+        f"generation.stop_at_eos={str(stop_at_eos).lower()}",
+    ]
     if window == "blocks":
         overrides.append("decoder.window.size=8")
     Decoder(load_config({}, overrides), dllm=model, observers=[recorder]).generate(PROMPTS)
@@ -161,10 +172,21 @@ def test_sub_blocks_align_with_position_anchored_model_blocks():
     """Windows of 2 on a model with blocks of 4 from position 0: with threshold 0 a step commits exactly the masks
     of the row's current sub-block, which starts at an even position whatever the row's padding."""
     recorder = StepRecorder()
-    Decoder(load_config({}, ["decoder.window=blocks", "decoder.window.size=2", "decoder.verification=threshold",
-                             "decoder.verification.threshold=0.0", "generation.max_new_tokens=12",
-                             "generation.stop_at_eos=false"]),
-            dllm=block_toy("position"), observers=[recorder]).generate(PROMPTS)
+    Decoder(
+        load_config(
+            {},
+            [
+                "decoder.window=blocks",
+                "decoder.window.size=2",
+                "decoder.verification=threshold",
+                "decoder.verification.threshold=0.0",
+                "generation.max_new_tokens=12",
+                "generation.stop_at_eos=false",
+            ],
+        ),
+        dllm=block_toy("position"),
+        observers=[recorder],
+    ).generate(PROMPTS)
     run = recorder.runs[0]
     halves = block_ids(run.initial, run.gen_start, 2, "position")
     masked = run.initial == ToyDiffusionLM.mask_token_id
@@ -184,9 +206,20 @@ def test_a_block_head_is_decided_alone_first():
     its first column only, and the next step the rest of that block."""
     recorder = StepRecorder()
     model = ToyDiffusionLM(vocab_size=24, attention=AttentionPattern(4, "generation", head_first=True))
-    Decoder(load_config({}, ["decoder.window=full", "decoder.verification=threshold",
-                             "decoder.verification.threshold=0.0", "generation.max_new_tokens=8",
-                             "generation.stop_at_eos=false"]), dllm=model, observers=[recorder]).generate(["ab"])
+    Decoder(
+        load_config(
+            {},
+            [
+                "decoder.window=full",
+                "decoder.verification=threshold",
+                "decoder.verification.threshold=0.0",
+                "generation.max_new_tokens=8",
+                "generation.stop_at_eos=false",
+            ],
+        ),
+        dllm=model,
+        observers=[recorder],
+    ).generate(["ab"])
     run = recorder.runs[0]
     commits = [step.commit[0].nonzero().flatten().tolist() for step in run.steps]
     g = run.gen_start
@@ -194,8 +227,16 @@ def test_a_block_head_is_decided_alone_first():
 
 
 def test_a_block_causal_batch_decodes_each_row_as_alone():
-    config = load_config({}, ["decoder.window=blocks", "decoder.window.size=4", "decoder.verification=threshold",
-                              "decoder.verification.threshold=0.2", "generation.max_new_tokens=12"])
+    config = load_config(
+        {},
+        [
+            "decoder.window=blocks",
+            "decoder.window.size=4",
+            "decoder.verification=threshold",
+            "decoder.verification.threshold=0.2",
+            "generation.max_new_tokens=12",
+        ],
+    )
     decoder = Decoder(config, dllm=block_toy("position"))
     together = decoder.generate(PROMPTS, batch_size=len(PROMPTS))
     assert together.token_ids == [decoder.generate([p], batch_size=1).token_ids[0] for p in PROMPTS]
@@ -208,8 +249,11 @@ def test_a_block_window_must_nest_with_the_model_blocks(size, accepted):
     if accepted:
         Decoder(config, dllm=model)
         return
-    with pytest.raises(ConfigError, match=rf"(?s)decoder.window.size.*{size} neither divides nor is a multiple.*"
-                                          r"block size 8.*fix: set decoder.window.size to a divisor or a multiple"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"(?s)decoder.window.size.*{size} neither divides nor is a multiple.*"
+        r"block size 8.*fix: set decoder.window.size to a divisor or a multiple",
+    ):
         Decoder(config, dllm=model)
 
 
@@ -243,12 +287,19 @@ class ExactForward(ModelWrapper):
         self.columns += inputs.input_ids.numel()
         if cache is not None:
             state, start, end = self.state, inputs.start, inputs.end
-            full = self.dllm.forward(ModelInputs(state.canvas[:, :end], state.position_ids[:, :end],
-                                                 state.full_attention[:, :, :end, :end], 0, end))
+            full = self.dllm.forward(
+                ModelInputs(
+                    state.canvas[:, :end], state.position_ids[:, :end], state.full_attention[:, :, :end, :end], 0, end
+                )
+            )
             first, last = state.model_block()
             columns = state.columns[start:end]
-            compared = (state.masked[:, start:end] & ~state.finished[:, None] & (columns >= first[:, None])
-                        & (columns < last[:, None]))
+            compared = (
+                state.masked[:, start:end]
+                & ~state.finished[:, None]
+                & (columns >= first[:, None])
+                & (columns < last[:, None])
+            )
             got, want = logits[:, : end - start][compared], full[:, start:end][compared]
             scale = want.abs().max()
             self.cached += 1
@@ -258,8 +309,16 @@ class ExactForward(ModelWrapper):
 
 def cached_run(dllm, prompts, *overrides):
     checker = ExactForward(dllm)
-    config = load_config({}, ["decoder.window=blocks", "decoder.verification=threshold",
-                              "generation.max_new_tokens=64", "generation.batch_size=16", *overrides])
+    config = load_config(
+        {},
+        [
+            "decoder.window=blocks",
+            "decoder.verification=threshold",
+            "generation.max_new_tokens=64",
+            "generation.batch_size=16",
+            *overrides,
+        ],
+    )
     return Decoder(config, dllm=checker, observers=[checker]).generate(prompts), checker
 
 
@@ -297,8 +356,13 @@ def test_dual_is_exact_with_the_model_blocks_and_an_approximation_with_sub_block
 def test_wino_decodes_a_block_causal_model_inside_its_blocks(anchor, window):
     """WINO's shadow block and revocations follow the window cut to the model block: commits and revocations stay
     in the current model block, and a batch decodes each row as alone."""
-    overrides = [f"decoder.window={window}", "decoder.verification=wino", "decoder.verification.draft_threshold=0.0",
-                 "decoder.verification.verify_threshold=0.99", "generation.max_new_tokens=16"]
+    overrides = [
+        f"decoder.window={window}",
+        "decoder.verification=wino",
+        "decoder.verification.draft_threshold=0.0",
+        "decoder.verification.verify_threshold=0.99",
+        "generation.max_new_tokens=16",
+    ]
     if window == "blocks":
         overrides.append("decoder.window.size=16")
     recorder = StepRecorder()
@@ -337,6 +401,7 @@ def test_apd_decodes_the_embedded_block_model(block_model):
 
 def test_the_dry_run_reports_the_pattern_and_refuses_a_straddling_window():
     from dlm_decode.models.dry_run import dry_run
+
     from helpers import REFERENCE
 
     sdar = [f"model.dllm.path={REFERENCE / 'sdar-tiny'}", "decoder.window=blocks"]
@@ -362,22 +427,36 @@ class WithPattern(ModelWrapper):
 
 
 @settings(max_examples=12, deadline=None)
-@given(prompts=st.lists(st.text(alphabet="abcdefgh 1234", min_size=1, max_size=12), min_size=1, max_size=6),
-       block=st.integers(1, 6), anchor=st.sampled_from(["generation", "position"]),
-       window=st.sampled_from(["full", "lookahead", "same", "half", "double"]), threshold=st.floats(0.0, 1.0),
-       max_new=st.integers(4, 20), stop_at_eos=st.booleans())
-def test_the_prefix_cache_is_exact_on_any_block_causal_model(sharp, prompts, block, anchor, window, threshold,
-                                                            max_new, stop_at_eos):
+@given(
+    prompts=st.lists(st.text(alphabet="abcdefgh 1234", min_size=1, max_size=12), min_size=1, max_size=6),
+    block=st.integers(1, 6),
+    anchor=st.sampled_from(["generation", "position"]),
+    window=st.sampled_from(["full", "lookahead", "same", "half", "double"]),
+    threshold=st.floats(0.0, 1.0),
+    max_new=st.integers(4, 20),
+    stop_at_eos=st.booleans(),
+)
+def test_the_prefix_cache_is_exact_on_any_block_causal_model(
+    sharp, prompts, block, anchor, window, threshold, max_new, stop_at_eos
+):
     """A random two-layer model (weights scaled so that its predictions depend on the context) read as
     block-causal with random blocks and anchors, any window that nests, batches of prompts of different lengths:
     ``prefix`` gives exactly the tokens of ``none``."""
     model = WithPattern(sharp, AttentionPattern(block, anchor))
     sizes = {"same": block, "half": max(1, block // 2) if block % 2 == 0 else block, "double": 2 * block}
-    window_overrides = (["decoder.window=blocks", f"decoder.window.size={sizes[window]}"] if window in sizes
-                        else [f"decoder.window={window}"])
-    common = [*window_overrides, "decoder.verification=threshold", f"decoder.verification.threshold={threshold}",
-              f"generation.max_new_tokens={max_new}", f"generation.stop_at_eos={str(stop_at_eos).lower()}",
-              f"generation.batch_size={len(prompts)}"]
+    window_overrides = (
+        ["decoder.window=blocks", f"decoder.window.size={sizes[window]}"]
+        if window in sizes
+        else [f"decoder.window={window}"]
+    )
+    common = [
+        *window_overrides,
+        "decoder.verification=threshold",
+        f"decoder.verification.threshold={threshold}",
+        f"generation.max_new_tokens={max_new}",
+        f"generation.stop_at_eos={str(stop_at_eos).lower()}",
+        f"generation.batch_size={len(prompts)}",
+    ]
     plain = Decoder(load_config({}, [*common, "decoder.cache=none"]), dllm=model).generate(prompts)
     cached = Decoder(load_config({}, [*common, "decoder.cache=prefix"]), dllm=model).generate(prompts)
     assert cached.token_ids == plain.token_ids

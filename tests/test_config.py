@@ -13,7 +13,9 @@ from dlm_decode.decoder import Decoder
 from dlm_decode.hookspecs import hookimpl
 from dlm_decode.models.dry_run import dry_run
 from dlm_decode.plugins import build_registry
-from stand_ins import PROMPTS as STAND_IN_PROMPTS, REMOTE, expected_texts
+
+from stand_ins import PROMPTS as STAND_IN_PROMPTS
+from stand_ins import REMOTE, expected_texts
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted(path.relative_to(ROOT) for path in (ROOT / "configs").rglob("*.yaml"))
@@ -69,7 +71,7 @@ def test_hash_is_stable_and_follows_the_resolved_values():
     assert a.to_dict()["decoder"]["verification"]["name"] == "topk"
 
 
-@pytest.mark.parametrize("seed", [-2**63, -1, 0, 2**64 - 1])
+@pytest.mark.parametrize("seed", [-(2**63), -1, 0, 2**64 - 1])
 def test_every_seed_the_generator_accepts_validates(seed):
     assert load_config({}, [f"generation.seed={seed}"]).config.generation.seed == seed
 
@@ -114,49 +116,60 @@ def test_the_configuration_reference_lists_every_strategy_and_field(strategy_reg
     for spec in strategy_registry:
         documented = _reference_tables(spec.role)
         assert spec.name in documented, f"{spec.role} strategy {spec.name!r} missing from docs/configuration.md"
-        fields = {f.name: _yaml_cell(f.default if f.default is not dataclasses.MISSING else f.default_factory())
-                  for f in dataclasses.fields(spec.config_cls)}
+        fields = {
+            f.name: _yaml_cell(f.default if f.default is not dataclasses.MISSING else f.default_factory())
+            for f in dataclasses.fields(spec.config_cls)
+        }
         assert documented[spec.name] == fields, f"{spec.role} strategy {spec.name!r}: keys or defaults differ"
 
 
-@pytest.mark.parametrize(("overrides", "key", "hint"), [
-    (["decoder.verification=bogus"], "decoder.verification.name", "registered: apd"),
-    (["generation.max_new_tokens=abc"], "generation.max_new_tokens", "type"),
-    (["generation.max_new_tokens=0"], "generation.max_new_tokens", "at least 1"),
-    (["generation.max_new_tokens=-5"], "generation.max_new_tokens", "at least 1"),
-    (["generation.max_new_tokns=5"], "generation.max_new_tokns", "valid keys: max_new_tokens"),
-    (["decoder.verification.score=best"], "decoder.verification.score", "confidence"),
-    (["decoder.proposal=sample", "decoder.proposal.top_p=1.5"], "decoder.proposal.top_p", "(0, 1]"),
-    (["decoder.proposal=sample", "decoder.proposal.temperature=.inf"], "decoder.proposal.temperature", "finite"),
-    (["decoder.proposal=sample", "decoder.proposal.temperature=nan"], "decoder.proposal.temperature", "finite"),
-    (["decoder.proposal.temperature=0.5"], "decoder.proposal.temperature", "takes no parameters"),
-    (["decoder.window=blocks", "decoder.window.size=0"], "decoder.window.size", "at least 1"),
-    (["decoder.verifier=topk"], "decoder.verifier", "the roles are"),
-    (["model.dllm.dtype=int4"], "model.dllm.dtype", "float32"),
-    (["modle.dllm.path=x"], "modle", "top-level keys"),
-    (["generation.max_new_tokens"], "generation.max_new_tokens", "key=value"),
-    (["decoder.verification.tokens_per_step=2", "decoder.verification.steps_per_block=4"],
-     "decoder.verification.tokens_per_step", "only one"),
-    (["decoder.verification.schedule=dream"], "decoder.verification.steps_per_block", "Dream's `steps`"),
-    (["decoder.verification.eps=0.01"], "decoder.verification.eps", "schedule dream"),
-    (["decoder.verification=wino", "decoder.verification.revoke_limit=none"], "decoder.verification.revoke_limit",
-     "progress"),
-    (["model.dllm.implementation=native_code"], "model.dllm.implementation", "native or remote"),
-    (["generation.seed=18446744073709551616"], "generation.seed", "manual_seed accepts"),
-    (["generation.seed=-9223372036854775809"], "generation.seed", "manual_seed accepts"),
-    (["decoder=foo"], "decoder", "mapping of roles (window, cache, proposal, verification)"),
-    (["decoder=null"], "decoder", "mapping of roles"),
-    (["decoder=[1]"], "decoder", "mapping of roles"),
-    (["decoder=null", "decoder.window=blocks"], "decoder", "mapping of roles"),
-    (["model.dllm=null"], "model.dllm", "leave it out to keep the defaults"),
-    (["model.dllm.dtype=bfloat16", "model.dllm=null"], "model.dllm", "must be a mapping"),
-    (["model=null"], "model", "must be a mapping"),
-    (["generation=null"], "generation", "must be a mapping"),
-    (["model.dllm.device=cpu:x"], "model.dllm.device", "cuda:N"),
-    (["model.dllm.device=cuda:x"], "model.dllm.device", "cuda:N"),
-    (["model.dllm.device=cuda:-1"], "model.dllm.device", "cuda:N"),
-    (["model.dllm.device=cuda0"], "model.dllm.device", "cuda:N"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "key", "hint"),
+    [
+        (["decoder.verification=bogus"], "decoder.verification.name", "registered: apd"),
+        (["generation.max_new_tokens=abc"], "generation.max_new_tokens", "type"),
+        (["generation.max_new_tokens=0"], "generation.max_new_tokens", "at least 1"),
+        (["generation.max_new_tokens=-5"], "generation.max_new_tokens", "at least 1"),
+        (["generation.max_new_tokns=5"], "generation.max_new_tokns", "valid keys: max_new_tokens"),
+        (["decoder.verification.score=best"], "decoder.verification.score", "confidence"),
+        (["decoder.proposal=sample", "decoder.proposal.top_p=1.5"], "decoder.proposal.top_p", "(0, 1]"),
+        (["decoder.proposal=sample", "decoder.proposal.temperature=.inf"], "decoder.proposal.temperature", "finite"),
+        (["decoder.proposal=sample", "decoder.proposal.temperature=nan"], "decoder.proposal.temperature", "finite"),
+        (["decoder.proposal.temperature=0.5"], "decoder.proposal.temperature", "takes no parameters"),
+        (["decoder.window=blocks", "decoder.window.size=0"], "decoder.window.size", "at least 1"),
+        (["decoder.verifier=topk"], "decoder.verifier", "the roles are"),
+        (["model.dllm.dtype=int4"], "model.dllm.dtype", "float32"),
+        (["modle.dllm.path=x"], "modle", "top-level keys"),
+        (["generation.max_new_tokens"], "generation.max_new_tokens", "key=value"),
+        (
+            ["decoder.verification.tokens_per_step=2", "decoder.verification.steps_per_block=4"],
+            "decoder.verification.tokens_per_step",
+            "only one",
+        ),
+        (["decoder.verification.schedule=dream"], "decoder.verification.steps_per_block", "Dream's `steps`"),
+        (["decoder.verification.eps=0.01"], "decoder.verification.eps", "schedule dream"),
+        (
+            ["decoder.verification=wino", "decoder.verification.revoke_limit=none"],
+            "decoder.verification.revoke_limit",
+            "progress",
+        ),
+        (["model.dllm.implementation=native_code"], "model.dllm.implementation", "native or remote"),
+        (["generation.seed=18446744073709551616"], "generation.seed", "manual_seed accepts"),
+        (["generation.seed=-9223372036854775809"], "generation.seed", "manual_seed accepts"),
+        (["decoder=foo"], "decoder", "mapping of roles (window, cache, proposal, verification)"),
+        (["decoder=null"], "decoder", "mapping of roles"),
+        (["decoder=[1]"], "decoder", "mapping of roles"),
+        (["decoder=null", "decoder.window=blocks"], "decoder", "mapping of roles"),
+        (["model.dllm=null"], "model.dllm", "leave it out to keep the defaults"),
+        (["model.dllm.dtype=bfloat16", "model.dllm=null"], "model.dllm", "must be a mapping"),
+        (["model=null"], "model", "must be a mapping"),
+        (["generation=null"], "generation", "must be a mapping"),
+        (["model.dllm.device=cpu:x"], "model.dllm.device", "cuda:N"),
+        (["model.dllm.device=cuda:x"], "model.dllm.device", "cuda:N"),
+        (["model.dllm.device=cuda:-1"], "model.dllm.device", "cuda:N"),
+        (["model.dllm.device=cuda0"], "model.dllm.device", "cuda:N"),
+    ],
+)
 def test_bad_configs_name_the_key_and_what_it_accepts(overrides, key, hint):
     with pytest.raises(ConfigError) as info:
         load_config({}, overrides)
@@ -165,11 +178,15 @@ def test_bad_configs_name_the_key_and_what_it_accepts(overrides, key, hint):
     assert info.value.key == key
 
 
-@pytest.mark.parametrize(("content", "pattern", "key"), [
-    ("decoder: null\n", r"`decoder`: must be a mapping of roles.*fix", "decoder"),
-    (None, r"no config file at .*config.yaml", None),
-    ("- a\n- b\n", r"mapping at the top level", None),
-], ids=["null-decoder-section", "missing-file", "not-a-mapping"])
+@pytest.mark.parametrize(
+    ("content", "pattern", "key"),
+    [
+        ("decoder: null\n", r"`decoder`: must be a mapping of roles.*fix", "decoder"),
+        (None, r"no config file at .*config.yaml", None),
+        ("- a\n- b\n", r"mapping at the top level", None),
+    ],
+    ids=["null-decoder-section", "missing-file", "not-a-mapping"],
+)
 def test_a_bad_config_file_is_named(tmp_path, content, pattern, key):
     path = tmp_path / "config.yaml"
     if content is not None:
@@ -193,8 +210,9 @@ def test_the_paper_setting_is_what_the_experiment_config_says():
     assert not model.dllm.trust_remote_code, "remote code is the user's decision, on the command line"
     llada = load_config(["configs/decoders/llada.yaml", "configs/models/llada-8b-instruct.yaml"]).config.model.dllm
     assert (llada.family, llada.dtype, llada.device) == ("llada", "bfloat16", "auto")
-    pair = load_config(["configs/decoders/apd.yaml", "configs/models/dream-7b-instruct.yaml",
-                        "configs/models/qwen2.5-0.5b.yaml"]).config.model
+    pair = load_config(
+        ["configs/decoders/apd.yaml", "configs/models/dream-7b-instruct.yaml", "configs/models/qwen2.5-0.5b.yaml"]
+    ).config.model
     assert (pair.dllm.family, pair.ar.path) == ("dream", "Qwen/Qwen2.5-0.5B")
 
 
@@ -209,14 +227,25 @@ def test_the_experiment_config_runs_on_the_stand_ins(stand_ins):
     assert all(s.commits_per_step == [12] for s in out.stats), "M = 100 covers the canvas; the spike is accepted"
 
 
-@pytest.mark.parametrize(("override", "where"), [
-    ("decoder.verification={name: topk", "did not find expected ',' or '}' while parsing a flow mapping, at the end "
-                                         "of the value"),
-    ("decoder.verification={name: topk}}", "did not find expected <document start>, at column 13 of the value"),
-    ("decoder.verification={name: topk, k: [1, }", "did not find expected node content while parsing a flow node, "
-                                                   "at column 21 of the value"),
-    ('generation.seed="1', "found unexpected end of stream while scanning a quoted scalar, at the end of the value"),
-], ids=["unclosed-brace", "extra-brace", "unclosed-bracket", "unclosed-quote"])
+@pytest.mark.parametrize(
+    ("override", "where"),
+    [
+        (
+            "decoder.verification={name: topk",
+            "did not find expected ',' or '}' while parsing a flow mapping, at the end of the value",
+        ),
+        ("decoder.verification={name: topk}}", "did not find expected <document start>, at column 13 of the value"),
+        (
+            "decoder.verification={name: topk, k: [1, }",
+            "did not find expected node content while parsing a flow node, at column 21 of the value",
+        ),
+        (
+            'generation.seed="1',
+            "found unexpected end of stream while scanning a quoted scalar, at the end of the value",
+        ),
+    ],
+    ids=["unclosed-brace", "extra-brace", "unclosed-bracket", "unclosed-quote"],
+)
 def test_a_malformed_override_value_names_the_override_the_value_and_where_it_breaks(override, where):
     key, _, value = override.partition("=")
     with pytest.raises(ConfigError) as info:
@@ -233,9 +262,11 @@ def test_a_strategy_that_needs_a_key_is_refused_when_the_config_leaves_it_null()
     with pytest.raises(ConfigError) as info:
         load_config(["configs/decoders/apd.yaml"], ["model.ar=null"])
     assert info.value.key == "model.ar"
-    assert str(info.value) == ("`model.ar`: the 'apd' verification strategy (decoder.verification.name=apd) needs it, "
-                               "but it is null\n  fix: set model.ar.path (e.g. embedded:ar), or compose "
-                               "configs/models/embedded-ar.yaml; or choose another verification strategy")
+    assert str(info.value) == (
+        "`model.ar`: the 'apd' verification strategy (decoder.verification.name=apd) needs it, "
+        "but it is null\n  fix: set model.ar.path (e.g. embedded:ar), or compose "
+        "configs/models/embedded-ar.yaml; or choose another verification strategy"
+    )
     assert load_config(["configs/decoders/apd.yaml"], ["model.ar=null", "decoder.verification=topk"])
 
 
@@ -256,12 +287,22 @@ def _registry_needing(requires: dict[str, str]):
     return build_registry({"tests.needy": Needy})
 
 
-@pytest.mark.parametrize(("requires", "null", "pattern"), [
-    ({"model.ar.path": "set model.ar.path"}, "model.ar=null",
-     r"`model.ar.path`: the 'needy' verification strategy .* is null\n  fix: set model.ar.path; or choose"),
-    ({"generation.max_steps": "set generation.max_steps=64"}, "generation.max_steps=null",
-     r"`generation.max_steps`: the 'needy' verification strategy .*\n  fix: set generation.max_steps=64;"),
-], ids=["key-under-a-null-section", "generation-key"])
+@pytest.mark.parametrize(
+    ("requires", "null", "pattern"),
+    [
+        (
+            {"model.ar.path": "set model.ar.path"},
+            "model.ar=null",
+            r"`model.ar.path`: the 'needy' verification strategy .* is null\n  fix: set model.ar.path; or choose",
+        ),
+        (
+            {"generation.max_steps": "set generation.max_steps=64"},
+            "generation.max_steps=null",
+            r"`generation.max_steps`: the 'needy' verification strategy .*\n  fix: set generation.max_steps=64;",
+        ),
+    ],
+    ids=["key-under-a-null-section", "generation-key"],
+)
 def test_any_declared_requirement_is_checked(requires, null, pattern):
     registry = _registry_needing(requires)
     needy = ["decoder.verification=needy", "model.ar.path=embedded:ar", "generation.max_steps=64"]
@@ -271,6 +312,9 @@ def test_any_declared_requirement_is_checked(requires, null, pattern):
 
 
 def test_a_requirement_that_is_no_config_key_is_the_plugins_mistake():
-    with pytest.raises(PluginError, match=r"plugin tests.needy in dlm_register: verification strategy 'needy' "
-                                          r"declares that it requires `model.arr`, which is not a config key"):
+    with pytest.raises(
+        PluginError,
+        match=r"plugin tests.needy in dlm_register: verification strategy 'needy' "
+        r"declares that it requires `model.arr`, which is not a config key",
+    ):
         load_config({}, ["decoder.verification=needy"], registry=_registry_needing({"model.arr": "set it"}))

@@ -12,25 +12,37 @@ from hypothesis import strategies as st
 from dlm_decode.masks import bidirectional_mask, position_ids_from_mask
 from dlm_decode.ops import Scorer
 from dlm_decode.state import ModelInputs
-from dlm_decode.testing.hypothesis_strategies import logits as logits_st
-from dlm_decode.testing.hypothesis_strategies import proposals, prompts, verifications, windows
+from dlm_decode.testing.hypothesis_strategies import prompts, proposals, verifications, windows
 from dlm_decode.testing.toy import ToyDiffusionLM
-from helpers import PROMPTS, StepRecorder, assert_logits_close, toy_decoder
 
+from helpers import PROMPTS, StepRecorder, assert_logits_close, toy_decoder
 
 prompts_st = prompts()
 windows_st, proposals_st, verifications_st = windows, proposals, verifications
 
 
-@given(prompts=prompts_st, window=windows_st, proposal=proposals_st, verification=verifications_st,
-       max_new=st.integers(1, 14), eos_bias=st.sampled_from([float("-inf"), 0.0, 2.0]), batch=st.integers(1, 4))
+@given(
+    prompts=prompts_st,
+    window=windows_st,
+    proposal=proposals_st,
+    verification=verifications_st,
+    max_new=st.integers(1, 14),
+    eos_bias=st.sampled_from([float("-inf"), 0.0, 2.0]),
+    batch=st.integers(1, 4),
+)
 def test_every_step_progresses_prompt_is_immutable_and_nothing_stays_masked(
     prompts, window, proposal, verification, max_new, eos_bias, batch
 ):
     recorder = StepRecorder()
-    decoder = toy_decoder(*window, *proposal, *verification, f"generation.max_new_tokens={max_new}",
-                          f"generation.batch_size={batch}", model=ToyDiffusionLM(eos_bias=eos_bias),
-                          observers=[recorder])
+    decoder = toy_decoder(
+        *window,
+        *proposal,
+        *verification,
+        f"generation.max_new_tokens={max_new}",
+        f"generation.batch_size={batch}",
+        model=ToyDiffusionLM(eos_bias=eos_bias),
+        observers=[recorder],
+    )
     out = decoder.generate(prompts)
     assert len(recorder.runs) == math.ceil(len(prompts) / batch)
     finals = []
@@ -45,7 +57,7 @@ def test_every_step_progresses_prompt_is_immutable_and_nothing_stays_masked(
         finals += [row[start:].tolist() for row in last.canvas]
     for generated, ids, stats in zip(finals, out.token_ids, out.stats):
         assert generated[: len(ids)] == ids
-        assert all(t == ToyDiffusionLM.fill_token_id for t in generated[len(ids):]), "tail after EOS not filled"
+        assert all(t == ToyDiffusionLM.fill_token_id for t in generated[len(ids) :]), "tail after EOS not filled"
         assert stats.generated_tokens == len(ids) and stats.nfe == len(stats.commits_per_step) >= 1
 
 
@@ -54,14 +66,23 @@ def llada_schedule(masks: int, steps: int) -> list[int]:
     return [masks // steps + (1 if j < masks % steps else 0) for j in range(steps)]
 
 
-@given(prompts=prompts_st, block=st.integers(1, 8), max_new=st.integers(1, 20),
-       rule=st.one_of(st.integers(1, 5).map(lambda k: ("tokens_per_step", k)),
-                      st.integers(1, 6).map(lambda s: ("steps_per_block", s))))
+@given(
+    prompts=prompts_st,
+    block=st.integers(1, 8),
+    max_new=st.integers(1, 20),
+    rule=st.one_of(
+        st.integers(1, 5).map(lambda k: ("tokens_per_step", k)), st.integers(1, 6).map(lambda s: ("steps_per_block", s))
+    ),
+)
 def test_topk_commits_follow_the_llada_schedule_per_row(prompts, block, max_new, rule):
     key, value = rule
-    decoder = toy_decoder("decoder.window=blocks", f"decoder.window.size={block}",
-                          f"decoder.verification.{key}={value}", f"generation.max_new_tokens={max_new}",
-                          model=ToyDiffusionLM(eos_bias=float("-inf")))
+    decoder = toy_decoder(
+        "decoder.window=blocks",
+        f"decoder.window.size={block}",
+        f"decoder.verification.{key}={value}",
+        f"generation.max_new_tokens={max_new}",
+        model=ToyDiffusionLM(eos_bias=float("-inf")),
+    )
     out = decoder.generate(prompts)
     expected = []
     for first in range(0, max_new, block):
@@ -73,8 +94,11 @@ def test_topk_commits_follow_the_llada_schedule_per_row(prompts, block, max_new,
 
 
 def test_topk_single_block_counts_match_llada_with_steps_not_dividing_masks():
-    decoder = toy_decoder("decoder.verification.steps_per_block=3", "generation.max_new_tokens=10",
-                          model=ToyDiffusionLM(eos_bias=float("-inf")))
+    decoder = toy_decoder(
+        "decoder.verification.steps_per_block=3",
+        "generation.max_new_tokens=10",
+        model=ToyDiffusionLM(eos_bias=float("-inf")),
+    )
     assert decoder.generate(["abc", "a"]).stats[0].commits_per_step == [4, 3, 3]
 
 
@@ -82,8 +106,8 @@ def tiny_forward_logits(model, rows: list[list[int]], width: int) -> torch.Tenso
     canvas = torch.zeros(len(rows), width, dtype=torch.long)
     attention = torch.zeros(len(rows), width, dtype=torch.bool)
     for i, ids in enumerate(rows):
-        canvas[i, width - len(ids):] = torch.tensor(ids)
-        attention[i, width - len(ids):] = True
+        canvas[i, width - len(ids) :] = torch.tensor(ids)
+        attention[i, width - len(ids) :] = True
     inputs = ModelInputs(canvas, position_ids_from_mask(attention), bidirectional_mask(attention), 0, width)
     return model.forward(inputs)
 
@@ -101,15 +125,18 @@ def test_padding_does_not_change_a_rows_logits_beyond_tolerance(make_decoder, le
     batch = tiny_forward_logits(decoder.dllm, rows, width)
     for i, ids in enumerate(rows):
         alone = tiny_forward_logits(decoder.dllm, [ids], len(ids))[0]
-        assert_logits_close(batch[i, width - len(ids):], alone, rtol=BATCH_LOGIT_RTOL)
+        assert_logits_close(batch[i, width - len(ids) :], alone, rtol=BATCH_LOGIT_RTOL)
 
 
-@pytest.mark.parametrize("overrides", [
-    ["decoder.window=blocks", "decoder.window.size=4"],
-    ["decoder.verification.tokens_per_step=3"],
-    ["decoder.verification=left_to_right", "decoder.verification.k=2"],
-    ["decoder.verification.score=random", "decoder.verification.tokens_per_step=2"],
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["decoder.window=blocks", "decoder.window.size=4"],
+        ["decoder.verification.tokens_per_step=3"],
+        ["decoder.verification=left_to_right", "decoder.verification.k=2"],
+        ["decoder.verification.score=random", "decoder.verification.tokens_per_step=2"],
+    ],
+)
 def test_batch_invariance_at_temperature_zero(make_decoder, overrides):
     """A row's tokens do not depend on the other rows (random orders draw from the row's own generator, seeded
     per prompt). Near-ties (top-2 gap within BATCH_LOGIT_RTOL) could flip legitimately; the fixed prompts and
@@ -123,8 +150,12 @@ def test_batch_invariance_at_temperature_zero(make_decoder, overrides):
 
 @given(prompts=prompts_st, seed=st.integers(0, 10_000), temperature=st.floats(0.5, 2.0))
 def test_sampling_is_seed_deterministic_and_independent_of_batch_composition(prompts, seed, temperature):
-    overrides = ["decoder.proposal=sample", f"decoder.proposal.temperature={temperature}",
-                 f"generation.seed={seed}", "generation.max_new_tokens=8"]
+    overrides = [
+        "decoder.proposal=sample",
+        f"decoder.proposal.temperature={temperature}",
+        f"generation.seed={seed}",
+        "generation.max_new_tokens=8",
+    ]
     decoder = toy_decoder(*overrides, model=ToyDiffusionLM(sharpness=1.0))
     first = decoder.generate(prompts).token_ids
     assert decoder.generate(prompts).token_ids == first
@@ -134,11 +165,17 @@ def test_sampling_is_seed_deterministic_and_independent_of_batch_composition(pro
 
 
 def test_different_seeds_give_different_samples():
-    overrides = ["decoder.proposal=sample", "generation.max_new_tokens=16", "decoder.window=blocks",
-                 "decoder.window.size=4"]
+    overrides = [
+        "decoder.proposal=sample",
+        "generation.max_new_tokens=16",
+        "decoder.window=blocks",
+        "decoder.window.size=4",
+    ]
     model = ToyDiffusionLM(sharpness=0.5, eos_bias=float("-inf"))
-    outputs = {tuple(toy_decoder(*overrides, f"generation.seed={s}", model=model).generate(["abc"]).token_ids[0])
-               for s in range(6)}
+    outputs = {
+        tuple(toy_decoder(*overrides, f"generation.seed={s}", model=model).generate(["abc"]).token_ids[0])
+        for s in range(6)
+    }
     assert len(outputs) > 1
 
 
@@ -146,13 +183,19 @@ def test_different_seeds_give_different_samples():
 GUMBEL_SAMPLES = 100_000
 
 
-@given(logits=st.lists(st.floats(-4, 4), min_size=2, max_size=7), temperature=st.floats(0.3, 2.0),
-       seed=st.integers(0, 2**31))
+@given(
+    logits=st.lists(st.floats(-4, 4), min_size=2, max_size=7),
+    temperature=st.floats(0.3, 2.0),
+    seed=st.integers(0, 2**31),
+)
 def test_gumbel_max_frequencies_match_tempered_softmax(logits, temperature, seed):
     scorer = Scorer()
     row = torch.tensor(logits, dtype=torch.float32)
-    gumbel = -torch.empty(GUMBEL_SAMPLES, len(logits), dtype=torch.float64).exponential_(
-        generator=torch.Generator().manual_seed(seed)).log()
+    gumbel = (
+        -torch.empty(GUMBEL_SAMPLES, len(logits), dtype=torch.float64)
+        .exponential_(generator=torch.Generator().manual_seed(seed))
+        .log()
+    )
     tokens = scorer.gumbel_argmax(row.expand(GUMBEL_SAMPLES, -1), gumbel, temperature)
     freq = torch.bincount(tokens, minlength=len(logits)).double() / GUMBEL_SAMPLES
     target = torch.softmax(row.double() / temperature, -1)
@@ -163,8 +206,14 @@ def test_gumbel_max_frequencies_match_tempered_softmax(logits, temperature, seed
 def test_sample_proposal_matches_softmax_and_respects_top_k():
     """Through the real proposal plugin: frequencies of the first committed token over many seeds."""
     model = ToyDiffusionLM(vocab_size=8, sharpness=1.0, eos_bias=float("-inf"))
-    decoder = toy_decoder("decoder.proposal=sample", "decoder.proposal.temperature=1.0", "decoder.proposal.top_k=3",
-                          "decoder.verification=left_to_right", "generation.max_new_tokens=1", model=model)
+    decoder = toy_decoder(
+        "decoder.proposal=sample",
+        "decoder.proposal.temperature=1.0",
+        "decoder.proposal.top_k=3",
+        "decoder.verification=left_to_right",
+        "generation.max_new_tokens=1",
+        model=model,
+    )
     n = 4000
     out = decoder.generate(["ab"] * n, seeds=list(range(n)), batch_size=n)
     tokens = torch.tensor([ids[0] for ids in out.token_ids])
@@ -172,8 +221,9 @@ def test_sample_proposal_matches_softmax_and_respects_top_k():
     width = len(state_ids) + 1
     canvas = torch.tensor([state_ids + [model.mask_token_id]])
     attention = torch.ones(1, width, dtype=torch.bool)
-    logits = model.forward(ModelInputs(canvas, position_ids_from_mask(attention), bidirectional_mask(attention),
-                                       0, width))[0, -1]
+    logits = model.forward(
+        ModelInputs(canvas, position_ids_from_mask(attention), bidirectional_mask(attention), 0, width)
+    )[0, -1]
     logits[model.mask_token_id] = float("-inf")
     top3 = logits.topk(3).indices
     assert set(tokens.unique().tolist()) <= set(top3.tolist())
@@ -189,18 +239,26 @@ def test_one_decoder_decodes_batches_of_different_layouts_like_fresh_decoders():
     batches = [["ab"], ["abcdef", "a"], ["ab"], ["abcdef", "a"], ["xyz"]]
     overrides = ("decoder.window=blocks", "decoder.window.size=3", "generation.max_new_tokens=7")
     reused = toy_decoder(*overrides)
-    for prompts in batches:
-        fresh = toy_decoder(*overrides).generate(prompts)
-        again = reused.generate(prompts)
+    for batch in batches:
+        fresh = toy_decoder(*overrides).generate(batch)
+        again = reused.generate(batch)
         assert again.token_ids == fresh.token_ids
         assert [s.commits_per_step for s in again.stats] == [s.commits_per_step for s in fresh.stats]
 
 
-@given(prompts=prompts_st, window=windows_st, verification=verifications_st, block=st.integers(1, 6),
-       anchor=st.sampled_from(["generation", "position"]), head_first=st.booleans(), max_new=st.integers(1, 14),
-       batch=st.integers(1, 4))
-def test_a_block_causal_model_is_decoded_one_model_block_at_a_time(prompts, window, verification, block, anchor,
-                                                                    head_first, max_new, batch):
+@given(
+    prompts=prompts_st,
+    window=windows_st,
+    verification=verifications_st,
+    block=st.integers(1, 6),
+    anchor=st.sampled_from(["generation", "position"]),
+    head_first=st.booleans(),
+    max_new=st.integers(1, 14),
+    batch=st.integers(1, 4),
+)
+def test_a_block_causal_model_is_decoded_one_model_block_at_a_time(
+    prompts, window, verification, block, anchor, head_first, max_new, batch
+):
     """Whatever the window and verification: a blocks window that would straddle the model's blocks is refused;
     otherwise every commit lies in its row's current model block (the one holding the row's first mask; block ids
     recomputed here from positions), a block's first column is committed alone when ``head_first``, and decoding

@@ -12,8 +12,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytest.importorskip("transformers.models.diffusion_gemma",
-                    reason="the installed transformers has no DiffusionGemma (transformers.models.diffusion_gemma)")
+pytest.importorskip(
+    "transformers.models.diffusion_gemma",
+    reason="the installed transformers has no DiffusionGemma (transformers.models.diffusion_gemma)",
+)
 
 from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion, DynamicCache  # noqa: E402
 from transformers.models.diffusion_gemma import generation_diffusion_gemma as dg_generation  # noqa: E402
@@ -38,13 +40,37 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def model(_one_thread):
     """The tiny model, weights from ``torch.manual_seed(0)``, SDPA attention, eval mode, CPU (43,160 parameters)."""
-    text = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                num_key_value_heads=1, head_dim=16, global_head_dim=16, num_global_key_value_heads=1,
-                layer_types=["sliding_attention", "full_attention"], sliding_window=8, num_experts=4,
-                top_k_experts=2, moe_intermediate_size=16, max_position_embeddings=512, pad_token_id=0,
-                eos_token_id=1, bos_token_id=2)
-    vision = dict(model_type="gemma4_vision", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                  num_attention_heads=2, num_key_value_heads=2, head_dim=8, position_embedding_size=16, patch_size=2)
+    text = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        global_head_dim=16,
+        num_global_key_value_heads=1,
+        layer_types=["sliding_attention", "full_attention"],
+        sliding_window=8,
+        num_experts=4,
+        top_k_experts=2,
+        moe_intermediate_size=16,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
+    vision = dict(
+        model_type="gemma4_vision",
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=8,
+        position_embedding_size=16,
+        patch_size=2,
+    )
     config = DiffusionGemmaConfig(text_config=text, vision_config=vision, canvas_length=CANVAS)
     config._attn_implementation = "sdpa"
     with torch.random.fork_rng(devices=[]):
@@ -58,7 +84,7 @@ def generate(model, prompts, seed, **kwargs):
     ids = torch.tensor(prompts)
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
-        return model.generate(ids, **kwargs).sequences[:, ids.shape[1]:]
+        return model.generate(ids, **kwargs).sequences[:, ids.shape[1] :]
 
 
 def test_there_is_no_temperature_zero(model, monkeypatch):
@@ -100,8 +126,9 @@ def test_near_zero_temperature_still_depends_on_the_seed(model):
     assert first.shape == second.shape == (1, CANVAS)
     assert not torch.equal(first, second), (first.tolist(), second.tolist())
     start = torch.tensor([[44, 47, 53, 0]])
-    fixed = [generate(model, [PROMPT], seed, max_new_tokens=4, decoder_input_ids=start, **NEAR_GREEDY)
-             for seed in (1, 2)]
+    fixed = [
+        generate(model, [PROMPT], seed, max_new_tokens=4, decoder_input_ids=start, **NEAR_GREEDY) for seed in (1, 2)
+    ]
     assert torch.equal(*fixed), [f.tolist() for f in fixed]
 
 
@@ -135,7 +162,8 @@ def test_accepted_tokens_are_revised_within_a_block(model, monkeypatch):
 
     monkeypatch.setattr(dg_generation.EntropyBoundSampler, "accept_canvas", recording_accept)
     hook = model.model.decoder.register_forward_pre_hook(
-        lambda module, args, kwargs: canvases.append(kwargs["decoder_input_ids"].clone()), with_kwargs=True)
+        lambda module, args, kwargs: canvases.append(kwargs["decoder_input_ids"].clone()), with_kwargs=True
+    )
     try:
         generate(model, [PROMPT], seed=0, max_new_tokens=4)
     finally:

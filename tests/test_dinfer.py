@@ -22,30 +22,63 @@ from dlm_decode.decoder import Decoder
 from dlm_decode.hookspecs import hookimpl
 from dlm_decode.ops import Scorer
 from dlm_decode.state import DecodeState, Proposal, Window
-from dlm_decode.strategies.dinfer import (Credit, CreditConfig, Hierarchy, HierarchyConfig, near_best_commit,
-                                          segment_peaks)
+from dlm_decode.strategies.dinfer import (
+    Credit,
+    CreditConfig,
+    Hierarchy,
+    HierarchyConfig,
+    near_best_commit,
+    segment_peaks,
+)
+
 from helpers import REFERENCE, FinalCanvas
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFICIAL = json.loads((REFERENCE / "official_dinfer.json").read_text(encoding="utf-8"))
-PROMPTS16 = ["sort: 3 1 2", "hi", "reverse: abcdef", "7+5=", "a", "count to five", "xyz", "12*3",
-             "the quick brown fox", "q", "copy: hello", "2+2=", "upper: abc", "ok", "len(abcd)", "z y x"]
+PROMPTS16 = [
+    "sort: 3 1 2",
+    "hi",
+    "reverse: abcdef",
+    "7+5=",
+    "a",
+    "count to five",
+    "xyz",
+    "12*3",
+    "the quick brown fox",
+    "q",
+    "copy: hello",
+    "2+2=",
+    "upper: abc",
+    "ok",
+    "len(abcd)",
+    "z y x",
+]
 
 
 def window_of(eligible: torch.Tensor, block_start: list[int] | None = None) -> Window:
     rows = eligible.shape[0]
     start = torch.tensor(block_start if block_start is not None else [0] * rows)
-    return Window(eligible=eligible, input_end=eligible.shape[1], block_start=start,
-                  block_end=start + eligible.shape[1])
+    return Window(
+        eligible=eligible, input_end=eligible.shape[1], block_start=start, block_end=start + eligible.shape[1]
+    )
 
 
 # --- hierarchy: hand-computed --------------------------------------------------------------------------------------
 
+
 def hierarchy(confidence: list[list[float]], eligible: list[list[bool]], threshold=0.9, low=0.4) -> list[list[int]]:
     scores, allowed = torch.tensor(confidence), torch.tensor(eligible)
     rows, cols = allowed.nonzero(as_tuple=True)
-    proposal = Proposal(tokens=torch.zeros(scores.shape, dtype=torch.long), confidence=scores, rows=rows, cols=cols,
-                        logits=torch.zeros(len(rows), 1), temperature=0.0, noise=None, scorer=None)
+    proposal = Proposal(
+        tokens=torch.zeros(scores.shape, dtype=torch.long),
+        confidence=scores,
+        rows=rows,
+        cols=cols,
+        logits=torch.zeros(len(rows), 1),
+        temperature=0.0,
+        noise=None,
+        scorer=None,
+    )
     plugin = Hierarchy(HierarchyConfig(threshold=threshold, low_threshold=low))
     commit = plugin.dlm_verify(proposal=proposal, window=window_of(allowed)).commit
     return [row.nonzero().flatten().tolist() for row in commit]
@@ -94,6 +127,7 @@ def test_segment_peaks_ignore_ineligible_columns_whatever_their_score():
 
 # --- credit: hand-computed ------------------------------------------------------------------------------------------
 
+
 def softmax(z: list[float]) -> list[float]:
     total = sum(math.exp(v) for v in z)
     return [math.exp(v) / total for v in z]
@@ -104,16 +138,26 @@ class OneRow:
 
     def __init__(self, **config):
         self.plugin = Credit(CreditConfig(**config), Scorer())
-        self.state = DecodeState.build([[1]], max_new_tokens=1, mask_token_id=0, pad_token_id=2, eos_token_ids=[3],
-                                       fill_token_id=2, seeds=[0])
+        self.state = DecodeState.build(
+            [[1]], max_new_tokens=1, mask_token_id=0, pad_token_id=2, eos_token_ids=[3], fill_token_id=2, seeds=[0]
+        )
 
     def step(self, logits: list[float], block_start: int = 0):
         eligible = torch.tensor([[F, T]])
         rows, cols = eligible.nonzero(as_tuple=True)
-        proposal = Proposal(tokens=torch.tensor([[1, 0]]), confidence=torch.zeros(1, 2), rows=rows, cols=cols,
-                            logits=torch.tensor([logits]), temperature=0.0, noise=None, scorer=Scorer())
-        decision = self.plugin.dlm_verify(state=self.state, proposal=proposal,
-                                          window=window_of(eligible, [block_start]))
+        proposal = Proposal(
+            tokens=torch.tensor([[1, 0]]),
+            confidence=torch.zeros(1, 2),
+            rows=rows,
+            cols=cols,
+            logits=torch.tensor([logits]),
+            temperature=0.0,
+            noise=None,
+            scorer=Scorer(),
+        )
+        decision = self.plugin.dlm_verify(
+            state=self.state, proposal=proposal, window=window_of(eligible, [block_start])
+        )
         return int(decision.tokens[0, 1]), bool(decision.commit[0, 1])
 
 
@@ -125,8 +169,8 @@ def test_credit_accumulates_decays_and_can_overturn_the_current_top_token():
     now = [1.0, 1.1, 0.0]  # token 1 now leads by 0.1 in the logits
     # by hand: token 0 held the top-1 at two steps, token 1 gains this step's boost
     p0, p1 = softmax(history)[0], softmax(now)[1]
-    c0 = beta * (beta * p0 ** gamma + p0 ** gamma)
-    c1 = p1 ** gamma
+    c0 = beta * (beta * p0**gamma + p0**gamma)
+    c1 = p1**gamma
     fused0, fused1 = now[0] + alpha * math.log(1 + c0), now[1] + alpha * math.log(1 + c1)
     assert fused0 > fused1  # 1.5915 > 1.5311: the older token wins
     assert run.step(now)[0] == 0
@@ -136,8 +180,9 @@ def test_credit_confidences_are_the_fused_softmax():
     alpha, gamma, beta = 0.7, 0.2, 0.8
     logits = [math.log(0.8), math.log(0.1), math.log(0.1)]
     plugin = Credit(CreditConfig(threshold=0.87, alpha=alpha, gamma=gamma, beta=beta), Scorer())
-    state = DecodeState.build([[1]], max_new_tokens=3, mask_token_id=0, pad_token_id=2, eos_token_ids=[3],
-                              fill_token_id=2, seeds=[0])
+    state = DecodeState.build(
+        [[1]], max_new_tokens=3, mask_token_id=0, pad_token_id=2, eos_token_ids=[3], fill_token_id=2, seeds=[0]
+    )
     eligible = torch.tensor([[F, T, T, F]])
     rows, cols = eligible.nonzero(as_tuple=True)
     # column 1: 0.8 alone, fused 0.8648 then 0.8896 (by hand); column 2: a steady 0.935, fused 0.9588 at once
@@ -145,14 +190,21 @@ def test_credit_confidences_are_the_fused_softmax():
     expected = []
     c1 = c2 = 0.0
     for _ in range(2):
-        c1 = beta * c1 + 0.8 ** gamma
-        c2 = beta * c2 + 0.935 ** gamma
+        c1 = beta * c1 + 0.8**gamma
+        c2 = beta * c2 + 0.935**gamma
         p1 = softmax([logits[0] + alpha * math.log(1 + c1), logits[1], logits[2]])[0]
         p2 = softmax([steady[0] + alpha * math.log(1 + c2), steady[1], steady[2]])[0]
         expected.append([p1 >= min(0.87, max(p1, p2) - 1e-5), p2 >= 0.87])
-        proposal = Proposal(tokens=torch.zeros(1, 4, dtype=torch.long), confidence=torch.zeros(1, 4), rows=rows,
-                            cols=cols, logits=torch.tensor([logits, steady]), temperature=0.0, noise=None,
-                            scorer=Scorer())
+        proposal = Proposal(
+            tokens=torch.zeros(1, 4, dtype=torch.long),
+            confidence=torch.zeros(1, 4),
+            rows=rows,
+            cols=cols,
+            logits=torch.tensor([logits, steady]),
+            temperature=0.0,
+            noise=None,
+            scorer=Scorer(),
+        )
         decision = plugin.dlm_verify(state=state, proposal=proposal, window=window_of(eligible))
         assert decision.commit[0, 1:3].tolist() == expected[-1]
     assert expected == [[False, True], [True, True]]  # credit brings column 1 over 0.87 at step 2
@@ -201,9 +253,17 @@ def test_the_presets_decode_a_block_causal_model(preset):
     assert all(0 < len(ids) <= 32 for ids in out.token_ids)
 
 
-@pytest.mark.parametrize("name, key, value", [("hierarchy", "threshold", 1.5), ("hierarchy", "low_threshold", -0.1),
-                                              ("credit", "threshold", 2), ("credit", "alpha", -1),
-                                              ("credit", "gamma", 0), ("credit", "beta", 1.2)])
+@pytest.mark.parametrize(
+    "name, key, value",
+    [
+        ("hierarchy", "threshold", 1.5),
+        ("hierarchy", "low_threshold", -0.1),
+        ("credit", "threshold", 2),
+        ("credit", "alpha", -1),
+        ("credit", "gamma", 0),
+        ("credit", "beta", 1.2),
+    ],
+)
 def test_invalid_parameters_name_their_key(name, key, value):
     with pytest.raises(ConfigError, match=f"(?s)`decoder.verification.{key}`.*{value}.*fix"):
         load_config({}, [f"decoder.verification={name}", f"decoder.verification.{key}={value}"])
@@ -211,8 +271,10 @@ def test_invalid_parameters_name_their_key(name, key, value):
 
 def test_the_presets_hold_the_official_defaults_or_the_train_split_choice():
     """The strategy defaults are dInfer's; hierarchy.yaml's low threshold 0.8 was chosen on the train split."""
-    for preset, name, expected in (("hierarchy", "hierarchy", {"threshold": 0.9, "low_threshold": 0.8}),
-                                   ("credit", "credit", {"threshold": 0.9, "alpha": 0.7, "gamma": 0.2, "beta": 0.8})):
+    for preset, name, expected in (
+        ("hierarchy", "hierarchy", {"threshold": 0.9, "low_threshold": 0.8}),
+        ("credit", "credit", {"threshold": 0.9, "alpha": 0.7, "gamma": 0.2, "beta": 0.8}),
+    ):
         config = load_config(str(ROOT / f"configs/decoders/{preset}.yaml"))
         strategy, params = config.strategies["verification"]
         assert strategy == name and {k: getattr(params, k) for k in expected} == expected
@@ -222,6 +284,7 @@ def test_the_presets_hold_the_official_defaults_or_the_train_split_choice():
 
 
 # --- the official decoders -------------------------------------------------------------------------------------------
+
 
 def _groups() -> dict[str, list[dict]]:
     groups = defaultdict(list)
@@ -236,18 +299,35 @@ GROUPS = _groups()
 
 def equivalent(decoder: str, a: dict) -> list[str]:
     """The overrides under which the project decodes as the official ``decoder`` called with arguments ``a``."""
+
     def null(value):
         return "null" if value is None else value
 
-    common = [f"model.dllm.path={REFERENCE / 'llada-tiny'}", f"generation.max_new_tokens={a['gen_length']}",
-              "decoder.window=blocks", f"decoder.window.size={a['block_length']}", "decoder.proposal=greedy",
-              "decoder.cache=none", "generation.stop_at_eos=false", "generation.batch_size=16"]
+    common = [
+        f"model.dllm.path={REFERENCE / 'llada-tiny'}",
+        f"generation.max_new_tokens={a['gen_length']}",
+        "decoder.window=blocks",
+        f"decoder.window.size={a['block_length']}",
+        "decoder.proposal=greedy",
+        "decoder.cache=none",
+        "generation.stop_at_eos=false",
+        "generation.batch_size=16",
+    ]
     if decoder == "dinfer.HierarchyDecoder":
-        return [*common, "decoder.verification=hierarchy", f"decoder.verification.threshold={null(a['threshold'])}",
-                f"decoder.verification.low_threshold={null(a['low_threshold'])}"]
-    return [*common, "decoder.verification=credit", f"decoder.verification.threshold={a['threshold']}",
-            f"decoder.verification.alpha={a['credit_alpha']}", f"decoder.verification.gamma={a['boost_gamma']}",
-            f"decoder.verification.beta={a['decay_beta']}"]
+        return [
+            *common,
+            "decoder.verification=hierarchy",
+            f"decoder.verification.threshold={null(a['threshold'])}",
+            f"decoder.verification.low_threshold={null(a['low_threshold'])}",
+        ]
+    return [
+        *common,
+        "decoder.verification=credit",
+        f"decoder.verification.threshold={a['threshold']}",
+        f"decoder.verification.alpha={a['credit_alpha']}",
+        f"decoder.verification.gamma={a['boost_gamma']}",
+        f"decoder.verification.beta={a['decay_beta']}",
+    ]
 
 
 class RuleCounter:
@@ -286,8 +366,9 @@ def test_every_recorded_case_is_compared():
 def test_the_official_decoder_is_matched_token_for_token(name):
     cases = GROUPS[name]
     canvas, counter = FinalCanvas(), RuleCounter(cases[0]["arguments"])
-    decoder = Decoder.from_config({}, equivalent(cases[0]["decoder"], cases[0]["arguments"]),
-                                  observers=[canvas, counter])
+    decoder = Decoder.from_config(
+        {}, equivalent(cases[0]["decoder"], cases[0]["arguments"]), observers=[canvas, counter]
+    )
     decoder.generate([OFFICIAL["prompts"][case["prompt"]] for case in cases])
     assert decoder.dllm.encode(OFFICIAL["prompts"]) == OFFICIAL["prompt_ids"]["llada"]
     for case, row in zip(cases, canvas.rows, strict=True):

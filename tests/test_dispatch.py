@@ -13,6 +13,7 @@ import torch
 from dlm_decode import PluginError
 from dlm_decode.api import StrategyError, first_true_columns, hookimpl
 from dlm_decode.testing.toy import ToyDiffusionLM
+
 from helpers import strategy_decoder, toy_decoder
 
 
@@ -29,8 +30,11 @@ class _MisspeltObserver:
 
 
 def test_an_observer_with_a_misspelt_hook_is_named():
-    with pytest.raises(PluginError, match=r"(?s)_MisspeltObserver object in dlm_step_ends: implements "
-                                          r"`dlm_step_ends`.*fix: rename it to `dlm_step_end`"):
+    with pytest.raises(
+        PluginError,
+        match=r"(?s)_MisspeltObserver object in dlm_step_ends: implements "
+        r"`dlm_step_ends`.*fix: rename it to `dlm_step_end`",
+    ):
         toy_decoder(observers=[_MisspeltObserver()])
 
 
@@ -49,17 +53,22 @@ class _QuietObserver:
 @pytest.mark.parametrize("others", [0, 1], ids=["alone", "beside-another-observer"])
 def test_an_observer_raising_is_named(others):
     observers = [_QuietObserver()] * others + [_FailingObserver()]
-    with pytest.raises(PluginError, match=r"(?s)plugin test_dispatch._FailingObserver object in dlm_step_end: "
-                                          r"raised KeyError: 'observer failed'.*fix") as caught:
+    with pytest.raises(
+        PluginError,
+        match=r"(?s)plugin test_dispatch._FailingObserver object in dlm_step_end: "
+        r"raised KeyError: 'observer failed'.*fix",
+    ) as caught:
         toy_decoder(observers=observers).generate(["ab"])
     assert isinstance(caught.value.__cause__, KeyError)
 
 
 def _logged(function):
     """A decorator: every function it wraps runs the same code object (``inner``)."""
+
     @functools.wraps(function)
     def inner(*args, **kwargs):
         return function(*args, **kwargs)
+
     return inner
 
 
@@ -91,8 +100,11 @@ class _RaisingWrapper:
 
 
 def test_a_raising_wrapper_is_blamed_not_the_strategy():
-    with pytest.raises(PluginError, match=r"(?s)plugin test_dispatch._RaisingWrapper object \(a wrapper\) in "
-                                          r"dlm_verify: raised RuntimeError: bug in the wrapper") as caught:
+    with pytest.raises(
+        PluginError,
+        match=r"(?s)plugin test_dispatch._RaisingWrapper object \(a wrapper\) in "
+        r"dlm_verify: raised RuntimeError: bug in the wrapper",
+    ) as caught:
         toy_decoder(observers=[_RaisingWrapper()]).generate(["ab"])
     assert "verification strategy" not in str(caught.value)
 
@@ -111,11 +123,19 @@ class _PassingWrapper:
 
 @pytest.mark.parametrize("wrapped", [False, True], ids=["direct", "under-a-wrapper"])
 def test_a_raising_strategy_is_blamed_even_under_a_wrapper(wrapped):
-    decoder = strategy_decoder("verification", "raiser", lambda config, context: _Raiser(),
-                               plugin_name="tests.raiser_plugin", observers=[_PassingWrapper()] if wrapped else [])
-    with pytest.raises(PluginError, match=r"(?s)^plugin tests.raiser_plugin \(verification strategy 'raiser'\) in "
-                                          r"dlm_verify: raised ZeroDivisionError: inside verify.*"
-                                          r"fix: check the parameters of `decoder.verification`"):
+    decoder = strategy_decoder(
+        "verification",
+        "raiser",
+        lambda config, context: _Raiser(),
+        plugin_name="tests.raiser_plugin",
+        observers=[_PassingWrapper()] if wrapped else [],
+    )
+    with pytest.raises(
+        PluginError,
+        match=r"(?s)^plugin tests.raiser_plugin \(verification strategy 'raiser'\) in "
+        r"dlm_verify: raised ZeroDivisionError: inside verify.*"
+        r"fix: check the parameters of `decoder.verification`",
+    ):
         decoder.generate(["ab"])
 
 
@@ -127,8 +147,11 @@ class _WrapperThatNeverYields:
 
 
 def test_an_error_no_implementation_raised_lists_the_hooks_implementations():
-    with pytest.raises(PluginError, match=r"(?s)^plugin one of .*_WrapperThatNeverYields object \(a wrapper\).*"
-                                          r"in dlm_verify: raised RuntimeError") as caught:
+    with pytest.raises(
+        PluginError,
+        match=r"(?s)^plugin one of .*_WrapperThatNeverYields object \(a wrapper\).*"
+        r"in dlm_verify: raised RuntimeError",
+    ) as caught:
         toy_decoder(observers=[_WrapperThatNeverYields()]).generate(["ab"])
     assert "(verification strategy 'topk')" in str(caught.value)
 
@@ -139,13 +162,20 @@ class _WrongRole:
         return None
 
 
-@pytest.mark.parametrize(("plugin_cls", "problem"), [
-    (_MisspeltArgument, r"the implementation asks for windows.*fix:.*proposal, window"),
-    (_WrongRole, r"a verification strategy must implement exactly `dlm_verify`.*implements \['dlm_propose'\].*fix"),
-], ids=["argument-the-hook-lacks", "another-roles-hook"])
+@pytest.mark.parametrize(
+    ("plugin_cls", "problem"),
+    [
+        (_MisspeltArgument, r"the implementation asks for windows.*fix:.*proposal, window"),
+        (_WrongRole, r"a verification strategy must implement exactly `dlm_verify`.*implements \['dlm_propose'\].*fix"),
+    ],
+    ids=["argument-the-hook-lacks", "another-roles-hook"],
+)
 def test_a_malformed_strategy_is_named_when_the_decoder_is_built(plugin_cls, problem):
-    with pytest.raises(PluginError, match=r"(?s)^plugin tests.bad_plugin \(verification strategy 'bad'\) in "
-                                          r"dlm_verify: " + problem):
+    with pytest.raises(
+        PluginError,
+        match=r"(?s)^plugin tests.bad_plugin \(verification strategy 'bad'\) in "
+        r"dlm_verify: " + problem,
+    ):
         strategy_decoder("verification", "bad", lambda config, context: plugin_cls(), plugin_name="tests.bad_plugin")
 
 
@@ -156,8 +186,11 @@ class _StuckObserver:
 
 
 def test_a_strategy_error_keeps_its_own_message_and_fix():
-    with pytest.raises(PluginError, match=r"(?s)test_dispatch._StuckObserver object in dlm_step_end: the observer "
-                                          r"cannot follow this window\n  fix: use decoder.window=blocks$"):
+    with pytest.raises(
+        PluginError,
+        match=r"(?s)test_dispatch._StuckObserver object in dlm_step_end: the observer "
+        r"cannot follow this window\n  fix: use decoder.window=blocks$",
+    ):
         toy_decoder(observers=[_StuckObserver()]).generate(["ab"])
 
 
@@ -179,8 +212,9 @@ class _Remembers:
 def test_plugin_memory_lives_for_one_batch_and_row_stats_add_up():
     observer = _Remembers()
     model = ToyDiffusionLM(eos_bias=float("-inf"))
-    out = toy_decoder("generation.max_new_tokens=5", "generation.batch_size=2", model=model,
-                      observers=[observer]).generate(["ab", "abc", "abcd"])
+    out = toy_decoder(
+        "generation.max_new_tokens=5", "generation.batch_size=2", model=model, observers=[observer]
+    ).generate(["ab", "abc", "abcd"])
     assert [m["rows"] for m in observer.memories] == [2, 1], "a fresh memory for each batch"
     assert [m["steps"] for m in observer.memories] == [5, 5]
     assert [s.extra["remembers.steps"] for s in out.stats] == [5.0, 5.0, 5.0], "added up over the steps"
@@ -197,8 +231,12 @@ def test_a_factory_reads_the_structured_config_and_the_resolved_one():
     seen = {}
 
     def factory(config, context):
-        seen.update(new_tokens=context.config.generation.max_new_tokens, hash=context.resolved.hash,
-                    dllm=context.dllm, loaded=list(context.loaded))
+        seen.update(
+            new_tokens=context.config.generation.max_new_tokens,
+            hash=context.resolved.hash,
+            dllm=context.dllm,
+            loaded=list(context.loaded),
+        )
         return _Raiser()
 
     model = ToyDiffusionLM()

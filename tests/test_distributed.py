@@ -12,8 +12,15 @@ import pytest
 from dlm_decode.cli import main
 from dlm_decode.distributed import Ranks, env_ranks, gather_objects
 
-EVAL_ARGS = ["generation.max_new_tokens=6", "generation.batch_size=2", "--tasks", "arith,sort", "--limit", "3",
-             "--no-progress"]
+EVAL_ARGS = [
+    "generation.max_new_tokens=6",
+    "generation.batch_size=2",
+    "--tasks",
+    "arith,sort",
+    "--limit",
+    "3",
+    "--no-progress",
+]
 
 
 def read(path):
@@ -37,8 +44,23 @@ def test_two_processes_evaluate_each_example_once_with_the_single_process_result
     overrides = [f"model.dllm.path={tiny_dllm_dir}"]
     assert main(["eval", *overrides, *EVAL_ARGS, "--out", str(single)]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2",
-              "-m", "dlm_decode.cli", "eval", *overrides, *EVAL_ARGS, "--out", str(double)]
+    launch = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "dlm_decode.cli",
+        "eval",
+        *overrides,
+        *EVAL_ARGS,
+        "--out",
+        str(double),
+    ]
     run = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
 

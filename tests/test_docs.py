@@ -9,8 +9,6 @@ import re
 import shlex
 from pathlib import Path
 
-import pytest
-
 from dlm_decode import hookspecs
 from dlm_decode.registry import ROLE_HOOKS, ROLES
 
@@ -28,7 +26,10 @@ def documented_hooks() -> dict[str, dict]:
         if line.startswith("| [`dlm_"):
             hook, role, called_with, returns = (cell.strip() for cell in line.strip("|").split("|"))
             found[re.match(r"\[`(\w+)`\]", hook).group(1)] = {
-                "arguments": re.findall(r"`(\w+)`", called_with), "role": role, "returns": returns.strip("`")}
+                "arguments": re.findall(r"`(\w+)`", called_with),
+                "role": role,
+                "returns": returns.strip("`"),
+            }
     for hook, arguments in re.findall(r"\[`(dlm_\w+)\(([\w, ]*)\)`\]", text):
         found[hook] = {"arguments": [a.strip() for a in arguments.split(",") if a.strip()]}
     return found
@@ -96,11 +97,15 @@ def documented_commands() -> list[tuple[str, str]]:
     for page in pages:
         text = page.read_text(encoding="utf-8")
         blocks = re.findall(r"```[a-z]*\n(.*?)```", text, re.S)
-        lines = [line.strip().removeprefix("$ ") for block in blocks
-                 for line in re.sub(r"\\\n\s*", " ", block).splitlines()]
+        lines = [
+            line.strip().removeprefix("$ ") for block in blocks for line in re.sub(r"\\\n\s*", " ", block).splitlines()
+        ]
         lines += re.findall(r"`(dlm-decode [^`]*)`", re.sub(r"```.*?```", "", text, flags=re.S))
-        commands += [(page.name, line) for line in lines
-                     if line.startswith("dlm-decode ") and not re.search(r"\[|<|\.\.\.|^dlm-decode error", line)]
+        commands += [
+            (page.name, line)
+            for line in lines
+            if line.startswith("dlm-decode ") and not re.search(r"\[|<|\.\.\.|^dlm-decode error", line)
+        ]
     return commands
 
 

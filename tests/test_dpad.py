@@ -29,6 +29,7 @@ from dlm_decode import ConfigError
 from dlm_decode.decoder import Decoder
 from dlm_decode.state import DecodeState
 from dlm_decode.strategies.dpad import DPadConfig, DPadMemory, DPadWindow, keep_probabilities
+
 from helpers import REFERENCE, FinalCanvas
 
 PRESET = Path(__file__).resolve().parents[1] / "configs" / "decoders" / "dpad.yaml"
@@ -41,6 +42,7 @@ def phi(x: float) -> float:
 
 
 # --- keep probabilities -------------------------------------------------------------------------------------------
+
 
 def test_official_spacing_puts_the_window_on_linspace_0_to_sigma():
     p = keep_probabilities(DPadConfig(suffix_window=5, sigma=4.0, scale=2.0), 7)
@@ -55,14 +57,20 @@ def test_paper_spacing_starts_one_step_into_the_gaussian():
 
 
 def test_a_one_column_window_and_the_default_window():
-    torch.testing.assert_close(keep_probabilities(DPadConfig(suffix_window=1, scale=3.0), 3),
-                               torch.tensor([3 * phi(0.0), 0.0, 0.0], dtype=torch.float64), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        keep_probabilities(DPadConfig(suffix_window=1, scale=3.0), 3),
+        torch.tensor([3 * phi(0.0), 0.0, 0.0], dtype=torch.float64),
+        rtol=1e-12,
+        atol=0,
+    )
     p = keep_probabilities(DPadConfig(sigma=3.0, scale=1.0), 4)  # null window: the 4 distances given
-    torch.testing.assert_close(p, torch.tensor([phi(0), phi(1), phi(2), phi(3)], dtype=torch.float64),
-                               rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        p, torch.tensor([phi(0), phi(1), phi(2), phi(3)], dtype=torch.float64), rtol=1e-12, atol=0
+    )
 
 
 # --- visibility on a hand-built state ------------------------------------------------------------------------------
+
 
 class FixedUniforms(DPadWindow):
     """DPad with chosen uniforms instead of the rows' generators."""
@@ -77,8 +85,15 @@ class FixedUniforms(DPadWindow):
 
 
 def small_state(prompts=((1, 2), (3, 4, 5)), new=12) -> DecodeState:
-    return DecodeState.build([list(p) for p in prompts], max_new_tokens=new, mask_token_id=MASK, pad_token_id=0,
-                             eos_token_ids=[98], fill_token_id=98, seeds=[0] * len(prompts))
+    return DecodeState.build(
+        [list(p) for p in prompts],
+        max_new_tokens=new,
+        mask_token_id=MASK,
+        pad_token_id=0,
+        eos_token_ids=[98],
+        fill_token_id=98,
+        seeds=[0] * len(prompts),
+    )
 
 
 def commit(state: DecodeState, columns: range) -> None:
@@ -138,8 +153,15 @@ def test_gaussian_keep_frequencies_follow_the_density():
     """400 rows x 6 blocks of real per-row draws; each distance's keep frequency lies within 0.05 of p(d) (more than
     5 standard deviations of a frequency over 2400 draws, sqrt(0.25 / 2400) = 0.0102)."""
     config = DPadConfig(size=8, suffix_window=16, sigma=4.0, scale=2.0)
-    state = DecodeState.build([[1, 2]] * 400, max_new_tokens=32, mask_token_id=MASK, pad_token_id=0,
-                              eos_token_ids=[98], fill_token_id=98, seeds=list(range(400)))
+    state = DecodeState.build(
+        [[1, 2]] * 400,
+        max_new_tokens=32,
+        mask_token_id=MASK,
+        pad_token_id=0,
+        eos_token_ids=[98],
+        fill_token_id=98,
+        seeds=list(range(400)),
+    )
     keep = DPadWindow(config, trim=True).keep_table(state).keep  # [400, 6, 32]
     frequency = keep.double().mean((0, 1))
     expected = torch.tensor([2 * phi(4 * d / 15) if d < 16 else 0.0 for d in range(32)], dtype=torch.float64)
@@ -153,8 +175,15 @@ def test_uniform_keeps_exactly_the_preserved_number_uniformly():
     kept with frequency 3 / 12 = 0.25 (within 0.05 over 1000 rows: > 5 standard deviations, sqrt(0.1875/1000) =
     0.0137)."""
     config = DPadConfig(size=8, suffix_window=12, dropout="uniform", preserved_tokens=3)
-    state = DecodeState.build([[1, 2]] * 1000, max_new_tokens=32, mask_token_id=MASK, pad_token_id=0,
-                              eos_token_ids=[98], fill_token_id=98, seeds=list(range(1000)))
+    state = DecodeState.build(
+        [[1, 2]] * 1000,
+        max_new_tokens=32,
+        mask_token_id=MASK,
+        pad_token_id=0,
+        eos_token_ids=[98],
+        fill_token_id=98,
+        seeds=list(range(1000)),
+    )
     keep = DPadWindow(config, trim=True).keep_table(state).keep
     assert keep[:, :3].sum(-1).eq(3).all()  # blocks 0-2 (suffix 24, 16, 8 > 3)
     assert keep[:, 3].sum(-1).eq(0).all()  # the last block has no suffix
@@ -164,19 +193,48 @@ def test_uniform_keeps_exactly_the_preserved_number_uniformly():
 
 def test_a_row_draws_the_same_kept_sets_alone_and_in_a_batch():
     config = DPadConfig(size=4, suffix_window=8)
-    batch = DecodeState.build([[1], [2, 3, 4], [5, 6]], max_new_tokens=16, mask_token_id=MASK, pad_token_id=0,
-                              eos_token_ids=[98], fill_token_id=98, seeds=[5, 6, 7])
-    alone = DecodeState.build([[2, 3, 4]], max_new_tokens=16, mask_token_id=MASK, pad_token_id=0,
-                              eos_token_ids=[98], fill_token_id=98, seeds=[6])
+    batch = DecodeState.build(
+        [[1], [2, 3, 4], [5, 6]],
+        max_new_tokens=16,
+        mask_token_id=MASK,
+        pad_token_id=0,
+        eos_token_ids=[98],
+        fill_token_id=98,
+        seeds=[5, 6, 7],
+    )
+    alone = DecodeState.build(
+        [[2, 3, 4]],
+        max_new_tokens=16,
+        mask_token_id=MASK,
+        pad_token_id=0,
+        eos_token_ids=[98],
+        fill_token_id=98,
+        seeds=[6],
+    )
     window = DPadWindow(config, trim=True)
     assert torch.equal(window.keep_table(batch).keep[1], window.keep_table(alone).keep[0])
 
 
 # --- decoding ------------------------------------------------------------------------------------------------------
 
-MIXED = ["sort 4 1 7 9 3", "hi", "What is 12 + 30?", "a", "reverse the word stone please", "x y z", "count 1 2 3",
-         "ok", "Name three fruits", "b c", "longer prompt with several words in it", "7 * 8", "q", "abc abc", "zz",
-         "the end"]
+MIXED = [
+    "sort 4 1 7 9 3",
+    "hi",
+    "What is 12 + 30?",
+    "a",
+    "reverse the word stone please",
+    "x y z",
+    "count 1 2 3",
+    "ok",
+    "Name three fruits",
+    "b c",
+    "longer prompt with several words in it",
+    "7 * 8",
+    "q",
+    "abc abc",
+    "zz",
+    "the end",
+]
 
 
 @pytest.mark.parametrize("cache", ["none", "dual"])
@@ -194,21 +252,30 @@ def test_the_preset_is_a_no_op_on_a_block_causal_model_with_whole_blocks():
     block's queries cannot see anyway, so DPad decodes as ``blocks(8)``."""
     prompts = MIXED[:6]
     dpad = Decoder.from_config(PRESET, ["model.dllm.path=embedded:block"]).generate(prompts)
-    plain = Decoder.from_config(PRESET, ["model.dllm.path=embedded:block", "decoder.window=blocks",
-                                         "decoder.window.size=8"]).generate(prompts)
+    plain = Decoder.from_config(
+        PRESET, ["model.dllm.path=embedded:block", "decoder.window=blocks", "decoder.window.size=8"]
+    ).generate(prompts)
     assert dpad.token_ids == plain.token_ids
 
 
 def test_a_block_straddling_the_model_blocks_is_refused():
-    with pytest.raises(ConfigError, match=r"decoder\.window\.size.*12 neither divides nor is a multiple.*block "
-                                          r"size 8"):
+    with pytest.raises(
+        ConfigError,
+        match=r"decoder\.window\.size.*12 neither divides nor is a multiple.*block "
+        r"size 8",
+    ):
         Decoder.from_config(PRESET, ["model.dllm.path=embedded:block", "decoder.window.size=12"])
 
 
-@pytest.mark.parametrize("override, key", [("decoder.window.dropout=bernoulli", "dropout"),
-                                           ("decoder.window.suffix_window=0", "suffix_window"),
-                                           ("decoder.window.scale=0", "scale"),
-                                           ("decoder.window.spacing=linear", "spacing")])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("decoder.window.dropout=bernoulli", "dropout"),
+        ("decoder.window.suffix_window=0", "suffix_window"),
+        ("decoder.window.scale=0", "scale"),
+        ("decoder.window.spacing=linear", "spacing"),
+    ],
+)
 def test_bad_knobs_are_refused_naming_the_key(override, key):
     with pytest.raises(ConfigError, match=key):
         Decoder.from_config(PRESET, [override])
@@ -223,16 +290,32 @@ def equivalent(decoder: str, a: dict) -> list[str]:
     """The overrides under which the project decodes as the official ``decoder`` called with arguments ``a``."""
     blocks = a["gen_length"] // a["block_length"]
     window = [f"decoder.window.dropout={a['dropout']}", f"decoder.window.suffix_window={a['window']}"]
-    window += ([f"decoder.window.sigma={a['sigma']}", f"decoder.window.scale={a['scale']}"]
-               if a["dropout"] == "gaussian" else [f"decoder.window.preserved_tokens={a['preserved_tokens']}"])
-    verification = (["decoder.verification=threshold", f"decoder.verification.threshold={a['threshold']}"]
-                    if a["threshold"] is not None else
-                    ["decoder.verification=topk", "decoder.verification.score=confidence",
-                     f"decoder.verification.steps_per_block={a['steps'] // blocks}"])
-    return [f"model.dllm.path={REFERENCE / 'llada-tiny'}", f"generation.max_new_tokens={a['gen_length']}",
-            "decoder.window=dpad", f"decoder.window.size={a['block_length']}", *window, "decoder.proposal=greedy",
-            f"decoder.cache={CACHES[decoder]}", *verification, "generation.stop_at_eos=false",
-            "generation.batch_size=16"]
+    window += (
+        [f"decoder.window.sigma={a['sigma']}", f"decoder.window.scale={a['scale']}"]
+        if a["dropout"] == "gaussian"
+        else [f"decoder.window.preserved_tokens={a['preserved_tokens']}"]
+    )
+    verification = (
+        ["decoder.verification=threshold", f"decoder.verification.threshold={a['threshold']}"]
+        if a["threshold"] is not None
+        else [
+            "decoder.verification=topk",
+            "decoder.verification.score=confidence",
+            f"decoder.verification.steps_per_block={a['steps'] // blocks}",
+        ]
+    )
+    return [
+        f"model.dllm.path={REFERENCE / 'llada-tiny'}",
+        f"generation.max_new_tokens={a['gen_length']}",
+        "decoder.window=dpad",
+        f"decoder.window.size={a['block_length']}",
+        *window,
+        "decoder.proposal=greedy",
+        f"decoder.cache={CACHES[decoder]}",
+        *verification,
+        "generation.stop_at_eos=false",
+        "generation.batch_size=16",
+    ]
 
 
 def _groups() -> dict[str, list[dict]]:
@@ -254,7 +337,7 @@ def recorded_keep_table(cases: list[dict]):
         generated = state.width - state.gen_start
         keep = torch.zeros(state.batch_size, generated // self.config.size + 2, generated, dtype=torch.bool)
         for row in range(state.batch_size):
-            prompt = state.canvas[row, :state.gen_start][state.attention_mask[row, :state.gen_start]].tolist()
+            prompt = state.canvas[row, : state.gen_start][state.attention_mask[row, : state.gen_start]].tolist()
             for block, distances in enumerate(by_prompt[tuple(prompt)]):
                 keep[row, block, distances] = True
         return DPadMemory(keep=keep, first_block=torch.zeros(state.batch_size, dtype=torch.long))
@@ -287,9 +370,11 @@ def test_the_deterministic_window_changes_the_tokens_on_llada_tiny():
     """The rule fires: the window of 8 suffix masks gives other tokens than seeing the whole suffix."""
     name = next(n for n in GROUPS if n.startswith("dpad.generate{") and '"window": 8' in n)
     cases = GROUPS[name]
-    overrides = [o for o in equivalent(cases[0]["decoder"], cases[0]["arguments"])
-                 if not o.startswith("decoder.window")]
+    overrides = [
+        o for o in equivalent(cases[0]["decoder"], cases[0]["arguments"]) if not o.startswith("decoder.window")
+    ]
     canvas = FinalCanvas()
-    Decoder.from_config({}, [*overrides, "decoder.window=blocks", "decoder.window.size=8"],
-                        observers=[canvas]).generate([OFFICIAL["prompts"][case["prompt"]] for case in cases])
+    Decoder.from_config(
+        {}, [*overrides, "decoder.window=blocks", "decoder.window.size=8"], observers=[canvas]
+    ).generate([OFFICIAL["prompts"][case["prompt"]] for case in cases])
     assert sum(row != case["generated"] for row, case in zip(canvas.rows, cases)) >= 1

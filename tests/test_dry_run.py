@@ -12,6 +12,7 @@ from dlm_decode.decoder import Decoder
 from dlm_decode.models.adapter import DiffusionLM
 from dlm_decode.models.dry_run import dry_run
 from dlm_decode.testing.models import build_tiny_checkpoint, dream_like_tokenizer
+
 from helpers import edited_copy
 from stand_ins import REMOTE
 
@@ -23,8 +24,12 @@ def tiny(tmp_path_factory):
 
 
 def check(dllm, ar=None, *overrides, trust=True, **kwargs):
-    items = [f"model.dllm.path={dllm}", "model.dllm.implementation=remote",
-             f"model.dllm.trust_remote_code={str(trust).lower()}", *overrides]
+    items = [
+        f"model.dllm.path={dllm}",
+        "model.dllm.implementation=remote",
+        f"model.dllm.trust_remote_code={str(trust).lower()}",
+        *overrides,
+    ]
     if ar is not None:
         items += [f"model.ar.path={ar}", "decoder.verification=apd", "decoder.window=lookahead"]
     if "prompts" not in kwargs:
@@ -40,12 +45,52 @@ def test_dry_run_passes_the_paper_pairing_without_weights(stand_ins, tmp_path):
     assert "family dream" in report.facts["dllm"]
     tok = dream_like_tokenizer()
     assert report.facts["special_ids"].startswith(f"mask {tok.convert_tokens_to_ids('<|mask|>')}, ")
-    assert main(["generate", "--dry-run", "-c", "configs/decoders/apd.yaml", f"model.dllm.path={dream}", *REMOTE,
-                 f"model.ar.path={qwen}", "--prompt", "What is 2+2?"]) == 0
-    assert main(["generate", "--dry-run", "-c", "configs/decoders/apd.yaml", f"model.dllm.path={dream}", *REMOTE,
-                 f"model.ar.path={qwen}"]) == 0, "no prompt: the budget is what the contexts leave"
-    assert main(["generate", "--dry-run", "-c", "configs/decoders/apd.yaml", f"model.dllm.path={dream}", *REMOTE,
-                 f"model.ar.path={qwen}", "--prompt-budget", "512"]) == 2, "512 + 32 > 256"
+    assert (
+        main(
+            [
+                "generate",
+                "--dry-run",
+                "-c",
+                "configs/decoders/apd.yaml",
+                f"model.dllm.path={dream}",
+                *REMOTE,
+                f"model.ar.path={qwen}",
+                "--prompt",
+                "What is 2+2?",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "generate",
+                "--dry-run",
+                "-c",
+                "configs/decoders/apd.yaml",
+                f"model.dllm.path={dream}",
+                *REMOTE,
+                f"model.ar.path={qwen}",
+            ]
+        )
+        == 0
+    ), "no prompt: the budget is what the contexts leave"
+    assert (
+        main(
+            [
+                "generate",
+                "--dry-run",
+                "-c",
+                "configs/decoders/apd.yaml",
+                f"model.dllm.path={dream}",
+                *REMOTE,
+                f"model.ar.path={qwen}",
+                "--prompt-budget",
+                "512",
+            ]
+        )
+        == 2
+    ), "512 + 32 > 256"
 
 
 def test_dry_run_needs_trust_remote_code(stand_ins):
@@ -60,7 +105,8 @@ def test_dry_run_catches_tokenizers_that_disagree(stand_ins, tmp_path):
     report = check(stand_ins["dream"], qwen)
     assert report.checks() == {"pair_tokenizer"}
     assert "2 AR token(s)" in report.errors[0].message
-    assert check(stand_ins["llada"], stand_ins["qwen"]).checks() == {"pair_tokenizer"}, "LLaDA's tokenizer is not Qwen's"
+    pair = check(stand_ins["llada"], stand_ins["qwen"])
+    assert pair.checks() == {"pair_tokenizer"}, "LLaDA's tokenizer is not Qwen's"
 
 
 def test_dry_run_catches_an_ar_head_wider_than_the_dllm_head(stand_ins, tmp_path):
@@ -70,8 +116,11 @@ def test_dry_run_catches_an_ar_head_wider_than_the_dllm_head(stand_ins, tmp_path
     assert "120" in report.errors[0].message and "112" in report.errors[0].message
 
 
-@pytest.mark.parametrize(("edit", "expected"), [({"mask_token": None}, "mask"), ({"pad_token": "<mask>"}, "pad"),
-                                              ({"eos_token": None}, "eos")], ids=["no-mask", "pad-is-mask", "no-eos"])
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [({"mask_token": None}, "mask"), ({"pad_token": "<mask>"}, "pad"), ({"eos_token": None}, "eos")],
+    ids=["no-mask", "pad-is-mask", "no-eos"],
+)
 def test_a_bad_special_token_is_refused_by_the_dry_run_and_by_the_real_load(tiny, tmp_path, edit, expected):
     broken = edited_copy(tiny["dllm"], tmp_path / "broken", tokenizer_config=edit)
     assert check(broken).checks() == {expected}
@@ -114,8 +163,11 @@ def test_dry_run_and_loading_agree_on_causal_dllms_and_a_mask_id_that_is_an_eos_
 
 
 def test_dry_run_catches_apd_without_an_ar_model(tiny):
-    with pytest.raises(ConfigError, match=r"(?s)`model.ar`: the 'apd' verification strategy.*null.*fix: set "
-                                          r"model.ar.path"):
+    with pytest.raises(
+        ConfigError,
+        match=r"(?s)`model.ar`: the 'apd' verification strategy.*null.*fix: set "
+        r"model.ar.path",
+    ):
         check(tiny["dllm"], None, "decoder.verification=apd")
 
 
@@ -139,7 +191,8 @@ def test_a_finding_carries_the_errors_message_and_fix_apart(tiny, tmp_path):
     assert "fix" not in missing.message and missing.message.startswith(f"`model.dllm.path` = '{tmp_path / 'nowhere'}'")
     assert missing.fix.startswith("check the path (a relative one is read from the working directory")
     [attention] = check(tiny["dllm"], None, "model.dllm.block_size=4").errors
-    assert attention.message == ("model.dllm.block_size is 4, but the model is bidirectional (model.dllm.attention: "
-                                 "auto)")
+    assert attention.message == (
+        "model.dllm.block_size is 4, but the model is bidirectional (model.dllm.attention: auto)"
+    )
     assert attention.fix == "set model.dllm.attention=block_causal if it is block-causal, or drop model.dllm.block_size"
     assert str(attention).endswith("\n    fix: " + attention.fix)

@@ -9,8 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from dlm_decode.errors import (ConfigError, DecodeError, DlmDecodeError, InputError, ModelError, PluginError,
-                               StrategyError, with_fix)
+from dlm_decode.errors import (
+    ConfigError,
+    DecodeError,
+    DlmDecodeError,
+    InputError,
+    ModelError,
+    PluginError,
+    StrategyError,
+    with_fix,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,8 +34,11 @@ def test_an_error_keeps_its_fix_apart_and_prints_it_on_a_line_of_its_own(kind):
 
 def test_the_errors_that_name_a_key_or_a_plugin_put_it_in_front_of_the_message():
     error = ConfigError("decoder.window.size", "must be at least 1, got 0", "set it to 1 or more")
-    assert (error.key, error.message, error.fix) == ("decoder.window.size", "`decoder.window.size`: must be at "
-                                                     "least 1, got 0", "set it to 1 or more")
+    assert (error.key, error.message, error.fix) == (
+        "decoder.window.size",
+        "`decoder.window.size`: must be at least 1, got 0",
+        "set it to 1 or more",
+    )
     assert str(error) == "`decoder.window.size`: must be at least 1, got 0\n  fix: set it to 1 or more"
     error = PluginError("wino", "dlm_verify", "raised KeyError: 'k'", fix="report it")
     assert (error.plugin, error.hook, error.fix) == ("wino", "dlm_verify", "report it")

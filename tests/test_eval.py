@@ -12,8 +12,18 @@ from dlm_decode.eval.runner import evaluate
 from dlm_decode.eval.tasks import load_examples
 from dlm_decode.testing.models import build_tiny_checkpoint
 
-SUMMARY_KEYS = {"accuracy", "per_task", "nfe", "tokens_per_forward", "ar_forwards", "tokens_per_s", "wall_s",
-                "config_hash", "weights_hash", "split"}
+SUMMARY_KEYS = {
+    "accuracy",
+    "per_task",
+    "nfe",
+    "tokens_per_forward",
+    "ar_forwards",
+    "tokens_per_s",
+    "wall_s",
+    "config_hash",
+    "weights_hash",
+    "split",
+}
 
 
 def read_results(path):
@@ -21,8 +31,12 @@ def read_results(path):
 
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(make_decoder, tmp_path, monkeypatch):
-    decoder = make_decoder("generation.batch_size=2", "generation.max_new_tokens=6",
-                           "decoder.proposal=sample", "decoder.proposal.temperature=1.0")
+    decoder = make_decoder(
+        "generation.batch_size=2",
+        "generation.max_new_tokens=6",
+        "decoder.proposal=sample",
+        "decoder.proposal.temperature=1.0",
+    )
     tasks = ["arith", "sort"]
     reference = evaluate(decoder, tmp_path / "full", tasks=tasks, limit=3, progress=False)
 
@@ -63,8 +77,9 @@ def test_records_of_earlier_versions_with_a_steps_key_resume_and_summarise_as_be
     (tmp_path / "old" / "results.jsonl").write_text(json.dumps({**first, "steps": first["nfe"]}) + "\n")
     resumed = evaluate(decoder, tmp_path / "old", tasks=["arith"], limit=2, progress=False)
     assert [r["id"] for r in read_results(tmp_path / "old")] == [first["id"], second["id"]], "only the second decoded"
-    assert {k: resumed[k] for k in ("per_task", "nfe", "examples")} == \
-        {k: reference[k] for k in ("per_task", "nfe", "examples")}
+    assert {k: resumed[k] for k in ("per_task", "nfe", "examples")} == {
+        k: reference[k] for k in ("per_task", "nfe", "examples")
+    }
 
 
 def test_results_of_another_config_are_not_mixed_in(make_decoder, tmp_path):
@@ -119,8 +134,7 @@ def test_unknown_task_is_named(make_decoder, tmp_path):
 def test_an_id_names_the_same_example_whatever_the_tasks_and_limit(make_decoder, tmp_path):
     """A rerun with other --tasks / --limit reuses only the records of the same examples, decoded with the same
     seeds, so it equals a fresh run."""
-    decoder = make_decoder("generation.max_new_tokens=6", "decoder.proposal=sample",
-                           "decoder.proposal.temperature=1.0")
+    decoder = make_decoder("generation.max_new_tokens=6", "decoder.proposal=sample", "decoder.proposal.temperature=1.0")
     evaluate(decoder, tmp_path / "out", tasks=["arith", "sort"], limit=1, progress=False)
     resumed = evaluate(decoder, tmp_path / "out", tasks=["sort"], limit=2, progress=False)
     fresh = evaluate(decoder, tmp_path / "fresh", tasks=["sort"], limit=2, progress=False)
@@ -162,11 +176,14 @@ def test_a_refused_resume_writes_nothing(make_decoder, tmp_path):
     assert (tmp_path / "config.yaml").read_text().startswith(f"# config_hash: {first.config.hash}\n")
 
 
-@pytest.mark.parametrize(("tasks", "limit", "message"), [
-    ([], 1, "--tasks names no task\n  fix: name one or more of"),
-    (["sort", "arith", "sort"], 1, "--tasks names sort more than once\n  fix: name each task once"),
-    (["sort"], 0, "--limit must be at least 1, got 0\n  fix: pass --limit 1 or more"),
-])
+@pytest.mark.parametrize(
+    ("tasks", "limit", "message"),
+    [
+        ([], 1, "--tasks names no task\n  fix: name one or more of"),
+        (["sort", "arith", "sort"], 1, "--tasks names sort more than once\n  fix: name each task once"),
+        (["sort"], 0, "--limit must be at least 1, got 0\n  fix: pass --limit 1 or more"),
+    ],
+)
 def test_an_empty_or_repeated_selection_is_refused(make_decoder, tmp_path, tasks, limit, message):
     with pytest.raises(InputError, match=message):
         evaluate(make_decoder(), tmp_path, tasks=tasks, limit=limit, progress=False)
@@ -214,15 +231,32 @@ def test_a_second_run_on_a_busy_out_is_refused_and_writes_nothing(make_decoder, 
     from dlm_decode.cli import main
 
     out, holder = busy_out
-    with pytest.raises(InputError, match=rf"(?s)--out {out} is in use by another run \(dlm-decode eval, pid "
-                                         rf"{holder.pid} .*record it twice.*another --out"):
+    with pytest.raises(
+        InputError,
+        match=rf"(?s)--out {out} is in use by another run \(dlm-decode eval, pid "
+        rf"{holder.pid} .*record it twice.*another --out",
+    ):
         evaluate(make_decoder(), out, tasks=["sort"], limit=2, progress=False)
     assert sorted(p.name for p in out.iterdir()) == [".dlm-decode.lock"], "nothing written beside the lock"
     assert (out / ".dlm-decode.lock").read_text().startswith(f"dlm-decode eval, pid {holder.pid} on ")
     assert main(["eval", "--tasks", "sort", "--limit", "2", "--out", str(out)]) == 2
     assert "is in use by another run" in capsys.readouterr().err
-    assert main(["ablate", "--vary", "decoder.verification.tokens_per_step=2", "--tasks", "sort", "--limit", "2",
-                 "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "ablate",
+                "--vary",
+                "decoder.verification.tokens_per_step=2",
+                "--tasks",
+                "sort",
+                "--limit",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "is in use by another run (dlm-decode eval" in capsys.readouterr().err
     holder.kill()
     holder.wait()  # the lock goes with its process, even a killed one
@@ -265,8 +299,12 @@ def test_a_file_system_without_flock_logs_a_warning_and_runs(make_decoder, tmp_p
     with caplog.at_level(logging.WARNING, logger="dlm_decode.eval.lock"):
         summary = evaluate(make_decoder(), tmp_path / "run", tasks=["sort"], limit=1, progress=False)
     assert [(record.levelno, record.getMessage()) for record in caplog.records] == [
-        (logging.WARNING, f"--out {tmp_path / 'run'}: its file system does not support flock (No locks available), "
-                          "so another run started on this directory would not be refused; start one run per directory")]
+        (
+            logging.WARNING,
+            f"--out {tmp_path / 'run'}: its file system does not support flock (No locks available), "
+            "so another run started on this directory would not be refused; start one run per directory",
+        )
+    ]
     assert summary["examples"] == 1
     assert not (tmp_path / "run" / ".dlm-decode.lock").exists()
 

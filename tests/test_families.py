@@ -7,6 +7,7 @@ import pytest
 
 from dlm_decode import ModelError
 from dlm_decode.testing.models import dream_like_tokenizer, llada_like_tokenizer
+
 from stand_ins import load
 
 
@@ -44,6 +45,7 @@ def test_the_config_schema_accepts_exactly_the_known_families():
 
     assert FAMILY_NAMES == ("auto", *FAMILIES) == ("auto", "bidirectional", "llada", "dream", "sdar", "fast_dllm_v2")
     assert [ModelSpec(family=name).family for name in FAMILY_NAMES] == list(FAMILY_NAMES)
-    with pytest.raises(FieldError, match="must be one of auto, bidirectional, llada, dream, sdar, fast_dllm_v2, got "
-                                         "'gpt'"):
+    with pytest.raises(
+        FieldError, match="must be one of auto, bidirectional, llada, dream, sdar, fast_dllm_v2, got 'gpt'"
+    ):
         ModelSpec(family="gpt")

@@ -21,6 +21,7 @@ from dlm_decode.masks import AttentionPattern
 from dlm_decode.state import DecodeState, Window
 from dlm_decode.strategies.freedave import draft
 from dlm_decode.testing.toy import ToyDiffusionLM
+
 from helpers import ModelWrapper, toy_decoder
 
 
@@ -28,25 +29,43 @@ def one_token_and_freedave(model, prompts, draft_steps, *overrides):
     """``(one token per step, freedave)`` outputs of ``prompts`` on ``model`` under the same overrides."""
     common = [*overrides, "decoder.proposal=greedy", "decoder.cache=none"]
     one = Decoder(load_config({}, [*common, "decoder.verification=topk"]), dllm=model).generate(prompts)
-    fast = Decoder(load_config({}, [*common, "decoder.verification=freedave",
-                                    f"decoder.verification.draft_steps={draft_steps}"]), dllm=model).generate(prompts)
+    fast = Decoder(
+        load_config({}, [*common, "decoder.verification=freedave", f"decoder.verification.draft_steps={draft_steps}"]),
+        dllm=model,
+    ).generate(prompts)
     return one, fast
 
 
 @settings(max_examples=30)
-@given(seed=st.integers(0, 2**16), vocab=st.integers(5, 16), sharpness=st.sampled_from([0.5, 2.0, 6.0]),
-       eos_bias=st.sampled_from([float("-inf"), 0.0, 3.0]), context=st.booleans(),
-       prompts=st.lists(st.text(alphabet="abcdefgh1234", min_size=1, max_size=10), min_size=1, max_size=6),
-       window=st.sampled_from(["full", 1, 3, 4, 8]), max_new=st.integers(1, 20), draft_steps=st.integers(1, 6),
-       stop_at_eos=st.booleans(), batch=st.integers(1, 6))
+@given(
+    seed=st.integers(0, 2**16),
+    vocab=st.integers(5, 16),
+    sharpness=st.sampled_from([0.5, 2.0, 6.0]),
+    eos_bias=st.sampled_from([float("-inf"), 0.0, 3.0]),
+    context=st.booleans(),
+    prompts=st.lists(st.text(alphabet="abcdefgh1234", min_size=1, max_size=10), min_size=1, max_size=6),
+    window=st.sampled_from(["full", 1, 3, 4, 8]),
+    max_new=st.integers(1, 20),
+    draft_steps=st.integers(1, 6),
+    stop_at_eos=st.booleans(),
+    batch=st.integers(1, 6),
+)
 def test_freedave_gives_the_one_token_per_step_tokens_in_no_more_forwards(
-        seed, vocab, sharpness, eos_bias, context, prompts, window, max_new, draft_steps, stop_at_eos, batch):
+    seed, vocab, sharpness, eos_bias, context, prompts, window, max_new, draft_steps, stop_at_eos, batch
+):
     model = ToyDiffusionLM(vocab, eos_bias=eos_bias, sharpness=sharpness, seed=seed, context=context)
-    window_overrides = ["decoder.window=full"] if window == "full" else ["decoder.window=blocks",
-                                                                         f"decoder.window.size={window}"]
-    one, fast = one_token_and_freedave(model, prompts, draft_steps, *window_overrides,
-                                       f"generation.max_new_tokens={max_new}", f"generation.batch_size={batch}",
-                                       f"generation.stop_at_eos={str(stop_at_eos).lower()}")
+    window_overrides = (
+        ["decoder.window=full"] if window == "full" else ["decoder.window=blocks", f"decoder.window.size={window}"]
+    )
+    one, fast = one_token_and_freedave(
+        model,
+        prompts,
+        draft_steps,
+        *window_overrides,
+        f"generation.max_new_tokens={max_new}",
+        f"generation.batch_size={batch}",
+        f"generation.stop_at_eos={str(stop_at_eos).lower()}",
+    )
     assert fast.token_ids == one.token_ids
     assert all(f.nfe <= o.nfe for f, o in zip(fast.stats, one.stats, strict=True))
     if draft_steps == 1:
@@ -61,12 +80,17 @@ def test_freedave_is_lossless_on_a_random_transformer_at_batch_16(one_layer, pat
     model = one_layer if pattern is None else WithPattern(one_layer, pattern)
     prompts = ["sort: 3 1 2", "hi", "reverse: abcdef", "7+5=", "pick a fruit please", "x"] * 3
     block = "3" if pattern is not None and pattern.block_size == 3 else "4"
-    overrides = ["decoder.window=blocks", f"decoder.window.size={block}", "generation.max_new_tokens=24",
-                 f"generation.stop_at_eos={str(stop_at_eos).lower()}"]
+    overrides = [
+        "decoder.window=blocks",
+        f"decoder.window.size={block}",
+        "generation.max_new_tokens=24",
+        f"generation.stop_at_eos={str(stop_at_eos).lower()}",
+    ]
     one, fast = one_token_and_freedave(model, prompts, 4, *overrides, "generation.batch_size=16")
     assert fast.token_ids == one.token_ids
-    solo = Decoder(load_config({}, [*overrides, "decoder.verification=freedave", "generation.batch_size=1"]),
-                   dllm=model).generate(prompts[:6])
+    solo = Decoder(
+        load_config({}, [*overrides, "decoder.verification=freedave", "generation.batch_size=1"]), dllm=model
+    ).generate(prompts[:6])
     assert solo.token_ids == fast.token_ids[:6]
     assert sum(s.nfe for s in fast.stats) < sum(s.nfe for s in one.stats)
 
@@ -98,11 +122,20 @@ def test_a_model_whose_ranking_never_changes_verifies_every_draft():
     1, 4, 3 commits; 6 masks in blocks of 4 -> 1, 3, then 2 (the second block's drafts come from the first's
     last forward)."""
     model = ToyDiffusionLM(eos_bias=float("-inf"), context=False)
-    decoder = toy_decoder("decoder.verification=freedave", "decoder.verification.draft_steps=4",
-                          "generation.max_new_tokens=8", model=model)
+    decoder = toy_decoder(
+        "decoder.verification=freedave",
+        "decoder.verification.draft_steps=4",
+        "generation.max_new_tokens=8",
+        model=model,
+    )
     assert decoder.generate(["ab"]).stats[0].commits_per_step == [1, 4, 3]
-    decoder = toy_decoder("decoder.verification=freedave", "decoder.window=blocks", "decoder.window.size=4",
-                          "generation.max_new_tokens=6", model=model)
+    decoder = toy_decoder(
+        "decoder.verification=freedave",
+        "decoder.window=blocks",
+        "decoder.window.size=4",
+        "generation.max_new_tokens=6",
+        model=model,
+    )
     assert decoder.generate(["ab"]).stats[0].commits_per_step == [1, 3, 2]
 
 
@@ -111,12 +144,20 @@ def test_drafts_are_ranked_nested_and_settled_like_a_decision():
     draft is an EOS: with stop_at_eos both canvases fill the columns after it, as the core fills a committed EOS's
     tail. Row 2 has one eligible column, so its second draft is invalid and its second canvas repeats the first."""
     mask, eos, fill = 3, 2, 2
-    state = DecodeState.build([[5], [6], [7]], max_new_tokens=4, mask_token_id=mask, pad_token_id=0,
-                              eos_token_ids=[eos], fill_token_id=fill, seeds=[0, 1, 2])
+    state = DecodeState.build(
+        [[5], [6], [7]],
+        max_new_tokens=4,
+        mask_token_id=mask,
+        pad_token_id=0,
+        eos_token_ids=[eos],
+        fill_token_id=fill,
+        seeds=[0, 1, 2],
+    )
     eligible = state.masked.clone()
     eligible[2, 2:] = False
-    window = Window(eligible=eligible, input_end=5, block_start=torch.ones(3, dtype=torch.long),
-                    block_end=torch.full((3,), 5))
+    window = Window(
+        eligible=eligible, input_end=5, block_start=torch.ones(3, dtype=torch.long), block_end=torch.full((3,), 5)
+    )
     confidence = torch.tensor([[0.0, 0.1, 0.9, 0.5, 0.2], [0.0, 0.3, 0.8, 0.1, 0.7], [0.0, 0.6, 0.9, 0.1, 0.1]])
     tokens = torch.tensor([[0, 10, 11, 12, 13], [0, 20, eos, 22, 23], [0, 30, 31, 32, 33]])
     drafts = draft(state, window, confidence, tokens, 2)
@@ -127,9 +168,14 @@ def test_drafts_are_ranked_nested_and_settled_like_a_decision():
     assert drafts.canvases[:, 2].tolist() == [[7, 30, mask, mask, mask], [7, 30, mask, mask, mask]]
 
 
-@pytest.mark.parametrize("override, key", [("decoder.window=lookahead", "decoder.window"),
-                                           ("decoder.proposal=sample", "decoder.proposal"),
-                                           ("decoder.cache=prefix", "decoder.cache")])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("decoder.window=lookahead", "decoder.window"),
+        ("decoder.proposal=sample", "decoder.proposal"),
+        ("decoder.cache=prefix", "decoder.cache"),
+    ],
+)
 def test_settings_under_which_it_would_not_reproduce_one_token_per_step_are_refused(override, key):
     with pytest.raises(ConfigError) as error:
         Decoder.from_config("configs/decoders/freedave.yaml", overrides=[override])
@@ -146,8 +192,11 @@ def test_the_preset_decodes_the_block_model_like_llada_yaml():
 
 
 def test_verified_drafts_are_counted_per_row():
-    decoder = toy_decoder("decoder.verification=freedave", "generation.max_new_tokens=8",
-                          model=ToyDiffusionLM(eos_bias=float("-inf"), context=False))
+    decoder = toy_decoder(
+        "decoder.verification=freedave",
+        "generation.max_new_tokens=8",
+        model=ToyDiffusionLM(eos_bias=float("-inf"), context=False),
+    )
     stats = decoder.generate(["ab", "abcd"]).stats
     # 8 tokens in 3 steps: none drafted at the first; the second verifies 3 drafts (commits them and the step after
     # them); the third drafts the 3 masks left and verifies all 3

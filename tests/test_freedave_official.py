@@ -36,6 +36,7 @@ from functools import cache
 import pytest
 
 from dlm_decode.decoder import Decoder
+
 from helpers import REFERENCE, FinalCanvas
 
 FIXTURE = json.loads((REFERENCE / "official_freedave.json").read_text(encoding="utf-8"))
@@ -50,8 +51,13 @@ GEN_LENGTH = 32
 
 def official(decoder: str, block: int, draft_steps: int | None = None) -> list[dict]:
     """The recorded cases of ``decoder`` for one block length (and draft steps), in prompt order."""
-    cases = [c for c in FIXTURE["cases"] if c["decoder"] == decoder and c["arguments"]["block_length"] == block
-             and c["arguments"].get("draft_steps") == draft_steps]
+    cases = [
+        c
+        for c in FIXTURE["cases"]
+        if c["decoder"] == decoder
+        and c["arguments"]["block_length"] == block
+        and c["arguments"].get("draft_steps") == draft_steps
+    ]
     assert [c["prompt"] for c in cases] == list(range(len(PROMPTS)))
     return cases
 
@@ -60,11 +66,21 @@ def official(decoder: str, block: int, draft_steps: int | None = None) -> list[d
 def decode(block: int, cache_kind: str, *verification: str) -> tuple[list[list[int]], list[int]]:
     """The 5 prompts in one left-padded batch: each row's final canvas and its number of forwards."""
     canvas = FinalCanvas()
-    decoder = Decoder.from_config({}, [f"model.dllm.path={REFERENCE / 'llada-tiny'}",
-                                       f"generation.max_new_tokens={GEN_LENGTH}", "decoder.window=blocks",
-                                       f"decoder.window.size={block}", f"decoder.cache={cache_kind}",
-                                       "decoder.proposal=greedy", *verification, "generation.stop_at_eos=false",
-                                       "generation.batch_size=16"], observers=[canvas])
+    decoder = Decoder.from_config(
+        {},
+        [
+            f"model.dllm.path={REFERENCE / 'llada-tiny'}",
+            f"generation.max_new_tokens={GEN_LENGTH}",
+            "decoder.window=blocks",
+            f"decoder.window.size={block}",
+            f"decoder.cache={cache_kind}",
+            "decoder.proposal=greedy",
+            *verification,
+            "generation.stop_at_eos=false",
+            "generation.batch_size=16",
+        ],
+        observers=[canvas],
+    )
     out = decoder.generate(PROMPTS)
     return canvas.rows, [stats.nfe for stats in out.stats]
 
@@ -80,15 +96,21 @@ def test_the_fixture_holds_every_case_of_the_official_decoders():
     # blocks of 8, recorded there through Fast-dLLM's copy of the hub modeling file) is recorded again here.
     reference = json.loads((REFERENCE / "official.json").read_text(encoding="utf-8"))
     assert PROMPTS == reference["prompts"] and FIXTURE["prompt_ids"] == reference["prompt_ids"]["llada"]
-    earlier = [c["generated"] for c in reference["cases"] if c["decoder"] == "llada.generate"
-               and c["arguments"]["steps"] == GEN_LENGTH and c["arguments"]["block_length"] == 8]
+    earlier = [
+        c["generated"]
+        for c in reference["cases"]
+        if c["decoder"] == "llada.generate"
+        and c["arguments"]["steps"] == GEN_LENGTH
+        and c["arguments"]["block_length"] == 8
+    ]
     assert len(earlier) == len(PROMPTS) and earlier == [c["generated"] for c in official(EXACT_BASELINE, 8)]
     # The recorder's checks: use_cache and draft_mode change no token, FreeDave equals its baseline; the cached
     # baseline differs from the exact one (why the project's freedave is compared with LLaDA's generate).
     checks = FIXTURE["checks"]
     assert len(checks) == len(BLOCKS) * (2 + 3 * len(DRAFT_STEPS))
     assert {name: ok for name, ok in checks.items() if not ok} == {
-        f"block {block}: prefix-cached baseline equals llada.generate (no cache)": False for block in BLOCKS}
+        f"block {block}: prefix-cached baseline equals llada.generate (no cache)": False for block in BLOCKS
+    }
 
 
 @pytest.mark.parametrize("block", BLOCKS)
@@ -119,8 +141,9 @@ def test_one_token_per_step_reproduces_the_official_baselines(block):
 @pytest.mark.parametrize("draft_steps", DRAFT_STEPS)
 @pytest.mark.parametrize("block", BLOCKS)
 def test_freedave_gives_the_official_one_token_per_step_tokens(block, draft_steps):
-    rows, forwards = decode(block, "none", "decoder.verification=freedave",
-                            f"decoder.verification.draft_steps={draft_steps}")
+    rows, forwards = decode(
+        block, "none", "decoder.verification=freedave", f"decoder.verification.draft_steps={draft_steps}"
+    )
     one_rows, one_forwards = decode(block, "none", *ONE_PER_STEP)
     exact = [c["generated"] for c in official(EXACT_BASELINE, block)]
     for prompt, (row, one, expected) in enumerate(zip(rows, one_rows, exact, strict=True)):
@@ -131,5 +154,7 @@ def test_freedave_gives_the_official_one_token_per_step_tokens(block, draft_step
     else:
         assert sum(forwards) < sum(one_forwards)  # the drafts are accepted somewhere on the tiny model
     recorded = [c["forwards"] for c in official(FREEDAVE, block, draft_steps)]
-    print(f"\nblock {block}, draft_steps {draft_steps}: forwards per prompt, project {forwards} "
-          f"(one token per step {one_forwards}), official FreeDave {recorded} (prefix-cached trajectory)")
+    print(
+        f"\nblock {block}, draft_steps {draft_steps}: forwards per prompt, project {forwards} "
+        f"(one token per step {one_forwards}), official FreeDave {recorded} (prefix-cached trajectory)"
+    )

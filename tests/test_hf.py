@@ -21,14 +21,18 @@ from dlm_decode.models.causal import new_cache
 from dlm_decode.models.kv_store import PositionalKVCache
 from dlm_decode.state import ModelInputs
 from dlm_decode.testing.models import spike_text
+
 from helpers import assert_logits_close
 from stand_ins import PROMPTS, decoder, expected_texts, load
 
 
 @pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")
 def test_unavailable_mps_device_is_a_model_error_naming_the_key():
-    with pytest.raises(ModelError, match=r"(?s)`model.dllm.device` is 'mps' but MPS is not available.*fix: set "
-                                         r"model.dllm.device=cpu"):
+    with pytest.raises(
+        ModelError,
+        match=r"(?s)`model.dllm.device` is 'mps' but MPS is not available.*fix: set "
+        r"model.dllm.device=cpu",
+    ):
         Decoder.from_config({}, ["model.dllm.device=mps"])
 
 
@@ -40,12 +44,16 @@ def test_unavailable_cuda_device_is_a_model_error_naming_the_key():
 
 def test_failure_to_move_the_weights_is_a_model_error_naming_the_key(monkeypatch):
     """What ``model.to`` raises for a device that exists in name only (``cuda:7`` on a one-GPU machine)."""
+
     def fail(module, *args, **kwargs):
         raise RuntimeError("CUDA error: invalid device ordinal")
 
     monkeypatch.setattr(torch.nn.Module, "to", fail)
-    with pytest.raises(ModelError, match=r"(?s)`model.dllm.device` = 'cpu'.*invalid device ordinal.*fix: set "
-                                         r"model.dllm.device to a device this machine has"):
+    with pytest.raises(
+        ModelError,
+        match=r"(?s)`model.dllm.device` = 'cpu'.*invalid device ordinal.*fix: set "
+        r"model.dllm.device to a device this machine has",
+    ):
         Decoder.from_config({}, ["model.dllm.device=cpu"])
 
 
@@ -56,8 +64,12 @@ def test_a_model_in_memory_decodes_as_the_same_checkpoint_loaded_from_its_path()
 
     path = embedded_model_dir("dllm")
     overrides = ["generation.max_new_tokens=12"]
-    in_memory = Decoder.from_model(AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path),
-                                   "configs/decoders/llada.yaml", overrides)
+    in_memory = Decoder.from_model(
+        AutoModelForCausalLM.from_pretrained(path),
+        AutoTokenizer.from_pretrained(path),
+        "configs/decoders/llada.yaml",
+        overrides,
+    )
     loaded = Decoder.from_config("configs/decoders/llada.yaml", overrides)
     prompts = ["sort 3 1 2", "reverse abc"]
     assert in_memory.generate(prompts).token_ids == loaded.generate(prompts).token_ids
@@ -74,9 +86,12 @@ def test_the_in_memory_example_of_the_api_page_runs(capsys):
 
 
 def test_a_plain_module_is_refused_with_what_is_needed():
-    with pytest.raises(ModelError, match=r"(?s)DiffusionLM needs a transformers PreTrainedModel whose `config`.*got "
-                                         r"Linear \(a torch.nn.Module\).*fix: pass a transformers model.*adapter "
-                                         r"implementing the DiffusionLM interface.*Decoder\(config, dllm=adapter\)"):
+    with pytest.raises(
+        ModelError,
+        match=r"(?s)DiffusionLM needs a transformers PreTrainedModel whose `config`.*got "
+        r"Linear \(a torch.nn.Module\).*fix: pass a transformers model.*adapter "
+        r"implementing the DiffusionLM interface.*Decoder\(config, dllm=adapter\)",
+    ):
         Decoder.from_model(torch.nn.Linear(4, 4), None, "configs/decoders/llada.yaml")
 
 
@@ -97,16 +112,22 @@ def test_unknown_local_model_path_is_named():
 
 def test_remote_code_needs_trust_remote_code(stand_ins):
     for name in ("dream", "llada"):
-        with pytest.raises(ModelError, match=r"(?s)runs the checkpoint's own modeling code \(configuration_.*"
-                                             r"model\.dllm\.trust_remote_code=true.*implementation=native"):
+        with pytest.raises(
+            ModelError,
+            match=r"(?s)runs the checkpoint's own modeling code \(configuration_.*"
+            r"model\.dllm\.trust_remote_code=true.*implementation=native",
+        ):
             DiffusionLM.from_spec(ModelSpec(path=str(stand_ins[name]), implementation="remote"))
 
 
 def test_a_stand_in_in_another_layout_is_refused_natively(stand_ins):
     """The LLaDA stand-in keeps Llama's config fields under model_type llada: not LLaDA's layout, which the native
     mapping refuses instead of reading its defaults for the missing dimensions."""
-    with pytest.raises(ModelError, match=r"(?s)has no d_model, n_heads, n_layers, which every LLaDA checkpoint's "
-                                         r"config.json has.*implementation=remote"):
+    with pytest.raises(
+        ModelError,
+        match=r"(?s)has no d_model, n_heads, n_layers, which every LLaDA checkpoint's "
+        r"config.json has.*implementation=remote",
+    ):
         DiffusionLM.from_spec(ModelSpec(path=str(stand_ins["llada"])))
 
 
@@ -131,8 +152,8 @@ def canvas_inputs(dllm: DiffusionLM, prompts: list[str], masks: int, seed: int =
     generator = torch.Generator().manual_seed(seed)
     for row, prompt in enumerate(encoded):
         tail = torch.randint(0, 96, (masks,), generator=generator)
-        ids[row, width - masks - len(prompt):] = torch.cat([torch.tensor(prompt), tail])
-        attention[row, width - masks - len(prompt):] = True
+        ids[row, width - masks - len(prompt) :] = torch.cat([torch.tensor(prompt), tail])
+        attention[row, width - masks - len(prompt) :] = True
     return ids, position_ids_from_mask(attention), bidirectional_mask(attention)
 
 
@@ -147,8 +168,9 @@ def test_dream_logits_are_shifted_back_onto_their_columns(stand_ins):
     raw = dllm.model(input_ids=ids, position_ids=positions, attention_mask=mask).logits
     realigned = dllm.forward(span(ids, positions, mask, 0, ids.shape[1], cached=False))
     assert torch.equal(realigned[:, 1:], raw[:, :-1]), "the same values, moved one column"
-    as_bidirectional = load(stand_ins["dream"], family="bidirectional").forward(span(ids, positions, mask, 0,
-                                                                                ids.shape[1], cached=False))
+    as_bidirectional = load(stand_ins["dream"], family="bidirectional").forward(
+        span(ids, positions, mask, 0, ids.shape[1], cached=False)
+    )
     assert torch.equal(as_bidirectional, raw)
 
 
@@ -198,8 +220,12 @@ def test_the_previous_column_keeps_its_frozen_key_value(stand_ins):
 
 SETUPS = {
     "none": [],
-    "kv_window+lookahead": ["decoder.cache=kv_window", "decoder.cache.window=1", "decoder.window=lookahead",
-                            "decoder.window.max_lookahead=3"],
+    "kv_window+lookahead": [
+        "decoder.cache=kv_window",
+        "decoder.cache.window=1",
+        "decoder.window=lookahead",
+        "decoder.window.max_lookahead=3",
+    ],
     "prefix": ["decoder.window=blocks", "decoder.window.size=4", "decoder.cache=prefix"],
     "dual": ["decoder.window=blocks", "decoder.window.size=4", "decoder.cache=dual"],
     "threshold": ["decoder.verification=threshold", "decoder.verification.threshold=0.5"],
@@ -232,7 +258,8 @@ def test_legacy_llada_decodes_alone_like_the_modern_convention(stand_ins):
     assert type(legacy.dllm.model).__name__ == "LLaDALegacyModelLM"
     assert legacy.generate(PROMPTS).texts == expected_texts(legacy.dllm, PROMPTS, 10)
     same_length = ["abc", "xyz"]  # no padding: a batch is fine
-    assert decoder(stand_ins["llada_legacy"]).generate(same_length).texts == expected_texts(legacy.dllm, same_length, 10)
+    texts = decoder(stand_ins["llada_legacy"]).generate(same_length).texts
+    assert texts == expected_texts(legacy.dllm, same_length, 10)
 
 
 def test_legacy_llada_refuses_ragged_batches_and_caches(stand_ins):

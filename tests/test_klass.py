@@ -21,6 +21,7 @@ from dlm_decode.ops import Scorer
 from dlm_decode.state import DecodeState, ForwardOutput, ModelInputs, Window
 from dlm_decode.strategies.klass import KlassConfig, KlassVerifier, Unmask, kl_divergence
 from dlm_decode.strategies.proposals import TokenProposal
+
 from helpers import REFERENCE, FinalCanvas
 
 PRESET = "configs/decoders/klass.yaml"
@@ -40,8 +41,16 @@ class Harness:
     """Verify calls on one hand-built row: prompt of 2, ``gen`` masks, blocks of ``block`` columns."""
 
     def __init__(self, config: KlassConfig, gen: int = 4, block: int = 4):
-        self.state = DecodeState.build([[1, 2]], max_new_tokens=gen, mask_token_id=MASK, pad_token_id=0,
-                                       eos_token_ids=[8], fill_token_id=0, seeds=[0], stop_at_eos=False)
+        self.state = DecodeState.build(
+            [[1, 2]],
+            max_new_tokens=gen,
+            mask_token_id=MASK,
+            pad_token_id=0,
+            eos_token_ids=[8],
+            fill_token_id=0,
+            seeds=[0],
+            stop_at_eos=False,
+        )
         self.verifier, self.block = KlassVerifier(config), block
 
     def step(self, gen_logits: torch.Tensor, block_start: int = 0) -> torch.Tensor:
@@ -49,18 +58,23 @@ class Harness:
         (generated columns). The canvas is not changed, so the same masks stay eligible."""
         state = self.state
         logits = torch.zeros(1, state.width, V)
-        logits[0, state.gen_start:] = gen_logits
+        logits[0, state.gen_start :] = gen_logits
         logits[..., MASK] = float("-inf")  # the core excludes the mask id before any proposal
         first = state.gen_start + block_start
         start = torch.tensor([first])
-        window = Window(eligible=state.masked & ((state.columns >= first) & (state.columns < first + self.block))[None],
-                        input_end=state.width, block_start=start, block_end=start + self.block)
-        inputs = ModelInputs(input_ids=state.canvas, position_ids=state.position_ids, attention_mask=None, start=0,
-                             end=state.width)
+        window = Window(
+            eligible=state.masked & ((state.columns >= first) & (state.columns < first + self.block))[None],
+            input_end=state.width,
+            block_start=start,
+            block_end=start + self.block,
+        )
+        inputs = ModelInputs(
+            input_ids=state.canvas, position_ids=state.position_ids, attention_mask=None, start=0, end=state.width
+        )
         forward = ForwardOutput(logits=logits, inputs=inputs)
         proposal = TokenProposal(0.0, scorer=Scorer()).dlm_propose(state, forward, window)
         decision = self.verifier.dlm_verify(state, forward, proposal, window)
-        return decision.commit[0, state.gen_start:]
+        return decision.commit[0, state.gen_start :]
 
 
 def logits_for(confident: list[float]) -> torch.Tensor:
@@ -96,9 +110,14 @@ def test_a_moving_distribution_restarts_the_history():
     assert harness.step(moved).tolist() == [True, True, False, False]
 
 
-@pytest.mark.parametrize("unmask, expected", [(Unmask.all, [True, True, False, False]),
-                                              (Unmask.max_conf, [False, True, False, False]),
-                                              (Unmask.min_kl, [True, False, False, False])])
+@pytest.mark.parametrize(
+    "unmask, expected",
+    [
+        (Unmask.all, [True, True, False, False]),
+        (Unmask.max_conf, [False, True, False, False]),
+        (Unmask.min_kl, [True, False, False, False]),
+    ],
+)
 def test_the_unmask_strategies(unmask, expected):
     # column 1 the most confident (logit 7); column 0 the lower KL (its distribution does not move)
     harness = Harness(KlassConfig(conf_threshold=0.9, kl_threshold=0.01, history_length=2, unmask=unmask))
@@ -118,8 +137,9 @@ def test_the_warmup_waits_inside_a_new_block_and_the_fallback_follows_llada_s_sc
     # block 1's first step: stable columns, but the gate waits -> fallback quota m // s = 2 // 1 = 2
     assert harness.step(logits, block_start=2).tolist() == [False, False, True, True]
     assert harness.state.row_stats["klass.fallback_steps"].tolist() == [3]
-    unwarmed = Harness(KlassConfig(conf_threshold=0.9, kl_threshold=0.01, history_length=2, block_warmup=False),
-                       block=2)
+    unwarmed = Harness(
+        KlassConfig(conf_threshold=0.9, kl_threshold=0.01, history_length=2, block_warmup=False), block=2
+    )
     for _ in range(3):
         unwarmed.step(logits)
     unwarmed.step(logits, block_start=2)
@@ -128,17 +148,26 @@ def test_the_warmup_waits_inside_a_new_block_and_the_fallback_follows_llada_s_sc
 
 def test_inclusive_confidence_is_dream_s_comparison():
     logits = logits_for([5.0, 0.0, 0.0, 0.0])
-    probability = float(torch.softmax(torch.cat([logits[0, :MASK], logits[0, MASK + 1:]]), -1).max())
+    probability = float(torch.softmax(torch.cat([logits[0, :MASK], logits[0, MASK + 1 :]]), -1).max())
     for inclusive, stable in ((False, 0), (True, 1)):
-        harness = Harness(KlassConfig(conf_threshold=probability, history_length=1, inclusive=inclusive,
-                                      block_warmup=False))
+        harness = Harness(
+            KlassConfig(conf_threshold=probability, history_length=1, inclusive=inclusive, block_warmup=False)
+        )
         harness.step(logits)
         harness.step(logits)
         assert harness.state.row_stats["klass.stable_commits"].tolist() == [stable]
 
 
-@pytest.mark.parametrize("key, value", [("conf_threshold", 1.5), ("kl_threshold", 0.0), ("history_length", 0),
-                                        ("steps_per_block", 0), ("tokens_per_step", 0)])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("conf_threshold", 1.5),
+        ("kl_threshold", 0.0),
+        ("history_length", 0),
+        ("steps_per_block", 0),
+        ("tokens_per_step", 0),
+    ],
+)
 def test_invalid_parameters_name_their_key(key, value):
     with pytest.raises(ConfigError, match=f"`decoder.verification.{key}`"):
         Decoder.from_config({}, ["decoder.verification=klass", f"decoder.verification.{key}={value}"])
@@ -146,8 +175,24 @@ def test_invalid_parameters_name_their_key(key, value):
 
 # --- the preset on the embedded models ---------------------------------------------------------------------------
 
-BATCH = ["sort 4 1 7 9 3", "reverse hello", "sort 9 8", "copy abcde", "a", "sort 5 3 1 2 4 6", "reverse stone",
-         "hi", "sort 2 1", "reverse ab", "sort 8 6 7", "count", "reverse diffusion", "sort 1", "x y z", "sort 3 3 1"]
+BATCH = [
+    "sort 4 1 7 9 3",
+    "reverse hello",
+    "sort 9 8",
+    "copy abcde",
+    "a",
+    "sort 5 3 1 2 4 6",
+    "reverse stone",
+    "hi",
+    "sort 2 1",
+    "reverse ab",
+    "sort 8 6 7",
+    "count",
+    "reverse diffusion",
+    "sort 1",
+    "x y z",
+    "sort 3 3 1",
+]
 
 
 def test_batch_of_16_equals_one_by_one():
@@ -187,14 +232,21 @@ def _groups() -> list[list[dict]]:
 def equivalent(arguments: dict) -> list[str]:
     """The overrides under which the project decodes as the official ``stable_confident_decode``."""
     a = arguments
-    return [f"model.dllm.path={REFERENCE / 'llada-tiny'}", f"generation.max_new_tokens={a['gen_length']}",
-            "decoder.window=blocks", f"decoder.window.size={a['block_length']}", "decoder.proposal=greedy",
-            "decoder.cache=none", "generation.stop_at_eos=false", "decoder.verification=klass",
-            f"decoder.verification.steps_per_block={a['steps'] // (a['gen_length'] // a['block_length'])}",
-            f"decoder.verification.conf_threshold={a['conf_threshold']}",
-            f"decoder.verification.kl_threshold={a['kl_threshold']}",
-            f"decoder.verification.history_length={a['kl_history_length']}",
-            f"decoder.verification.unmask={a['unmask_strategy']}"]
+    return [
+        f"model.dllm.path={REFERENCE / 'llada-tiny'}",
+        f"generation.max_new_tokens={a['gen_length']}",
+        "decoder.window=blocks",
+        f"decoder.window.size={a['block_length']}",
+        "decoder.proposal=greedy",
+        "decoder.cache=none",
+        "generation.stop_at_eos=false",
+        "decoder.verification=klass",
+        f"decoder.verification.steps_per_block={a['steps'] // (a['gen_length'] // a['block_length'])}",
+        f"decoder.verification.conf_threshold={a['conf_threshold']}",
+        f"decoder.verification.kl_threshold={a['kl_threshold']}",
+        f"decoder.verification.history_length={a['kl_history_length']}",
+        f"decoder.verification.unmask={a['unmask_strategy']}",
+    ]
 
 
 def test_every_recorded_case_is_compared():
@@ -202,13 +254,19 @@ def test_every_recorded_case_is_compared():
     assert {case["arguments"]["unmask_strategy"] for case in OFFICIAL["cases"]} == {"all", "max_conf", "min_kl"}
 
 
-@pytest.mark.parametrize("cases", _groups(), ids=lambda cases: "-".join(
-    str(cases[0]["arguments"][k]) for k in ("block_length", "conf_threshold", "kl_threshold", "kl_history_length",
-                                            "unmask_strategy")))
+@pytest.mark.parametrize(
+    "cases",
+    _groups(),
+    ids=lambda cases: "-".join(
+        str(cases[0]["arguments"][k])
+        for k in ("block_length", "conf_threshold", "kl_threshold", "kl_history_length", "unmask_strategy")
+    ),
+)
 def test_the_official_decoder_is_matched_token_for_token(cases):
     canvas = FinalCanvas()
-    decoder = Decoder.from_config({}, [*equivalent(cases[0]["arguments"]), "generation.batch_size=16"],
-                                  observers=[canvas])
+    decoder = Decoder.from_config(
+        {}, [*equivalent(cases[0]["arguments"]), "generation.batch_size=16"], observers=[canvas]
+    )
     out = decoder.generate([OFFICIAL["prompts"][case["prompt"]] for case in cases])
     for case, row, stats in zip(cases, canvas.rows, out.stats, strict=True):
         assert row == case["generated"], f"prompt {case['prompt']}"

@@ -56,8 +56,11 @@ def imports(name: str, path: Path, known: set[str]) -> set[str]:
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            base = importlib.util.resolve_name("." * node.level + (node.module or ""), package) if node.level \
+            base = (
+                importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+                if node.level
                 else node.module
+            )
             found.update(f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names)
     return {target for target in found if target.split(".")[0].startswith("dlm_decode")} - {name}
 
@@ -69,8 +72,12 @@ def layer(name: str) -> int:
 
 
 def upward(graph: dict[str, set[str]]) -> list[str]:
-    return sorted(f"{name} ({layer(name)}) -> {target} ({layer(target)})"
-                  for name, targets in graph.items() for target in targets if layer(target) > layer(name))
+    return sorted(
+        f"{name} ({layer(name)}) -> {target} ({layer(target)})"
+        for name, targets in graph.items()
+        for target in targets
+        if layer(target) > layer(name)
+    )
 
 
 def cycles(graph: dict[str, set[str]]) -> list[str]:
@@ -81,7 +88,7 @@ def cycles(graph: dict[str, set[str]]) -> list[str]:
         state[name] = 1
         for target in sorted(graph.get(name, ())):
             if state.get(target) == 1:
-                found.append(" -> ".join(path[path.index(target):] + [target]))
+                found.append(" -> ".join(path[path.index(target) :] + [target]))
             elif target in graph and target not in state:
                 visit(target, [*path, target])
         state[name] = 2
@@ -101,8 +108,10 @@ def graph() -> dict[str, set[str]]:
 def test_every_module_has_a_layer_and_every_import_names_a_module(graph):
     placed = {key for members in LAYERS for key in members}
     assert [name for name in graph if (name.split(".")[1] if "." in name else "__init__") not in placed] == []
-    assert sorted(f"{name} -> {target}" for name, targets in graph.items() for target in targets
-                  if target not in graph) == [], "an import of a module that does not exist"
+    assert (
+        sorted(f"{name} -> {target}" for name, targets in graph.items() for target in targets if target not in graph)
+        == []
+    ), "an import of a module that does not exist"
 
 
 def test_no_import_runs_from_a_lower_layer_to_a_higher_one(graph):
@@ -113,8 +122,9 @@ def test_the_import_graph_has_no_cycle(graph):
     assert cycles(graph) == []
 
 
-@pytest.mark.parametrize("root, package", [(PACKAGE / "strategies", "dlm_decode.strategies"),
-                                           (EXAMPLE_PLUGIN, "dlm_decode_eb_sampler")])
+@pytest.mark.parametrize(
+    "root, package", [(PACKAGE / "strategies", "dlm_decode.strategies"), (EXAMPLE_PLUGIN, "dlm_decode_eb_sampler")]
+)
 def test_strategies_import_only_the_public_plugin_api(root, package):
     """The built-in strategies and the example plugin package stand on ``dlm_decode.api`` alone, as any third-party
     strategy can: no strategy imports another (the example package's modules may import each other)."""
@@ -128,14 +138,16 @@ def test_strategies_import_only_the_public_plugin_api(root, package):
 def test_the_checks_fail_on_an_upward_import_a_cycle_and_a_relative_import(tmp_path):
     """The walker sees imports inside functions, under TYPE_CHECKING and relative ones; the two rules fire."""
     source = tmp_path / "state.py"
-    source.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from dlm_decode.decoder import X\n"
-                      "def f():\n    import dlm_decode.cli\n    from .models import hf\n    from . import errors\n")
+    source.write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from dlm_decode.decoder import X\n"
+        "def f():\n    import dlm_decode.cli\n    from .models import hf\n    from . import errors\n"
+    )
     known = {"dlm_decode.decoder", "dlm_decode.cli", "dlm_decode.models", "dlm_decode.models.hf", "dlm_decode.errors"}
     found = imports("dlm_decode.state", source, known)
     assert found == {"dlm_decode.decoder", "dlm_decode.cli", "dlm_decode.models.hf", "dlm_decode.errors"}
     assert upward({"dlm_decode.state": found})[0] == "dlm_decode.state (2) -> dlm_decode.cli (16)"
-    assert cycles({"dlm_decode.a": {"dlm_decode.b"}, "dlm_decode.b": {"dlm_decode.c"},
-                   "dlm_decode.c": {"dlm_decode.a"}}) == ["dlm_decode.a -> dlm_decode.b -> dlm_decode.c -> dlm_decode.a"]
+    graph = {"dlm_decode.a": {"dlm_decode.b"}, "dlm_decode.b": {"dlm_decode.c"}, "dlm_decode.c": {"dlm_decode.a"}}
+    assert cycles(graph) == ["dlm_decode.a -> dlm_decode.b -> dlm_decode.c -> dlm_decode.a"]
 
 
 def test_the_layers_of_the_concepts_page_are_the_tested_ones():

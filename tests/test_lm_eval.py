@@ -15,8 +15,7 @@ from dlm_decode import ConfigError, InputError  # noqa: E402
 from dlm_decode.decoder import Decoder  # noqa: E402
 from dlm_decode.eval.runner import evaluate  # noqa: E402
 from dlm_decode.eval.tasks import TASKS, load_examples  # noqa: E402
-from dlm_decode.integrations.lm_eval import (  # noqa: E402
-    REPEAT_STRIDE, DlmDecodeLM, cut_at, request_seeds, write_task_suite)
+from dlm_decode.integrations.lm_eval import REPEAT_STRIDE, DlmDecodeLM, cut_at, request_seeds, write_task_suite  # noqa: E402
 
 TASK_NAMES, LIMIT, NEW = ["arith", "sort"], 3, 8
 #: A sampling decoder: answers depend on the seeds (the greedy llada.yaml gives the same answers for any seed).
@@ -39,13 +38,22 @@ def run_lm_eval(model, suite, **kwargs):
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    return simple_evaluate(model=model, tasks=[suite.stem],
-                           task_manager=TaskManager(include_path=str(suite.parents[1])), log_samples=True, **kwargs)
+    return simple_evaluate(
+        model=model,
+        tasks=[suite.stem],
+        task_manager=TaskManager(include_path=str(suite.parents[1])),
+        log_samples=True,
+        **kwargs,
+    )
 
 
 def overrides(tiny_dllm_dir, **extra):
-    return {"config": "configs/decoders/llada.yaml", "model.dllm.path": str(tiny_dllm_dir),
-            "generation.batch_size": 4, **extra}
+    return {
+        "config": "configs/decoders/llada.yaml",
+        "model.dllm.path": str(tiny_dllm_dir),
+        "generation.batch_size": 4,
+        **extra,
+    }
 
 
 def answers(samples):
@@ -60,18 +68,26 @@ def texts_by_doc(results):
 def test_each_task_file_holds_its_examples_in_order(suite):
     for task in TASK_NAMES:
         docs = [json.loads(line) for line in (suite.parents[1] / f"{suite.stem}_{task}.jsonl").read_text().splitlines()]
-        assert [(d["task"], d["prompt"]) for d in docs] == [(e.task, e.prompt) for e in
-                                                           load_examples([task], "test", LIMIT)]
+        assert [(d["task"], d["prompt"]) for d in docs] == [
+            (e.task, e.prompt) for e in load_examples([task], "test", LIMIT)
+        ]
 
 
 def test_a_suite_name_that_cannot_name_its_module_is_refused(tmp_path):
-    with pytest.raises(InputError, match=r"(?s)suite name 'suite.v2' is not a Python identifier.*\n  fix: .*e.g. "
-                                         r"'suite_v2'"):
+    with pytest.raises(
+        InputError,
+        match=r"(?s)suite name 'suite.v2' is not a Python identifier.*\n  fix: .*e.g. "
+        r"'suite_v2'",
+    ):
         write_task_suite(tmp_path, ["arith"], 1, name="suite.v2")
     assert not list(tmp_path.iterdir()), "nothing written"
     write_task_suite(tmp_path, ["arith"], 1, name="suite_v2")
-    assert {p.name for p in tmp_path.iterdir()} == {"groups", "suite_v2_arith.jsonl", "suite_v2_arith.yaml",
-                                                    "suite_v2_utils.py"}
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "groups",
+        "suite_v2_arith.jsonl",
+        "suite_v2_arith.yaml",
+        "suite_v2_utils.py",
+    }
 
 
 def test_tasks_of_another_selection_in_the_directory_are_refused(tmp_path):
@@ -109,13 +125,15 @@ def test_repeats_of_a_document_are_sampled_with_their_own_seeds(tiny_dllm_dir, t
     suite = write_task_suite(tmp_path, ["arith"], 2, max_gen_toks=NEW)
     arith = suite.parents[1] / f"{suite.stem}_arith.yaml"
     arith.write_text(arith.read_text().replace("test_split: test\n", "test_split: test\nrepeats: 4\n"))
-    decoder = SeedSpy.from_config("configs/decoders/llada.yaml",
-                                  [f"model.dllm.path={tiny_dllm_dir}", "decoder.proposal=sample",
-                                   "decoder.proposal.temperature=4.0"])
+    decoder = SeedSpy.from_config(
+        "configs/decoders/llada.yaml",
+        [f"model.dllm.path={tiny_dllm_dir}", "decoder.proposal=sample", "decoder.proposal.temperature=4.0"],
+    )
     results = run_lm_eval(DlmDecodeLM(decoder=decoder), suite)
     prompts = [e.prompt for e in load_examples(["arith"], "test", 2)]
-    assert sorted(decoder.seen) == sorted((prompt, j + r * REPEAT_STRIDE) for j, prompt in enumerate(prompts)
-                                          for r in range(4))
+    assert sorted(decoder.seen) == sorted(
+        (prompt, j + r * REPEAT_STRIDE) for j, prompt in enumerate(prompts) for r in range(4)
+    )
     [samples] = results["samples"].values()
     assert {len(s["resps"][0]) for s in samples} == {4}
     assert any(len(set(s["resps"][0])) > 1 for s in samples), "4 samples, not one sample 4 times"
@@ -133,8 +151,11 @@ def test_request_seeds_count_repeats_per_task_document_and_request():
     assert request_seeds(requests, 10) == [10, 10 + REPEAT_STRIDE, 10, 10, 12, 10 + 2 * REPEAT_STRIDE, 16]
     many = [request(doc_id=d) for d in [*range(100), 19_999_999] for _ in range(100)]
     assert len({seed % 2**32 for seed in request_seeds(many, 0)}) == len(many), "a CPU generator reads 32 bits"
-    with pytest.raises(InputError, match=r"(?s)repeat 1 of document 0 of task 't'.*outside.*fix: lower "
-                                         r"generation.seed"):
+    with pytest.raises(
+        InputError,
+        match=r"(?s)repeat 1 of document 0 of task 't'.*outside.*fix: lower "
+        r"generation.seed",
+    ):
         request_seeds([same, same], 2**64 - 1)
 
 
@@ -168,6 +189,7 @@ def test_accuracy_is_scored_by_the_task_checkers_and_until_cuts(suite):
     assert {tokens for _, tokens, _ in scripted.calls} == {NEW}, "max_gen_toks is the canvas length"
 
 
+@pytest.mark.slow
 def test_lm_evals_chat_template_replaces_the_decoders_own(tiny_dllm_dir, suite):
     plain = run_lm_eval("dlm_decode", suite, model_args=overrides(tiny_dllm_dir))
     model = DlmDecodeLM(**overrides(tiny_dllm_dir))
@@ -195,51 +217,104 @@ def test_model_args_name_their_fix(tiny_dllm_dir):
         DlmDecodeLM.create_from_arg_string(f"pretrained={tiny_dllm_dir}")
     model = DlmDecodeLM.create_from_arg_string(
         f"config=configs/decoders/llada.yaml+configs/strategies/window/blocks-8.yaml,model.dllm.path={tiny_dllm_dir},"
-        "model.dllm.chat_template=False", {"batch_size": 3, "device": "cuda:0"})
+        "model.dllm.chat_template=False",
+        {"batch_size": 3, "device": "cuda:0"},
+    )
     assert model.decoder.generation.batch_size == 3
     assert model.decoder.config.strategies["window"][1].size == 8, "configs joined by + compose"
     assert model.decoder.dllm.chat_template is False and model.device.type == "cpu"
 
 
+@pytest.mark.slow
 def test_command_line_prints_accuracy(tiny_dllm_dir, suite):
-    command = [sys.executable, "-m", "dlm_decode.integrations.lm_eval", "--model", "dlm_decode", "--model_args",
-               f"config=configs/decoders/llada.yaml,model.dllm.path={tiny_dllm_dir}", "--tasks", suite.stem,
-               "--include_path", str(suite.parents[1]), "--batch_size", "4"]
-    run = subprocess.run(command, env={**os.environ, **OFFLINE, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                         text=True, timeout=600)
+    command = [
+        sys.executable,
+        "-m",
+        "dlm_decode.integrations.lm_eval",
+        "--model",
+        "dlm_decode",
+        "--model_args",
+        f"config=configs/decoders/llada.yaml,model.dllm.path={tiny_dllm_dir}",
+        "--tasks",
+        suite.stem,
+        "--include_path",
+        str(suite.parents[1]),
+        "--batch_size",
+        "4",
+    ]
+    run = subprocess.run(
+        command, env={**os.environ, **OFFLINE, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     row = next(line for line in run.stdout.splitlines() if line.startswith(f"|{suite.stem} "))
     assert "|acc" in row, "the group's row"
 
 
+@pytest.mark.slow
 def test_plain_lm_eval_command_with_the_embedded_pair(suite, tmp_path):
     """``lm_eval --model dlm_decode --tasks DIR``: loading the task directory imports the suite's scorer, which
     registers the model, so lm-eval's own command runs it and prints the per-task accuracy of ``dlm-decode eval``."""
-    command = [sys.executable, "-m", "lm_eval", "--model", "dlm_decode", "--model_args",
-               "config=configs/decoders/llada.yaml", "--tasks", str(suite.parents[1]), "--batch_size", "16"]
-    run = subprocess.run(command, env={**os.environ, **OFFLINE, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                         text=True, timeout=600)
+    command = [
+        sys.executable,
+        "-m",
+        "lm_eval",
+        "--model",
+        "dlm_decode",
+        "--model_args",
+        "config=configs/decoders/llada.yaml",
+        "--tasks",
+        str(suite.parents[1]),
+        "--batch_size",
+        "16",
+    ]
+    run = subprocess.run(
+        command, env={**os.environ, **OFFLINE, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600
+    )
     assert run.returncode == 0, run.stderr[-3000:]
-    rows = {line.split("|")[1].strip(): float(line.split("|acc")[1].split("|")[2])
-            for line in run.stdout.splitlines() if line.startswith(f"|{suite.stem}_")}
+    rows = {
+        line.split("|")[1].strip(): float(line.split("|acc")[1].split("|")[2])
+        for line in run.stdout.splitlines()
+        if line.startswith(f"|{suite.stem}_")
+    }
     decoder = Decoder.from_config("configs/decoders/llada.yaml", [f"generation.max_new_tokens={NEW}"])
     per_task = evaluate(decoder, tmp_path, TASK_NAMES, LIMIT, progress=False)["per_task"]
     assert rows == pytest.approx({f"{suite.stem}_{task}": acc for task, acc in per_task.items()}, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_two_processes_split_the_requests(tiny_dllm_dir, suite, tmp_path):
     """torchrun + lm-eval's own sharding: the gathered samples equal a single process's."""
     single = run_lm_eval("dlm_decode", suite, model_args=overrides(tiny_dllm_dir))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node",
-               "2", "-m", "dlm_decode.integrations.lm_eval", "--model", "dlm_decode", "--model_args",
-               ",".join(f"{k}={v}" for k, v in overrides(tiny_dllm_dir).items()), "--tasks", suite.stem,
-               "--include_path", str(suite.parents[1]), "--log_samples", "--output_path", str(tmp_path)]
-    run = subprocess.run(command, env={**os.environ, **OFFLINE, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                         text=True, timeout=600)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "dlm_decode.integrations.lm_eval",
+        "--model",
+        "dlm_decode",
+        "--model_args",
+        ",".join(f"{k}={v}" for k, v in overrides(tiny_dllm_dir).items()),
+        "--tasks",
+        suite.stem,
+        "--include_path",
+        str(suite.parents[1]),
+        "--log_samples",
+        "--output_path",
+        str(tmp_path),
+    ]
+    run = subprocess.run(
+        command, env={**os.environ, **OFFLINE, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600
+    )
     assert run.returncode == 0, run.stderr[-3000:]
-    samples = [json.loads(line) for path in tmp_path.rglob("samples_*.jsonl")
-               for line in path.read_text().splitlines()]
+    samples = [json.loads(line) for path in tmp_path.rglob("samples_*.jsonl") for line in path.read_text().splitlines()]
     assert sorted((s["doc"]["task"], s["doc_id"]) for s in samples) == [
-        (task, j) for task in TASK_NAMES for j in range(LIMIT)], "each document once"
+        (task, j) for task in TASK_NAMES for j in range(LIMIT)
+    ], "each document once"
     assert answers(samples) == texts_by_doc(single)
     assert TASKS  # the suite's checkers scored them (process_results imports dlm_decode.eval.tasks)

@@ -17,6 +17,7 @@ from dlm_decode.decoder import Decoder
 from dlm_decode.models.checkpoint import config_candidates
 from dlm_decode.models.dry_run import dry_run
 from dlm_decode.models.embedded import embedded_model_dir
+
 from helpers import edited_copy
 
 LLADA = "configs/decoders/llada.yaml"
@@ -45,8 +46,13 @@ def test_an_empty_directory_is_a_model_error_naming_the_key_path_cause_and_fix(t
     empty = tmp_path / "empty"
     empty.mkdir()
     messages = failures(empty, capsys=capsys)
-    assert_everywhere(messages, "`model.dllm.path`", str(empty), "has no config.json (it is empty)",
-                      "fix: set model.dllm.path to the directory holding the checkpoint's config.json")
+    assert_everywhere(
+        messages,
+        "`model.dllm.path`",
+        str(empty),
+        "has no config.json (it is empty)",
+        "fix: set model.dllm.path to the directory holding the checkpoint's config.json",
+    )
     assert issubclass(ModelError, DlmDecodeError)
 
 
@@ -56,8 +62,11 @@ def test_the_parent_folder_of_checkpoints_lists_them_as_candidates(tmp_path, cap
         (tmp_path / "runs" / name / "config.json").write_text("{}")
     (tmp_path / "runs" / "logs").mkdir()
     messages = failures(tmp_path / "runs", capsys=capsys)
-    assert_everywhere(messages, f"these directories below it have one: {tmp_path / 'runs' / 'dream'}, "
-                      f"{tmp_path / 'runs' / 'llada'}", "fix: set model.dllm.path to one of them")
+    assert_everywhere(
+        messages,
+        f"these directories below it have one: {tmp_path / 'runs' / 'dream'}, {tmp_path / 'runs' / 'llada'}",
+        "fix: set model.dllm.path to one of them",
+    )
 
 
 def test_candidates_are_looked_for_two_levels_down(tmp_path):
@@ -67,8 +76,9 @@ def test_candidates_are_looked_for_two_levels_down(tmp_path):
     assert config_candidates(tmp_path) == [tmp_path / "a" / "b"]
 
 
-@pytest.mark.parametrize("path", ["./checkpoints/llada", "~/no-such-checkpoint-dir/llada", "/no/such/llada",
-                                  "checkpoints/a/b"])
+@pytest.mark.parametrize(
+    "path", ["./checkpoints/llada", "~/no-such-checkpoint-dir/llada", "/no/such/llada", "checkpoints/a/b"]
+)
 def test_a_local_looking_path_that_does_not_exist_says_no_such_directory(path, capsys):
     absolute = Path(path).expanduser().resolve()
     messages = failures(path, capsys=capsys)
@@ -89,9 +99,12 @@ def checkpoint(tmp_path) -> Path:
 def test_a_checkpoint_without_weights_fails_the_dry_run_as_it_fails_the_real_run(checkpoint, capsys):
     (checkpoint / "model.safetensors").rename(checkpoint / "weights.safetensors")
     messages = failures(checkpoint, capsys=capsys)
-    assert_everywhere(messages, "has no weights: none of model.safetensors, model.safetensors.index.json, "
-                      "pytorch_model.bin, pytorch_model.bin.index.json",
-                      "it has weights.safetensors, which from_pretrained does not read")
+    assert_everywhere(
+        messages,
+        "has no weights: none of model.safetensors, model.safetensors.index.json, "
+        "pytorch_model.bin, pytorch_model.bin.index.json",
+        "it has weights.safetensors, which from_pretrained does not read",
+    )
     assert dry_run(LLADA, [f"model.dllm.path={checkpoint}"]).checks() == {"weights"}
 
 
@@ -110,9 +123,13 @@ def test_a_config_only_directory_names_the_missing_tokenizer_files(checkpoint, c
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         (checkpoint / name).unlink()
     messages = failures(checkpoint, capsys=capsys)
-    assert_everywhere(messages, "has no tokenizer files: none of tokenizer.json, tokenizer.model",
-                      "vocab.json + merges.txt", "(it holds config.json, generation_config.json, model.safetensors)",
-                      "fix: copy the checkpoint's tokenizer files there")
+    assert_everywhere(
+        messages,
+        "has no tokenizer files: none of tokenizer.json, tokenizer.model",
+        "vocab.json + merges.txt",
+        "(it holds config.json, generation_config.json, model.safetensors)",
+        "fix: copy the checkpoint's tokenizer files there",
+    )
     for message in messages.values():
         assert "install" not in message and "implementation=remote" not in message
 
@@ -123,15 +140,20 @@ def hub(monkeypatch, tmp_path):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                        "http://127.0.0.1:9/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(
+        constants, "HUGGINGFACE_CO_URL_TEMPLATE", "http://127.0.0.1:9/{repo_id}/resolve/{revision}/{filename}"
+    )
     return tmp_path / "hub-cache"
 
 
 def test_a_hub_id_not_cached_says_so_and_that_downloading_is_off(hub, capsys):
     messages = failures("some-org/some-dllm", capsys=capsys)
-    assert_everywhere(messages, "'some-org/some-dllm' is neither a local directory", "nor a hub id in the local "
-                      f"Hugging Face cache ({hub}), and downloading is off", "fix: set model.dllm.allow_download=true")
+    assert_everywhere(
+        messages,
+        "'some-org/some-dllm' is neither a local directory",
+        f"nor a hub id in the local Hugging Face cache ({hub}), and downloading is off",
+        "fix: set model.dllm.allow_download=true",
+    )
     assert not any("couldn't connect" in message for message in messages.values())
 
 
@@ -140,8 +162,12 @@ def test_a_download_without_network_fails_at_once(hub, capsys):
     start = time.perf_counter()
     messages = failures("some-org/some-dllm", "model.dllm.allow_download=true", capsys=capsys)
     assert time.perf_counter() - start < 15, "three front doors, each well under huggingface_hub's 23 s"
-    assert_everywhere(messages, "is not in the local Hugging Face cache and model.dllm.allow_download=true, but the "
-                      "hub", "cannot be reached", "fix: run where the hub is reachable")
+    assert_everywhere(
+        messages,
+        "is not in the local Hugging Face cache and model.dllm.allow_download=true, but the hub",
+        "cannot be reached",
+        "fix: run where the hub is reachable",
+    )
 
 
 def test_a_cached_hub_id_is_checked_in_its_snapshot(hub, checkpoint):
@@ -164,8 +190,10 @@ def test_the_default_dry_run_fits_the_default_model(capsys):
 def test_a_prompt_budget_that_does_not_fit_says_how_much_does(capsys):
     assert main(["generate", "-c", LLADA, "--dry-run", "--prompt-budget", "512"]) == 2
     out = capsys.readouterr().out
-    assert "context 128 < prompt budget 512 + generation.max_new_tokens 32 = 544 (room for prompts of 96 tokens at " \
-           "most)" in out
+    assert (
+        "context 128 < prompt budget 512 + generation.max_new_tokens 32 = 544 (room for prompts of 96 tokens at "
+        "most)" in out
+    )
     assert "fix: lower --prompt-budget (prompt_budget) or generation.max_new_tokens" in out
     report = dry_run(LLADA, ["generation.max_new_tokens=128"])
     assert report.checks() == {"context"} and "(no room for any prompt)" in report.errors[0].message

@@ -22,8 +22,16 @@ from dlm_decode.strategies.local_leap import anchor_neighbourhood, local_leap_co
 from dlm_decode.strategies.threshold import threshold_commit
 
 PRESET = "configs/decoders/local-leap.yaml"
-MIXED = ["sort 4 1 7 9 3", "hi", "reverse the word stone", "copy abc", "what is 12 + 30", "sort 9 8 1 2 5 6",
-         "x", "reverse ab"] * 2
+MIXED = [
+    "sort 4 1 7 9 3",
+    "hi",
+    "reverse the word stone",
+    "copy abc",
+    "what is 12 + 30",
+    "sort 9 8 1 2 5 6",
+    "x",
+    "reverse ab",
+] * 2
 
 
 def _commit(confidence, eligible=None, threshold=0.9, relaxed=0.75, radius=2):
@@ -33,10 +41,16 @@ def _commit(confidence, eligible=None, threshold=0.9, relaxed=0.75, radius=2):
 
 
 def test_neighbourhood_spans_radius_columns_on_each_side_within_the_row():
-    anchors = torch.tensor([[False, False, False, True, False, False, False, False],
-                            [True, False, False, False, False, False, False, True]])
-    assert anchor_neighbourhood(anchors, 2).tolist() == [[False, True, True, True, True, True, False, False],
-                                                        [True, True, True, False, False, True, True, True]]
+    anchors = torch.tensor(
+        [
+            [False, False, False, True, False, False, False, False],
+            [True, False, False, False, False, False, False, True],
+        ]
+    )
+    assert anchor_neighbourhood(anchors, 2).tolist() == [
+        [False, True, True, True, True, True, False, False],
+        [True, True, True, False, False, True, True, True],
+    ]
     assert anchor_neighbourhood(anchors, 0).tolist() == anchors.tolist()
 
 

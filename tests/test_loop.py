@@ -10,6 +10,7 @@ from dlm_decode import DecodeError, PluginError
 from dlm_decode.hookspecs import hookimpl
 from dlm_decode.state import Decision
 from dlm_decode.testing.toy import ToyDiffusionLM
+
 from helpers import StepRecorder, strategy_decoder, toy_decoder
 
 
@@ -64,17 +65,25 @@ class _NaNModel(ToyDiffusionLM):
         return logits
 
 
-@pytest.mark.parametrize(("plugin_cls", "pattern"), [
-    (_Raising, r"tests.bad_plugin \(verification strategy 'bad'\) in dlm_verify: raised ValueError: boom.*fix"),
-    (_CommitsNothing, r"tests.bad_plugin.*committed nothing for unfinished rows \[0, 1\].*never end.*fix"),
-    (_CommitsPrompt, r"tests.bad_plugin.*committed a position the window did not make eligible.*fix"),
-    (_ReturnsNone, r"tests.bad_plugin.*dlm_verify: returned None.*fix"),
-    (_RevokesPrompt, r"tests.bad_plugin.*revoked a position that is not a committed generated token.*fix"),
-])
+@pytest.mark.parametrize(
+    ("plugin_cls", "pattern"),
+    [
+        (_Raising, r"tests.bad_plugin \(verification strategy 'bad'\) in dlm_verify: raised ValueError: boom.*fix"),
+        (_CommitsNothing, r"tests.bad_plugin.*committed nothing for unfinished rows \[0, 1\].*never end.*fix"),
+        (_CommitsPrompt, r"tests.bad_plugin.*committed a position the window did not make eligible.*fix"),
+        (_ReturnsNone, r"tests.bad_plugin.*dlm_verify: returned None.*fix"),
+        (_RevokesPrompt, r"tests.bad_plugin.*revoked a position that is not a committed generated token.*fix"),
+    ],
+)
 def test_misbehaving_plugins_are_named(plugin_cls, pattern):
     with pytest.raises(PluginError, match="(?s)" + pattern):
-        strategy_decoder("verification", "bad", lambda config, context: plugin_cls(), "generation.max_new_tokens=4",
-                         plugin_name="tests.bad_plugin").generate(["ab", "cd"])
+        strategy_decoder(
+            "verification",
+            "bad",
+            lambda config, context: plugin_cls(),
+            "generation.max_new_tokens=4",
+            plugin_name="tests.bad_plugin",
+        ).generate(["ab", "cd"])
 
 
 @pytest.mark.parametrize("poison", [float("nan"), float("inf")])
@@ -91,8 +100,12 @@ def test_negative_infinite_logits_are_not_mistaken_for_nan():
     """A model that never proposes EOS, one token per step: each row commits exactly one token per step until its
     4 masks are decided, 4 steps and 4 forwards, ``-inf`` logits (an excluded id) or not."""
     recorder = StepRecorder()
-    decoder = toy_decoder("generation.max_new_tokens=4", "decoder.verification.tokens_per_step=1",
-                          model=_NaNModel(poison=float("-inf"), eos_bias=float("-inf")), observers=[recorder])
+    decoder = toy_decoder(
+        "generation.max_new_tokens=4",
+        "decoder.verification.tokens_per_step=1",
+        model=_NaNModel(poison=float("-inf"), eos_bias=float("-inf")),
+        observers=[recorder],
+    )
     output = decoder.generate(["ab", "cd"])
     (run,) = recorder.runs
     assert [step.commit.sum(-1).tolist() for step in run.steps] == [[1, 1]] * 4
@@ -105,8 +118,12 @@ def test_rows_commit_tokens_per_step_until_their_masks_run_out():
     """5 masks, 2 tokens per step, a model that never proposes EOS: 3 steps committing 2, 2 and the last 1, one
     forward each, for every row of the batch whatever its prompt length."""
     recorder = StepRecorder()
-    decoder = toy_decoder("generation.max_new_tokens=5", "decoder.verification.tokens_per_step=2",
-                          model=ToyDiffusionLM(eos_bias=float("-inf")), observers=[recorder])
+    decoder = toy_decoder(
+        "generation.max_new_tokens=5",
+        "decoder.verification.tokens_per_step=2",
+        model=ToyDiffusionLM(eos_bias=float("-inf")),
+        observers=[recorder],
+    )
     output = decoder.generate(["ab", "cde", "f"])
     (run,) = recorder.runs
     assert [step.commit.sum(-1).tolist() for step in run.steps] == [[2, 2, 2], [2, 2, 2], [1, 1, 1]]
@@ -114,10 +131,14 @@ def test_rows_commit_tokens_per_step_until_their_masks_run_out():
 
 
 def test_step_limit_stops_a_runaway_generation_and_names_the_unfinished_rows():
-    decoder = toy_decoder("generation.max_steps=2", "generation.max_new_tokens=6",
-                          model=ToyDiffusionLM(eos_bias=float("-inf")))
-    with pytest.raises(DecodeError, match=r"(?s)prompts \[0, 1\] did not finish within 2 steps.*"
-                                          r"generation.max_steps"):
+    decoder = toy_decoder(
+        "generation.max_steps=2", "generation.max_new_tokens=6", model=ToyDiffusionLM(eos_bias=float("-inf"))
+    )
+    with pytest.raises(
+        DecodeError,
+        match=r"(?s)prompts \[0, 1\] did not finish within 2 steps.*"
+        r"generation.max_steps",
+    ):
         decoder.generate(["ab", "cde"])
     from dlm_decode.loop import decode
 
@@ -137,7 +158,8 @@ class _GreedyWindow:
 
 
 def test_window_that_makes_prompt_positions_eligible_is_named():
-    decoder = strategy_decoder("window", "everything", lambda config, context: _GreedyWindow(),
-                               plugin_name="tests.window_plugin")
+    decoder = strategy_decoder(
+        "window", "everything", lambda config, context: _GreedyWindow(), plugin_name="tests.window_plugin"
+    )
     with pytest.raises(PluginError, match=r"(?s)tests.window_plugin.*dlm_window: made a position eligible.*fix"):
         decoder.generate(["ab"])

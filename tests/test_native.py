@@ -17,15 +17,30 @@ from dlm_decode.config.schema import ModelSpec
 from dlm_decode.decoder import Decoder
 from dlm_decode.models.adapter import DiffusionLM
 from dlm_decode.models.dry_run import dry_run
+
 from helpers import REFERENCE, edited_copy
 from stand_ins import REMOTE
 
 LLADA, DREAM, QWEN2 = (str(REFERENCE / name) for name in ("llada-tiny", "dream-tiny", "qwen2-tiny"))
 #: 16 prompts of 1 to 43 characters: left padding of every width in a batch.
-PROMPTS = ["hi", "sort 3 1 2", "What is 17 * 24?", "a", "Name three fruits, then stop.", "reverse the word stone",
-           "ok", "count from one to nine, slowly", "x = 4; y = x * 2; what is y?", "tell me a story about a cat",
-           "yes or no?", "2+2", "translate 'dog' into French", "Which is larger, 7 or 9?",
-           "Write a haiku about the sea.", "List the primes below twenty and explain each one."]
+PROMPTS = [
+    "hi",
+    "sort 3 1 2",
+    "What is 17 * 24?",
+    "a",
+    "Name three fruits, then stop.",
+    "reverse the word stone",
+    "ok",
+    "count from one to nine, slowly",
+    "x = 4; y = x * 2; what is y?",
+    "tell me a story about a cat",
+    "yes or no?",
+    "2+2",
+    "translate 'dog' into French",
+    "Which is larger, 7 or 9?",
+    "Write a haiku about the sea.",
+    "List the primes below twenty and explain each one.",
+]
 
 
 # --- loading --------------------------------------------------------------------------------------------------
@@ -33,10 +48,13 @@ PROMPTS = ["hi", "sort 3 1 2", "What is 17 * 24?", "a", "Name three fruits, then
 RAISES_ON_IMPORT = 'raise RuntimeError("the checkpoint code ran")\n'
 
 
-@pytest.mark.parametrize("source, code", [
-    (LLADA, ("configuration_llada.py", "modeling_llada.py")),
-    (DREAM, ("configuration_dream.py", "modeling_dream.py", "tokenization_dream.py")),
-])
+@pytest.mark.parametrize(
+    "source, code",
+    [
+        (LLADA, ("configuration_llada.py", "modeling_llada.py")),
+        (DREAM, ("configuration_dream.py", "modeling_dream.py", "tokenization_dream.py")),
+    ],
+)
 def test_native_loading_runs_none_of_the_checkpoint_code(tmp_path, source, code):
     """The checkpoint's own files (named by config.json's auto_map, and for Dream by tokenizer_config.json's) raise
     when imported: loading and decoding still work, without trust_remote_code."""
@@ -50,13 +68,21 @@ def test_native_loading_runs_none_of_the_checkpoint_code(tmp_path, source, code)
 
 def test_the_native_families_keep_their_special_ids_and_layout():
     llada = DiffusionLM.from_spec(ModelSpec(path=LLADA))
-    assert (llada.family.name, llada.mask_token_id, llada.eos_token_ids, llada.pad_token_id) == ("llada", 98,
-                                                                                                 [97, 101], 97)
+    assert (llada.family.name, llada.mask_token_id, llada.eos_token_ids, llada.pad_token_id) == (
+        "llada",
+        98,
+        [97, 101],
+        97,
+    )
     assert llada.vocab_size == 104 and llada.undecodable_ids == [102, 103], "the head is wider than the tokenizer"
     assert llada.max_context == 512
     dream = DiffusionLM.from_spec(ModelSpec(path=DREAM))
     assert (dream.family.name, dream.family.shifted_logits, dream.mask_token_id, dream.eos_token_ids) == (
-        "dream", True, 276, [272, 274])
+        "dream",
+        True,
+        276,
+        [272, 274],
+    )
     assert dream.undecodable_ids == [277, 278, 279]
 
 
@@ -71,8 +97,11 @@ def test_a_natively_loaded_model_names_its_family_itself():
 
 
 def test_an_eos_id_the_tokenizer_cannot_decode_is_refused():
-    with pytest.raises(ModelError, match=r"(?s)EOS id\(s\) \[103\] are no token of the dLLM's tokenizer.*"
-                                         r"model\.dllm\.eos_token_ids.*its EOS is 97"):
+    with pytest.raises(
+        ModelError,
+        match=r"(?s)EOS id\(s\) \[103\] are no token of the dLLM's tokenizer.*"
+        r"model\.dllm\.eos_token_ids.*its EOS is 97",
+    ):
         DiffusionLM.from_spec(ModelSpec(path=LLADA, eos_token_ids=[103]))
 
 
@@ -82,12 +111,25 @@ def test_sharded_weights_load_in_bfloat16():
     assert {p.dtype for p in dllm.model.parameters()} == {torch.bfloat16}
 
 
-@pytest.mark.parametrize("argv", [
-    ["-c", "configs/decoders/fast-dllm.yaml", "-c", "configs/models/llada-8b-instruct.yaml",
-     f"model.dllm.path={LLADA}"],
-    ["-c", "configs/experiments/apd-dream-qwen.yaml", f"model.dllm.path={DREAM}", f"model.ar.path={QWEN2}",
-     "generation.max_new_tokens=32"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [
+            "-c",
+            "configs/decoders/fast-dllm.yaml",
+            "-c",
+            "configs/models/llada-8b-instruct.yaml",
+            f"model.dllm.path={LLADA}",
+        ],
+        [
+            "-c",
+            "configs/experiments/apd-dream-qwen.yaml",
+            f"model.dllm.path={DREAM}",
+            f"model.ar.path={QWEN2}",
+            "generation.max_new_tokens=32",
+        ],
+    ],
+)
 def test_the_real_model_configs_decode_the_reference_checkpoints_from_the_cli(argv, capsys):
     assert main(["generate", *argv, "--prompt", "What is 17 * 24?", "--prompt", "hi", "--json"]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -96,8 +138,11 @@ def test_the_real_model_configs_decode_the_reference_checkpoints_from_the_cli(ar
 
 
 def test_dry_run_reports_the_native_family_without_weights():
-    report = dry_run("configs/experiments/apd-dream-qwen.yaml", [f"model.dllm.path={DREAM}",
-                                                                  f"model.ar.path={QWEN2}"], prompts=["hi"])
+    report = dry_run(
+        "configs/experiments/apd-dream-qwen.yaml",
+        [f"model.dllm.path={DREAM}", f"model.ar.path={QWEN2}"],
+        prompts=["hi"],
+    )
     assert report.ok, report.format()
     assert "family dream" in report.facts["dllm"]
     assert report.facts["special_ids"].startswith("mask 276, eos [272, 274], pad 272")
@@ -105,10 +150,14 @@ def test_dry_run_reports_the_native_family_without_weights():
 
 # --- errors ---------------------------------------------------------------------------------------------------
 
+
 def test_a_llada_config_the_mapping_cannot_reproduce_is_refused_naming_the_fields(tmp_path):
     path = edited_copy(LLADA, tmp_path / "llada", config={"alibi": True, "include_bias": True})
-    with pytest.raises(ModelError, match=r"(?s)alibi=True \(maps only False\); include_bias=True.*"
-                                         r"implementation=remote"):
+    with pytest.raises(
+        ModelError,
+        match=r"(?s)alibi=True \(maps only False\); include_bias=True.*"
+        r"implementation=remote",
+    ):
         DiffusionLM.from_spec(ModelSpec(path=str(path)))
     report = dry_run({}, [f"model.dllm.path={path}"], prompt_budget=16)
     assert report.checks() == {"implementation"} and "alibi=True" in report.errors[0].message
@@ -116,11 +165,23 @@ def test_a_llada_config_the_mapping_cannot_reproduce_is_refused_naming_the_field
 
 def test_a_mixture_of_experts_published_as_llada_is_refused_with_the_reason(tmp_path):
     """LLaDA-MoE checkpoints are published with model_type llada and Hugging Face-style fields."""
-    path = edited_copy(LLADA, tmp_path / "moe", config={"hidden_size": 64, "num_hidden_layers": 2, "num_experts": 8,
-                                                   "num_experts_per_tok": 2, "expert_intermediate_size": 32})
-    with pytest.raises(ModelError, match=r"(?s)a mixture of experts \(config.json has num_experts=8, "
-                                         r"num_experts_per_tok=2, expert_intermediate_size=32\).*dense LLaDA.*"
-                                         r"implementation=remote"):
+    path = edited_copy(
+        LLADA,
+        tmp_path / "moe",
+        config={
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_experts": 8,
+            "num_experts_per_tok": 2,
+            "expert_intermediate_size": 32,
+        },
+    )
+    with pytest.raises(
+        ModelError,
+        match=r"(?s)a mixture of experts \(config.json has num_experts=8, "
+        r"num_experts_per_tok=2, expert_intermediate_size=32\).*dense LLaDA.*"
+        r"implementation=remote",
+    ):
         DiffusionLM.from_spec(ModelSpec(path=str(path)))
 
 
@@ -134,8 +195,9 @@ def _rewrite_weights(path, edit) -> None:
     index = path / "model.safetensors.index.json"
     if index.exists():
         data = json.loads(index.read_text())
-        data["weight_map"] = {name: file.name for file in sorted(path.glob("*.safetensors"))
-                              for name in load_file(str(file))}
+        data["weight_map"] = {
+            name: file.name for file in sorted(path.glob("*.safetensors")) for name in load_file(str(file))
+        }
         index.write_text(json.dumps(data))
 
 
@@ -143,10 +205,11 @@ def test_weights_that_do_not_match_the_layout_are_listed(tmp_path):
     path = edited_copy(LLADA, tmp_path / "llada")
 
     def edit(tensors):
-        if "model.transformer.blocks.1.ff_out.weight" in tensors:
-            tensors["model.transformer.blocks.1.feed_out.weight"] = tensors.pop("model.transformer.blocks.1.ff_out.weight")
-        if "model.transformer.blocks.0.q_proj.weight" in tensors:
-            tensors["model.transformer.blocks.0.q_proj.weight"] = tensors["model.transformer.blocks.0.q_proj.weight"][:32]
+        ff_out, q_proj = "model.transformer.blocks.1.ff_out.weight", "model.transformer.blocks.0.q_proj.weight"
+        if ff_out in tensors:
+            tensors["model.transformer.blocks.1.feed_out.weight"] = tensors.pop(ff_out)
+        if q_proj in tensors:
+            tensors[q_proj] = tensors[q_proj][:32]
 
     _rewrite_weights(path, edit)
     with pytest.raises(ModelError) as error:
@@ -160,17 +223,24 @@ def test_weights_that_do_not_match_the_layout_are_listed(tmp_path):
 
 def test_missing_weight_files_name_the_directory_and_the_files_looked_for(tmp_path):
     path = edited_copy(DREAM, tmp_path / "dream", drop=["model.safetensors"])
-    with pytest.raises(ModelError, match=r"(?s)has no weights: none of model\.safetensors, model\.safetensors"
-                                         r"\.index\.json, pytorch_model\.bin.* in .*dream.*fix: copy the checkpoint's "
-                                         r"weights"):
+    with pytest.raises(
+        ModelError,
+        match=r"(?s)has no weights: none of model\.safetensors, model\.safetensors"
+        r"\.index\.json, pytorch_model\.bin.* in .*dream.*fix: copy the checkpoint's "
+        r"weights",
+    ):
         DiffusionLM.from_spec(ModelSpec(path=str(path)))
 
 
 def test_an_unknown_model_type_names_the_remote_implementation_as_the_fix(tmp_path):
-    path = edited_copy(LLADA, tmp_path / "custom", config={"model_type": "my_dllm",
-                                                       "auto_map": {"AutoModel": "modeling_my.MyModel"}})
-    with pytest.raises(ModelError, match=r"(?s)model_type 'my_dllm', which has no native implementation.*"
-                                         r"\(modeling_my\.py\).*implementation=remote and model\.dllm\.trust_remote"):
+    path = edited_copy(
+        LLADA, tmp_path / "custom", config={"model_type": "my_dllm", "auto_map": {"AutoModel": "modeling_my.MyModel"}}
+    )
+    with pytest.raises(
+        ModelError,
+        match=r"(?s)model_type 'my_dllm', which has no native implementation.*"
+        r"\(modeling_my\.py\).*implementation=remote and model\.dllm\.trust_remote",
+    ):
         DiffusionLM.from_spec(ModelSpec(path=str(path)))
 
 
@@ -178,12 +248,14 @@ def test_an_unknown_model_type_names_the_remote_implementation_as_the_fix(tmp_pa
 NO_POST_INIT = {
     "configuration_llada.py": (
         "from transformers import PretrainedConfig\n\n\nclass LLaDAConfig(PretrainedConfig):\n"
-        "    model_type = 'llada'\n"),
+        "    model_type = 'llada'\n"
+    ),
     "modeling_llada.py": (
         "import torch\nfrom transformers import PreTrainedModel\n\nfrom .configuration_llada import LLaDAConfig\n\n\n"
         "class LLaDAModelLM(PreTrainedModel):\n    config_class = LLaDAConfig\n\n"
         "    def __init__(self, config):\n        super().__init__(config)\n"
-        "        self.wte = torch.nn.Embedding(8, 4)\n"),
+        "        self.wte = torch.nn.Embedding(8, 4)\n"
+    ),
 }
 
 
@@ -193,8 +265,9 @@ def test_remote_code_that_fails_to_load_names_its_exception_and_the_native_fix(t
     with pytest.raises(ModelError) as error:
         DiffusionLM.from_spec(spec)
     message = str(error.value)
-    assert "the checkpoint's own modeling code (configuration_llada.py, modeling_llada.py) failed while loading" \
-        in message
+    assert (
+        "the checkpoint's own modeling code (configuration_llada.py, modeling_llada.py) failed while loading" in message
+    )
     assert "AttributeError" in message and "all_tied_weights_keys" in message, "the real exception, not the path"
     assert "fix: set model.dllm.implementation=native" in message and "check the path" not in message
 
@@ -202,7 +275,7 @@ def test_remote_code_that_fails_to_load_names_its_exception_and_the_native_fix(t
 #: Remote code whose forward handles a cache its own way (tuples indexed by layer), as the Fast-dLLM files do.
 TUPLE_CACHE = {
     "configuration_llada.py": "from transformers import LlamaConfig\n\n\nclass LLaDAConfig(LlamaConfig):\n"
-                              "    model_type = 'llada'\n",
+    "    model_type = 'llada'\n",
     "modeling_llada.py": (
         "from transformers import LlamaForCausalLM\n\nfrom .configuration_llada import LLaDAConfig\n\n\n"
         "class LLaDAModelLM(LlamaForCausalLM):\n    config_class = LLaDAConfig\n\n"
@@ -210,7 +283,8 @@ TUPLE_CACHE = {
         "                use_cache=None, **kwargs):\n"
         "        if past_key_values is not None:\n            past_key_values[0][0]\n"
         "        return super().forward(input_ids=input_ids, attention_mask=attention_mask,\n"
-        "                               position_ids=position_ids, use_cache=False)\n"),
+        "                               position_ids=position_ids, use_cache=False)\n"
+    ),
 }
 
 
@@ -218,15 +292,26 @@ def _tuple_cache_checkpoint(path):
     """A remote-code LLaDA stand-in whose forward indexes the cache as tuples (TUPLE_CACHE)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=104, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=512)
+    config = LlamaConfig(
+        vocab_size=104,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=512,
+    )
     config.is_causal = False
     LlamaForCausalLM(config).save_pretrained(path)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(REFERENCE / "llada-tiny" / name, path / name)
     data = json.loads((path / "config.json").read_text())
-    data.update(model_type="llada", auto_map={"AutoConfig": "configuration_llada.LLaDAConfig",
-                                              "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM"})
+    data.update(
+        model_type="llada",
+        auto_map={
+            "AutoConfig": "configuration_llada.LLaDAConfig",
+            "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
+        },
+    )
     (path / "config.json").write_text(json.dumps(data))
     for name, text in TUPLE_CACHE.items():
         (path / name).write_text(text)
@@ -247,6 +332,7 @@ def test_remote_code_that_fails_with_a_cache_names_its_exception_and_the_fixes(t
 
 # --- every preset, both families, batches of mixed lengths ---------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def llada_verifier(tmp_path_factory):
     """A causal Llama sharing the LLaDA fixture's tokenizer: an AR model APD can pair with LLaDA."""
@@ -254,8 +340,15 @@ def llada_verifier(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("llada-ar")
     torch.manual_seed(3)
-    config = LlamaConfig(vocab_size=104, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=512, tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=104,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+    )
     LlamaForCausalLM(config).save_pretrained(path)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(REFERENCE / "llada-tiny" / name, path / name)
@@ -263,14 +356,27 @@ def llada_verifier(tmp_path_factory):
 
 
 PRESETS = {  # preset: extra overrides
-    "llada": [], "fast-dllm": [], "fast-dllm+none": ["decoder.cache=none"],
-    "fast-dllm+prefix": ["decoder.cache=prefix"], "fast-dllm-prefix": [], "wino": [], "apd": [],
-    "dream-entropy": [], "left-to-right": [],
+    "llada": [],
+    "fast-dllm": [],
+    "fast-dllm+none": ["decoder.cache=none"],
+    "fast-dllm+prefix": ["decoder.cache=prefix"],
+    "fast-dllm-prefix": [],
+    "wino": [],
+    "apd": [],
+    "dream-entropy": [],
+    "left-to-right": [],
 }
 
 
-@pytest.mark.parametrize("preset, family", [(preset, family) for preset in sorted(PRESETS)
-                                            for family in ("llada", "dream") if (preset, family) != ("wino", "dream")])
+@pytest.mark.parametrize(
+    "preset, family",
+    [
+        (preset, family)
+        for preset in sorted(PRESETS)
+        for family in ("llada", "dream")
+        if (preset, family) != ("wino", "dream")
+    ],
+)
 def test_every_preset_decodes_a_batch_of_16_mixed_lengths_as_one_prompt_at_a_time(preset, family, llada_verifier):
     """WINO on Dream is refused instead (test_wino_is_refused_on_dream_with_the_reason)."""
     overrides = [f"model.dllm.path={LLADA if family == 'llada' else DREAM}", *PRESETS[preset]]
@@ -300,8 +406,10 @@ def test_a_missing_weight_file_of_remote_code_is_not_blamed_on_the_code(tmp_path
     assert "modeling code" not in message
 
 
-@pytest.mark.parametrize("fields, kv_heads", [({}, 4), ({"n_kv_heads": 2}, 2), ({"n_kv_heads": None}, 4),
-                                              ({"multi_query_attention": True}, 1)])
+@pytest.mark.parametrize(
+    "fields, kv_heads",
+    [({}, 4), ({"n_kv_heads": 2}, 2), ({"n_kv_heads": None}, 4), ({"multi_query_attention": True}, 1)],
+)
 def test_llada_key_value_heads_map_as_llada_reads_them(fields, kv_heads):
     """n_kv_heads (None: as many as n_heads), or one with multi_query_attention, as LLaDA's own config class."""
     from dlm_decode.models.native import ARCHITECTURES
@@ -320,10 +428,15 @@ def test_the_dream_quota_is_computed_in_dreams_float32_arithmetic(masks, steps, 
 
     timesteps = torch.linspace(1, 1e-3, steps + 1)
     dream = int(torch.tensor(float(masks)) * (1 - timesteps[step + 1] / timesteps[step]))  # Dream's expression
-    state = DecodeState.build([[1]], max_new_tokens=masks, mask_token_id=3, pad_token_id=0, eos_token_ids=[2],
-                              fill_token_id=2, seeds=[0])
-    window = Window(eligible=state.masked.clone(), input_end=state.width, block_start=torch.tensor([1]),
-                    block_end=torch.tensor([state.width]))
+    state = DecodeState.build(
+        [[1]], max_new_tokens=masks, mask_token_id=3, pad_token_id=0, eos_token_ids=[2], fill_token_id=2, seeds=[0]
+    )
+    window = Window(
+        eligible=state.masked.clone(),
+        input_end=state.width,
+        block_start=torch.tensor([1]),
+        block_end=torch.tensor([state.width]),
+    )
     topk = TopK(TopKConfig(schedule=Schedule.dream, steps_per_block=steps))
     state.memory(topk, lambda state: TopKMemory(window.block_start, torch.tensor([masks]), torch.tensor([step])))
     assert dream >= 1 and int(topk.quota(state, window)) == dream

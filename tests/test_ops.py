@@ -95,8 +95,10 @@ def native_stats(logits, tokens, *, block_v=None):
 def score_all(x: dict, scorer: ops.Scorer, stats, perturbed_argmax) -> dict[str, torch.Tensor]:
     """Every output the parity tests compare, through one backend's functions and scorer."""
     logits, ar, tokens, noise, block_v = x["logits"], x["ar"], x["tokens"], x["noise"], x["block_v"]
-    out = {f"stats.{field}": value for field, value in
-           zip(reference.SoftmaxStats._fields, stats(logits, tokens, block_v=block_v))}
+    out = {
+        f"stats.{field}": value
+        for field, value in zip(reference.SoftmaxStats._fields, stats(logits, tokens, block_v=block_v))
+    }
     out["gumbel_argmax"] = perturbed_argmax(logits, noise, TEMPERATURE, block_v=block_v)
     for weight in WEIGHTS:
         out[f"coupled.{weight}"] = perturbed_argmax(logits, noise, TEMPERATURE, ar, weight, block_v=block_v)
@@ -118,8 +120,10 @@ def interpreted_outputs(inputs_path: str, outputs_path: str) -> None:
     scorer = ops.get_scorer("triton")
     assert kernels.INTERPRETED, "TRITON_INTERPRET=1 must be set before dlm_decode is imported"
     inputs = torch.load(inputs_path)
-    outputs = {key: score_all(x, scorer, kernels.softmax_stats_triton, kernels.perturbed_argmax_triton)
-               for key, x in inputs.items()}
+    outputs = {
+        key: score_all(x, scorer, kernels.softmax_stats_triton, kernels.perturbed_argmax_triton)
+        for key, x in inputs.items()
+    }
     torch.save(outputs, outputs_path)
 
 
@@ -130,8 +134,9 @@ def kernel_outputs(tmp_path_factory):
     inputs, outputs = folder / "inputs.pt", folder / "outputs.pt"
     torch.save({f"{name}/{dtype}": make_inputs(name, DTYPES[dtype]) for name in CASES for dtype in DTYPES}, inputs)
     env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    run = subprocess.run([sys.executable, __file__, str(inputs), str(outputs)], env=env, capture_output=True,
-                         text=True, timeout=900)
+    run = subprocess.run(
+        [sys.executable, __file__, str(inputs), str(outputs)], env=env, capture_output=True, text=True, timeout=900
+    )
     assert run.returncode == 0, f"the interpreted kernels failed:\n{run.stderr[-4000:]}"
     return torch.load(outputs)
 
@@ -188,10 +193,16 @@ def machine(monkeypatch):
     return configure
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("native", ops.Scorer), (" Native ", ops.Scorer), ("", ops.Scorer), ("auto", ops.Scorer),
-    ("triton", ops.TritonScorer),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("native", ops.Scorer),
+        (" Native ", ops.Scorer),
+        ("", ops.Scorer),
+        ("auto", ops.Scorer),
+        ("triton", ops.TritonScorer),
+    ],
+)
 def test_the_environment_variable_chooses_the_backend(machine, monkeypatch, value, expected):
     machine(cuda=False, interpreted=True)
     monkeypatch.setenv(ops.KERNELS_ENV, value)
@@ -212,22 +223,32 @@ def test_an_unknown_backend_names_its_setting(machine, monkeypatch):
         ops.get_scorer("fast", key="generation.kernels")
 
 
-@pytest.mark.parametrize("facts, message", [
-    (dict(triton=False, cuda=True), r"Triton is not installed\n  fix: install it with `pip install 'dlm-decode"),
-    (dict(cuda=False, interpreted=False), r"no CUDA device[^\n]*\n  fix: [^\n]*export TRITON_INTERPRET=1"),
-])
+@pytest.mark.parametrize(
+    "facts, message",
+    [
+        (dict(triton=False, cuda=True), r"Triton is not installed\n  fix: install it with `pip install 'dlm-decode"),
+        (dict(cuda=False, interpreted=False), r"no CUDA device[^\n]*\n  fix: [^\n]*export TRITON_INTERPRET=1"),
+    ],
+)
 def test_an_explicit_triton_that_cannot_run_raises(machine, monkeypatch, facts, message):
     machine(**facts)
     monkeypatch.setenv(ops.KERNELS_ENV, "triton")
-    with pytest.raises(ConfigError, match=r"(?s)`DLM_DECODE_KERNELS`: the Triton scoring kernels cannot run: "
-                                          + message + r".*set DLM_DECODE_KERNELS=auto"):
+    with pytest.raises(
+        ConfigError,
+        match=r"(?s)`DLM_DECODE_KERNELS`: the Triton scoring kernels cannot run: "
+        + message
+        + r".*set DLM_DECODE_KERNELS=auto",
+    ):
         ops.get_scorer()
 
 
-@pytest.mark.parametrize("facts, level, reason", [
-    (dict(cuda=False), logging.INFO, "no CUDA device"),
-    (dict(cuda=True, triton=False), logging.WARNING, "Triton is not installed"),
-])
+@pytest.mark.parametrize(
+    "facts, level, reason",
+    [
+        (dict(cuda=False), logging.INFO, "no CUDA device"),
+        (dict(cuda=True, triton=False), logging.WARNING, "Triton is not installed"),
+    ],
+)
 def test_auto_falls_back_with_one_log_line(machine, caplog, facts, level, reason):
     machine(**facts)
     with caplog.at_level(logging.INFO, logger="dlm_decode.ops"):
@@ -243,29 +264,36 @@ def test_auto_takes_triton_on_cuda_and_scores_cpu_tensors_natively(machine, capl
     assert isinstance(scorer, ops.TritonScorer) and not scorer.strict and not caplog.records
     x = make_inputs("odd_vocab", torch.float32)
     assert torch.equal(scorer.entropy(x["logits"]), reference.entropy_native(x["logits"]))
-    assert torch.equal(scorer.coupled_sample(x["logits"], x["ar"], 0.5, x["noise"], 1.0),
-                       reference.coupled_sample_native(x["logits"], x["ar"], 0.5, x["noise"], 1.0))
+    assert torch.equal(
+        scorer.coupled_sample(x["logits"], x["ar"], 0.5, x["noise"], 1.0),
+        reference.coupled_sample_native(x["logits"], x["ar"], 0.5, x["noise"], 1.0),
+    )
 
 
 def test_an_explicit_triton_refuses_cpu_tensors_it_cannot_run(machine):
     machine(cuda=True)
     scorer = ops.get_scorer("triton", key="generation.kernels")
-    with pytest.raises(ConfigError, match=r"`generation.kernels`: the Triton scorer got tensors on cpu.*"
-                                          r"\n  fix: .*set generation.kernels=auto"):
+    with pytest.raises(
+        ConfigError,
+        match=r"`generation.kernels`: the Triton scorer got tensors on cpu.*"
+        r"\n  fix: .*set generation.kernels=auto",
+    ):
         scorer.max_prob(torch.zeros(2, 5))
 
 
 def test_without_triton_the_modules_import_and_auto_is_native():
     """Hide Triton from a fresh interpreter: the shim's placeholders let the kernel module import."""
-    script = "\n".join([
-        "import sys; sys.modules['triton'] = None",
-        "import pytest, dlm_decode.ops as ops",
-        "from dlm_decode.errors import ConfigError",
-        "from dlm_decode.ops import _triton, kernels",
-        "assert not _triton.HAS_TRITON and not kernels.INTERPRETED",
-        "assert type(ops.get_scorer('auto')) is ops.Scorer",
-        "with pytest.raises(ConfigError, match='Triton is not installed'): ops.get_scorer('triton')",
-    ])
+    script = "\n".join(
+        [
+            "import sys; sys.modules['triton'] = None",
+            "import pytest, dlm_decode.ops as ops",
+            "from dlm_decode.errors import ConfigError",
+            "from dlm_decode.ops import _triton, kernels",
+            "assert not _triton.HAS_TRITON and not kernels.INTERPRETED",
+            "assert type(ops.get_scorer('auto')) is ops.Scorer",
+            "with pytest.raises(ConfigError, match='Triton is not installed'): ops.get_scorer('triton')",
+        ]
+    )
     env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-4000:]

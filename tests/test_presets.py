@@ -16,8 +16,21 @@ PROMPTS = [example.prompt for example in load_examples(None, "test", 2)] + ["sor
 
 
 def test_the_presets_are_found():
-    assert {"llada", "fast-dllm", "wino", "apd", "prophet", "klass", "hierarchy", "credit", "local-leap", "slow-fast",
-            "dpad", "freedave", "dkv-cache"} <= set(PRESETS)
+    assert {
+        "llada",
+        "fast-dllm",
+        "wino",
+        "apd",
+        "prophet",
+        "klass",
+        "hierarchy",
+        "credit",
+        "local-leap",
+        "slow-fast",
+        "dpad",
+        "freedave",
+        "dkv-cache",
+    } <= set(PRESETS)
     assert len(PROMPTS) == 16 and len({len(prompt) for prompt in PROMPTS}) > 8
 
 

@@ -6,18 +6,20 @@ import pytest
 
 from dlm_decode.models.adapter import DiffusionLM
 
-
 PROMPTS_FOR_TEMPLATES = ["sort 4 1 7", " padded  ", "two\nlines", "{{ not jinja }}", "x" * 40]
 
 
-@pytest.mark.parametrize("template, wraps", [
-    ("{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}{{ '\n' }}", True),
-    ("{{ bos_token }}{% for m in messages %}{{ m['content'] | trim }}{% endfor %}{{ '\n' }}", False),
-    ("{% for m in messages %}{% if m['content'] %}<u>{{ m['content'] }}</u>{% endif %}{% endfor %}", False),
-    ("{% for m in messages %}{% set c = m.content %}<u>{{ c }}</u>{% endfor %}", False),
-    ("{{ strftime_now('%d %b %Y') }}{% for m in messages %}{{ m['content'] }}{% endfor %}", False),
-    ("{% for m in messages %}{{ m['content'].replace('a', 'b') }}{% endfor %}", False),
-])
+@pytest.mark.parametrize(
+    "template, wraps",
+    [
+        ("{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}{{ '\n' }}", True),
+        ("{{ bos_token }}{% for m in messages %}{{ m['content'] | trim }}{% endfor %}{{ '\n' }}", False),
+        ("{% for m in messages %}{% if m['content'] %}<u>{{ m['content'] }}</u>{% endif %}{% endfor %}", False),
+        ("{% for m in messages %}{% set c = m.content %}<u>{{ c }}</u>{% endfor %}", False),
+        ("{{ strftime_now('%d %b %Y') }}{% for m in messages %}{{ m['content'] }}{% endfor %}", False),
+        ("{% for m in messages %}{{ m['content'].replace('a', 'b') }}{% endfor %}", False),
+    ],
+)
 def test_prompt_encoding_with_or_without_template_affixes_equals_the_template(template, wraps):
     """The affix shortcut is taken only for templates that wrap the content verbatim, and the ids always equal
     rendering the template per prompt."""
@@ -30,9 +32,12 @@ def test_prompt_encoding_with_or_without_template_affixes_equals_the_template(te
     tokenizer.chat_template = template
     affixes = template_affixes(tokenizer)
     assert (affixes is not None) is wraps
-    expected = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=True,
-                                              add_generation_prompt=True, return_dict=True)["input_ids"]
-                for p in PROMPTS_FOR_TEMPLATES]
+    expected = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": p}], tokenize=True, add_generation_prompt=True, return_dict=True
+        )["input_ids"]
+        for p in PROMPTS_FOR_TEMPLATES
+    ]
     assert encode_prompts(tokenizer, PROMPTS_FOR_TEMPLATES, True, affixes) == [list(ids) for ids in expected]
 
 
@@ -47,9 +52,14 @@ def test_prompt_encoding_follows_a_replaced_template_and_ignores_leftover_trunca
     prompts = ["sort 4 1 7", "reverse abcdefghijklmnop"]
 
     def by_template():
-        return [list(tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=True,
-                                                   add_generation_prompt=True, return_dict=True)["input_ids"])
-                for p in prompts]
+        return [
+            list(
+                tokenizer.apply_chat_template(
+                    [{"role": "user", "content": p}], tokenize=True, add_generation_prompt=True, return_dict=True
+                )["input_ids"]
+            )
+            for p in prompts
+        ]
 
     assert dllm.chat_affixes is not None and dllm.encode(prompts) == by_template()
     tokenizer.chat_template = "{% for m in messages %}[{{ m['content'] }}]{% endfor %}"

@@ -14,9 +14,17 @@ from dlm_decode import ConfigError
 from dlm_decode.decoder import Decoder
 from dlm_decode.ops import Scorer
 from dlm_decode.state import DecodeState, ForwardOutput, ModelInputs, Window
-from dlm_decode.strategies.prophet import (Base, ProphetConfig, ProphetVerifier, Progress, logit_gap,
-                                           phase_threshold, prophet_verifier)
+from dlm_decode.strategies.prophet import (
+    Base,
+    Progress,
+    ProphetConfig,
+    ProphetVerifier,
+    logit_gap,
+    phase_threshold,
+    prophet_verifier,
+)
 from dlm_decode.strategies.proposals import TokenProposal
+
 from helpers import REFERENCE, FinalCanvas
 
 PRESET = "configs/decoders/prophet.yaml"
@@ -40,25 +48,39 @@ def test_the_threshold_follows_the_phase():
     assert torch.equal(phase_threshold(progress, config), expected)
 
 
-def one_step(config: ProphetConfig, logits: torch.Tensor, prompts: list[list[int]], gen: int, block: int,
-             steps_done: int = 0):
+def one_step(
+    config: ProphetConfig, logits: torch.Tensor, prompts: list[list[int]], gen: int, block: int, steps_done: int = 0
+):
     """One verify call on a hand-built state: ``logits`` ``[B, N, V]`` for the whole canvas; the window is the
     current block of ``block`` columns, widened by the verifier's own window wrapper."""
-    state = DecodeState.build(prompts, max_new_tokens=gen, mask_token_id=MASK, pad_token_id=0, eos_token_ids=[8],
-                              fill_token_id=0, seeds=[0] * len(prompts), stop_at_eos=False)
+    state = DecodeState.build(
+        prompts,
+        max_new_tokens=gen,
+        mask_token_id=MASK,
+        pad_token_id=0,
+        eos_token_ids=[8],
+        fill_token_id=0,
+        seeds=[0] * len(prompts),
+        stop_at_eos=False,
+    )
     verifier = ProphetVerifier(config)
     memory = verifier.memory(state)
     memory.steps = memory.steps + steps_done
     start = torch.full((len(prompts),), state.gen_start)
-    inner = Window(eligible=state.masked & (state.columns < state.gen_start + block)[None], input_end=state.width,
-                   block_start=start, block_end=start + block)
+    inner = Window(
+        eligible=state.masked & (state.columns < state.gen_start + block)[None],
+        input_end=state.width,
+        block_start=start,
+        block_end=start + block,
+    )
     wrapper = verifier.dlm_window(state)
     next(wrapper)
     with pytest.raises(StopIteration) as stop:
         wrapper.send(inner)
     window = stop.value.value
-    inputs = ModelInputs(input_ids=state.canvas, position_ids=state.position_ids, attention_mask=None, start=0,
-                         end=state.width)
+    inputs = ModelInputs(
+        input_ids=state.canvas, position_ids=state.position_ids, attention_mask=None, start=0, end=state.width
+    )
     forward = ForwardOutput(logits=logits, inputs=inputs)
     proposal = TokenProposal(0.0, scorer=Scorer()).dlm_propose(state, forward, window)
     return state, window, verifier.dlm_verify(state, forward, proposal, window)
@@ -112,8 +134,9 @@ def test_the_region_is_cut_at_the_canvas_end_and_a_negative_start_counts_from_it
 
 def test_the_threshold_base_commits_every_confident_position_until_the_exit():
     # base threshold 0.5: gaps 1.0 -> p = e/(e + 9) ~ 0.23, gap 3.0 -> e^3/(e^3 + 9) ~ 0.69; no exit (gap 1)
-    config = ProphetConfig(base=Base.threshold, threshold=0.5, answer_start=0, answer_length=1,
-                           progress=Progress.decoded)
+    config = ProphetConfig(
+        base=Base.threshold, threshold=0.5, answer_start=0, answer_length=1, progress=Progress.decoded
+    )
     logits = torch.zeros(1, 8, V)
     logits[0, 2:] = peaked([1, 2, 3, 4, 5, 6], [1.0, 3.0, 3.0, 3.0, 1.0, 1.0])
     _, _, decision = one_step(config, logits, [[1, 2]], gen=6, block=4)
@@ -126,10 +149,12 @@ def test_the_threshold_base_commits_every_confident_position_until_the_exit():
 
 def test_the_topk_schedule_gives_the_official_step_budget():
     verifier = ProphetVerifier(ProphetConfig(steps_per_block=8))
-    state = DecodeState.build([[1, 2]], max_new_tokens=32, mask_token_id=MASK, pad_token_id=0, eos_token_ids=[8],
-                              fill_token_id=0, seeds=[0])
-    window = Window(eligible=state.masked, input_end=state.width, block_start=torch.tensor([2]),
-                    block_end=torch.tensor([18]))
+    state = DecodeState.build(
+        [[1, 2]], max_new_tokens=32, mask_token_id=MASK, pad_token_id=0, eos_token_ids=[8], fill_token_id=0, seeds=[0]
+    )
+    window = Window(
+        eligible=state.masked, input_end=state.width, block_start=torch.tensor([2]), block_end=torch.tensor([18])
+    )
     assert verifier.schedule_steps(state, window).tolist() == [16]  # 2 blocks of 16, 8 steps each
     verifier = ProphetVerifier(ProphetConfig(tokens_per_step=3))
     assert verifier.schedule_steps(state, window).tolist() == [12]  # ceil(16 / 3) = 6 per block
@@ -138,12 +163,15 @@ def test_the_topk_schedule_gives_the_official_step_budget():
 # --- config --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("override, key", [
-    ("decoder.verification.threshold=0.5", "threshold"),  # a threshold knob with base topk
-    ("decoder.verification.answer_length=0", "answer_length"),
-    ("decoder.verification.mid_until=0.2", "mid_until"),
-    ("decoder.verification.total_steps=0", "total_steps"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("decoder.verification.threshold=0.5", "threshold"),  # a threshold knob with base topk
+        ("decoder.verification.answer_length=0", "answer_length"),
+        ("decoder.verification.mid_until=0.2", "mid_until"),
+        ("decoder.verification.total_steps=0", "total_steps"),
+    ],
+)
 def test_invalid_parameters_name_their_key(override, key):
     with pytest.raises(ConfigError, match=f"`decoder.verification.{key}`"):
         Decoder.from_config({}, ["decoder.verification=prophet", override])
@@ -153,25 +181,54 @@ def test_an_adaptive_base_needs_a_step_budget_or_decoded_progress():
     with pytest.raises(ConfigError, match="(?s)`decoder.verification.total_steps`.*base threshold.*progress: decoded"):
         Decoder.from_config({}, ["decoder.verification=prophet", "decoder.verification.base=threshold"])
     with pytest.raises(ConfigError, match="`decoder.verification.steps_per_block`: is a knob of base topk"):
-        Decoder.from_config({}, ["decoder.verification=prophet", "decoder.verification.base=threshold",
-                                 "decoder.verification.progress=decoded", "decoder.verification.steps_per_block=4"])
+        Decoder.from_config(
+            {},
+            [
+                "decoder.verification=prophet",
+                "decoder.verification.base=threshold",
+                "decoder.verification.progress=decoded",
+                "decoder.verification.steps_per_block=4",
+            ],
+        )
 
 
 def test_the_dual_cache_is_refused():
-    with pytest.raises(ConfigError, match="(?s)`decoder.cache`.*dual cache recomputes only the current block.*"
-                                          "fix: set decoder.cache to none or prefix"):
+    with pytest.raises(
+        ConfigError,
+        match="(?s)`decoder.cache`.*dual cache recomputes only the current block.*"
+        "fix: set decoder.cache to none or prefix",
+    ):
         Decoder.from_config(PRESET, ["decoder.cache=dual"])
 
 
 # --- presets on the embedded models ------------------------------------------------------------------------
 
-BATCH = ["sort 4 1 7 9 3", "reverse hello", "sort 9 8", "copy abcde", "a", "sort 5 3 1 2 4 6", "reverse stone",
-         "hi", "sort 2 1", "reverse ab", "sort 8 6 7", "count", "reverse diffusion", "sort 1", "x y z", "sort 3 3 1"]
+BATCH = [
+    "sort 4 1 7 9 3",
+    "reverse hello",
+    "sort 9 8",
+    "copy abcde",
+    "a",
+    "sort 5 3 1 2 4 6",
+    "reverse stone",
+    "hi",
+    "sort 2 1",
+    "reverse ab",
+    "sort 8 6 7",
+    "count",
+    "reverse diffusion",
+    "sort 1",
+    "x y z",
+    "sort 3 3 1",
+]
 
 
 #: Prophet's own thresholds (the presets scale them for the embedded dLLM), under which the early commit fires often.
-OFFICIAL_THRESHOLDS = ["decoder.verification.early_threshold=7.5", "decoder.verification.mid_threshold=5.0",
-                       "decoder.verification.late_threshold=2.5"]
+OFFICIAL_THRESHOLDS = [
+    "decoder.verification.early_threshold=7.5",
+    "decoder.verification.mid_threshold=5.0",
+    "decoder.verification.late_threshold=2.5",
+]
 
 
 @pytest.mark.parametrize("preset", [PRESET, COMPOSED])
@@ -194,8 +251,11 @@ def test_the_early_commit_saves_forwards_and_keeps_llada_s_answers():
 
 
 def test_the_composition_without_exits_is_the_threshold_rule():
-    never = ["decoder.verification.early_threshold=1e9", "decoder.verification.mid_threshold=1e9",
-             "decoder.verification.late_threshold=1e9"]
+    never = [
+        "decoder.verification.early_threshold=1e9",
+        "decoder.verification.mid_threshold=1e9",
+        "decoder.verification.late_threshold=1e9",
+    ]
     composed = Decoder.from_config(COMPOSED, never).generate(BATCH[:6])
     threshold = Decoder.from_config("configs/decoders/fast-dllm.yaml", ["decoder.cache=none"]).generate(BATCH[:6])
     assert composed.token_ids == threshold.token_ids
@@ -225,14 +285,21 @@ def equivalent(arguments: dict) -> list[str]:
     """The overrides under which the project decodes as the official ``generate`` with ``arguments``."""
     a = arguments
     thresholds = a["early_exit_thresholds"] or {"early": 7.5, "mid": 5.0, "late": 2.5}
-    return [f"model.dllm.path={REFERENCE / 'llada-tiny'}", f"generation.max_new_tokens={a['gen_length']}",
-            "decoder.window=blocks", f"decoder.window.size={a['block_length']}", "decoder.proposal=greedy",
-            "decoder.cache=none", "generation.stop_at_eos=false", "decoder.verification=prophet",
-            f"decoder.verification.steps_per_block={a['steps'] // (a['gen_length'] // a['block_length'])}",
-            f"decoder.verification.answer_start={a['answer_offset']}",
-            f"decoder.verification.early_threshold={thresholds['early']}",
-            f"decoder.verification.mid_threshold={thresholds['mid']}",
-            f"decoder.verification.late_threshold={thresholds['late']}"]
+    return [
+        f"model.dllm.path={REFERENCE / 'llada-tiny'}",
+        f"generation.max_new_tokens={a['gen_length']}",
+        "decoder.window=blocks",
+        f"decoder.window.size={a['block_length']}",
+        "decoder.proposal=greedy",
+        "decoder.cache=none",
+        "generation.stop_at_eos=false",
+        "decoder.verification=prophet",
+        f"decoder.verification.steps_per_block={a['steps'] // (a['gen_length'] // a['block_length'])}",
+        f"decoder.verification.answer_start={a['answer_offset']}",
+        f"decoder.verification.early_threshold={thresholds['early']}",
+        f"decoder.verification.mid_threshold={thresholds['mid']}",
+        f"decoder.verification.late_threshold={thresholds['late']}",
+    ]
 
 
 def test_every_recorded_case_is_compared_and_the_early_commit_fires():
@@ -240,12 +307,16 @@ def test_every_recorded_case_is_compared_and_the_early_commit_fires():
     assert sum(case["exit_info"]["early_exit_triggered"] for case in OFFICIAL["cases"]) == 17
 
 
-@pytest.mark.parametrize("cases", _groups(), ids=lambda cases: "-".join(
-    str(cases[0]["arguments"][k]) for k in ("steps", "block_length", "answer_offset")))
+@pytest.mark.parametrize(
+    "cases",
+    _groups(),
+    ids=lambda cases: "-".join(str(cases[0]["arguments"][k]) for k in ("steps", "block_length", "answer_offset")),
+)
 def test_the_official_decoder_is_matched_token_for_token(cases):
     canvas = FinalCanvas()
-    decoder = Decoder.from_config({}, [*equivalent(cases[0]["arguments"]), "generation.batch_size=16"],
-                                  observers=[canvas])
+    decoder = Decoder.from_config(
+        {}, [*equivalent(cases[0]["arguments"]), "generation.batch_size=16"], observers=[canvas]
+    )
     out = decoder.generate([OFFICIAL["prompts"][case["prompt"]] for case in cases])
     for case, row, stats in zip(cases, canvas.rows, out.stats, strict=True):
         assert row == case["generated"], f"prompt {case['prompt']}"

@@ -28,8 +28,9 @@ def kept(filtered: torch.Tensor) -> list[list[int]]:
     return [row.isfinite().nonzero().flatten().tolist() for row in filtered]
 
 
-@pytest.mark.parametrize("top_k, expected", [(1, [1]), (2, [1, 3]), (3, [0, 1, 3]), (4, [0, 1, 2, 3]),
-                                             (10, [0, 1, 2, 3])])
+@pytest.mark.parametrize(
+    "top_k, expected", [(1, [1]), (2, [1, 3]), (3, [0, 1, 3]), (4, [0, 1, 2, 3]), (10, [0, 1, 2, 3])]
+)
 def test_top_k_keeps_the_k_most_likely_tokens(top_k, expected):
     logits = logits_of(PROBS)
     filtered = filter_logits(logits, top_k, None)
@@ -37,8 +38,10 @@ def test_top_k_keeps_the_k_most_likely_tokens(top_k, expected):
     assert torch.equal(filtered[0, expected], logits[0, expected])  # survivors keep their logits
 
 
-@pytest.mark.parametrize("top_p, expected", [(0.01, [1]), (0.5, [1]), (0.7, [1, 3]), (0.9, [0, 1, 3]),
-                                             (0.99, [0, 1, 2, 3]), (1.0, [0, 1, 2, 3])])
+@pytest.mark.parametrize(
+    "top_p, expected",
+    [(0.01, [1]), (0.5, [1]), (0.7, [1, 3]), (0.9, [0, 1, 3]), (0.99, [0, 1, 2, 3]), (1.0, [0, 1, 2, 3])],
+)
 def test_top_p_keeps_the_smallest_most_likely_set_reaching_p(top_p, expected):
     logits = logits_of(PROBS)
     filtered = filter_logits(logits, None, top_p)
@@ -98,14 +101,23 @@ MASK = 3
 def one_step(logits_per_column: list[list[float]]):
     """One row, prompt ``[5, 6]``, 3 generated columns (2, 3, 4); columns 2 and 4 masked and eligible, column 3
     already decided as token 7. ``logits_per_column`` gives the logits of columns 2, 3, 4."""
-    state = DecodeState.build([[5, 6]], max_new_tokens=3, mask_token_id=MASK, pad_token_id=0, eos_token_ids=[2],
-                              fill_token_id=0, seeds=[0], stop_at_eos=False)
+    state = DecodeState.build(
+        [[5, 6]],
+        max_new_tokens=3,
+        mask_token_id=MASK,
+        pad_token_id=0,
+        eos_token_ids=[2],
+        fill_token_id=0,
+        seeds=[0],
+        stop_at_eos=False,
+    )
     state.canvas[0, 3] = 7
     state.masked = state.canvas == MASK
     logits = torch.zeros(1, state.width, len(logits_per_column[0]))
     logits[0, 2:] = torch.tensor(logits_per_column)
-    inputs = ModelInputs(input_ids=state.canvas, position_ids=state.position_ids, attention_mask=None, start=0,
-                         end=state.width)
+    inputs = ModelInputs(
+        input_ids=state.canvas, position_ids=state.position_ids, attention_mask=None, start=0, end=state.width
+    )
     zero = torch.zeros(1, dtype=torch.long)
     window = Window(eligible=state.masked, input_end=state.width, block_start=zero + 2, block_end=zero + 5)
     return state, ForwardOutput(logits=logits, inputs=inputs), window
@@ -138,6 +150,7 @@ def test_sampling_with_top_k_one_proposes_the_argmax_with_its_untempered_probabi
     expected = [softmax_at(LOGITS[0], 1), softmax_at(LOGITS[2], 2)]
     torch.testing.assert_close(proposal.confidence[0, [2, 4]], torch.tensor(expected), rtol=1e-6, atol=0.0)
     assert kept(proposal.sampling_logits) == [[1], [2]]
-    torch.testing.assert_close(proposal.sampling_logits[:, [1, 2]].diagonal(), torch.tensor([1.0, 1.5]), rtol=1e-6,
-                               atol=0.0)  # the tempered logits, 2.0 / 2 and 3.0 / 2
+    torch.testing.assert_close(
+        proposal.sampling_logits[:, [1, 2]].diagonal(), torch.tensor([1.0, 1.5]), rtol=1e-6, atol=0.0
+    )  # the tempered logits, 2.0 / 2 and 3.0 / 2
     assert proposal.noise.shape == (2, 5) and proposal.noise.dtype == torch.float64

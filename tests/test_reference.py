@@ -24,6 +24,7 @@ from dlm_decode.config.schema import ModelSpec
 from dlm_decode.decoder import Decoder
 from dlm_decode.models.adapter import DiffusionLM
 from dlm_decode.models.loading import load_hf
+
 from helpers import REFERENCE, FinalCanvas, assert_logits_close
 from reference.record import pairwise_mask  # the mask the padded official logits were recorded with
 
@@ -44,42 +45,83 @@ def equivalent(decoder: str, arguments: dict) -> list[str]:
     a = arguments
     if decoder.split(".")[0] in ("llada", "fast_dllm", "wino"):
         blocks = a["gen_length"] // a["block_length"]
-        common = [f"model.dllm.path={REFERENCE / 'llada-tiny'}", f"generation.max_new_tokens={a['gen_length']}",
-                  "decoder.window=blocks", f"decoder.window.size={a['block_length']}", "decoder.proposal=greedy",
-                  f"decoder.cache={LLADA_CACHES.get(decoder, 'none')}", "generation.stop_at_eos=false"]
+        common = [
+            f"model.dllm.path={REFERENCE / 'llada-tiny'}",
+            f"generation.max_new_tokens={a['gen_length']}",
+            "decoder.window=blocks",
+            f"decoder.window.size={a['block_length']}",
+            "decoder.proposal=greedy",
+            f"decoder.cache={LLADA_CACHES.get(decoder, 'none')}",
+            "generation.stop_at_eos=false",
+        ]
         if decoder == "wino.decoding_wino":
-            return [*common, "decoder.verification=wino", f"decoder.verification.draft_threshold={a['threshold']}",
-                    f"decoder.verification.verify_threshold={a['threshold_back']}",
-                    "decoder.verification.revoke_limit=official"]
+            return [
+                *common,
+                "decoder.verification=wino",
+                f"decoder.verification.draft_threshold={a['threshold']}",
+                f"decoder.verification.verify_threshold={a['threshold_back']}",
+                "decoder.verification.revoke_limit=official",
+            ]
         if a.get("threshold") is not None:
             return [*common, "decoder.verification=threshold", f"decoder.verification.threshold={a['threshold']}"]
-        return [*common, "decoder.verification=topk", "decoder.verification.score=confidence",
-                f"decoder.verification.steps_per_block={a['steps'] // blocks}"]
-    common = [f"model.dllm.path={REFERENCE / 'dream-tiny'}", f"generation.max_new_tokens={a['max_new_tokens']}",
-              "decoder.proposal=greedy"]
+        return [
+            *common,
+            "decoder.verification=topk",
+            "decoder.verification.score=confidence",
+            f"decoder.verification.steps_per_block={a['steps'] // blocks}",
+        ]
+    common = [
+        f"model.dllm.path={REFERENCE / 'dream-tiny'}",
+        f"generation.max_new_tokens={a['max_new_tokens']}",
+        "decoder.proposal=greedy",
+    ]
     if decoder == "dream.diffusion_generate":
-        return [*common, "decoder.window=full", "decoder.cache=none", "decoder.verification=topk",
-                f"decoder.verification.score={SCORES[a['alg']]}", "decoder.verification.schedule=dream",
-                f"decoder.verification.steps_per_block={a['steps']}", "generation.stop_at_eos=false"]
+        return [
+            *common,
+            "decoder.window=full",
+            "decoder.cache=none",
+            "decoder.verification=topk",
+            f"decoder.verification.score={SCORES[a['alg']]}",
+            "decoder.verification.schedule=dream",
+            f"decoder.verification.steps_per_block={a['steps']}",
+            "generation.stop_at_eos=false",
+        ]
     endoftext = f"model.dllm.eos_token_ids=[{a['eos_token_id']}]"
     if a["alg"] == "leftright":
-        return [*common, endoftext, "decoder.window=full", "decoder.cache=none", "decoder.verification=left_to_right",
-                f"decoder.verification.k={a['tokens_per_step']}"]
+        return [
+            *common,
+            endoftext,
+            "decoder.window=full",
+            "decoder.cache=none",
+            "decoder.verification=left_to_right",
+            f"decoder.verification.k={a['tokens_per_step']}",
+        ]
 
     def null(value):
         return "null" if value is None else value
 
-    return [*common, endoftext, f"model.ar.path={REFERENCE / 'qwen2-tiny'}", "decoder.window=lookahead",
-            f"decoder.window.max_lookahead={null(a['max_lookahead'])}", "decoder.cache=kv_window",
-            f"decoder.cache.window={null(a['kv_window'])}", "decoder.verification=apd",
-            f"decoder.verification.mixture_weight={a['apd_mixture_weight']}", "decoder.verification.coupling=argmax"]
+    return [
+        *common,
+        endoftext,
+        f"model.ar.path={REFERENCE / 'qwen2-tiny'}",
+        "decoder.window=lookahead",
+        f"decoder.window.max_lookahead={null(a['max_lookahead'])}",
+        "decoder.cache=kv_window",
+        f"decoder.cache.window={null(a['kv_window'])}",
+        "decoder.verification=apd",
+        f"decoder.verification.mixture_weight={a['apd_mixture_weight']}",
+        "decoder.verification.coupling=argmax",
+    ]
 
 
 def _groups() -> dict[str, list[dict]]:
     groups = defaultdict(list)
     for case in OFFICIAL["cases"]:
-        shown = {k: v for k, v in case["arguments"].items() if k not in ("mask_id", "mask_token_id", "eos_token_id",
-                                                                           "pad_token_id", "temperature")}
+        shown = {
+            k: v
+            for k, v in case["arguments"].items()
+            if k not in ("mask_id", "mask_token_id", "eos_token_id", "pad_token_id", "temperature")
+        }
         groups[f"{case['decoder']}{json.dumps(shown, sort_keys=True)}"].append(case)
     return dict(groups)
 
@@ -95,8 +137,9 @@ def test_every_recorded_case_is_compared():
 def test_the_official_decoder_is_matched_token_for_token(name):
     cases = GROUPS[name]
     canvas = FinalCanvas()
-    decoder = Decoder.from_config({}, [*equivalent(cases[0]["decoder"], cases[0]["arguments"]),
-                                       "generation.batch_size=16"], observers=[canvas])
+    decoder = Decoder.from_config(
+        {}, [*equivalent(cases[0]["decoder"], cases[0]["arguments"]), "generation.batch_size=16"], observers=[canvas]
+    )
     out = decoder.generate([PROMPTS[case["prompt"]] for case in cases])
     for case, row, ids in zip(cases, canvas.rows, out.token_ids, strict=True):
         official = case["generated"]
@@ -110,8 +153,10 @@ def test_the_official_decoder_is_matched_token_for_token(name):
 
 @pytest.fixture(scope="module")
 def native():
-    return {name: load_hf(ModelSpec(path=str(REFERENCE / f"{name}-tiny")), "model.dllm")[0]
-            for name in ("llada", "dream", "qwen2")}
+    return {
+        name: load_hf(ModelSpec(path=str(REFERENCE / f"{name}-tiny")), "model.dllm")[0]
+        for name in ("llada", "dream", "qwen2")
+    }
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,7 @@ from dlm_decode.config.schema import ModelSpec
 from dlm_decode.decoder import Decoder
 from dlm_decode.masks import AttentionPattern
 from dlm_decode.models.adapter import DiffusionLM
+
 from helpers import REFERENCE, assert_logits_close
 
 OFFICIAL = json.loads((REFERENCE / "official_block.json").read_text(encoding="utf-8"))
@@ -62,8 +63,10 @@ def test_native_logits_and_masks_equal_the_official_ones(sdar, recorded, name):
     ids, positions, mask = (recorded[f"{name}.{part}"] for part in ("input_ids", "position_ids", "mask"))
     real = ids != sdar.pad_token_id if name.endswith("padded.b4") else torch.ones_like(ids, dtype=torch.bool)
     gen_start = ids.shape[1] - OFFICIAL["gen_length"]
-    assert torch.equal(sdar.attention.mask(real, gen_start)[real[:, None, :, None].expand_as(mask)],
-                       mask[real[:, None, :, None].expand_as(mask)]), "the pattern's mask is not the official one"
+    assert torch.equal(
+        sdar.attention.mask(real, gen_start)[real[:, None, :, None].expand_as(mask)],
+        mask[real[:, None, :, None].expand_as(mask)],
+    ), "the pattern's mask is not the official one"
     logits = sdar.model(input_ids=ids, position_ids=positions, attention_mask=mask).logits
     rows = real.bool()
     assert_logits_close(logits[rows], recorded[f"{name}.logits"][rows])
@@ -76,22 +79,32 @@ def test_the_native_tokenizer_gives_the_official_prompt_ids(sdar):
 def equivalent(decoder: str, arguments: dict) -> list[str]:
     """The overrides under which the project decodes as SDAR's evaluation decoder called with ``arguments``:
     blocks of ``block_length`` for the window and for the attention pattern (the official decoder builds its mask
-    from ``block_length``, whatever the config's ``block_size``); ``k = block_length / denoising_steps`` tokens per step, the most confident
-    (``threshold`` 1.0), or every token above ``threshold`` but at least k (below 1.0); every position decoded
-    (``stop_at_eos=false``), the tokens compared up to the first stop id."""
+    from ``block_length``, whatever the config's ``block_size``); ``k = block_length / denoising_steps`` tokens per
+    step, the most confident (``threshold`` 1.0), or every token above ``threshold`` but at least k (below 1.0);
+    every position decoded (``stop_at_eos=false``), the tokens compared up to the first stop id."""
     k = arguments["block_length"] // arguments["denoising_steps"]
     if decoder == SCRIPT_DECODER:  # every confidence 1.0 (see the module docstring)
-        verification = (["decoder.verification=left_to_right", f"decoder.verification.k={k}"]
-                        if arguments["remasking_strategy"] == "sequential" else
-                        ["decoder.verification=threshold", "decoder.verification.threshold=0.0"])
+        verification = (
+            ["decoder.verification=left_to_right", f"decoder.verification.k={k}"]
+            if arguments["remasking_strategy"] == "sequential"
+            else ["decoder.verification=threshold", "decoder.verification.threshold=0.0"]
+        )
     elif arguments["threshold"] >= 1.0:
         verification = ["decoder.verification=topk", f"decoder.verification.tokens_per_step={k}"]
     else:
-        verification = ["decoder.verification=threshold", f"decoder.verification.threshold={arguments['threshold']}",
-                        f"decoder.verification.min_tokens={k}"]
-    return [f"model.dllm.block_size={arguments['block_length']}", "decoder.window=blocks",
-            f"decoder.window.size={arguments['block_length']}", *verification,
-            "decoder.proposal=greedy", "generation.stop_at_eos=false"]
+        verification = [
+            "decoder.verification=threshold",
+            f"decoder.verification.threshold={arguments['threshold']}",
+            f"decoder.verification.min_tokens={k}",
+        ]
+    return [
+        f"model.dllm.block_size={arguments['block_length']}",
+        "decoder.window=blocks",
+        f"decoder.window.size={arguments['block_length']}",
+        *verification,
+        "decoder.proposal=greedy",
+        "generation.stop_at_eos=false",
+    ]
 
 
 def _groups() -> dict[str, list[dict]]:
@@ -128,10 +141,16 @@ def test_the_official_sdar_decoders_are_matched_token_for_token(sdar, key, cache
     cases = GROUPS[key]
     arguments = cases[0]["arguments"]
     width = max(len(case["generated"]) for case in cases)
-    decoder = Decoder.from_config([], [f"model.dllm.path={REFERENCE / 'sdar-tiny'}",
-                                       *equivalent(cases[0]["decoder"], arguments),
-                                       f"decoder.cache={cache}", f"generation.max_new_tokens={width}",
-                                       "generation.batch_size=5"])
+    decoder = Decoder.from_config(
+        [],
+        [
+            f"model.dllm.path={REFERENCE / 'sdar-tiny'}",
+            *equivalent(cases[0]["decoder"], arguments),
+            f"decoder.cache={cache}",
+            f"generation.max_new_tokens={width}",
+            "generation.batch_size=5",
+        ],
+    )
     out = decoder.generate([OFFICIAL["prompts"][case["prompt"]] for case in cases])
     assert len({len(ids) for ids in OFFICIAL["prompt_ids"]["sdar"]}) > 1
     stops = arguments["stopping_criteria_idx"]
@@ -175,10 +194,15 @@ def v2_equivalent(arguments: dict) -> list[str]:
     """Fast-dLLM v2's ``generate``: blocks of ``block_size`` (the attention's and the window's unit) decoded in
     sub-blocks of ``small_block_size``, each step committing every masked position above ``threshold`` and always
     the most confident one; the block's first column first and alone (:attr:`AttentionPattern.head_first`)."""
-    return [f"model.dllm.block_size={arguments['block_size']}", "decoder.window=blocks",
-            f"decoder.window.size={arguments['small_block_size']}", "decoder.verification=threshold",
-            f"decoder.verification.threshold={arguments['threshold']}", "decoder.proposal=greedy",
-            "generation.stop_at_eos=false"]
+    return [
+        f"model.dllm.block_size={arguments['block_size']}",
+        "decoder.window=blocks",
+        f"decoder.window.size={arguments['small_block_size']}",
+        "decoder.verification=threshold",
+        f"decoder.verification.threshold={arguments['threshold']}",
+        "decoder.proposal=greedy",
+        "generation.stop_at_eos=false",
+    ]
 
 
 V2_GROUPS = defaultdict(list)
@@ -195,9 +219,16 @@ def test_fast_dllm_v2_generate_is_matched_token_for_token(fast_v2, key, cache):
     cases = V2_GROUPS[key]
     arguments = cases[0]["arguments"]
     width = max(len(case["generated"]) for case in cases)
-    decoder = Decoder.from_config([], [f"model.dllm.path={REFERENCE / 'fastdllm-v2-tiny'}",
-                                       *v2_equivalent(arguments), f"decoder.cache={cache}",
-                                       f"generation.max_new_tokens={width}", "generation.batch_size=5"])
+    decoder = Decoder.from_config(
+        [],
+        [
+            f"model.dllm.path={REFERENCE / 'fastdllm-v2-tiny'}",
+            *v2_equivalent(arguments),
+            f"decoder.cache={cache}",
+            f"generation.max_new_tokens={width}",
+            "generation.batch_size=5",
+        ],
+    )
     out = decoder.generate([OFFICIAL["prompts"][case["prompt"]] for case in cases])
     stops = [arguments["stop_token"]]
     for case, ids in zip(cases, out.token_ids, strict=True):

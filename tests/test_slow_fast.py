@@ -22,11 +22,20 @@ from dlm_decode.errors import ConfigError
 from dlm_decode.hookspecs import hookimpl
 from dlm_decode.state import DecodeState
 from dlm_decode.strategies.slow_fast import SlowFastConfig, SlowFastVerifier, farthest_confident
+
 from helpers import REFERENCE
 
 PRESET = "configs/decoders/slow-fast.yaml"
-MIXED = ["sort 4 1 7 9 3", "hi", "reverse the word stone", "copy abc", "what is 12 + 30", "sort 9 8 1 2 5 6",
-         "x", "reverse ab"] * 2
+MIXED = [
+    "sort 4 1 7 9 3",
+    "hi",
+    "reverse the word stone",
+    "copy abc",
+    "what is 12 + 30",
+    "sort 9 8 1 2 5 6",
+    "x",
+    "reverse ab",
+] * 2
 
 
 class Rows:
@@ -37,7 +46,7 @@ class Rows:
 
     @hookimpl
     def dlm_generation_end(self, state):
-        self.rows += state.canvas[:, state.gen_start:].tolist()
+        self.rows += state.canvas[:, state.gen_start :].tolist()
         self.stats.append({k: v.clone() for k, v in state.row_stats.items()})
 
 
@@ -46,18 +55,37 @@ class Rows:
 
 def _state(width: int = 8) -> DecodeState:
     """One row: a 2-column prompt and ``width - 2`` masks (mask id 0)."""
-    return DecodeState.build([[5, 6]], max_new_tokens=width - 2, mask_token_id=0, pad_token_id=1,
-                             eos_token_ids=[2], fill_token_id=1, seeds=[0])
+    return DecodeState.build(
+        [[5, 6]],
+        max_new_tokens=width - 2,
+        mask_token_id=0,
+        pad_token_id=1,
+        eos_token_ids=[2],
+        fill_token_id=1,
+        seeds=[0],
+    )
 
 
 def _step(verifier, state, confidence):
     """Run one verify over the whole generated region as one block; apply and return the commits ``[N]`` bool."""
     confidence = torch.tensor([confidence], dtype=torch.float32)
     width = state.width
-    window = Window(eligible=state.masked.clone(), input_end=width, block_start=torch.tensor([state.gen_start]),
-                    block_end=torch.tensor([width]))
-    proposal = Proposal(tokens=torch.full_like(state.canvas, 7), confidence=confidence * state.masked, rows=None,
-                        cols=None, logits=None, temperature=0.0, noise=None, scorer=None)
+    window = Window(
+        eligible=state.masked.clone(),
+        input_end=width,
+        block_start=torch.tensor([state.gen_start]),
+        block_end=torch.tensor([width]),
+    )
+    proposal = Proposal(
+        tokens=torch.full_like(state.canvas, 7),
+        confidence=confidence * state.masked,
+        rows=None,
+        cols=None,
+        logits=None,
+        temperature=0.0,
+        noise=None,
+        scorer=None,
+    )
     decision = verifier.dlm_verify(state=state, forward=None, proposal=proposal, window=window)
     state.apply(decision)
     return decision.commit[0].tolist()
@@ -132,8 +160,7 @@ def test_fast_steps_after_the_first_see_only_the_columns_before_the_span_end():
     state = _state(8)
     window = Window(eligible=state.masked, input_end=8, block_start=torch.tensor([2]), block_end=torch.tensor([8]))
     mask = torch.ones(1, 1, 8, 8, dtype=torch.bool)
-    inputs = ModelInputs(input_ids=state.canvas, position_ids=state.position_ids, attention_mask=mask, start=0,
-                         end=8)
+    inputs = ModelInputs(input_ids=state.canvas, position_ids=state.position_ids, attention_mask=mask, start=0, end=8)
 
     def visible_keys(fast_steps: int) -> list[bool]:
         memory = verifier.prepare(state, window)
@@ -151,8 +178,9 @@ def test_fast_steps_after_the_first_see_only_the_columns_before_the_span_end():
 
 
 def test_the_preset_decodes_a_block_causal_model():
-    out = Decoder.from_config(PRESET, ["model.dllm.path=embedded:block", "decoder.window=blocks",
-                                       "decoder.window.size=8"]).generate(MIXED[:4])
+    out = Decoder.from_config(
+        PRESET, ["model.dllm.path=embedded:block", "decoder.window=blocks", "decoder.window.size=8"]
+    ).generate(MIXED[:4])
     assert all(out.token_ids)
 
 
@@ -162,28 +190,38 @@ OFFICIAL = json.loads((REFERENCE / "official_slow_fast.json").read_text(encoding
 GROUPS: dict[str, list[dict]] = defaultdict(list)
 for _case in OFFICIAL["cases"]:
     _a = _case["arguments"]
-    GROUPS[f"block{_a['block_length']}-k{_a['k_exploration_steps']}-span{_a['cycle_len_confidence_threshold']}"
-           f"-tau{_a['high_confidence_threshold']}-w{_a['cycle_length_stability_window']}"].append(_case)
+    GROUPS[
+        f"block{_a['block_length']}-k{_a['k_exploration_steps']}-span{_a['cycle_len_confidence_threshold']}"
+        f"-tau{_a['high_confidence_threshold']}-w{_a['cycle_length_stability_window']}"
+    ].append(_case)
 
 
 def equivalent(arguments: dict) -> list[str]:
     a = arguments
-    return [f"model.dllm.path={REFERENCE / 'llada-tiny'}", f"generation.max_new_tokens={a['gen_length']}",
-            "decoder.window=blocks", f"decoder.window.size={a['block_length']}", "decoder.proposal=greedy",
-            "decoder.cache=none", "generation.stop_at_eos=false", "decoder.verification=slow_fast",
-            f"decoder.verification.exploration_steps={a['k_exploration_steps']}",
-            f"decoder.verification.span_threshold={a['cycle_len_confidence_threshold']}",
-            f"decoder.verification.threshold={a['high_confidence_threshold']}",
-            f"decoder.verification.stability_window={a['cycle_length_stability_window']}",
-            f"decoder.verification.stability_std={a['cycle_length_stability_std_dev_threshold']}"]
+    return [
+        f"model.dllm.path={REFERENCE / 'llada-tiny'}",
+        f"generation.max_new_tokens={a['gen_length']}",
+        "decoder.window=blocks",
+        f"decoder.window.size={a['block_length']}",
+        "decoder.proposal=greedy",
+        "decoder.cache=none",
+        "generation.stop_at_eos=false",
+        "decoder.verification=slow_fast",
+        f"decoder.verification.exploration_steps={a['k_exploration_steps']}",
+        f"decoder.verification.span_threshold={a['cycle_len_confidence_threshold']}",
+        f"decoder.verification.threshold={a['high_confidence_threshold']}",
+        f"decoder.verification.stability_window={a['cycle_length_stability_window']}",
+        f"decoder.verification.stability_std={a['cycle_length_stability_std_dev_threshold']}",
+    ]
 
 
 @pytest.mark.parametrize("name", sorted(GROUPS))
 def test_the_official_sampler_is_matched_token_for_token(name):
     cases = GROUPS[name]
     rows = Rows()
-    decoder = Decoder.from_config({}, [*equivalent(cases[0]["arguments"]), "generation.batch_size=16"],
-                                  observers=[rows])
+    decoder = Decoder.from_config(
+        {}, [*equivalent(cases[0]["arguments"]), "generation.batch_size=16"], observers=[rows]
+    )
     decoder.generate([OFFICIAL["prompts"][case["prompt"]] for case in cases])
     for case, row in zip(cases, rows.rows, strict=True):
         assert row == case["generated"], f"prompt {case['prompt']}"

@@ -10,8 +10,15 @@ MASK, PAD, EOS, FILL = 3, 0, 2, 2
 
 
 def build(prompts=([5, 6, 7], [8]), max_new=5):
-    return DecodeState.build([list(p) for p in prompts], max_new_tokens=max_new, mask_token_id=MASK,
-                             pad_token_id=PAD, eos_token_ids=[EOS], fill_token_id=FILL, seeds=[0] * len(prompts))
+    return DecodeState.build(
+        [list(p) for p in prompts],
+        max_new_tokens=max_new,
+        mask_token_id=MASK,
+        pad_token_id=PAD,
+        eos_token_ids=[EOS],
+        fill_token_id=FILL,
+        seeds=[0] * len(prompts),
+    )
 
 
 def decision(state, commits: dict[tuple[int, int], int], revoke=()):
@@ -87,8 +94,15 @@ def test_an_eos_id_inside_the_prompt_does_not_end_the_row():
 def test_with_several_eos_ids_a_row_ends_at_the_first_of_any():
     """Rows end at whichever EOS id comes first, not at the first id of the list (e.g. end of turn vs end of text)."""
     END_OF_TURN = 9
-    state = DecodeState.build([[5], [5]], max_new_tokens=4, mask_token_id=MASK, pad_token_id=PAD,
-                              eos_token_ids=[EOS, END_OF_TURN], fill_token_id=FILL, seeds=[0, 0])
+    state = DecodeState.build(
+        [[5], [5]],
+        max_new_tokens=4,
+        mask_token_id=MASK,
+        pad_token_id=PAD,
+        eos_token_ids=[EOS, END_OF_TURN],
+        fill_token_id=FILL,
+        seeds=[0, 0],
+    )
     state.apply(decision(state, {(0, 1): 7, (0, 2): END_OF_TURN, (1, 1): EOS, (1, 2): END_OF_TURN}))
     assert state.generated() == [[7, END_OF_TURN], [EOS]]
     assert state.canvas[0, 3:].tolist() == [FILL, FILL] and state.finished.tolist() == [True, True]
@@ -101,8 +115,16 @@ def test_first_of_finds_the_earliest_of_several_targets():
 
 
 def test_without_stop_at_eos_every_position_is_decoded_and_the_ids_still_end_at_the_first_eos():
-    state = DecodeState.build([[5, 6]], max_new_tokens=4, mask_token_id=MASK, pad_token_id=PAD, eos_token_ids=[EOS],
-                              fill_token_id=FILL, seeds=[0], stop_at_eos=False)
+    state = DecodeState.build(
+        [[5, 6]],
+        max_new_tokens=4,
+        mask_token_id=MASK,
+        pad_token_id=PAD,
+        eos_token_ids=[EOS],
+        fill_token_id=FILL,
+        seeds=[0],
+        stop_at_eos=False,
+    )
     start = state.gen_start
     state.apply(decision(state, {(0, start + 1): EOS}))
     assert state.masked[0, start:].tolist() == [True, False, True, True], "nothing filled after the EOS"
@@ -113,6 +135,14 @@ def test_without_stop_at_eos_every_position_is_decoded_and_the_ids_still_end_at_
 
 
 def test_the_excluded_ids_are_the_mask_id_and_the_undecodable_ones():
-    state = DecodeState.build([[5]], max_new_tokens=2, mask_token_id=MASK, pad_token_id=PAD, eos_token_ids=[EOS],
-                              fill_token_id=FILL, seeds=[0], excluded_token_ids=[7, 5, 7])
+    state = DecodeState.build(
+        [[5]],
+        max_new_tokens=2,
+        mask_token_id=MASK,
+        pad_token_id=PAD,
+        eos_token_ids=[EOS],
+        fill_token_id=FILL,
+        seeds=[0],
+        excluded_token_ids=[7, 5, 7],
+    )
     assert state.excluded_ids.tolist() == [MASK, 5, 7]

@@ -11,6 +11,7 @@ from dlm_decode import ConfigError, load_config
 from dlm_decode.decoder import Decoder
 from dlm_decode.state import Proposal, Window
 from dlm_decode.strategies.threshold import Factor, FactorConfig, Threshold, ThresholdConfig
+
 from helpers import PROMPTS
 
 
@@ -19,8 +20,16 @@ def verify(plugin, confidence: list[list[float]], eligible: list[list[bool]] | N
     scores = torch.tensor(confidence, dtype=torch.float32)
     allowed = torch.ones_like(scores, dtype=torch.bool) if eligible is None else torch.tensor(eligible)
     rows, cols = allowed.nonzero(as_tuple=True)
-    proposal = Proposal(tokens=torch.zeros(scores.shape, dtype=torch.long), confidence=scores, rows=rows, cols=cols,
-                        logits=torch.zeros(len(rows), 1), temperature=0.0, noise=None, scorer=None)
+    proposal = Proposal(
+        tokens=torch.zeros(scores.shape, dtype=torch.long),
+        confidence=scores,
+        rows=rows,
+        cols=cols,
+        logits=torch.zeros(len(rows), 1),
+        temperature=0.0,
+        noise=None,
+        scorer=None,
+    )
     zeros = torch.zeros(len(scores), dtype=torch.long)
     window = Window(eligible=allowed, input_end=scores.shape[1], block_start=zeros, block_end=zeros + scores.shape[1])
     commit = plugin.dlm_verify(proposal=proposal, window=window).commit
@@ -75,13 +84,11 @@ def test_threshold_on_hand_built_confidences():
     assert verify(threshold(1.0), [[0.3, 0.8, 0.8]]) == [[1]], "ties for the top go to the leftmost"
 
 
-@given(data=st.data(), rows=st.integers(1, 4), cols=st.integers(1, 6),
-       tau=st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]))
+@given(data=st.data(), rows=st.integers(1, 4), cols=st.integers(1, 6), tau=st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]))
 def test_threshold_matches_its_definition(data, rows, cols, tau):
     values = st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0, 0.1, 0.6])  # coarse values: ties and c == τ are common
     confidence = data.draw(st.lists(st.lists(values, min_size=cols, max_size=cols), min_size=rows, max_size=rows))
-    eligible = data.draw(st.lists(st.lists(st.booleans(), min_size=cols, max_size=cols), min_size=rows,
-                                  max_size=rows))
+    eligible = data.draw(st.lists(st.lists(st.booleans(), min_size=cols, max_size=cols), min_size=rows, max_size=rows))
     expected = []
     for scores, allowed in zip(confidence, eligible):
         candidates = [i for i in range(cols) if allowed[i]]
@@ -94,8 +101,9 @@ def test_threshold_matches_its_definition(data, rows, cols, tau):
 
 
 def decode(dllm, *overrides):
-    config = load_config({}, ["decoder.window=blocks", "decoder.window.size=8", "generation.max_new_tokens=16",
-                              *overrides])
+    config = load_config(
+        {}, ["decoder.window=blocks", "decoder.window.size=8", "generation.max_new_tokens=16", *overrides]
+    )
     return Decoder(config, dllm=dllm).generate(PROMPTS)
 
 
@@ -104,8 +112,10 @@ def test_strict_rules_are_topk_with_one_token_per_step(sharp):
     confidences stay below 1: LLaDA's one token per step, token for token."""
     topk = decode(sharp, "decoder.verification=topk", "decoder.verification.tokens_per_step=1")
     assert len({tuple(ids) for ids in topk.token_ids}) == len(PROMPTS), "rows too alike to compare"
-    for rule in (["decoder.verification=threshold", "decoder.verification.threshold=1.0"],
-                 ["decoder.verification=factor", "decoder.verification.factor=1.0e-9"]):
+    for rule in (
+        ["decoder.verification=threshold", "decoder.verification.threshold=1.0"],
+        ["decoder.verification=factor", "decoder.verification.factor=1.0e-9"],
+    ):
         strict = decode(sharp, *rule)
         assert strict.token_ids == topk.token_ids, rule
         assert all(set(s.commits_per_step) == {1} for s in strict.stats), rule
@@ -113,8 +123,10 @@ def test_strict_rules_are_topk_with_one_token_per_step(sharp):
 
 def test_lax_rules_fill_a_block_per_step(sharp):
     """τ = 0 and a huge factor accept every eligible position: each step fills the rest of a block of 8."""
-    for rule in (["decoder.verification=threshold", "decoder.verification.threshold=0.0"],
-                 ["decoder.verification=factor", "decoder.verification.factor=1.0e9"]):
+    for rule in (
+        ["decoder.verification=threshold", "decoder.verification.threshold=0.0"],
+        ["decoder.verification=factor", "decoder.verification.factor=1.0e9"],
+    ):
         assert all(set(s.commits_per_step) == {8} for s in decode(sharp, *rule).stats), rule
 
 
@@ -123,10 +135,13 @@ def test_threshold_decodes_several_tokens_per_forward_at_the_paper_setting(sharp
     assert any(max(s.commits_per_step) > 1 for s in out.stats)
 
 
-@pytest.mark.parametrize("override, key", [
-    ("decoder.verification.threshold=1.5", "decoder.verification.threshold"),
-    ("decoder.verification.threshold=-0.1", "decoder.verification.threshold"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("decoder.verification.threshold=1.5", "decoder.verification.threshold"),
+        ("decoder.verification.threshold=-0.1", "decoder.verification.threshold"),
+    ],
+)
 def test_threshold_out_of_range_names_its_key(override, key):
     with pytest.raises(ConfigError, match=f"(?s)`{key}`.*must be in \\[0, 1\\].*fix"):
         load_config({}, ["decoder.verification=threshold", override])

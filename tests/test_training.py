@@ -15,10 +15,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dlm_decode.errors import ModelError
 from dlm_decode.eval.tasks import TASKS, load_examples
-from dlm_decode.recipes import common
-from dlm_decode.recipes import train_embedded as train
 from dlm_decode.models.embedded import EMBEDDED_MODELS, embedded_model_dir
 from dlm_decode.models.tokenizer import build_char_tokenizer
+from dlm_decode.recipes import common
+from dlm_decode.recipes import train_embedded as train
+
 from helpers import assert_logits_close
 
 
@@ -246,8 +247,11 @@ def test_shipped_pair_loads_with_plain_transformers_and_is_trained(tokenizer):
     assert common.count_parameters(ar) < common.count_parameters(dllm)
     loaded = AutoTokenizer.from_pretrained(embedded_model_dir("dllm"))
     assert loaded.get_vocab() == AutoTokenizer.from_pretrained(embedded_model_dir("ar")).get_vocab()
-    ar_table = common.quick_eval(lambda ps: train.ar_generate_greedy(ar, loaded, ps, common.EVAL_MAX_NEW_TOKENS),
-                                 n_per_task=10, tasks=("sort", "reverse", "pick"))
+    ar_table = common.quick_eval(
+        lambda ps: train.ar_generate_greedy(ar, loaded, ps, common.EVAL_MAX_NEW_TOKENS),
+        n_per_task=10,
+        tasks=("sort", "reverse", "pick"),
+    )
     assert ar_table["mean"] >= 0.6, ar_table
     prompts = [e.prompt for e in load_examples(["sort"], "test", 10)]
     outputs = train.dllm_generate_greedy(dllm, loaded, prompts, common.EVAL_MAX_NEW_TOKENS, 1)
@@ -274,8 +278,11 @@ def test_two_stream_training_shows_each_block_what_the_decoder_shows_it(tokenize
     noisy = batch.input_ids.masked_fill(masked, tokenizer.mask_token_id)
     positions = position_ids_from_mask(batch.attention_mask)
     with torch.no_grad():
-        both = model(input_ids=torch.cat([noisy, batch.input_ids], -1), position_ids=torch.cat([positions] * 2, -1),
-                     attention_mask=train_block.two_stream_mask(batch.attention_mask, batch.targets, blocks)).logits
+        both = model(
+            input_ids=torch.cat([noisy, batch.input_ids], -1),
+            position_ids=torch.cat([positions] * 2, -1),
+            attention_mask=train_block.two_stream_mask(batch.attention_mask, batch.targets, blocks),
+        ).logits
         compared = 0
         for row in range(noisy.shape[0]):
             for block in range(int(blocks[row].max()) + 1):
@@ -283,8 +290,9 @@ def test_two_stream_training_shows_each_block_what_the_decoder_shows_it(tokenize
                 canvas = torch.where(blocks[row] > block, tokenizer.mask_token_id, canvas)
                 gen_start = int(batch.targets[row].int().argmax())  # the decoder's blocks start at the region
                 decoding = AttentionPattern(size).mask(batch.attention_mask[row : row + 1], gen_start)
-                alone = model(input_ids=canvas[None], position_ids=positions[row : row + 1],
-                              attention_mask=decoding).logits[0]
+                alone = model(
+                    input_ids=canvas[None], position_ids=positions[row : row + 1], attention_mask=decoding
+                ).logits[0]
                 columns = blocks[row] == block
                 assert_logits_close(both[row, : noisy.shape[1]][columns], alone[columns])
                 compared += 1
@@ -292,9 +300,9 @@ def test_two_stream_training_shows_each_block_what_the_decoder_shows_it(tokenize
 
 
 def test_block_recipe_smoke_run_writes_a_block_causal_checkpoint(tmp_path):
+    from dlm_decode.config.schema import ModelSpec
     from dlm_decode.masks import AttentionPattern
     from dlm_decode.models.adapter import DiffusionLM
-    from dlm_decode.config.schema import ModelSpec
     from dlm_decode.recipes import train_block
 
     table = train_block.main(["--out", str(tmp_path), "--smoke", "--threads", "1"])
@@ -310,7 +318,9 @@ def test_shipped_block_model_decodes_block_by_block(tokenizer):
     from dlm_decode.recipes import train_block
 
     model = AutoModelForCausalLM.from_pretrained(embedded_model_dir("block")).eval()
-    table = common.quick_eval(lambda ps: train_block.block_generate_greedy(model, tokenizer, ps,
-                                                                           common.EVAL_MAX_NEW_TOKENS, 1),
-                              n_per_task=10, tasks=("sort", "reverse"))
+    table = common.quick_eval(
+        lambda ps: train_block.block_generate_greedy(model, tokenizer, ps, common.EVAL_MAX_NEW_TOKENS, 1),
+        n_per_task=10,
+        tasks=("sort", "reverse"),
+    )
     assert table["mean"] >= 0.8, table

@@ -21,9 +21,17 @@ PROMPTS = [[5, 6], [7], [8, 9]]
 
 def state_with(committed: list[list[int]], attention: AttentionPattern | None = None) -> DecodeState:
     """The canvas of the module docstring with ``committed[row]`` (generated offsets) decided as ``TOKEN``."""
-    state = DecodeState.build(PROMPTS, max_new_tokens=6, mask_token_id=MASK, pad_token_id=0, eos_token_ids=[2],
-                              fill_token_id=0, seeds=[0, 1, 2], stop_at_eos=False,
-                              **({} if attention is None else {"attention": attention}))
+    state = DecodeState.build(
+        PROMPTS,
+        max_new_tokens=6,
+        mask_token_id=MASK,
+        pad_token_id=0,
+        eos_token_ids=[2],
+        fill_token_id=0,
+        seeds=[0, 1, 2],
+        stop_at_eos=False,
+        **({} if attention is None else {"attention": attention}),
+    )
     commit = torch.zeros_like(state.masked)
     for row, offsets in enumerate(committed):
         commit[row, [state.gen_start + offset for offset in offsets]] = True
@@ -84,8 +92,16 @@ def test_block_tables_follow_a_new_canvas_layout():
     width computes its own blocks."""
     plugin = BlockWindow(2)
     assert eligible_columns(plugin.dlm_window(state_with([[0], [], []]))) == [[3], [2, 3], [2, 3]]
-    other = DecodeState.build([[5, 6, 7]], max_new_tokens=3, mask_token_id=MASK, pad_token_id=0, eos_token_ids=[2],
-                              fill_token_id=0, seeds=[0], stop_at_eos=False)  # generated columns 3, 4, 5
+    other = DecodeState.build(
+        [[5, 6, 7]],
+        max_new_tokens=3,
+        mask_token_id=MASK,
+        pad_token_id=0,
+        eos_token_ids=[2],
+        fill_token_id=0,
+        seeds=[0],
+        stop_at_eos=False,
+    )  # generated columns 3, 4, 5
     window = plugin.dlm_window(other)
     assert eligible_columns(window) == [[3, 4]]
     assert window.block_end.tolist() == [5] and window.input_end == 6

@@ -15,6 +15,7 @@ from dlm_decode.registry import StrategyRegistry
 from dlm_decode.state import DecodeState, ForwardOutput, ForwardPlan, ModelInputs, Window
 from dlm_decode.testing.models import build_tiny_checkpoint
 from dlm_decode.testing.toy import ToyDiffusionLM
+
 from helpers import assert_logits_close
 
 NEVER = float("-inf")
@@ -56,9 +57,16 @@ class Recorder:
     def dlm_step_end(self, state, decision):
         before, finished = self._before
         revoke = torch.zeros_like(decision.commit) if decision.revoke is None else decision.revoke.clone()
-        self.runs[-1]["steps"].append({"before": before, "running": ~finished, "commit": decision.commit.clone(),
-                                       "revoke": revoke, "after": state.canvas.clone(),
-                                       "masked": state.masked.clone()})
+        self.runs[-1]["steps"].append(
+            {
+                "before": before,
+                "running": ~finished,
+                "commit": decision.commit.clone(),
+                "revoke": revoke,
+                "after": state.canvas.clone(),
+                "masked": state.masked.clone(),
+            }
+        )
         self._before = (state.canvas.clone(), state.finished.clone())
 
     @hookimpl
@@ -74,9 +82,15 @@ def partly_decoded(decoder: Decoder, prompts: list[str], new_tokens: int, seed: 
     """A state with random tokens committed at random generated columns, and a window whose blocks differ per
     row (row r < 3: block ``[g + 2r, g + 2r + 8 - 3r)`` clipped to the canvas), so the shadow block is ragged."""
     dllm = decoder.dllm
-    state = DecodeState.build(dllm.encode(prompts), max_new_tokens=new_tokens, mask_token_id=dllm.mask_token_id,
-                              pad_token_id=dllm.pad_token_id, eos_token_ids=dllm.eos_token_ids,
-                              fill_token_id=dllm.fill_token_id, seeds=list(range(len(prompts))))
+    state = DecodeState.build(
+        dllm.encode(prompts),
+        max_new_tokens=new_tokens,
+        mask_token_id=dllm.mask_token_id,
+        pad_token_id=dllm.pad_token_id,
+        eos_token_ids=dllm.eos_token_ids,
+        fill_token_id=dllm.fill_token_id,
+        seeds=list(range(len(prompts))),
+    )
     generator = torch.Generator().manual_seed(seed)
     generated = state.columns >= state.gen_start
     decided = generated & (torch.rand(state.canvas.shape, generator=generator) < 0.6)
@@ -106,8 +120,12 @@ def plain_logits(decoder: Decoder, state: DecodeState, canvas: torch.Tensor) -> 
 
 def test_shadow_probability_is_the_forward_with_that_position_masked(make_decoder, registry, one_layer_dir):
     """One layer and slots that see only themselves: slot j is exactly column j's masked prediction."""
-    decoder = make_decoder(f"model.dllm.path={one_layer_dir}", "decoder.verification=wino",
-                           "decoder.verification.shadows_attend_each_other=false", registry=registry)
+    decoder = make_decoder(
+        f"model.dllm.path={one_layer_dir}",
+        "decoder.verification=wino",
+        "decoder.verification.shadows_attend_each_other=false",
+        registry=registry,
+    )
     state, window = partly_decoded(decoder, ["sort: 3 1 2", "hi", "reverse: abc"], new_tokens=10)
     verifier = decoder.strategies["verification"][1]
     block = (state.columns >= window.block_start[:, None]) & (state.columns < window.block_end[:, None])
@@ -140,9 +158,9 @@ def test_shared_shadow_slots_never_see_their_own_token(make_decoder, registry, o
     state, window = partly_decoded(decoder, ["sort: 3 1 2"], new_tokens=10, seed=2)
     column = int(window.block_start[0]) + 3
     state.canvas[0, column], state.masked[0, column] = 40, False
-    before = shadow_forward(decoder, state, window).logits[0, state.width:]
+    before = shadow_forward(decoder, state, window).logits[0, state.width :]
     state.canvas[0, column] = 41
-    after = shadow_forward(decoder, state, window).logits[0, state.width:]
+    after = shadow_forward(decoder, state, window).logits[0, state.width :]
     assert_logits_close(after[3], before[3])
     assert float((after[2] - before[2]).nan_to_num().abs().max()) > 1e-3
 
@@ -151,24 +169,32 @@ def test_ragged_shadow_blocks_give_each_row_its_own_shadow_logits(make_decoder, 
     decoder = make_decoder("decoder.verification=wino", registry=registry)
     prompts = ["sort: 3 1 2", "hi", "reverse: abc"]
     state, window = partly_decoded(decoder, prompts, new_tokens=10, seed=4)
-    together = shadow_forward(decoder, state, window).logits[:, state.width:]
+    together = shadow_forward(decoder, state, window).logits[:, state.width :]
     for row, prompt in enumerate(prompts):
         alone, _ = partly_decoded(decoder, [prompt], new_tokens=10)
         width = alone.width
-        alone.canvas = state.canvas[row: row + 1, -width:]
-        alone.masked = state.masked[row: row + 1, -width:]
+        alone.canvas = state.canvas[row : row + 1, -width:]
+        alone.masked = state.masked[row : row + 1, -width:]
         shift = state.width - width
-        own = Window(eligible=window.eligible[row: row + 1, -width:], input_end=width,
-                     block_start=window.block_start[row: row + 1] - shift,
-                     block_end=window.block_end[row: row + 1] - shift)
+        own = Window(
+            eligible=window.eligible[row : row + 1, -width:],
+            input_end=width,
+            block_start=window.block_start[row : row + 1] - shift,
+            block_end=window.block_end[row : row + 1] - shift,
+        )
         length = int(own.block_end - own.block_start)
         expected = shadow_forward(decoder, alone, own).logits[0, width:]
         assert_logits_close(together[row, :length], expected)
 
 
 def test_a_cache_is_rejected_by_name(registry):
-    decoder = toy_decoder(registry, "decoder.cache=kv_window", "decoder.window=blocks", "decoder.window.size=4",
-                          "generation.max_new_tokens=8")
+    decoder = toy_decoder(
+        registry,
+        "decoder.cache=kv_window",
+        "decoder.window=blocks",
+        "decoder.window.size=4",
+        "generation.max_new_tokens=8",
+    )
     with pytest.raises(PluginError, match="(?s)wino.*cache.*fix: set decoder.cache=none"):
         decoder.generate(["abc"])
 
@@ -176,8 +202,17 @@ def test_a_cache_is_rejected_by_name(registry):
 # --- the algorithm -----------------------------------------------------------------------------------------
 
 
-def reference_wino(model: ToyDiffusionLM, prompt: list[int], gen_length: int, block_length: int, tau1: float,
-                   tau2: float, ratio: float = 0.7, low: int = 5, high: int = 20) -> tuple[list[int], int]:
+def reference_wino(
+    model: ToyDiffusionLM,
+    prompt: list[int],
+    gen_length: int,
+    block_length: int,
+    tau1: float,
+    tau2: float,
+    ratio: float = 0.7,
+    low: int = 5,
+    high: int = 20,
+) -> tuple[list[int], int]:
     """Batch-1 transcription of the official ``decoding_wino`` (canvas ``[prompt | gen | shadow]``), with the
     two documented differences: the mask token is excluded from the softmax, and a step revokes at most
     ``min(last_accept, accepted) - 1`` tokens (the official bound is ``last_accept - 1``)."""
@@ -221,33 +256,53 @@ def reference_wino(model: ToyDiffusionLM, prompt: list[int], gen_length: int, bl
             x[block] = torch.where(transfer, x0, x[block]).masked_fill(remask, mask_id)
             last_accept = accepted
             steps += 1
-    return x[length: length + gen_length].tolist(), steps
+    return x[length : length + gen_length].tolist(), steps
 
 
-@pytest.mark.parametrize("window, block", [(["decoder.window=blocks", "decoder.window.size=8"], 8),
-                                           (["decoder.window=full"], 16)])
+@pytest.mark.parametrize(
+    "window, block", [(["decoder.window=blocks", "decoder.window.size=8"], 8), (["decoder.window=full"], 16)]
+)
 @pytest.mark.parametrize("tau1, tau2", [(0.6, 0.9), (0.3, 0.95), (0.0, 0.99)])
 def test_batched_decoding_equals_the_official_loop_per_prompt(registry, window, block, tau1, tau2):
     recorder = Recorder()
     model = toy()
-    decoder = toy_decoder(registry, *window, f"decoder.verification.draft_threshold={tau1}",
-                          f"decoder.verification.verify_threshold={tau2}", "generation.max_new_tokens=16",
-                          model=model, observers=[recorder])
+    decoder = toy_decoder(
+        registry,
+        *window,
+        f"decoder.verification.draft_threshold={tau1}",
+        f"decoder.verification.verify_threshold={tau2}",
+        "generation.max_new_tokens=16",
+        model=model,
+        observers=[recorder],
+    )
     out = decoder.generate(PROMPTS)
     for prompt, ids, stats in zip(model.encode(PROMPTS), out.token_ids, out.stats):
         assert (ids, stats.nfe) == reference_wino(model, prompt, 16, block, tau1, tau2)
     assert int(recorder.runs[0]["revocations"].sum()) > 0, "the case exercises revocation"
 
 
-@pytest.mark.parametrize("window", [["decoder.window=blocks", "decoder.window.size=4"],
-                                    ["decoder.window=blocks", "decoder.window.size=7"], ["decoder.window=full"],
-                                    ["decoder.window=lookahead", "decoder.window.max_lookahead=6"]])
+@pytest.mark.parametrize(
+    "window",
+    [
+        ["decoder.window=blocks", "decoder.window.size=4"],
+        ["decoder.window=blocks", "decoder.window.size=7"],
+        ["decoder.window=full"],
+        ["decoder.window=lookahead", "decoder.window.max_lookahead=6"],
+    ],
+)
 @pytest.mark.parametrize("context", [True, False])
 def test_every_step_keeps_the_prompt_revokes_into_masks_and_makes_net_progress(registry, window, context):
     recorder = Recorder()
-    decoder = toy_decoder(registry, *window, "decoder.verification.draft_threshold=0.2",
-                          "decoder.verification.verify_threshold=0.99", "decoder.verification.min_accept=2",
-                          "generation.max_new_tokens=14", model=toy(context=context), observers=[recorder])
+    decoder = toy_decoder(
+        registry,
+        *window,
+        "decoder.verification.draft_threshold=0.2",
+        "decoder.verification.verify_threshold=0.99",
+        "decoder.verification.min_accept=2",
+        "generation.max_new_tokens=14",
+        model=toy(context=context),
+        observers=[recorder],
+    )
     decoder.generate(PROMPTS)
     run = recorder.runs[0]
     gen = run["gen_start"]
@@ -266,7 +321,7 @@ def test_every_step_keeps_the_prompt_revokes_into_masks_and_makes_net_progress(r
         previous = torch.where(running, commits, previous)
         for row, column in step["revoke"].nonzero().tolist():
             revoked_somewhere = True
-            later = [s["commit"][row, column] for s in run["steps"][index + 1:]]
+            later = [s["commit"][row, column] for s in run["steps"][index + 1 :]]
             assert any(later), f"revoked ({row}, {column}) is decided again"
     assert revoked_somewhere
     assert not bool(run["steps"][-1]["masked"].any())
@@ -276,10 +331,17 @@ def test_a_rows_eos_is_never_revoked_so_its_masks_shrink_every_step(registry):
     """Revoking an EOS would reopen the filled tail after it (more masks than the step committed). With an EOS the
     toy proposes often and tau2 = 1 (everything unsupported), masks must still shrink at every step."""
     recorder = Recorder()
-    decoder = toy_decoder(registry, "decoder.window=full", "decoder.verification.draft_threshold=0.0",
-                          "decoder.verification.verify_threshold=1.0", "decoder.verification.min_accept=3",
-                          "decoder.verification.max_accept=3", "generation.max_new_tokens=12",
-                          model=ToyDiffusionLM(12, sharpness=1.0, eos_bias=1.5, context=True), observers=[recorder])
+    decoder = toy_decoder(
+        registry,
+        "decoder.window=full",
+        "decoder.verification.draft_threshold=0.0",
+        "decoder.verification.verify_threshold=1.0",
+        "decoder.verification.min_accept=3",
+        "decoder.verification.max_accept=3",
+        "generation.max_new_tokens=12",
+        model=ToyDiffusionLM(12, sharpness=1.0, eos_bias=1.5, context=True),
+        observers=[recorder],
+    )
     decoder.generate(PROMPTS, seeds=list(range(len(PROMPTS))))
     eos = decoder.dllm.eos_token_ids[0]
     run = recorder.runs[0]
@@ -296,9 +358,15 @@ def test_a_rows_eos_is_never_revoked_so_its_masks_shrink_every_step(registry):
 
 def test_one_draft_per_step_never_revokes(registry):
     recorder = Recorder()
-    decoder = toy_decoder(registry, "decoder.window=blocks", "decoder.window.size=8",
-                          "decoder.verification.draft_threshold=1.0", "decoder.verification.verify_threshold=1.0",
-                          "generation.max_new_tokens=8", observers=[recorder])
+    decoder = toy_decoder(
+        registry,
+        "decoder.window=blocks",
+        "decoder.window.size=8",
+        "decoder.verification.draft_threshold=1.0",
+        "decoder.verification.verify_threshold=1.0",
+        "generation.max_new_tokens=8",
+        observers=[recorder],
+    )
     out = decoder.generate(PROMPTS)
     assert all(s.commits_per_step == [1] * 8 for s in out.stats)
     assert int(recorder.runs[0]["revocations"].sum()) == 0
@@ -323,9 +391,15 @@ def recount(run: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 #: Draft everything allowed, doubt almost everything: positions get revoked up to three times.
-FLIPPY = ["decoder.window=blocks", "decoder.window.size=16", "decoder.verification.draft_threshold=0.0",
-          "decoder.verification.verify_threshold=0.99", "decoder.verification.min_accept=2",
-          "decoder.verification.max_accept=4", "generation.max_new_tokens=16"]
+FLIPPY = [
+    "decoder.window=blocks",
+    "decoder.window.size=16",
+    "decoder.verification.draft_threshold=0.0",
+    "decoder.verification.verify_threshold=0.99",
+    "decoder.verification.min_accept=2",
+    "decoder.verification.max_accept=4",
+    "generation.max_new_tokens=16",
+]
 
 
 @pytest.mark.parametrize("context", [True, False])
@@ -344,8 +418,13 @@ def test_published_counters_match_a_recount(registry, context):
 def test_revocations_per_position_are_capped(registry, cap):
     uncapped, capped = Recorder(), Recorder()
     toy_decoder(registry, *FLIPPY, model=toy(3.0, context=False), observers=[uncapped]).generate(PROMPTS)
-    toy_decoder(registry, *FLIPPY, f"decoder.verification.max_revocations_per_position={cap}",
-                model=toy(3.0, context=False), observers=[capped]).generate(PROMPTS)
+    toy_decoder(
+        registry,
+        *FLIPPY,
+        f"decoder.verification.max_revocations_per_position={cap}",
+        model=toy(3.0, context=False),
+        observers=[capped],
+    ).generate(PROMPTS)
     assert int(recount(uncapped.runs[0])[0].max()) > cap, "without the cap some position is revoked more often"
     assert int(recount(capped.runs[0])[0].max()) <= cap
 
@@ -354,13 +433,37 @@ def test_revocations_per_position_are_capped(registry, cap):
 
 
 def test_batch_of_16_equals_one_by_one_on_an_hf_model(make_decoder, registry):
-    prompts = ["sort: 3 1 2", "hi", "reverse: abcdef", "7+5=", "a", "count to five", "xyz", "12*3",
-               "the quick brown fox", "q", "copy: hello", "2+2=", "upper: abc", "ok", "len(abcd)", "z y x"]
+    prompts = [
+        "sort: 3 1 2",
+        "hi",
+        "reverse: abcdef",
+        "7+5=",
+        "a",
+        "count to five",
+        "xyz",
+        "12*3",
+        "the quick brown fox",
+        "q",
+        "copy: hello",
+        "2+2=",
+        "upper: abc",
+        "ok",
+        "len(abcd)",
+        "z y x",
+    ]
     recorder = Recorder()
-    decoder = make_decoder("decoder.verification=wino", "decoder.verification.draft_threshold=0.0",
-                           "decoder.verification.verify_threshold=0.5", "decoder.verification.min_accept=2",
-                           "decoder.verification.max_accept=4", "decoder.window=blocks", "decoder.window.size=6",
-                           "generation.max_new_tokens=12", registry=registry, observers=[recorder])
+    decoder = make_decoder(
+        "decoder.verification=wino",
+        "decoder.verification.draft_threshold=0.0",
+        "decoder.verification.verify_threshold=0.5",
+        "decoder.verification.min_accept=2",
+        "decoder.verification.max_accept=4",
+        "decoder.window=blocks",
+        "decoder.window.size=6",
+        "generation.max_new_tokens=12",
+        registry=registry,
+        observers=[recorder],
+    )
     together = decoder.generate(prompts, batch_size=16)
     assert int(recorder.runs[0]["revocations"].sum()) > 0
     for index, prompt in enumerate(prompts):
@@ -369,9 +472,18 @@ def test_batch_of_16_equals_one_by_one_on_an_hf_model(make_decoder, registry):
         assert alone.stats[0].commits_per_step == together.stats[index].commits_per_step
 
 
-@pytest.mark.parametrize("key, value", [("draft_threshold", 1.5), ("verify_threshold", -0.1),
-                                        ("max_accept_ratio", 0.0), ("min_accept", 0), ("max_accept", 3),
-                                        ("initial_last_accept", 0), ("max_revocations_per_position", -1)])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("draft_threshold", 1.5),
+        ("verify_threshold", -0.1),
+        ("max_accept_ratio", 0.0),
+        ("min_accept", 0),
+        ("max_accept", 3),
+        ("initial_last_accept", 0),
+        ("max_revocations_per_position", -1),
+    ],
+)
 def test_invalid_parameters_name_their_key(registry, key, value):
     with pytest.raises(ConfigError, match=f"`decoder.verification.{key}`"):
         load_config({}, ["decoder.verification=wino", f"decoder.verification.{key}={value}"], registry=registry)

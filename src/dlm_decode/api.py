@@ -32,12 +32,41 @@ from dlm_decode.models.kv_store import PositionalKVCache
 from dlm_decode.ops import Scorer
 from dlm_decode.registry import ROLES, StrategyRegistry
 from dlm_decode.selection import first_true_columns, select_top
-from dlm_decode.state import (AR_FORWARDS, Decision, DecodeState, ForwardOutput, ForwardPlan, ModelInputs, Proposal,
-                              Window)
+from dlm_decode.state import (
+    AR_FORWARDS,
+    Decision,
+    DecodeState,
+    ForwardOutput,
+    ForwardPlan,
+    ModelInputs,
+    Proposal,
+    Window,
+)
 
 __all__ = [
-    "AR_FORWARDS", "BuildContext", "CausalLM", "ConfigError", "Decision", "DecodeState", "ForwardOutput",
-    "ForwardPlan", "ModelInputs", "PositionalKVCache", "Proposal", "ROLES", "Scorer", "StrategyError",
-    "StrategyRegistry", "Window", "bidirectional_mask", "check_field", "check_shared_tokenizer", "crop_cache",
-    "first_true_columns", "hookimpl", "new_cache", "position_ids_from_mask", "select_top",
+    "AR_FORWARDS",
+    "BuildContext",
+    "CausalLM",
+    "ConfigError",
+    "Decision",
+    "DecodeState",
+    "ForwardOutput",
+    "ForwardPlan",
+    "ModelInputs",
+    "PositionalKVCache",
+    "Proposal",
+    "ROLES",
+    "Scorer",
+    "StrategyError",
+    "StrategyRegistry",
+    "Window",
+    "bidirectional_mask",
+    "check_field",
+    "check_shared_tokenizer",
+    "crop_cache",
+    "first_true_columns",
+    "hookimpl",
+    "new_cache",
+    "position_ids_from_mask",
+    "select_top",
 ]

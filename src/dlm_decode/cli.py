@@ -41,10 +41,20 @@ if TYPE_CHECKING:
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-c", "--config", action="append", default=[], metavar="CFG",
-                        help="YAML config file; repeat to compose several, later files win")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="dotted overrides applied after the files, e.g. decoder.verification=left_to_right")
+    parser.add_argument(
+        "-c",
+        "--config",
+        action="append",
+        default=[],
+        metavar="CFG",
+        help="YAML config file; repeat to compose several, later files win",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="dotted overrides applied after the files, e.g. decoder.verification=left_to_right",
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -52,8 +62,9 @@ def _positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(with_fix(f"{text!r} is not an integer", "pass a whole number such as 512")) \
-            from None
+        raise argparse.ArgumentTypeError(
+            with_fix(f"{text!r} is not an integer", "pass a whole number such as 512")
+        ) from None
     if value < 1:
         raise argparse.ArgumentTypeError(with_fix(f"must be at least 1, got {value}", "pass 1 or more"))
     return value
@@ -78,11 +89,15 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
             with open(args.prompts_file, encoding="utf-8") as handle:
                 prompts += [line.rstrip("\n") for line in handle if line.strip()]
         except OSError as exc:
-            raise DlmDecodeError(f"--prompts-file {args.prompts_file}: cannot read it ({exc.strerror})",
-                                 fix="pass a readable text file with one prompt per line") from None
+            raise DlmDecodeError(
+                f"--prompts-file {args.prompts_file}: cannot read it ({exc.strerror})",
+                fix="pass a readable text file with one prompt per line",
+            ) from None
         except UnicodeDecodeError:
-            raise DlmDecodeError(f"--prompts-file {args.prompts_file} is not UTF-8 text",
-                                 fix="pass a UTF-8 text file with one prompt per line") from None
+            raise DlmDecodeError(
+                f"--prompts-file {args.prompts_file} is not UTF-8 text",
+                fix="pass a UTF-8 text file with one prompt per line",
+            ) from None
     if not prompts:
         raise DlmDecodeError("no prompt given", fix="pass --prompt TEXT or --prompts-file FILE")
     return prompts
@@ -101,26 +116,42 @@ def _check_dry_run_arguments(args: argparse.Namespace) -> None:
     """``--prompt-budget`` means something only for a dry run, ``--threads`` only for a run that decodes: refuse
     them otherwise rather than ignore them."""
     if args.prompt_budget is not None and not args.dry_run:
-        raise DlmDecodeError("--prompt-budget applies only with --dry-run", fix="add --dry-run, or drop "
-                             "--prompt-budget")
+        raise DlmDecodeError(
+            "--prompt-budget applies only with --dry-run", fix="add --dry-run, or drop --prompt-budget"
+        )
     if args.threads is not None and args.dry_run:
-        raise DlmDecodeError("--threads applies only to a run that decodes, and --dry-run decodes nothing",
-                             fix="drop --threads, or --dry-run")
+        raise DlmDecodeError(
+            "--threads applies only to a run that decodes, and --dry-run decodes nothing",
+            fix="drop --threads, or --dry-run",
+        )
 
 
 def _add_dry_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dry-run", action="store_true",
-                        help="check the config and the model pair (tokenizers, vocab sizes, special ids, context) "
-                             "from config.json and tokenizer files alone, without loading weights; exit 2 on errors")
-    parser.add_argument("--prompt-budget", type=_positive_int, default=None, metavar="N",
-                        help="with --dry-run and no prompts: prompt tokens to budget for (at least 1; default: what the "
-                             "model's context leaves after generation.max_new_tokens)")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the config and the model pair (tokenizers, vocab sizes, special ids, context) "
+        "from config.json and tokenizer files alone, without loading weights; exit 2 on errors",
+    )
+    parser.add_argument(
+        "--prompt-budget",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="with --dry-run and no prompts: prompt tokens to budget for (at least 1; default: what "
+        "the model's context leaves after generation.max_new_tokens)",
+    )
 
 
 def _add_threads_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--threads", type=_positive_int, default=None, metavar="N",
-                        help="CPU threads torch uses within an operation (default: torch's own, one per core, or "
-                             "OMP_NUM_THREADS); 1 is fastest on a busy machine, see docs/cli.md")
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="CPU threads torch uses within an operation (default: torch's own, one per core, or "
+        "OMP_NUM_THREADS); 1 is fastest on a busy machine, see docs/cli.md",
+    )
 
 
 @contextlib.contextmanager
@@ -139,7 +170,8 @@ def _loading_models(args: argparse.Namespace, config: ResolvedConfig) -> Iterato
         if note:
             print(note, file=sys.stderr)
     previous = transformers_logging.set_tqdm_hook(
-        lambda factory, bar_args, bar_kwargs: factory(*bar_args, **{**bar_kwargs, "disable": True}))
+        lambda factory, bar_args, bar_kwargs: factory(*bar_args, **{**bar_kwargs, "disable": True})
+    )
     try:
         yield
     finally:
@@ -155,9 +187,11 @@ def _busy_cpu_note(threads: int) -> str | None:
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     if load < cores:
         return None
-    return (f"dlm-decode: note: the machine is busy (load average {load:.1f} on {cores} cores) and torch uses "
-            f"{threads} threads per operation, which can make CPU decoding several times slower; pass --threads 1 "
-            "(or set OMP_NUM_THREADS=1) if it is slow")
+    return (
+        f"dlm-decode: note: the machine is busy (load average {load:.1f} on {cores} cores) and torch uses "
+        f"{threads} threads per operation, which can make CPU decoding several times slower; pass --threads 1 "
+        "(or set OMP_NUM_THREADS=1) if it is slow"
+    )
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -178,9 +212,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
                     continue
                 print(PROMPT_HEADER.format(index=index, prompt=json.dumps(record["prompt"])), flush=True)
                 print(record["text"], flush=True)
-                print(f"  [{record['generated_tokens']} tokens, {record['nfe']} forwards, "
-                      f"{record['tokens_per_forward']:.2f} tokens/forward, {record['wall_s']:.3f} s]",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"  [{record['generated_tokens']} tokens, {record['nfe']} forwards, "
+                    f"{record['tokens_per_forward']:.2f} tokens/forward, {record['wall_s']:.3f} s]",
+                    file=sys.stderr,
+                    flush=True,
+                )
     return 0
 
 
@@ -197,14 +234,17 @@ def _generate_by_batch(decoder: Decoder, prompts: list[str]) -> Iterator[tuple[i
     """
     generation = decoder.generation
     for first in range(0, len(prompts), generation.batch_size):
-        chunk = prompts[first: first + generation.batch_size]
+        chunk = prompts[first : first + generation.batch_size]
         try:
             yield first, decoder.generate(chunk, seeds=[generation.seed + first + i for i in range(len(chunk))])
         except InputError as exc:
             if first == 0:
                 raise
-            raise InputError(f"in the batch of prompts {first}-{first + len(chunk) - 1}, whose prompt numbers below "
-                             f"count from 0: {exc.message}", fix=exc.fix) from exc
+            raise InputError(
+                f"in the batch of prompts {first}-{first + len(chunk) - 1}, whose prompt numbers below "
+                f"count from 0: {exc.message}",
+                fix=exc.fix,
+            ) from exc
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -246,14 +286,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         return _report_dry_run(args, [ex.prompt for ex in load_examples(names, args.split, args.limit)])
     if not args.out:
-        raise DlmDecodeError("eval needs --out DIR", fix="pass --out DIR (the directory for results.jsonl and "
-                             "summary.json), or --dry-run")
+        raise DlmDecodeError(
+            "eval needs --out DIR",
+            fix="pass --out DIR (the directory for results.jsonl and summary.json), or --dry-run",
+        )
     check_out_dir(args.out)  # before the weights load
     config = load_config(args.config, args.overrides)
     with _loading_models(args, config):
         decoder = Decoder(config)
-        summary = evaluate(decoder, args.out, tasks=names, limit=args.limit, split=args.split,
-                           progress=not args.no_progress)
+        summary = evaluate(
+            decoder, args.out, tasks=names, limit=args.limit, split=args.split, progress=not args.no_progress
+        )
     if os.environ.get("RANK", "0") == "0":  # under torchrun / accelerate, rank 0 holds the gathered results
         print(format_table(summary))
         print(f"results: {args.out}/results.jsonl  summary: {args.out}/summary.json")
@@ -266,8 +309,16 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
     factors = parse_vary(args.vary)
     with _loading_models(args, load_config(args.config, args.overrides)):  # the base config's device
-        rows = ablate(args.config, factors, args.out, overrides=args.overrides, tasks=_parse_tasks(args.tasks),
-                      limit=args.limit, split=args.split, progress=not args.no_progress)
+        rows = ablate(
+            args.config,
+            factors,
+            args.out,
+            overrides=args.overrides,
+            tasks=_parse_tasks(args.tasks),
+            limit=args.limit,
+            split=args.split,
+            progress=not args.no_progress,
+        )
     print(markdown_table(rows), end="")
     print(f"table: {args.out}/ablation.md  plots: {args.out}/pareto_tpf.png, {args.out}/pareto_tps.png")
     return 0
@@ -283,10 +334,15 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     debug = argparse.ArgumentParser(add_help=False)
-    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,  # keeps a --debug given before
-                       help="on an error, print its traceback and the exceptions it chains")
-    parser = argparse.ArgumentParser(prog="dlm-decode", description="Decode diffusion language models.",
-                                     parents=[debug])
+    debug.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,  # keeps a --debug given before
+        help="on an error, print its traceback and the exceptions it chains",
+    )
+    parser = argparse.ArgumentParser(
+        prog="dlm-decode", description="Decode diffusion language models.", parents=[debug]
+    )
     parser.add_argument("--version", action="version", version=f"dlm-decode {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -297,8 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(generate)
     generate.add_argument("--prompt", action="append", help="a prompt; repeat for several")
     generate.add_argument("--prompts-file", help="a file with one prompt per line (decoded after the --prompt values)")
-    generate.add_argument("--json", action="store_true",
-                          help="print one JSON object per prompt and line (JSON lines), as each batch finishes")
+    generate.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object per prompt and line (JSON lines), as each batch finishes",
+    )
     _add_dry_run_arguments(generate)
     _add_threads_argument(generate)
     generate.set_defaults(handler=cmd_generate)
@@ -316,10 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(evaluation)
     evaluation.add_argument("--tasks", help="comma-separated task names (default: all)")
     evaluation.add_argument("--limit", type=int, default=100, help="examples per task (default 100)")
-    evaluation.add_argument("--split", choices=SPLITS, default="test",
-                            help="the suite's split (default test; tune settings on train)")
-    evaluation.add_argument("--out", help="directory for results.jsonl, summary.json, config.yaml (required "
-                            "unless --dry-run)")
+    evaluation.add_argument(
+        "--split", choices=SPLITS, default="test", help="the suite's split (default test; tune settings on train)"
+    )
+    evaluation.add_argument(
+        "--out", help="directory for results.jsonl, summary.json, config.yaml (required unless --dry-run)"
+    )
     evaluation.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_dry_run_arguments(evaluation)
     _add_threads_argument(evaluation)
@@ -327,14 +388,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     ablation = command("ablate", "evaluate a base config and one-factor-at-a-time variations")
     _add_config_arguments(ablation)
-    ablation.add_argument("--vary", action="append", required=True, metavar="key=v1,v2",
-                          help="a factor and its values, split at the commas outside braces, brackets and quotes "
-                               "(a strategy with parameters is one value: 'decoder.verification={name: threshold, "
-                               "threshold: 0.8},topk'); repeat for several factors (each varied alone)")
+    ablation.add_argument(
+        "--vary",
+        action="append",
+        required=True,
+        metavar="key=v1,v2",
+        help="a factor and its values, split at the commas outside braces, brackets and quotes "
+        "(a strategy with parameters is one value: 'decoder.verification={name: threshold, "
+        "threshold: 0.8},topk'); repeat for several factors (each varied alone)",
+    )
     ablation.add_argument("--tasks", help="comma-separated task names (default: all)")
     ablation.add_argument("--limit", type=int, default=50, help="examples per task and run (default 50)")
-    ablation.add_argument("--split", choices=SPLITS, default="test",
-                          help="the suite's split (default test; tune settings on train)")
+    ablation.add_argument(
+        "--split", choices=SPLITS, default="test", help="the suite's split (default test; tune settings on train)"
+    )
     ablation.add_argument("--out", required=True, help="directory for the runs, table and plots")
     ablation.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     _add_threads_argument(ablation)
@@ -361,8 +428,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"dlm-decode: error: {exc}", file=sys.stderr)
         if not debug and (exc.__cause__ is not None or (exc.__context__ is not None and not exc.__suppress_context__)):
-            print("  (rerun with --debug for the traceback, with the file and line where it was raised)",
-                  file=sys.stderr)
+            print(
+                "  (rerun with --debug for the traceback, with the file and line where it was raised)", file=sys.stderr
+            )
         return 2
 
 

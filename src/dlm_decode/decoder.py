@@ -88,11 +88,11 @@ class _PrefixStreamer:
 
     @hookimpl
     def dlm_step_end(self, state: DecodeState) -> None:
-        ids = state.canvas[0, state.gen_start:].tolist()
+        ids = state.canvas[0, state.gen_start :].tolist()
         decided = ids[: first_of(ids, self.mask)]
         text = self.dllm.decode(decided[: first_of(decided, self.eos_ids) + 1])
         if len(text) > len(self.emitted) and text.startswith(self.emitted):
-            self.pending.append(text[len(self.emitted):])
+            self.pending.append(text[len(self.emitted) :])
             self.emitted = text
 
 
@@ -123,8 +123,9 @@ def check_seed(value: Any, name: str, fix: str) -> int:
     ``name`` (how the seed was made) with ``fix``."""
     value = _int_argument(value, name, fix)
     if not SEED_MIN <= value <= SEED_MAX:
-        raise InputError(f"{name} is {value}, outside [-2**63, 2**64 - 1] (the seeds torch.Generator.manual_seed "
-                         "accepts)", fix=fix)
+        raise InputError(
+            f"{name} is {value}, outside [-2**63, 2**64 - 1] (the seeds torch.Generator.manual_seed accepts)", fix=fix
+        )
     return value
 
 
@@ -135,8 +136,13 @@ class Decoder:
     model already in memory); call :meth:`generate` or :meth:`stream`.
     """
 
-    def __init__(self, config: ResolvedConfig, dllm: DiffusionLM | None = None,
-                 registry: StrategyRegistry | None = None, observers: Sequence[object] = ()):
+    def __init__(
+        self,
+        config: ResolvedConfig,
+        dllm: DiffusionLM | None = None,
+        registry: StrategyRegistry | None = None,
+        observers: Sequence[object] = (),
+    ):
         self.config = config
         self.registry = registry or get_registry()
         self.dllm = dllm or DiffusionLM.from_spec(config.config.model.dllm)
@@ -149,20 +155,29 @@ class Decoder:
             self.strategies[role] = (spec, spec.factory(params, context))
         self.models = [getattr(self.dllm, "model", None), *context.loaded]
         self.manager = decoder_manager(self.strategies, observers)
-        self.roles = Roles(self.manager, {role: spec for role, (spec, _) in self.strategies.items()},
-                           direct=not tracing_enabled())
+        self.roles = Roles(
+            self.manager, {role: spec for role, (spec, _) in self.strategies.items()}, direct=not tracing_enabled()
+        )
 
     @classmethod
-    def from_config(cls, source: Source | Sequence[Source] | ResolvedConfig, overrides: Sequence[str] = (),
-                    **kwargs: Any) -> Decoder:
+    def from_config(
+        cls, source: Source | Sequence[Source] | ResolvedConfig, overrides: Sequence[str] = (), **kwargs: Any
+    ) -> Decoder:
         """Build a decoder from YAML paths / mappings plus dotted ``overrides`` (or a resolved config)."""
-        config = source if isinstance(source, ResolvedConfig) else load_config(source, overrides,
-                                                                               kwargs.get("registry"))
+        config = (
+            source if isinstance(source, ResolvedConfig) else load_config(source, overrides, kwargs.get("registry"))
+        )
         return cls(config, **kwargs)
 
     @classmethod
-    def from_model(cls, model: Any, tokenizer: Any, source: Source | Sequence[Source] | ResolvedConfig = (),
-                   overrides: Sequence[str] = (), **kwargs: Any) -> Decoder:
+    def from_model(
+        cls,
+        model: Any,
+        tokenizer: Any,
+        source: Source | Sequence[Source] | ResolvedConfig = (),
+        overrides: Sequence[str] = (),
+        **kwargs: Any,
+    ) -> Decoder:
         """Build a decoder around a transformers model already in memory (trained or edited in this process).
 
         The config (``source`` and ``overrides``, as for :meth:`from_config`) chooses the strategies and the
@@ -177,8 +192,9 @@ class Decoder:
         :raises ModelError: for a model that is no transformers model with a config (a plain ``torch.nn.Module``),
             a missing tokenizer, or special ids the model cannot use (as loading from a config would).
         """
-        config = source if isinstance(source, ResolvedConfig) else load_config(source, overrides,
-                                                                               kwargs.get("registry"))
+        config = (
+            source if isinstance(source, ResolvedConfig) else load_config(source, overrides, kwargs.get("registry"))
+        )
         return cls(config, dllm=DiffusionLM.from_loaded(model, tokenizer, config.config.model.dllm), **kwargs)
 
     @property
@@ -192,8 +208,9 @@ class Decoder:
     def generation(self):
         return self.config.config.generation
 
-    def _request(self, prompts: Any, max_new_tokens: Any, seeds: Any, batch_size: Any = None,
-                 seed_name: str = "seeds[{}]") -> tuple[list[str], int, list[int], int]:
+    def _request(
+        self, prompts: Any, max_new_tokens: Any, seeds: Any, batch_size: Any = None, seed_name: str = "seeds[{}]"
+    ) -> tuple[list[str], int, list[int], int]:
         """Check the arguments of :meth:`generate` / :meth:`stream` and fill in the config's defaults.
 
         :param seed_name: how a seed is named in errors, formatted with its index (``stream`` passes ``seed``).
@@ -205,31 +222,43 @@ class Decoder:
         try:
             prompts = list(prompts)
         except TypeError:
-            raise InputError(f"prompts must be a string or a sequence of strings, got {prompts!r}",
-                             fix="pass e.g. [\"sort 3 1 2\"]") from None
+            raise InputError(
+                f"prompts must be a string or a sequence of strings, got {prompts!r}", fix='pass e.g. ["sort 3 1 2"]'
+            ) from None
         if not prompts:
             raise InputError("no prompts given", fix="pass at least one prompt")
         for index, prompt in enumerate(prompts):
             if not isinstance(prompt, str):
-                raise InputError(f"prompt {index} is {prompt!r} ({type(prompt).__name__}), not a string",
-                                 fix="pass every prompt as a str")
+                raise InputError(
+                    f"prompt {index} is {prompt!r} ({type(prompt).__name__}), not a string",
+                    fix="pass every prompt as a str",
+                )
             if not prompt.strip():
                 raise InputError(f"prompt {index} is empty", fix="give every prompt some text")
         max_new_tokens = _count_argument(max_new_tokens, "max_new_tokens", self.generation.max_new_tokens)
         batch_size = _count_argument(batch_size, "batch_size", self.generation.batch_size)
         if seeds is None:
-            seeds = [check_seed(self.generation.seed + i, f"generation.seed + {i} (the seed of prompt {i})",
-                           "lower generation.seed, or pass seeds") for i in range(len(prompts))]
+            seeds = [
+                check_seed(
+                    self.generation.seed + i,
+                    f"generation.seed + {i} (the seed of prompt {i})",
+                    "lower generation.seed, or pass seeds",
+                )
+                for i in range(len(prompts))
+            ]
         else:
             try:
                 seeds = list(seeds)
             except TypeError:
-                raise InputError(f"seeds must be a sequence of ints, got {seeds!r}", fix="give one seed per "
-                                 "prompt") from None
+                raise InputError(
+                    f"seeds must be a sequence of ints, got {seeds!r}", fix="give one seed per prompt"
+                ) from None
             if len(seeds) != len(prompts):
                 raise InputError(f"got {len(seeds)} seeds for {len(prompts)} prompts", fix="give one seed per prompt")
-            seeds = [check_seed(seed, seed_name.format(i), "give every seed as an int in [-2**63, 2**64 - 1]")
-                     for i, seed in enumerate(seeds)]
+            seeds = [
+                check_seed(seed, seed_name.format(i), "give every seed as an int in [-2**63, 2**64 - 1]")
+                for i, seed in enumerate(seeds)
+            ]
         return prompts, max_new_tokens, seeds, batch_size
 
     def _state(self, prompts: list[str], first_index: int, max_new_tokens: int, seeds: Sequence[int]) -> DecodeState:
@@ -245,12 +274,20 @@ class Decoder:
                 raise InputError(
                     f"prompt {index} has {len(ids)} tokens; with generation.max_new_tokens={max_new_tokens} the "
                     f"canvas needs {len(ids) + max_new_tokens} > the model's context of {self.dllm.max_context}",
-                    fix="shorten the prompt or lower generation.max_new_tokens")
+                    fix="shorten the prompt or lower generation.max_new_tokens",
+                )
         return DecodeState.build(
-            encoded, max_new_tokens=max_new_tokens, mask_token_id=self.dllm.mask_token_id,
-            pad_token_id=self.dllm.pad_token_id, eos_token_ids=self.dllm.eos_token_ids,
-            fill_token_id=self.dllm.fill_token_id, seeds=seeds, device=self.dllm.device, first_index=first_index,
-            excluded_token_ids=self.dllm.undecodable_ids, stop_at_eos=self.generation.stop_at_eos,
+            encoded,
+            max_new_tokens=max_new_tokens,
+            mask_token_id=self.dllm.mask_token_id,
+            pad_token_id=self.dllm.pad_token_id,
+            eos_token_ids=self.dllm.eos_token_ids,
+            fill_token_id=self.dllm.fill_token_id,
+            seeds=seeds,
+            device=self.dllm.device,
+            first_index=first_index,
+            excluded_token_ids=self.dllm.undecodable_ids,
+            stop_at_eos=self.generation.stop_at_eos,
             attention=getattr(self.dllm, "attention", BIDIRECTIONAL),
         )
 
@@ -268,24 +305,35 @@ class Decoder:
         failure = f"({type(exc).__name__}: {exc})"
         offset = next((i for i, prompt in enumerate(prompts) if not encodes(prompt)), None)
         if offset is None:  # each prompt encodes alone: the batch as a whole failed
-            return InputError(f"prompts {first_index}-{first_index + len(prompts) - 1} cannot be tokenized together "
-                              f"by the dLLM's tokenizer {failure}", fix="check the tokenizer (e.g. with "
-                              "generation.batch_size=1)")
+            return InputError(
+                f"prompts {first_index}-{first_index + len(prompts) - 1} cannot be tokenized together "
+                f"by the dLLM's tokenizer {failure}",
+                fix="check the tokenizer (e.g. with generation.batch_size=1)",
+            )
         characters = set(prompts[offset])
         unknown = sorted(char for char in characters if not encodes(char))
         if not unknown or len(unknown) == len(characters):  # not a matter of characters (e.g. a failing template)
-            return InputError(f"prompt {first_index + offset} cannot be tokenized by the dLLM's tokenizer {failure}",
-                              fix="check the prompt against the tokenizer and its chat template "
-                              "(model.dllm.chat_template)")
-        return InputError(f"prompt {first_index + offset} cannot be tokenized by the dLLM's tokenizer {failure}; "
-                          f"characters it cannot encode: {''.join(unknown)!r}", fix="remove or replace those "
-                          "characters, or use a model whose tokenizer covers them")
+            return InputError(
+                f"prompt {first_index + offset} cannot be tokenized by the dLLM's tokenizer {failure}",
+                fix="check the prompt against the tokenizer and its chat template (model.dllm.chat_template)",
+            )
+        return InputError(
+            f"prompt {first_index + offset} cannot be tokenized by the dLLM's tokenizer {failure}; "
+            f"characters it cannot encode: {''.join(unknown)!r}",
+            fix="remove or replace those characters, or use a model whose tokenizer covers them",
+        )
 
     def _max_steps(self, max_new_tokens: int) -> int:
         return self.generation.max_steps or 4 * max_new_tokens
 
-    def generate(self, prompts: str | Sequence[str], *, max_new_tokens: int | None = None,
-                 seeds: Sequence[int] | None = None, batch_size: int | None = None) -> GenerationOutput:
+    def generate(
+        self,
+        prompts: str | Sequence[str],
+        *,
+        max_new_tokens: int | None = None,
+        seeds: Sequence[int] | None = None,
+        batch_size: int | None = None,
+    ) -> GenerationOutput:
         """Decode ``prompts`` in batches of ``generation.batch_size``.
 
         :param max_new_tokens: override ``generation.max_new_tokens`` (an int of at least 1).
@@ -297,24 +345,32 @@ class Decoder:
         prompts, max_new_tokens, seeds, batch_size = self._request(prompts, max_new_tokens, seeds, batch_size)
         texts, ids, stats = [], [], []
         for first in range(0, len(prompts), batch_size):
-            chunk = prompts[first: first + batch_size]
-            state = self._state(chunk, first, max_new_tokens, seeds[first: first + batch_size])
+            chunk = prompts[first : first + batch_size]
+            state = self._state(chunk, first, max_new_tokens, seeds[first : first + batch_size])
             step_ends = decode(self.roles, self.dllm, state, self._max_steps(max_new_tokens))
             commits = torch.stack(state.commits, dim=1).tolist()  # [B][steps]
-            extra = {name: [float(v) for v in values.tolist()] for name, values in state.row_stats.items()
-                     if name != AR_FORWARDS}
+            extra = {
+                name: [float(v) for v in values.tolist()]
+                for name, values in state.row_stats.items()
+                if name != AR_FORWARDS
+            }
             ar_forwards = state.row_stats.get(AR_FORWARDS, torch.zeros_like(state.finished, dtype=torch.long))
             rows = zip(state.generated(), state.nfe.tolist(), ar_forwards.tolist(), commits)
             for row, (generated, nfe, ar_forwards, row_commits) in enumerate(rows):
                 ids.append(generated)
                 texts.append(self.dllm.decode(generated))
-                stats.append(RowStats(
-                    nfe=nfe, ar_forwards=ar_forwards, generated_tokens=len(generated),
-                    tokens_per_forward=len(generated) / max(nfe, 1), wall_s=step_ends[nfe - 1],
-                    commits_per_step=row_commits[:nfe], extra={name: values[row] for name, values in extra.items()},
-                ))
-        return GenerationOutput(texts=texts, token_ids=ids, stats=stats, config_hash=self.config.hash,
-                                prompts=prompts)
+                stats.append(
+                    RowStats(
+                        nfe=nfe,
+                        ar_forwards=ar_forwards,
+                        generated_tokens=len(generated),
+                        tokens_per_forward=len(generated) / max(nfe, 1),
+                        wall_s=step_ends[nfe - 1],
+                        commits_per_step=row_commits[:nfe],
+                        extra={name: values[row] for name, values in extra.items()},
+                    )
+                )
+        return GenerationOutput(texts=texts, token_ids=ids, stats=stats, config_hash=self.config.hash, prompts=prompts)
 
     def stream(self, prompt: str, *, max_new_tokens: int | None = None, seed: int | None = None) -> Iterator[str]:
         """Yield pieces of text as the left-to-right decided prefix of ``prompt``'s completion grows.
@@ -323,8 +379,9 @@ class Decoder:
         so far, which a later step may still change; use :meth:`generate` for the final text. The arguments are
         checked as :meth:`generate`'s are (``seed`` defaults to ``generation.seed``).
         """
-        prompts, max_new_tokens, seeds, _ = self._request([prompt], max_new_tokens, None if seed is None else [seed],
-                                                          seed_name="seed")
+        prompts, max_new_tokens, seeds, _ = self._request(
+            [prompt], max_new_tokens, None if seed is None else [seed], seed_name="seed"
+        )
         state = self._state(prompts, 0, max_new_tokens, seeds)
         streamer = _PrefixStreamer(self.dllm)
         self.manager.register(streamer)

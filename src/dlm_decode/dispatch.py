@@ -5,8 +5,8 @@ inputs, typed calls of the hooks, and plugin failures turned into errors that na
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import pluggy
 
@@ -34,8 +34,9 @@ class CoreInputs:
         return ModelInputs(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, start=start, end=end)
 
 
-def decoder_manager(strategies: dict[str, tuple[StrategySpec, object]], extra: Sequence[object] = ()
-                    ) -> pluggy.PluginManager:
+def decoder_manager(
+    strategies: dict[str, tuple[StrategySpec, object]], extra: Sequence[object] = ()
+) -> pluggy.PluginManager:
     """A fresh manager holding one strategy object per role plus the core defaults and ``extra`` observers.
 
     Each strategy object is registered as ``<role>:<strategy name>`` (:func:`hook_error` relies on this).
@@ -49,13 +50,15 @@ def decoder_manager(strategies: dict[str, tuple[StrategySpec, object]], extra: S
     for role, (spec, plugin) in strategies.items():
         register(manager, plugin, f"{role}:{spec.name}", spec.label)
         implemented = {
-            hook for hook in ROLE_HOOKS.values()
+            hook
+            for hook in ROLE_HOOKS.values()
             for impl in getattr(manager.hook, hook).get_hookimpls()
             if impl.plugin is plugin and not impl.wrapper and not impl.hookwrapper
         }
         if implemented != {ROLE_HOOKS[role]}:
             raise PluginError(
-                spec.label, ROLE_HOOKS[role],
+                spec.label,
+                ROLE_HOOKS[role],
                 f"a {role} strategy must implement exactly `{ROLE_HOOKS[role]}` among the role hooks, "
                 f"but implements {sorted(implemented) or 'none'}",
                 "implement the role hook as a method marked with @dlm_decode.api.hookimpl; use wrapper=True to "
@@ -127,8 +130,7 @@ class Roles:
         return self._call("proposal", "dlm_propose", state=state, forward=forward, window=window)
 
     def verify(self, state: DecodeState, forward: ForwardOutput, proposal: Proposal, window: Window) -> Decision:
-        return self._call("verification", "dlm_verify", state=state, forward=forward, proposal=proposal,
-                          window=window)
+        return self._call("verification", "dlm_verify", state=state, forward=forward, proposal=proposal, window=window)
 
     # --- the observers ---------------------------------------------------------------------------------------
 
@@ -200,8 +202,9 @@ def hook_error(caller: pluggy.HookCaller, exc: Exception, role_labels: dict[str,
         return impl_role if colon and impl_role in role_labels else None
 
     def label(impl: pluggy.HookImpl) -> str:
-        if strategy_role(impl) is not None:  # a strategy's own wrapper of another hook is the strategy
-            return role_labels[strategy_role(impl)]
+        role = strategy_role(impl)
+        if role is not None:  # a strategy's own wrapper of another hook is the strategy
+            return role_labels[role]
         name = registered_name(impl)
         return f"{name} (a wrapper)" if impl.wrapper or impl.hookwrapper else name
 
@@ -209,8 +212,12 @@ def hook_error(caller: pluggy.HookCaller, exc: Exception, role_labels: dict[str,
     problem = exc.message if isinstance(exc, StrategyError) else f"raised {type(exc).__name__}: {exc}"
     if culprit is None:
         names = ", ".join(label(impl) for impl in impls) or "no registered implementation"
-        return PluginError(f"one of {names}", caller.name, problem,
-                           "see the traceback above for the implementation that raised, and fix or remove its plugin")
+        return PluginError(
+            f"one of {names}",
+            caller.name,
+            problem,
+            "see the traceback above for the implementation that raised, and fix or remove its plugin",
+        )
     if given is not None:
         fix = given
     elif strategy_role(culprit) is not None:

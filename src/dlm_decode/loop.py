@@ -51,31 +51,48 @@ def progress_flag(commits: torch.Tensor, finished_before: torch.Tensor) -> torch
 def raise_forward_errors(flags: list[bool], step: int, window_plugin: str) -> None:
     bad_window, has_nan = flags
     if bad_window:
-        raise PluginError(window_plugin, "dlm_window", "made a position eligible that is not a masked generated "
-                          "position (a prompt, padding or already decided column)",
-                          "derive `eligible` from `state.masked`")
+        raise PluginError(
+            window_plugin,
+            "dlm_window",
+            "made a position eligible that is not a masked generated "
+            "position (a prompt, padding or already decided column)",
+            "derive `eligible` from `state.masked`",
+        )
     if has_nan:
-        raise DecodeError(f"the dLLM returned NaN or infinite logits at step {step}", fix="use float32 or bfloat16 "
-                          "instead of float16, and check the checkpoint and the attention mask")
+        raise DecodeError(
+            f"the dLLM returned NaN or infinite logits at step {step}",
+            fix="use float32 or bfloat16 instead of float16, and check the checkpoint and the attention mask",
+        )
 
 
-def raise_decision_errors(flags: list[bool], decision: Decision, finished: torch.Tensor, step: int,
-                          plugin: str) -> None:
+def raise_decision_errors(
+    flags: list[bool], decision: Decision, finished: torch.Tensor, step: int, plugin: str
+) -> None:
     off_window, bad_revoke, progressed = flags
     if off_window:
-        raise PluginError(plugin, "dlm_verify", "committed a position the window did not make eligible "
-                          "(a prompt, padding, already decided or out-of-window position)",
-                          "restrict `commit` to `window.eligible`")
+        raise PluginError(
+            plugin,
+            "dlm_verify",
+            "committed a position the window did not make eligible "
+            "(a prompt, padding, already decided or out-of-window position)",
+            "restrict `commit` to `window.eligible`",
+        )
     if not progressed:
         rows = (~finished & ~decision.commit.any(-1)).nonzero().flatten().tolist()
-        raise PluginError(plugin, "dlm_verify", f"committed nothing for unfinished rows {rows} at step "
-                          f"{step}; decoding would never end",
-                          "commit at least one eligible position per unfinished row (e.g. the most confident)")
+        raise PluginError(
+            plugin,
+            "dlm_verify",
+            f"committed nothing for unfinished rows {rows} at step {step}; decoding would never end",
+            "commit at least one eligible position per unfinished row (e.g. the most confident)",
+        )
     if bad_revoke and decision.revoke is not None:
-        raise PluginError(plugin, "dlm_verify", "revoked a position that is not a committed generated token (of the "
-                          "row's current model block, for a block-causal model)",
-                          "restrict `revoke` to generated columns that are not masked, inside window.block_start "
-                          "to window.block_end")
+        raise PluginError(
+            plugin,
+            "dlm_verify",
+            "revoked a position that is not a committed generated token (of the "
+            "row's current model block, for a block-causal model)",
+            "restrict `revoke` to generated columns that are not masked, inside window.block_start to window.block_end",
+        )
 
 
 def within_model_block(state: DecodeState, window: Window) -> Window:
@@ -89,10 +106,13 @@ def within_model_block(state: DecodeState, window: Window) -> Window:
     if state.attention.head_first:
         head = state.columns == start[:, None]
         eligible = torch.where((head & state.masked).any(-1, keepdim=True), head & eligible, eligible)
-    return Window(eligible=eligible,
-                  input_end=min(window.input_end, state.input_limit),
-                  block_start=torch.maximum(window.block_start, start),
-                  block_end=torch.minimum(window.block_end, end), visible=window.visible)
+    return Window(
+        eligible=eligible,
+        input_end=min(window.input_end, state.input_limit),
+        block_start=torch.maximum(window.block_start, start),
+        block_end=torch.minimum(window.block_end, end),
+        visible=window.visible,
+    )
 
 
 def input_limit(state: DecodeState) -> torch.Tensor:
@@ -117,11 +137,13 @@ def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> I
     while not done:
         if state.step >= max_steps:
             unfinished = [state.first_index + row for row in (~state.finished).nonzero().flatten().tolist()]
-            raise DecodeError(f"prompts {unfinished} did not finish within {max_steps} steps (step limit "
-                              "`generation.max_steps`); "
-                              "the strategies may be stuck (e.g. a window that never reaches the remaining masks, "
-                              "or revocations that undo progress)", fix="raise generation.max_steps, or check "
-                              "the window and verification strategies")
+            raise DecodeError(
+                f"prompts {unfinished} did not finish within {max_steps} steps (step limit "
+                "`generation.max_steps`); "
+                "the strategies may be stuck (e.g. a window that never reaches the remaining masks, "
+                "or revocations that undo progress)",
+                fix="raise generation.max_steps, or check the window and verification strategies",
+            )
         window = roles.window(state)
         if block_causal:
             window = within_model_block(state, window)
@@ -136,7 +158,7 @@ def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> I
             decision = roles.verify(state, forward, proposal, window)
         except PluginError:
             raise_forward_errors(torch.stack(early).tolist(), state.step, window_plugin)  # a bad window or NaN
-            raise                                                                        # explains it first
+            raise  # explains it first
         finished_before = state.finished
         late = decision_flags(state, window, decision)
         commits = state.apply(decision)

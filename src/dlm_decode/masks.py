@@ -105,7 +105,7 @@ class AttentionPattern:
         """Whether windows of ``size`` columns, counted in :meth:`coordinates`, nest with this pattern's blocks:
         always for a bidirectional model; for a block-causal one when ``size`` divides the block size (sub-blocks)
         or is a multiple of it."""
-        return not self.block_causal or self.block_size % size == 0 or size % self.block_size == 0
+        return self.block_size is None or self.block_size % size == 0 or size % self.block_size == 0
 
     def coordinates(self, attention_mask: torch.Tensor, gen_start: int) -> torch.Tensor:
         """The coordinate blocks are counted in: ``column - gen_start`` (``[N]``, anchor ``generation``, and for
@@ -119,7 +119,7 @@ class AttentionPattern:
         """Block id of every column (``[N]`` or ``[B, N]`` long): the prompt is block ``-1`` under anchor
         ``generation``, left padding block ``-1`` under anchor ``position``; all zeros for a bidirectional model."""
         coordinates = self.coordinates(attention_mask, gen_start)
-        if not self.block_causal:
+        if self.block_size is None:  # bidirectional
             return torch.zeros_like(coordinates)
         blocks = coordinates.div(self.block_size, rounding_mode="floor")
         if self.anchor == "generation":

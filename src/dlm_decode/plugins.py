@@ -115,7 +115,8 @@ def _selected_entry_points() -> list[metadata.EntryPoint]:
         first = by_name.setdefault(entry_point.name, entry_point)
         if first is not entry_point:
             raise PluginError(
-                entry_point.name, f"entry point group {hookspecs.PROJECT_NAME!r}",
+                entry_point.name,
+                f"entry point group {hookspecs.PROJECT_NAME!r}",
                 f"two installed packages, {_dist_label(first)} and {_dist_label(entry_point)}, both name an entry "
                 f"point {entry_point.name!r}; one of the two plugins would silently hide the other",
                 "uninstall one of the two packages, or rename the entry point in one package's "
@@ -125,7 +126,8 @@ def _selected_entry_points() -> list[metadata.EntryPoint]:
     unknown = [name for name in allow if name not in by_name]
     if unknown:
         raise PluginError(
-            ", ".join(unknown), "DLM_DECODE_PLUGINS",
+            ", ".join(unknown),
+            "DLM_DECODE_PLUGINS",
             f"no installed package has a {hookspecs.PROJECT_NAME!r} entry point of this name; installed entry "
             f"points: {', '.join(sorted(by_name)) or 'none'}",
             "correct the name in DLM_DECODE_PLUGINS, install the package that provides it, or unset "
@@ -138,16 +140,21 @@ def _load_entry_point(manager: pluggy.PluginManager, entry_point: metadata.Entry
     """Import ``entry_point`` and register it under its name with pluggy (which records its distribution)."""
     label = _entry_point_label(entry_point)
     if manager.has_plugin(entry_point.name):
-        raise PluginError(label, f"entry point group {hookspecs.PROJECT_NAME!r}",
-                          f"the name {entry_point.name!r} is already taken by a built-in plugin",
-                          "rename the entry point in the package's `[project.entry-points.dlm_decode]`")
+        raise PluginError(
+            label,
+            f"entry point group {hookspecs.PROJECT_NAME!r}",
+            f"the name {entry_point.name!r} is already taken by a built-in plugin",
+            "rename the entry point in the package's `[project.entry-points.dlm_decode]`",
+        )
     try:
         manager.load_setuptools_entrypoints(hookspecs.PROJECT_NAME, name=entry_point.name)
     except pluggy.PluginValidationError as exc:
         raise _invalid_plugin(manager, exc.plugin, label, exc) from exc
     except Exception as exc:
         raise PluginError(
-            label, "import", f"loading `{entry_point.value}` failed: {type(exc).__name__}: {exc}",
+            label,
+            "import",
+            f"loading `{entry_point.value}` failed: {type(exc).__name__}: {exc}",
             "fix or uninstall the package, leave the plugin out of DLM_DECODE_PLUGINS, or set "
             "DLM_DECODE_DISABLE_PLUGIN_AUTOLOAD=1",
         ) from exc
@@ -166,8 +173,9 @@ def register(manager: pluggy.PluginManager, plugin: object, name: str | None = N
         raise _invalid_plugin(manager, plugin, label or name or _object_label(plugin), exc) from exc
 
 
-def _invalid_plugin(manager: pluggy.PluginManager, plugin: object, label: str,
-                    exc: pluggy.PluginValidationError) -> PluginError:
+def _invalid_plugin(
+    manager: pluggy.PluginManager, plugin: object, label: str, exc: pluggy.PluginValidationError
+) -> PluginError:
     """The :class:`PluginError` for pluggy's rejection ``exc`` of ``plugin``: the hook implementation asking for
     arguments its hook does not pass when there is one, else pluggy's own message."""
     for attribute in dir(plugin):
@@ -182,11 +190,17 @@ def _invalid_plugin(manager: pluggy.PluginManager, plugin: object, label: str,
         extra = [arg for arg in impl.argnames if arg not in caller.spec.argnames]
         if extra:
             return PluginError(
-                label, hook_name, f"the implementation asks for {', '.join(extra)}, which `{hook_name}` does not pass",
+                label,
+                hook_name,
+                f"the implementation asks for {', '.join(extra)}, which `{hook_name}` does not pass",
                 f"take only arguments the hook passes, by name: {', '.join(caller.spec.argnames)}",
             )
-    return PluginError(label, "registration", f"pluggy rejected the plugin: {' '.join(str(exc).split())}",
-                       "see the hook reference (docs/hooks.md) for how each hook may be implemented")
+    return PluginError(
+        label,
+        "registration",
+        f"pluggy rejected the plugin: {' '.join(str(exc).split())}",
+        "see the hook reference (docs/hooks.md) for how each hook may be implemented",
+    )
 
 
 def check_pending(manager: pluggy.PluginManager) -> None:
@@ -203,8 +217,12 @@ def check_pending(manager: pluggy.PluginManager) -> None:
                 continue
             close = difflib.get_close_matches(name, hooks, n=1)
             rename = f"rename it to `{close[0]}`" if close else "rename it"
-            raise PluginError(_impl_label(manager, impl), name, f"implements `{name}`, which is not a "
-                              f"{hookspecs.PROJECT_NAME} hook", f"{rename}; the hooks are {', '.join(hooks)}")
+            raise PluginError(
+                _impl_label(manager, impl),
+                name,
+                f"implements `{name}`, which is not a {hookspecs.PROJECT_NAME} hook",
+                f"{rename}; the hooks are {', '.join(hooks)}",
+            )
 
 
 def _object_label(plugin: object) -> str:
@@ -253,7 +271,9 @@ def build_registry(extra: Mapping[str, object] | None = None) -> StrategyRegistr
                 raise
             except Exception as exc:
                 raise PluginError(
-                    impl.plugin_name, "dlm_register", f"raised {type(exc).__name__}: {exc}",
+                    impl.plugin_name,
+                    "dlm_register",
+                    f"raised {type(exc).__name__}: {exc}",
                     "fix or uninstall the plugin package, or set DLM_DECODE_DISABLE_PLUGIN_AUTOLOAD=1",
                 ) from exc
     return registry
@@ -275,5 +295,3 @@ def get_registry() -> StrategyRegistry:
 def reset_registry() -> None:
     """Forget the cached registry, e.g. after installing a plugin or changing the environment switches."""
     get_registry.cache_clear()
-
-

@@ -7,9 +7,9 @@ strategies from it by name (:mod:`dlm_decode.config`), and a decoder builds the 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from dlm_decode.errors import ConfigError, PluginError
 
@@ -22,6 +22,7 @@ ROLE_HOOKS = {
     "proposal": "dlm_propose",
     "verification": "dlm_verify",
 }
+
 
 @dataclass(frozen=True)
 class StrategySpec:
@@ -61,8 +62,15 @@ class StrategyRegistry:
         self._specs: dict[tuple[str, str], StrategySpec] = {}
         self._origin: tuple[str, str, str] = ("?", "?", "?")
 
-    def add(self, role: str, name: str, config_cls: type, factory: Callable[[Any, Any], object], *,
-            requires: Mapping[str, str] | None = None) -> None:
+    def add(
+        self,
+        role: str,
+        name: str,
+        config_cls: type,
+        factory: Callable[[Any, Any], object],
+        *,
+        requires: Mapping[str, str] | None = None,
+    ) -> None:
         """Register a strategy (called from a plugin's ``dlm_register``).
 
         :param requires: optional: the config keys the strategy needs set (not null), each with the fix to print
@@ -75,9 +83,12 @@ class StrategyRegistry:
             raise PluginError(plugin, "dlm_register", f"unknown role {role!r}", f"use one of {', '.join(ROLES)}")
         requires = dict(requires or {})
         if not all(isinstance(key, str) and key and isinstance(fix, str) and fix for key, fix in requires.items()):
-            raise PluginError(plugin, "dlm_register", f"{role} strategy {name!r}: requires must map dotted config "
-                              f"keys to fixes, got {requires!r}",
-                              "e.g. requires={'model.ar': 'set model.ar.path (e.g. embedded:ar)'}")
+            raise PluginError(
+                plugin,
+                "dlm_register",
+                f"{role} strategy {name!r}: requires must map dotted config keys to fixes, got {requires!r}",
+                "e.g. requires={'model.ar': 'set model.ar.path (e.g. embedded:ar)'}",
+            )
         if (role, name) in self._specs:
             other = self._specs[(role, name)]
             raise PluginError(
@@ -86,8 +97,7 @@ class StrategyRegistry:
                 f"{role} strategy {name!r} is already registered by {other.plugin} ({other.package})",
                 "choose another name, or uninstall one of the two packages",
             )
-        self._specs[(role, name)] = StrategySpec(role, name, config_cls, factory, plugin, package, version,
-                                                 requires)
+        self._specs[(role, name)] = StrategySpec(role, name, config_cls, factory, plugin, package, version, requires)
 
     def get(self, role: str, name: str) -> StrategySpec:
         """The strategy ``name`` of ``role``.

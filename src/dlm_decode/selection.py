@@ -7,7 +7,7 @@ import functools
 import torch
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def negative_infinity(device: torch.device) -> torch.Tensor:
     """``-inf`` as a 0-d float32 tensor on ``device``, made once per device: ``torch.where`` wraps a Python float
     into a new tensor at every call, and it rejects a CPU tensor next to CUDA ones. Being 0-d, it leaves the result

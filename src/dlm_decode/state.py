@@ -7,17 +7,16 @@ Every row shares the column where generation starts (``gen_start``), because pro
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
 from dlm_decode.errors import InputError, with_fix
 from dlm_decode.masks import BIDIRECTIONAL, AttentionPattern, position_ids_from_mask
 from dlm_decode.selection import first_true_columns
-
 
 T = TypeVar("T")
 
@@ -195,8 +194,8 @@ class DecodeState:
         (:attr:`full_attention`) and, for a block-causal model, keeps every step inside each row's current model
         block (:meth:`model_block`).
     :ivar input_limit: one past the last column any forward may cover: the largest end of an unfinished row's
-        current model block for a block-causal model (kept by the loop), the canvas width otherwise (None at
-        construction means the width).
+        current model block for a block-causal model (kept by the loop), the canvas width otherwise (the canvas
+        width at construction).
     """
 
     canvas: torch.Tensor
@@ -218,13 +217,12 @@ class DecodeState:
     first_index: int = 0
     stop_at_eos: bool = True
     attention: AttentionPattern = BIDIRECTIONAL
-    input_limit: int | None = None
+    input_limit: int = field(init=False)
     _memories: dict[int, Any] = field(default_factory=dict, repr=False)
     _model_block: tuple[int, tuple[torch.Tensor, torch.Tensor]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.input_limit is None:
-            self.input_limit = self.canvas.shape[1]
+        self.input_limit = self.canvas.shape[1]
 
     @classmethod
     def build(
@@ -236,7 +234,7 @@ class DecodeState:
         pad_token_id: int,
         eos_token_ids: list[int],
         fill_token_id: int,
-        seeds: list[int],
+        seeds: Sequence[int],
         device: torch.device | str = "cpu",
         first_index: int = 0,
         excluded_token_ids: Sequence[int] = (),
@@ -255,18 +253,29 @@ class DecodeState:
         :raises InputError: a prompt holds the mask id.
         """
         if mask_token_id in (pad_token_id, fill_token_id):
-            raise ValueError(with_fix(f"the mask id {mask_token_id} is also the pad ({pad_token_id}) or fill "
-                                      f"({fill_token_id}) id", "give the mask, pad and fill tokens distinct ids"))
+            raise ValueError(
+                with_fix(
+                    f"the mask id {mask_token_id} is also the pad ({pad_token_id}) or fill ({fill_token_id}) id",
+                    "give the mask, pad and fill tokens distinct ids",
+                )
+            )
         for row, prompt in enumerate(prompts):
             if mask_token_id in prompt:
                 raise InputError(
                     f"prompt {first_index + row} contains the dLLM's mask token (id {mask_token_id}); the decoder "
-                    "fills only the generated region, so a mask inside the prompt would stay there", fix="remove the "
-                    "mask token from the prompt")
+                    "fills only the generated region, so a mask inside the prompt would stay there",
+                    fix="remove the mask token from the prompt",
+                )
         width = max(len(p) for p in prompts)
         pads = [width - len(prompt) for prompt in prompts]
-        canvas = torch.tensor([[pad_token_id] * pad + list(prompt) + [mask_token_id] * max_new_tokens
-                               for pad, prompt in zip(pads, prompts)], dtype=torch.long, device=device)
+        canvas = torch.tensor(
+            [
+                [pad_token_id] * pad + list(prompt) + [mask_token_id] * max_new_tokens
+                for pad, prompt in zip(pads, prompts)
+            ],
+            dtype=torch.long,
+            device=device,
+        )
         real = torch.arange(canvas.shape[1], device=device) >= torch.tensor(pads, device=device)[:, None]
         generators = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
         finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
@@ -310,15 +319,22 @@ class DecodeState:
     def gumbel_noise(self, counts: list[int], vocab: int) -> torch.Tensor:
         """Standard Gumbel noise ``[sum(counts), vocab]`` float64, ``counts[b]`` rows drawn from row ``b``'s
         generator (so a row's draws do not depend on its batch)."""
-        parts = [-torch.empty((count, vocab), dtype=torch.float64, device=self.canvas.device)
-                 .exponential_(generator=generator).log()
-                 for count, generator in zip(counts, self.generators) if count]
+        parts = [
+            -torch.empty((count, vocab), dtype=torch.float64, device=self.canvas.device)
+            .exponential_(generator=generator)
+            .log()
+            for count, generator in zip(counts, self.generators)
+            if count
+        ]
         return torch.cat(parts)
 
     def uniform_noise(self, counts: list[int]) -> torch.Tensor:
         """``[sum(counts)]`` float64 uniforms in [0, 1), ``counts[b]`` drawn from row ``b``'s generator."""
-        parts = [torch.rand(count, dtype=torch.float64, generator=generator, device=self.canvas.device)
-                 for count, generator in zip(counts, self.generators) if count]
+        parts = [
+            torch.rand(count, dtype=torch.float64, generator=generator, device=self.canvas.device)
+            for count, generator in zip(counts, self.generators)
+            if count
+        ]
         return torch.cat(parts)
 
     @property
@@ -458,7 +474,7 @@ class DecodeState:
     def generated(self) -> list[list[int]]:
         """Each row's generated ids up to and including its first EOS (all of them if none); one host read."""
         eos_ids = self.eos_token_ids.tolist()
-        return [ids[: first_of(ids, eos_ids) + 1] for ids in self.canvas[:, self.gen_start:].tolist()]
+        return [ids[: first_of(ids, eos_ids) + 1] for ids in self.canvas[:, self.gen_start :].tolist()]
 
 
 def first_of(ids: list[int], targets: list[int]) -> int:

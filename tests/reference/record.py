@@ -58,19 +58,45 @@ GEN_LENGTH = 32
 
 _CHARACTERS = tuple(sorted(set(string.printable) - set("\t\r\x0b\x0c")))  # 96 ids
 
-LLADA_SPECIALS = ("<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>", "<|start_header_id|>", "<|end_header_id|>",
-                  "<|eot_id|>")
-LLADA_TEMPLATE = ("{% for m in messages %}{% if loop.first %}{{ bos_token }}{% endif %}<|start_header_id|>"
-                  "{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
-                  "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+LLADA_SPECIALS = (
+    "<|startoftext|>",
+    "<|endoftext|>",
+    "<|mdm_mask|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+)
+LLADA_TEMPLATE = (
+    "{% for m in messages %}{% if loop.first %}{{ bos_token }}{% endif %}<|start_header_id|>"
+    "{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
 LLADA_HEAD = 104  # > 102 tokens, as LLaDA's 126,464 logits exceed its 126,349 tokens
 
 QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 DREAM_ADDED = ("<|beginoftext|>", "<|mask|>")
-QWEN_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-QWEN_MERGES = (("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("e", "r"), ("a", "n"), ("Ġ", "a"), ("o", "n"),
-               ("r", "e"), ("Ġ", "s"), ("o", "r"), ("Ġ", "w"), ("e", "n"), ("Ġ", "f"), ("i", "s"), ("a", "t"))
+QWEN_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+QWEN_MERGES = (
+    ("Ġ", "t"),
+    ("h", "e"),
+    ("Ġt", "he"),
+    ("i", "n"),
+    ("e", "r"),
+    ("a", "n"),
+    ("Ġ", "a"),
+    ("o", "n"),
+    ("r", "e"),
+    ("Ġ", "s"),
+    ("o", "r"),
+    ("Ġ", "w"),
+    ("e", "n"),
+    ("Ġ", "f"),
+    ("i", "s"),
+    ("a", "t"),
+)
 DREAM_HEAD = 280  # > the 272 + 5 tokens, as Dream's 152,064 logits exceed its 151,667 tokens
 
 
@@ -86,8 +112,17 @@ def _write_json(path: Path, value) -> None:
 
 
 def _added_tokens(specials: dict[int, str]) -> dict[str, dict]:
-    return {str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
-                     "special": True} for i, t in specials.items()}
+    return {
+        str(i): {
+            "content": t,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
+        for i, t in specials.items()
+    }
 
 
 def build_llada_tokenizer(directory: Path) -> int:
@@ -102,13 +137,25 @@ def build_llada_tokenizer(directory: Path) -> int:
     core.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in LLADA_SPECIALS])
     core.save(str(directory / "tokenizer.json"))
     specials = {vocab[t]: t for t in LLADA_SPECIALS}
-    _write_json(directory / "tokenizer_config.json", {
-        "add_bos_token": False, "add_eos_token": False, "added_tokens_decoder": _added_tokens(specials),
-        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
-        "clean_up_tokenization_spaces": False, "model_max_length": 4096, "chat_template": LLADA_TEMPLATE,
-        "tokenizer_class": "PreTrainedTokenizerFast"})
-    _write_json(directory / "special_tokens_map.json", {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
-                                                        "pad_token": "<|endoftext|>"})
+    _write_json(
+        directory / "tokenizer_config.json",
+        {
+            "add_bos_token": False,
+            "add_eos_token": False,
+            "added_tokens_decoder": _added_tokens(specials),
+            "bos_token": "<|startoftext|>",
+            "eos_token": "<|endoftext|>",
+            "pad_token": "<|endoftext|>",
+            "clean_up_tokenization_spaces": False,
+            "model_max_length": 4096,
+            "chat_template": LLADA_TEMPLATE,
+            "tokenizer_class": "PreTrainedTokenizerFast",
+        },
+    )
+    _write_json(
+        directory / "special_tokens_map.json",
+        {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"},
+    )
     return len(vocab)
 
 
@@ -120,22 +167,41 @@ def build_qwen_tokenizer(directory: Path, dream: bool) -> int:
     for left, right in QWEN_MERGES:
         vocab[left + right] = len(vocab)
     _write_json(directory / "vocab.json", vocab)
-    (directory / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in QWEN_MERGES),
-                                          encoding="utf-8")
+    (directory / "merges.txt").write_text(
+        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in QWEN_MERGES), encoding="utf-8"
+    )
     tokens = QWEN_SPECIALS + (DREAM_ADDED if dream else ())
     specials = {len(vocab) + i: t for i, t in enumerate(tokens)}
-    config = {"add_prefix_space": False, "added_tokens_decoder": _added_tokens(specials), "bos_token": None,
-              "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "unk_token": None, "errors": "replace",
-              "clean_up_tokenization_spaces": False, "model_max_length": 2048, "split_special_tokens": False,
-              "chat_template": QWEN_TEMPLATE, "tokenizer_class": "Qwen2Tokenizer"}
+    config = {
+        "add_prefix_space": False,
+        "added_tokens_decoder": _added_tokens(specials),
+        "bos_token": None,
+        "eos_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": None,
+        "errors": "replace",
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": 2048,
+        "split_special_tokens": False,
+        "chat_template": QWEN_TEMPLATE,
+        "tokenizer_class": "Qwen2Tokenizer",
+    }
     if dream:
-        config.update({"bos_token": "<|beginoftext|>", "mask_token": "<|mask|>", "tokenizer_class": "DreamTokenizer",
-                       "additional_special_tokens": list(DREAM_ADDED),
-                       "auto_map": {"AutoTokenizer": ["tokenization_dream.DreamTokenizer", None]}})
+        config.update(
+            {
+                "bos_token": "<|beginoftext|>",
+                "mask_token": "<|mask|>",
+                "tokenizer_class": "DreamTokenizer",
+                "additional_special_tokens": list(DREAM_ADDED),
+                "auto_map": {"AutoTokenizer": ["tokenization_dream.DreamTokenizer", None]},
+            }
+        )
     _write_json(directory / "tokenizer_config.json", config)
-    _write_json(directory / "special_tokens_map.json", {k: config[k] for k in ("eos_token", "pad_token")
-                                                        } | ({"bos_token": "<|beginoftext|>", "mask_token": "<|mask|>"}
-                                                             if dream else {}))
+    _write_json(
+        directory / "special_tokens_map.json",
+        {k: config[k] for k in ("eos_token", "pad_token")}
+        | ({"bos_token": "<|beginoftext|>", "mask_token": "<|mask|>"} if dream else {}),
+    )
     return len(vocab) + len(tokens)
 
 
@@ -163,8 +229,10 @@ def _save_shards(tensors: dict[str, torch.Tensor], directory: Path, shards: int)
         save_file({n: tensors[n].contiguous() for n in part}, str(directory / file), metadata={"format": "pt"})
         weight_map.update({n: file for n in part})
     size = sum(t.numel() * t.element_size() for t in tensors.values())
-    _write_json(directory / "model.safetensors.index.json", {"metadata": {"total_size": size},
-                                                             "weight_map": dict(sorted(weight_map.items()))})
+    _write_json(
+        directory / "model.safetensors.index.json",
+        {"metadata": {"total_size": size}, "weight_map": dict(sorted(weight_map.items()))},
+    )
 
 
 def build_llada(directory: Path, seed: int = 0) -> None:
@@ -173,33 +241,82 @@ def build_llada(directory: Path, seed: int = 0) -> None:
     tokens = build_llada_tokenizer(directory)
     d, heads, layers, hidden = 64, 4, 2, 128
     ids = {t: _CHARACTERS.__len__() + i for i, t in enumerate(LLADA_SPECIALS)}
-    _write_json(directory / "config.json", {
-        "activation_type": "silu", "alibi": False, "alibi_bias_max": 8.0, "architectures": ["LLaDAModelLM"],
-        "attention_dropout": 0.0, "attention_layer_norm": False, "attention_layer_norm_with_affine": True,
-        "auto_map": {"AutoConfig": "configuration_llada.LLaDAConfig",
-                     "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM", "AutoModel": "modeling_llada.LLaDAModelLM"},
-        "bias_for_layer_norm": False, "block_group_size": 1, "block_type": "llama", "d_model": d,
-        "embedding_dropout": 0.0, "embedding_size": LLADA_HEAD, "eos_token_id": ids["<|endoftext|>"],
-        "flash_attention": False, "include_bias": False, "include_qkv_bias": False, "init_cutoff_factor": None,
-        "init_device": "meta", "init_fn": "mitchell", "init_std": 0.02, "input_emb_norm": False,
-        "layer_norm_type": "rms", "layer_norm_with_affine": True, "mask_token_id": ids["<|mdm_mask|>"],
-        "max_sequence_length": 512, "mlp_hidden_size": hidden, "mlp_ratio": 4, "model_type": "llada",
-        "multi_query_attention": None, "n_heads": heads, "n_kv_heads": heads, "n_layers": layers,
-        "pad_token_id": ids["<|endoftext|>"], "precision": "amp_bf16", "residual_dropout": 0.0,
-        "rms_norm_eps": 1e-05, "rope": True, "rope_full_precision": True, "rope_theta": 500000.0,
-        "scale_logits": False, "transformers_version": "4.46.3", "use_cache": False, "vocab_size": LLADA_HEAD,
-        "weight_tying": False})
-    _write_json(directory / "generation_config.json", {"bos_token_id": ids["<|startoftext|>"],
-                                                       "eos_token_id": ids["<|endoftext|>"]})
+    _write_json(
+        directory / "config.json",
+        {
+            "activation_type": "silu",
+            "alibi": False,
+            "alibi_bias_max": 8.0,
+            "architectures": ["LLaDAModelLM"],
+            "attention_dropout": 0.0,
+            "attention_layer_norm": False,
+            "attention_layer_norm_with_affine": True,
+            "auto_map": {
+                "AutoConfig": "configuration_llada.LLaDAConfig",
+                "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
+                "AutoModel": "modeling_llada.LLaDAModelLM",
+            },
+            "bias_for_layer_norm": False,
+            "block_group_size": 1,
+            "block_type": "llama",
+            "d_model": d,
+            "embedding_dropout": 0.0,
+            "embedding_size": LLADA_HEAD,
+            "eos_token_id": ids["<|endoftext|>"],
+            "flash_attention": False,
+            "include_bias": False,
+            "include_qkv_bias": False,
+            "init_cutoff_factor": None,
+            "init_device": "meta",
+            "init_fn": "mitchell",
+            "init_std": 0.02,
+            "input_emb_norm": False,
+            "layer_norm_type": "rms",
+            "layer_norm_with_affine": True,
+            "mask_token_id": ids["<|mdm_mask|>"],
+            "max_sequence_length": 512,
+            "mlp_hidden_size": hidden,
+            "mlp_ratio": 4,
+            "model_type": "llada",
+            "multi_query_attention": None,
+            "n_heads": heads,
+            "n_kv_heads": heads,
+            "n_layers": layers,
+            "pad_token_id": ids["<|endoftext|>"],
+            "precision": "amp_bf16",
+            "residual_dropout": 0.0,
+            "rms_norm_eps": 1e-05,
+            "rope": True,
+            "rope_full_precision": True,
+            "rope_theta": 500000.0,
+            "scale_logits": False,
+            "transformers_version": "4.46.3",
+            "use_cache": False,
+            "vocab_size": LLADA_HEAD,
+            "weight_tying": False,
+        },
+    )
+    _write_json(
+        directory / "generation_config.json",
+        {"bos_token_id": ids["<|startoftext|>"], "eos_token_id": ids["<|endoftext|>"]},
+    )
     g = torch.Generator().manual_seed(seed)
-    linear = 1.0 / d ** 0.5
+    linear = 1.0 / d**0.5
     tensors = {"model.transformer.wte.weight": _normal(g, LLADA_HEAD, d, std=0.5)}
     for i in range(layers):
         block = f"model.transformer.blocks.{i}."
-        for name, shape in (("q_proj", (d, d)), ("k_proj", (d, d)), ("v_proj", (d, d)), ("attn_out", (d, d)),
-                            ("ff_proj", (hidden, d)), ("up_proj", (hidden, d)), ("ff_out", (d, hidden))):
-            tensors[block + name + ".weight"] = _normal(g, *shape, std=linear * (3.0 if name in ("q_proj", "k_proj")
-                                                                                 else 1.0))
+        for name, shape in (
+            ("q_proj", (d, d)),
+            ("k_proj", (d, d)),
+            ("v_proj", (d, d)),
+            ("attn_out", (d, d)),
+            ("ff_proj", (hidden, d)),
+            ("up_proj", (hidden, d)),
+            ("ff_out", (d, hidden)),
+        ):
+            tensors[block + name + ".weight"] = _normal(
+                g, *shape, std=linear * (3.0 if name in ("q_proj", "k_proj") else 1.0)
+            )
         tensors[block + "attn_norm.weight"] = 1.0 + _normal(g, d, std=0.1)
         tensors[block + "ff_norm.weight"] = 1.0 + _normal(g, d, std=0.1)
     tensors["model.transformer.ln_f.weight"] = 1.0 + _normal(g, d, std=0.1)
@@ -209,19 +326,23 @@ def build_llada(directory: Path, seed: int = 0) -> None:
     _save_shards(tensors, directory, shards=2)
 
 
-def _qwen2_tensors(g: torch.Generator, d: int, heads: int, kv_heads: int, layers: int, hidden: int,
-                   head_width: int, tied: bool) -> dict[str, torch.Tensor]:
+def _qwen2_tensors(
+    g: torch.Generator, d: int, heads: int, kv_heads: int, layers: int, hidden: int, head_width: int, tied: bool
+) -> dict[str, torch.Tensor]:
     head_dim = d // heads
-    linear = 1.0 / d ** 0.5
+    linear = 1.0 / d**0.5
     tensors = {"model.embed_tokens.weight": _normal(g, head_width, d, std=1.0)}
     for i in range(layers):
         layer = f"model.layers.{i}."
-        for name, shape, bias in (("self_attn.q_proj", (heads * head_dim, d), True),
-                                  ("self_attn.k_proj", (kv_heads * head_dim, d), True),
-                                  ("self_attn.v_proj", (kv_heads * head_dim, d), True),
-                                  ("self_attn.o_proj", (d, heads * head_dim), False),
-                                  ("mlp.gate_proj", (hidden, d), False), ("mlp.up_proj", (hidden, d), False),
-                                  ("mlp.down_proj", (d, hidden), False)):
+        for name, shape, bias in (
+            ("self_attn.q_proj", (heads * head_dim, d), True),
+            ("self_attn.k_proj", (kv_heads * head_dim, d), True),
+            ("self_attn.v_proj", (kv_heads * head_dim, d), True),
+            ("self_attn.o_proj", (d, heads * head_dim), False),
+            ("mlp.gate_proj", (hidden, d), False),
+            ("mlp.up_proj", (hidden, d), False),
+            ("mlp.down_proj", (d, hidden), False),
+        ):
             scale = 3.0 if name in ("self_attn.q_proj", "self_attn.k_proj") else 1.0
             tensors[layer + name + ".weight"] = _normal(g, *shape, std=linear * scale)
             if bias:
@@ -241,21 +362,56 @@ def build_dream(directory: Path, seed: int = 1) -> None:
     base = len(_byte_alphabet()) + len(QWEN_MERGES)
     ids = {t: base + i for i, t in enumerate(QWEN_SPECIALS + DREAM_ADDED)}
     d, heads, kv_heads, layers, hidden = 64, 4, 2, 2, 128
-    _write_json(directory / "config.json", {
-        "architectures": ["DreamModel"], "attention_dropout": 0.0,
-        "auto_map": {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
-        "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|endoftext|>"], "hidden_act": "silu",
-        "hidden_size": d, "initializer_range": 0.02, "intermediate_size": hidden,
-        "mask_token_id": ids["<|mask|>"], "max_position_embeddings": 4096, "max_window_layers": layers,
-        "model_type": "Dream", "num_attention_heads": heads, "num_hidden_layers": layers,
-        "num_key_value_heads": kv_heads, "pad_token_id": ids["<|endoftext|>"], "rms_norm_eps": 1e-06,
-        "rope_scaling": None, "rope_theta": 1000000.0, "sliding_window": None, "tie_word_embeddings": False,
-        "torch_dtype": "float32", "transformers_version": "4.46.2", "use_cache": True, "use_mrope": False,
-        "use_sliding_window": False, "vocab_size": DREAM_HEAD})
-    _write_json(directory / "generation_config.json", {
-        "alg": "origin", "alg_temp": None, "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|endoftext|>"],
-        "eps": 0.001, "mask_token_id": None, "output_history": False, "pad_token_id": ids["<|endoftext|>"],
-        "steps": 512, "temperature": 0.0, "top_k": None, "top_p": None})
+    _write_json(
+        directory / "config.json",
+        {
+            "architectures": ["DreamModel"],
+            "attention_dropout": 0.0,
+            "auto_map": {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|endoftext|>"],
+            "hidden_act": "silu",
+            "hidden_size": d,
+            "initializer_range": 0.02,
+            "intermediate_size": hidden,
+            "mask_token_id": ids["<|mask|>"],
+            "max_position_embeddings": 4096,
+            "max_window_layers": layers,
+            "model_type": "Dream",
+            "num_attention_heads": heads,
+            "num_hidden_layers": layers,
+            "num_key_value_heads": kv_heads,
+            "pad_token_id": ids["<|endoftext|>"],
+            "rms_norm_eps": 1e-06,
+            "rope_scaling": None,
+            "rope_theta": 1000000.0,
+            "sliding_window": None,
+            "tie_word_embeddings": False,
+            "torch_dtype": "float32",
+            "transformers_version": "4.46.2",
+            "use_cache": True,
+            "use_mrope": False,
+            "use_sliding_window": False,
+            "vocab_size": DREAM_HEAD,
+        },
+    )
+    _write_json(
+        directory / "generation_config.json",
+        {
+            "alg": "origin",
+            "alg_temp": None,
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|endoftext|>"],
+            "eps": 0.001,
+            "mask_token_id": None,
+            "output_history": False,
+            "pad_token_id": ids["<|endoftext|>"],
+            "steps": 512,
+            "temperature": 0.0,
+            "top_k": None,
+            "top_p": None,
+        },
+    )
     g = torch.Generator().manual_seed(seed)
     tensors = _qwen2_tensors(g, d, heads, kv_heads, layers, hidden, DREAM_HEAD, tied=False)
     tensors["lm_head.weight"][ids["<|endoftext|>"]] *= 1.3
@@ -270,14 +426,34 @@ def build_qwen_verifier(directory: Path, seed: int = 2) -> None:
     tokens = build_qwen_tokenizer(directory, dream=False)  # Dream's mask id lies past them: a zero row too
     base = len(_byte_alphabet()) + len(QWEN_MERGES)
     d, heads, kv_heads, layers, hidden = 32, 2, 1, 2, 64
-    _write_json(directory / "config.json", {
-        "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": base,
-        "eos_token_id": base, "hidden_act": "silu", "hidden_size": d, "initializer_range": 0.02,
-        "intermediate_size": hidden, "max_position_embeddings": 4096, "max_window_layers": layers,
-        "model_type": "qwen2", "num_attention_heads": heads, "num_hidden_layers": layers,
-        "num_key_value_heads": kv_heads, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": None,
-        "tie_word_embeddings": True, "torch_dtype": "float32", "transformers_version": "4.43.1", "use_cache": True,
-        "use_sliding_window": False, "vocab_size": DREAM_HEAD})
+    _write_json(
+        directory / "config.json",
+        {
+            "architectures": ["Qwen2ForCausalLM"],
+            "attention_dropout": 0.0,
+            "bos_token_id": base,
+            "eos_token_id": base,
+            "hidden_act": "silu",
+            "hidden_size": d,
+            "initializer_range": 0.02,
+            "intermediate_size": hidden,
+            "max_position_embeddings": 4096,
+            "max_window_layers": layers,
+            "model_type": "qwen2",
+            "num_attention_heads": heads,
+            "num_hidden_layers": layers,
+            "num_key_value_heads": kv_heads,
+            "rms_norm_eps": 1e-06,
+            "rope_theta": 1000000.0,
+            "sliding_window": None,
+            "tie_word_embeddings": True,
+            "torch_dtype": "float32",
+            "transformers_version": "4.43.1",
+            "use_cache": True,
+            "use_sliding_window": False,
+            "vocab_size": DREAM_HEAD,
+        },
+    )
     g = torch.Generator().manual_seed(seed)
     tensors = _qwen2_tensors(g, d, heads, kv_heads, layers, hidden, DREAM_HEAD, tied=True)
     _silence_rows(tensors["model.embed_tokens.weight"], list(range(tokens, DREAM_HEAD)))  # the tied head's padding
@@ -293,6 +469,7 @@ def build_checkpoints(out: Path) -> dict[str, Path]:
 
 
 # --- official code ----------------------------------------------------------------------------------------------
+
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -340,8 +517,9 @@ class Official(OfficialFiles):
     """The official LLaDA, Fast-dLLM, WINO, Dream and APD modules."""
 
     def __init__(self, args: argparse.Namespace, scratch: Path):
-        super().__init__({name: getattr(args, name.replace("-", "_"))
-                          for name in ("llada", "fast-dllm", "wino", "dream", "apd")})
+        super().__init__(
+            {name: getattr(args, name.replace("-", "_")) for name in ("llada", "fast-dllm", "wino", "dream", "apd")}
+        )
         llada_dir = args.fast_dllm / "llada"
         sys.path.insert(0, str(llada_dir))  # Fast-dLLM's generate.py imports `model.modeling_llada`
         self.fast_model = importlib.import_module("model.modeling_llada")
@@ -353,15 +531,24 @@ class Official(OfficialFiles):
         for name in ("model/modeling_llada.py", "model/configuration_llada.py"):
             self.record(llada_dir / name)
         self.record(args.wino / "LLaDA" / "configuration_llada.py")
-        self.dream = self.package(scratch, "dream_hub", args.dream, ("configuration_dream.py", "modeling_dream.py",
-                                                                       "generation_utils.py", "tokenization_dream.py"))
-        self.apd = self.package(scratch, "dream_apd", args.apd / "dream", ("configuration_dream.py",
-                                                                             "modeling_dream.py", "generation_utils.py"))
+        self.dream = self.package(
+            scratch,
+            "dream_hub",
+            args.dream,
+            ("configuration_dream.py", "modeling_dream.py", "generation_utils.py", "tokenization_dream.py"),
+        )
+        self.apd = self.package(
+            scratch,
+            "dream_apd",
+            args.apd / "dream",
+            ("configuration_dream.py", "modeling_dream.py", "generation_utils.py"),
+        )
 
 
 def _chat_ids(tokenizer, prompt: str) -> list[int]:
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                         tokenize=False)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+    )
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
@@ -395,27 +582,38 @@ def record(args: argparse.Namespace) -> None:
         llada_mask, dream_mask = llada_config["mask_token_id"], dream_config["mask_token_id"]
         fast = official.fast_model.LLaDAModelLM.from_pretrained(str(paths["llada"]), torch_dtype=torch.float32).eval()
         wino = official.wino_model.LLaDAModelLM.from_pretrained(str(paths["llada"]), torch_dtype=torch.float32).eval()
-        dream = official.dream["modeling_dream"].DreamModel.from_pretrained(str(paths["dream"]),
-                                                                            torch_dtype=torch.float32).eval()
-        apd = official.apd["modeling_dream"].DreamModel.from_pretrained(str(paths["dream"]),
-                                                                        torch_dtype=torch.float32).eval()
+        dream = (
+            official.dream["modeling_dream"]
+            .DreamModel.from_pretrained(str(paths["dream"]), torch_dtype=torch.float32)
+            .eval()
+        )
+        apd = (
+            official.apd["modeling_dream"]
+            .DreamModel.from_pretrained(str(paths["dream"]), torch_dtype=torch.float32)
+            .eval()
+        )
         verifier = transformers.Qwen2ForCausalLM.from_pretrained(str(paths["qwen2"]), torch_dtype=torch.float32).eval()
 
-        prompts = {"llada": [_chat_ids(llada_tok, p) for p in PROMPTS],
-                   "dream": [_chat_ids(dream_tok, p) for p in PROMPTS]}
+        prompts = {
+            "llada": [_chat_ids(llada_tok, p) for p in PROMPTS],
+            "dream": [_chat_ids(dream_tok, p) for p in PROMPTS],
+        }
         logits = {}
         with torch.no_grad():
             canvas = torch.tensor([prompts["llada"][1] + [llada_mask] * GEN_LENGTH])
             logits["llada.full"] = fast(canvas).logits
-            ids, real = _padded([_chat_ids(llada_tok, p) + [llada_mask] * 8 for p in PADDED_PROMPTS],
-                                llada_config["pad_token_id"])
-            logits["llada.padded"] = wino(ids, attention_mask=pairwise_mask(real),
-                                          position_ids=torch.arange(ids.shape[1])).logits
+            ids, real = _padded(
+                [_chat_ids(llada_tok, p) + [llada_mask] * 8 for p in PADDED_PROMPTS], llada_config["pad_token_id"]
+            )
+            logits["llada.padded"] = wino(
+                ids, attention_mask=pairwise_mask(real), position_ids=torch.arange(ids.shape[1])
+            ).logits
             logits["llada.padded.input_ids"], logits["llada.padded.real"] = ids, real
             canvas = torch.tensor([prompts["dream"][1] + [dream_mask] * GEN_LENGTH])
             logits["dream.full"] = dream(canvas, "full").logits  # Dream's own _sample passes "full" without padding
-            ids, real = _padded([_chat_ids(dream_tok, p) + [dream_mask] * 8 for p in PADDED_PROMPTS],
-                                dream_config["pad_token_id"])
+            ids, real = _padded(
+                [_chat_ids(dream_tok, p) + [dream_mask] * 8 for p in PADDED_PROMPTS], dream_config["pad_token_id"]
+            )
             positions = (real.long().cumsum(-1) - 1).masked_fill(~real, 1)  # Dream's own tok_idx
             logits["dream.padded"] = dream(ids, pairwise_mask(real), positions).logits
             logits["dream.padded.input_ids"], logits["dream.padded.real"] = ids, real
@@ -428,41 +626,94 @@ def record(args: argparse.Namespace) -> None:
             for index, prompt in enumerate(prompts[model]):
                 with torch.no_grad():
                     tokens = call(torch.tensor([prompt]), **arguments)
-                cases.append({"model": model, "decoder": decoder, "arguments": arguments, "prompt": index,
-                              "generated": tokens[0, len(prompt):].tolist()})
+                cases.append(
+                    {
+                        "model": model,
+                        "decoder": decoder,
+                        "arguments": arguments,
+                        "prompt": index,
+                        "generated": tokens[0, len(prompt) :].tolist(),
+                    }
+                )
 
         llada_args = {"mask_id": llada_mask, "gen_length": GEN_LENGTH, "temperature": 0.0}
         for steps, block in ((32, 8), (16, 32)):
-            run("llada", "llada.generate", {**llada_args, "steps": steps, "block_length": block},
-                lambda p, **a: official.llada_generate.generate(fast, p, **a))
-        run("llada", "fast_dllm.generate", {**llada_args, "steps": 32, "block_length": 8, "threshold": 0.9},
-            lambda p, **a: official.fast_generate.generate(fast, p, **a)[0])
+            run(
+                "llada",
+                "llada.generate",
+                {**llada_args, "steps": steps, "block_length": block},
+                lambda p, **a: official.llada_generate.generate(fast, p, **a),
+            )
+        run(
+            "llada",
+            "fast_dllm.generate",
+            {**llada_args, "steps": 32, "block_length": 8, "threshold": 0.9},
+            lambda p, **a: official.fast_generate.generate(fast, p, **a)[0],
+        )
         for name in ("generate_with_prefix_cache", "generate_with_dual_cache"):
             function = getattr(official.fast_generate, name)
             for extra in ({"steps": 32, "threshold": 0.9}, {"steps": 16, "threshold": None}):
-                run("llada", f"fast_dllm.{name}", {**llada_args, "block_length": 8, **extra},
-                    lambda p, _f=function, **a: _f(fast, p, **a)[0])
+                run(
+                    "llada",
+                    f"fast_dllm.{name}",
+                    {**llada_args, "block_length": 8, **extra},
+                    lambda p, _f=function, **a: _f(fast, p, **a)[0],
+                )
         for block, tau1, tau2 in ((16, 0.6, 0.9), (32, 0.5, 0.95)):
-            run("llada", "wino.decoding_wino", {**llada_args, "block_length": block, "threshold": tau1,
-                                                "threshold_back": tau2},
-                lambda p, **a: official.wino_decoding.decoding_wino(wino, p, **a)[0])
+            run(
+                "llada",
+                "wino.decoding_wino",
+                {**llada_args, "block_length": block, "threshold": tau1, "threshold_back": tau2},
+                lambda p, **a: official.wino_decoding.decoding_wino(wino, p, **a)[0],
+            )
 
-        dream_args = {"max_new_tokens": GEN_LENGTH, "temperature": 0.0, "mask_token_id": dream_mask,
-                      "eos_token_id": dream_config["eos_token_id"], "pad_token_id": dream_config["pad_token_id"]}
+        dream_args = {
+            "max_new_tokens": GEN_LENGTH,
+            "temperature": 0.0,
+            "mask_token_id": dream_mask,
+            "eos_token_id": dream_config["eos_token_id"],
+            "pad_token_id": dream_config["pad_token_id"],
+        }
         for alg, steps in (("entropy", 32), ("topk_margin", 16), ("maskgit_plus", 32)):
-            run("dream", "dream.diffusion_generate", {**dream_args, "alg": alg, "steps": steps},
-                lambda p, **a: dream.diffusion_generate(p, **a))
+            run(
+                "dream",
+                "dream.diffusion_generate",
+                {**dream_args, "alg": alg, "steps": steps},
+                lambda p, **a: dream.diffusion_generate(p, **a),
+            )
         for window, lookahead, weight in ((4, 8, 0.7), (None, None, 0.5)):
-            run("dream", "apd.diffusion_generate", {**dream_args, "alg": "apd", "kv_window": window,
-                                                    "max_lookahead": lookahead, "apd_mixture_weight": weight},
-                lambda p, **a: apd.diffusion_generate(p, verifier_model=verifier, **a))
+            run(
+                "dream",
+                "apd.diffusion_generate",
+                {
+                    **dream_args,
+                    "alg": "apd",
+                    "kv_window": window,
+                    "max_lookahead": lookahead,
+                    "apd_mixture_weight": weight,
+                },
+                lambda p, **a: apd.diffusion_generate(p, verifier_model=verifier, **a),
+            )
         for k in (1, 2):
-            run("dream", "apd.diffusion_generate", {**dream_args, "alg": "leftright", "tokens_per_step": k},
-                lambda p, **a: apd.diffusion_generate(p, **a))
+            run(
+                "dream",
+                "apd.diffusion_generate",
+                {**dream_args, "alg": "leftright", "tokens_per_step": k},
+                lambda p, **a: apd.diffusion_generate(p, **a),
+            )
 
-    _write_json(out / "official.json", {
-        "transformers": transformers.__version__, "torch": torch.__version__, "official_files": official.files,
-        "prompts": PROMPTS, "padded_prompts": PADDED_PROMPTS, "prompt_ids": prompts, "cases": cases})
+    _write_json(
+        out / "official.json",
+        {
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+            "official_files": official.files,
+            "prompts": PROMPTS,
+            "padded_prompts": PADDED_PROMPTS,
+            "prompt_ids": prompts,
+            "cases": cases,
+        },
+    )
 
 
 def main() -> None:

@@ -82,23 +82,44 @@ def record(args: argparse.Namespace) -> None:
                 dllm = loop.BlockWiseDiffusionLLM(model, decoder, utils.BlockIteratorFactory(), early_stop=False)
                 with torch.no_grad():
                     tokens = dllm.generate(torch.tensor([prompt]), gen_length=GEN_LENGTH, block_length=block_length)
-                cases.append({"decoder": decoder_name, "arguments": {**arguments, "gen_length": GEN_LENGTH,
-                                                                     "block_length": block_length},
-                              "prompt": index, "generated": tokens[0, len(prompt):].tolist()})
+                cases.append(
+                    {
+                        "decoder": decoder_name,
+                        "arguments": {**arguments, "gen_length": GEN_LENGTH, "block_length": block_length},
+                        "prompt": index,
+                        "generated": tokens[0, len(prompt) :].tolist(),
+                    }
+                )
 
         common = {"temperature": 0.0, "mask_id": mask_id, "eos_id": -1}
         for block, threshold, low in HIERARCHY_CASES:
-            run("dinfer.HierarchyDecoder", block, {**common, "threshold": threshold, "low_threshold": low},
-                strategy.HierarchyDecoder)
+            run(
+                "dinfer.HierarchyDecoder",
+                block,
+                {**common, "threshold": threshold, "low_threshold": low},
+                strategy.HierarchyDecoder,
+            )
         for block, threshold, alpha, gamma, beta in CREDIT_CASES:
-            run("dinfer.CreditThresholdParallelDecoder", block,
+            run(
+                "dinfer.CreditThresholdParallelDecoder",
+                block,
                 {**common, "threshold": threshold, "credit_alpha": alpha, "boost_gamma": gamma, "decay_beta": beta},
-                strategy.CreditThresholdParallelDecoder)
+                strategy.CreditThresholdParallelDecoder,
+            )
 
-    _write_json(args.out / "official_dinfer.json", {
-        "repository": "inclusionAI/dInfer", "commit": args.dinfer_commit, "transformers": transformers.__version__,
-        "torch": torch.__version__, "official_files": official.files, "prompts": PROMPTS,
-        "prompt_ids": {"llada": prompts}, "cases": cases})
+    _write_json(
+        args.out / "official_dinfer.json",
+        {
+            "repository": "inclusionAI/dInfer",
+            "commit": args.dinfer_commit,
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+            "official_files": official.files,
+            "prompts": PROMPTS,
+            "prompt_ids": {"llada": prompts},
+            "cases": cases,
+        },
+    )
 
 
 def main() -> None:

@@ -67,25 +67,47 @@ def record(args: argparse.Namespace) -> None:
     model.forward = counting_forward
     cases = []
     for steps, block, interval in SETTINGS:
-        arguments = {"mask_id": config["mask_token_id"], "gen_length": GEN_LENGTH, "temperature": 0.0,
-                     "steps": steps, "block_length": block, "remasking": "low_confidence",
-                     "cache_reloading_step": interval}
+        arguments = {
+            "mask_id": config["mask_token_id"],
+            "gen_length": GEN_LENGTH,
+            "temperature": 0.0,
+            "steps": steps,
+            "block_length": block,
+            "remasking": "low_confidence",
+            "cache_reloading_step": interval,
+        }
         for index, prompt in enumerate(prompts):
             with torch.no_grad():
                 cached[0] = 0
                 tokens = decode.generate(model, tokenizer, torch.tensor([prompt]), enable_cache=True, **arguments)
                 reused = cached[0]
                 plain = decode.generate(model, tokenizer, torch.tensor([prompt]), enable_cache=False, **arguments)
-            generated = tokens[0, len(prompt):].tolist()
-            baseline = plain[0, len(prompt):].tolist()
-            cases.append({"decoder": "dkv_cache.llada_dkv_cache_decode.generate", "arguments": arguments,
-                          "prompt": index, "generated": generated, "cached_forwards": reused,
-                          "differs_from_no_cache": sum(a != b for a, b in zip(generated, baseline))})
+            generated = tokens[0, len(prompt) :].tolist()
+            baseline = plain[0, len(prompt) :].tolist()
+            cases.append(
+                {
+                    "decoder": "dkv_cache.llada_dkv_cache_decode.generate",
+                    "arguments": arguments,
+                    "prompt": index,
+                    "generated": generated,
+                    "cached_forwards": reused,
+                    "differs_from_no_cache": sum(a != b for a, b in zip(generated, baseline)),
+                }
+            )
 
-    _write_json(args.out / "official_dkv.json", {
-        "repository": REPOSITORY, "commit": args.commit, "transformers": transformers.__version__,
-        "torch": torch.__version__, "official_files": official.files, "prompts": PROMPTS,
-        "prompt_ids": {"llada": prompts}, "cases": cases})
+    _write_json(
+        args.out / "official_dkv.json",
+        {
+            "repository": REPOSITORY,
+            "commit": args.commit,
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+            "official_files": official.files,
+            "prompts": PROMPTS,
+            "prompt_ids": {"llada": prompts},
+            "cases": cases,
+        },
+    )
 
 
 def main() -> None:

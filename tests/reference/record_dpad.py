@@ -88,8 +88,14 @@ def record(args: argparse.Namespace) -> None:
     config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     model = modeling.LLaDAModelLM.from_pretrained(str(path), torch_dtype=torch.float32).eval()
     prompts = [_chat_ids(tokenizer, p) for p in PROMPTS]
-    base = {"gen_length": GEN_LENGTH, "block_length": BLOCK, "temperature": 0.0, "mask_id": config["mask_token_id"],
-            "eos_id": config["eos_token_id"], "early_termination": False}
+    base = {
+        "gen_length": GEN_LENGTH,
+        "block_length": BLOCK,
+        "temperature": 0.0,
+        "mask_id": config["mask_token_id"],
+        "eos_id": config["eos_token_id"],
+        "early_termination": False,
+    }
 
     cases = []
 
@@ -100,9 +106,18 @@ def record(args: argparse.Namespace) -> None:
             torch.manual_seed(index)
             with torch.no_grad():
                 tokens, nfe = call(model, torch.tensor([prompt]), **base, **arguments)
-            cases.append({"model": "llada", "decoder": f"dpad.{function}", "arguments": {**base, **arguments},
-                          "random": random, "prompt": index, "nfe": nfe, "kept": [list(k) for k in kept],
-                          "generated": tokens[0, len(prompt):].tolist()})
+            cases.append(
+                {
+                    "model": "llada",
+                    "decoder": f"dpad.{function}",
+                    "arguments": {**base, **arguments},
+                    "random": random,
+                    "prompt": index,
+                    "nfe": nfe,
+                    "kept": [list(k) for k in kept],
+                    "generated": tokens[0, len(prompt) :].tolist(),
+                }
+            )
 
     topk = {"steps": GEN_LENGTH, "threshold": None}  # one token per step (the official "+DPad" rows)
     run("generate", {**topk, **WINDOW_ONLY, "window": 8}, random=False)
@@ -110,21 +125,36 @@ def record(args: argparse.Namespace) -> None:
     run("generate_with_prefix_cache", {**topk, **WINDOW_ONLY, "window": 8}, random=False)
     run("generate_with_dual_cache", {**topk, **WINDOW_ONLY, "window": 8}, random=False)
     run("generate", {**topk, "dropout": "gaussian", "sigma": 4.0, "scale": 2.0, "window": GEN_LENGTH}, random=True)
-    run("generate_with_dual_cache", {**topk, "dropout": "gaussian", "sigma": 4.0, "scale": 2.0, "window": 16},
-        random=True)
+    run(
+        "generate_with_dual_cache",
+        {**topk, "dropout": "gaussian", "sigma": 4.0, "scale": 2.0, "window": 16},
+        random=True,
+    )
     run("generate", {**topk, "dropout": "uniform", "preserved_tokens": 3, "window": 12}, random=True)
 
-    _write_json(args.out / "official_dpad.json", {
-        "repository": "Crys-Chen/DPad", "commit": args.commit, "transformers": transformers.__version__,
-        "torch": torch.__version__, "official_files": official.files, "prompts": PROMPTS,
-        "prompt_ids": {"llada": prompts}, "cases": cases})
+    _write_json(
+        args.out / "official_dpad.json",
+        {
+            "repository": "Crys-Chen/DPad",
+            "commit": args.commit,
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+            "official_files": official.files,
+            "prompts": PROMPTS,
+            "prompt_ids": {"llada": prompts},
+            "cases": cases,
+        },
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dpad", type=Path, required=True, help="a checkout of Crys-Chen/DPad")
-    parser.add_argument("--commit", default="461b36e229219d322f5439786ee504cc72046828",
-                        help="the checkout's commit, written into the fixture")
+    parser.add_argument(
+        "--commit",
+        default="461b36e229219d322f5439786ee504cc72046828",
+        help="the checkout's commit, written into the fixture",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent)
     args = parser.parse_args()
     if not os.environ.get("TORCHDYNAMO_DISABLE"):

@@ -64,11 +64,18 @@ class Official(OfficialFiles):
 
     def __init__(self, args: argparse.Namespace, scratch: Path):
         super().__init__({"freedave": args.freedave, "llada": args.llada})
-        self.generation = self.package(scratch, "freedave_generation", args.freedave / "generation",
-                                       ("core.py", "attn_utils.py", "cache_utils.py", "monitor_utils.py",
-                                        "sampling_utils.py"))
-        self.modeling = self.package(scratch, "freedave_llada", args.freedave / "modeling" / "llada",
-                                     ("configuration_llada.py", "modeling_llada.py"))
+        self.generation = self.package(
+            scratch,
+            "freedave_generation",
+            args.freedave / "generation",
+            ("core.py", "attn_utils.py", "cache_utils.py", "monitor_utils.py", "sampling_utils.py"),
+        )
+        self.modeling = self.package(
+            scratch,
+            "freedave_llada",
+            args.freedave / "modeling" / "llada",
+            ("configuration_llada.py", "modeling_llada.py"),
+        )
         self.llada_generate = self.load("llada_generate", args.llada / "generate.py")
 
 
@@ -82,8 +89,11 @@ def record(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         official = Official(args, Path(scratch))
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(checkpoint))
-        model = official.modeling["modeling_llada"].LLaDAModelLM.from_pretrained(
-            str(checkpoint), torch_dtype=torch.float32).eval()
+        model = (
+            official.modeling["modeling_llada"]
+            .LLaDAModelLM.from_pretrained(str(checkpoint), torch_dtype=torch.float32)
+            .eval()
+        )
         core = official.generation["core"]
         monitor = official.generation["monitor_utils"].ForwardMonitor(model)
         # The official evaluation (eval/eval_llada.py) builds its generator so, for LLaDA's SDPA attention.
@@ -97,9 +107,9 @@ def record(args: argparse.Namespace) -> None:
                     out = official.llada_generate.generate(model, ids, **arguments)
                 else:
                     out = getattr(generation, method.split(".")[1])(
-                        model=model, input_ids=ids, attention_mask=torch.ones_like(ids, dtype=torch.bool),
-                        **arguments).sequences
-            return out[0, len(prompt):].tolist(), monitor.get_nfe()
+                        model=model, input_ids=ids, attention_mask=torch.ones_like(ids, dtype=torch.bool), **arguments
+                    ).sequences
+            return out[0, len(prompt) :].tolist(), monitor.get_nfe()
 
         cases, checks = [], {}
 
@@ -107,41 +117,89 @@ def record(args: argparse.Namespace) -> None:
             rows = []
             for index, prompt in enumerate(prompts):
                 generated, forwards = call(method, prompt, arguments)
-                cases.append({"decoder": method, "arguments": arguments, "prompt": index, "generated": generated,
-                              "forwards": forwards})
+                cases.append(
+                    {
+                        "decoder": method,
+                        "arguments": arguments,
+                        "prompt": index,
+                        "generated": generated,
+                        "forwards": forwards,
+                    }
+                )
                 rows.append(generated)
             return rows
 
-        common = {"temperature": 0.0, "top_p": None, "top_k": None, "alg_temp": 0.0, "max_gen_length": GEN_LENGTH,
-                  "decoding_steps": GEN_LENGTH, "use_cache": False, "dual_cache": False, "mask_token_id": mask,
-                  "eos_token_id": eos, "pad_token_id": pad, "confidence_threshold": None, "early_exit": False}
+        common = {
+            "temperature": 0.0,
+            "top_p": None,
+            "top_k": None,
+            "alg_temp": 0.0,
+            "max_gen_length": GEN_LENGTH,
+            "decoding_steps": GEN_LENGTH,
+            "use_cache": False,
+            "dual_cache": False,
+            "mask_token_id": mask,
+            "eos_token_id": eos,
+            "pad_token_id": pad,
+            "confidence_threshold": None,
+            "early_exit": False,
+        }
         for block in BLOCKS:
-            exact = run("llada.generate", {"steps": GEN_LENGTH, "gen_length": GEN_LENGTH, "block_length": block,
-                                           "temperature": 0.0, "remasking": "low_confidence", "mask_id": mask})
+            exact = run(
+                "llada.generate",
+                {
+                    "steps": GEN_LENGTH,
+                    "gen_length": GEN_LENGTH,
+                    "block_length": block,
+                    "temperature": 0.0,
+                    "remasking": "low_confidence",
+                    "mask_id": mask,
+                },
+            )
             baseline = run("freedave.block_decode_with_full_attention", {**common, "block_length": block})
-            cached = [call("freedave.block_decode_with_full_attention", p, {**common, "block_length": block,
-                                                                            "use_cache": True})[0]
-                      for p in prompts]
+            cached = [
+                call(
+                    "freedave.block_decode_with_full_attention", p, {**common, "block_length": block, "use_cache": True}
+                )[0]
+                for p in prompts
+            ]
             checks[f"block {block}: baseline with use_cache=True equals use_cache=False"] = cached == baseline
             checks[f"block {block}: prefix-cached baseline equals llada.generate (no cache)"] = baseline == exact
             for draft in DRAFT_STEPS:
-                arguments = {**common, "block_length": block, "draft_steps": draft, "eager_acceptance_mode": False,
-                             "draft_mode": "tree_attention"}
+                arguments = {
+                    **common,
+                    "block_length": block,
+                    "draft_steps": draft,
+                    "eager_acceptance_mode": False,
+                    "draft_mode": "tree_attention",
+                }
                 freedave = run("freedave.block_decode_with_full_attention_FreeDave", arguments)
                 name = f"block {block}, draft_steps {draft}"
                 checks[f"{name}: FreeDave equals its one-token-per-step baseline"] = freedave == baseline
                 for variant in ({"use_cache": True}, {"draft_mode": "batch_expanding"}):
-                    other = [call("freedave.block_decode_with_full_attention_FreeDave", p, {**arguments, **variant})[0]
-                             for p in prompts]
+                    other = [
+                        call("freedave.block_decode_with_full_attention_FreeDave", p, {**arguments, **variant})[0]
+                        for p in prompts
+                    ]
                     key, value = next(iter(variant.items()))
                     checks[f"{name}: {key}={value} gives the same tokens"] = other == freedave
 
-    _write_json(args.out / "official_freedave.json", {
-        "repositories": {"freedave": f"cychomatica/FreeDave {args.freedave_commit}",
-                         "llada": f"ML-GSAI/LLaDA {args.llada_commit}"},
-        "transformers": transformers.__version__, "torch": torch.__version__,
-        "official_files": official.files, "prompts": PROMPTS, "prompt_ids": prompts, "checks": checks,
-        "cases": cases})
+    _write_json(
+        args.out / "official_freedave.json",
+        {
+            "repositories": {
+                "freedave": f"cychomatica/FreeDave {args.freedave_commit}",
+                "llada": f"ML-GSAI/LLaDA {args.llada_commit}",
+            },
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+            "official_files": official.files,
+            "prompts": PROMPTS,
+            "prompt_ids": prompts,
+            "checks": checks,
+            "cases": cases,
+        },
+    )
 
 
 def main() -> None:

@@ -46,10 +46,12 @@ REPOSITORY = "shkim0116/KLASS"
 COMMIT = "ad87ecbe9fdef4a6e93701afbc150cb9213fbcd7"
 OFFICIAL_MASK = 126336  # the id stable_confident_decode writes whatever its mask_id argument
 #: (steps, block_length, conf_threshold, kl_threshold, kl_history_length, unmask_strategy)
-SETTINGS = ((32, 8, 0.5, 0.05, 2, "all"),
-            (32, 8, 0.3, 0.2, 3, "all"),
-            (32, 32, 0.5, 0.2, 2, "max_conf"),
-            (32, 8, 0.3, 0.2, 2, "min_kl"))
+SETTINGS = (
+    (32, 8, 0.5, 0.05, 2, "all"),
+    (32, 8, 0.3, 0.2, 3, "all"),
+    (32, 32, 0.5, 0.2, 2, "max_conf"),
+    (32, 8, 0.3, 0.2, 2, "min_kl"),
+)
 
 
 class MaskIdTranslation:
@@ -86,23 +88,51 @@ def record(args: argparse.Namespace) -> None:
 
     cases = []
     for steps, block, conf, kl, history, strategy in SETTINGS:
-        arguments = {"gen_length": GEN_LENGTH, "steps": steps, "block_length": block, "temperature": 0.0,
-                     "mask_id": config["mask_token_id"], "conf_threshold": conf, "kl_threshold": kl,
-                     "kl_history_length": history, "alg": "klass", "unmask_strategy": strategy}
+        arguments = {
+            "gen_length": GEN_LENGTH,
+            "steps": steps,
+            "block_length": block,
+            "temperature": 0.0,
+            "mask_id": config["mask_token_id"],
+            "conf_threshold": conf,
+            "kl_threshold": kl,
+            "kl_history_length": history,
+            "alg": "klass",
+            "unmask_strategy": strategy,
+        }
         for index, prompt in enumerate(prompts):
             with torch.no_grad():
-                tokens, used_steps = klass.stable_confident_decode(translated, tokenizer, torch.tensor([prompt]),
-                                                                   **arguments)
-            assert tokens[0, :len(prompt)].tolist() == prompt
-            generated = tokens[0, len(prompt):].tolist()
+                tokens, used_steps = klass.stable_confident_decode(
+                    translated, tokenizer, torch.tensor([prompt]), **arguments
+                )
+            assert tokens[0, : len(prompt)].tolist() == prompt
+            generated = tokens[0, len(prompt) :].tolist()
             assert OFFICIAL_MASK not in generated, "a mask was left in the output"
-            cases.append({"model": "llada", "decoder": "klass.llada_klass.stable_confident_decode",
-                          "arguments": arguments, "prompt": index, "used_steps": used_steps, "generated": generated})
+            cases.append(
+                {
+                    "model": "llada",
+                    "decoder": "klass.llada_klass.stable_confident_decode",
+                    "arguments": arguments,
+                    "prompt": index,
+                    "used_steps": used_steps,
+                    "generated": generated,
+                }
+            )
 
-    _write_json(args.out / "official_klass.json", {
-        "repository": REPOSITORY, "commit": COMMIT, "transformers": transformers.__version__,
-        "torch": torch.__version__, "official_files": official.files, "prompts": PROMPTS, "gen_length": GEN_LENGTH,
-        "prompt_ids": {"llada": prompts}, "cases": cases})
+    _write_json(
+        args.out / "official_klass.json",
+        {
+            "repository": REPOSITORY,
+            "commit": COMMIT,
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+            "official_files": official.files,
+            "prompts": PROMPTS,
+            "gen_length": GEN_LENGTH,
+            "prompt_ids": {"llada": prompts},
+            "cases": cases,
+        },
+    )
 
 
 def main() -> None:

@@ -44,10 +44,12 @@ from record import GEN_LENGTH, PROMPTS, OfficialFiles, _chat_ids, _write_json  #
 REPOSITORY = "pixeli99/Prophet"
 COMMIT = "460afe41c7063a29a9893675aca07b985997bb83"
 #: (steps, block_length, answer offset from the first generated column, thresholds or None for the defaults)
-SETTINGS = ((32, 8, 0, None),
-            (32, 8, 24, {"early": 4.0, "mid": 3.0, "late": 2.0}),
-            (16, 16, 8, {"early": 5.0, "mid": 4.0, "late": 3.0}),
-            (16, 32, 0, None))
+SETTINGS = (
+    (32, 8, 0, None),
+    (32, 8, 24, {"early": 4.0, "mid": 3.0, "late": 2.0}),
+    (16, 16, 8, {"early": 5.0, "mid": 4.0, "late": 3.0}),
+    (16, 32, 0, None),
+)
 
 
 def record(args: argparse.Namespace) -> None:
@@ -69,23 +71,50 @@ def record(args: argparse.Namespace) -> None:
 
     cases = []
     for steps, block, offset, thresholds in SETTINGS:
-        arguments = {"steps": steps, "gen_length": GEN_LENGTH, "block_length": block, "temperature": 0.0,
-                     "cfg_scale": 0.0, "remasking": "low_confidence", "mask_id": config["mask_token_id"],
-                     "analyze_gap": True, "answer_offset": offset, "early_exit_thresholds": thresholds}
+        arguments = {
+            "steps": steps,
+            "gen_length": GEN_LENGTH,
+            "block_length": block,
+            "temperature": 0.0,
+            "cfg_scale": 0.0,
+            "remasking": "low_confidence",
+            "mask_id": config["mask_token_id"],
+            "analyze_gap": True,
+            "answer_offset": offset,
+            "early_exit_thresholds": thresholds,
+        }
         for index, prompt in enumerate(prompts):
             call = {k: v for k, v in arguments.items() if k != "answer_offset"}
             with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):  # it prints each early exit
-                tokens, gap_data = prophet.generate(model, torch.tensor([prompt]),
-                                                    answer_start_pos=len(prompt) + offset, **call)
-            assert tokens[0, :len(prompt)].tolist() == prompt
-            cases.append({"model": "llada", "decoder": "prophet.generate_earlyexit.generate", "arguments": arguments,
-                          "prompt": index, "exit_info": gap_data["exit_info"],
-                          "generated": tokens[0, len(prompt):].tolist()})
+                tokens, gap_data = prophet.generate(
+                    model, torch.tensor([prompt]), answer_start_pos=len(prompt) + offset, **call
+                )
+            assert tokens[0, : len(prompt)].tolist() == prompt
+            cases.append(
+                {
+                    "model": "llada",
+                    "decoder": "prophet.generate_earlyexit.generate",
+                    "arguments": arguments,
+                    "prompt": index,
+                    "exit_info": gap_data["exit_info"],
+                    "generated": tokens[0, len(prompt) :].tolist(),
+                }
+            )
 
-    _write_json(args.out / "official_prophet.json", {
-        "repository": REPOSITORY, "commit": COMMIT, "transformers": transformers.__version__,
-        "torch": torch.__version__, "official_files": official.files, "prompts": PROMPTS, "gen_length": GEN_LENGTH,
-        "prompt_ids": {"llada": prompts}, "cases": cases})
+    _write_json(
+        args.out / "official_prophet.json",
+        {
+            "repository": REPOSITORY,
+            "commit": COMMIT,
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+            "official_files": official.files,
+            "prompts": PROMPTS,
+            "gen_length": GEN_LENGTH,
+            "prompt_ids": {"llada": prompts},
+            "cases": cases,
+        },
+    )
 
 
 def main() -> None:

@@ -47,9 +47,15 @@ def record(args: argparse.Namespace) -> None:
     official = OfficialFiles({"slow-fast": args.slow_fast, "fast-dllm": args.fast_dllm})
     root = args.slow_fast / "slow-fast-sampling"
     sys.path.insert(0, str(root))  # the sampler imports `dllm_cache` and `sampling_utils` from there
-    for name in ("dllm_cache/__init__.py", "dllm_cache/cache/__init__.py", "dllm_cache/cache/Cache.py",
-                 "dllm_cache/cache/Config.py", "sampling_utils/__init__.py", "sampling_utils/plot_confidence_map.py",
-                 "sampling_utils/utils.py"):
+    for name in (
+        "dllm_cache/__init__.py",
+        "dllm_cache/cache/__init__.py",
+        "dllm_cache/cache/Cache.py",
+        "dllm_cache/cache/Config.py",
+        "sampling_utils/__init__.py",
+        "sampling_utils/plot_confidence_map.py",
+        "sampling_utils/utils.py",
+    ):
         official.record(root / name)
     sampler = official.load("slow_fast_sampler", root / "sampling_utils" / "generate_slow_fast_sampling.py")
     llada_dir = args.fast_dllm / "llada"
@@ -66,23 +72,49 @@ def record(args: argparse.Namespace) -> None:
 
     cases = []
     for block, steps, span, high, window, std in CASES:
-        arguments = {"gen_length": GEN_LENGTH, "block_length": block, "temperature": 0.0, "cfg_scale": 0.0,
-                     "mask_id": config["mask_token_id"], "k_exploration_steps": steps,
-                     "cycle_len_confidence_threshold": span, "high_confidence_threshold": high,
-                     "cycle_length_stability_window": window, "cycle_length_stability_std_dev_threshold": std}
+        arguments = {
+            "gen_length": GEN_LENGTH,
+            "block_length": block,
+            "temperature": 0.0,
+            "cfg_scale": 0.0,
+            "mask_id": config["mask_token_id"],
+            "k_exploration_steps": steps,
+            "cycle_len_confidence_threshold": span,
+            "high_confidence_threshold": high,
+            "cycle_length_stability_window": window,
+            "cycle_length_stability_std_dev_threshold": std,
+        }
         for index, prompt in enumerate(prompts):
             ids = torch.tensor([prompt])
             with torch.no_grad():
                 out, calls, _ = sampler.generate_slow_fast_sampling(
-                    input_ids=ids, attention_mask=torch.ones_like(ids), model=model, **arguments)
-            cases.append({"decoder": "slow_fast.generate_slow_fast_sampling", "arguments": arguments,
-                          "prompt": index, "model_calls": calls, "generated": out[0].tolist()})
+                    input_ids=ids, attention_mask=torch.ones_like(ids), model=model, **arguments
+                )
+            cases.append(
+                {
+                    "decoder": "slow_fast.generate_slow_fast_sampling",
+                    "arguments": arguments,
+                    "prompt": index,
+                    "model_calls": calls,
+                    "generated": out[0].tolist(),
+                }
+            )
 
-    _write_json(args.out / "official_slow_fast.json", {
-        "repositories": {"LiangrunFlora/Slow-Fast-Sampling": args.slow_fast_commit,
-                         "NVlabs/Fast-dLLM": args.fast_dllm_commit},
-        "transformers": transformers.__version__, "torch": torch.__version__, "official_files": official.files,
-        "prompts": PROMPTS, "prompt_ids": prompts, "cases": cases})
+    _write_json(
+        args.out / "official_slow_fast.json",
+        {
+            "repositories": {
+                "LiangrunFlora/Slow-Fast-Sampling": args.slow_fast_commit,
+                "NVlabs/Fast-dLLM": args.fast_dllm_commit,
+            },
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+            "official_files": official.files,
+            "prompts": PROMPTS,
+            "prompt_ids": prompts,
+            "cases": cases,
+        },
+    )
 
 
 def main() -> None:

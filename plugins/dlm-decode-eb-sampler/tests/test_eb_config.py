@@ -52,4 +52,6 @@ def test_naming_it_replaces_the_previous_verification_section(tmp_path):
     # topk's `score: margin` and `tokens_per_step` must not leak into entropy_bound's section.
     assert load_config([base, overlay]).strategies["verification"] == ("entropy_bound", EntropyBoundConfig(gamma=0.5))
     assert load_config(base, ["decoder.verification=entropy_bound"]).strategies["verification"] == (
-        "entropy_bound", EntropyBoundConfig())
+        "entropy_bound",
+        EntropyBoundConfig(),
+    )

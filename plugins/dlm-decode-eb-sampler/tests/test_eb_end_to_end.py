@@ -42,8 +42,9 @@ def write_config(tmp_path, window: str, verification: str):
 @pytest.mark.parametrize("window", ["{name: full}", "{name: blocks, size: 4}"])
 def test_every_row_finishes_with_every_position_decided(make_decoder, tmp_path, window):
     observer = FinalState()
-    decoder = make_decoder(source=write_config(tmp_path, window, "{name: entropy_bound, gamma: 0.5}"),
-                           observers=[observer])
+    decoder = make_decoder(
+        source=write_config(tmp_path, window, "{name: entropy_bound, gamma: 0.5}"), observers=[observer]
+    )
     spec, strategy = decoder.strategies["verification"]
     assert (spec.name, spec.package) == ("entropy_bound", "dlm-decode-eb-sampler")
     assert isinstance(strategy, EntropyBound) and strategy.gamma == 0.5
@@ -52,7 +53,7 @@ def test_every_row_finishes_with_every_position_decided(make_decoder, tmp_path, 
     out = decoder.generate(PROMPTS)
 
     state = observer.state
-    generated = state.canvas[:, state.gen_start:]
+    generated = state.canvas[:, state.gen_start :]
     assert bool(state.finished.all())
     assert not bool(state.masked.any())
     assert not bool((generated == state.mask_token_id).any())
@@ -82,7 +83,8 @@ def test_an_unbounded_budget_fills_the_canvas_in_one_step(make_decoder, tmp_path
 
 def test_max_tokens_caps_every_step(make_decoder, tmp_path):
     decoder = make_decoder(
-        source=write_config(tmp_path, "{name: full}", "{name: entropy_bound, gamma: 1.0e9, max_tokens: 3}"))
+        source=write_config(tmp_path, "{name: full}", "{name: entropy_bound, gamma: 1.0e9, max_tokens: 3}")
+    )
     for stats in decoder.generate(PROMPTS).stats:
         assert stats.commits_per_step[0] == 3
         assert max(stats.commits_per_step) <= 3

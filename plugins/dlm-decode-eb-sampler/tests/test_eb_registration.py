@@ -60,5 +60,10 @@ def test_the_allowlist_names_entry_points(monkeypatch):
 def test_listed_by_the_cli(capsys):
     assert main(["plugins", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert {"role": "verification", "name": "entropy_bound", "package": "dlm-decode-eb-sampler",
-            "version": metadata.version("dlm-decode-eb-sampler"), "plugin": "eb_sampler"} in rows
+    assert {
+        "role": "verification",
+        "name": "entropy_bound",
+        "package": "dlm-decode-eb-sampler",
+        "version": metadata.version("dlm-decode-eb-sampler"),
+        "plugin": "eb_sampler",
+    } in rows

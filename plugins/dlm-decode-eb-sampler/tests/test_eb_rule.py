@@ -53,9 +53,9 @@ def test_gamma_zero_commits_exactly_one_per_row_with_eligible_positions():
 
 def test_rows_of_one_batch_commit_different_counts():
     rows = [
-        [0.9, 0.8, 1.0, 2.0, 0.7],   # sums ahead: 0, 0.7, ...        -> 1
+        [0.9, 0.8, 1.0, 2.0, 0.7],  # sums ahead: 0, 0.7, ...        -> 1
         [0.1, 0.2, 3.0, 0.15, 2.0],  # sums ahead: 0, 0.1, 0.25, 0.45, 2.45 -> 4
-        [0.01] * 5,                  # sums ahead: 0, 0.01, ..., 0.04   -> 5
+        [0.01] * 5,  # sums ahead: 0, 0.01, ..., 0.04   -> 5
     ]
     out = commit(rows, 0.5)
     assert out.sum(-1).tolist() == [1, 4, 5]
@@ -124,8 +124,12 @@ def test_matches_the_definition(batch):
 
 def window(eligible: torch.Tensor):
     batch = eligible.shape[0]
-    return SimpleNamespace(eligible=eligible, block_start=torch.zeros(batch, dtype=torch.long),
-                           block_end=torch.full((batch,), eligible.shape[1]), input_end=eligible.shape[1])
+    return SimpleNamespace(
+        eligible=eligible,
+        block_start=torch.zeros(batch, dtype=torch.long),
+        block_end=torch.full((batch,), eligible.shape[1]),
+        input_end=eligible.shape[1],
+    )
 
 
 def real_proposal(logits_by_column: list[list[float]]) -> Proposal:
@@ -135,8 +139,16 @@ def real_proposal(logits_by_column: list[list[float]]) -> Proposal:
     rows = torch.zeros_like(cols)
     scorer = get_scorer()
     confidence, tokens = scorer.max_prob(logits)
-    return Proposal(tokens=tokens[None].clone(), confidence=confidence[None].clone(), rows=rows, cols=cols,
-                    logits=logits, temperature=0.0, noise=None, scorer=scorer)
+    return Proposal(
+        tokens=tokens[None].clone(),
+        confidence=confidence[None].clone(),
+        rows=rows,
+        cols=cols,
+        logits=logits,
+        temperature=0.0,
+        noise=None,
+        scorer=scorer,
+    )
 
 
 # Columns 1 and 3 are near-certain (entropy ~ 0, confidence ~ 1, margin ~ 1); columns 0 and 2 are uniform over
@@ -148,12 +160,12 @@ COLUMNS = [FLAT, SHARP, FLAT, SHARP]
 @pytest.mark.parametrize(
     ("score", "gamma", "expected"),
     [
-        ("entropy", 0.5, [True, True, False, True]),     # sums ahead: 0, ~0, ~0, 1.386
+        ("entropy", 0.5, [True, True, False, True]),  # sums ahead: 0, ~0, ~0, 1.386
         ("entropy", 1.5, [True, True, True, True]),
         ("entropy", 0.0, [False, True, False, False]),
-        ("confidence", 0.8, [True, True, True, True]),   # sums ahead: 0, ~0, ~0, 0.75
+        ("confidence", 0.8, [True, True, True, True]),  # sums ahead: 0, ~0, ~0, 0.75
         ("confidence", 0.7, [True, True, False, True]),
-        ("margin", 0.8, [True, True, False, True]),      # sums ahead: 0, ~0, ~0, 1.0
+        ("margin", 0.8, [True, True, False, True]),  # sums ahead: 0, ~0, ~0, 1.0
         ("margin", 1.0, [True, True, True, True]),
     ],
 )

@@ -14,10 +14,10 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from dlm_decode.config.schema import Config, GenerationSection, ModelSection, ModelSpec
@@ -53,7 +53,13 @@ class ResolvedConfig:
     hash: str
 
     def to_dict(self) -> dict:
-        return OmegaConf.to_container(OmegaConf.create(self.yaml))
+        return _to_dict(OmegaConf.create(self.yaml))
+
+
+def _to_dict(config: DictConfig | ListConfig) -> dict:
+    """``OmegaConf.to_container`` of a config known to be a mapping (its annotation also allows lists and
+    scalars)."""
+    return cast(dict, OmegaConf.to_container(config))
 
 
 def load_config(
@@ -68,7 +74,7 @@ def load_config(
     if isinstance(sources, (str, Path, Mapping, DictConfig)):
         sources = [sources]
     registry = registry or get_registry()
-    merged = OmegaConf.to_container(OmegaConf.structured(Config))
+    merged = _to_dict(OmegaConf.structured(Config))
     for raw in [_read(source) for source in sources] + [_parse_override(item) for item in overrides]:
         _merge(merged, raw, ())
     decoder = merged.pop("decoder")
@@ -86,18 +92,21 @@ def load_config(
 
 
 def _asdict(obj: Any) -> Any:
-    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) and not isinstance(obj, type) else obj
 
 
 def _read(source: Source) -> dict:
     if isinstance(source, DictConfig):
-        return OmegaConf.to_container(source)
+        return _to_dict(source)
     if isinstance(source, Mapping):
         return copy.deepcopy(dict(source))
     path = Path(source)
     if not path.is_file():
-        raise ConfigError("-c/--config", f"no config file at {str(path)!r}",
-                          "pass the path of a YAML file, e.g. configs/decoders/llada.yaml")
+        raise ConfigError(
+            "-c/--config",
+            f"no config file at {str(path)!r}",
+            "pass the path of a YAML file, e.g. configs/decoders/llada.yaml",
+        )
     try:
         data = OmegaConf.to_container(OmegaConf.load(path))
     except Exception as exc:
@@ -105,8 +114,11 @@ def _read(source: Source) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(str(path), f"must hold a mapping at the top level, got {type(data).__name__}",
-                          "write the file as `model: ...`, `decoder: ...`, `generation: ...`")
+        raise ConfigError(
+            str(path),
+            f"must hold a mapping at the top level, got {type(data).__name__}",
+            "write the file as `model: ...`, `decoder: ...`, `generation: ...`",
+        )
     return data
 
 
@@ -114,25 +126,34 @@ def _parse_override(item: str) -> dict:
     """One ``dotted.key=value`` override as a nested dict (each override is its own source, in order)."""
     key, sep, _ = item.partition("=")
     if not sep or not key or key[0] in "+~" or " " in key:
-        raise ConfigError(item, "overrides must be of the form dotted.key=value",
-                          "e.g. generation.max_new_tokens=64 or decoder.verification=left_to_right")
+        raise ConfigError(
+            item,
+            "overrides must be of the form dotted.key=value",
+            "e.g. generation.max_new_tokens=64 or decoder.verification=left_to_right",
+        )
     try:
-        return OmegaConf.to_container(OmegaConf.from_dotlist([item]))
+        return _to_dict(OmegaConf.from_dotlist([item]))
     except yaml.YAMLError as exc:  # the value is not YAML (an unclosed brace, say)
         value = item.partition("=")[2]
         problem = _yaml_problem(exc, value)
-        raise ConfigError(key, f"cannot parse the value {value!r} of the override {item!r}: {problem}",
-                          OVERRIDE_VALUE_FIX) from None
+        raise ConfigError(
+            key, f"cannot parse the value {value!r} of the override {item!r}: {problem}", OVERRIDE_VALUE_FIX
+        ) from None
     except OmegaConfBaseException as exc:
-        raise ConfigError(key, f"cannot parse the override {item!r}: {exc}",
-                          "write it as dotted.key=value, e.g. generation.max_new_tokens=64") from exc
+        raise ConfigError(
+            key,
+            f"cannot parse the override {item!r}: {exc}",
+            "write it as dotted.key=value, e.g. generation.max_new_tokens=64",
+        ) from exc
 
 
 #: How to write an override value that YAML can read (the fix of a value that does not parse).
-OVERRIDE_VALUE_FIX = ("write the value as YAML, closing every `{` and `[` (a strategy with parameters is "
-                      "{name: threshold, threshold: 0.8}) and quoting a string that holds `:`, `,`, `{` or `[`; "
-                      "quote the whole override for the shell, e.g. 'decoder.verification={name: threshold, "
-                      "threshold: 0.8}'")
+OVERRIDE_VALUE_FIX = (
+    "write the value as YAML, closing every `{` and `[` (a strategy with parameters is "
+    "{name: threshold, threshold: 0.8}) and quoting a string that holds `:`, `,`, `{` or `[`; "
+    "quote the whole override for the shell, e.g. 'decoder.verification={name: threshold, "
+    "threshold: 0.8}'"
+)
 
 
 def _yaml_problem(exc: yaml.YAMLError, value: str) -> str:
@@ -154,8 +175,11 @@ def _as_section(value: Any, key: str) -> dict:
     if isinstance(value, str):
         return {"name": value}
     if not isinstance(value, dict):
-        raise ConfigError(key, f"must be a strategy name or a mapping with `name`, got {value!r}",
-                          f"e.g. {key}: {{name: ..., <parameters>}}")
+        raise ConfigError(
+            key,
+            f"must be a strategy name or a mapping with `name`, got {value!r}",
+            f"e.g. {key}: {{name: ..., <parameters>}}",
+        )
     return value
 
 
@@ -165,8 +189,11 @@ def _merge(base: dict, new: dict, path: tuple[str, ...]) -> None:
         dotted = ".".join(here)
         if dotted in SECTIONS and not isinstance(value, dict):
             example = "decoder.verification=left_to_right" if dotted == "decoder" else f"{dotted}.<key>=<value>"
-            raise ConfigError(dotted, f"must be {SECTIONS[dotted]}, got {value!r}",
-                              f"set its keys one by one (e.g. {example}), or leave it out to keep the defaults")
+            raise ConfigError(
+                dotted,
+                f"must be {SECTIONS[dotted]}, got {value!r}",
+                f"set its keys one by one (e.g. {example}), or leave it out to keep the defaults",
+            )
         if here[0] == "decoder" and len(here) == 2:
             if key not in ROLES:
                 raise ConfigError(dotted, "is not a decoder role", f"the roles are {', '.join(ROLES)}")
@@ -194,19 +221,22 @@ def _structured(schema: type, data: Any, key: str) -> Any:
     except ConfigKeyError as exc:
         names = ", ".join(f.name for f in dataclasses.fields(schema))
         known = f"valid keys: {names}" if names else "this section takes no parameters"
-        raise ConfigError(f"{key}.{exc.full_key}", f"unknown key ({known})",
-                          "remove it or fix its spelling") from None
+        raise ConfigError(f"{key}.{exc.full_key}", f"unknown key ({known})", "remove it or fix its spelling") from None
     except OmegaConfBaseException as exc:
         message = str(exc).split("\n")[0]
-        raise ConfigError(f"{key}.{exc.full_key}", message,
-                          "give a value of the type the schema states (see `dlm-decode config show`)") from None
+        raise ConfigError(
+            f"{key}.{exc.full_key}",
+            message,
+            "give a value of the type the schema states (see `dlm-decode config show`)",
+        ) from None
 
 
 def _validate_sections(merged: dict) -> Config:
     unknown = set(merged) - {"model", "generation"}
     if unknown:
-        raise ConfigError(sorted(unknown)[0], "unknown top-level key",
-                          "the top-level keys are model, decoder and generation")
+        raise ConfigError(
+            sorted(unknown)[0], "unknown top-level key", "the top-level keys are model, decoder and generation"
+        )
     model = merged["model"]  # the sections are mappings (`_merge` keeps them so)
     bad = sorted(set(model) - {"dllm", "ar"})
     if bad:
@@ -227,8 +257,11 @@ def _validate_strategies(decoder: dict, registry: StrategyRegistry) -> dict[str,
         section = dict(decoder[role])
         name = section.pop("name", None)
         if not isinstance(name, str):
-            raise ConfigError(f"decoder.{role}.name", f"must be a strategy name, got {name!r}",
-                              f"registered: {', '.join(registry.names(role))}")
+            raise ConfigError(
+                f"decoder.{role}.name",
+                f"must be a strategy name, got {name!r}",
+                f"registered: {', '.join(registry.names(role))}",
+            )
         spec = registry.get(role, name)
         strategies[role] = (name, _structured(spec.config_cls, section, f"decoder.{role}"))
     return strategies
@@ -249,10 +282,16 @@ def _check_requirements(resolved: dict, strategies: dict[str, tuple[str, Any]], 
                 if node is None:  # a section above the key is null (model.ar for model.ar.path): so is the key
                     break
                 if not isinstance(node, dict) or part not in node:
-                    raise PluginError(spec.plugin, "dlm_register", f"{role} strategy {name!r} declares that it "
-                                      f"requires `{key}`, which is not a config key",
-                                      "declare dotted keys of the config, e.g. requires={'model.ar': ...}")
+                    raise PluginError(
+                        spec.plugin,
+                        "dlm_register",
+                        f"{role} strategy {name!r} declares that it requires `{key}`, which is not a config key",
+                        "declare dotted keys of the config, e.g. requires={'model.ar': ...}",
+                    )
                 node = node[part]
             if node is None:
-                raise ConfigError(key, f"the {name!r} {role} strategy (decoder.{role}.name={name}) needs it, but it "
-                                  "is null", f"{fix}; or choose another {role} strategy")
+                raise ConfigError(
+                    key,
+                    f"the {name!r} {role} strategy (decoder.{role}.name={name}) needs it, but it is null",
+                    f"{fix}; or choose another {role} strategy",
+                )

@@ -27,7 +27,6 @@ fast_dllm_v2   ``model_type: Fast_dLLM_Qwen``     block-causal (``bd_size``, fro
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 
 @dataclass(frozen=True)
@@ -50,32 +49,50 @@ class Family:
     name: str
     model_types: tuple[str, ...] = ()
     shifted_logits: bool = False
-    mask: Optional[tuple[str, int]] = None
+    mask: tuple[str, int] | None = None
     eos: tuple[tuple[str, int], ...] = ()
-    pad: Optional[tuple[str, int]] = None
-    context: Optional[int] = None
-    block_size_key: Optional[str] = None
+    pad: tuple[str, int] | None = None
+    context: int | None = None
+    block_size_key: str | None = None
     block_anchor: str = "generation"
 
 
 FAMILIES: dict[str, Family] = {
     "bidirectional": Family("bidirectional"),
     "llada": Family(
-        "llada", model_types=("llada",), mask=("<|mdm_mask|>", 126336),
-        eos=(("<|endoftext|>", 126081), ("<|eot_id|>", 126348)), pad=("<|endoftext|>", 126081), context=4096,
+        "llada",
+        model_types=("llada",),
+        mask=("<|mdm_mask|>", 126336),
+        eos=(("<|endoftext|>", 126081), ("<|eot_id|>", 126348)),
+        pad=("<|endoftext|>", 126081),
+        context=4096,
     ),
     "dream": Family(
-        "dream", model_types=("dream",), shifted_logits=True, mask=("<|mask|>", 151666),
-        eos=(("<|endoftext|>", 151643), ("<|im_end|>", 151645)), pad=("<|endoftext|>", 151643), context=2048,
+        "dream",
+        model_types=("dream",),
+        shifted_logits=True,
+        mask=("<|mask|>", 151666),
+        eos=(("<|endoftext|>", 151643), ("<|im_end|>", 151645)),
+        pad=("<|endoftext|>", 151643),
+        context=2048,
     ),
     "sdar": Family(
-        "sdar", model_types=("sdar",), mask=("<|MASK|>", 151669), eos=(("<|endoftext|>", 151643),
-                                                                      ("<|im_end|>", 151645)),
-        pad=("<|endoftext|>", 151643), block_size_key="block_size", block_anchor="position",
+        "sdar",
+        model_types=("sdar",),
+        mask=("<|MASK|>", 151669),
+        eos=(("<|endoftext|>", 151643), ("<|im_end|>", 151645)),
+        pad=("<|endoftext|>", 151643),
+        block_size_key="block_size",
+        block_anchor="position",
     ),
     "fast_dllm_v2": Family(
-        "fast_dllm_v2", model_types=("fast_dllm_qwen",), shifted_logits=True, mask=("|<MASK>|", 151665),
-        eos=(("<|im_end|>", 151645), ("<|endoftext|>", 151643)), pad=("<|endoftext|>", 151643),
-        block_size_key="bd_size", block_anchor="position",
+        "fast_dllm_v2",
+        model_types=("fast_dllm_qwen",),
+        shifted_logits=True,
+        mask=("|<MASK>|", 151665),
+        eos=(("<|im_end|>", 151645), ("<|endoftext|>", 151643)),
+        pad=("<|endoftext|>", 151643),
+        block_size_key="bd_size",
+        block_anchor="position",
     ),
 }

@@ -45,8 +45,9 @@ def parse_vary(items: Sequence[str]) -> list[tuple[str, list[str]]]:
         key, sep, values = item.partition("=")
         choices = [v.strip() for v in _split_values(item, values) if v.strip()]
         if not sep or not key or not choices:
-            raise InputError(f"--vary {item!r} must be key=value1,value2,...",
-                             fix="e.g. --vary decoder.verification=topk,apd")
+            raise InputError(
+                f"--vary {item!r} must be key=value1,value2,...", fix="e.g. --vary decoder.verification=topk,apd"
+            )
         factors.append((key.strip(), choices))
     return factors
 
@@ -69,9 +70,11 @@ def _split_values(item: str, values: str) -> list[str]:
             expected = open_.pop() if open_ else None
             if char != expected:
                 what = f"where {expected!r} was expected" if expected else "with no brace or bracket open"
-                raise InputError(f"--vary {item!r}: {char!r} at column {index + 1} of the values, {what}",
-                                 fix="balance the braces and brackets of each value, e.g. "
-                                 "--vary 'decoder.verification={name: threshold, threshold: 0.8},topk'")
+                raise InputError(
+                    f"--vary {item!r}: {char!r} at column {index + 1} of the values, {what}",
+                    fix="balance the braces and brackets of each value, e.g. "
+                    "--vary 'decoder.verification={name: threshold, threshold: 0.8},topk'",
+                )
         elif char == "," and not open_:
             parts.append(values[start:index])
             start = index + 1
@@ -79,9 +82,12 @@ def _split_values(item: str, values: str) -> list[str]:
             previous = char
     if quote is not None or open_:
         missing = quote if quote is not None else open_[-1]
-        raise InputError(f"--vary {item!r}: a value is missing its closing {missing!r}", fix="close every brace, "
-                         "bracket and quote of each value, e.g. --vary 'decoder.verification={name: threshold, "
-                         "threshold: 0.8},topk'")
+        raise InputError(
+            f"--vary {item!r}: a value is missing its closing {missing!r}",
+            fix="close every brace, "
+            "bracket and quote of each value, e.g. --vary 'decoder.verification={name: threshold, "
+            "threshold: 0.8},topk'",
+        )
     return [*parts, values[start:]]
 
 
@@ -118,9 +124,17 @@ def _directory_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", name)
 
 
-def ablate(base: Source | Sequence[Source], factors: list[tuple[str, list[str]]], out_dir: str | Path, *,
-           overrides: Sequence[str] = (), tasks: Sequence[str] | None = None, limit: int = 100,
-           split: str = "test", progress: bool = True) -> list[dict]:
+def ablate(
+    base: Source | Sequence[Source],
+    factors: list[tuple[str, list[str]]],
+    out_dir: str | Path,
+    *,
+    overrides: Sequence[str] = (),
+    tasks: Sequence[str] | None = None,
+    limit: int = 100,
+    split: str = "test",
+    progress: bool = True,
+) -> list[dict]:
     """Evaluate the base and every one-key variation; returns one row per distinct config.
 
     Every config is composed (and validated) and ``tasks``/``limit`` are checked before anything is evaluated.
@@ -135,7 +149,9 @@ def ablate(base: Source | Sequence[Source], factors: list[tuple[str, list[str]]]
 
 
 def _run_all(runs: list, out: Path, tasks: Sequence[str] | None, limit: int, split: str, progress: bool) -> list[dict]:
-    rows, seen, models = [], {}, {}
+    rows: list[dict] = []
+    seen: dict[str, dict] = {}
+    models: dict = {}
     for name, factor, config in tqdm(runs, desc="ablation", unit="run", disable=not progress):
         if config.hash in seen:  # a variation equal to the base (or to an earlier run) is not run twice
             rows.append({**seen[config.hash], "run": name, "factor": factor})
@@ -144,8 +160,9 @@ def _run_all(runs: list, out: Path, tasks: Sequence[str] | None, limit: int, spl
         if model_key not in models:
             models[model_key] = DiffusionLM.from_spec(config.config.model.dllm)
         decoder = Decoder(config, dllm=models[model_key])
-        summary = evaluate(decoder, out / "runs" / _directory_name(name), tasks=tasks, limit=limit, split=split,
-                           progress=progress)
+        summary = evaluate(
+            decoder, out / "runs" / _directory_name(name), tasks=tasks, limit=limit, split=split, progress=progress
+        )
         row = {"run": name, "factor": factor, **summary}
         seen[config.hash] = row
         rows.append(row)
@@ -162,8 +179,9 @@ def _attach_aup(rows: list[dict]) -> None:
     best = {task: max(100 * row["per_task"].get(task, 0.0) for row in rows) for task in tasks}
 
     def mean_aup(members: list[dict]) -> float:
-        return sum(aup([(m["tokens_per_forward"], 100 * m["per_task"][task]) for m in members], best[task])
-                   for task in tasks) / len(tasks)
+        return sum(
+            aup([(m["tokens_per_forward"], 100 * m["per_task"][task]) for m in members], best[task]) for task in tasks
+        ) / len(tasks)
 
     base = [row for row in rows if row["factor"] is None]
     for row in rows:
@@ -176,15 +194,19 @@ def markdown_table(rows: list[dict]) -> str:
     """The ablation as a Markdown table (accuracy in %, speed per run, AUP, then the plugins' row statistics,
     such as WINO's revocations, as per-example means)."""
     extras = sorted({name for row in rows for name in row.get("extra", {})})
-    lines = ["| run | accuracy | NFE | tokens/forward | tokens/s | wall s | AUP | sweep AUP |"
-             + "".join(f" {name} |" for name in extras),
-             "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(extras)]
+    lines = [
+        "| run | accuracy | NFE | tokens/forward | tokens/s | wall s | AUP | sweep AUP |"
+        + "".join(f" {name} |" for name in extras),
+        "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(extras),
+    ]
     for row in rows:
         sweep = "" if row["factor_aup"] is None else f"{row['factor_aup']:.1f}"
         values = "".join(f" {row['extra'][name]:.2f} |" if name in row.get("extra", {}) else " |" for name in extras)
-        lines.append(f"| `{row['run']}` | {100 * row['accuracy']:.1f} | {row['nfe']:.2f} | "
-                     f"{row['tokens_per_forward']:.2f} | {row['tokens_per_s']:.1f} | {row['wall_s']:.1f} | "
-                     f"{row['aup']:.1f} | {sweep} |{values}")
+        lines.append(
+            f"| `{row['run']}` | {100 * row['accuracy']:.1f} | {row['nfe']:.2f} | "
+            f"{row['tokens_per_forward']:.2f} | {row['tokens_per_s']:.1f} | {row['wall_s']:.1f} | "
+            f"{row['aup']:.1f} | {sweep} |{values}"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -193,8 +215,9 @@ _LABEL_DIRECTIONS = ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1)
 _LABEL_DISTANCES = (4, 10, 18, 28, 40, 55, 75, 100)
 
 
-def place_labels(axes, points: Sequence[tuple[float, float]], labels: Sequence[str], fontsize: float = 7,
-                 avoid: Sequence = ()) -> list:
+def place_labels(
+    axes, points: Sequence[tuple[float, float]], labels: Sequence[str], fontsize: float = 7, avoid: Sequence = ()
+) -> list:
     """Annotate each point with its label at the nearest offset where the label overlaps no other label, no marker
     and no artist of ``avoid`` (a legend, say), and stays inside the axes (a leader line joins a label placed away
     from its point).
@@ -212,8 +235,11 @@ def place_labels(axes, points: Sequence[tuple[float, float]], labels: Sequence[s
 
     def free(box, own: int) -> bool:
         inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
-        return inside and all(box.x1 < x0 or box.x0 > x1 or box.y1 < y0 or box.y0 > y1
-                              for index, (x0, y0, x1, y1) in enumerate(taken) if index != own)
+        return inside and all(
+            box.x1 < x0 or box.x0 > x1 or box.y1 < y0 or box.y0 > y1
+            for index, (x0, y0, x1, y1) in enumerate(taken)
+            if index != own
+        )
 
     texts = []
     for index, (point, label) in enumerate(zip(points, labels)):
@@ -222,17 +248,23 @@ def place_labels(axes, points: Sequence[tuple[float, float]], labels: Sequence[s
             for dx, dy in _LABEL_DIRECTIONS:
                 if text is not None:
                     text.remove()
-                text = axes.annotate(label, point, xytext=(dx * distance, dy * distance), textcoords="offset points",
-                                     fontsize=fontsize, ha="left" if dx > 0 else "right" if dx < 0 else "center",
-                                     va="bottom" if dy > 0 else "top" if dy < 0 else "center",
-                                     arrowprops=None if distance <= 10 else {"arrowstyle": "-", "lw": 0.5,
-                                                                             "color": "0.5"})
+                text = axes.annotate(
+                    label,
+                    point,
+                    xytext=(dx * distance, dy * distance),
+                    textcoords="offset points",
+                    fontsize=fontsize,
+                    ha="left" if dx > 0 else "right" if dx < 0 else "center",
+                    va="bottom" if dy > 0 else "top" if dy < 0 else "center",
+                    arrowprops=None if distance <= 10 else {"arrowstyle": "-", "lw": 0.5, "color": "0.5"},
+                )
                 box = text.get_window_extent(renderer)
                 if free(box, index):
                     break
             else:
                 continue
             break
+        assert text is not None  # the loops above ran: there are distances and directions
         box = text.get_window_extent(renderer)
         taken.append((box.x0, box.y0, box.x1, box.y1))
         texts.append(text)
@@ -270,8 +302,11 @@ def pareto_figure(rows: list[dict], metric: str):
     for row in rows:
         groups.setdefault(row["factor"] or "base", []).append(row)
     for factor, members in groups.items():
-        style = ({"s": 110, "facecolors": "none", "edgecolors": "black", "linewidths": 1.5, "zorder": 3}
-                 if factor == "base" else {"s": 30, "zorder": 2})
+        style = (
+            {"s": 110, "facecolors": "none", "edgecolors": "black", "linewidths": 1.5, "zorder": 3}
+            if factor == "base"
+            else {"s": 30, "zorder": 2}
+        )
         axes.scatter([m[metric] for m in members], [100 * m["accuracy"] for m in members], label=factor, **style)
     names: dict[tuple[float, float], list[str]] = {}
     for row in rows:
@@ -282,6 +317,7 @@ def pareto_figure(rows: list[dict], metric: str):
     axes.grid(alpha=0.3)
     legend = axes.legend(fontsize=7, loc="lower left")
     figure.tight_layout()  # before the labels: it moves the axes, which would move the points under them
-    texts = place_labels(axes, list(names), [" = ".join(dict.fromkeys(value)) for value in names.values()],
-                         avoid=[legend])
+    texts = place_labels(
+        axes, list(names), [" = ".join(dict.fromkeys(value)) for value in names.values()], avoid=[legend]
+    )
     return figure, texts

@@ -46,8 +46,10 @@ def claim_out_dir(out: Path, ranks, command: str) -> Iterator[None]:
             except InputError as exc:
                 problem = (exc.message, exc.fix)
             except OSError as exc:
-                problem = (f"--out {out} cannot be created ({exc.strerror})",
-                           "pass a directory path that can be created")
+                problem = (
+                    f"--out {out} cannot be created ({exc.strerror})",
+                    "pass a directory path that can be created",
+                )
         problem = broadcast_object(problem, ranks)  # the other ranks wait for rank 0's answer, then all agree
         if problem is not None:
             raise InputError(*problem)
@@ -77,13 +79,19 @@ def _locked(path: Path, command: str) -> Iterator[None]:
                 handle.seek(0)
                 holder = handle.read().strip() or "another process"
                 handle.close()
-                raise InputError(f"--out {path.parent} is in use by another run ({holder}): two runs writing one "
-                                 "directory would each decode every example and record it twice", fix="wait for "
-                                 "that run to finish (it resumes where it stops), or pass another --out") from None
+                raise InputError(
+                    f"--out {path.parent} is in use by another run ({holder}): two runs writing one "
+                    "directory would each decode every example and record it twice",
+                    fix="wait for that run to finish (it resumes where it stops), or pass another --out",
+                ) from None
             handle.close()  # the file system has no flock
             path.unlink(missing_ok=True)
-            logger.warning("--out %s: its file system does not support flock (%s), so another run started on this "
-                           "directory would not be refused; start one run per directory", path.parent, exc.strerror)
+            logger.warning(
+                "--out %s: its file system does not support flock (%s), so another run started on this "
+                "directory would not be refused; start one run per directory",
+                path.parent,
+                exc.strerror,
+            )
             yield
             return
         if _names(path, handle):

@@ -37,7 +37,7 @@ RESULTS, SUMMARY, CONFIG = "results.jsonl", "summary.json", "config.yaml"
 RUN_IDENTITY = {
     "config_hash": "another config",
     "weights_hash": "other model weights (a checkpoint retrained or replaced at the same path, or results written "
-                    "before weights hashes were recorded)",
+    "before weights hashes were recorded)",
     "split": "another split of the task suite",
 }
 
@@ -64,11 +64,14 @@ def _read_results(path: Path, identity: dict[str, str]) -> dict[str, dict]:
                 if record.get(key) != value:
                     raise InputError(
                         f"{path} holds results of {RUN_IDENTITY[key]} ({key} {record.get(key)!r}, now {value!r})",
-                        fix=_USE_ANOTHER_OUT)
+                        fix=_USE_ANOTHER_OUT,
+                    )
             if "seed" not in record:
                 raise InputError(
                     f"{path} holds results numbered across tasks by an earlier release (record {record['id']!r} has "
-                    "no seed), so an id may name another example now", fix=_USE_ANOTHER_OUT)
+                    "no seed), so an id may name another example now",
+                    fix=_USE_ANOTHER_OUT,
+                )
             done[record["id"]] = record
     return done
 
@@ -102,8 +105,10 @@ def summarize(records: Sequence[dict], identity: dict[str, str]) -> dict:
         "tokens_per_s": tokens / wall if wall > 0 else 0.0,
         "wall_s": wall,
         "commits_histogram": {str(k): histogram[k] for k in sorted(histogram)},
-        "extra": {name: sum(r["extra"].get(name, 0.0) for r in records) / count
-                  for name in sorted({name for r in records for name in r["extra"]})},
+        "extra": {
+            name: sum(r["extra"].get(name, 0.0) for r in records) / count
+            for name in sorted({name for r in records for name in r["extra"]})
+        },
         **identity,
     }
 
@@ -113,16 +118,25 @@ def format_table(summary: dict) -> str:
     lines = [f"config {summary['config_hash']}  examples {summary['examples']}", f"{'task':<10} {'accuracy':>8}"]
     lines += [f"{task:<10} {100 * acc:>7.1f}%" for task, acc in summary["per_task"].items()]
     lines.append(f"{'mean':<10} {100 * summary['accuracy']:>7.1f}%")
-    lines.append(f"NFE {summary['nfe']:.2f}  tokens/forward {summary['tokens_per_forward']:.2f}  "
-                 f"AR forwards {summary['ar_forwards']:.2f}  tokens/s {summary['tokens_per_s']:.1f}  "
-                 f"wall {summary['wall_s']:.1f} s")
+    lines.append(
+        f"NFE {summary['nfe']:.2f}  tokens/forward {summary['tokens_per_forward']:.2f}  "
+        f"AR forwards {summary['ar_forwards']:.2f}  tokens/s {summary['tokens_per_s']:.1f}  "
+        f"wall {summary['wall_s']:.1f} s"
+    )
     if summary.get("extra"):
         lines.append("  ".join(f"{name} {value:.2f}" for name, value in summary["extra"].items()))
     return "\n".join(lines)
 
 
-def evaluate(decoder: Decoder, out_dir: str | Path, tasks: Sequence[str] | None = None, limit: int = 100,
-             split: str = "test", data_seed: int = 0, progress: bool = True) -> dict:
+def evaluate(
+    decoder: Decoder,
+    out_dir: str | Path,
+    tasks: Sequence[str] | None = None,
+    limit: int = 100,
+    split: str = "test",
+    data_seed: int = 0,
+    progress: bool = True,
+) -> dict:
     """Decode the first ``limit`` examples of each task (every task when ``tasks`` is None), check them, and write
     the results under ``out_dir`` (see the module docstring for ids, seeds and resuming).
 
@@ -156,17 +170,27 @@ def evaluate(decoder: Decoder, out_dir: str | Path, tasks: Sequence[str] | None 
             if key in done:
                 _check_same_example(out, done[key], example, seeds[key])
         if ranks.main:
-            (out / CONFIG).write_text(f"# config_hash: {identity['config_hash']}\n{decoder.config.yaml}",
-                                      encoding="utf-8")
-        todo = [(key, ex) for key, ex in examples if key not in done][ranks.rank::ranks.world_size]
+            (out / CONFIG).write_text(
+                f"# config_hash: {identity['config_hash']}\n{decoder.config.yaml}", encoding="utf-8"
+            )
+        todo = [(key, ex) for key, ex in examples if key not in done][ranks.rank :: ranks.world_size]
         path = out / (RESULTS if ranks.world_size == 1 else RANK_RESULTS.format(rank=ranks.rank))
         initial = len(examples) - len(todo) if ranks.world_size == 1 else 0
-        mine = _decode(decoder, todo, seeds, path, progress and ranks.main, total=initial + len(todo),
-                       initial=initial, rank=None if ranks.world_size == 1 else ranks.rank,
-                       identity=identity)
+        mine = _decode(
+            decoder,
+            todo,
+            seeds,
+            path,
+            progress and ranks.main,
+            total=initial + len(todo),
+            initial=initial,
+            rank=None if ranks.world_size == 1 else ranks.rank,
+            identity=identity,
+        )
         gathered = gather_objects(mine, ranks)
         summary = None
         if ranks.main:
+            assert gathered is not None  # the main rank receives every rank's records
             for records in gathered:
                 done.update((record["id"], record) for record in records)
             if ranks.world_size > 1:
@@ -185,8 +209,9 @@ def check_out_dir(out_dir: str | Path) -> Path:
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file, not a directory", fix="pass a directory path (it is created if "
-                         "missing)")
+        raise InputError(
+            f"--out {out} is a file, not a directory", fix="pass a directory path (it is created if missing)"
+        )
     return out
 
 
@@ -197,8 +222,10 @@ def check_selection(tasks: Sequence[str] | None, limit: int) -> list[str]:
     """
     names = list(TASKS) if tasks is None else list(tasks)
     if not names:
-        raise InputError("--tasks names no task", fix=f"name one or more of {', '.join(TASKS)} (or leave --tasks "
-                         "out to run them all)")
+        raise InputError(
+            "--tasks names no task",
+            fix=f"name one or more of {', '.join(TASKS)} (or leave --tasks out to run them all)",
+        )
     unknown = [name for name in names if name not in TASKS]
     if unknown:
         raise InputError(f"unknown task(s) {', '.join(unknown)}", fix=f"choose from {', '.join(TASKS)}")
@@ -216,15 +243,26 @@ def _check_same_example(out: Path, record: dict, example: Example, seed: int) ->
         raise InputError(
             f"{out} holds record {record['id']!r} decoded from prompt {record['prompt']!r} with seed "
             f"{record['seed']}, but that id is now prompt {example.prompt!r} with seed {seed} (the task's examples "
-            "changed, e.g. another data seed)", fix=_USE_ANOTHER_OUT)
+            "changed, e.g. another data seed)",
+            fix=_USE_ANOTHER_OUT,
+        )
 
 
 #: Per-rank results file of a multi-process run (merged into ``results.jsonl`` by rank 0 at the end).
 RANK_RESULTS = "results.rank{rank}.jsonl"
 
 
-def _decode(decoder: Decoder, todo: list, seeds: dict[str, int], path: Path, progress: bool, total: int,
-            initial: int, rank: int | None, identity: dict[str, str]) -> list[dict]:
+def _decode(
+    decoder: Decoder,
+    todo: list,
+    seeds: dict[str, int],
+    path: Path,
+    progress: bool,
+    total: int,
+    initial: int,
+    rank: int | None,
+    identity: dict[str, str],
+) -> list[dict]:
     """Decode ``todo`` in batches, appending each batch's records (stamped with ``identity``) to ``path``;
     returns the new records.
 
@@ -232,17 +270,26 @@ def _decode(decoder: Decoder, todo: list, seeds: dict[str, int], path: Path, pro
     """
     batch = decoder.generation.batch_size
     records = []
-    with path.open("a", encoding="utf-8") as handle, tqdm(total=total, initial=initial, desc="eval", unit="ex",
-                                                          disable=not progress) as bar:
+    with (
+        path.open("a", encoding="utf-8") as handle,
+        tqdm(total=total, initial=initial, desc="eval", unit="ex", disable=not progress) as bar,
+    ):
         for first in range(0, len(todo), batch):
-            chunk = todo[first: first + batch]
-            output = decoder.generate([ex.prompt for _, ex in chunk], seeds=[seeds[key] for key, _ in chunk],
-                                      batch_size=batch)
+            chunk = todo[first : first + batch]
+            output = decoder.generate(
+                [ex.prompt for _, ex in chunk], seeds=[seeds[key] for key, _ in chunk], batch_size=batch
+            )
             batch_wall = max(s.wall_s for s in output.stats)
             for (key, ex), record in zip(chunk, output.records()):
-                record.update(id=key, task=ex.task, seed=seeds[key], reference=ex.answer,
-                              correct=TASKS[ex.task].check(ex, record["text"]),
-                              batch_wall_share_s=batch_wall / len(chunk), **identity)
+                record.update(
+                    id=key,
+                    task=ex.task,
+                    seed=seeds[key],
+                    reference=ex.answer,
+                    correct=TASKS[ex.task].check(ex, record["text"]),
+                    batch_wall_share_s=batch_wall / len(chunk),
+                    **identity,
+                )
                 if rank is not None:
                     record["rank"] = rank
                 records.append(record)

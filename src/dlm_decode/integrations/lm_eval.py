@@ -51,7 +51,7 @@ import sys
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -61,8 +61,12 @@ try:
     from lm_eval.api.model import LM
     from lm_eval.api.registry import register_model
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError(with_fix("dlm_decode.integrations.lm_eval needs lm-evaluation-harness",
-                               "pip install 'dlm-decode[lm-eval]' (or pip install 'lm-eval>=0.4.5')")) from exc
+    raise ImportError(
+        with_fix(
+            "dlm_decode.integrations.lm_eval needs lm-evaluation-harness",
+            "pip install 'dlm-decode[lm-eval]' (or pip install 'lm-eval>=0.4.5')",
+        )
+    ) from exc
 
 from dlm_decode.decoder import check_seed
 from dlm_decode.distributed import join_process_group
@@ -72,7 +76,9 @@ MODEL_NAME = "dlm_decode"
 _LOGLIKELIHOOD = with_fix(
     "dlm_decode evaluates generation tasks only (output_type: generate_until, e.g. gsm8k, minerva_math, "
     "humaneval): {kind} requests need a left-to-right likelihood, which a masked diffusion LM does not have (only "
-    "an ELBO, not computed here)", "choose a generate_until task (or the `_cot`/generative variant of the task)")
+    "an ELBO, not computed here)",
+    "choose a generate_until task (or the `_cot`/generative variant of the task)",
+)
 
 
 def _override_value(value: Any) -> str:
@@ -89,16 +95,26 @@ class DlmDecodeLM(LM):
     :param overrides: dotted config keys and their values (the other ``--model_args``).
     """
 
-    def __init__(self, config: str | None = None, batch_size: int | str | None = None,
-                 max_batch_size: int | None = None, device: str | None = None, decoder=None, **overrides: Any):
+    def __init__(
+        self,
+        config: str | None = None,
+        batch_size: int | str | None = None,
+        max_batch_size: int | None = None,
+        device: str | None = None,
+        decoder=None,
+        **overrides: Any,
+    ):
         super().__init__()
         from dlm_decode.decoder import Decoder
 
         bad = sorted(key for key in overrides if "." not in key)
         if bad:
-            raise ConfigError(f"--model_args {bad[0]}", "is not a dlm_decode model argument",
-                              "pass config=FILE.yaml[+FILE2.yaml] and dotted config overrides, e.g. "
-                              "model.dllm.path=GSAI-ML/LLaDA-8B-Instruct,generation.max_new_tokens=256")
+            raise ConfigError(
+                f"--model_args {bad[0]}",
+                "is not a dlm_decode model argument",
+                "pass config=FILE.yaml[+FILE2.yaml] and dotted config overrides, e.g. "
+                "model.dllm.path=GSAI-ML/LLaDA-8B-Instruct,generation.max_new_tokens=256",
+            )
         items = [f"{key}={_override_value(value)}" for key, value in overrides.items()]
         if batch_size is not None and str(batch_size).isdigit() and int(batch_size) > 1:
             items.append(f"generation.batch_size={int(batch_size)}")
@@ -132,8 +148,9 @@ class DlmDecodeLM(LM):
         """Render lm-eval's (few-shot) chat with the dLLM's template; the decoder then stops wrapping prompts."""
         self._chat_applied = True
         self.decoder.dllm.chat_template = False
-        return self.tokenizer.apply_chat_template(chat_history, tokenize=False,
-                                                  add_generation_prompt=add_generation_prompt)
+        return self.tokenizer.apply_chat_template(
+            chat_history, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
         raise NotImplementedError(_LOGLIKELIHOOD.format(kind="loglikelihood"))
@@ -156,16 +173,17 @@ class DlmDecodeLM(LM):
         for max_new_tokens, indices in groups.items():
             indices.sort(key=lambda i: -len(requests[i].args[0]))  # similar lengths share a batch: less padding
             for first in range(0, len(indices), generation.batch_size):
-                chunk = indices[first: first + generation.batch_size]
-                output = self.decoder.generate([requests[i].args[0] for i in chunk], max_new_tokens=max_new_tokens,
-                                               seeds=[seeds[i] for i in chunk])
+                chunk = indices[first : first + generation.batch_size]
+                output = self.decoder.generate(
+                    [requests[i].args[0] for i in chunk], max_new_tokens=max_new_tokens, seeds=[seeds[i] for i in chunk]
+                )
                 for i, text in zip(chunk, output.texts):
                     kwargs = requests[i].args[1] if len(requests[i].args) > 1 and requests[i].args[1] else {}
                     texts[i] = cut_at(text, kwargs.get("until"))
                     self.cache_hook.add_partial("generate_until", requests[i].args, texts[i])
                 bar.update(len(chunk))
         bar.close()
-        return texts
+        return cast(list[str], texts)  # every request belongs to one group: none is left None
 
     # -- collectives lm-eval's evaluator calls when world_size > 1 ---------------------------------------------
 
@@ -223,10 +241,14 @@ def request_seeds(requests: Sequence[Any], seed: int) -> list[int]:
             seeds.append(seed + position)
             continue
         key = (request.task_name, request.doc_id, request.idx)
-        seeds.append(check_seed(
-            seed + request.doc_id + repeats[key] * REPEAT_STRIDE,
-            f"the seed of repeat {repeats[key]} of document {request.doc_id} of task {request.task_name!r} "
-            f"(generation.seed + doc_id + repeat * {REPEAT_STRIDE})", "lower generation.seed (or the task's repeats)"))
+        seeds.append(
+            check_seed(
+                seed + request.doc_id + repeats[key] * REPEAT_STRIDE,
+                f"the seed of repeat {repeats[key]} of document {request.doc_id} of task {request.task_name!r} "
+                f"(generation.seed + doc_id + repeat * {REPEAT_STRIDE})",
+                "lower generation.seed (or the task's repeats)",
+            )
+        )
         repeats[key] += 1
     return seeds
 
@@ -297,9 +319,15 @@ def process_suite_results(doc: dict, results: Sequence[str]) -> dict[str, float]
     return {"acc": float(TASKS[doc["task"]].check(example, results[0]))}
 
 
-def write_task_suite(directory: str | Path, tasks: Sequence[str] | None = None, limit: int = 20,
-                     split: str = "test", data_seed: int = 0, name: str = "dlm_suite",
-                     max_gen_toks: int = 32) -> Path:
+def write_task_suite(
+    directory: str | Path,
+    tasks: Sequence[str] | None = None,
+    limit: int = 20,
+    split: str = "test",
+    data_seed: int = 0,
+    name: str = "dlm_suite",
+    max_gen_toks: int = 32,
+) -> Path:
     """Write lm-eval tasks over ``limit`` examples of each embedded task, and their group ``name``, into
     ``directory``.
 
@@ -320,15 +348,19 @@ def write_task_suite(directory: str | Path, tasks: Sequence[str] | None = None, 
 
     names = check_selection(tasks, limit)
     if not name.isidentifier():
-        raise InputError(f"the suite name {name!r} is not a Python identifier, and it names the scoring module "
-                         f"`{name}_utils.py` lm-eval imports", fix="use letters, digits and underscores (e.g. "
-                         f"{re.sub(r'^(?=[0-9])|[^0-9A-Za-z_]', '_', name)!r})")
+        raise InputError(
+            f"the suite name {name!r} is not a Python identifier, and it names the scoring module "
+            f"`{name}_utils.py` lm-eval imports",
+            fix=f"use letters, digits and underscores (e.g. {re.sub(r'^(?=[0-9])|[^0-9A-Za-z_]', '_', name)!r})",
+        )
     directory = Path(directory).resolve()
     wanted = {f"{name}_{task}.yaml" for task in names}
     stale = [path.name for path in sorted(directory.glob(f"{name}*.yaml")) if path.name not in wanted]
     if stale:
-        raise InputError(f"{directory} already holds {', '.join(stale)}, which `--tasks {directory}` would run "
-                         "too", fix=f"delete {'them' if len(stale) > 1 else 'it'} or write to another directory")
+        raise InputError(
+            f"{directory} already holds {', '.join(stale)}, which `--tasks {directory}` would run too",
+            fix=f"delete {'them' if len(stale) > 1 else 'it'} or write to another directory",
+        )
     (directory / "groups").mkdir(parents=True, exist_ok=True)
     utils = f"{name}_utils"
     (directory / f"{utils}.py").write_text(_UTILS, encoding="utf-8")
@@ -336,14 +368,29 @@ def write_task_suite(directory: str | Path, tasks: Sequence[str] | None = None, 
         examples = load_examples([task], split, limit, data_seed)
         member = f"{name}_{task}"
         data = directory / f"{member}.jsonl"
-        data.write_text("".join(json.dumps({"task": ex.task, "prompt": ex.prompt, "answer": ex.answer}) + "\n"
-                                for ex in examples), encoding="utf-8")
+        data.write_text(
+            "".join(json.dumps({"task": ex.task, "prompt": ex.prompt, "answer": ex.answer}) + "\n" for ex in examples),
+            encoding="utf-8",
+        )
         (directory / f"{member}.yaml").write_text(
-            _TASK_YAML.format(count=len(examples), task=task, split=split, name=member,
-                              data=json.dumps(str(data)), utils=utils, max_gen_toks=max_gen_toks), encoding="utf-8")
+            _TASK_YAML.format(
+                count=len(examples),
+                task=task,
+                split=split,
+                name=member,
+                data=json.dumps(str(data)),
+                utils=utils,
+                max_gen_toks=max_gen_toks,
+            ),
+            encoding="utf-8",
+        )
     path = directory / "groups" / f"{name}.yaml"
-    path.write_text(_GROUP_YAML.format(tasks=",".join(names), split=split, name=name,
-                                       members="".join(f"  - {name}_{task}\n" for task in names)), encoding="utf-8")
+    path.write_text(
+        _GROUP_YAML.format(
+            tasks=",".join(names), split=split, name=name, members="".join(f"  - {name}_{task}\n" for task in names)
+        ),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -362,9 +409,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         args = parser.parse_args(argv[1:])
         tasks = [t for t in (args.tasks or "").split(",") if t] or None
         path = write_task_suite(args.directory, tasks, args.limit, max_gen_toks=args.max_gen_toks)
-        print(f"wrote {path.parents[1]}; run lm_eval with --tasks {path.parents[1]} (one result per task), or "
-              f"--include_path {path.parents[1]} --tasks {path.stem} (with their mean) under `python -m "
-              "dlm_decode.integrations.lm_eval`")
+        print(
+            f"wrote {path.parents[1]}; run lm_eval with --tasks {path.parents[1]} (one result per task), or "
+            f"--include_path {path.parents[1]} --tasks {path.stem} (with their mean) under `python -m "
+            "dlm_decode.integrations.lm_eval`"
+        )
         return
     from lm_eval.__main__ import cli_evaluate
 

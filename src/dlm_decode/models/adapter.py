@@ -29,8 +29,14 @@ import torch
 from dlm_decode.config.family_table import Family
 from dlm_decode.config.schema import ModelSpec
 from dlm_decode.errors import ModelError
-from dlm_decode.models.families import (CAUSAL_FIX, attention_pattern, causal_problem, model_context, resolve_family,
-                                        resolve_special_ids)
+from dlm_decode.models.families import (
+    CAUSAL_FIX,
+    attention_pattern,
+    causal_problem,
+    model_context,
+    resolve_family,
+    resolve_special_ids,
+)
 from dlm_decode.models.forward import forward_parameters, head_width, run_hf
 from dlm_decode.models.loading import load_hf, resource_failure
 from dlm_decode.models.native import ARCHITECTURES
@@ -49,16 +55,22 @@ def check_transformers_model(model: Any, tokenizer: Any) -> None:
 
     if isinstance(model, torch.nn.Module) and isinstance(getattr(model, "config", None), PretrainedConfig):
         if tokenizer is None:
-            raise ModelError(f"DiffusionLM got a {type(model).__name__} but no tokenizer", fix="pass the tokenizer "
-                             "the model was trained with (e.g. AutoTokenizer.from_pretrained(<its directory>))")
+            raise ModelError(
+                f"DiffusionLM got a {type(model).__name__} but no tokenizer",
+                fix="pass the tokenizer "
+                "the model was trained with (e.g. AutoTokenizer.from_pretrained(<its directory>))",
+            )
         return
     kind = "a torch.nn.Module" if isinstance(model, torch.nn.Module) else f"a {type(model).__module__} object"
-    raise ModelError(f"DiffusionLM needs a transformers PreTrainedModel whose `config` (a PretrainedConfig) "
-                     f"describes it, got {type(model).__name__} ({kind}) without one", fix="pass a transformers "
-                     "model (e.g. AutoModelForCausalLM.from_pretrained(...), with config.is_causal=False for a "
-                     "bidirectional dLLM), or write an adapter implementing the DiffusionLM interface (forward, "
-                     "encode, decode, the special ids, vocab_size, max_context, device: see "
-                     "dlm_decode.models.adapter) and pass it as Decoder(config, dllm=adapter)")
+    raise ModelError(
+        f"DiffusionLM needs a transformers PreTrainedModel whose `config` (a PretrainedConfig) "
+        f"describes it, got {type(model).__name__} ({kind}) without one",
+        fix="pass a transformers "
+        "model (e.g. AutoModelForCausalLM.from_pretrained(...), with config.is_causal=False for a "
+        "bidirectional dLLM), or write an adapter implementing the DiffusionLM interface (forward, "
+        "encode, decode, the special ids, vocab_size, max_context, device: see "
+        "dlm_decode.models.adapter) and pass it as Decoder(config, dllm=adapter)",
+    )
 
 
 def undecodable_ids(tokenizer, width: int) -> list[int]:
@@ -91,9 +103,18 @@ class DiffusionLM:
         arguments are those of ``model.dllm`` (:class:`~dlm_decode.config.schema.ModelSpec`).
     """
 
-    def __init__(self, model, tokenizer, *, mask_token_id: int | None = None,
-                 eos_token_ids: list[int] | None = None, chat_template: bool = True,
-                 family: str | Family = "auto", attention: str = "auto", block_size: int | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        mask_token_id: int | None = None,
+        eos_token_ids: list[int] | None = None,
+        chat_template: bool = True,
+        family: str | Family = "auto",
+        attention: str = "auto",
+        block_size: int | None = None,
+    ):
         check_transformers_model(model, tokenizer)
         self.model = model
         self.remote = type(model).__module__.startswith("transformers_modules")  # the checkpoint's own code
@@ -104,31 +125,38 @@ class DiffusionLM:
         if causal:
             raise ModelError(f"the dLLM's {causal}", fix=CAUSAL_FIX)
         self.vocab_size = head_width(model)
-        ids = resolve_special_ids(self.family, tokenizer, self.vocab_size, mask_override=mask_token_id,
-                                  eos_override=eos_token_ids)
-        self.mask_token_id = ids.mask
-        if self.mask_token_id is None:
+        ids = resolve_special_ids(
+            self.family, tokenizer, self.vocab_size, mask_override=mask_token_id, eos_override=eos_token_ids
+        )
+        if ids.mask is None:
             raise ModelError("the dLLM's tokenizer has no mask token", fix="set model.dllm.mask_token_id")
+        self.mask_token_id = ids.mask
         if not ids.eos or None in ids.eos:
             raise ModelError("the dLLM's tokenizer has no EOS token", fix="set model.dllm.eos_token_ids")
         outside = [i for i in (self.mask_token_id, *ids.eos) if not 0 <= i < self.vocab_size]
         if outside:
-            raise ModelError(f"special id(s) {outside} lie outside the dLLM's {self.vocab_size} logits",
-                             fix="check model.dllm.mask_token_id / eos_token_ids (and model.dllm.family)")
+            raise ModelError(
+                f"special id(s) {outside} lie outside the dLLM's {self.vocab_size} logits",
+                fix="check model.dllm.mask_token_id / eos_token_ids (and model.dllm.family)",
+            )
         self.eos_token_ids = list(ids.eos)
         self.fill_token_id = self.eos_token_ids[0]
         self.pad_token_id = ids.pad if ids.pad is not None else self.fill_token_id
         if self.pad_token_id == self.mask_token_id:
             raise ModelError("the pad id equals the mask id", fix="give the tokenizer a distinct pad token")
         if self.mask_token_id in self.eos_token_ids:
-            raise ModelError(f"the mask id {self.mask_token_id} is also an EOS id ({self.eos_token_ids})", fix="check "
-                             "model.dllm.mask_token_id and model.dllm.eos_token_ids")
+            raise ModelError(
+                f"the mask id {self.mask_token_id} is also an EOS id ({self.eos_token_ids})",
+                fix="check model.dllm.mask_token_id and model.dllm.eos_token_ids",
+            )
         self.undecodable_ids = undecodable_ids(tokenizer, self.vocab_size)
         unreachable = sorted(set(self.eos_token_ids) & set(self.undecodable_ids))
         if unreachable:
-            raise ModelError(f"EOS id(s) {unreachable} are no token of the dLLM's tokenizer: ids it cannot decode are "
-                             "never proposed, so no row would end at them", fix="set model.dllm.eos_token_ids to ids "
-                             f"of the tokenizer (its EOS is {tokenizer.eos_token_id})")
+            raise ModelError(
+                f"EOS id(s) {unreachable} are no token of the dLLM's tokenizer: ids it cannot decode are "
+                "never proposed, so no row would end at them",
+                fix=f"set model.dllm.eos_token_ids to ids of the tokenizer (its EOS is {tokenizer.eos_token_id})",
+            )
         self.max_context = model_context(self.family, model.config)
         self.attention = attention_pattern(self.family, model.config, attention, block_size)
         self.chat_template = chat_template and getattr(tokenizer, "chat_template", None) is not None
@@ -144,9 +172,16 @@ class DiffusionLM:
     def from_loaded(cls, model: Any, tokenizer: Any, spec: ModelSpec) -> DiffusionLM:
         """The adapter around a model already loaded, read as ``spec`` says (its family, attention, block size,
         chat template and special ids; its loading keys are not used)."""
-        return cls(model, tokenizer, mask_token_id=spec.mask_token_id, eos_token_ids=spec.eos_token_ids,
-                   chat_template=spec.chat_template, family=spec.family, attention=spec.attention,
-                   block_size=spec.block_size)
+        return cls(
+            model,
+            tokenizer,
+            mask_token_id=spec.mask_token_id,
+            eos_token_ids=spec.eos_token_ids,
+            chat_template=spec.chat_template,
+            family=spec.family,
+            attention=spec.attention,
+            block_size=spec.block_size,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -186,13 +221,15 @@ class DiffusionLM:
             return realigned_logits(self._run, inputs, cache, self.family.name, self.attention)
         return self._run(inputs.input_ids, inputs.position_ids, inputs.attention_mask, cache)
 
-    def _run(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
-             cache: Any) -> torch.Tensor:
+    def _run(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Any
+    ) -> torch.Tensor:
         """One forward in the model's calling convention: ``[B, S]`` ids and positions, ``[B, 1, S, K]`` bool mask.
 
         :raises ModelError: when the checkpoint's own (remote) code fails, naming its exception and the fix.
         """
-        if "position_ids" not in forward_parameters(type(self.model)):
+        # the ignore below: mypy does not take a class for the Hashable argument of a functools.cache function
+        if "position_ids" not in forward_parameters(type(self.model)):  # type: ignore[arg-type]
             return self._run_legacy(input_ids, position_ids, attention_mask, cache)
         try:
             return run_hf(self.model, input_ids, position_ids, attention_mask, cache)
@@ -205,30 +242,43 @@ class DiffusionLM:
         """The error for the checkpoint's own modeling code failing in a forward."""
         fixes = []
         if cache is not None:
-            fixes.append("set decoder.cache=none (this code handles keys/values its own way, not through the "
-                         "transformers cache interface the caches use)")
+            fixes.append(
+                "set decoder.cache=none (this code handles keys/values its own way, not through the "
+                "transformers cache interface the caches use)"
+            )
         native = ARCHITECTURES.get(str(getattr(self.model.config, "model_type", "") or "").lower())
         if native is not None:
-            fixes.append(f"set model.dllm.implementation=native: the {native.original} architecture maps onto "
-                         "transformers' own classes, where every cache works")
+            fixes.append(
+                f"set model.dllm.implementation=native: the {native.original} architecture maps onto "
+                "transformers' own classes, where every cache works"
+            )
         fixes = fixes or ["the code may be written for another transformers version: port it"]
         during = " with a key/value cache" if cache is not None else ""
-        return ModelError(f"the checkpoint's own modeling code ({type(self.model).__name__}) failed in a "
-                          f"forward{during}: {type(exc).__name__}: {exc}", fix="; or ".join(fixes))
+        return ModelError(
+            f"the checkpoint's own modeling code ({type(self.model).__name__}) failed in a "
+            f"forward{during}: {type(exc).__name__}: {exc}",
+            fix="; or ".join(fixes),
+        )
 
     def _run_legacy(self, input_ids, position_ids, attention_mask, cache) -> torch.Tensor:
         """Models whose ``forward`` takes no ``position_ids`` (the official LLaDA code): ids only, full attention."""
         name = type(self.model).__name__
         if cache is not None:
-            raise ModelError(f"{name}.forward takes no position_ids, so this adapter cannot give it a key/value cache "
-                             "(the official LLaDA code has none)", fix="set model.dllm.implementation=native (LLaDA "
-                             "on transformers' Llama, where every cache works), or decoder.cache=none")
+            raise ModelError(
+                f"{name}.forward takes no position_ids, so this adapter cannot give it a key/value cache "
+                "(the official LLaDA code has none)",
+                fix="set model.dllm.implementation=native (LLaDA "
+                "on transformers' Llama, where every cache works), or decoder.cache=none",
+            )
         width = input_ids.shape[1]
         expected = torch.arange(width, device=position_ids.device).expand_as(position_ids)
         if not bool(torch.equal(position_ids, expected)) or not bool(attention_mask.all()):
-            raise ModelError(f"{name}.forward takes no position_ids (and older LLaDA code ignores the attention mask, "
-                             "LLaDA issue #90), so prompts of different lengths in one batch, or a window that "
-                             "hides columns from some rows, would change the result", fix="set "
-                             "model.dllm.implementation=native (LLaDA on transformers' Llama takes positions and "
-                             "4-D masks), or generation.batch_size=1")
+            raise ModelError(
+                f"{name}.forward takes no position_ids (and older LLaDA code ignores the attention mask, "
+                "LLaDA issue #90), so prompts of different lengths in one batch, or a window that "
+                "hides columns from some rows, would change the result",
+                fix="set "
+                "model.dllm.implementation=native (LLaDA on transformers' Llama takes positions and "
+                "4-D masks), or generation.batch_size=1",
+            )
         return self.model(input_ids=input_ids).logits

@@ -50,13 +50,16 @@ class CausalLM:
         call :meth:`~dlm_decode.context.BuildContext.load_causal_lm`, which records the model)."""
         model, tokenizer = load(spec, key)
         if getattr(model.config, "is_causal", True) is False:
-            raise ModelError(f"`{key}.path` = {spec.path!r} is a bidirectional model (config.is_causal=False)",
-                             fix="give a causal LM as the AR model")
+            raise ModelError(
+                f"`{key}.path` = {spec.path!r} is a bidirectional model (config.is_causal=False)",
+                fix="give a causal LM as the AR model",
+            )
         return cls(model, tokenizer)
 
     @torch.inference_mode()
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
-                cache: Any) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Any
+    ) -> torch.Tensor:
         """``[B, S, V_ar]`` logits; ``logits[:, i]`` predicts the column after input column ``i``.
 
         ``input_ids`` ``[B, S]`` may hold ids past the AR vocabulary; they are read as ``substitute_id``.
@@ -68,8 +71,14 @@ class CausalLM:
 def tokenizer_mismatches(dllm_tokenizer, ar_tokenizer) -> list[tuple[str, int, int | None]]:
     """``(token, AR id, dLLM id)`` for every AR token whose id differs in the dLLM's tokenizer (sorted by AR id)."""
     dllm_ids = dllm_tokenizer.get_vocab()
-    return sorted(((token, index, dllm_ids.get(token)) for token, index in ar_tokenizer.get_vocab().items()
-                   if dllm_ids.get(token) != index), key=lambda m: m[1])
+    return sorted(
+        (
+            (token, index, dllm_ids.get(token))
+            for token, index in ar_tokenizer.get_vocab().items()
+            if dllm_ids.get(token) != index
+        ),
+        key=lambda m: m[1],
+    )
 
 
 def check_shared_tokenizer(dllm_tokenizer, ar_tokenizer, dllm_vocab: int, ar_vocab: int) -> None:
@@ -82,8 +91,11 @@ def check_shared_tokenizer(dllm_tokenizer, ar_tokenizer, dllm_vocab: int, ar_voc
         shown = ", ".join(f"{t!r}: AR {a} vs dLLM {'absent' if d is None else d}" for t, a, d in mismatched[:3])
         raise ModelError(
             f"the AR model's tokenizer differs from the dLLM's ({len(mismatched)} tokens disagree, e.g. {shown}); "
-            "APD compares token ids and adds logits per id", fix="pick an AR model trained with the dLLM's "
-            "tokenizer (e.g. Qwen2.5 for Dream)")
+            "APD compares token ids and adds logits per id",
+            fix="pick an AR model trained with the dLLM's tokenizer (e.g. Qwen2.5 for Dream)",
+        )
     if ar_vocab > dllm_vocab:
-        raise ModelError(f"the AR head has {ar_vocab} logits but the dLLM head only {dllm_vocab}",
-                         fix="pick an AR model whose vocabulary the dLLM covers")
+        raise ModelError(
+            f"the AR head has {ar_vocab} logits but the dLLM head only {dllm_vocab}",
+            fix="pick an AR model whose vocabulary the dLLM covers",
+        )

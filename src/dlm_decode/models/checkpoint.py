@@ -22,17 +22,28 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import cast
 
 from dlm_decode.config.schema import ModelSpec
 from dlm_decode.errors import ModelError
 
 #: The weight files ``from_pretrained`` reads (one of them; an index names its shards).
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 #: Vocabulary files a tokenizer is built from: ``tokenizer.json`` alone, or one of the others (``vocab.json``
 #: needs ``merges.txt``).
-VOCABULARY_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.txt",
-                    "vocab.json + merges.txt")
+VOCABULARY_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "vocab.txt",
+    "vocab.json + merges.txt",
+)
 #: How deep :func:`config_candidates` looks below a directory without ``config.json``.
 CANDIDATE_DEPTH = 2
 _SHOWN = 5
@@ -71,14 +82,19 @@ def resolve_path(path: str, key: str) -> str:
     if local.is_dir():
         return str(local)
     if local.exists():
-        raise ModelError(f"`{key}.path` = {path!r} is a file ({local.resolve()}), not a checkpoint directory",
-                         fix=f"set {key}.path to the directory holding config.json, the weights and the tokenizer "
-                         f"files (perhaps {local.resolve().parent})")
+        raise ModelError(
+            f"`{key}.path` = {path!r} is a file ({local.resolve()}), not a checkpoint directory",
+            fix=f"set {key}.path to the directory holding config.json, the weights and the tokenizer "
+            f"files (perhaps {local.resolve().parent})",
+        )
     if _looks_local(path):
         hub = "" if "/" in path else ", nor a hub id (those have the form namespace/name)"
-        raise ModelError(f"`{key}.path` = {path!r}: no such directory ({local.resolve()}){hub}", fix="check the "
-                         f"path (a relative one is read from the working directory, {Path.cwd()}), or give "
-                         "`embedded:<name>` (see `dlm-decode models`) or a hub id such as GSAI-ML/LLaDA-8B-Instruct")
+        raise ModelError(
+            f"`{key}.path` = {path!r}: no such directory ({local.resolve()}){hub}",
+            fix="check the "
+            f"path (a relative one is read from the working directory, {Path.cwd()}), or give "
+            "`embedded:<name>` (see `dlm-decode models`) or a hub id such as GSAI-ML/LLaDA-8B-Instruct",
+        )
     return path
 
 
@@ -86,8 +102,9 @@ def config_candidates(directory: Path, depth: int = CANDIDATE_DEPTH) -> list[Pat
     """Subdirectories of ``directory``, up to ``depth`` levels down, that hold a ``config.json`` (sorted)."""
     found, level = [], [directory]
     for _ in range(depth):
-        level = sorted(child for parent in level for child in parent.iterdir() if child.is_dir()
-                       and not child.name.startswith("."))
+        level = sorted(
+            child for parent in level for child in parent.iterdir() if child.is_dir() and not child.name.startswith(".")
+        )
         found += [child for child in level if (child / "config.json").is_file()]
     return sorted(found)
 
@@ -97,24 +114,31 @@ def _no_config(path: str, directory: Path, key: str) -> ModelError:
     absolute = "" if str(directory.resolve()) == path else f" ({directory.resolve()})"
     where = f"`{key}.path` = {path!r}{absolute} has no config.json"
     if candidates:
-        shown = ", ".join(str(c) for c in candidates[:_SHOWN]) + (f" and {len(candidates) - _SHOWN} more"
-                                                                     if len(candidates) > _SHOWN else "")
-        return ModelError(f"{where}; these directories below it have one: {shown}", fix=f"set {key}.path to one of "
-                          "them (the checkpoint directory itself)")
+        shown = ", ".join(str(c) for c in candidates[:_SHOWN]) + (
+            f" and {len(candidates) - _SHOWN} more" if len(candidates) > _SHOWN else ""
+        )
+        return ModelError(
+            f"{where}; these directories below it have one: {shown}",
+            fix=f"set {key}.path to one of them (the checkpoint directory itself)",
+        )
     content = "it is empty" if not any(directory.iterdir()) else "nor do its subdirectories"
-    return ModelError(f"{where} ({content}): it is not a checkpoint directory", fix=f"set {key}.path to the "
-                      "directory holding the checkpoint's config.json, weights and tokenizer files (as "
-                      "save_pretrained writes them), `embedded:<name>`, or a hub id")
+    return ModelError(
+        f"{where} ({content}): it is not a checkpoint directory",
+        fix=f"set {key}.path to the "
+        "directory holding the checkpoint's config.json, weights and tokenizer files (as "
+        "save_pretrained writes them), `embedded:<name>`, or a hub id",
+    )
 
 
 def _not_cached(path: str, key: str) -> ModelError:
     from huggingface_hub import constants
 
     local = Path(path).resolve()
-    return ModelError(f"`{key}.path` = {path!r} is neither a local directory ({local} does not exist) nor a hub id "
-                      f"in the local Hugging Face cache ({constants.HF_HUB_CACHE}), and downloading is off", fix="set "
-                      f"{key}.allow_download=true to fetch it from the hub, or give the local directory of the "
-                      "checkpoint")
+    return ModelError(
+        f"`{key}.path` = {path!r} is neither a local directory ({local} does not exist) nor a hub id "
+        f"in the local Hugging Face cache ({constants.HF_HUB_CACHE}), and downloading is off",
+        fix=f"set {key}.allow_download=true to fetch it from the hub, or give the local directory of the checkpoint",
+    )
 
 
 def probe_hub(repo_id: str, key: str) -> None:
@@ -133,11 +157,14 @@ def probe_hub(repo_id: str, key: str) -> None:
         return
     except Exception as exc:
         offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
-        raise ModelError(f"`{key}.path` = {repo_id!r} is not in the local Hugging Face cache and "
-                         f"{key}.allow_download=true, but the hub ({constants.ENDPOINT}) cannot be reached{offline}: "
-                         f"{type(exc).__name__}: {exc}", fix="run where the hub is reachable (or set HTTPS_PROXY), "
-                         f"or download it elsewhere (`hf download {repo_id}`) and copy the cache or the directory "
-                         "here") from exc
+        raise ModelError(
+            f"`{key}.path` = {repo_id!r} is not in the local Hugging Face cache and "
+            f"{key}.allow_download=true, but the hub ({constants.ENDPOINT}) cannot be reached{offline}: "
+            f"{type(exc).__name__}: {exc}",
+            fix="run where the hub is reachable (or set HTTPS_PROXY), "
+            f"or download it elsewhere (`hf download {repo_id}`) and copy the cache or the directory "
+            "here",
+        ) from exc
 
 
 def config_file(spec: ModelSpec, key: str) -> Path:
@@ -164,11 +191,13 @@ def config_file(spec: ModelSpec, key: str) -> Path:
     from transformers.utils import cached_file
 
     try:
-        return Path(cached_file(path, "config.json"))
+        # None only with _raise_exceptions_for_missing_entries=False; by default a missing file raises
+        return Path(cast(str, cached_file(path, "config.json")))
     except Exception as exc:
-        raise ModelError(f"`{key}.path` = {spec.path!r}: config.json could not be downloaded "
-                         f"({type(exc).__name__}: {exc})", fix="check the hub id (and, for a gated model, "
-                         "your access and `hf auth login`)") from exc
+        raise ModelError(
+            f"`{key}.path` = {spec.path!r}: config.json could not be downloaded ({type(exc).__name__}: {exc})",
+            fix="check the hub id (and, for a gated model, your access and `hf auth login`)",
+        ) from exc
 
 
 def read_config_json(spec: ModelSpec, key: str) -> dict:
@@ -180,11 +209,15 @@ def read_config_json(spec: ModelSpec, key: str) -> dict:
     try:
         config = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ModelError(f"`{key}.path` = {spec.path!r}: {file} cannot be read as JSON ({type(exc).__name__}: "
-                         f"{exc})", fix="restore the checkpoint's config.json") from exc
+        raise ModelError(
+            f"`{key}.path` = {spec.path!r}: {file} cannot be read as JSON ({type(exc).__name__}: {exc})",
+            fix="restore the checkpoint's config.json",
+        ) from exc
     if not isinstance(config, dict):
-        raise ModelError(f"`{key}.path` = {spec.path!r}: {file} holds a {type(config).__name__}, not a JSON object",
-                         fix="restore the checkpoint's config.json")
+        raise ModelError(
+            f"`{key}.path` = {spec.path!r}: {file} holds a {type(config).__name__}, not a JSON object",
+            fix="restore the checkpoint's config.json",
+        )
     return config
 
 
@@ -207,23 +240,28 @@ def check_weight_files(directory: Path, spec: ModelSpec, key: str) -> None:
     if not present:
         others = sorted(p.name for p in directory.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
         found = f"; it has {', '.join(others)}, which from_pretrained does not read" if others else ""
-        raise ModelError(f"`{key}.path` = {spec.path!r} has no weights: none of {', '.join(WEIGHT_FILES)} in "
-                         f"{directory}{found}", fix="copy the checkpoint's weights there (save_pretrained writes "
-                         "model.safetensors), or point the path at the complete checkpoint")
+        raise ModelError(
+            f"`{key}.path` = {spec.path!r} has no weights: none of {', '.join(WEIGHT_FILES)} in {directory}{found}",
+            fix="copy the checkpoint's weights there (save_pretrained writes "
+            "model.safetensors), or point the path at the complete checkpoint",
+        )
     index = next((directory / name for name in present if name.endswith(".index.json")), None)
     if index is not None and not any(name in present for name in WEIGHT_FILES if not name.endswith(".json")):
         shards = sorted(set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values()))
         missing = [shard for shard in shards if not (directory / shard).is_file()]
         if missing:
-            raise ModelError(f"`{key}.path` = {spec.path!r}: {index.name} names {len(shards)} weight shard(s), of "
-                             f"which {len(missing)} are missing from {directory}: {', '.join(missing[:_SHOWN])}",
-                             fix="copy every shard of the checkpoint there")
+            raise ModelError(
+                f"`{key}.path` = {spec.path!r}: {index.name} names {len(shards)} weight shard(s), of "
+                f"which {len(missing)} are missing from {directory}: {', '.join(missing[:_SHOWN])}",
+                fix="copy every shard of the checkpoint there",
+            )
 
 
 def _has_vocabulary(directory: Path) -> bool:
     single = [name for name in VOCABULARY_FILES if " + " not in name]
     return any((directory / name).is_file() for name in single) or all(
-        (directory / name).is_file() for name in ("vocab.json", "merges.txt"))
+        (directory / name).is_file() for name in ("vocab.json", "merges.txt")
+    )
 
 
 def tokenizer_code(directory: Path) -> bool:
@@ -244,6 +282,8 @@ def check_tokenizer_files(directory: Path, spec: ModelSpec, key: str) -> None:
     if _has_vocabulary(directory) or (spec.implementation == "remote" and tokenizer_code(directory)):
         return
     held = sorted(p.name for p in directory.iterdir() if p.is_file())
-    raise ModelError(f"`{key}.path` = {spec.path!r} has no tokenizer files: none of {', '.join(VOCABULARY_FILES)} "
-                     f"in {directory} (it holds {', '.join(held) or 'nothing'})", fix="copy the checkpoint's "
-                     "tokenizer files there (tokenizer.save_pretrained writes them)")
+    raise ModelError(
+        f"`{key}.path` = {spec.path!r} has no tokenizer files: none of {', '.join(VOCABULARY_FILES)} "
+        f"in {directory} (it holds {', '.join(held) or 'nothing'})",
+        fix="copy the checkpoint's tokenizer files there (tokenizer.save_pretrained writes them)",
+    )

@@ -43,7 +43,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from dlm_decode.config.compose import ResolvedConfig, Source, load_config
 from dlm_decode.config.family_table import FAMILIES
@@ -51,10 +51,21 @@ from dlm_decode.config.schema import ModelSpec
 from dlm_decode.errors import ModelError
 from dlm_decode.masks import AttentionPattern
 from dlm_decode.models.causal import tokenizer_mismatches
-from dlm_decode.models.checkpoint import (check_tokenizer_files, check_weight_files, local_files,
-                                          read_config_json, tokenizer_code)
-from dlm_decode.models.families import (CAUSAL_FIX, attention_pattern, causal_problem, detect_family, model_context,
-                                        resolve_special_ids)
+from dlm_decode.models.checkpoint import (
+    check_tokenizer_files,
+    check_weight_files,
+    local_files,
+    read_config_json,
+    tokenizer_code,
+)
+from dlm_decode.models.families import (
+    CAUSAL_FIX,
+    attention_pattern,
+    causal_problem,
+    detect_family,
+    model_context,
+    resolve_special_ids,
+)
 from dlm_decode.models.loading import check_implementation, load_tokenizer
 from dlm_decode.models.prompts import encode_prompts
 
@@ -67,7 +78,7 @@ class Finding:
     check: str
     key: str
     message: str
-    fix: Optional[str] = None
+    fix: str | None = None
 
     def __str__(self) -> str:
         text = f"{self.level}: [{self.check}] `{self.key}`: {self.message}"
@@ -104,7 +115,7 @@ class DryRunReport:
         lines.append(f"dry run {verdict} ({len(self.warnings)} warning(s)); no weights were loaded")
         return "\n".join(lines)
 
-    def add(self, level: str, check: str, key: str, message: str, fix: Optional[str] = None) -> None:
+    def add(self, level: str, check: str, key: str, message: str, fix: str | None = None) -> None:
         self.findings.append(Finding(level, check, key, message, fix))
 
 
@@ -122,7 +133,7 @@ def _head_from_config(config: dict) -> int:
     return int(config.get("embedding_size") or config.get("vocab_size") or 0)
 
 
-def _inspect(spec: ModelSpec, key: str, report: DryRunReport, *, dllm: bool) -> Optional[_Side]:
+def _inspect(spec: ModelSpec, key: str, report: DryRunReport, *, dllm: bool) -> _Side | None:
     try:
         config = read_config_json(spec, key)
     except ModelError as exc:
@@ -136,8 +147,13 @@ def _inspect(spec: ModelSpec, key: str, report: DryRunReport, *, dllm: bool) -> 
         import torch
 
         if not torch.cuda.is_available():
-            report.add("warning", "device", f"{key}.device", f"{spec.device!r} but no CUDA device on this machine",
-                       "fine if the real run goes to a GPU machine; use device: auto to run anywhere")
+            report.add(
+                "warning",
+                "device",
+                f"{key}.device",
+                f"{spec.device!r} but no CUDA device on this machine",
+                "fine if the real run goes to a GPU machine; use device: auto to run anywhere",
+            )
     directory = local_files(spec, key)
     if directory is not None:
         try:
@@ -156,8 +172,7 @@ def _inspect(spec: ModelSpec, key: str, report: DryRunReport, *, dllm: bool) -> 
     return _Side(config, tokenizer, _head_from_config(config), model_context(family, config))
 
 
-def _load_tokenizer(spec: ModelSpec, key: str, config: dict, directory: Optional[Path],
-                    report: DryRunReport) -> Any:
+def _load_tokenizer(spec: ModelSpec, key: str, config: dict, directory: Path | None, report: DryRunReport) -> Any:
     """The tokenizer as loading builds it, or None after reporting why it cannot be loaded."""
     from transformers.utils import logging as hf_logging
 
@@ -168,19 +183,31 @@ def _load_tokenizer(spec: ModelSpec, key: str, config: dict, directory: Optional
     except Exception as exc:
         fix = "check the tokenizer files against the checkpoint's"
         if spec.implementation == "native" and directory is not None and tokenizer_code(directory):
-            fix += (f"; its tokenizer_config.json names its own tokenizer code, which needs "
-                    f"{key}.implementation=remote and {key}.trust_remote_code=true")
+            fix += (
+                f"; its tokenizer_config.json names its own tokenizer code, which needs "
+                f"{key}.implementation=remote and {key}.trust_remote_code=true"
+            )
         first_line = str(exc).splitlines()[0] if str(exc) else ""
-        report.add("error", "tokenizer", f"{key}.path", f"the tokenizer cannot be loaded: {type(exc).__name__}: "
-                   f"{first_line}", fix)
+        report.add(
+            "error",
+            "tokenizer",
+            f"{key}.path",
+            f"the tokenizer cannot be loaded: {type(exc).__name__}: {first_line}",
+            fix,
+        )
         return None
     finally:
         hf_logging.set_verbosity(verbosity)
 
 
-def dry_run(source: Source | Sequence[Source] | ResolvedConfig = (), overrides: Sequence[str] = (), *,
-            prompts: Optional[Sequence[str]] = None, prompt_budget: Optional[int] = None,
-            max_new_tokens: Optional[int] = None) -> DryRunReport:
+def dry_run(
+    source: Source | Sequence[Source] | ResolvedConfig = (),
+    overrides: Sequence[str] = (),
+    *,
+    prompts: Sequence[str] | None = None,
+    prompt_budget: int | None = None,
+    max_new_tokens: int | None = None,
+) -> DryRunReport:
     """Validate a config and its models' compatibility without loading weights.
 
     :param source: config files/mappings (composed with ``overrides``) or a resolved config; an invalid config
@@ -203,17 +230,27 @@ def dry_run(source: Source | Sequence[Source] | ResolvedConfig = (), overrides: 
         if pattern is not None and pattern.block_causal and window == "blocks":
             size = window_config.size
             if not pattern.nests(size):
-                report.add("error", "window", "decoder.window.size", f"{size} neither divides nor is a multiple of "
-                           f"the dLLM's block size {pattern.block_size} ({pattern})",
-                           f"set decoder.window.size to a divisor or a multiple of {pattern.block_size}")
+                report.add(
+                    "error",
+                    "window",
+                    "decoder.window.size",
+                    f"{size} neither divides nor is a multiple of "
+                    f"the dLLM's block size {pattern.block_size} ({pattern})",
+                    f"set decoder.window.size to a divisor or a multiple of {pattern.block_size}",
+                )
     ar = None
     if ar_spec is not None:
         ar = _inspect(ar_spec, "model.ar", report, dllm=False)
         if ar is not None:
             report.facts["ar"] = f"model_type {ar.config.get('model_type')!r}, head {ar.head}, context {ar.context}"
             if ar.config.get("is_causal") is False:
-                report.add("error", "causal", "model.ar.path", "config.json declares is_causal: false (a "
-                           "bidirectional model)", "give a causal LM as the AR model")
+                report.add(
+                    "error",
+                    "causal",
+                    "model.ar.path",
+                    "config.json declares is_causal: false (a bidirectional model)",
+                    "give a causal LM as the AR model",
+                )
         if dllm is not None and ar is not None:
             _check_pair(dllm, ar, report)
     if dllm is not None:
@@ -232,58 +269,110 @@ def dry_run(source: Source | Sequence[Source] | ResolvedConfig = (), overrides: 
         for key, side in (("model.dllm", dllm), ("model.ar", ar)):
             if side is not None and budget + new_tokens > side.context:
                 room = side.context - new_tokens
-                report.add("error", "context", f"{key}.path", f"context {side.context} < prompt budget {budget} + "
-                           f"generation.max_new_tokens {new_tokens} = {budget + new_tokens}"
-                           + (f" (room for prompts of {room} tokens at most)" if room > 0 else
-                              " (no room for any prompt)"), fix)
+                report.add(
+                    "error",
+                    "context",
+                    f"{key}.path",
+                    f"context {side.context} < prompt budget {budget} + "
+                    f"generation.max_new_tokens {new_tokens} = {budget + new_tokens}"
+                    + (f" (room for prompts of {room} tokens at most)" if room > 0 else " (no room for any prompt)"),
+                    fix,
+                )
     return report
 
 
-def _room(dllm: _Side, ar: Optional[_Side], new_tokens: int) -> tuple[int, str]:
+def _room(dllm: _Side, ar: _Side | None, new_tokens: int) -> tuple[int, str]:
     """The default prompt budget: what the shorter context leaves after ``new_tokens`` (at least 1 token, so that
     a context with no room at all fails the check), and where it comes from."""
-    key, side = min((("model.dllm", dllm), ("model.ar", ar)), key=lambda pair: pair[1].context if pair[1] else 2**62)
+    sides = [("model.dllm", dllm)] + ([("model.ar", ar)] if ar is not None else [])
+    key, side = min(sides, key=lambda pair: pair[1].context)
     return max(side.context - new_tokens, 1), f"{key}'s context {side.context} - max_new_tokens {new_tokens}"
 
 
-def _check_dllm(spec: ModelSpec, side: _Side, report: DryRunReport) -> Optional[AttentionPattern]:
+def _check_dllm(spec: ModelSpec, side: _Side, report: DryRunReport) -> AttentionPattern | None:
     """The dLLM's checks; returns its attention pattern (None when it cannot be read)."""
     detected = detect_family(side.config)
     family = detected if spec.family == "auto" else FAMILIES[spec.family]
-    report.facts["dllm"] = (f"family {family.name} ({'detected' if spec.family == 'auto' else 'set'}; config.json "
-                            f"model_type {side.config.get('model_type')!r}), implementation {spec.implementation}, "
-                            f"head {side.head}, context {side.context}, shifted logits {family.shifted_logits}")
+    report.facts["dllm"] = (
+        f"family {family.name} ({'detected' if spec.family == 'auto' else 'set'}; config.json "
+        f"model_type {side.config.get('model_type')!r}), implementation {spec.implementation}, "
+        f"head {side.head}, context {side.context}, shifted logits {family.shifted_logits}"
+    )
     if family is not detected:
-        report.add("warning", "family", "model.dllm.family", f"set to {family.name} but config.json looks like "
-                   f"{detected.name}", "leave model.dllm.family=auto unless the checkpoint is a renamed derivative")
+        report.add(
+            "warning",
+            "family",
+            "model.dllm.family",
+            f"set to {family.name} but config.json looks like {detected.name}",
+            "leave model.dllm.family=auto unless the checkpoint is a renamed derivative",
+        )
     causal = causal_problem(family, side.config)
     if causal:
         report.add("error", "causal", "model.dllm.path", causal, CAUSAL_FIX)
-    ids = resolve_special_ids(family, side.tokenizer, side.head, mask_override=spec.mask_token_id,
-                              eos_override=spec.eos_token_ids)
-    report.facts["special_ids"] = (f"mask {ids.mask}, eos {list(ids.eos)}, pad {ids.pad} ("
-                                   + ", ".join(f"{what} from {where}" for what, where in ids.sources) + ")")
+    ids = resolve_special_ids(
+        family, side.tokenizer, side.head, mask_override=spec.mask_token_id, eos_override=spec.eos_token_ids
+    )
+    report.facts["special_ids"] = (
+        f"mask {ids.mask}, eos {list(ids.eos)}, pad {ids.pad} ("
+        + ", ".join(f"{what} from {where}" for what, where in ids.sources)
+        + ")"
+    )
     if ids.mask is None:
-        report.add("error", "mask", "model.dllm.mask_token_id", "no mask id: the tokenizer has no mask token and "
-                   f"the {family.name} family names none", "set model.dllm.mask_token_id (or model.dllm.family)")
+        report.add(
+            "error",
+            "mask",
+            "model.dllm.mask_token_id",
+            f"no mask id: the tokenizer has no mask token and the {family.name} family names none",
+            "set model.dllm.mask_token_id (or model.dllm.family)",
+        )
     elif not 0 <= ids.mask < side.head:
-        report.add("error", "mask", "model.dllm.mask_token_id", f"mask id {ids.mask} lies outside the dLLM's "
-                   f"{side.head} logits", "check model.dllm.mask_token_id")
+        report.add(
+            "error",
+            "mask",
+            "model.dllm.mask_token_id",
+            f"mask id {ids.mask} lies outside the dLLM's {side.head} logits",
+            "check model.dllm.mask_token_id",
+        )
     elif ids.mask >= len(side.tokenizer):
-        report.add("warning", "mask", "model.dllm.mask_token_id", f"mask id {ids.mask} is not a token of the "
-                   f"tokenizer ({len(side.tokenizer)} tokens)", "make sure it is the id the model was trained with")
+        report.add(
+            "warning",
+            "mask",
+            "model.dllm.mask_token_id",
+            f"mask id {ids.mask} is not a token of the tokenizer ({len(side.tokenizer)} tokens)",
+            "make sure it is the id the model was trained with",
+        )
     if ids.mask is not None and ids.pad == ids.mask:
-        report.add("error", "pad", "model.dllm.path", f"the pad id equals the mask id ({ids.mask}): left padding "
-                   "would read as masks", "give the tokenizer a distinct pad token")
+        report.add(
+            "error",
+            "pad",
+            "model.dllm.path",
+            f"the pad id equals the mask id ({ids.mask}): left padding would read as masks",
+            "give the tokenizer a distinct pad token",
+        )
     if ids.mask is not None and ids.mask in ids.eos:
-        report.add("error", "eos", "model.dllm.eos_token_ids", f"the mask id {ids.mask} is also an EOS id "
-                   f"({list(ids.eos)})", "check model.dllm.mask_token_id and model.dllm.eos_token_ids")
+        report.add(
+            "error",
+            "eos",
+            "model.dllm.eos_token_ids",
+            f"the mask id {ids.mask} is also an EOS id ({list(ids.eos)})",
+            "check model.dllm.mask_token_id and model.dllm.eos_token_ids",
+        )
     if not ids.eos:
-        report.add("error", "eos", "model.dllm.eos_token_ids", "no EOS id: the tokenizer has no EOS token and the "
-                   f"{family.name} family names none", "set model.dllm.eos_token_ids")
+        report.add(
+            "error",
+            "eos",
+            "model.dllm.eos_token_ids",
+            f"no EOS id: the tokenizer has no EOS token and the {family.name} family names none",
+            "set model.dllm.eos_token_ids",
+        )
     elif any(not 0 <= i < side.head for i in ids.eos):
-        report.add("error", "eos", "model.dllm.eos_token_ids", f"EOS ids {list(ids.eos)} include ids outside the "
-                   f"dLLM's {side.head} logits", "check model.dllm.eos_token_ids")
+        report.add(
+            "error",
+            "eos",
+            "model.dllm.eos_token_ids",
+            f"EOS ids {list(ids.eos)} include ids outside the dLLM's {side.head} logits",
+            "check model.dllm.eos_token_ids",
+        )
     try:
         pattern = attention_pattern(family, side.config, spec.attention, spec.block_size)
     except ModelError as exc:
@@ -297,9 +386,18 @@ def _check_pair(dllm: _Side, ar: _Side, report: DryRunReport) -> None:
     mismatched = tokenizer_mismatches(dllm.tokenizer, ar.tokenizer)
     if mismatched:
         shown = ", ".join(f"{t!r}: AR {a} vs dLLM {'absent' if d is None else d}" for t, a, d in mismatched[:3])
-        report.add("error", "pair_tokenizer", "model.ar.path", f"{len(mismatched)} AR token(s) have another id in "
-                   f"the dLLM's tokenizer, e.g. {shown}", "pick an AR model trained with the dLLM's tokenizer "
-                   "(e.g. Qwen2.5 for Dream)")
+        report.add(
+            "error",
+            "pair_tokenizer",
+            "model.ar.path",
+            f"{len(mismatched)} AR token(s) have another id in the dLLM's tokenizer, e.g. {shown}",
+            "pick an AR model trained with the dLLM's tokenizer (e.g. Qwen2.5 for Dream)",
+        )
     if ar.head > dllm.head:
-        report.add("error", "pair_vocab", "model.ar.path", f"the AR head has {ar.head} logits but the dLLM head "
-                   f"only {dllm.head}", "pick an AR model whose vocabulary the dLLM head covers")
+        report.add(
+            "error",
+            "pair_vocab",
+            "model.ar.path",
+            f"the AR head has {ar.head} logits but the dLLM head only {dllm.head}",
+            "pick an AR model whose vocabulary the dLLM head covers",
+        )

@@ -22,11 +22,16 @@ def embedded_model_dir(name: str) -> Path:
     Loadable with plain ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained``.
     """
     if name not in EMBEDDED_MODELS:
-        raise ModelError(f"unknown embedded model {name!r}", fix="use one of "
-                         f"{', '.join('embedded:' + n for n in EMBEDDED_MODELS)} (see `dlm-decode models`)")
+        raise ModelError(
+            f"unknown embedded model {name!r}",
+            fix=f"use one of {', '.join('embedded:' + n for n in EMBEDDED_MODELS)} (see `dlm-decode models`)",
+        )
     directory = EMBEDDED_ROOT / name
     if not (directory / "config.json").is_file():
-        raise ModelError(f"the embedded model {name!r} is missing from {directory}", fix="reinstall dlm-decode, or "
-                         "train it with `python -m dlm_decode.recipes.train_embedded --out "
-                         "src/dlm_decode/models/embedded`")
+        raise ModelError(
+            f"the embedded model {name!r} is missing from {directory}",
+            fix="reinstall dlm-decode, or "
+            "train it with `python -m dlm_decode.recipes.train_embedded --out "
+            "src/dlm_decode/models/embedded`",
+        )
     return directory

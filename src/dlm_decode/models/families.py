@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from dlm_decode.config.family_table import FAMILIES, Family
 from dlm_decode.errors import ModelError
@@ -48,18 +48,22 @@ def detect_family(config: Mapping[str, Any] | Any) -> Family:
     return FAMILIES["bidirectional"]
 
 
-def causal_problem(family: Family, config: Mapping[str, Any] | Any) -> Optional[str]:
+def causal_problem(family: Family, config: Mapping[str, Any] | Any) -> str | None:
     """Why the checkpoint looks like a causal LM (which decodes nonsense as a diffusion LM), or None: a plain HF
     checkpoint (the ``bidirectional`` family) whose config does not declare ``is_causal: false``."""
     if family.name != "bidirectional" or config_value(config, "is_causal") is False:
         return None
-    return (f"config.json (model_type {config_value(config, 'model_type')!r}) does not declare is_causal: false, so "
-            "this looks like a causal LM, not a diffusion LM")
+    return (
+        f"config.json (model_type {config_value(config, 'model_type')!r}) does not declare is_causal: false, so "
+        "this looks like a causal LM, not a diffusion LM"
+    )
 
 
 #: The fix :func:`causal_problem` errors give.
-CAUSAL_FIX = ("point model.dllm at a diffusion LM (LLaDA, Dream, or an HF Llama/Qwen2 trained bidirectionally "
-              "with is_causal: false in its config.json)")
+CAUSAL_FIX = (
+    "point model.dllm at a diffusion LM (LLaDA, Dream, or an HF Llama/Qwen2 trained bidirectionally "
+    "with is_causal: false in its config.json)"
+)
 
 
 def resolve_family(name: str, config: Mapping[str, Any] | Any) -> Family:
@@ -67,7 +71,7 @@ def resolve_family(name: str, config: Mapping[str, Any] | Any) -> Family:
     return detect_family(config) if name == "auto" else FAMILIES[name]
 
 
-def config_context(config: Mapping[str, Any] | Any) -> Optional[int]:
+def config_context(config: Mapping[str, Any] | Any) -> int | None:
     """The longest sequence ``config`` declares (None if it declares none)."""
     for key in CONTEXT_KEYS:
         value = config_value(config, key)
@@ -84,7 +88,7 @@ def model_context(family: Family, config: Mapping[str, Any] | Any) -> int:
     return min(limits) if limits else 1 << 30
 
 
-def token_id(tokenizer, token: str) -> Optional[int]:
+def token_id(tokenizer, token: str) -> int | None:
     """The id of ``token`` in ``tokenizer`` if it is a whole token of its vocabulary, else None."""
     index = tokenizer.get_vocab().get(token)
     return int(index) if index is not None else None
@@ -98,19 +102,25 @@ class SpecialIds:
     :ivar pad: the padding id (None: unresolved). :ivar sources: how each was found, for reports.
     """
 
-    mask: Optional[int]
+    mask: int | None
     eos: tuple[int, ...]
-    pad: Optional[int]
+    pad: int | None
     sources: tuple[tuple[str, str], ...] = ()
 
 
-def resolve_special_ids(family: Family, tokenizer, head_width: int, *, mask_override: Optional[int] = None,
-                        eos_override: Optional[list[int]] = None) -> SpecialIds:
+def resolve_special_ids(
+    family: Family,
+    tokenizer,
+    head_width: int,
+    *,
+    mask_override: int | None = None,
+    eos_override: list[int] | None = None,
+) -> SpecialIds:
     """Mask, EOS and pad ids: explicit override, else the family's token string, else the tokenizer's own
     special token, else the family's documented id when it lies inside the head (``< head_width``)."""
     sources = []
 
-    def pick(entry: Optional[tuple[str, int]], tokenizer_id: Optional[int], what: str) -> Optional[int]:
+    def pick(entry: tuple[str, int] | None, tokenizer_id: int | None, what: str) -> int | None:
         if entry is not None and (found := token_id(tokenizer, entry[0])) is not None:
             sources.append((what, f"token {entry[0]!r}"))
             return found
@@ -122,6 +132,7 @@ def resolve_special_ids(family: Family, tokenizer, head_width: int, *, mask_over
             return entry[1]
         return None
 
+    mask: int | None
     if mask_override is not None:
         mask = mask_override
         sources.append(("mask", "config"))
@@ -148,8 +159,13 @@ def resolve_special_ids(family: Family, tokenizer, head_width: int, *, mask_over
     return SpecialIds(mask=mask, eos=eos, pad=pad, sources=tuple(sources))
 
 
-def attention_pattern(family: Family, config: Mapping[str, Any] | Any, attention: str = "auto",
-                      block_size: Optional[int] = None, key: str = "model.dllm") -> AttentionPattern:
+def attention_pattern(
+    family: Family,
+    config: Mapping[str, Any] | Any,
+    attention: str = "auto",
+    block_size: int | None = None,
+    key: str = "model.dllm",
+) -> AttentionPattern:
     """The dLLM's :class:`~dlm_decode.masks.AttentionPattern`.
 
     ``auto`` reads it from ``config.json``: the family's block-size key (SDAR's ``block_size``), or the generic
@@ -163,29 +179,39 @@ def attention_pattern(family: Family, config: Mapping[str, Any] | Any, attention
     """
     declared = config_value(config, PATTERN_KEY)
     if declared not in (None, "bidirectional", "block_causal"):
-        raise ModelError(f"config.json declares {PATTERN_KEY}: {declared!r}, which this version does not know",
-                         fix=f"set {key}.attention to bidirectional or block_causal if you know the model's pattern")
+        raise ModelError(
+            f"config.json declares {PATTERN_KEY}: {declared!r}, which this version does not know",
+            fix=f"set {key}.attention to bidirectional or block_causal if you know the model's pattern",
+        )
     found = config_value(config, family.block_size_key) if family.block_size_key else None
     if found is None and declared == "block_causal":
         found = config_value(config, BLOCK_SIZE_KEY)
-    block_causal = attention == "block_causal" or (attention == "auto" and (found is not None
-                                                                             or declared == "block_causal"))
+    block_causal = attention == "block_causal" or (
+        attention == "auto" and (found is not None or declared == "block_causal")
+    )
     if not block_causal:
         if block_size is not None:
-            raise ModelError(f"{key}.block_size is {block_size}, but the model is bidirectional ({key}.attention: "
-                             f"{attention})", fix=f"set {key}.attention=block_causal if it is block-causal, or drop "
-                             f"{key}.block_size")
+            raise ModelError(
+                f"{key}.block_size is {block_size}, but the model is bidirectional ({key}.attention: {attention})",
+                fix=f"set {key}.attention=block_causal if it is block-causal, or drop {key}.block_size",
+            )
         return BIDIRECTIONAL
     size = block_size or found
     if not isinstance(size, int) or size < 1:
-        raise ModelError(f"{key} is block-causal but its block size is unknown (config.json gives "
-                         f"{family.block_size_key or BLOCK_SIZE_KEY}: {size!r})", fix=f"set {key}.block_size")
+        raise ModelError(
+            f"{key} is block-causal but its block size is unknown (config.json gives "
+            f"{family.block_size_key or BLOCK_SIZE_KEY}: {size!r})",
+            fix=f"set {key}.block_size",
+        )
     anchor = config_value(config, ANCHOR_KEY) or family.block_anchor
     if anchor not in ANCHORS:
         raise ModelError(f"config.json declares {ANCHOR_KEY}: {anchor!r}", fix=f"use one of {', '.join(ANCHORS)}")
     if family.shifted_logits and anchor != "position":
-        raise ModelError(f"{key} is block-causal with blocks anchored at the first generated column and its logits "
-                         f"are shifted ({family.name}): shifted logits are realigned for blocks anchored at position "
-                         "0 only (Fast-dLLM v2)", fix=f"set {key}.attention=bidirectional if the model is one, or "
-                         f"declare {ANCHOR_KEY}: position in config.json if its blocks start at position 0")
+        raise ModelError(
+            f"{key} is block-causal with blocks anchored at the first generated column and its logits "
+            f"are shifted ({family.name}): shifted logits are realigned for blocks anchored at position "
+            "0 only (Fast-dLLM v2)",
+            fix=f"set {key}.attention=bidirectional if the model is one, or "
+            f"declare {ANCHOR_KEY}: position in config.json if its blocks start at position 0",
+        )
     return AttentionPattern(block_size=size, anchor=anchor, head_first=family.shifted_logits)

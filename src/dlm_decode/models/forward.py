@@ -23,25 +23,34 @@ def head_width(model) -> int:
     return int(getattr(config, "embedding_size", None) or config.vocab_size)
 
 
-@functools.lru_cache(maxsize=None)
-def forward_parameters(model_cls: type) -> frozenset[str]:
+@functools.cache
+def forward_parameters(model_cls: type[torch.nn.Module]) -> frozenset[str]:
     """Names of the explicit parameters of ``model_cls.forward``."""
-    return frozenset(name for name, p in inspect.signature(model_cls.forward).parameters.items()
-                     if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+    return frozenset(
+        name
+        for name, p in inspect.signature(model_cls.forward).parameters.items()
+        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    )
 
 
-@functools.lru_cache(maxsize=None)
-def _cache_argument(model_cls: type) -> str:
+@functools.cache
+def _cache_argument(model_cls: type[torch.nn.Module]) -> str:
     """The forward keyword of the HF cache: ``cache`` (transformers >= 5.24) or ``past_key_values``."""
     parameters = inspect.signature(model_cls.forward).parameters
     return "cache" if "cache" in parameters else "past_key_values"
 
 
-def run_hf(model, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
-           cache: Any = None) -> torch.Tensor:
+def run_hf(
+    model, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Any = None
+) -> torch.Tensor:
     """One HF forward with explicit positions and a 4-D boolean mask; returns ``[B, S, V]`` logits."""
-    kwargs = {_cache_argument(type(model)): cache} if cache is not None else {}
-    out = model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
-                use_cache=cache is not None, **kwargs)
+    # the ignore below: mypy does not take a class for the Hashable argument of a functools.cache function
+    kwargs = {_cache_argument(type(model)): cache} if cache is not None else {}  # type: ignore[arg-type]
+    out = model(
+        input_ids=input_ids,
+        position_ids=position_ids,
+        attention_mask=attention_mask,
+        use_cache=cache is not None,
+        **kwargs,
+    )
     return out.logits
-

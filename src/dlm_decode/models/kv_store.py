@@ -37,9 +37,15 @@ class PositionalLayer(CacheLayerMixin):
         self.values = value_states.new_zeros(batch, heads, self.length, value_states.shape[-1])
         self.is_initialized = True
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, start: int = 0,
-               write: torch.Tensor | None = None, key_end: int | None = None,
-               **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self,
+        key_states: torch.Tensor,
+        value_states: torch.Tensor,
+        start: int = 0,
+        write: torch.Tensor | None = None,
+        key_end: int | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the queries' keys/values at columns ``[start, start + S)``; return those of columns
         ``[0, key_end)``.
 
@@ -53,20 +59,23 @@ class PositionalLayer(CacheLayerMixin):
             raise ValueError(f"queries [{start}, {end}) run past the store's {self.length} columns")
         if not self.is_initialized:
             if start != 0 or write is not None:
-                raise ValueError(f"the first forward into a positional store must start at column 0 and write every "
-                                 f"row, got columns [{start}, {end})"
-                                 + (" with a write mask" if write is not None else ""))
+                raise ValueError(
+                    f"the first forward into a positional store must start at column 0 and write every "
+                    f"row, got columns [{start}, {end})" + (" with a write mask" if write is not None else "")
+                )
             self.lazy_initialization(key_states, value_states)
+        keys, values = self.keys, self.values
+        assert keys is not None and values is not None  # set by lazy_initialization
         if write is None:
-            self.keys[:, :, start:end] = key_states
-            self.values[:, :, start:end] = value_states
+            keys[:, :, start:end] = key_states
+            values[:, :, start:end] = value_states
         else:
             selected = write[:, None, :, None]
-            self.keys[:, :, start:end] = torch.where(selected, key_states, self.keys[:, :, start:end])
-            self.values[:, :, start:end] = torch.where(selected, value_states, self.values[:, :, start:end])
+            keys[:, :, start:end] = torch.where(selected, key_states, keys[:, :, start:end])
+            values[:, :, start:end] = torch.where(selected, value_states, values[:, :, start:end])
         if key_end is None or key_end == self.length:
-            return self.keys, self.values
-        return self.keys[:, :, :key_end], self.values[:, :, :key_end]
+            return keys, values
+        return keys[:, :, :key_end], values[:, :, :key_end]
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.length, 0
@@ -96,7 +105,8 @@ class PositionalKVCache(Cache):
     """
 
     def __init__(self, length: int):
-        super().__init__(layer_class_to_replicate=functools.partial(PositionalLayer, length))
+        # transformers only calls it with no arguments, as a factory; its annotation asks for a class
+        super().__init__(layer_class_to_replicate=functools.partial(PositionalLayer, length))  # type: ignore[arg-type]
         self.length = length
         self.start = 0
         self.write: torch.Tensor | None = None
@@ -116,9 +126,11 @@ class PositionalKVCache(Cache):
     def get_mask_sizes(self, query_length: int, layer_idx: int) -> tuple[int, int]:
         return self.key_end, 0
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args,
-               **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Called by each HF attention layer with its new ``[B, H, S, D]`` keys/values; returns those of columns
         ``[0, key_end)``."""
-        return super().update(key_states, value_states, layer_idx, start=self.start, write=self.write,
-                              key_end=self.key_end)
+        return super().update(
+            key_states, value_states, layer_idx, start=self.start, write=self.write, key_end=self.key_end
+        )

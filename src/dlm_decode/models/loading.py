@@ -18,8 +18,13 @@ import torch
 
 from dlm_decode.config.schema import ModelSpec
 from dlm_decode.errors import ModelError
-from dlm_decode.models.checkpoint import (check_tokenizer_files, check_weight_files, local_files, read_config_json,
-                                          resolve_path)
+from dlm_decode.models.checkpoint import (
+    check_tokenizer_files,
+    check_weight_files,
+    local_files,
+    read_config_json,
+    resolve_path,
+)
 from dlm_decode.models.native import ARCHITECTURES, Architecture, architecture_for, load_native
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -39,13 +44,16 @@ def resolve_device(device: str, key: str = "device") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     for kind, available in (("cuda", torch.cuda.is_available), ("mps", torch.backends.mps.is_available)):
         if device.split(":")[0] == kind and not available():
-            raise ModelError(f"`{key}` is {device!r} but {kind.upper()} is not available with this torch build "
-                             "on this machine", fix=f"set {key}=cpu (or auto)")
+            raise ModelError(
+                f"`{key}` is {device!r} but {kind.upper()} is not available with this torch build on this machine",
+                fix=f"set {key}=cpu (or auto)",
+            )
     try:
         return torch.device(device)
     except RuntimeError as exc:
-        raise ModelError(f"`{key}` is {device!r}, which torch rejects ({exc})", fix=f"set {key} to cpu, cuda, "
-                         "cuda:N, mps or auto") from exc
+        raise ModelError(
+            f"`{key}` is {device!r}, which torch rejects ({exc})", fix=f"set {key} to cpu, cuda, cuda:N, mps or auto"
+        ) from exc
 
 
 def check_implementation(config: dict, spec: ModelSpec, key: str) -> Architecture | None:
@@ -61,28 +69,39 @@ def check_implementation(config: dict, spec: ModelSpec, key: str) -> Architectur
     architecture = architecture_for(config)
     if spec.implementation == "remote":
         if not spec.trust_remote_code:
-            native = (f", or leave {key}.implementation=native: {architecture.original} maps onto transformers' own "
-                      "classes and needs no remote code") if architecture else ""
-            raise ModelError(f"`{key}.implementation` is remote, which runs the checkpoint's own modeling code "
-                             f"({_code_files(config)}), but {key}.trust_remote_code is false", fix="set "
-                             f"{key}.trust_remote_code=true after reading that code{native}")
+            native = (
+                (
+                    f", or leave {key}.implementation=native: {architecture.original} maps onto transformers' own "
+                    "classes and needs no remote code"
+                )
+                if architecture
+                else ""
+            )
+            raise ModelError(
+                f"`{key}.implementation` is remote, which runs the checkpoint's own modeling code "
+                f"({_code_files(config)}), but {key}.trust_remote_code is false",
+                fix=f"set {key}.trust_remote_code=true after reading that code{native}",
+            )
         return None
     if architecture is not None:
         architecture.convert(config, key)
         return architecture
     if model_type not in CONFIG_MAPPING:
-        raise ModelError(f"`{key}.path` = {spec.path!r} has model_type {model_type!r}, which has no native "
-                         f"implementation here (transformers {_transformers_version()} does not know it, and it is "
-                         f"not one of {', '.join(a.original for a in ARCHITECTURES.values())}): only the checkpoint's "
-                         "own modeling code "
-                         f"({_code_files(config)}) can build it", fix=f"set {key}.implementation=remote and "
-                         f"{key}.trust_remote_code=true after reading that code")
+        raise ModelError(
+            f"`{key}.path` = {spec.path!r} has model_type {model_type!r}, which has no native "
+            f"implementation here (transformers {_transformers_version()} does not know it, and it is "
+            f"not one of {', '.join(a.original for a in ARCHITECTURES.values())}): only the checkpoint's "
+            "own modeling code "
+            f"({_code_files(config)}) can build it",
+            fix=f"set {key}.implementation=remote and {key}.trust_remote_code=true after reading that code",
+        )
     return None
 
 
 def _code_files(config: dict) -> str:
-    files = sorted({str(v).split(".")[0] + ".py" for v in (config.get("auto_map") or {}).values()
-                    if isinstance(v, str)})
+    files = sorted(
+        {str(v).split(".")[0] + ".py" for v in (config.get("auto_map") or {}).values() if isinstance(v, str)}
+    )
     return ", ".join(files) or "no auto_map in config.json"
 
 
@@ -139,8 +158,15 @@ def load_hf(spec: ModelSpec, key: str):
     dtype = _DTYPES[spec.dtype]
     try:
         if architecture is not None:
-            model, tokenizer = load_native(architecture, path, config, key, dtype=dtype, placement=placement,
-                                           local_files_only=not spec.allow_download)
+            model, tokenizer = load_native(
+                architecture,
+                path,
+                config,
+                key,
+                dtype=dtype,
+                placement=placement,
+                local_files_only=not spec.allow_download,
+            )
         else:
             model, tokenizer = _load_auto(spec, path, config, key, dtype, placement)
     except ModelError:
@@ -151,10 +177,12 @@ def load_hf(spec: ModelSpec, key: str):
         try:
             model = model.to(device)
         except RuntimeError as exc:  # e.g. `cuda:N` past the GPUs, or out of device memory
-            raise ModelError(f"`{key}.device` = {spec.device!r}: the weights could not be moved there "
-                             f"({type(exc).__name__}: {exc})", fix=f"set {key}.device to a device this machine has "
-                             f"(cpu, auto, or cuda:N with N < torch.cuda.device_count()), or a smaller "
-                             f"{key}.dtype if memory ran out") from exc
+            raise ModelError(
+                f"`{key}.device` = {spec.device!r}: the weights could not be moved there ({type(exc).__name__}: {exc})",
+                fix=f"set {key}.device to a device this machine has "
+                f"(cpu, auto, or cuda:N with N < torch.cuda.device_count()), or a smaller "
+                f"{key}.dtype if memory ran out",
+            ) from exc
     return model.eval(), tokenizer
 
 
@@ -174,24 +202,36 @@ def _load_error(spec: ModelSpec, key: str, config: dict, exc: Exception) -> Mode
     """The error for a checkpoint that failed to load: the real exception, and a fix that fits its cause."""
     failure = f"{type(exc).__name__}: {exc}"
     if spec.device_map and "accelerate" in str(exc):
-        return ModelError(f"`{key}.device_map` = {spec.device_map!r} needs accelerate ({failure})",
-                          fix="`pip install accelerate`, or drop device_map")
+        return ModelError(
+            f"`{key}.device_map` = {spec.device_map!r} needs accelerate ({failure})",
+            fix="`pip install accelerate`, or drop device_map",
+        )
     if spec.implementation == "remote" and not resource_failure(exc):
         architecture = architecture_for(config)
         written = config.get("transformers_version")
         if architecture is not None:
-            fix = (f"set {key}.implementation=native (the default): {architecture.original} maps onto transformers' "
-                   "own classes and needs no remote code")
+            fix = (
+                f"set {key}.implementation=native (the default): {architecture.original} maps onto transformers' "
+                "own classes and needs no remote code"
+            )
         elif written and written != _transformers_version():
-            fix = (f"that code was written for transformers {written} and this is {_transformers_version()}: port "
-                   "it, or run it where its transformers version is installed")
+            fix = (
+                f"that code was written for transformers {written} and this is {_transformers_version()}: port "
+                "it, or run it where its transformers version is installed"
+            )
         else:
             fix = "fix the checkpoint's code, or report the failure to its authors"
-        return ModelError(f"`{key}.path` = {spec.path!r}: the checkpoint's own modeling code ({_code_files(config)}) "
-                          f"failed while loading: {failure}", fix=fix)
-    return ModelError(f"`{key}.path` = {spec.path!r} could not be loaded: {failure}", fix="check that the "
-                      "directory holds the checkpoint's weights (*.safetensors) and tokenizer files; hub ids need "
-                      f"{key}.allow_download=true or a copy in the local HF cache")
+        return ModelError(
+            f"`{key}.path` = {spec.path!r}: the checkpoint's own modeling code ({_code_files(config)}) "
+            f"failed while loading: {failure}",
+            fix=fix,
+        )
+    return ModelError(
+        f"`{key}.path` = {spec.path!r} could not be loaded: {failure}",
+        fix="check that the "
+        "directory holds the checkpoint's weights (*.safetensors) and tokenizer files; hub ids need "
+        f"{key}.allow_download=true or a copy in the local HF cache",
+    )
 
 
 def check_files(spec: ModelSpec, key: str) -> None:

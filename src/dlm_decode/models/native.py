@@ -92,16 +92,25 @@ DREAM_REQUIRED: dict[str, tuple[Any, tuple[Any, ...]]] = {
 
 
 #: ``config.json`` keys of mixture-of-experts checkpoints (LLaDA-MoE is published with ``model_type: llada``).
-MOE_KEYS = ("num_experts", "n_routed_experts", "num_local_experts", "num_experts_per_tok", "moe_intermediate_size",
-            "expert_intermediate_size")
+MOE_KEYS = (
+    "num_experts",
+    "n_routed_experts",
+    "num_local_experts",
+    "num_experts_per_tok",
+    "moe_intermediate_size",
+    "expert_intermediate_size",
+)
 
 
 def _unsupported(config: Mapping[str, Any], required: Mapping[str, tuple[Any, tuple[Any, ...]]]) -> list[str]:
-    return [f"{name}={config.get(name, default)!r} (maps only {' or '.join(repr(v) for v in accepted)})"
-            for name, (default, accepted) in required.items() if config.get(name, default) not in accepted]
+    return [
+        f"{name}={config.get(name, default)!r} (maps only {' or '.join(repr(v) for v in accepted)})"
+        for name, (default, accepted) in required.items()
+        if config.get(name, default) not in accepted
+    ]
 
 
-def transformers_class(name: str) -> type:
+def transformers_class(name: str) -> Any:
     """A class of transformers by name (imported on first use: transformers is slow to import)."""
     import transformers
 
@@ -114,20 +123,43 @@ def _llada_config(config: Mapping[str, Any]):
     width = config.get("embedding_size") or config.get("vocab_size", 50257)
     d_model = config.get("d_model", 768)
     return transformers_class("LlamaConfig")(
-        vocab_size=width, hidden_size=d_model, num_hidden_layers=config.get("n_layers", 12),
+        vocab_size=width,
+        hidden_size=d_model,
+        num_hidden_layers=config.get("n_layers", 12),
         intermediate_size=config.get("mlp_hidden_size") or config.get("mlp_ratio", 4) * d_model,
-        num_attention_heads=heads, num_key_value_heads=kv_heads, hidden_act="silu",
-        max_position_embeddings=config.get("max_sequence_length", 1024), rms_norm_eps=config.get("rms_norm_eps", 1e-5),
-        rope_theta=float(config.get("rope_theta", 10000.0)), attention_bias=False, mlp_bias=False,
-        tie_word_embeddings=bool(config.get("weight_tying", True)), bos_token_id=None,
-        eos_token_id=config.get("eos_token_id"), pad_token_id=config.get("pad_token_id"),
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        hidden_act="silu",
+        max_position_embeddings=config.get("max_sequence_length", 1024),
+        rms_norm_eps=config.get("rms_norm_eps", 1e-5),
+        rope_theta=float(config.get("rope_theta", 10000.0)),
+        attention_bias=False,
+        mlp_bias=False,
+        tie_word_embeddings=bool(config.get("weight_tying", True)),
+        bos_token_id=None,
+        eos_token_id=config.get("eos_token_id"),
+        pad_token_id=config.get("pad_token_id"),
     )
 
 
 #: Qwen2 fields read from a Dream ``config.json`` as they are.
-_QWEN2_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                 "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps", "rope_theta",
-                 "tie_word_embeddings", "attention_dropout", "bos_token_id", "eos_token_id", "pad_token_id")
+_QWEN2_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "hidden_act",
+    "max_position_embeddings",
+    "rms_norm_eps",
+    "rope_theta",
+    "tie_word_embeddings",
+    "attention_dropout",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+)
 
 
 def _dream_config(config: Mapping[str, Any]):
@@ -172,11 +204,11 @@ class Architecture:
     carried: tuple[str, ...] = ()
 
     @property
-    def model_class(self) -> type:
+    def model_class(self) -> Any:  # a transformers model class; its from_pretrained returns (model, info) here
         return transformers_class(self.model_class_name)
 
     @property
-    def tokenizer_class(self) -> type:
+    def tokenizer_class(self) -> Any:  # a transformers tokenizer class
         return transformers_class(self.tokenizer_class_name)
 
     def convert(self, config: Mapping[str, Any], key: str):
@@ -185,22 +217,33 @@ class Architecture:
         :raises ModelError: for a mixture-of-experts checkpoint, one without the layout's dimension fields, or
             naming every field the mapping cannot reproduce.
         """
-        remote = (f"if it is a derivative with its own modeling code, set {key}.implementation=remote and "
-                  f"{key}.trust_remote_code=true after reading that code")
+        remote = (
+            f"if it is a derivative with its own modeling code, set {key}.implementation=remote and "
+            f"{key}.trust_remote_code=true after reading that code"
+        )
         experts = [f"{name}={config[name]!r}" for name in MOE_KEYS if name in config]
         if experts:
-            raise ModelError(f"`{key}.path`: this checkpoint is a mixture of experts (config.json has "
-                             f"{', '.join(experts)}); the native {self.name} mapping reproduces the dense "
-                             f"{self.original} architecture only", fix=remote)
+            raise ModelError(
+                f"`{key}.path`: this checkpoint is a mixture of experts (config.json has "
+                f"{', '.join(experts)}); the native {self.name} mapping reproduces the dense "
+                f"{self.original} architecture only",
+                fix=remote,
+            )
         missing = [name for name in self.layout if name not in config]
         if missing:
-            raise ModelError(f"`{key}.path`: config.json (model_type {config.get('model_type')!r}) has no "
-                             f"{', '.join(missing)}, which every {self.original} checkpoint's config.json has: this is "
-                             f"not the {self.original} layout the native {self.name} mapping reads", fix=remote)
+            raise ModelError(
+                f"`{key}.path`: config.json (model_type {config.get('model_type')!r}) has no "
+                f"{', '.join(missing)}, which every {self.original} checkpoint's config.json has: this is "
+                f"not the {self.original} layout the native {self.name} mapping reads",
+                fix=remote,
+            )
         problems = _unsupported(config, self.required)
         if problems:
-            raise ModelError(f"`{key}.path`: this {self.original} checkpoint's config.json asks for what the native "
-                             f"{self.name} mapping does not reproduce: {'; '.join(problems)}", fix=remote)
+            raise ModelError(
+                f"`{key}.path`: this {self.original} checkpoint's config.json asks for what the native "
+                f"{self.name} mapping does not reproduce: {'; '.join(problems)}",
+                fix=remote,
+            )
         hf_config = self.hf_config(config)
         hf_config.is_causal = False
         hf_config.architectures = config.get("architectures")  # ``LLaDAModelLM``, ``DreamModel``: names the family
@@ -210,18 +253,45 @@ class Architecture:
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "llada": Architecture("llada", "LLaDA", ("d_model", "n_heads", "n_layers"), LLADA_REQUIRED, _llada_config,
-                          "LlamaForCausalLM", "PreTrainedTokenizerFast", LLADA_KEYS),
-    "dream": Architecture("dream", "Dream", ("hidden_size", "num_hidden_layers", "num_attention_heads",
-                                             "intermediate_size", "vocab_size"), DREAM_REQUIRED, _dream_config,
-                          "Qwen2ForCausalLM", "Qwen2Tokenizer"),
-    "sdar": Architecture("sdar", "SDAR", ("hidden_size", "num_hidden_layers", "num_attention_heads",
-                                          "intermediate_size", "vocab_size", "block_size"), SDAR_REQUIRED,
-                         _sdar_config, "Qwen3ForCausalLM", "Qwen2Tokenizer", carried=("block_size",)),
-    "fast_dllm_qwen": Architecture("fast_dllm_qwen", "Fast-dLLM v2", ("hidden_size", "num_hidden_layers",
-                                                                     "num_attention_heads", "intermediate_size",
-                                                                     "vocab_size", "bd_size"), DREAM_REQUIRED,
-                                   _dream_config, "Qwen2ForCausalLM", "Qwen2Tokenizer", carried=("bd_size",)),
+    "llada": Architecture(
+        "llada",
+        "LLaDA",
+        ("d_model", "n_heads", "n_layers"),
+        LLADA_REQUIRED,
+        _llada_config,
+        "LlamaForCausalLM",
+        "PreTrainedTokenizerFast",
+        LLADA_KEYS,
+    ),
+    "dream": Architecture(
+        "dream",
+        "Dream",
+        ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"),
+        DREAM_REQUIRED,
+        _dream_config,
+        "Qwen2ForCausalLM",
+        "Qwen2Tokenizer",
+    ),
+    "sdar": Architecture(
+        "sdar",
+        "SDAR",
+        ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size", "block_size"),
+        SDAR_REQUIRED,
+        _sdar_config,
+        "Qwen3ForCausalLM",
+        "Qwen2Tokenizer",
+        carried=("block_size",),
+    ),
+    "fast_dllm_qwen": Architecture(
+        "fast_dllm_qwen",
+        "Fast-dLLM v2",
+        ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size", "bd_size"),
+        DREAM_REQUIRED,
+        _dream_config,
+        "Qwen2ForCausalLM",
+        "Qwen2Tokenizer",
+        carried=("bd_size",),
+    ),
 }
 
 
@@ -233,19 +303,31 @@ def architecture_for(config: Mapping[str, Any]) -> Architecture | None:
 def loading_problems(info: Mapping[str, Any], shown: int = 5) -> list[str]:
     """What ``from_pretrained(..., output_loading_info=True)`` could not match, the first ``shown`` of each kind."""
     problems = []
-    for kind, label in (("missing_keys", "missing from the checkpoint"),
-                        ("unexpected_keys", "in the checkpoint but not in the model"),
-                        ("mismatched_keys", "of another shape")):
-        keys = sorted(str(k) if not isinstance(k, tuple) else f"{k[0]} (checkpoint {tuple(k[1])}, model {tuple(k[2])})"
-                      for k in info.get(kind) or ())
+    for kind, label in (
+        ("missing_keys", "missing from the checkpoint"),
+        ("unexpected_keys", "in the checkpoint but not in the model"),
+        ("mismatched_keys", "of another shape"),
+    ):
+        keys = sorted(
+            str(k) if not isinstance(k, tuple) else f"{k[0]} (checkpoint {tuple(k[1])}, model {tuple(k[2])})"
+            for k in info.get(kind) or ()
+        )
         if keys:
             more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
             problems.append(f"{len(keys)} tensor(s) {label}: {', '.join(keys[:shown])}{more}")
     return problems
 
 
-def load_native(architecture: Architecture, path: str, config: Mapping[str, Any], key: str, *, dtype,
-                placement: Mapping[str, Any], local_files_only: bool):
+def load_native(
+    architecture: Architecture,
+    path: str,
+    config: Mapping[str, Any],
+    key: str,
+    *,
+    dtype,
+    placement: Mapping[str, Any],
+    local_files_only: bool,
+):
     """``(model, tokenizer)`` of a checkpoint of ``architecture`` on transformers' own classes.
 
     :raises ModelError: for a ``config.json`` the mapping cannot reproduce, or tensors that do not match the
@@ -260,15 +342,24 @@ def load_native(architecture: Architecture, path: str, config: Mapping[str, Any]
     hf_logging.set_verbosity_error()  # the mismatch report below replaces transformers' load report
     try:
         model, info = architecture.model_class.from_pretrained(
-            path, config=hf_config, dtype=dtype, key_mapping=architecture.key_mapping, output_loading_info=True,
-            ignore_mismatched_sizes=True, **placement, **options)
+            path,
+            config=hf_config,
+            dtype=dtype,
+            key_mapping=architecture.key_mapping,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,
+            **placement,
+            **options,
+        )
     finally:
         hf_logging.set_verbosity(verbosity)
     problems = loading_problems(info)
     if problems:
-        raise ModelError(f"`{key}.path` = {path!r}: the weights do not have the {architecture.original} layout the "
-                         f"native {architecture.name} mapping expects: " + "; ".join(problems),
-                         fix=f"check that the checkpoint is a {architecture.original} checkpoint (a "
-                         f"derivative with other tensors needs {key}.implementation=remote and "
-                         f"{key}.trust_remote_code=true)")
+        raise ModelError(
+            f"`{key}.path` = {path!r}: the weights do not have the {architecture.original} layout the "
+            f"native {architecture.name} mapping expects: " + "; ".join(problems),
+            fix=f"check that the checkpoint is a {architecture.original} checkpoint (a "
+            f"derivative with other tensors needs {key}.implementation=remote and "
+            f"{key}.trust_remote_code=true)",
+        )
     return model, tokenizer

@@ -19,8 +19,9 @@ PROBES = (" two  spaces and a newline \n", "{{ braces }} <b>markup</b> & 'quotes
 
 def render_user_turn(tokenizer, content: str) -> str:
     """The chat template's text for one user turn ``content`` followed by the generation prompt."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                         add_generation_prompt=True)
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+    )
 
 
 def prints_content_verbatim(template: str) -> bool:
@@ -37,8 +38,9 @@ def prints_content_verbatim(template: str) -> bool:
         return False
 
     def is_content(node: Any) -> bool:
-        return ((isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) and node.arg.value == "content")
-                or (isinstance(node, nodes.Getattr) and node.attr == "content"))
+        return (
+            isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) and node.arg.value == "content"
+        ) or (isinstance(node, nodes.Getattr) and node.attr == "content")
 
     uses = sum(is_content(node) for node in tree.find_all((nodes.Getitem, nodes.Getattr)))
     printed = sum(is_content(child) for output in tree.find_all(nodes.Output) for child in output.nodes)
@@ -79,8 +81,9 @@ def _plain_backend(tokenizer):
     return backend
 
 
-def encode_prompts(tokenizer, prompts: list[str], chat_template: bool,
-                   affixes: tuple[str, str] | None = None) -> list[list[int]]:
+def encode_prompts(
+    tokenizer, prompts: list[str], chat_template: bool, affixes: tuple[str, str] | None = None
+) -> list[list[int]]:
     """Token ids of each prompt: one user turn of the tokenizer's chat template when ``chat_template`` (and the
     tokenizer has one), else the bare text. ``affixes`` (from :func:`template_affixes`) replace rendering the
     template per prompt by tokenizing ``prefix + prompt + suffix``."""
@@ -88,14 +91,19 @@ def encode_prompts(tokenizer, prompts: list[str], chat_template: bool,
         prefix, suffix = affixes
         texts = [prefix + p + suffix for p in prompts]
         backend = _plain_backend(tokenizer)  # without the HF wrapper's per-call overhead; one text at a time:
-        if backend is not None:              # no thread pool, so safe in processes that fork later
+        if backend is not None:  # no thread pool, so safe in processes that fork later
             return [backend.encode(text, add_special_tokens=False).ids for text in texts]
         return tokenizer(texts, add_special_tokens=False)["input_ids"]
     if chat_template and getattr(tokenizer, "chat_template", None) is not None:
         return [
-            list(tokenizer.apply_chat_template(
-                [{"role": "user", "content": p}], tokenize=True, add_generation_prompt=True, return_dict=True,
-            )["input_ids"])
+            list(
+                tokenizer.apply_chat_template(
+                    [{"role": "user", "content": p}],
+                    tokenize=True,
+                    add_generation_prompt=True,
+                    return_dict=True,
+                )["input_ids"]
+            )
             for p in prompts
         ]
     return tokenizer(prompts, add_special_tokens=False)["input_ids"]

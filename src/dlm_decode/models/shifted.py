@@ -35,8 +35,9 @@ from dlm_decode.state import ModelInputs
 RunForward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Any], torch.Tensor]
 
 
-def realigned_logits(run: RunForward, inputs: ModelInputs, cache: Any, family: str,
-                     attention: AttentionPattern) -> torch.Tensor:
+def realigned_logits(
+    run: RunForward, inputs: ModelInputs, cache: Any, family: str, attention: AttentionPattern
+) -> torch.Tensor:
     """``[B, S, V]`` logits of a shifted-logit model over ``inputs``, ``logits[:, i]`` predicting column
     ``inputs.start + i`` (see the module docstring).
 
@@ -48,23 +49,31 @@ def realigned_logits(run: RunForward, inputs: ModelInputs, cache: Any, family: s
     """
     ids, positions, mask, start = inputs.input_ids, inputs.position_ids, inputs.attention_mask, inputs.start
     if ids.shape[1] != inputs.end - start:
-        raise ModelError(f"extra query positions (WINO's shadow block) have no meaning for a shifted-logit "
-                         f"model ({family}): the prediction for a column comes from the hidden state of "
-                         "the column before it", fix="use another verification than wino with this model")
+        raise ModelError(
+            f"extra query positions (WINO's shadow block) have no meaning for a shifted-logit "
+            f"model ({family}): the prediction for a column comes from the hidden state of "
+            "the column before it",
+            fix="use another verification than wino with this model",
+        )
     if start == 0:
         raw = run(ids, positions, mask, cache)
         if cache is not None:
             _ColumnRecord.write(cache, 0, ids, positions)
         return torch.cat([raw[:, :1], raw[:, :-1]], dim=1)
     if cache is None:
-        raise ModelError(f"a forward over columns [{start}, {inputs.end}) without a cache cannot realign the "
-                         f"shifted logits of {family}: column {start}'s prediction comes from column "
-                         f"{start - 1}", fix="report this cache strategy; spans starting after column 0 need a cache")
+        raise ModelError(
+            f"a forward over columns [{start}, {inputs.end}) without a cache cannot realign the "
+            f"shifted logits of {family}: column {start}'s prediction comes from column "
+            f"{start - 1}",
+            fix="report this cache strategy; spans starting after column 0 need a cache",
+        )
     record = getattr(cache, _ColumnRecord.ATTRIBUTE, None)
     if record is None or record.tokens.shape[1] < start:
-        raise ModelError(f"the cache was not filled by a forward from column 0 through this adapter, so column "
-                         f"{start - 1} (whose logit predicts column {start} in {family}) is unknown", fix="the "
-                         "cache strategy's first forward must cover the canvas from column 0")
+        raise ModelError(
+            f"the cache was not filled by a forward from column 0 through this adapter, so column "
+            f"{start - 1} (whose logit predicts column {start} in {family}) is unknown",
+            fix="the cache strategy's first forward must cover the canvas from column 0",
+        )
     previous = start - 1
     prev_ids = record.tokens[:, previous:start]
     prev_positions = record.positions[:, previous:start]
@@ -72,7 +81,8 @@ def realigned_logits(run: RunForward, inputs: ModelInputs, cache: Any, family: s
     alone = torch.zeros_like(mask[:, :, :1, :])
     alone[..., previous] = True
     prev_row = torch.where(real, mask[:, :, :1, :], alone)  # [B, 1, 1, K]
-    if attention.block_causal:  # a span starting a block: the column before it sees only earlier columns
+    # block-causal, a span starting a block: the column before it sees only earlier columns
+    if attention.block_size is not None:
         starts_block = (positions[:, :1] % attention.block_size == 0)[:, None, :, None]  # [B, 1, 1, 1]
         earlier = torch.arange(mask.shape[-1], device=mask.device) < start
         prev_row = prev_row & (earlier | ~starts_block)
@@ -87,8 +97,10 @@ def realigned_logits(run: RunForward, inputs: ModelInputs, cache: Any, family: s
         raw = run(all_ids, all_positions, all_mask, cache)
     else:
         if not hasattr(cache, "layers") or cache.get_seq_length() != start or mask.shape[-1] != inputs.end:
-            raise ModelError(f"unsupported cache {type(cache).__name__} for a shifted-logit model: expected an "
-                             f"appending DynamicCache holding columns [0, {start}) or a PositionalKVCache")
+            raise ModelError(
+                f"unsupported cache {type(cache).__name__} for a shifted-logit model: expected an "
+                f"appending DynamicCache holding columns [0, {start}) or a PositionalKVCache"
+            )
         # keys: [0, start) cached, then the duplicate of `previous` (attended by no query), then [start, end)
         hidden = torch.zeros_like(all_mask[..., :1])
         all_mask = torch.cat([all_mask[..., :start], hidden, all_mask[..., start:]], dim=-1)
@@ -128,5 +140,5 @@ def _drop_column(cache: Any, column: int) -> None:
     for layer in cache.layers:
         if getattr(layer, "keys", None) is None or layer.keys.dim() != 4:
             continue
-        layer.keys = torch.cat([layer.keys[..., :column, :], layer.keys[..., column + 1:, :]], dim=-2)
-        layer.values = torch.cat([layer.values[..., :column, :], layer.values[..., column + 1:, :]], dim=-2)
+        layer.keys = torch.cat([layer.keys[..., :column, :], layer.keys[..., column + 1 :, :]], dim=-2)
+        layer.values = torch.cat([layer.values[..., :column, :], layer.values[..., column + 1 :, :]], dim=-2)

@@ -63,8 +63,14 @@ class Scorer:
     def mixture_logits(self, draft_logits: torch.Tensor, ar_logits: torch.Tensor, weight: float) -> torch.Tensor:
         return reference.mixture_logits_native(draft_logits, ar_logits, weight)
 
-    def coupled_sample(self, draft_logits: torch.Tensor, ar_logits: torch.Tensor, weight: float,
-                       gumbel: torch.Tensor | None, temperature: float) -> torch.Tensor:
+    def coupled_sample(
+        self,
+        draft_logits: torch.Tensor,
+        ar_logits: torch.Tensor,
+        weight: float,
+        gumbel: torch.Tensor | None,
+        temperature: float,
+    ) -> torch.Tensor:
         return reference.coupled_sample_native(draft_logits, ar_logits, weight, gumbel, temperature)
 
 
@@ -91,9 +97,12 @@ class TritonScorer(Scorer):
         if tensor.is_cuda or self.kernels.INTERPRETED:
             return True
         if self.strict:
-            raise ConfigError(self.key, f"the Triton scorer got tensors on {tensor.device}, and the kernels run on "
-                                        "CUDA tensors only (or under TRITON_INTERPRET=1)",
-                              f"run the model on a CUDA device, or set {self.key}=auto to score CPU tensors natively")
+            raise ConfigError(
+                self.key,
+                f"the Triton scorer got tensors on {tensor.device}, and the kernels run on "
+                "CUDA tensors only (or under TRITON_INTERPRET=1)",
+                f"run the model on a CUDA device, or set {self.key}=auto to score CPU tensors natively",
+            )
         return False
 
     def stats(self, logits: torch.Tensor, tokens: torch.Tensor | None = None) -> SoftmaxStats:
@@ -126,8 +135,14 @@ class TritonScorer(Scorer):
             return super().gumbel_argmax(logits, gumbel, temperature)
         return self.kernels.gumbel_argmax_triton(logits, gumbel, temperature)
 
-    def coupled_sample(self, draft_logits: torch.Tensor, ar_logits: torch.Tensor, weight: float,
-                       gumbel: torch.Tensor | None, temperature: float) -> torch.Tensor:
+    def coupled_sample(
+        self,
+        draft_logits: torch.Tensor,
+        ar_logits: torch.Tensor,
+        weight: float,
+        gumbel: torch.Tensor | None,
+        temperature: float,
+    ) -> torch.Tensor:
         if not self._runs(draft_logits):
             return super().coupled_sample(draft_logits, ar_logits, weight, gumbel, temperature)
         return self.kernels.coupled_sample_triton(draft_logits, ar_logits, weight, gumbel, temperature)
@@ -148,8 +163,10 @@ def triton_unavailable(explicit: bool) -> tuple[str, str] | None:
     from dlm_decode.ops import kernels
 
     if not torch.cuda.is_available() and not kernels.INTERPRETED:
-        return ("no CUDA device, and the kernels were not built for the Triton interpreter",
-                "run on a CUDA device, or (tests on CPU) export TRITON_INTERPRET=1 before dlm_decode is imported")
+        return (
+            "no CUDA device, and the kernels were not built for the Triton interpreter",
+            "run on a CUDA device, or (tests on CPU) export TRITON_INTERPRET=1 before dlm_decode is imported",
+        )
     return None
 
 
@@ -177,8 +194,13 @@ def get_scorer(kind: str | None = None, *, key: str = "kernels") -> Scorer:
     if reason not in _logged:
         _logged.add(reason)
         level = logging.WARNING if torch.cuda.is_available() else logging.INFO
-        logger.log(level, "scoring with the native torch functions (%s=auto): %s. Set %s=native to choose them "
-                          "explicitly.", key, reason, key)
+        logger.log(
+            level,
+            "scoring with the native torch functions (%s=auto): %s. Set %s=native to choose them explicitly.",
+            key,
+            reason,
+            key,
+        )
     return Scorer()
 
 

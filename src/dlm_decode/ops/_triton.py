@@ -29,7 +29,7 @@ except ImportError:
 
         constexpr = float32 = float64 = int32 = None
 
-    class InterpretedFunction:
+    class InterpretedFunction:  # type: ignore[no-redef]  # Triton's class, where Triton is not installed
         """Never instantiated: no kernel is interpreted without Triton."""
 
     triton = _TritonPlaceholder()

@@ -22,6 +22,8 @@ which way it went. Importing this module needs no Triton (see :mod:`dlm_decode.o
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from dlm_decode.ops._triton import HAS_TRITON, InterpretedFunction, tl, triton
@@ -33,9 +35,19 @@ MAX_BLOCK_V = 4096
 
 @triton.jit
 def _softmax_stats_kernel(
-    logits_ptr, tokens_ptr, max_prob_ptr, argmax_ptr, entropy_ptr, margin_ptr, token_prob_ptr,
-    vocab, row_stride,
-    ARGMAX: tl.constexpr, ENTROPY: tl.constexpr, MARGIN: tl.constexpr, TOKENS: tl.constexpr,
+    logits_ptr,
+    tokens_ptr,
+    max_prob_ptr,
+    argmax_ptr,
+    entropy_ptr,
+    margin_ptr,
+    token_prob_ptr,
+    vocab,
+    row_stride,
+    ARGMAX: tl.constexpr,
+    ENTROPY: tl.constexpr,
+    MARGIN: tl.constexpr,
+    TOKENS: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
     """Row ``program_id(0)`` of ``logits [K, V]`` -> the ``[K]`` outputs its flags ask for (max_prob always)."""
@@ -81,10 +93,21 @@ def _softmax_stats_kernel(
 
 @triton.jit
 def _perturbed_argmax_kernel(
-    logits_ptr, ar_ptr, noise_ptr, out_ptr,
-    vocab, ar_vocab, row_stride, ar_row_stride, noise_row_stride,
-    weight: tl.float32, ar_weight: tl.float32, temperature: tl.float64,
-    MIX: tl.constexpr, NOISE: tl.constexpr, BLOCK_V: tl.constexpr,
+    logits_ptr,
+    ar_ptr,
+    noise_ptr,
+    out_ptr,
+    vocab,
+    ar_vocab,
+    row_stride,
+    ar_row_stride,
+    noise_row_stride,
+    weight: tl.float32,
+    ar_weight: tl.float32,
+    temperature: tl.float64,
+    MIX: tl.constexpr,
+    NOISE: tl.constexpr,
+    BLOCK_V: tl.constexpr,
 ):
     """Row ``program_id(0)`` -> ``out[row]``, the first index of the largest score over the vocabulary.
 
@@ -134,8 +157,15 @@ def _launch_options(vocab: int, block_v: int | None) -> dict:
     return {"BLOCK_V": block, "num_warps": 8 if block >= 2048 else 4, "enable_fp_fusion": False}
 
 
-def softmax_stats_triton(logits: torch.Tensor, tokens: torch.Tensor | None = None, *, argmax: bool = True,
-                         entropy: bool = True, margin: bool = True, block_v: int | None = None) -> SoftmaxStats:
+def softmax_stats_triton(
+    logits: torch.Tensor,
+    tokens: torch.Tensor | None = None,
+    *,
+    argmax: bool = True,
+    entropy: bool = True,
+    margin: bool = True,
+    block_v: int | None = None,
+) -> SoftmaxStats:
     """One pass over ``[K, V]`` logits -> :class:`SoftmaxStats` (twin of ``softmax_stats_native``).
 
     :param tokens: ``[K]`` long; gives ``token_prob`` (None without).
@@ -144,7 +174,7 @@ def softmax_stats_triton(logits: torch.Tensor, tokens: torch.Tensor | None = Non
     """
     logits = _rows(logits)
     rows, vocab = logits.shape
-    floats = dict(dtype=torch.float32, device=logits.device)
+    floats: dict[str, Any] = {"dtype": torch.float32, "device": logits.device}
     stats = SoftmaxStats(
         max_prob=torch.empty(rows, **floats),
         argmax=torch.empty(rows, dtype=torch.long, device=logits.device) if argmax else None,
@@ -155,18 +185,30 @@ def softmax_stats_triton(logits: torch.Tensor, tokens: torch.Tensor | None = Non
     if rows:
         unused = stats.max_prob  # any pointer for the outputs a flag switches off: never touched
         _softmax_stats_kernel[(rows,)](
-            logits, logits if tokens is None else tokens.contiguous(), stats.max_prob,
+            logits,
+            logits if tokens is None else tokens.contiguous(),
+            stats.max_prob,
             *(unused if field is None else field for field in stats[1:]),
-            vocab, logits.stride(0),
-            ARGMAX=argmax, ENTROPY=entropy, MARGIN=margin, TOKENS=tokens is not None,
+            vocab,
+            logits.stride(0),
+            ARGMAX=argmax,
+            ENTROPY=entropy,
+            MARGIN=margin,
+            TOKENS=tokens is not None,
             **_launch_options(vocab, block_v),
         )
     return stats
 
 
-def perturbed_argmax_triton(logits: torch.Tensor, noise: torch.Tensor | None = None, temperature: float = 1.0,
-                            ar_logits: torch.Tensor | None = None, weight: float = 1.0, *,
-                            block_v: int | None = None) -> torch.Tensor:
+def perturbed_argmax_triton(
+    logits: torch.Tensor,
+    noise: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    ar_logits: torch.Tensor | None = None,
+    weight: float = 1.0,
+    *,
+    block_v: int | None = None,
+) -> torch.Tensor:
     """``[K]`` long ``argmax(x / T + noise)`` in float64, or ``argmax(x)`` without noise, in one pass.
 
     :param logits: ``[K, V]``.
@@ -185,10 +227,20 @@ def perturbed_argmax_triton(logits: torch.Tensor, noise: torch.Tensor | None = N
     out = torch.empty(rows, dtype=torch.long, device=logits.device)
     if rows:
         _perturbed_argmax_kernel[(rows,)](
-            logits, ar, gumbel, out,
-            vocab, ar.shape[-1], logits.stride(0), ar.stride(0), gumbel.stride(0),
-            float(weight), 1.0 - weight, float(temperature),
-            MIX=ar_logits is not None, NOISE=noise is not None,
+            logits,
+            ar,
+            gumbel,
+            out,
+            vocab,
+            ar.shape[-1],
+            logits.stride(0),
+            ar.stride(0),
+            gumbel.stride(0),
+            float(weight),
+            1.0 - weight,
+            float(temperature),
+            MIX=ar_logits is not None,
+            NOISE=noise is not None,
             **_launch_options(vocab, block_v),
         )
     return out
@@ -197,22 +249,29 @@ def perturbed_argmax_triton(logits: torch.Tensor, noise: torch.Tensor | None = N
 def max_prob_triton(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Twin of ``max_prob_native``: ``[K, V]`` -> (``[K]`` float32 max probability, ``[K]`` long argmax)."""
     stats = softmax_stats_triton(logits, entropy=False, margin=False)
+    assert stats.argmax is not None  # computed: argmax=True
     return stats.max_prob, stats.argmax
 
 
 def token_prob_triton(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Twin of ``token_prob_native``: ``[K, V]``, ``[K]`` long -> ``[K]`` float32."""
-    return softmax_stats_triton(logits, tokens, argmax=False, entropy=False, margin=False).token_prob
+    token_prob = softmax_stats_triton(logits, tokens, argmax=False, entropy=False, margin=False).token_prob
+    assert token_prob is not None  # computed: tokens were given
+    return token_prob
 
 
 def margin_triton(logits: torch.Tensor) -> torch.Tensor:
     """Twin of ``margin_native``: ``[K, V]`` -> ``[K]`` float32 top-1 minus top-2 probability."""
-    return softmax_stats_triton(logits, argmax=False, entropy=False).margin
+    margin = softmax_stats_triton(logits, argmax=False, entropy=False).margin
+    assert margin is not None  # computed: margin=True
+    return margin
 
 
 def entropy_triton(logits: torch.Tensor) -> torch.Tensor:
     """Twin of ``entropy_native``: ``[K, V]`` -> ``[K]`` float32 entropy in nats."""
-    return softmax_stats_triton(logits, argmax=False, margin=False).entropy
+    entropy = softmax_stats_triton(logits, argmax=False, margin=False).entropy
+    assert entropy is not None  # computed: entropy=True
+    return entropy
 
 
 def gumbel_argmax_triton(logits: torch.Tensor, gumbel: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -220,8 +279,9 @@ def gumbel_argmax_triton(logits: torch.Tensor, gumbel: torch.Tensor, temperature
     return perturbed_argmax_triton(logits, gumbel, temperature)
 
 
-def coupled_sample_triton(draft_logits: torch.Tensor, ar_logits: torch.Tensor, weight: float,
-                          gumbel: torch.Tensor | None, temperature: float) -> torch.Tensor:
+def coupled_sample_triton(
+    draft_logits: torch.Tensor, ar_logits: torch.Tensor, weight: float, gumbel: torch.Tensor | None, temperature: float
+) -> torch.Tensor:
     """Twin of ``coupled_sample_native``: ``[K, V]``, ``[K, V_ar]`` -> ``[K]`` long target tokens."""
     noise = None if temperature == 0 else gumbel
     return perturbed_argmax_triton(draft_logits, noise, temperature, ar_logits, weight)

@@ -8,7 +8,7 @@ the reference implementations and the CPU path; proposal and verification plugin
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 
@@ -18,13 +18,13 @@ class SoftmaxStats(NamedTuple):
 
     max_prob: torch.Tensor
     """float32, the largest probability."""
-    argmax: Optional[torch.Tensor]
+    argmax: torch.Tensor | None
     """long, its token (the first one on ties)."""
-    entropy: Optional[torch.Tensor]
+    entropy: torch.Tensor | None
     """float32, in nats."""
-    margin: Optional[torch.Tensor]
+    margin: torch.Tensor | None
     """float32, top-1 minus top-2 probability."""
-    token_prob: Optional[torch.Tensor]
+    token_prob: torch.Tensor | None
     """float32, the probability of the given tokens."""
 
 
@@ -61,8 +61,13 @@ def softmax_stats_native(logits: torch.Tensor, tokens: torch.Tensor | None = Non
     ``token_prob`` is None without ``tokens``.
     """
     max_prob, argmax = max_prob_native(logits)
-    return SoftmaxStats(max_prob, argmax, entropy_native(logits), margin_native(logits),
-                        None if tokens is None else token_prob_native(logits, tokens))
+    return SoftmaxStats(
+        max_prob,
+        argmax,
+        entropy_native(logits),
+        margin_native(logits),
+        None if tokens is None else token_prob_native(logits, tokens),
+    )
 
 
 def gumbel_argmax_native(logits: torch.Tensor, gumbel: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -92,12 +97,14 @@ def mixture_logits_native(draft_logits: torch.Tensor, ar_logits: torch.Tensor, w
     excluded = (draft == float("-inf")) | (ar == float("-inf"))
     mixed = torch.full(draft_logits.shape, float("-inf"), dtype=torch.float32, device=draft_logits.device)
     mixed[:, :width] = (weight * draft.nan_to_num(neginf=0.0) + (1 - weight) * ar.nan_to_num(neginf=0.0)).masked_fill(
-        excluded, float("-inf"))
+        excluded, float("-inf")
+    )
     return mixed
 
 
-def coupled_sample_native(draft_logits: torch.Tensor, ar_logits: torch.Tensor, weight: float,
-                          gumbel: torch.Tensor | None, temperature: float) -> torch.Tensor:
+def coupled_sample_native(
+    draft_logits: torch.Tensor, ar_logits: torch.Tensor, weight: float, gumbel: torch.Tensor | None, temperature: float
+) -> torch.Tensor:
     """Sample APD's target ``softmax((R * draft + (1 - R) * ar) / T)`` with the draft's Gumbel noise.
 
     With ``gumbel`` None or ``temperature == 0`` it is the target's argmax (the official code's rule).

@@ -15,6 +15,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
@@ -135,8 +136,9 @@ def draw_examples(rng: random.Random, n: int, weights: dict[str, float]) -> list
 
 
 #: How every embedded model is optimised (:class:`LearningRateSchedule` and :func:`train_model`), for the cards.
-OPTIMIZER_TEXT = ("AdamW (betas 0.9/0.98, weight decay 0.01), 5% linear warmup then cosine decay, gradient clipping"
-                  " 1.0, float32")
+OPTIMIZER_TEXT = (
+    "AdamW (betas 0.9/0.98, weight decay 0.01), 5% linear warmup then cosine decay, gradient clipping 1.0, float32"
+)
 
 
 @dataclass
@@ -220,7 +222,7 @@ def decode_region(tokenizer: PreTrainedTokenizerFast, region: torch.Tensor) -> l
     texts = []
     for row in region.tolist():
         end = row.index(tokenizer.eos_token_id) if tokenizer.eos_token_id in row else len(row)
-        texts.append(tokenizer.decode(row[:end]))
+        texts.append(cast(str, tokenizer.decode(row[:end])))  # one sequence of ids decodes to one str
     return texts
 
 
@@ -264,9 +266,15 @@ def quick_eval_section(eval_n: int, table: dict[str, dict[str, float]], legend: 
     names the evaluator."""
     if not table:
         return []
-    return ["", "## Quick evaluation (greedy, test split)", "",
-            f"{eval_n} test examples per task, `max_new_tokens={EVAL_MAX_NEW_TOKENS}`, accuracy in percent. {legend};"
-            " `dlm-decode eval` gives the official numbers.", "", markdown_table(table)]
+    return [
+        "",
+        "## Quick evaluation (greedy, test split)",
+        "",
+        f"{eval_n} test examples per task, `max_new_tokens={EVAL_MAX_NEW_TOKENS}`, accuracy in percent. {legend};"
+        " `dlm-decode eval` gives the official numbers.",
+        "",
+        markdown_table(table),
+    ]
 
 
 # --- the run's command line -------------------------------------------------------------------------------------------
@@ -277,8 +285,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--device", default="cpu", help="where to train (cpu, cuda); evaluation runs on the CPU")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the forwards: faster CPU steps, see docs/results.md (needs a C++ compiler)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the forwards: faster CPU steps, see docs/results.md (needs a C++ compiler)",
+    )
     parser.add_argument("--eval-n", type=int, default=100, help="test examples per task for quick_eval (0: skip)")
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--smoke", action="store_true", help="a few tiny steps (CI): overrides steps, batch, eval")
@@ -286,8 +297,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_words(args: argparse.Namespace) -> list[str]:
     """The end of a model card's command line: batch size, threads, and ``--device`` / ``--compile`` when set."""
-    return ["--batch-size", str(args.batch_size), "--threads", str(args.threads),
-            *(["--device", args.device] if args.device != "cpu" else []), *(["--compile"] if args.compile else [])]
+    return [
+        "--batch-size",
+        str(args.batch_size),
+        "--threads",
+        str(args.threads),
+        *(["--device", args.device] if args.device != "cpu" else []),
+        *(["--compile"] if args.compile else []),
+    ]
 
 
 def trained_on(args: argparse.Namespace) -> str:

@@ -31,7 +31,9 @@ import logging
 import random
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -40,11 +42,31 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 from dlm_decode.masks import AttentionPattern, block_mask, position_ids_from_mask
 from dlm_decode.models.families import BLOCK_SIZE_KEY, PATTERN_KEY
 from dlm_decode.models.tokenizer import build_char_tokenizer
-from dlm_decode.recipes.common import (EVAL_MAX_NEW_TOKENS, MIN_MASK_RATIO, OPTIMIZER_TEXT, ROWS_PER_FORWARD,
-                                       TASK_WEIGHTS, TRADEOFF_KS, Batch, LearningRateSchedule, add_run_arguments,
-                                       allowed_logits, count_parameters, decode_region, dllm_rows, draw_examples,
-                                       format_row, left_pad, make_batches, prompt_ids, quick_eval, quick_eval_section,
-                                       run_words, train_model, trained_on)
+from dlm_decode.recipes.common import (
+    EVAL_MAX_NEW_TOKENS,
+    MIN_MASK_RATIO,
+    OPTIMIZER_TEXT,
+    ROWS_PER_FORWARD,
+    TASK_WEIGHTS,
+    TRADEOFF_KS,
+    Batch,
+    LearningRateSchedule,
+    add_run_arguments,
+    allowed_logits,
+    count_parameters,
+    decode_region,
+    dllm_rows,
+    draw_examples,
+    format_row,
+    left_pad,
+    make_batches,
+    prompt_ids,
+    quick_eval,
+    quick_eval_section,
+    run_words,
+    train_model,
+    trained_on,
+)
 
 logger = logging.getLogger("dlm_decode.train")
 
@@ -83,8 +105,9 @@ def two_stream_mask(attention_mask: torch.Tensor, targets: torch.Tensor, blocks:
     return (mask & real[:, :, None] | eye & ~real[:, :, None])[:, None]
 
 
-def block_diffusion_loss(model: LlamaForCausalLM, batch: Batch, mask_id: int, block_size: int,
-                         generator: torch.Generator) -> torch.Tensor:
+def block_diffusion_loss(
+    model: LlamaForCausalLM, batch: Batch, mask_id: int, block_size: int, generator: torch.Generator
+) -> torch.Tensor:
     """Mean cross-entropy over the masked tokens of the noisy copy (see the module docstring).
 
     ``t`` is drawn per (row, block) on the CPU, so the masks do not depend on the device.
@@ -97,18 +120,25 @@ def block_diffusion_loss(model: LlamaForCausalLM, batch: Batch, mask_id: int, bl
     masked = batch.targets & (draws < t.gather(1, blocks.clamp(min=0)))
     noisy = batch.input_ids.masked_fill(masked, mask_id)
     positions = position_ids_from_mask(batch.attention_mask)
-    output = model(input_ids=torch.cat([noisy, batch.input_ids], -1),
-                   attention_mask=two_stream_mask(batch.attention_mask, batch.targets, blocks),
-                   position_ids=torch.cat([positions, positions], -1))
+    output = model(
+        input_ids=torch.cat([noisy, batch.input_ids], -1),
+        attention_mask=two_stream_mask(batch.attention_mask, batch.targets, blocks),
+        position_ids=torch.cat([positions, positions], -1),
+    )
     logits = output.logits[:, :width].float()
     token_loss = F.cross_entropy(logits[masked], batch.input_ids[masked], reduction="sum")
     return token_loss / masked.sum().clamp(min=1)
 
 
 @torch.no_grad()
-def block_generate_greedy(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, prompts: Sequence[str],
-                          max_new_tokens: int, tokens_per_step: int | None, block_size: int = BLOCK_SIZE
-                          ) -> list[str]:
+def block_generate_greedy(
+    model: LlamaForCausalLM,
+    tokenizer: PreTrainedTokenizerFast,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    tokens_per_step: int | None,
+    block_size: int = BLOCK_SIZE,
+) -> list[str]:
     """Block by block, low-confidence remasking inside the block, greedy: each step commits the
     ``tokens_per_step`` most confident masked positions of each row's current block (the whole block when
     ``None``); after a committed EOS, every later position is EOS. Full forwards with the block-causal mask (a
@@ -139,15 +169,27 @@ def block_generate_greedy(model: LlamaForCausalLM, tokenizer: PreTrainedTokenize
         region[(region == eos_id).long().cumsum(1) > 0] = eos_id
 
 
-def train(tokenizer: PreTrainedTokenizerFast, init: Path, *, steps: int, batch_size: int, lr: float, seed: int,
-          log_every: int, block_size: int = BLOCK_SIZE, device: str = "cpu", compile: bool = False
-          ) -> tuple[LlamaForCausalLM, float]:
+def train(
+    tokenizer: PreTrainedTokenizerFast,
+    init: Path,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    log_every: int,
+    block_size: int = BLOCK_SIZE,
+    device: str = "cpu",
+    compile: bool = False,
+) -> tuple[LlamaForCausalLM, float]:
     """Adapt the bidirectional checkpoint ``init`` to block diffusion from a fixed seed; return the model (on the
     CPU, its config declaring the pattern) and the training wall time."""
     torch.manual_seed(seed)
-    model = LlamaForCausalLM.from_pretrained(init, dtype=torch.float32).to(device)
+    # the ignore below: transformers' wrapper of nn.Module.to is typed as taking the model, not the device
+    model = LlamaForCausalLM.from_pretrained(init, dtype=torch.float32).to(device)  # type: ignore[arg-type]
     model.config.update({PATTERN_KEY: "block_causal", BLOCK_SIZE_KEY: block_size})  # read by the adapter
-    forward_model = torch.compile(model, dynamic=True) if compile else model
+    # the compiled module passes calls and attribute reads on to the model
+    forward_model = cast(LlamaForCausalLM, torch.compile(model, dynamic=True)) if compile else model
     rng = random.Random(f"block/{seed}")
     generator = torch.Generator().manual_seed(seed)
 
@@ -155,37 +197,47 @@ def train(tokenizer: PreTrainedTokenizerFast, init: Path, *, steps: int, batch_s
         rows = dllm_rows(draw_examples(rng, batch_size, TASK_WEIGHTS), tokenizer, rng)
         total = torch.zeros((), device=device)
         for batch in make_batches(rows, tokenizer.pad_token_id, ROWS_PER_FORWARD):
-            loss = block_diffusion_loss(forward_model, batch.to(device), tokenizer.mask_token_id, block_size,
-                                        generator)
+            loss = block_diffusion_loss(forward_model, batch.to(device), tokenizer.mask_token_id, block_size, generator)
             total = total + loss * (batch.input_ids.shape[0] / len(rows))
         return total
 
-    logger.info("block: %s parameters from %s, %d steps of batch %d", f"{count_parameters(model):,}", init, steps,
-                batch_size)
+    logger.info(
+        "block: %s parameters from %s, %d steps of batch %d", f"{count_parameters(model):,}", init, steps, batch_size
+    )
     schedule = LearningRateSchedule(steps=steps, lr=lr, warmup=max(1, steps // 20))
     seconds = train_model(model, loss_fn, schedule, label="block", log_every=log_every)
     return model.to("cpu"), seconds
 
 
-def evaluate(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, n_per_task: int, block_size: int
-             ) -> dict[str, dict[str, float]]:
+def evaluate(
+    model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, n_per_task: int, block_size: int
+) -> dict[str, dict[str, float]]:
     """The quick_eval table: one row per ``tokens_per_step`` inside a block."""
     table = {}
     for k in TRADEOFF_KS:
         label = f"block k={'block' if k is None else k}"
         started = time.perf_counter()
-        table[label] = quick_eval(lambda prompts, k=k: block_generate_greedy(
-            model, tokenizer, prompts, EVAL_MAX_NEW_TOKENS, k, block_size), n_per_task=n_per_task)
+        generate = partial(
+            block_generate_greedy,
+            model,
+            tokenizer,
+            max_new_tokens=EVAL_MAX_NEW_TOKENS,
+            tokens_per_step=k,
+            block_size=block_size,
+        )
+        table[label] = quick_eval(generate, n_per_task=n_per_task)
         logger.info("%s: %s (%.0f s)", label, format_row(table[label]), time.perf_counter() - started)
     return table
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m dlm_decode.recipes.train_block",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m dlm_decode.recipes.train_block", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--out", type=Path, required=True, help="directory that receives block/")
-    parser.add_argument("--init", default="embedded:dllm",
-                        help="bidirectional checkpoint to adapt: a directory or embedded:<name>")
+    parser.add_argument(
+        "--init", default="embedded:dllm", help="bidirectional checkpoint to adapt: a directory or embedded:<name>"
+    )
     parser.add_argument("--block-size", type=int, default=BLOCK_SIZE)
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -202,8 +254,15 @@ def command_line(args: argparse.Namespace) -> str:
     if args.smoke:
         words.append("--smoke")
     else:
-        words += ["--block-size", str(args.block_size), "--steps", str(args.steps), "--lr", f"{args.lr:g}",
-                  *run_words(args)]
+        words += [
+            "--block-size",
+            str(args.block_size),
+            "--steps",
+            str(args.steps),
+            "--lr",
+            f"{args.lr:g}",
+            *run_words(args),
+        ]
     return "python -m dlm_decode.recipes.train_block " + " ".join(words)
 
 
@@ -230,10 +289,15 @@ def write_model_card(directory: Path, args: argparse.Namespace, run: dict, table
         "",
         f"{OPTIMIZER_TEXT}, {trained_on(args)}.",
     ]
-    lines += quick_eval_section(args.eval_n, table, (
-        "`block k=n`: blocks left to right, committing the n most confident masked positions of the block per"
-        " step (`block`: the whole block in one forward), EOS fill after a committed EOS. Measured by"
-        " `evaluate` in `dlm_decode.recipes.train_block`"))
+    lines += quick_eval_section(
+        args.eval_n,
+        table,
+        (
+            "`block k=n`: blocks left to right, committing the n most confident masked positions of the block per"
+            " step (`block`: the whole block in one forward), EOS fill after a committed EOS. Measured by"
+            " `evaluate` in `dlm_decode.recipes.train_block`"
+        ),
+    )
     (directory / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
 
 
@@ -246,15 +310,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     torch.set_num_threads(args.threads)
     tokenizer = build_char_tokenizer()
     init = Path(resolve_path(args.init, "--init"))
-    model, seconds = train(tokenizer, init, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                           seed=args.seed, log_every=args.log_every, block_size=args.block_size,
-                           device=args.device, compile=args.compile)
+    model, seconds = train(
+        tokenizer,
+        init,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        log_every=args.log_every,
+        block_size=args.block_size,
+        device=args.device,
+        compile=args.compile,
+    )
     directory = args.out / "block"
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-    run = {"layers": model.config.num_hidden_layers, "hidden": model.config.hidden_size,
-           "parameters": count_parameters(model), "seconds": seconds,
-           "bytes": (directory / "model.safetensors").stat().st_size}
+    run = {
+        "layers": model.config.num_hidden_layers,
+        "hidden": model.config.hidden_size,
+        "parameters": count_parameters(model),
+        "seconds": seconds,
+        "bytes": (directory / "model.safetensors").stat().st_size,
+    }
     logger.info("block saved to %s after %.1f min", directory, seconds / 60)
     table = evaluate(model, tokenizer, args.eval_n, args.block_size) if args.eval_n else {}
     write_model_card(directory, args, run, table)

@@ -27,8 +27,10 @@ import json
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -37,11 +39,34 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from dlm_decode.eval.tasks import TASKS, Example
 from dlm_decode.masks import bidirectional_mask, position_ids_from_mask
 from dlm_decode.models.tokenizer import build_char_tokenizer
-from dlm_decode.recipes.common import (EVAL_MAX_NEW_TOKENS, MAX_REGION, MIN_MASK_RATIO, OPTIMIZER_TEXT,
-                                       ROWS_PER_FORWARD, TASK_WEIGHTS, TRADEOFF_KS, TRUNCATED_FRACTION, Batch,
-                                       LearningRateSchedule, Row, add_run_arguments, allowed_logits, count_parameters,
-                                       decode_region, dllm_rows, draw_examples, format_row, left_pad, make_batches,
-                                       prompt_ids, quick_eval, quick_eval_section, run_words, train_model, trained_on)
+from dlm_decode.recipes.common import (
+    EVAL_MAX_NEW_TOKENS,
+    MAX_REGION,
+    MIN_MASK_RATIO,
+    OPTIMIZER_TEXT,
+    ROWS_PER_FORWARD,
+    TASK_WEIGHTS,
+    TRADEOFF_KS,
+    TRUNCATED_FRACTION,
+    Batch,
+    LearningRateSchedule,
+    Row,
+    add_run_arguments,
+    allowed_logits,
+    count_parameters,
+    decode_region,
+    dllm_rows,
+    draw_examples,
+    format_row,
+    left_pad,
+    make_batches,
+    prompt_ids,
+    quick_eval,
+    quick_eval_section,
+    run_words,
+    train_model,
+    trained_on,
+)
 
 logger = logging.getLogger("dlm_decode.train")
 
@@ -55,7 +80,7 @@ INIT_STD = 0.1
 MAX_POSITIONS = 128
 
 
-def model_config(tokenizer: PreTrainedTokenizerFast, arch: dict[str, int], *, causal: bool) -> LlamaConfig:
+def model_config(tokenizer: PreTrainedTokenizerFast, arch: Mapping[str, Any], *, causal: bool) -> LlamaConfig:
     """A Llama config over the char tokenizer; ``causal=False`` saves ``is_causal=False`` into ``config.json``."""
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -201,8 +226,10 @@ def train(
     torch.manual_seed(seed)
     causal = kind == "ar"
     arch = arch or (AR_ARCH if causal else DLLM_ARCH)
-    model = LlamaForCausalLM(model_config(tokenizer, arch, causal=causal)).to(device)
-    forward_model = torch.compile(model, dynamic=True) if compile else model
+    # the ignore below: transformers' wrapper of nn.Module.to is typed as taking the model, not the device
+    model = LlamaForCausalLM(model_config(tokenizer, arch, causal=causal)).to(device)  # type: ignore[arg-type]
+    # the compiled module passes calls and attribute reads on to the model
+    forward_model = cast(LlamaForCausalLM, torch.compile(model, dynamic=True)) if compile else model
     rng = random.Random(f"{kind}/{seed}")
     generator = torch.Generator().manual_seed(seed)
 
@@ -235,7 +262,7 @@ def evaluate_pair(
             label = f"dllm k={'all' if k is None else k}"
             started = time.perf_counter()
             table[label] = quick_eval(
-                lambda prompts, k=k: dllm_generate_greedy(dllm, tokenizer, prompts, EVAL_MAX_NEW_TOKENS, k),
+                partial(dllm_generate_greedy, dllm, tokenizer, max_new_tokens=EVAL_MAX_NEW_TOKENS, tokens_per_step=k),
                 n_per_task=n_per_task,
             )
             logger.info("%s: %s (%.0f s)", label, format_row(table[label]), time.perf_counter() - started)
@@ -249,8 +276,9 @@ def evaluate_pair(
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m dlm_decode.recipes.train_embedded",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m dlm_decode.recipes.train_embedded", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--out", type=Path, required=True, help="directory that receives dllm/, ar/, MODEL_CARD.md")
     parser.add_argument("--which", choices=("dllm", "ar", "both"), default="both")
     parser.add_argument("--dllm-steps", type=int, default=16000)
@@ -279,14 +307,15 @@ def write_model_card(out: Path, args: argparse.Namespace, runs: dict[str, dict],
         "  `[pads][BOS prompt \\n][answer EOS]`.",
         "",
         "Both load with plain `AutoModelForCausalLM.from_pretrained` / `AutoTokenizer.from_pretrained`; the prompt",
-        "format is the tokenizer's chat template, `BOS + prompt + \"\\n\"`.",
+        'format is the tokenizer\'s chat template, `BOS + prompt + "\\n"`.',
         f"Recommended `max_new_tokens`: {EVAL_MAX_NEW_TOKENS} (every answer is at most 25 characters, plus its EOS).",
         "",
         "## Data",
         "",
         "Six tasks, fresh examples every step from the train split (a hash of the prompt decides the split, so no",
         "test prompt is ever trained on), drawn with the relative frequencies "
-        + ", ".join(f"{name} {weight:g}" for name, weight in TASK_WEIGHTS.items()) + ".",
+        + ", ".join(f"{name} {weight:g}" for name, weight in TASK_WEIGHTS.items())
+        + ".",
         "Every answer ends with EOS.",
         "",
         "| task | prompt | answer |",
@@ -318,10 +347,15 @@ def write_model_card(out: Path, args: argparse.Namespace, runs: dict[str, dict],
         f" log-uniform number of EOS tokens, up to {MAX_REGION} in all; {TRUNCATED_FRACTION:.0%} of rows instead"
         " keep only a prefix of the answer (a canvas cut by a lookahead window).",
     ]
-    lines += quick_eval_section(args.eval_n, table, (
-        "`dllm k=n`: low-confidence remasking committing the n most confident masked positions per step"
-        " (`all`: the whole canvas in one forward), EOS fill after a committed EOS. `ar`: greedy left to right."
-        " Measured by `quick_eval` in `dlm_decode.recipes.train_embedded`"))
+    lines += quick_eval_section(
+        args.eval_n,
+        table,
+        (
+            "`dllm k=n`: low-confidence remasking committing the n most confident masked positions per step"
+            " (`all`: the whole canvas in one forward), EOS fill after a committed EOS. `ar`: greedy left to right."
+            " Measured by `quick_eval` in `dlm_decode.recipes.train_embedded`"
+        ),
+    )
     (out / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
 
 

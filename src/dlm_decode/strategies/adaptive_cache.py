@@ -46,11 +46,12 @@ counter at each block and also makes the block's second step a full forward (fol
 while the Dream code counts the steps of the whole generation (``schedule: generation``). The LLaDA code runs batches
 only when every row has the same number of recomputed columns (it reshapes the gathered columns to ``[B, -1]``);
 here each row has its own. Project vs official: for Dream (shifted logits: column ``j``'s prediction comes from the
-hidden state at ``j - 1``) the official ``shift_type="un"`` keeps recomputing column ``j - 1`` while column ``j`` is
-masked; here the Dream adapter (:mod:`dlm_decode.models.shifted`) computes the hidden state at ``j - 1`` as a query in the
-span but the rule stores by the column's own token, as for LLaDA (the official ``shift_type="right"`` choice of
-columns, not its default ``"un"``; the Dream path is not compared with the official Dream code). The other official variants are not implemented: *Greedy* (caches at the decode
-step itself with a local recompute window), *Prefill* and *PD* (the prompt never refreshed).
+hidden state at ``j - 1``) the official ``shift_type="un"`` keeps recomputing column ``j - 1`` while column ``j``
+is masked; here the Dream adapter (:mod:`dlm_decode.models.shifted`) computes the hidden state at ``j - 1`` as a
+query in the span but the rule stores by the column's own token, as for LLaDA (the official ``shift_type="right"``
+choice of columns, not its default ``"un"``; the Dream path is not compared with the official Dream code). The
+other official variants are not implemented: *Greedy* (caches at the decode step itself with a local recompute
+window), *Prefill* and *PD* (the prompt never refreshed).
 
 **Block-causal models** (``embedded:block``): the same rule applies unchanged; a finished model block's stored
 keys/values are exact (they depend only on it and the blocks before it), so only the current model block's reuse is
@@ -65,8 +66,15 @@ from dataclasses import dataclass
 
 import torch
 
-from dlm_decode.api import (DecodeState, ForwardPlan, PositionalKVCache, Window, check_field, first_true_columns,
-                            hookimpl)
+from dlm_decode.api import (
+    DecodeState,
+    ForwardPlan,
+    PositionalKVCache,
+    Window,
+    check_field,
+    first_true_columns,
+    hookimpl,
+)
 
 
 class RefreshSchedule(enum.Enum):
@@ -84,8 +92,12 @@ class DKVCacheConfig:
     ``generation``: when the decoder's step is a multiple of R (the official Dream loop)."""
 
     def __post_init__(self) -> None:
-        check_field(self.interval >= 1, "interval", f"must be >= 1, got {self.interval}",
-                    "use 1 to refresh at every step, or the number of steps between refreshes")
+        check_field(
+            self.interval >= 1,
+            "interval",
+            f"must be >= 1, got {self.interval}",
+            "use 1 to refresh at every step, or the number of steps between refreshes",
+        )
         if isinstance(self.schedule, str):
             self.schedule = RefreshSchedule(self.schedule)
 
@@ -117,6 +129,7 @@ class DKVCache:
         """``[B]`` bool, the rows whose step is a full refresh; advances the per-row block counters."""
         if self.schedule is RefreshSchedule.generation:
             return torch.full_like(window.block_start, state.step % self.interval == 0, dtype=torch.bool)
+        assert memory.block_start is not None and memory.block_step is not None  # set at the first forward
         same_block = window.block_start == memory.block_start
         memory.block_step = torch.where(same_block, memory.block_step + 1, 0)
         memory.block_start = window.block_start
@@ -135,14 +148,19 @@ class DKVCache:
             memory.block_step = torch.zeros_like(window.block_start)
             return ForwardPlan(start=0, end=end, cache=memory.store, key_end=end)
         refresh = self.refreshing(state, window, memory)  # [B]
+        assert memory.stored is not None  # set at the first forward
         visible = state.columns < end  # [N]
         memory.stored &= ~state.changed  # a column whose token changed holds stale keys/values
         recompute = (state.masked | ~memory.stored | refresh[:, None]) & visible  # [B, N]
         active = recompute & ~state.finished[:, None]
         spanned = active.any(0)  # [N]
         # one host read: the span's bounds are Python ints (the forward slices the canvas with them)
-        start, stop = torch.stack([first_true_columns(spanned[None], end)[0],
-                                   state.width - first_true_columns(spanned.flip(0)[None], state.width)[0]]).tolist()
+        start, stop = torch.stack(
+            [
+                first_true_columns(spanned[None], end)[0],
+                state.width - first_true_columns(spanned.flip(0)[None], state.width)[0],
+            ]
+        ).tolist()
         start, stop = min(start, end - 1), max(stop, start + 1)  # no unfinished row: the loop does not get here
         write = active[:, start:stop]  # per row, its recomputed columns; the others keep their stored keys/values
         memory.store.set_queries(start, write, key_end=end)

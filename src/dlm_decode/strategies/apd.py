@@ -30,9 +30,22 @@ from typing import Any
 
 import torch
 
-from dlm_decode.api import (AR_FORWARDS, BuildContext, ConfigError, Decision, DecodeState, Proposal, Window,
-                            bidirectional_mask, check_field, check_shared_tokenizer, crop_cache, first_true_columns,
-                            hookimpl, new_cache)
+from dlm_decode.api import (
+    AR_FORWARDS,
+    BuildContext,
+    ConfigError,
+    Decision,
+    DecodeState,
+    Proposal,
+    Window,
+    bidirectional_mask,
+    check_field,
+    check_shared_tokenizer,
+    crop_cache,
+    first_true_columns,
+    hookimpl,
+    new_cache,
+)
 
 
 class Coupling(enum.Enum):
@@ -97,8 +110,12 @@ class APDVerifier:
         first, end = torch.stack([frontier.min(), proposal.cols.max()]).tolist()  # one host sync
         start = min(first - 1, memory.cache.get_seq_length())
         crop_cache(memory.cache, start)
-        logits = self.ar.forward(proposal.tokens[:, start:end], state.position_ids[:, start:end],
-                                 memory.mask[:, :, start:end, :end], memory.cache)
+        logits = self.ar.forward(
+            proposal.tokens[:, start:end],
+            state.position_ids[:, start:end],
+            memory.mask[:, :, start:end, :end],
+            memory.cache,
+        )
         state.add_row_stat(AR_FORWARDS, (frontier < state.width).long())  # the rows this forward served
         return logits[proposal.rows, proposal.cols - 1 - start]
 
@@ -115,14 +132,16 @@ class APDVerifier:
         stop = first_true_columns(disagree, state.width)
         return Decision(commit=window.eligible & (state.columns < stop[:, None]), tokens=proposal.tokens)
 
-    def speculative(self, state: DecodeState, proposal: Proposal, window: Window, ar_logits: torch.Tensor,
-                    draft: torch.Tensor) -> Decision:
+    def speculative(
+        self, state: DecodeState, proposal: Proposal, window: Window, ar_logits: torch.Tensor, draft: torch.Tensor
+    ) -> Decision:
         """Accept draft token x with probability min(1, t(x)/p(x)); resample the first rejection from max(0, t-p)."""
         mixed = self.scorer.mixture_logits(proposal.logits, ar_logits, self.weight).double()
         if proposal.temperature == 0:
             p = torch.nn.functional.one_hot(draft, mixed.shape[-1]).double()
             t = torch.nn.functional.one_hot(mixed.argmax(-1), mixed.shape[-1]).double()
         else:
+            assert proposal.sampling_logits is not None  # a proposal at temperature > 0 keeps them
             p = torch.softmax(proposal.sampling_logits.double(), -1)
             t = torch.softmax(mixed / proposal.temperature, -1)
         counts = window.eligible.sum(-1).tolist()
@@ -141,8 +160,11 @@ def build_apd(config: APDConfig, context: BuildContext) -> APDVerifier:
     """Factory: load ``model.ar`` and check it shares the dLLM's tokenizer."""
     spec = context.config.model.ar
     if spec is None:
-        raise ConfigError("model.ar", "the `apd` verification needs an autoregressive model, but model.ar is null",
-                          "set model.ar.path (e.g. embedded:ar), or compose configs/models/embedded-ar.yaml")
+        raise ConfigError(
+            "model.ar",
+            "the `apd` verification needs an autoregressive model, but model.ar is null",
+            "set model.ar.path (e.g. embedded:ar), or compose configs/models/embedded-ar.yaml",
+        )
     ar = context.load_causal_lm(spec, "model.ar")  # recorded: its weights count in the weights hash
     check_shared_tokenizer(context.dllm.tokenizer, ar.tokenizer, context.dllm.vocab_size, ar.vocab_size)
     return APDVerifier(config, ar, context.scorer)
@@ -150,6 +172,10 @@ def build_apd(config: APDConfig, context: BuildContext) -> APDVerifier:
 
 @hookimpl
 def dlm_register(registry) -> None:
-    registry.add("verification", "apd", APDConfig, build_apd,
-                 requires={"model.ar": "set model.ar.path (e.g. embedded:ar), or compose "
-                                       "configs/models/embedded-ar.yaml"})
+    registry.add(
+        "verification",
+        "apd",
+        APDConfig,
+        build_apd,
+        requires={"model.ar": "set model.ar.path (e.g. embedded:ar), or compose configs/models/embedded-ar.yaml"},
+    )

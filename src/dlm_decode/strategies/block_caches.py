@@ -32,10 +32,10 @@ window's block are unfinished, so its reuse stays an approximation (none with a 
 query span is the one covering every unfinished row's recomputed columns: ``[min block_start, max block_end)``
 for ``dual``, ``[min block_start, input_end)`` for ``prefix``, and the whole visible canvas when any row
 refreshes (for a block-causal model: from the smallest exact end of the recomputing rows, never from column 0
-after the first forward). The store writes, per row, only that row's own columns (all of them for a refreshing row); at the
-other columns the row's queries are computed but attend to, and leave, the row's stored keys/values. A row's
-logits therefore do not depend on the other rows (batch invariance at temperature 0); the price is the compute
-of the extra columns, up to a full forward for the whole batch whenever one row refreshes.
+after the first forward). The store writes, per row, only that row's own columns (all of them for a refreshing
+row); at the other columns the row's queries are computed but attend to, and leave, the row's stored
+keys/values. A row's logits therefore do not depend on the other rows (batch invariance at temperature 0); the
+price is the compute of the extra columns, up to a full forward for the whole batch whenever one row refreshes.
 
 **Shifted-logit models** (Dream): there the prediction for column ``i`` comes from the hidden state at
 ``i - 1``, so the first column of a recomputed span needs the logit of the column before it, which the span does
@@ -53,8 +53,15 @@ from dataclasses import dataclass
 
 import torch
 
-from dlm_decode.api import (DecodeState, ForwardPlan, PositionalKVCache, StrategyError, Window, first_true_columns,
-                            hookimpl)
+from dlm_decode.api import (
+    DecodeState,
+    ForwardPlan,
+    PositionalKVCache,
+    StrategyError,
+    Window,
+    first_true_columns,
+    hookimpl,
+)
 
 
 @dataclass
@@ -95,6 +102,7 @@ class BlockCache:
             memory.store.set_queries(0, key_end=length)
             memory.block_start, memory.exact_end, memory.length = window.block_start, settled, length
             return ForwardPlan(start=0, end=length, cache=memory.store, key_end=length)
+        assert memory.exact_end is not None  # set with the store
         columns = state.columns[:length]
         changed = state.changed[:, :length]
         recompute_exact = columns >= memory.exact_end[:, None]  # [B, length]: every column that may be stale
@@ -110,14 +118,20 @@ class BlockCache:
             own = own | (refresh[:, None] & recompute_exact)
         active = own & running[:, None]
         spanned = active.any(0)
-        bounds = torch.stack([(window.eligible[:, :length] & ~own).any().long(),
-                              first_true_columns(spanned[None], length)[0],
-                              length - first_true_columns(spanned.flip(0)[None], length)[0]]).tolist()
+        bounds = torch.stack(
+            [
+                (window.eligible[:, :length] & ~own).any().long(),
+                first_true_columns(spanned[None], length)[0],
+                length - first_true_columns(spanned.flip(0)[None], length)[0],
+            ]
+        ).tolist()
         any_outside, start, end = bounds
         if any_outside:
-            raise StrategyError("the window made a column eligible outside its row's block [window.block_start, "
-                                "window.block_end); the prefix and dual caches recompute only the block",
-                                "use decoder.window=blocks (or full)")
+            raise StrategyError(
+                "the window made a column eligible outside its row's block [window.block_start, "
+                "window.block_end); the prefix and dual caches recompute only the block",
+                "use decoder.window=blocks (or full)",
+            )
         memory.block_start, memory.exact_end, memory.length = window.block_start, settled, length
         memory.store.set_queries(start, active[:, start:end], key_end=length)
         return ForwardPlan(start=start, end=end, cache=memory.store, key_end=length)

@@ -12,10 +12,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
-from dlm_decode.api import (DecodeState, ForwardPlan, PositionalKVCache, Window, check_field, first_true_columns,
-                            hookimpl)
+from dlm_decode.api import (
+    DecodeState,
+    ForwardPlan,
+    PositionalKVCache,
+    Window,
+    check_field,
+    first_true_columns,
+    hookimpl,
+)
 
 
 @dataclass
@@ -25,12 +31,16 @@ class NoCacheConfig:
 
 @dataclass
 class KVWindowConfig:
-    window: Optional[int] = 16
+    window: int | None = 16
     """W: decided columns before the last change whose keys/values are recomputed (null: recompute all)."""
 
     def __post_init__(self) -> None:
-        check_field(self.window is None or self.window >= 1, "window", f"must be >= 1 or null, got {self.window}",
-                    "W = 0 would freeze the keys/values of tokens computed while they were masks")
+        check_field(
+            self.window is None or self.window >= 1,
+            "window",
+            f"must be >= 1 or null, got {self.window}",
+            "W = 0 would freeze the keys/values of tokens computed while they were masks",
+        )
 
 
 class NoCache:

@@ -86,7 +86,6 @@ on block-causal models (the core keeps each step inside the row's current model 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -96,9 +95,13 @@ from dlm_decode.api import Decision, DecodeState, Proposal, Window, check_field,
 NEAR_BEST = 1e-5
 
 
-def _probability(value: Optional[float], key: str) -> None:
-    check_field(value is None or 0.0 <= value <= 1.0, key, f"must be in [0, 1] or null, got {value}",
-                "confidences are probabilities; null switches this part of the rule off")
+def _probability(value: float | None, key: str) -> None:
+    check_field(
+        value is None or 0.0 <= value <= 1.0,
+        key,
+        f"must be in [0, 1] or null, got {value}",
+        "confidences are probabilities; null switches this part of the rule off",
+    )
 
 
 # --- hierarchy ---------------------------------------------------------------------------------------------------
@@ -106,9 +109,9 @@ def _probability(value: Optional[float], key: str) -> None:
 
 @dataclass
 class HierarchyConfig:
-    threshold: Optional[float] = 0.9
+    threshold: float | None = 0.9
     """Commit every eligible position whose confidence exceeds this (strictly); null: none by this rule."""
-    low_threshold: Optional[float] = 0.4
+    low_threshold: float | None = 0.4
     """A segment peak is committed only if its confidence exceeds this (strictly); null: every peak."""
 
     def __post_init__(self) -> None:
@@ -130,8 +133,9 @@ def segment_peaks(confidence: torch.Tensor, eligible: torch.Tensor) -> torch.Ten
     return eligible & (scores == peak.gather(1, segment))
 
 
-def hierarchy_commit(confidence: torch.Tensor, eligible: torch.Tensor, threshold: float | None,
-                     low_threshold: float | None) -> torch.Tensor:
+def hierarchy_commit(
+    confidence: torch.Tensor, eligible: torch.Tensor, threshold: float | None, low_threshold: float | None
+) -> torch.Tensor:
     """dInfer's hierarchical rule: segment peaks above ``low_threshold``, every position above ``threshold``, and
     each row's most confident eligible position (see the module docstring).
 
@@ -174,14 +178,30 @@ class CreditConfig:
     """Decay: every credit is multiplied by ``beta`` at each step of its block."""
 
     def __post_init__(self) -> None:
-        check_field(0.0 <= self.threshold <= 1.0, "threshold", f"must be in [0, 1], got {self.threshold}",
-                    "confidences are probabilities; 0.9 is dInfer's default")
-        check_field(self.alpha >= 0.0, "alpha", f"must be >= 0, got {self.alpha}",
-                    "0 turns credit off (plain threshold decoding); 0.7 is the official default")
-        check_field(self.gamma > 0.0, "gamma", f"must be > 0, got {self.gamma}",
-                    "the boost is p ** gamma; 0.2 is the official default, 1 adds the plain probability")
-        check_field(0.0 <= self.beta <= 1.0, "beta", f"must be in [0, 1], got {self.beta}",
-                    "credit decays by beta per step; 0.8 is the official default, 0 keeps only the current step")
+        check_field(
+            0.0 <= self.threshold <= 1.0,
+            "threshold",
+            f"must be in [0, 1], got {self.threshold}",
+            "confidences are probabilities; 0.9 is dInfer's default",
+        )
+        check_field(
+            self.alpha >= 0.0,
+            "alpha",
+            f"must be >= 0, got {self.alpha}",
+            "0 turns credit off (plain threshold decoding); 0.7 is the official default",
+        )
+        check_field(
+            self.gamma > 0.0,
+            "gamma",
+            f"must be > 0, got {self.gamma}",
+            "the boost is p ** gamma; 0.2 is the official default, 1 adds the plain probability",
+        )
+        check_field(
+            0.0 <= self.beta <= 1.0,
+            "beta",
+            f"must be in [0, 1], got {self.beta}",
+            "credit decays by beta per step; 0.8 is the official default, 0 keeps only the current step",
+        )
 
 
 @dataclass
@@ -201,9 +221,11 @@ class CreditMemory:
     def new(cls, state: DecodeState) -> CreditMemory:
         batch, width = state.canvas.shape
         device = state.canvas.device
-        return cls(tokens=torch.full((batch, width, 0), -1, dtype=torch.long, device=device),
-                   credit=torch.zeros((batch, width, 0), dtype=torch.float32, device=device),
-                   block_start=torch.full((batch,), -1, dtype=torch.long, device=device))
+        return cls(
+            tokens=torch.full((batch, width, 0), -1, dtype=torch.long, device=device),
+            credit=torch.zeros((batch, width, 0), dtype=torch.float32, device=device),
+            block_start=torch.full((batch,), -1, dtype=torch.long, device=device),
+        )
 
     def step(self, block_start: torch.Tensor, beta: float) -> None:
         """Clear the rows whose block moved, decay every credit, and add one empty slot per position."""
@@ -220,8 +242,7 @@ class CreditMemory:
         empty slot for a token without one (the last slot column is always empty before the call)."""
         slots = self.tokens[rows, cols]  # [K, S]
         match = slots == tokens[:, None]
-        slot = torch.where(match.any(-1), match.view(torch.uint8).argmax(-1),
-                           (slots < 0).view(torch.uint8).argmax(-1))
+        slot = torch.where(match.any(-1), match.view(torch.uint8).argmax(-1), (slots < 0).view(torch.uint8).argmax(-1))
         self.credit[rows, cols, slot] += values
         self.tokens[rows, cols, slot] = tokens
 

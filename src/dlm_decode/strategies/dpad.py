@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -79,7 +78,7 @@ SPACINGS = ("official", "paper")
 class DPadConfig:
     size: int = 32
     """Columns per block, counted from the first generated column (the official ``block_length``)."""
-    suffix_window: Optional[int] = None
+    suffix_window: int | None = None
     """W: suffix columns after the block that may be kept (the official ``window``); null: the generation length."""
     dropout: str = "gaussian"
     """``gaussian`` (distance-decay keep probability) or ``uniform`` (``preserved_tokens`` random columns)."""
@@ -94,15 +93,23 @@ class DPadConfig:
 
     def __post_init__(self) -> None:
         check_field(self.size >= 1, "size", f"must be at least 1, got {self.size}")
-        check_field(self.suffix_window is None or self.suffix_window >= 1, "suffix_window",
-                    f"must be >= 1 or null, got {self.suffix_window}",
-                    "use a window of at least one suffix column (or a plain `blocks` window to see none)")
+        check_field(
+            self.suffix_window is None or self.suffix_window >= 1,
+            "suffix_window",
+            f"must be >= 1 or null, got {self.suffix_window}",
+            "use a window of at least one suffix column (or a plain `blocks` window to see none)",
+        )
         check_field(self.dropout in DROPOUTS, "dropout", f"must be one of {list(DROPOUTS)}, got {self.dropout!r}")
         check_field(self.spacing in SPACINGS, "spacing", f"must be one of {list(SPACINGS)}, got {self.spacing!r}")
-        check_field(math.isfinite(self.sigma) and self.sigma >= 0, "sigma",
-                    f"must be finite and >= 0, got {self.sigma}")
-        check_field(math.isfinite(self.scale) and self.scale > 0, "scale", f"must be finite and > 0, got {self.scale}",
-                    "a scale of 0 would keep no suffix column: use a plain `blocks` window for that")
+        check_field(
+            math.isfinite(self.sigma) and self.sigma >= 0, "sigma", f"must be finite and >= 0, got {self.sigma}"
+        )
+        check_field(
+            math.isfinite(self.scale) and self.scale > 0,
+            "scale",
+            f"must be finite and > 0, got {self.scale}",
+            "a scale of 0 would keep no suffix column: use a plain `blocks` window for that",
+        )
         check_field(self.preserved_tokens >= 0, "preserved_tokens", f"must be >= 0, got {self.preserved_tokens}")
 
 
@@ -175,8 +182,11 @@ class DPadWindow:
         # [B] first mask; a finished row has no mask left: frontier 0, empty window (as `blocks`)
         frontier = first_true_columns(masked)
         coordinates = state.block_coordinates
-        at = coordinates.index_select(0, frontier) if coordinates.dim() == 1 else \
-            coordinates.gather(1, frontier[:, None]).squeeze(1)
+        at = (
+            coordinates.index_select(0, frontier)
+            if coordinates.dim() == 1
+            else coordinates.gather(1, frontier[:, None]).squeeze(1)
+        )
         block_start = (frontier - at.remainder(size)).clamp(min=0)
         block_end = (block_start + size).clamp(max=state.width)
         blocks, generated = memory.keep.shape[1:]
@@ -189,18 +199,27 @@ class DPadWindow:
         if self.trim:
             last = torch.where(visible, columns + 1, 0).amax(-1).masked_fill(state.finished, 0)
             input_end = max(int(last.max()), 1)  # one host read per step: the span must be a Python int
-        return Window(eligible=masked & (columns < block_end[:, None]), input_end=input_end,
-                      block_start=block_start, block_end=block_end, visible=visible)
+        return Window(
+            eligible=masked & (columns < block_end[:, None]),
+            input_end=input_end,
+            block_start=block_start,
+            block_end=block_end,
+            visible=visible,
+        )
 
 
 def dpad_window(config: DPadConfig, context) -> DPadWindow:
     """``dpad``, refused when its blocks cannot nest with a block-causal model's blocks."""
     pattern = context.attention
     if not pattern.nests(config.size):
-        raise ConfigError("decoder.window.size", f"{config.size} neither divides nor is a multiple of the dLLM's "
-                          f"block size {pattern.block_size} ({pattern}): a DPad block would straddle the model's "
-                          "blocks, so part of it would be decided while the model cannot yet see it as the current "
-                          "block", f"set decoder.window.size to a divisor or a multiple of {pattern.block_size}")
+        raise ConfigError(
+            "decoder.window.size",
+            f"{config.size} neither divides nor is a multiple of the dLLM's "
+            f"block size {pattern.block_size} ({pattern}): a DPad block would straddle the model's "
+            "blocks, so part of it would be decided while the model cannot yet see it as the current "
+            "block",
+            f"set decoder.window.size to a divisor or a multiple of {pattern.block_size}",
+        )
     cache = context.resolved.strategies.get("cache", ("none", None))[0]
     return DPadWindow(config, trim=cache == "none")
 

@@ -51,8 +51,20 @@ from dataclasses import dataclass
 
 import torch
 
-from dlm_decode.api import (ConfigError, Decision, DecodeState, ForwardOutput, ForwardPlan, ModelInputs, Proposal,
-                            StrategyError, Window, check_field, hookimpl, select_top)
+from dlm_decode.api import (
+    ConfigError,
+    Decision,
+    DecodeState,
+    ForwardOutput,
+    ForwardPlan,
+    ModelInputs,
+    Proposal,
+    StrategyError,
+    Window,
+    check_field,
+    hookimpl,
+    select_top,
+)
 
 #: Windows whose eligible positions are the current block's masks (so a drafted canvas keeps the same block).
 BLOCK_WINDOWS = ("full", "blocks")
@@ -65,8 +77,12 @@ class FreeDaveConfig:
     official default for LLaDA; 8 for Dream and SDAR/TraDo). 1 is one token per step."""
 
     def __post_init__(self) -> None:
-        check_field(self.draft_steps >= 1, "draft_steps", f"must be at least 1, got {self.draft_steps}",
-                    "1 decodes one token per step; the official code uses 4 for LLaDA, 8 for Dream")
+        check_field(
+            self.draft_steps >= 1,
+            "draft_steps",
+            f"must be at least 1, got {self.draft_steps}",
+            "1 decodes one token per step; the official code uses 4 for LLaDA, 8 for Dream",
+        )
 
 
 @dataclass
@@ -146,18 +162,25 @@ class FreeDave:
         if self.draft_steps == 1 or memory.confidence is None:  # nothing ranked yet: the current canvas alone
             return inputs
         if plan.cache is not None:
-            raise StrategyError("the drafted canvases are extra batch rows with no keys/values of their own, but the "
-                                "cache strategy reuses keys/values", "set decoder.cache=none")
+            raise StrategyError(
+                "the drafted canvases are extra batch rows with no keys/values of their own, but the "
+                "cache strategy reuses keys/values",
+                "set decoder.cache=none",
+            )
+        assert memory.tokens is not None  # set with confidence
         memory.drafts = drafts = draft(state, window, memory.confidence, memory.tokens, self.draft_steps - 1)
         copies = self.draft_steps
         return ModelInputs(
-            input_ids=torch.cat([inputs.input_ids, *drafts.canvases[:, :, inputs.start:inputs.end]]),
+            input_ids=torch.cat([inputs.input_ids, *drafts.canvases[:, :, inputs.start : inputs.end]]),
             position_ids=inputs.position_ids.repeat(copies, 1),
             attention_mask=inputs.attention_mask.repeat(copies, 1, 1, 1),
-            start=inputs.start, end=inputs.end)
+            start=inputs.start,
+            end=inputs.end,
+        )
 
-    def ranking(self, state: DecodeState, forward: ForwardOutput, window: Window,
-                rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def ranking(
+        self, state: DecodeState, forward: ForwardOutput, window: Window, rows: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The one-token rule's confidence and argmax at every column of every forwarded canvas.
 
         :return: ``[R, B, N]`` float32 (``-inf`` outside the columns the forward computes for the row alone,
@@ -169,8 +192,8 @@ class FreeDave:
         confidence, tokens = self.scorer.max_prob(logits.reshape(-1, logits.shape[-1]))
         full_confidence = torch.full((rows, batch, width), float("-inf"), device=confidence.device)
         full_tokens = torch.zeros((rows, batch, width), dtype=torch.long, device=confidence.device)
-        full_confidence[:, :, forward.start:forward.inputs.end] = confidence.view(rows, batch, span)
-        full_tokens[:, :, forward.start:forward.inputs.end] = tokens.view(rows, batch, span)
+        full_confidence[:, :, forward.start : forward.inputs.end] = confidence.view(rows, batch, span)
+        full_tokens[:, :, forward.start : forward.inputs.end] = tokens.view(rows, batch, span)
         return full_confidence.masked_fill(~state.own_columns(window), float("-inf")), full_tokens
 
     @hookimpl
@@ -190,8 +213,9 @@ class FreeDave:
         # chain: canvas j (holding drafts 1..j+1) is verified when every draft up to j + 1 equals the step before it
         choices = torch.cat([first[None], steps[:-1]])  # [C, B, N], the step each draft must equal
         chosen = choices.gather(2, drafts.cols.T[:, :, None]).squeeze(2)  # [C, B]
-        agrees = drafts.valid.T & chosen & (tokens[:-1].gather(2, drafts.cols.T[:, :, None]).squeeze(2)
-                                            == drafts.tokens.T)
+        agrees = (
+            drafts.valid.T & chosen & (tokens[:-1].gather(2, drafts.cols.T[:, :, None]).squeeze(2) == drafts.tokens.T)
+        )
         verified = agrees.long().cumprod(0).bool()  # [C, B]
         commit = first | (steps & verified[:, :, None]).any(0)
         step_tokens = torch.where(steps & verified[:, :, None], tokens[1:], 0).sum(0)  # one step per column at most
@@ -209,16 +233,26 @@ def freedave(config: FreeDaveConfig, context) -> FreeDave:
     window, cache, proposal = (context.resolved.strategies[role][0] for role in ("window", "cache", "proposal"))
     if config.draft_steps > 1:
         if window not in BLOCK_WINDOWS:
-            raise ConfigError("decoder.window", f"{window!r} is not a block window: FreeDave verifies "
-                              "a drafted canvas by the one-token step on the same block's remaining masks, which "
-                              f"only the {' and '.join(BLOCK_WINDOWS)} windows keep", "set decoder.window=blocks")
+            raise ConfigError(
+                "decoder.window",
+                f"{window!r} is not a block window: FreeDave verifies "
+                "a drafted canvas by the one-token step on the same block's remaining masks, which "
+                f"only the {' and '.join(BLOCK_WINDOWS)} windows keep",
+                "set decoder.window=blocks",
+            )
         if proposal != "greedy":
-            raise ConfigError("decoder.proposal", f"{proposal!r}: FreeDave reproduces greedy one-token "
-                              "decoding (each verified step is an argmax)", "set decoder.proposal=greedy")
+            raise ConfigError(
+                "decoder.proposal",
+                f"{proposal!r}: FreeDave reproduces greedy one-token decoding (each verified step is an argmax)",
+                "set decoder.proposal=greedy",
+            )
         if cache != "none":
-            raise ConfigError("decoder.cache", f"{cache!r}: the drafted canvases are extra batch rows "
-                              "of the forward with no cached keys/values of their own",
-                              "set decoder.cache=none")
+            raise ConfigError(
+                "decoder.cache",
+                f"{cache!r}: the drafted canvases are extra batch rows "
+                "of the forward with no cached keys/values of their own",
+                "set decoder.cache=none",
+            )
     return FreeDave(config, context.scorer)
 
 

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -69,7 +68,7 @@ class KlassConfig:
     """How many consecutive KLs must be below kl_threshold."""
     unmask: Unmask = Unmask.all
     """Which stable, confident positions to commit: all, the most confident (max_conf) or the lowest KL (min_kl)."""
-    steps_per_block: Optional[int] = None
+    steps_per_block: int | None = None
     """Fallback: LLaDA's steps per block (``steps / num_blocks``); null: from tokens_per_step."""
     tokens_per_step: int = 1
     """Fallback: tokens per step when steps_per_block is null (1: the single most confident, Dream-KLASS)."""
@@ -79,16 +78,31 @@ class KlassConfig:
     """Apply the KL rule only from the row's (history_length - 1)-th step inside its block (the LLaDA code)."""
 
     def __post_init__(self) -> None:
-        check_field(0.0 <= self.conf_threshold <= 1.0, "conf_threshold",
-                    f"must be in [0, 1], got {self.conf_threshold}", "confidences are probabilities, e.g. 0.9")
-        check_field(self.kl_threshold > 0.0, "kl_threshold", f"must be > 0, got {self.kl_threshold}",
-                    "a KL divergence is never negative; the official scripts use 0.001 to 0.015")
+        check_field(
+            0.0 <= self.conf_threshold <= 1.0,
+            "conf_threshold",
+            f"must be in [0, 1], got {self.conf_threshold}",
+            "confidences are probabilities, e.g. 0.9",
+        )
+        check_field(
+            self.kl_threshold > 0.0,
+            "kl_threshold",
+            f"must be > 0, got {self.kl_threshold}",
+            "a KL divergence is never negative; the official scripts use 0.001 to 0.015",
+        )
         check_field(self.history_length >= 1, "history_length", f"must be at least 1, got {self.history_length}")
-        check_field(self.steps_per_block is None or self.steps_per_block >= 1, "steps_per_block",
-                    f"must be >= 1 or null, got {self.steps_per_block}")
+        check_field(
+            self.steps_per_block is None or self.steps_per_block >= 1,
+            "steps_per_block",
+            f"must be >= 1 or null, got {self.steps_per_block}",
+        )
         check_field(self.tokens_per_step >= 1, "tokens_per_step", f"must be >= 1, got {self.tokens_per_step}")
-        check_field(self.steps_per_block is None or self.tokens_per_step == 1, "tokens_per_step",
-                    "is ignored when steps_per_block is set", "set only one of steps_per_block and tokens_per_step")
+        check_field(
+            self.steps_per_block is None or self.tokens_per_step == 1,
+            "tokens_per_step",
+            "is ignored when steps_per_block is set",
+            "set only one of steps_per_block and tokens_per_step",
+        )
 
 
 @dataclass
@@ -118,8 +132,9 @@ class KlassVerifier:
     def __init__(self, config: KlassConfig):
         self.config = config
 
-    def stable_runs(self, state: DecodeState, forward: ForwardOutput, window: Window,
-                    memory: KlassMemory) -> tuple[torch.Tensor, torch.Tensor]:
+    def stable_runs(
+        self, state: DecodeState, forward: ForwardOutput, window: Window, memory: KlassMemory
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Update the history with this step's forward, at the columns it computes for each row as alone
         (:meth:`DecodeState.own_columns`; on a block-causal model a batch's forward also covers later blocks of
         rows behind the others).
@@ -129,16 +144,16 @@ class KlassVerifier:
         """
         first_gen = state.gen_start
         low, high = max(forward.start, first_gen), forward.inputs.end
-        log_probs = torch.log_softmax(forward.logits[:, low - forward.start:high - forward.start].float(), dim=-1)
+        log_probs = torch.log_softmax(forward.logits[:, low - forward.start : high - forward.start].float(), dim=-1)
         batch, generated = state.batch_size, state.width - first_gen
         if memory.log_probs is None:
             memory.log_probs = log_probs.new_zeros(batch, generated, log_probs.shape[-1])
             memory.known = torch.zeros(batch, generated, dtype=torch.bool, device=log_probs.device)
             memory.run = torch.zeros(batch, generated, dtype=torch.long, device=log_probs.device)
+        assert memory.known is not None and memory.run is not None  # set with log_probs
         span = slice(low - first_gen, high - first_gen)
         own = state.own_columns(window)[:, low:high]
-        kl = torch.where(memory.known[:, span] & own, kl_divergence(log_probs, memory.log_probs[:, span]),
-                         float("inf"))
+        kl = torch.where(memory.known[:, span] & own, kl_divergence(log_probs, memory.log_probs[:, span]), float("inf"))
         run = torch.zeros_like(memory.run)  # a column outside the span loses its history
         run[:, span] = torch.where(kl < self.config.kl_threshold, memory.run[:, span] + 1, 0)
         known = torch.zeros_like(memory.known)
@@ -157,14 +172,18 @@ class KlassVerifier:
         masks = window.eligible.sum(-1)
         if memory.block_start is None:
             memory.block_start, memory.size, memory.block_step = window.block_start, masks, torch.zeros_like(masks)
+        assert memory.size is not None and memory.block_step is not None  # set with block_start
         new_block = window.block_start != memory.block_start
         step = torch.where(new_block, 0, memory.block_step)
         size = memory.size = torch.where(new_block, masks, memory.size)
         memory.block_start, memory.block_step = window.block_start, step + 1
         if config.steps_per_block is None and config.tokens_per_step == 1:
             return step, None
-        steps = (torch.full_like(size, config.steps_per_block) if config.steps_per_block is not None
-                 else (size + config.tokens_per_step - 1).div(config.tokens_per_step, rounding_mode="floor"))
+        steps = (
+            torch.full_like(size, config.steps_per_block)
+            if config.steps_per_block is not None
+            else (size + config.tokens_per_step - 1).div(config.tokens_per_step, rounding_mode="floor")
+        )
         steps = steps.clamp(min=1)
         quota = size.div(steps, rounding_mode="floor") + (step < size.remainder(steps)).long()
         return step, quota.clamp(min=1)

@@ -48,13 +48,24 @@ class LocalLeapConfig:
     """r: a column at most this many columns from an anchor is its neighbour (0: no relaxation)."""
 
     def __post_init__(self) -> None:
-        check_field(0.0 <= self.threshold <= 1.0, "threshold", f"must be in [0, 1], got {self.threshold}",
-                    "confidences are probabilities; 0.9 is the default")
-        check_field(0.0 <= self.relaxed_threshold <= self.threshold, "relaxed_threshold",
-                    f"must be in [0, threshold = {self.threshold}], got {self.relaxed_threshold}",
-                    "the relaxed threshold applies near anchors and may only lower the bar; 0.75 is the default")
-        check_field(self.radius >= 0, "radius", f"must be >= 0, got {self.radius}",
-                    "the neighbourhood spans `radius` columns on each side of an anchor; 0 turns the relaxation off")
+        check_field(
+            0.0 <= self.threshold <= 1.0,
+            "threshold",
+            f"must be in [0, 1], got {self.threshold}",
+            "confidences are probabilities; 0.9 is the default",
+        )
+        check_field(
+            0.0 <= self.relaxed_threshold <= self.threshold,
+            "relaxed_threshold",
+            f"must be in [0, threshold = {self.threshold}], got {self.relaxed_threshold}",
+            "the relaxed threshold applies near anchors and may only lower the bar; 0.75 is the default",
+        )
+        check_field(
+            self.radius >= 0,
+            "radius",
+            f"must be >= 0, got {self.radius}",
+            "the neighbourhood spans `radius` columns on each side of an anchor; 0 turns the relaxation off",
+        )
 
 
 def anchor_neighbourhood(anchors: torch.Tensor, radius: int) -> torch.Tensor:
@@ -65,13 +76,15 @@ def anchor_neighbourhood(anchors: torch.Tensor, radius: int) -> torch.Tensor:
     """
     if radius == 0:
         return anchors
-    pooled = torch.nn.functional.max_pool1d(anchors[:, None].to(torch.float32), kernel_size=2 * radius + 1,
-                                            stride=1, padding=radius)
+    pooled = torch.nn.functional.max_pool1d(
+        anchors[:, None].to(torch.float32), kernel_size=2 * radius + 1, stride=1, padding=radius
+    )
     return pooled[:, 0] > 0
 
 
-def local_leap_commit(confidence: torch.Tensor, eligible: torch.Tensor, threshold: float, relaxed: float,
-                      radius: int) -> torch.Tensor:
+def local_leap_commit(
+    confidence: torch.Tensor, eligible: torch.Tensor, threshold: float, relaxed: float, radius: int
+) -> torch.Tensor:
     """LocalLeap's commits (see the module docstring).
 
     :param confidence: ``[B, N]`` float.

@@ -59,12 +59,20 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
-from dlm_decode.api import (ConfigError, Decision, DecodeState, ForwardOutput, Proposal, Window, check_field, hookimpl,
-                            select_top)
+from dlm_decode.api import (
+    ConfigError,
+    Decision,
+    DecodeState,
+    ForwardOutput,
+    Proposal,
+    Window,
+    check_field,
+    hookimpl,
+    select_top,
+)
 
 
 class Base(enum.Enum):
@@ -90,7 +98,7 @@ class ProphetConfig:
     (Fast-dLLM's confidence threshold)."""
     score: Score = Score.confidence
     """base topk: how eligible positions are ranked (confidence, margin or entropy)."""
-    steps_per_block: Optional[int] = None
+    steps_per_block: int | None = None
     """base topk: steps to fill a block (LLaDA's ``steps / num_blocks``); null: from tokens_per_step."""
     tokens_per_step: int = 1
     """base topk: tokens per step when steps_per_block is null."""
@@ -116,39 +124,74 @@ class ProphetConfig:
     progress: Progress = Progress.steps
     """steps: the row's step / total steps (the official rule); decoded: share of the row's generated columns
     decided before the step."""
-    total_steps: Optional[int] = None
+    total_steps: int | None = None
     """progress steps: the step budget T (LLaDA's ``steps``); null: the topk base's schedule."""
 
     def __post_init__(self) -> None:
         topk, threshold = self.base is Base.topk, self.base is Base.threshold
-        check_field(self.steps_per_block is None or self.steps_per_block >= 1, "steps_per_block",
-                    f"must be >= 1 or null, got {self.steps_per_block}")
+        check_field(
+            self.steps_per_block is None or self.steps_per_block >= 1,
+            "steps_per_block",
+            f"must be >= 1 or null, got {self.steps_per_block}",
+        )
         check_field(self.tokens_per_step >= 1, "tokens_per_step", f"must be >= 1, got {self.tokens_per_step}")
-        check_field(self.steps_per_block is None or self.tokens_per_step == 1, "tokens_per_step",
-                    "is ignored when steps_per_block is set", "set only one of steps_per_block and tokens_per_step")
+        check_field(
+            self.steps_per_block is None or self.tokens_per_step == 1,
+            "tokens_per_step",
+            "is ignored when steps_per_block is set",
+            "set only one of steps_per_block and tokens_per_step",
+        )
         for name in ("score", "steps_per_block", "tokens_per_step"):
-            check_field(topk or getattr(self, name) == getattr(ProphetConfig, name), name,
-                        f"is a knob of base topk, but base is {self.base.value}",
-                        f"leave {name} out, or set base: topk")
+            check_field(
+                topk or getattr(self, name) == getattr(ProphetConfig, name),
+                name,
+                f"is a knob of base topk, but base is {self.base.value}",
+                f"leave {name} out, or set base: topk",
+            )
         for name in ("threshold", "min_tokens"):
-            check_field(threshold or getattr(self, name) == getattr(ProphetConfig, name), name,
-                        f"is a knob of base threshold, but base is {self.base.value}",
-                        f"leave {name} out, or set base: threshold")
-        check_field(0.0 <= self.threshold <= 1.0, "threshold", f"must be in [0, 1], got {self.threshold}",
-                    "confidences are probabilities; 0.9 is Fast-dLLM's default")
-        check_field(self.min_tokens >= 1, "min_tokens", f"must be at least 1, got {self.min_tokens}",
-                    "every unfinished row commits at least one token per step")
+            check_field(
+                threshold or getattr(self, name) == getattr(ProphetConfig, name),
+                name,
+                f"is a knob of base threshold, but base is {self.base.value}",
+                f"leave {name} out, or set base: threshold",
+            )
+        check_field(
+            0.0 <= self.threshold <= 1.0,
+            "threshold",
+            f"must be in [0, 1], got {self.threshold}",
+            "confidences are probabilities; 0.9 is Fast-dLLM's default",
+        )
+        check_field(
+            self.min_tokens >= 1,
+            "min_tokens",
+            f"must be at least 1, got {self.min_tokens}",
+            "every unfinished row commits at least one token per step",
+        )
         check_field(self.answer_length >= 1, "answer_length", f"must be at least 1, got {self.answer_length}")
-        check_field(0.0 <= self.early_until <= self.mid_until <= 1.0, "mid_until",
-                    f"the phase bounds must satisfy 0 <= early_until <= mid_until <= 1, got {self.early_until} and "
-                    f"{self.mid_until}", "e.g. the official 0.33 and 0.67")
-        check_field(self.total_steps is None or self.total_steps >= 1, "total_steps",
-                    f"must be >= 1 or null, got {self.total_steps}")
-        check_field(self.progress is not Progress.steps or topk or self.total_steps is not None, "total_steps",
-                    "must be set for progress steps with base threshold (an adaptive base has no step count known "
-                    "ahead)", "set total_steps (e.g. max_new_tokens), or progress: decoded")
-        check_field(self.progress is Progress.steps or self.total_steps is None, "total_steps",
-                    "is used only by progress steps", "leave total_steps out, or set progress: steps")
+        check_field(
+            0.0 <= self.early_until <= self.mid_until <= 1.0,
+            "mid_until",
+            f"the phase bounds must satisfy 0 <= early_until <= mid_until <= 1, got {self.early_until} and "
+            f"{self.mid_until}",
+            "e.g. the official 0.33 and 0.67",
+        )
+        check_field(
+            self.total_steps is None or self.total_steps >= 1,
+            "total_steps",
+            f"must be >= 1 or null, got {self.total_steps}",
+        )
+        check_field(
+            self.progress is not Progress.steps or topk or self.total_steps is not None,
+            "total_steps",
+            "must be set for progress steps with base threshold (an adaptive base has no step count known ahead)",
+            "set total_steps (e.g. max_new_tokens), or progress: decoded",
+        )
+        check_field(
+            self.progress is Progress.steps or self.total_steps is None,
+            "total_steps",
+            "is used only by progress steps",
+            "leave total_steps out, or set progress: steps",
+        )
 
 
 @dataclass
@@ -205,8 +248,13 @@ class ProphetVerifier:
         reach = state.masked & (state.columns < window.input_end)  # masks are generated columns of unfinished rows
         if window.visible is not None:
             reach = reach & window.visible
-        return Window(eligible=window.eligible | reach, input_end=window.input_end, block_start=window.block_start,
-                      block_end=window.block_end, visible=window.visible)
+        return Window(
+            eligible=window.eligible | reach,
+            input_end=window.input_end,
+            block_start=window.block_start,
+            block_end=window.block_end,
+            visible=window.visible,
+        )
 
     # --- the base rules ---------------------------------------------------------------------------------------
 
@@ -218,22 +266,28 @@ class ProphetVerifier:
         masks = eligible.sum(-1)
         if memory.block_start is None:
             memory.block_start, memory.size, memory.block_step = window.block_start, masks, torch.zeros_like(masks)
+        assert memory.size is not None and memory.block_step is not None  # set with block_start
         new_block = window.block_start != memory.block_start
         step = torch.where(new_block, 0, memory.block_step)
         size = memory.size = torch.where(new_block, masks, memory.size)
-        steps = (torch.full_like(size, config.steps_per_block) if config.steps_per_block is not None
-                 else ceil_div(size, config.tokens_per_step).clamp(min=1))
+        steps = (
+            torch.full_like(size, config.steps_per_block)
+            if config.steps_per_block is not None
+            else ceil_div(size, config.tokens_per_step).clamp(min=1)
+        )
         memory.block_start, memory.block_step = window.block_start, step + 1
         quota = size.div(steps, rounding_mode="floor") + (step < size.remainder(steps)).long()
         return quota.clamp(min=1)
 
-    def base_commit(self, memory: ProphetMemory, proposal: Proposal, eligible: torch.Tensor,
-                    window: Window) -> torch.Tensor:
+    def base_commit(
+        self, memory: ProphetMemory, proposal: Proposal, eligible: torch.Tensor, window: Window
+    ) -> torch.Tensor:
         config = self.config
         if config.base is Base.threshold:
             quota = None if config.min_tokens == 1 else torch.full_like(memory.steps, config.min_tokens)
-            return ((proposal.confidence >= config.threshold) & eligible) | select_top(proposal.confidence, eligible,
-                                                                                       quota)
+            return ((proposal.confidence >= config.threshold) & eligible) | select_top(
+                proposal.confidence, eligible, quota
+            )
         if config.score is Score.confidence:
             scores = proposal.confidence
         elif config.score is Score.margin:
@@ -260,8 +314,11 @@ class ProphetVerifier:
             generated = state.width - state.gen_start
             return 1.0 - state.masked.sum(-1).float() / generated
         if memory.total is None:
-            memory.total = (torch.full_like(memory.steps, self.config.total_steps)
-                            if self.config.total_steps is not None else self.schedule_steps(state, window))
+            memory.total = (
+                torch.full_like(memory.steps, self.config.total_steps)
+                if self.config.total_steps is not None
+                else self.schedule_steps(state, window)
+            )
         return memory.steps.float() / memory.total.float()
 
     def answer_gap(self, state: DecodeState, forward: ForwardOutput) -> torch.Tensor:
@@ -273,7 +330,7 @@ class ProphetVerifier:
         first = max(first, state.gen_start, forward.start)
         if last <= first:
             return torch.full((state.batch_size,), float("-inf"), device=state.canvas.device)
-        return logit_gap(forward.logits[:, first - forward.start:last - forward.start]).mean(-1)
+        return logit_gap(forward.logits[:, first - forward.start : last - forward.start]).mean(-1)
 
     @hookimpl
     def dlm_verify(self, state: DecodeState, forward: ForwardOutput, proposal: Proposal, window: Window) -> Decision:
@@ -296,9 +353,12 @@ def prophet_verifier(config: ProphetConfig, context) -> ProphetVerifier:
     """``prophet``, refused with a cache whose forward does not cover every mask it reaches."""
     cache = context.resolved.strategies["cache"][0]
     if cache == "dual":
-        raise ConfigError("decoder.cache", "the dual cache recomputes only the current block, but Prophet's early "
-                          "commit needs this step's logits of every remaining mask (all blocks)",
-                          "set decoder.cache to none or prefix")
+        raise ConfigError(
+            "decoder.cache",
+            "the dual cache recomputes only the current block, but Prophet's early "
+            "commit needs this step's logits of every remaining mask (all blocks)",
+            "set decoder.cache to none or prefix",
+        )
     return ProphetVerifier(config)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -28,17 +27,20 @@ class GreedyConfig:
 class SampleConfig:
     temperature: float = 1.0
     """Divides the logits; 0 means argmax (then ``greedy`` is the clearer name)."""
-    top_k: Optional[int] = None
+    top_k: int | None = None
     """Keep only the k most likely tokens (null: all)."""
-    top_p: Optional[float] = None
+    top_p: float | None = None
     """Keep the smallest set of most likely tokens whose probability reaches top_p (null: all)."""
 
     def __post_init__(self) -> None:
-        check_field(0 <= self.temperature < math.inf, "temperature", f"must be finite and >= 0, got {self.temperature}",
-                    "use a finite temperature (large values approach uniform sampling; 0 means argmax)")
+        check_field(
+            0 <= self.temperature < math.inf,
+            "temperature",
+            f"must be finite and >= 0, got {self.temperature}",
+            "use a finite temperature (large values approach uniform sampling; 0 means argmax)",
+        )
         check_field(self.top_k is None or self.top_k >= 1, "top_k", f"must be >= 1 or null, got {self.top_k}")
-        check_field(self.top_p is None or 0 < self.top_p <= 1, "top_p",
-                    f"must be in (0, 1] or null, got {self.top_p}")
+        check_field(self.top_p is None or 0 < self.top_p <= 1, "top_p", f"must be in (0, 1] or null, got {self.top_p}")
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -82,8 +84,14 @@ class TokenProposal:
         scores = torch.zeros_like(state.canvas, dtype=torch.float32)
         return Proposal(  # masked_scatter fills in row-major order, the order of nonzero's positions
             tokens=state.canvas.masked_scatter(window.eligible, tokens),
-            confidence=scores.masked_scatter_(window.eligible, confidence), rows=rows, cols=cols, logits=logits,
-            temperature=self.temperature, noise=noise, sampling_logits=filtered, scorer=self.scorer,
+            confidence=scores.masked_scatter_(window.eligible, confidence),
+            rows=rows,
+            cols=cols,
+            logits=logits,
+            temperature=self.temperature,
+            noise=noise,
+            sampling_logits=filtered,
+            scorer=self.scorer,
         )
 
 
@@ -91,6 +99,8 @@ class TokenProposal:
 def dlm_register(registry) -> None:
     registry.add("proposal", "greedy", GreedyConfig, lambda config, context: TokenProposal(0.0, scorer=context.scorer))
     registry.add(
-        "proposal", "sample", SampleConfig,
+        "proposal",
+        "sample",
+        SampleConfig,
         lambda config, context: TokenProposal(config.temperature, config.top_k, config.top_p, scorer=context.scorer),
     )

@@ -56,8 +56,18 @@ from dataclasses import dataclass
 
 import torch
 
-from dlm_decode.api import (Decision, DecodeState, ForwardOutput, ForwardPlan, ModelInputs, Proposal, Window,
-                            check_field, hookimpl, select_top)
+from dlm_decode.api import (
+    Decision,
+    DecodeState,
+    ForwardOutput,
+    ForwardPlan,
+    ModelInputs,
+    Proposal,
+    Window,
+    check_field,
+    hookimpl,
+    select_top,
+)
 
 
 class FastContext(enum.Enum):
@@ -82,16 +92,27 @@ class SlowFastConfig:
     full: they see the whole canvas."""
 
     def __post_init__(self) -> None:
-        check_field(self.exploration_steps >= 1, "exploration_steps",
-                    f"must be at least 1, got {self.exploration_steps}",
-                    "every sub-cycle starts with at least one slow step; 6 is the official default")
+        check_field(
+            self.exploration_steps >= 1,
+            "exploration_steps",
+            f"must be at least 1, got {self.exploration_steps}",
+            "every sub-cycle starts with at least one slow step; 6 is the official default",
+        )
         for name in ("span_threshold", "threshold"):
             value = getattr(self, name)
             check_field(0.0 <= value <= 1.0, name, f"must be a probability in [0, 1], got {value}")
-        check_field(self.stability_window >= 1, "stability_window", f"must be at least 1, got {self.stability_window}",
-                    "the span end settles over this many estimates; 2 is the official default")
-        check_field(self.stability_std > 0, "stability_std", f"must be > 0, got {self.stability_std}",
-                    "a standard deviation below it settles the span end; 1.0 is the official default")
+        check_field(
+            self.stability_window >= 1,
+            "stability_window",
+            f"must be at least 1, got {self.stability_window}",
+            "the span end settles over this many estimates; 2 is the official default",
+        )
+        check_field(
+            self.stability_std > 0,
+            "stability_std",
+            f"must be > 0, got {self.stability_std}",
+            "a standard deviation below it settles the span end; 1.0 is the official default",
+        )
 
 
 @dataclass
@@ -125,10 +146,17 @@ class SlowFastMemory:
     def new(cls, state: DecodeState, window: int) -> SlowFastMemory:
         longs = torch.zeros(state.batch_size, dtype=torch.long, device=state.canvas.device)
         bools = torch.zeros_like(longs, dtype=torch.bool)
-        return cls(block_start=longs - 1, span_start=longs.clone(), span_end=longs.clone(), fast=bools,
-                   slow_steps=longs.clone(), fast_steps=longs.clone(),
-                   estimates=torch.zeros(state.batch_size, window, dtype=torch.long, device=longs.device),
-                   count=longs.clone(), settled=bools.clone())
+        return cls(
+            block_start=longs - 1,
+            span_start=longs.clone(),
+            span_end=longs.clone(),
+            fast=bools,
+            slow_steps=longs.clone(),
+            fast_steps=longs.clone(),
+            estimates=torch.zeros(state.batch_size, window, dtype=torch.long, device=longs.device),
+            count=longs.clone(),
+            settled=bools.clone(),
+        )
 
     def restart(self, rows: torch.Tensor, start: torch.Tensor) -> None:
         """Begin a new sub-cycle at ``start`` (``[B]`` long) for ``rows`` (``[B]`` bool)."""
@@ -194,11 +222,15 @@ class SlowFastVerifier:
         first_key = 0 if plan.cache is not None else inputs.start
         keys = first_key + torch.arange(mask.shape[-1], device=mask.device)
         visible = keys < limit[:, None]  # [B, K]
-        return ModelInputs(input_ids=inputs.input_ids, position_ids=inputs.position_ids,
-                           attention_mask=mask & visible[:, None, None, :], start=inputs.start, end=inputs.end)
+        return ModelInputs(
+            input_ids=inputs.input_ids,
+            position_ids=inputs.position_ids,
+            attention_mask=mask & visible[:, None, None, :],
+            start=inputs.start,
+            end=inputs.end,
+        )
 
-    def estimate(self, memory: SlowFastMemory, confidence: torch.Tensor, scope: torch.Tensor,
-                 window: Window) -> None:
+    def estimate(self, memory: SlowFastMemory, confidence: torch.Tensor, scope: torch.Tensor, window: Window) -> None:
         """Update the span-end estimates of the rows exploring an unsettled span (slow phase)."""
         c = self.config
         exploring = ~memory.fast & ~memory.settled

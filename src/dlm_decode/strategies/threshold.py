@@ -40,10 +40,18 @@ class ThresholdConfig:
     """Commit at least this many of each row's most confident eligible positions (SDAR's per-step quota)."""
 
     def __post_init__(self) -> None:
-        check_field(0.0 <= self.threshold <= 1.0, "threshold", f"must be in [0, 1], got {self.threshold}",
-                    "confidences are probabilities; 1.0 commits one token per step, 0.9 is the paper's default")
-        check_field(self.min_tokens >= 1, "min_tokens", f"must be at least 1, got {self.min_tokens}",
-                    "every unfinished row commits at least one token per step")
+        check_field(
+            0.0 <= self.threshold <= 1.0,
+            "threshold",
+            f"must be in [0, 1], got {self.threshold}",
+            "confidences are probabilities; 1.0 commits one token per step, 0.9 is the paper's default",
+        )
+        check_field(
+            self.min_tokens >= 1,
+            "min_tokens",
+            f"must be at least 1, got {self.min_tokens}",
+            "every unfinished row commits at least one token per step",
+        )
 
 
 @dataclass
@@ -52,12 +60,17 @@ class FactorConfig:
     """f: accept the n-th most confident position while its confidence is at least 1 - f / (n + 1)."""
 
     def __post_init__(self) -> None:
-        check_field(self.factor > 0, "factor", f"must be > 0, got {self.factor}",
-                    "1.0 is Theorem 1's bound; larger values accept more tokens per step")
+        check_field(
+            self.factor > 0,
+            "factor",
+            f"must be > 0, got {self.factor}",
+            "1.0 is Theorem 1's bound; larger values accept more tokens per step",
+        )
 
 
-def threshold_commit(confidence: torch.Tensor, eligible: torch.Tensor, threshold: float,
-                     min_tokens: int = 1) -> torch.Tensor:
+def threshold_commit(
+    confidence: torch.Tensor, eligible: torch.Tensor, threshold: float, min_tokens: int = 1
+) -> torch.Tensor:
     """The eligible positions with ``confidence >= threshold``, plus each row's ``min_tokens`` most confident
     eligible ones.
 

@@ -21,12 +21,19 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
-from dlm_decode.api import (Decision, DecodeState, Proposal, Window, check_field, first_true_columns, hookimpl,
-                            select_top)
+from dlm_decode.api import (
+    Decision,
+    DecodeState,
+    Proposal,
+    Window,
+    check_field,
+    first_true_columns,
+    hookimpl,
+    select_top,
+)
 
 
 class Score(enum.Enum):
@@ -45,7 +52,7 @@ class Schedule(enum.Enum):
 class TopKConfig:
     score: Score = Score.confidence
     """How eligible positions are ranked: confidence, margin, entropy or random."""
-    steps_per_block: Optional[int] = None
+    steps_per_block: int | None = None
     """Steps to fill a block (LLaDA's ``steps / num_blocks``, Dream's ``steps``); null: derive it from
     tokens_per_step (linear schedule only)."""
     tokens_per_step: int = 1
@@ -57,16 +64,31 @@ class TopKConfig:
     """Dream's last timestep (schedule dream)."""
 
     def __post_init__(self) -> None:
-        check_field(self.steps_per_block is None or self.steps_per_block >= 1, "steps_per_block",
-                    f"must be >= 1 or null, got {self.steps_per_block}")
+        check_field(
+            self.steps_per_block is None or self.steps_per_block >= 1,
+            "steps_per_block",
+            f"must be >= 1 or null, got {self.steps_per_block}",
+        )
         check_field(self.tokens_per_step >= 1, "tokens_per_step", f"must be >= 1, got {self.tokens_per_step}")
-        check_field(self.steps_per_block is None or self.tokens_per_step == 1, "tokens_per_step",
-                    "is ignored when steps_per_block is set", "set only one of steps_per_block and tokens_per_step")
-        check_field(self.schedule is not Schedule.dream or self.steps_per_block is not None, "steps_per_block",
-                    "must be set for schedule dream (Dream's `steps`)", "e.g. steps_per_block: 256")
+        check_field(
+            self.steps_per_block is None or self.tokens_per_step == 1,
+            "tokens_per_step",
+            "is ignored when steps_per_block is set",
+            "set only one of steps_per_block and tokens_per_step",
+        )
+        check_field(
+            self.schedule is not Schedule.dream or self.steps_per_block is not None,
+            "steps_per_block",
+            "must be set for schedule dream (Dream's `steps`)",
+            "e.g. steps_per_block: 256",
+        )
         check_field(0 < self.eps < 1, "eps", f"must be in (0, 1), got {self.eps}")
-        check_field(self.schedule is Schedule.dream or self.eps == TopKConfig.eps, "eps",
-                    "is used only by schedule dream", "set schedule: dream, or leave eps out")
+        check_field(
+            self.schedule is Schedule.dream or self.eps == TopKConfig.eps,
+            "eps",
+            "is used only by schedule dream",
+            "set schedule: dream, or leave eps out",
+        )
 
 
 @dataclass
@@ -127,6 +149,7 @@ class TopK:
     def dream_ratios(self, device: torch.device) -> torch.Tensor:
         """``[s]`` float32, ``1 - t[i + 1] / t[i]`` for ``t = linspace(1, eps, s + 1)``, in Dream's arithmetic
         (made once per device)."""
+        assert self.steps_per_block is not None  # TopKConfig requires it for schedule dream
         if device not in self._ratios:
             timesteps = torch.linspace(1, self.eps, self.steps_per_block + 1, device=device)
             self._ratios[device] = 1 - timesteps[1:] / timesteps[:-1]
@@ -139,6 +162,7 @@ class TopK:
         :return: the quota and the schedule step it belongs to.
         """
         steps = self.steps_per_block
+        assert steps is not None  # TopKConfig requires it for schedule dream
         quotas = (masks.float()[:, None] * self.dream_ratios(masks.device)).long()  # [B, s], Dream's int(float)
         index = torch.arange(steps, device=masks.device)
         usable = (index >= step[:, None]) & ((quotas >= 1) | (index == steps - 1))
@@ -154,10 +178,12 @@ class TopK:
             return -proposal.entropy
         # uniform draws for the generated columns only: how many a row draws does not depend on the batch's padding
         scores = torch.zeros(state.canvas.shape, device=state.canvas.device)
-        scores[:, state.gen_start:] = torch.stack([
-            torch.rand(state.width - state.gen_start, generator=generator, device=state.canvas.device)
-            for generator in state.generators
-        ])
+        scores[:, state.gen_start :] = torch.stack(
+            [
+                torch.rand(state.width - state.gen_start, generator=generator, device=state.canvas.device)
+                for generator in state.generators
+            ]
+        )
         return scores
 
     @hookimpl

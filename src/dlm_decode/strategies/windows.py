@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -78,30 +77,40 @@ class BlockWindow:
         else:
             block_start, block_end = (table.gather(1, frontier[:, None]).squeeze(1) for table in (starts, ends))
         # every mask of a row lies at or after its frontier, so at or after its block's start
-        return Window(eligible=masked & (state.columns < block_end.unsqueeze(1)), input_end=state.width,
-                      block_start=block_start, block_end=block_end)
+        return Window(
+            eligible=masked & (state.columns < block_end.unsqueeze(1)),
+            input_end=state.width,
+            block_start=block_start,
+            block_end=block_end,
+        )
 
 
 def block_window(config: BlocksConfig, context) -> BlockWindow:
     """``blocks(size)``, refused when its blocks cannot nest with a block-causal model's blocks."""
     pattern = context.attention
     if not pattern.nests(config.size):
-        raise ConfigError("decoder.window.size", f"{config.size} neither divides nor is a multiple of the dLLM's "
-                          f"block size {pattern.block_size} ({pattern}): a window block would straddle the "
-                          "model's blocks, so part of it would be decided while the model cannot yet see it as "
-                          "the current block",
-                          f"set decoder.window.size to a divisor or a multiple of {pattern.block_size}")
+        raise ConfigError(
+            "decoder.window.size",
+            f"{config.size} neither divides nor is a multiple of the dLLM's "
+            f"block size {pattern.block_size} ({pattern}): a window block would straddle the "
+            "model's blocks, so part of it would be decided while the model cannot yet see it as "
+            "the current block",
+            f"set decoder.window.size to a divisor or a multiple of {pattern.block_size}",
+        )
     return BlockWindow(config.size)
 
 
 @dataclass
 class LookaheadConfig:
-    max_lookahead: Optional[int] = None
+    max_lookahead: int | None = None
     """M: masked columns fed and eligible after the frontier (null: all of them)."""
 
     def __post_init__(self) -> None:
-        check_field(self.max_lookahead is None or self.max_lookahead >= 1, "max_lookahead",
-                    f"must be >= 1 or null, got {self.max_lookahead}")
+        check_field(
+            self.max_lookahead is None or self.max_lookahead >= 1,
+            "max_lookahead",
+            f"must be >= 1 or null, got {self.max_lookahead}",
+        )
 
 
 class LookaheadWindow:
@@ -118,13 +127,13 @@ class LookaheadWindow:
         end = torch.where(masked.any(-1), frontier + (self.max_lookahead or state.width), state.gen_start)
         end = end.clamp(max=state.width)
         visible = columns < end[:, None]
-        return Window(eligible=masked & visible, input_end=int(end.max()), block_start=frontier, block_end=end,
-                      visible=visible)
+        return Window(
+            eligible=masked & visible, input_end=int(end.max()), block_start=frontier, block_end=end, visible=visible
+        )
 
 
 @hookimpl
 def dlm_register(registry) -> None:
     registry.add("window", "full", FullWindowConfig, lambda config, context: BlockWindow(None))
     registry.add("window", "blocks", BlocksConfig, block_window)
-    registry.add("window", "lookahead", LookaheadConfig,
-                 lambda config, context: LookaheadWindow(config.max_lookahead))
+    registry.add("window", "lookahead", LookaheadConfig, lambda config, context: LookaheadWindow(config.max_lookahead))

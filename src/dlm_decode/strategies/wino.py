@@ -50,12 +50,22 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
-from dlm_decode.api import (Decision, DecodeState, ForwardOutput, ForwardPlan, ModelInputs, Proposal, StrategyError,
-                            Window, check_field, hookimpl, select_top)
+from dlm_decode.api import (
+    Decision,
+    DecodeState,
+    ForwardOutput,
+    ForwardPlan,
+    ModelInputs,
+    Proposal,
+    StrategyError,
+    Window,
+    check_field,
+    hookimpl,
+    select_top,
+)
 
 
 class RevokeLimit(enum.Enum):
@@ -77,7 +87,7 @@ class WinoConfig:
     """Upper clamp of the per-step draft cap."""
     initial_last_accept: int = 30
     """The accept count assumed before a row's first step (bounds its first revocations)."""
-    max_revocations_per_position: Optional[int] = None
+    max_revocations_per_position: int | None = None
     """Never revoke a position again once it was revoked this many times (null: no limit; 0: never revoke)."""
     shadows_attend_each_other: bool = True
     """Shadow slots see each other (the official code) or only themselves (exact first-layer leave-one-out)."""
@@ -89,16 +99,23 @@ class WinoConfig:
         for name in ("draft_threshold", "verify_threshold"):
             value = getattr(self, name)
             check_field(0 <= value <= 1, name, f"must be a probability in [0, 1], got {value}")
-        check_field(0 < self.max_accept_ratio <= 1, "max_accept_ratio",
-                    f"must be in (0, 1], got {self.max_accept_ratio}")
+        check_field(
+            0 < self.max_accept_ratio <= 1, "max_accept_ratio", f"must be in (0, 1], got {self.max_accept_ratio}"
+        )
         check_field(self.min_accept >= 1, "min_accept", f"must be at least 1, got {self.min_accept}")
-        check_field(self.max_accept >= self.min_accept, "max_accept",
-                    f"must be at least min_accept ({self.min_accept}), got {self.max_accept}")
-        check_field(self.initial_last_accept >= 1, "initial_last_accept",
-                    f"must be at least 1, got {self.initial_last_accept}")
-        check_field(self.max_revocations_per_position is None or self.max_revocations_per_position >= 0,
-                    "max_revocations_per_position",
-                    f"must be >= 0 or null, got {self.max_revocations_per_position}")
+        check_field(
+            self.max_accept >= self.min_accept,
+            "max_accept",
+            f"must be at least min_accept ({self.min_accept}), got {self.max_accept}",
+        )
+        check_field(
+            self.initial_last_accept >= 1, "initial_last_accept", f"must be at least 1, got {self.initial_last_accept}"
+        )
+        check_field(
+            self.max_revocations_per_position is None or self.max_revocations_per_position >= 0,
+            "max_revocations_per_position",
+            f"must be >= 0 or null, got {self.max_revocations_per_position}",
+        )
 
 
 def shadow_slots(window: Window) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,9 +141,11 @@ def append_shadow(state: DecodeState, window: Window, inputs: ModelInputs, each_
     batch, span = inputs.input_ids.shape
     outside = valid & ((cols < inputs.start) | (cols >= inputs.end))
     if bool(outside.any()):
-        raise StrategyError(f"the current block of rows {outside.any(-1).nonzero().flatten().tolist()} lies outside "
-                            f"the forward's columns [{inputs.start}, {inputs.end})",
-                            "use a window whose model input covers its blocks")
+        raise StrategyError(
+            f"the current block of rows {outside.any(-1).nonzero().flatten().tolist()} lies outside "
+            f"the forward's columns [{inputs.start}, {inputs.end})",
+            "use a window whose model input covers its blocks",
+        )
     queries = torch.where(valid, cols - inputs.start, 0)  # [B, L] the real query at each slot's column
     real = inputs.attention_mask[:, 0]  # [B, S, S]
     seen = real.gather(1, queries[:, :, None].expand(-1, -1, span))  # [B, L, S] what that query sees
@@ -162,8 +181,11 @@ class WinoMemory:
     @classmethod
     def new(cls, state: DecodeState, initial_last_accept: int) -> WinoMemory:
         rows = torch.zeros(state.batch_size, dtype=torch.long, device=state.canvas.device)
-        return cls(last_accept=rows + initial_last_accept, revocations=torch.zeros_like(state.canvas),
-                   revoked_token=torch.full_like(state.canvas, -1))
+        return cls(
+            last_accept=rows + initial_last_accept,
+            revocations=torch.zeros_like(state.canvas),
+            revoked_token=torch.full_like(state.canvas, -1),
+        )
 
 
 class WinoVerifier:
@@ -180,8 +202,11 @@ class WinoVerifier:
     def dlm_model_inputs(self, state: DecodeState, window: Window, plan: ForwardPlan):
         """Wrap the default inputs: append this step's shadow block (see :func:`append_shadow`)."""
         if plan.cache is not None:
-            raise StrategyError("the shadow block needs the whole canvas recomputed each step, but the cache "
-                                "strategy reuses keys/values", "set decoder.cache=none")
+            raise StrategyError(
+                "the shadow block needs the whole canvas recomputed each step, but the cache "
+                "strategy reuses keys/values",
+                "set decoder.cache=none",
+            )
         inputs = yield
         return append_shadow(state, window, inputs, self.config.shadows_attend_each_other)
 
@@ -207,8 +232,9 @@ class WinoVerifier:
             candidates &= memory.revocations < self.config.max_revocations_per_position
         return candidates
 
-    def support(self, state: DecodeState, forward: ForwardOutput, window: Window,
-                candidates: torch.Tensor) -> torch.Tensor:
+    def support(
+        self, state: DecodeState, forward: ForwardOutput, window: Window, candidates: torch.Tensor
+    ) -> torch.Tensor:
         """Leave-one-out support of the current tokens from the shadow block.
 
         :param candidates: ``[B, N]`` bool, positions inside each row's block.
@@ -216,7 +242,7 @@ class WinoVerifier:
             ``+inf`` elsewhere.
         """
         rows, cols = candidates.nonzero(as_tuple=True)
-        shadow = forward.logits[:, forward.inputs.end - forward.start:]  # [B, L, V]
+        shadow = forward.logits[:, forward.inputs.end - forward.start :]  # [B, L, V]
         probs = self.scorer.token_prob(shadow[rows, cols - window.block_start[rows]], state.canvas[rows, cols])
         support = torch.full(state.canvas.shape, float("inf"), device=probs.device)
         support[rows, cols] = probs

@@ -38,8 +38,16 @@ from dlm_decode.models.tokenizer import build_char_tokenizer
 SPIKE_LETTERS = string.ascii_lowercase
 
 
-def build_tiny_checkpoint(directory: str | Path, *, causal: bool = False, seed: int = 0, hidden: int = 32,
-                          layers: int = 2, heads: int = 2, max_positions: int = 256) -> Path:
+def build_tiny_checkpoint(
+    directory: str | Path,
+    *,
+    causal: bool = False,
+    seed: int = 0,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    max_positions: int = 256,
+) -> Path:
     """Save a random Llama (bidirectional unless ``causal``) and the char tokenizer into ``directory``.
 
     The result loads with plain ``AutoModelForCausalLM.from_pretrained(directory)``.
@@ -48,9 +56,16 @@ def build_tiny_checkpoint(directory: str | Path, *, causal: bool = False, seed: 
 
     tokenizer = build_char_tokenizer()
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=max_positions,
-        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     config.is_causal = causal
@@ -70,8 +85,10 @@ _CHARACTERS = tuple(sorted(set(string.printable) - set("\t\r\x0b\x0c")))  # 96 i
 #: Dream/Qwen layout: the characters, then Qwen's specials, then Dream's own additions (absent from Qwen).
 DREAM_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 DREAM_ADDED = ("<|beginoftext|>", "<|mask|>")
-QWEN_CHAT_TEMPLATE = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
-                      "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 #: LLaDA layout: the characters, then LLaDA's specials (its tokenizer sets no mask_token).
 LLADA_SPECIALS = ("<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>", "<|eot_id|>")
 LLADA_CHAT_TEMPLATE = "<|startoftext|>{% for message in messages %}{{ message['content'] }}{% endfor %}{{ '\\n' }}"
@@ -87,8 +104,9 @@ def _layout_tokenizer(specials: tuple[str, ...], template: str, **special_attrib
     core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     core.decoder = decoders.Fuse()
     core.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in specials])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, padding_side="left",
-                                        clean_up_tokenization_spaces=False, **special_attributes)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, padding_side="left", clean_up_tokenization_spaces=False, **special_attributes
+    )
     tokenizer.chat_template = template
     return tokenizer
 
@@ -97,14 +115,16 @@ def dream_like_tokenizer(with_dream_additions: bool = True):
     """Qwen-style tokenizer (101 ids with Dream's additions, 99 without): pad = EOS = ``<|endoftext|>``."""
     specials = DREAM_SPECIALS + (DREAM_ADDED if with_dream_additions else ())
     extra = {"mask_token": "<|mask|>", "bos_token": "<|beginoftext|>"} if with_dream_additions else {}
-    return _layout_tokenizer(specials, QWEN_CHAT_TEMPLATE, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-                             **extra)
+    return _layout_tokenizer(
+        specials, QWEN_CHAT_TEMPLATE, eos_token="<|endoftext|>", pad_token="<|endoftext|>", **extra
+    )
 
 
 def llada_like_tokenizer():
     """LLaDA-style tokenizer (100 ids): ``<|endoftext|>`` is EOS; no mask, no pad attribute."""
-    return _layout_tokenizer(LLADA_SPECIALS, LLADA_CHAT_TEMPLATE, bos_token="<|startoftext|>",
-                             eos_token="<|endoftext|>")
+    return _layout_tokenizer(
+        LLADA_SPECIALS, LLADA_CHAT_TEMPLATE, bos_token="<|startoftext|>", eos_token="<|endoftext|>"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -136,7 +156,9 @@ class DreamConfig(Qwen2Config):
     model_type = "Dream"
 '''
 
-_DREAM_MODELING = _SPIKE_CODE + '''
+_DREAM_MODELING = (
+    _SPIKE_CODE
+    + '''
 from transformers import Qwen2ForCausalLM
 
 from .configuration_dream import DreamConfig
@@ -154,6 +176,7 @@ class DreamModel(Qwen2ForCausalLM):
         out.logits = add_position_spike(self.config, out.logits, input_ids, position_ids, past)
         return out
 '''
+)
 
 _LLADA_CONFIGURATION = '''
 from transformers import LlamaConfig
@@ -165,7 +188,9 @@ class LLaDAConfig(LlamaConfig):
     model_type = "llada"
 '''
 
-_LLADA_MODELING = _SPIKE_CODE + '''
+_LLADA_MODELING = (
+    _SPIKE_CODE
+    + '''
 from transformers import LlamaForCausalLM
 
 from .configuration_llada import LLaDAConfig
@@ -196,11 +221,15 @@ class LLaDALegacyModelLM(LlamaForCausalLM):
         out.logits = add_position_spike(self.config, out.logits, input_ids, None, 0)
         return out
 '''
+)
 
 
 def _spike_fields(position_spike: float, shift: int, tokenizer) -> dict:
-    return {"position_spike": float(position_spike), "spike_shift": shift,
-            "spike_tokens": [tokenizer.convert_tokens_to_ids(c) for c in SPIKE_LETTERS]}
+    return {
+        "position_spike": float(position_spike),
+        "spike_shift": shift,
+        "spike_tokens": [tokenizer.convert_tokens_to_ids(c) for c in SPIKE_LETTERS],
+    }
 
 
 def spike_text(positions: range | list[int]) -> str:
@@ -220,8 +249,17 @@ def _save_with_remote_code(model, tokenizer, directory: Path, config_updates: di
     return directory
 
 
-def build_dream_like(directory: str | Path, *, seed: int = 0, hidden: int = 32, layers: int = 2, heads: int = 2,
-                     head_width: int = 112, max_positions: int = 256, position_spike: float = 0.0) -> Path:
+def build_dream_like(
+    directory: str | Path,
+    *,
+    seed: int = 0,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    head_width: int = 112,
+    max_positions: int = 256,
+    position_spike: float = 0.0,
+) -> Path:
     """Save a Dream stand-in (remote code; load with ``trust_remote_code=True``) into ``directory``.
 
     Tokenizer: 101 ids (``<|endoftext|>`` 96 = pad = EOS, ``<|im_end|>`` 98, ``<|mask|>`` 100); head:
@@ -233,26 +271,49 @@ def build_dream_like(directory: str | Path, *, seed: int = 0, hidden: int = 32, 
     if head_width < len(tokenizer):
         raise ValueError(f"head_width {head_width} is below the tokenizer's {len(tokenizer)} ids")
     config = Qwen2Config(
-        vocab_size=head_width, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=max_positions,
-        tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=head_width,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     config.is_causal = False
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)
     updates = {
-        "model_type": "Dream", "architectures": ["DreamModel"],
+        "model_type": "Dream",
+        "architectures": ["DreamModel"],
         "auto_map": {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
-        "mask_token_id": tokenizer.mask_token_id, **_spike_fields(position_spike, 1, tokenizer),
+        "mask_token_id": tokenizer.mask_token_id,
+        **_spike_fields(position_spike, 1, tokenizer),
     }
-    return _save_with_remote_code(model, tokenizer, Path(directory), updates, {
-        "configuration_dream.py": _DREAM_CONFIGURATION, "modeling_dream.py": _DREAM_MODELING})
+    return _save_with_remote_code(
+        model,
+        tokenizer,
+        Path(directory),
+        updates,
+        {"configuration_dream.py": _DREAM_CONFIGURATION, "modeling_dream.py": _DREAM_MODELING},
+    )
 
 
-def build_llada_like(directory: str | Path, *, seed: int = 0, hidden: int = 32, layers: int = 2, heads: int = 2,
-                     head_width: int = 104, max_positions: int = 256, position_spike: float = 0.0,
-                     legacy: bool = False) -> Path:
+def build_llada_like(
+    directory: str | Path,
+    *,
+    seed: int = 0,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    head_width: int = 104,
+    max_positions: int = 256,
+    position_spike: float = 0.0,
+    legacy: bool = False,
+) -> Path:
     """Save a LLaDA stand-in (remote code) into ``directory``.
 
     Tokenizer: 100 ids (``<|endoftext|>`` 97 = EOS, ``<|mdm_mask|>`` 98, ``<|eot_id|>`` 99; no mask/pad
@@ -262,35 +323,67 @@ def build_llada_like(directory: str | Path, *, seed: int = 0, hidden: int = 32, 
 
     tokenizer = llada_like_tokenizer()
     config = LlamaConfig(
-        vocab_size=head_width, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=max_positions,
-        tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=head_width,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
     config.is_causal = False
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     model_class = "modeling_llada.LLaDALegacyModelLM" if legacy else "modeling_llada.LLaDAModelLM"
     updates = {
-        "model_type": "llada", "architectures": [model_class.split(".")[1]], "max_sequence_length": max_positions,
-        "auto_map": {"AutoConfig": "configuration_llada.LLaDAConfig", "AutoModel": model_class,
-                     "AutoModelForCausalLM": model_class},
+        "model_type": "llada",
+        "architectures": [model_class.split(".")[1]],
+        "max_sequence_length": max_positions,
+        "auto_map": {
+            "AutoConfig": "configuration_llada.LLaDAConfig",
+            "AutoModel": model_class,
+            "AutoModelForCausalLM": model_class,
+        },
         **_spike_fields(position_spike, 0, tokenizer),
     }
-    return _save_with_remote_code(model, tokenizer, Path(directory), updates, {
-        "configuration_llada.py": _LLADA_CONFIGURATION, "modeling_llada.py": _LLADA_MODELING})
+    return _save_with_remote_code(
+        model,
+        tokenizer,
+        Path(directory),
+        updates,
+        {"configuration_llada.py": _LLADA_CONFIGURATION, "modeling_llada.py": _LLADA_MODELING},
+    )
 
 
-def build_qwen_like_verifier(directory: str | Path, *, seed: int = 1, hidden: int = 32, layers: int = 1,
-                             heads: int = 2, head_width: int = 104, max_positions: int = 256) -> Path:
+def build_qwen_like_verifier(
+    directory: str | Path,
+    *,
+    seed: int = 1,
+    hidden: int = 32,
+    layers: int = 1,
+    heads: int = 2,
+    head_width: int = 104,
+    max_positions: int = 256,
+) -> Path:
     """Save a causal Qwen2 (native transformers code) with the Dream-like tokenizer minus Dream's additions
     (99 ids, the same ids for every shared token) and ``head_width`` logits (narrower than the Dream-like 112)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     tokenizer = dream_like_tokenizer(with_dream_additions=False)
     config = Qwen2Config(
-        vocab_size=head_width, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=max_positions,
-        tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=head_width,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from dlm_decode.hookspecs import hookimpl
 from dlm_decode.plugins import build_registry
 from dlm_decode.registry import StrategyRegistry
 
 
-def registry_with(*strategies: tuple[str, str, type, Callable[[Any, Any], object]],
-                  plugin_name: str = "tests.inline_plugin") -> StrategyRegistry:
+def registry_with(
+    *strategies: tuple[str, str, type, Callable[[Any, Any], object]], plugin_name: str = "tests.inline_plugin"
+) -> StrategyRegistry:
     """A registry with every discovered strategy plus ``strategies`` (``(role, name, config_cls, factory)``),
     registered by a plugin called ``plugin_name``."""
 

@@ -30,9 +30,18 @@ class ToyDiffusionLM:
     undecodable_ids: list[int] = []
     chat_template = False
 
-    def __init__(self, vocab_size: int = 12, *, eos_bias: float = 0.0, sharpness: float = 3.0, seed: int = 0,
-                 max_context: int = 512, dim: int = 8, context: bool = True,
-                 attention: AttentionPattern = BIDIRECTIONAL):
+    def __init__(
+        self,
+        vocab_size: int = 12,
+        *,
+        eos_bias: float = 0.0,
+        sharpness: float = 3.0,
+        seed: int = 0,
+        max_context: int = 512,
+        dim: int = 8,
+        context: bool = True,
+        attention: AttentionPattern = BIDIRECTIONAL,
+    ):
         self.attention = attention
         generator = torch.Generator().manual_seed(seed)
         self.vocab_size = vocab_size

@@ -28,5 +28,4 @@ def dlm_register(registry: StrategyRegistry) -> None:
 
     :param registry: the registry being filled.
     """
-    registry.add("verification", "entropy_bound", EntropyBoundConfig,
-                 lambda config, context: EntropyBound(config))
+    registry.add("verification", "entropy_bound", EntropyBoundConfig, lambda config, context: EntropyBound(config))

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -50,18 +49,26 @@ class EntropyBoundConfig:
     them, sum to at most gamma. 0 commits exactly one token per row and step."""
     score: ErrorProxy = ErrorProxy.entropy
     """Error proxy: entropy, confidence (uses 1 - confidence) or margin (uses 1 - margin)."""
-    max_tokens: Optional[int] = None
+    max_tokens: int | None = None
     """Commit at most this many tokens per row and step (null: no cap)."""
 
     def __post_init__(self) -> None:
-        check_field(self.gamma >= 0, "gamma", f"must be >= 0, got {self.gamma}",
-                    "use 0 for one token per step; larger budgets commit more tokens per step")
-        check_field(self.max_tokens is None or self.max_tokens >= 1, "max_tokens",
-                    f"must be >= 1 or null, got {self.max_tokens}")
+        check_field(
+            self.gamma >= 0,
+            "gamma",
+            f"must be >= 0, got {self.gamma}",
+            "use 0 for one token per step; larger budgets commit more tokens per step",
+        )
+        check_field(
+            self.max_tokens is None or self.max_tokens >= 1,
+            "max_tokens",
+            f"must be >= 1 or null, got {self.max_tokens}",
+        )
 
 
-def entropy_bounded_commit(errors: torch.Tensor, eligible: torch.Tensor, gamma: float,
-                           max_tokens: int | None = None) -> torch.Tensor:
+def entropy_bounded_commit(
+    errors: torch.Tensor, eligible: torch.Tensor, gamma: float, max_tokens: int | None = None
+) -> torch.Tensor:
     """The EB-Sampler's selection for every row at once.
 
     :param errors: ``[B, N]`` float, the error proxy of each position (read only where ``eligible``; negative
@@ -75,9 +82,9 @@ def entropy_bounded_commit(errors: torch.Tensor, eligible: torch.Tensor, gamma: 
     """
     values = errors.to(torch.float64).clamp(min=0.0)
     order = values.masked_fill(~eligible, float("inf")).argsort(dim=-1, stable=True)  # [B, N], eligible first
-    in_order = eligible.gather(-1, order)                                               # [B, N] bool
-    sorted_values = values.gather(-1, order).masked_fill(~in_order, 0.0)                # [B, N] float64
-    totals = sorted_values.cumsum(-1)                                                   # [B, N] float64
+    in_order = eligible.gather(-1, order)  # [B, N] bool
+    sorted_values = values.gather(-1, order).masked_fill(~in_order, 0.0)  # [B, N] float64
+    totals = sorted_values.cumsum(-1)  # [B, N] float64
     before = torch.cat([torch.zeros_like(totals[:, :1]), totals[:, :-1]], dim=-1)  # sum of the ones sorted ahead
     take = in_order & (before <= gamma)
     limit = 1 if gamma == 0 else max_tokens
