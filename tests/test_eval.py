@@ -326,3 +326,22 @@ def test_an_ablation_holds_its_directory_for_every_run(make_decoder, tmp_path, m
     monkeypatch.setattr(ablation, "evaluate", evaluate_while_another_starts)
     ablation.ablate({}, ablation.parse_vary(["generation.seed=1"]), out, tasks=["sort"], limit=1, progress=False)
     assert len(seen) == 2
+
+
+def test_the_printed_summary_explains_tokens_per_forward():
+    """Newcomers read 0.85 tokens per forward for one token per step as a bug: the summary says what is counted."""
+    from dlm_decode.eval.runner import format_table
+
+    summary = {
+        "config_hash": "abc",
+        "examples": 2,
+        "per_task": {"sort": 1.0},
+        "accuracy": 1.0,
+        "nfe": 12.0,
+        "tokens_per_forward": 0.85,
+        "ar_forwards": 0.0,
+        "tokens_per_s": 100.0,
+        "wall_s": 1.0,
+    }
+    text = format_table(summary)
+    assert "tokens/forward 0.85" in text and "up to and including the first EOS" in text and "less than 1" in text

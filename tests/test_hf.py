@@ -132,15 +132,25 @@ def test_a_stand_in_in_another_layout_is_refused_natively(stand_ins):
 
 
 def test_dtype_and_device_auto(stand_ins):
+    """``auto`` resolves to CUDA where there is one, else the CPU; every weight is converted and placed there, and
+    the logits of a forward come back in that dtype on that device."""
     dllm = load(stand_ins["dream"], dtype="bfloat16", device="auto")
-    assert next(dllm.model.parameters()).dtype == torch.bfloat16
-    assert dllm.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    expected = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert dllm.device.type == expected.type
+    assert {(p.dtype, p.device.type) for p in dllm.model.parameters()} == {(torch.bfloat16, expected.type)}
+    ids, positions, mask = canvas_inputs(dllm, ["hi"], masks=2)
+    logits = dllm.forward(
+        ModelInputs(ids.to(dllm.device), positions.to(dllm.device), mask.to(dllm.device), 0, ids.shape[1])
+    )
+    assert logits.dtype == torch.bfloat16 and logits.device.type == expected.type
 
 
 def test_device_map_places_the_weights(stand_ins):
+    """With ``device_map`` accelerate places the weights and ``device`` is ignored: here ``device: mps``, which this
+    machine lacks, would fail if it were used."""
     pytest.importorskip("accelerate")
-    dllm = load(stand_ins["dream"], device_map="cpu")
-    assert dllm.device.type == "cpu"
+    dllm = load(stand_ins["dream"], device_map="cpu", device="mps")
+    assert {p.device.type for p in dllm.model.parameters()} == {"cpu"} and dllm.device.type == "cpu"
 
 
 def canvas_inputs(dllm: DiffusionLM, prompts: list[str], masks: int, seed: int = 0):

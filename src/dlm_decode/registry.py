@@ -16,12 +16,7 @@ from dlm_decode.errors import ConfigError, PluginError
 ROLES = ("window", "cache", "proposal", "verification")
 
 #: The hook each role's strategy object must implement.
-ROLE_HOOKS = {
-    "window": "dlm_window",
-    "cache": "dlm_cache",
-    "proposal": "dlm_propose",
-    "verification": "dlm_verify",
-}
+ROLE_HOOKS = {"window": "dlm_window", "cache": "dlm_cache", "proposal": "dlm_propose", "verification": "dlm_verify"}
 
 
 @dataclass(frozen=True)

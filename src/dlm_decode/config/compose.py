@@ -63,9 +63,7 @@ def _to_dict(config: DictConfig | ListConfig) -> dict:
 
 
 def load_config(
-    sources: Source | Sequence[Source] = (),
-    overrides: Sequence[str] = (),
-    registry: StrategyRegistry | None = None,
+    sources: Source | Sequence[Source] = (), overrides: Sequence[str] = (), registry: StrategyRegistry | None = None
 ) -> ResolvedConfig:
     """Merge ``sources`` then ``overrides`` (``key=value`` strings) and validate the result.
 

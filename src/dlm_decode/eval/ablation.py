@@ -190,6 +190,15 @@ def _attach_aup(rows: list[dict]) -> None:
         row["factor_aup"] = mean_aup(members) if row["factor"] is not None else None
 
 
+#: What the table's AUP columns mean, written under it.
+AUP_NOTE = (
+    "AUP (Accuracy Under Parallelism, d3LLM): the area under accuracy (%) against tokens per dLLM forward, weighted "
+    "to penalise accuracy below the task's best, averaged over tasks; `AUP` is the run's own point, `sweep AUP` the "
+    "curve through the base and every value of the run's factor. Tokens per forward count generated tokens up to "
+    "and including the first EOS, so one token per step gives less than 1."
+)
+
+
 def markdown_table(rows: list[dict]) -> str:
     """The ablation as a Markdown table (accuracy in %, speed per run, AUP, then the plugins' row statistics,
     such as WINO's revocations, as per-example means)."""
@@ -207,7 +216,7 @@ def markdown_table(rows: list[dict]) -> str:
             f"{row['tokens_per_forward']:.2f} | {row['tokens_per_s']:.1f} | {row['wall_s']:.1f} | "
             f"{row['aup']:.1f} | {sweep} |{values}"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", AUP_NOTE]) + "\n"
 
 
 #: Directions tried around a point for its label, nearest first at each distance (points of offset).

@@ -113,6 +113,13 @@ def summarize(records: Sequence[dict], identity: dict[str, str]) -> dict:
     }
 
 
+#: What tokens per forward counts, printed under every summary (it is below 1 for one token per step).
+TOKENS_PER_FORWARD_NOTE = (
+    "(tokens/forward: generated tokens, up to and including the first EOS, per dLLM forward; one token per step "
+    "gives less than 1 when steps commit the padding after the EOS, which is not counted)"
+)
+
+
 def format_table(summary: dict) -> str:
     """A plain-text table of a summary."""
     lines = [f"config {summary['config_hash']}  examples {summary['examples']}", f"{'task':<10} {'accuracy':>8}"]
@@ -125,6 +132,7 @@ def format_table(summary: dict) -> str:
     )
     if summary.get("extra"):
         lines.append("  ".join(f"{name} {value:.2f}" for name, value in summary["extra"].items()))
+    lines.append(TOKENS_PER_FORWARD_NOTE)
     return "\n".join(lines)
 
 

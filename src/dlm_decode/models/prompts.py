@@ -98,10 +98,7 @@ def encode_prompts(
         return [
             list(
                 tokenizer.apply_chat_template(
-                    [{"role": "user", "content": p}],
-                    tokenize=True,
-                    add_generation_prompt=True,
-                    return_dict=True,
+                    [{"role": "user", "content": p}], tokenize=True, add_generation_prompt=True, return_dict=True
                 )["input_ids"]
             )
             for p in prompts
