@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,26 @@ from dlm_decode.testing.toy import ToyDiffusionLM
 
 #: Five prompts of different lengths and kinds: a batch of them is left-padded, and the rows finish apart.
 PROMPTS = ["sort: 3 1 2", "hi", "reverse: abcdef", "7+5=", "pick a fruit please"]
+#: Sixteen prompts in the embedded dLLMs' task format ("sort", "reverse", ...) and a few they were not trained on, of
+#: lengths 1 to 16: one full batch of 16 is left-padded and its rows finish apart.
+TASK_BATCH = [
+    "sort 4 1 7 9 3",
+    "reverse hello",
+    "sort 9 8",
+    "copy abcde",
+    "a",
+    "sort 5 3 1 2 4 6",
+    "reverse stone",
+    "hi",
+    "sort 2 1",
+    "reverse ab",
+    "sort 8 6 7",
+    "count",
+    "reverse diffusion",
+    "sort 1",
+    "x y z",
+    "sort 3 3 1",
+]
 
 
 @dataclass
@@ -120,6 +141,39 @@ def toy_decoder(*overrides: str, model: ToyDiffusionLM | None = None, observers=
 
 #: The tiny LLaDA, Dream and Qwen2 checkpoints and the official code's outputs on them (tests/reference/record.py).
 REFERENCE = Path(__file__).parent / "reference"
+
+
+def assert_batch_equals_one_by_one(decoder: Decoder, prompts: list[str], alone=(0, 4, 5, 12, 15)):
+    """Decode ``prompts`` in one batch, then each prompt at the indices ``alone`` by itself: each row's tokens and
+    commits per step must not depend on the batch. Returns the batched output for the caller's checks."""
+    together = decoder.generate(prompts)
+    for index in alone:
+        single = decoder.generate([prompts[index]])
+        assert single.token_ids[0] == together.token_ids[index], prompts[index]
+        assert single.stats[0].commits_per_step == together.stats[index].commits_per_step, prompts[index]
+    return together
+
+
+def official_settings(cases: list[dict], ignored=()) -> dict[str, list[dict]]:
+    """Recorded official ``cases`` grouped by setting: name -> the setting's cases in recorded order. The name is the
+    case's decoder followed by its arguments (those in ``ignored`` left out) as sorted JSON."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for case in cases:
+        shown = {key: value for key, value in case["arguments"].items() if key not in ignored}
+        groups[f"{case['decoder']}{json.dumps(shown, sort_keys=True)}"].append(case)
+    return dict(groups)
+
+
+def assert_official_tokens(overrides: list[str], cases: list[dict], prompts: list[str], observers=()):
+    """Decode every case's prompt (``prompts[case["prompt"]]``) in one left-padded batch with ``overrides`` and assert
+    that each row's generated columns (those after an EOS included) are the case's official ``generated`` ids.
+    Returns each row's :class:`~dlm_decode.decoder.RowStats`, in the cases' order, for the caller's further checks."""
+    canvas = FinalCanvas()
+    decoder = Decoder.from_config({}, [*overrides, "generation.batch_size=16"], observers=[canvas, *observers])
+    out = decoder.generate([prompts[case["prompt"]] for case in cases])
+    for case, row in zip(cases, canvas.rows, strict=True):
+        assert row == case["generated"], f"prompt {case['prompt']}"
+    return out.stats
 
 
 def assert_logits_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-4) -> None:

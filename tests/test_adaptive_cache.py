@@ -26,7 +26,7 @@ from dlm_decode.state import Decision, DecodeState, Window
 from dlm_decode.strategies.adaptive_cache import DKVCache, DKVMemory, RefreshSchedule
 from dlm_decode.testing.models import build_tiny_checkpoint
 
-from helpers import REFERENCE, FinalCanvas
+from helpers import REFERENCE, assert_official_tokens
 
 PRESET = "configs/decoders/dkv-cache.yaml"
 PROMPTS = ["sort 4 1 7 9 3", "hi", "reverse the word stone", "7+5=", "pick a fruit please"]
@@ -209,9 +209,7 @@ def test_the_fixture_exercises_the_cache():
 def test_the_official_decoder_is_matched_token_for_token(setting):
     steps, block, interval = setting
     cases = SETTINGS[setting]
-    canvas = FinalCanvas()
-    decoder = Decoder.from_config(
-        {},
+    assert_official_tokens(
         [
             f"model.dllm.path={REFERENCE / 'llada-tiny'}",
             "generation.max_new_tokens=32",
@@ -225,10 +223,7 @@ def test_the_official_decoder_is_matched_token_for_token(setting):
             "decoder.verification.score=confidence",
             f"decoder.verification.steps_per_block={steps * block // 32}",
             "generation.stop_at_eos=false",
-            "generation.batch_size=16",
         ],
-        observers=[canvas],
+        cases,
+        OFFICIAL["prompts"],
     )
-    decoder.generate([OFFICIAL["prompts"][case["prompt"]] for case in cases])
-    for case, row in zip(cases, canvas.rows, strict=True):
-        assert row == case["generated"], f"prompt {case['prompt']}"

@@ -31,7 +31,7 @@ from dlm_decode.strategies.dinfer import (
     segment_peaks,
 )
 
-from helpers import REFERENCE, FinalCanvas
+from helpers import REFERENCE, assert_official_tokens, official_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFICIAL = json.loads((REFERENCE / "official_dinfer.json").read_text(encoding="utf-8"))
@@ -286,15 +286,7 @@ def test_the_presets_hold_the_official_defaults_or_the_train_split_choice():
 # --- the official decoders -------------------------------------------------------------------------------------------
 
 
-def _groups() -> dict[str, list[dict]]:
-    groups = defaultdict(list)
-    for case in OFFICIAL["cases"]:
-        shown = {k: v for k, v in case["arguments"].items() if k not in ("mask_id", "eos_id", "temperature")}
-        groups[f"{case['decoder']}{json.dumps(shown, sort_keys=True)}"].append(case)
-    return dict(groups)
-
-
-GROUPS = _groups()
+GROUPS = official_settings(OFFICIAL["cases"], ignored=("mask_id", "eos_id", "temperature"))
 
 
 def equivalent(decoder: str, a: dict) -> list[str]:
@@ -311,7 +303,6 @@ def equivalent(decoder: str, a: dict) -> list[str]:
         "decoder.proposal=greedy",
         "decoder.cache=none",
         "generation.stop_at_eos=false",
-        "generation.batch_size=16",
     ]
     if decoder == "dinfer.HierarchyDecoder":
         return [
@@ -360,19 +351,17 @@ class RuleCounter:
 def test_every_recorded_case_is_compared():
     assert OFFICIAL["repository"] == "inclusionAI/dInfer" and OFFICIAL["commit"].startswith("fce4e32")
     assert len(OFFICIAL["cases"]) == 30 and len(GROUPS) == 6
+    llada_tiny = Decoder.from_config({}, [f"model.dllm.path={REFERENCE / 'llada-tiny'}"]).dllm
+    assert llada_tiny.encode(OFFICIAL["prompts"]) == OFFICIAL["prompt_ids"]["llada"]
 
 
 @pytest.mark.parametrize("name", sorted(GROUPS))
 def test_the_official_decoder_is_matched_token_for_token(name):
     cases = GROUPS[name]
-    canvas, counter = FinalCanvas(), RuleCounter(cases[0]["arguments"])
-    decoder = Decoder.from_config(
-        {}, equivalent(cases[0]["decoder"], cases[0]["arguments"]), observers=[canvas, counter]
+    counter = RuleCounter(cases[0]["arguments"])
+    assert_official_tokens(
+        equivalent(cases[0]["decoder"], cases[0]["arguments"]), cases, OFFICIAL["prompts"], [counter]
     )
-    decoder.generate([OFFICIAL["prompts"][case["prompt"]] for case in cases])
-    assert decoder.dllm.encode(OFFICIAL["prompts"]) == OFFICIAL["prompt_ids"]["llada"]
-    for case, row in zip(cases, canvas.rows, strict=True):
-        assert row == case["generated"], f"prompt {case['prompt']}"
     counts = counter.counts
     assert counts["parallel steps"] > 0, counts
     key = "peaks between thresholds" if "low_threshold" in cases[0]["arguments"] else "credit-made commits"

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,7 @@ from dlm_decode.decoder import Decoder
 from dlm_decode.state import DecodeState
 from dlm_decode.strategies.dpad import DPadConfig, DPadMemory, DPadWindow, keep_probabilities
 
-from helpers import REFERENCE, FinalCanvas
+from helpers import REFERENCE, FinalCanvas, assert_official_tokens, official_settings
 
 PRESET = Path(__file__).resolve().parents[1] / "configs" / "decoders" / "dpad.yaml"
 OFFICIAL = json.loads((REFERENCE / "official_dpad.json").read_text(encoding="utf-8"))
@@ -314,19 +313,10 @@ def equivalent(decoder: str, a: dict) -> list[str]:
         f"decoder.cache={CACHES[decoder]}",
         *verification,
         "generation.stop_at_eos=false",
-        "generation.batch_size=16",
     ]
 
 
-def _groups() -> dict[str, list[dict]]:
-    groups = defaultdict(list)
-    for case in OFFICIAL["cases"]:
-        shown = {k: v for k, v in case["arguments"].items() if k not in ("mask_id", "eos_id", "temperature")}
-        groups[f"{case['decoder']}{json.dumps(shown, sort_keys=True)}"].append(case)
-    return dict(groups)
-
-
-GROUPS = _groups()
+GROUPS = official_settings(OFFICIAL["cases"], ignored=("mask_id", "eos_id", "temperature"))
 
 
 def recorded_keep_table(cases: list[dict]):
@@ -358,11 +348,10 @@ def test_the_official_decoder_is_matched_token_for_token(name, monkeypatch):
     cases = GROUPS[name]
     if cases[0]["random"]:
         monkeypatch.setattr(DPadWindow, "keep_table", recorded_keep_table(cases))
-    canvas = FinalCanvas()
-    decoder = Decoder.from_config({}, equivalent(cases[0]["decoder"], cases[0]["arguments"]), observers=[canvas])
-    out = decoder.generate([OFFICIAL["prompts"][case["prompt"]] for case in cases])
-    for case, row, stats in zip(cases, canvas.rows, out.stats, strict=True):
-        assert row == case["generated"], f"prompt {case['prompt']}"
+    stats_per_row = assert_official_tokens(
+        equivalent(cases[0]["decoder"], cases[0]["arguments"]), cases, OFFICIAL["prompts"]
+    )
+    for case, stats in zip(cases, stats_per_row, strict=True):
         assert stats.nfe == case["nfe"], f"prompt {case['prompt']}"
 
 
@@ -375,6 +364,8 @@ def test_the_deterministic_window_changes_the_tokens_on_llada_tiny():
     ]
     canvas = FinalCanvas()
     Decoder.from_config(
-        {}, [*overrides, "decoder.window=blocks", "decoder.window.size=8"], observers=[canvas]
+        {},
+        [*overrides, "decoder.window=blocks", "decoder.window.size=8", "generation.batch_size=16"],
+        observers=[canvas],
     ).generate([OFFICIAL["prompts"][case["prompt"]] for case in cases])
     assert sum(row != case["generated"] for row, case in zip(canvas.rows, cases)) >= 1

@@ -22,7 +22,7 @@ from dlm_decode.state import DecodeState, ForwardOutput, ModelInputs, Window
 from dlm_decode.strategies.klass import KlassConfig, KlassVerifier, Unmask, kl_divergence
 from dlm_decode.strategies.proposals import TokenProposal
 
-from helpers import REFERENCE, FinalCanvas
+from helpers import REFERENCE, TASK_BATCH, assert_batch_equals_one_by_one, assert_official_tokens, official_settings
 
 PRESET = "configs/decoders/klass.yaml"
 OFFICIAL = json.loads((REFERENCE / "official_klass.json").read_text(encoding="utf-8"))
@@ -175,34 +175,12 @@ def test_invalid_parameters_name_their_key(key, value):
 
 # --- the preset on the embedded models ---------------------------------------------------------------------------
 
-BATCH = [
-    "sort 4 1 7 9 3",
-    "reverse hello",
-    "sort 9 8",
-    "copy abcde",
-    "a",
-    "sort 5 3 1 2 4 6",
-    "reverse stone",
-    "hi",
-    "sort 2 1",
-    "reverse ab",
-    "sort 8 6 7",
-    "count",
-    "reverse diffusion",
-    "sort 1",
-    "x y z",
-    "sort 3 3 1",
-]
+BATCH = TASK_BATCH
 
 
 def test_batch_of_16_equals_one_by_one():
-    decoder = Decoder.from_config(PRESET, [])
-    together = decoder.generate(BATCH)
+    together = assert_batch_equals_one_by_one(Decoder.from_config(PRESET, []), BATCH)
     assert sum(s.extra["klass.stable_commits"] for s in together.stats) >= 32  # the KL rule fires
-    for index in (0, 4, 5, 12, 15):
-        alone = decoder.generate([BATCH[index]])
-        assert alone.token_ids[0] == together.token_ids[index], BATCH[index]
-        assert alone.stats[0].commits_per_step == together.stats[index].commits_per_step
 
 
 def test_the_preset_decodes_faster_than_llada_with_its_answers():
@@ -222,11 +200,7 @@ def test_the_preset_decodes_a_block_causal_model():
 # --- the official decoder ---------------------------------------------------------------------------------------
 
 
-def _groups() -> list[list[dict]]:
-    groups: dict[str, list[dict]] = {}
-    for case in OFFICIAL["cases"]:
-        groups.setdefault(json.dumps(case["arguments"], sort_keys=True), []).append(case)
-    return list(groups.values())
+SETTINGS = list(official_settings(OFFICIAL["cases"]).values())
 
 
 def equivalent(arguments: dict) -> list[str]:
@@ -250,25 +224,20 @@ def equivalent(arguments: dict) -> list[str]:
 
 
 def test_every_recorded_case_is_compared():
-    assert len(OFFICIAL["cases"]) == 20 and len(_groups()) == 4
+    assert len(OFFICIAL["cases"]) == 20 and len(SETTINGS) == 4
     assert {case["arguments"]["unmask_strategy"] for case in OFFICIAL["cases"]} == {"all", "max_conf", "min_kl"}
 
 
 @pytest.mark.parametrize(
     "cases",
-    _groups(),
+    SETTINGS,
     ids=lambda cases: "-".join(
         str(cases[0]["arguments"][k])
         for k in ("block_length", "conf_threshold", "kl_threshold", "kl_history_length", "unmask_strategy")
     ),
 )
 def test_the_official_decoder_is_matched_token_for_token(cases):
-    canvas = FinalCanvas()
-    decoder = Decoder.from_config(
-        {}, [*equivalent(cases[0]["arguments"]), "generation.batch_size=16"], observers=[canvas]
-    )
-    out = decoder.generate([OFFICIAL["prompts"][case["prompt"]] for case in cases])
-    for case, row, stats in zip(cases, canvas.rows, out.stats, strict=True):
-        assert row == case["generated"], f"prompt {case['prompt']}"
+    stats_per_row = assert_official_tokens(equivalent(cases[0]["arguments"]), cases, OFFICIAL["prompts"])
+    for case, stats in zip(cases, stats_per_row, strict=True):
         assert stats.nfe == case["used_steps"], f"prompt {case['prompt']}"
         assert stats.extra["klass.stable_commits"] >= 1  # the KL rule fired in every recorded row

@@ -25,7 +25,7 @@ from dlm_decode.strategies.prophet import (
 )
 from dlm_decode.strategies.proposals import TokenProposal
 
-from helpers import REFERENCE, FinalCanvas
+from helpers import REFERENCE, TASK_BATCH, assert_batch_equals_one_by_one, assert_official_tokens, official_settings
 
 PRESET = "configs/decoders/prophet.yaml"
 COMPOSED = "configs/decoders/prophet-threshold.yaml"
@@ -203,24 +203,7 @@ def test_the_dual_cache_is_refused():
 
 # --- presets on the embedded models ------------------------------------------------------------------------
 
-BATCH = [
-    "sort 4 1 7 9 3",
-    "reverse hello",
-    "sort 9 8",
-    "copy abcde",
-    "a",
-    "sort 5 3 1 2 4 6",
-    "reverse stone",
-    "hi",
-    "sort 2 1",
-    "reverse ab",
-    "sort 8 6 7",
-    "count",
-    "reverse diffusion",
-    "sort 1",
-    "x y z",
-    "sort 3 3 1",
-]
+BATCH = TASK_BATCH
 
 
 #: Prophet's own thresholds (the presets scale them for the embedded dLLM), under which the early commit fires often.
@@ -233,13 +216,8 @@ OFFICIAL_THRESHOLDS = [
 
 @pytest.mark.parametrize("preset", [PRESET, COMPOSED])
 def test_batch_of_16_equals_one_by_one(preset):
-    decoder = Decoder.from_config(preset, OFFICIAL_THRESHOLDS)
-    together = decoder.generate(BATCH)
+    together = assert_batch_equals_one_by_one(Decoder.from_config(preset, OFFICIAL_THRESHOLDS), BATCH)
     assert sum(s.extra["prophet.exits"] for s in together.stats) >= 8  # the early commit fires on most rows
-    for index in (0, 4, 5, 12, 15):
-        alone = decoder.generate([BATCH[index]])
-        assert alone.token_ids[0] == together.token_ids[index], BATCH[index]
-        assert alone.stats[0].nfe == together.stats[index].nfe
 
 
 def test_the_early_commit_saves_forwards_and_keeps_llada_s_answers():
@@ -274,11 +252,7 @@ def test_the_presets_decode_a_block_causal_model(preset):
 # --- the official decoder ---------------------------------------------------------------------------------------
 
 
-def _groups() -> list[list[dict]]:
-    groups: dict[str, list[dict]] = {}
-    for case in OFFICIAL["cases"]:
-        groups.setdefault(json.dumps(case["arguments"], sort_keys=True), []).append(case)
-    return list(groups.values())
+SETTINGS = list(official_settings(OFFICIAL["cases"]).values())
 
 
 def equivalent(arguments: dict) -> list[str]:
@@ -303,23 +277,18 @@ def equivalent(arguments: dict) -> list[str]:
 
 
 def test_every_recorded_case_is_compared_and_the_early_commit_fires():
-    assert len(OFFICIAL["cases"]) == 20 and len(_groups()) == 4
+    assert len(OFFICIAL["cases"]) == 20 and len(SETTINGS) == 4
     assert sum(case["exit_info"]["early_exit_triggered"] for case in OFFICIAL["cases"]) == 17
 
 
 @pytest.mark.parametrize(
     "cases",
-    _groups(),
+    SETTINGS,
     ids=lambda cases: "-".join(str(cases[0]["arguments"][k]) for k in ("steps", "block_length", "answer_offset")),
 )
 def test_the_official_decoder_is_matched_token_for_token(cases):
-    canvas = FinalCanvas()
-    decoder = Decoder.from_config(
-        {}, [*equivalent(cases[0]["arguments"]), "generation.batch_size=16"], observers=[canvas]
-    )
-    out = decoder.generate([OFFICIAL["prompts"][case["prompt"]] for case in cases])
-    for case, row, stats in zip(cases, canvas.rows, out.stats, strict=True):
-        assert row == case["generated"], f"prompt {case['prompt']}"
+    stats_per_row = assert_official_tokens(equivalent(cases[0]["arguments"]), cases, OFFICIAL["prompts"])
+    for case, stats in zip(cases, stats_per_row, strict=True):
         assert stats.nfe == case["exit_info"]["actual_steps"], f"prompt {case['prompt']}"
         assert stats.extra["prophet.exits"] == case["exit_info"]["early_exit_triggered"]
 

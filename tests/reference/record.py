@@ -512,6 +512,61 @@ class OfficialFiles:
             sys.path.insert(0, str(scratch))
         return {file[:-3]: importlib.import_module(f"{name}.{file[:-3]}") for file in files}
 
+    def fast_dllm_llada(self, fast_dllm: Path):
+        """Fast-dLLM's runnable copy of LLaDA's hub modeling code, imported as ``model.modeling_llada`` from the
+        checkout ``fast_dllm`` (one of the roots), its modeling and configuration files recorded."""
+        llada_dir = fast_dllm / "llada"
+        sys.path.insert(0, str(llada_dir))  # the modeling file imports `configuration_llada` relatively
+        modeling = importlib.import_module("model.modeling_llada")
+        for name in ("model/modeling_llada.py", "model/configuration_llada.py"):
+            self.record(llada_dir / name)
+        return modeling
+
+    def provenance(self) -> dict:
+        """The fixture fields every recorder writes after its repository: the versions, the official files' SHA-256
+        and the prompts (their ids follow, in each recorder's own layout)."""
+        import transformers
+
+        return {
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+            "official_files": self.files,
+            "prompts": PROMPTS,
+        }
+
+
+def tiny_llada(modeling, out: Path):
+    """The committed ``out/llada-tiny`` loaded with the official ``modeling`` module's ``LLaDAModelLM`` (float32, eval
+    mode): its ``config.json`` as a dict, its tokenizer, the model and ``PROMPTS``' chat-template ids."""
+    import transformers
+
+    checkpoint = out / "llada-tiny"
+    config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(checkpoint))
+    model = modeling.LLaDAModelLM.from_pretrained(str(checkpoint), torch_dtype=torch.float32).eval()
+    return config, tokenizer, model, [_chat_ids(tokenizer, prompt) for prompt in PROMPTS]
+
+
+def recorder_parser(doc: str, *checkouts: str) -> argparse.ArgumentParser:
+    """A recorder's command line: a required ``--<name>`` path per official checkout and ``--out`` (default: this
+    folder, where the committed checkpoints and fixtures are)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    for name in checkouts:
+        parser.add_argument(f"--{name}", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent)
+    return parser
+
+
+def run_recorder(
+    parser: argparse.ArgumentParser, record, why: str = "Fast-dLLM's modeling file compiles its attention"
+) -> None:
+    """Parse the command line and ``record(args)``; refuse to start without ``TORCHDYNAMO_DISABLE=1``, which the
+    official code needs because it uses ``torch.compile`` (``why`` says where, in the message)."""
+    args = parser.parse_args()
+    if not os.environ.get("TORCHDYNAMO_DISABLE"):
+        parser.error(f"set TORCHDYNAMO_DISABLE=1 ({why})")
+    record(args)
+
 
 class Official(OfficialFiles):
     """The official LLaDA, Fast-dLLM, WINO, Dream and APD modules."""
@@ -717,14 +772,7 @@ def record(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    for name in ("llada", "fast-dllm", "wino", "dream", "apd"):
-        parser.add_argument(f"--{name}", type=Path, required=True)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent)
-    args = parser.parse_args()
-    if not os.environ.get("TORCHDYNAMO_DISABLE"):
-        parser.error("set TORCHDYNAMO_DISABLE=1 (Fast-dLLM's modeling file compiles its attention)")
-    record(args)
+    run_recorder(recorder_parser(__doc__, "llada", "fast-dllm", "wino", "dream", "apd"), record)
 
 
 if __name__ == "__main__":

@@ -32,9 +32,6 @@ ids. A rerun writes the same bytes.
 from __future__ import annotations
 
 import argparse
-import importlib
-import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -42,7 +39,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import GEN_LENGTH, PROMPTS, OfficialFiles, _chat_ids, _write_json  # noqa: E402
+from record import GEN_LENGTH, OfficialFiles, _write_json, recorder_parser, run_recorder, tiny_llada  # noqa: E402
 
 DECODING = ("utils.py", "parallel_strategy.py", "generate_uniform.py")
 
@@ -55,23 +52,12 @@ CREDIT_CASES = ((8, 0.9, 0.7, 0.2, 0.8), (32, 0.95, 0.7, 0.2, 0.8), (16, 0.97, 1
 
 
 def record(args: argparse.Namespace) -> None:
-    import transformers
-
     torch.manual_seed(0)
-    checkpoint = args.out / "llada-tiny"
-    config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
-    mask_id = config["mask_token_id"]
     official = OfficialFiles({"dinfer": args.dinfer, "fast-dllm": args.fast_dllm})
     with tempfile.TemporaryDirectory() as scratch:
         decoding = official.package(Path(scratch), "dinfer_decoding", args.dinfer / "python/dinfer/decoding", DECODING)
-        llada_dir = args.fast_dllm / "llada"
-        sys.path.insert(0, str(llada_dir))  # Fast-dLLM's modeling file imports `configuration_llada` relatively
-        modeling = importlib.import_module("model.modeling_llada")
-        for name in ("model/modeling_llada.py", "model/configuration_llada.py"):
-            official.record(llada_dir / name)
-        model = modeling.LLaDAModelLM.from_pretrained(str(checkpoint), torch_dtype=torch.float32).eval()
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(checkpoint))
-        prompts = [_chat_ids(tokenizer, prompt) for prompt in PROMPTS]
+        modeling = official.fast_dllm_llada(args.fast_dllm)
+        config, _, model, prompts = tiny_llada(modeling, args.out)
         strategy, loop, utils = (decoding[name] for name in ("parallel_strategy", "generate_uniform", "utils"))
 
         cases = []
@@ -91,7 +77,7 @@ def record(args: argparse.Namespace) -> None:
                     }
                 )
 
-        common = {"temperature": 0.0, "mask_id": mask_id, "eos_id": -1}
+        common = {"temperature": 0.0, "mask_id": config["mask_token_id"], "eos_id": -1}
         for block, threshold, low in HIERARCHY_CASES:
             run(
                 "dinfer.HierarchyDecoder",
@@ -112,10 +98,7 @@ def record(args: argparse.Namespace) -> None:
         {
             "repository": "inclusionAI/dInfer",
             "commit": args.dinfer_commit,
-            "transformers": transformers.__version__,
-            "torch": torch.__version__,
-            "official_files": official.files,
-            "prompts": PROMPTS,
+            **official.provenance(),
             "prompt_ids": {"llada": prompts},
             "cases": cases,
         },
@@ -123,15 +106,9 @@ def record(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dinfer", type=Path, required=True)
+    parser = recorder_parser(__doc__, "dinfer", "fast-dllm")
     parser.add_argument("--dinfer-commit", required=True, help="the commit of the --dinfer checkout")
-    parser.add_argument("--fast-dllm", type=Path, required=True)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent)
-    args = parser.parse_args()
-    if not os.environ.get("TORCHDYNAMO_DISABLE"):
-        parser.error("set TORCHDYNAMO_DISABLE=1 (dInfer's decoders and Fast-dLLM's attention use torch.compile)")
-    record(args)
+    run_recorder(parser, record, why="dInfer's decoders and Fast-dLLM's attention use torch.compile")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import GEN_LENGTH, PROMPTS, OfficialFiles, _chat_ids, _write_json  # noqa: E402
+from record import GEN_LENGTH, OfficialFiles, _write_json, tiny_llada  # noqa: E402
 
 REPOSITORY = "horseee/dKV-Cache"
 #: (steps, block_length, cache_reloading_step) of the recorded cases.
@@ -38,9 +38,6 @@ SETTINGS = ((32, 8, 2), (32, 8, 4), (16, 32, 4))
 
 def record(args: argparse.Namespace) -> None:
     import importlib
-    import json
-
-    import transformers
 
     torch.manual_seed(0)
     root = args.dkv_cache.resolve()
@@ -51,11 +48,7 @@ def record(args: argparse.Namespace) -> None:
     official.record(root / "models" / "configuration_llada.py")
     decode = official.load("llada_dkv_cache_decode", root / "generation_utils" / "llada_dkv_cache_decode.py")
 
-    checkpoint = args.out / "llada-tiny"
-    config = json.loads((checkpoint / "config.json").read_text())
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(checkpoint))
-    model = modeling.LLaDAModelLM.from_pretrained(str(checkpoint), torch_dtype=torch.float32).eval()
-    prompts = [_chat_ids(tokenizer, p) for p in PROMPTS]
+    config, tokenizer, model, prompts = tiny_llada(modeling, args.out)
 
     cached = [0]
     forward = model.forward
@@ -100,10 +93,7 @@ def record(args: argparse.Namespace) -> None:
         {
             "repository": REPOSITORY,
             "commit": args.commit,
-            "transformers": transformers.__version__,
-            "torch": torch.__version__,
-            "official_files": official.files,
-            "prompts": PROMPTS,
+            **official.provenance(),
             "prompt_ids": {"llada": prompts},
             "cases": cases,
         },

@@ -30,15 +30,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
-import os
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import GEN_LENGTH, PROMPTS, OfficialFiles, _chat_ids, _write_json  # noqa: E402
+from record import GEN_LENGTH, OfficialFiles, _write_json, recorder_parser, run_recorder, tiny_llada  # noqa: E402
 
 BLOCK = 8
 #: sigma 1, scale 5: every keep probability of the window is >= 5 * phi(1) = 1.21, so the window is kept whole.
@@ -61,8 +59,6 @@ class _HostTorch:
 
 
 def record(args: argparse.Namespace) -> None:
-    import transformers
-
     official = OfficialFiles({"dpad": args.dpad})
     llada_dir = args.dpad / "llada"
     sys.path.insert(0, str(llada_dir))  # generate_dropout.py imports `model.modeling_llada` and `sampler`
@@ -83,11 +79,7 @@ def record(args: argparse.Namespace) -> None:
 
     generate.suffix_dropout = observed
 
-    path = args.out / "llada-tiny"
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
-    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    model = modeling.LLaDAModelLM.from_pretrained(str(path), torch_dtype=torch.float32).eval()
-    prompts = [_chat_ids(tokenizer, p) for p in PROMPTS]
+    config, _, model, prompts = tiny_llada(modeling, args.out)
     base = {
         "gen_length": GEN_LENGTH,
         "block_length": BLOCK,
@@ -137,10 +129,7 @@ def record(args: argparse.Namespace) -> None:
         {
             "repository": "Crys-Chen/DPad",
             "commit": args.commit,
-            "transformers": transformers.__version__,
-            "torch": torch.__version__,
-            "official_files": official.files,
-            "prompts": PROMPTS,
+            **official.provenance(),
             "prompt_ids": {"llada": prompts},
             "cases": cases,
         },
@@ -148,18 +137,13 @@ def record(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dpad", type=Path, required=True, help="a checkout of Crys-Chen/DPad")
+    parser = recorder_parser(__doc__, "dpad")
     parser.add_argument(
         "--commit",
         default="461b36e229219d322f5439786ee504cc72046828",
         help="the checkout's commit, written into the fixture",
     )
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent)
-    args = parser.parse_args()
-    if not os.environ.get("TORCHDYNAMO_DISABLE"):
-        parser.error("set TORCHDYNAMO_DISABLE=1 (the official modeling file compiles its attention)")
-    record(args)
+    run_recorder(parser, record, why="the official modeling file compiles its attention")
 
 
 if __name__ == "__main__":

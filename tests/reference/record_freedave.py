@@ -40,8 +40,6 @@ official FreeDave against its own baseline, and the ``use_cache`` / ``draft_mode
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -49,7 +47,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import GEN_LENGTH, PROMPTS, OfficialFiles, _chat_ids, _write_json  # noqa: E402
+from record import GEN_LENGTH, OfficialFiles, _write_json, recorder_parser, run_recorder, tiny_llada  # noqa: E402
 
 #: (block_length, draft_steps) settings; every FreeDave case has its one-token-per-step baselines per block length.
 BLOCKS = (8, 32)
@@ -80,25 +78,15 @@ class Official(OfficialFiles):
 
 
 def record(args: argparse.Namespace) -> None:
-    import transformers
-
     torch.manual_seed(0)
-    checkpoint = args.out / "llada-tiny"
-    config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
-    mask, eos, pad = config["mask_token_id"], config["eos_token_id"], config["pad_token_id"]
     with tempfile.TemporaryDirectory() as scratch:
         official = Official(args, Path(scratch))
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(checkpoint))
-        model = (
-            official.modeling["modeling_llada"]
-            .LLaDAModelLM.from_pretrained(str(checkpoint), torch_dtype=torch.float32)
-            .eval()
-        )
+        config, _, model, prompts = tiny_llada(official.modeling["modeling_llada"], args.out)
+        mask, eos, pad = config["mask_token_id"], config["eos_token_id"], config["pad_token_id"]
         core = official.generation["core"]
         monitor = official.generation["monitor_utils"].ForwardMonitor(model)
         # The official evaluation (eval/eval_llada.py) builds its generator so, for LLaDA's SDPA attention.
         generation = core.DLMGeneration(sdpa_additive_attention_mask=True, device=torch.device("cpu"))
-        prompts = [_chat_ids(tokenizer, p) for p in PROMPTS]
 
         def call(method: str, prompt: list[int], arguments: dict) -> tuple[list[int], int]:
             ids = torch.tensor([prompt])
@@ -191,10 +179,7 @@ def record(args: argparse.Namespace) -> None:
                 "freedave": f"cychomatica/FreeDave {args.freedave_commit}",
                 "llada": f"ML-GSAI/LLaDA {args.llada_commit}",
             },
-            "transformers": transformers.__version__,
-            "torch": torch.__version__,
-            "official_files": official.files,
-            "prompts": PROMPTS,
+            **official.provenance(),
             "prompt_ids": prompts,
             "checks": checks,
             "cases": cases,
@@ -203,16 +188,10 @@ def record(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--freedave", type=Path, required=True, help="a checkout of cychomatica/FreeDave")
-    parser.add_argument("--llada", type=Path, required=True, help="a checkout of ML-GSAI/LLaDA")
+    parser = recorder_parser(__doc__, "freedave", "llada")
     parser.add_argument("--freedave-commit", default=FREEDAVE_COMMIT, help="the commit --freedave holds")
     parser.add_argument("--llada-commit", default=LLADA_COMMIT, help="the commit --llada holds")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent)
-    args = parser.parse_args()
-    if not os.environ.get("TORCHDYNAMO_DISABLE"):
-        parser.error("set TORCHDYNAMO_DISABLE=1 (as for record.py)")
-    record(args)
+    run_recorder(parser, record, why="as for record.py")
 
 
 if __name__ == "__main__":

@@ -29,17 +29,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import io
-import json
-import os
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import GEN_LENGTH, PROMPTS, OfficialFiles, _chat_ids, _write_json  # noqa: E402
+from record import GEN_LENGTH, OfficialFiles, _write_json, recorder_parser, run_recorder, tiny_llada  # noqa: E402
 
 REPOSITORY = "pixeli99/Prophet"
 COMMIT = "460afe41c7063a29a9893675aca07b985997bb83"
@@ -53,21 +50,11 @@ SETTINGS = (
 
 
 def record(args: argparse.Namespace) -> None:
-    import transformers
-
     official = OfficialFiles({"prophet": args.prophet, "fast-dllm": args.fast_dllm})
-    llada_dir = args.fast_dllm / "llada"
-    sys.path.insert(0, str(llada_dir))
-    modeling = importlib.import_module("model.modeling_llada")
-    for name in ("model/modeling_llada.py", "model/configuration_llada.py"):
-        official.record(llada_dir / name)
+    modeling = official.fast_dllm_llada(args.fast_dllm)
     prophet = official.load("prophet_generate_earlyexit", args.prophet / "generate_earlyexit.py")
 
-    path = args.out / "llada-tiny"
-    config = json.loads((path / "config.json").read_text())
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
-    model = modeling.LLaDAModelLM.from_pretrained(str(path), torch_dtype=torch.float32).eval()
-    prompts = [_chat_ids(tokenizer, p) for p in PROMPTS]
+    config, tokenizer, model, prompts = tiny_llada(modeling, args.out)
 
     cases = []
     for steps, block, offset, thresholds in SETTINGS:
@@ -106,10 +93,7 @@ def record(args: argparse.Namespace) -> None:
         {
             "repository": REPOSITORY,
             "commit": COMMIT,
-            "transformers": transformers.__version__,
-            "torch": torch.__version__,
-            "official_files": official.files,
-            "prompts": PROMPTS,
+            **official.provenance(),
             "gen_length": GEN_LENGTH,
             "prompt_ids": {"llada": prompts},
             "cases": cases,
@@ -118,14 +102,7 @@ def record(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--prophet", type=Path, required=True)
-    parser.add_argument("--fast-dllm", type=Path, required=True)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent)
-    args = parser.parse_args()
-    if not os.environ.get("TORCHDYNAMO_DISABLE"):
-        parser.error("set TORCHDYNAMO_DISABLE=1 (Fast-dLLM's modeling file compiles its attention)")
-    record(args)
+    run_recorder(recorder_parser(__doc__, "prophet", "fast-dllm"), record)
 
 
 if __name__ == "__main__":

@@ -21,15 +21,13 @@ per case the arguments, the generated ids and the official sampler's model-call 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import GEN_LENGTH, PROMPTS, OfficialFiles, _chat_ids, _write_json  # noqa: E402
+from record import GEN_LENGTH, OfficialFiles, _write_json, recorder_parser, run_recorder, tiny_llada  # noqa: E402
 
 #: Knob settings: (block_length, k_exploration_steps, cycle_len_confidence_threshold, high_confidence_threshold,
 #: cycle_length_stability_window, cycle_length_stability_std_dev_threshold).
@@ -42,8 +40,6 @@ CASES = (
 
 
 def record(args: argparse.Namespace) -> None:
-    import transformers
-
     official = OfficialFiles({"slow-fast": args.slow_fast, "fast-dllm": args.fast_dllm})
     root = args.slow_fast / "slow-fast-sampling"
     sys.path.insert(0, str(root))  # the sampler imports `dllm_cache` and `sampling_utils` from there
@@ -58,17 +54,9 @@ def record(args: argparse.Namespace) -> None:
     ):
         official.record(root / name)
     sampler = official.load("slow_fast_sampler", root / "sampling_utils" / "generate_slow_fast_sampling.py")
-    llada_dir = args.fast_dllm / "llada"
-    sys.path.insert(0, str(llada_dir))
-    model_module = __import__("model.modeling_llada", fromlist=["LLaDAModelLM"])
-    for name in ("model/modeling_llada.py", "model/configuration_llada.py"):
-        official.record(llada_dir / name)
+    modeling = official.fast_dllm_llada(args.fast_dllm)
 
-    checkpoint = args.out / "llada-tiny"
-    config = json.loads((checkpoint / "config.json").read_text())
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(checkpoint))
-    model = model_module.LLaDAModelLM.from_pretrained(str(checkpoint), torch_dtype=torch.float32).eval()
-    prompts = [_chat_ids(tokenizer, p) for p in PROMPTS]
+    config, _, model, prompts = tiny_llada(modeling, args.out)
 
     cases = []
     for block, steps, span, high, window, std in CASES:
@@ -107,10 +95,7 @@ def record(args: argparse.Namespace) -> None:
                 "LiangrunFlora/Slow-Fast-Sampling": args.slow_fast_commit,
                 "NVlabs/Fast-dLLM": args.fast_dllm_commit,
             },
-            "transformers": transformers.__version__,
-            "torch": torch.__version__,
-            "official_files": official.files,
-            "prompts": PROMPTS,
+            **official.provenance(),
             "prompt_ids": prompts,
             "cases": cases,
         },
@@ -118,16 +103,10 @@ def record(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--slow-fast", type=Path, required=True)
-    parser.add_argument("--fast-dllm", type=Path, required=True)
+    parser = recorder_parser(__doc__, "slow-fast", "fast-dllm")
     parser.add_argument("--slow-fast-commit", default="dd9958fe5fdba706c3c51d5c85fa72e093ae66eb")
     parser.add_argument("--fast-dllm-commit", default="24cc59e75f20a6384bae8c905965bb090b96388e")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent)
-    args = parser.parse_args()
-    if not os.environ.get("TORCHDYNAMO_DISABLE"):
-        parser.error("set TORCHDYNAMO_DISABLE=1 (Fast-dLLM's modeling file compiles its attention)")
-    record(args)
+    run_recorder(parser, record)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,32 @@ from dlm_decode.models.tokenizer import build_char_tokenizer
 SPIKE_LETTERS = string.ascii_lowercase
 
 
+def _random_model(config_class, model_class, *, seed: int, hidden: int, layers: int, heads: int, **config_fields):
+    """A seeded random ``model_class``: ``layers`` layers of width ``hidden`` (MLP ``2 * hidden``), ``heads`` attention
+    heads and as many key/value heads; ``config_fields`` (vocabulary, positions, token ids, tying) go to
+    ``config_class``, and ``is_causal`` among them is set on the config after construction."""
+    is_causal = config_fields.pop("is_causal", None)
+    config = config_class(
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        **config_fields,
+    )
+    if is_causal is not None:
+        config.is_causal = is_causal
+    torch.manual_seed(seed)
+    return model_class(config)
+
+
+def _save(model, tokenizer, directory: str | Path) -> Path:
+    directory = Path(directory)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 def build_tiny_checkpoint(
     directory: str | Path,
     *,
@@ -55,26 +81,22 @@ def build_tiny_checkpoint(
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = build_char_tokenizer()
-    config = LlamaConfig(
+    model = _random_model(
+        LlamaConfig,
+        LlamaForCausalLM,
+        seed=seed,
+        hidden=hidden,
+        layers=layers,
+        heads=heads,
         vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
         max_position_embeddings=max_positions,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        is_causal=causal,
     )
-    config.is_causal = causal
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    directory = Path(directory)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return _save(model, tokenizer, directory)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -238,8 +260,7 @@ def spike_text(positions: range | list[int]) -> str:
 
 
 def _save_with_remote_code(model, tokenizer, directory: Path, config_updates: dict, files: dict[str, str]) -> Path:
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
+    _save(model, tokenizer, directory)
     path = directory / "config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
     config.update(config_updates)
@@ -270,22 +291,21 @@ def build_dream_like(
     tokenizer = dream_like_tokenizer()
     if head_width < len(tokenizer):
         raise ValueError(f"head_width {head_width} is below the tokenizer's {len(tokenizer)} ids")
-    config = Qwen2Config(
+    model = _random_model(
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        seed=seed,
+        hidden=hidden,
+        layers=layers,
+        heads=heads,
         vocab_size=head_width,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
         max_position_embeddings=max_positions,
         tie_word_embeddings=False,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        is_causal=False,
     )
-    config.is_causal = False
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
     updates = {
         "model_type": "Dream",
         "architectures": ["DreamModel"],
@@ -322,21 +342,20 @@ def build_llada_like(
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = llada_like_tokenizer()
-    config = LlamaConfig(
+    model = _random_model(
+        LlamaConfig,
+        LlamaForCausalLM,
+        seed=seed,
+        hidden=hidden,
+        layers=layers,
+        heads=heads,
         vocab_size=head_width,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
         max_position_embeddings=max_positions,
         tie_word_embeddings=False,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        is_causal=False,
     )
-    config.is_causal = False
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
     model_class = "modeling_llada.LLaDALegacyModelLM" if legacy else "modeling_llada.LLaDAModelLM"
     updates = {
         "model_type": "llada",
@@ -373,21 +392,17 @@ def build_qwen_like_verifier(
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     tokenizer = dream_like_tokenizer(with_dream_additions=False)
-    config = Qwen2Config(
+    model = _random_model(
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        seed=seed,
+        hidden=hidden,
+        layers=layers,
+        heads=heads,
         vocab_size=head_width,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
         max_position_embeddings=max_positions,
         tie_word_embeddings=True,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
-    directory = Path(directory)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return _save(model, tokenizer, directory)
