@@ -14,8 +14,8 @@ dream          ``model_type: Dream``              logits shifted by one (raw log
                                                   the adapter re-aligns them); mask ``<|mask|>`` (151666), pad/EOS
                                                   ``<|endoftext|>`` (151643), end of turn ``<|im_end|>`` (151645);
                                                   context 2048
-sdar           ``model_type: sdar``               block-causal (``block_size``, blocks from position 0); mask
-                                                  ``<|MASK|>`` (151669), EOS ``<|endoftext|>`` (151643) and
+sdar           ``model_type: sdar`` or            block-causal (``block_size``, blocks from position 0); mask
+               ``sdar_moe``                       ``<|MASK|>`` (151669), EOS ``<|endoftext|>`` (151643) and
                                                   ``<|im_end|>`` (151645)
 fast_dllm_v2   ``model_type: Fast_dLLM_Qwen``     block-causal (``bd_size``, from position 0) with shifted logits,
                                                   block heads first; mask ``|<MASK>|`` (151665), EOS
@@ -78,7 +78,7 @@ FAMILIES: dict[str, Family] = {
     ),
     "sdar": Family(
         "sdar",
-        model_types=("sdar",),
+        model_types=("sdar", "sdar_moe"),
         mask=("<|MASK|>", 151669),
         eos=(("<|endoftext|>", 151643), ("<|im_end|>", 151645)),
         pad=("<|endoftext|>", 151643),

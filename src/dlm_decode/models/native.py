@@ -7,21 +7,29 @@ prompts of different lengths need. Their weights are those of a Llama and a Qwen
 read from its ``config.json`` and safetensors and mapped onto ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` with
 bidirectional attention (``config.is_causal = False``; every forward also gets the project's 4-D mask):
 
-=============  =============================================  ======================  ================================
-``model_type`` ``config.json``                                class                   weights
-=============  =============================================  ======================  ================================
-``llada``      LLaDA's own fields (``d_model``, ``n_heads``,   ``LlamaForCausalLM``    ``model.transformer.*`` renamed
-               ``mlp_hidden_size``, ``block_type: llama``...)                          (:data:`LLADA_KEYS`)
-``dream``      Qwen2's fields under another ``model_type``    ``Qwen2ForCausalLM``    Qwen2's own names
-``sdar``       Qwen3's fields and ``block_size``              ``Qwen3ForCausalLM``    Qwen3's own names
-``fast_dllm_   Qwen2's fields and ``bd_size``                 ``Qwen2ForCausalLM``    Qwen2's own names
+=============  =============================================  =======================  ===============================
+``model_type`` ``config.json``                                class                    weights
+=============  =============================================  =======================  ===============================
+``llada``      LLaDA's own fields (``d_model``, ``n_heads``,   ``LlamaForCausalLM``     ``model.transformer.*`` renamed
+               ``mlp_hidden_size``, ``block_type: llama``...)                           (:data:`LLADA_KEYS`)
+``dream``      Qwen2's fields under another ``model_type``    ``Qwen2ForCausalLM``     Qwen2's own names
+``sdar``       Qwen3's fields and ``block_size``              ``Qwen3ForCausalLM``     Qwen3's own names
+``sdar_moe``   Qwen3-MoE's fields and ``block_size``          ``Qwen3MoeForCausalLM``  Qwen3-MoE's own names
+``fast_dllm_   Qwen2's fields and ``bd_size``                 ``Qwen2ForCausalLM``     Qwen2's own names
 qwen``
-=============  =============================================  ======================  ================================
+=============  =============================================  =======================  ===============================
 
 SDAR (Cheng et al. 2025, arXiv 2510.06303) is a block-diffusion model converted from Qwen3: its attention is
 block-causal (:class:`~dlm_decode.masks.AttentionPattern`, blocks of ``block_size`` from position 0, the
 ``sdar`` family of :mod:`~dlm_decode.models.families`), which the project's masks give the same class; its code
 imports flash-attention's Triton RMSNorm at module level, so it does not even import without a GPU stack.
+SDAR's mixture of experts (SDAR-30B-A3B, ``model_type: sdar_moe``) is the same
+conversion of Qwen3-30B-A3B: its ``modeling_sdar_moe.py`` is transformers 4.52's Qwen3-MoE file with SDAR's attention,
+and its sparse block is Qwen3-MoE's operation for operation (router ``mlp.gate``: a bias-free linear, a float32 softmax
+over all experts, top-``num_experts_per_tok``, renormalised when ``norm_topk_prob``, cast back; experts: SiLU-gated
+MLPs of ``moe_intermediate_size`` weighted and summed; no shared expert; a dense MLP of ``intermediate_size`` in the
+layers of ``mlp_only_layers`` and off the ``decoder_sparse_step`` grid), so it loads onto ``Qwen3MoeForCausalLM``,
+whose loader stacks the per-expert tensors ``mlp.experts.{e}.{gate,up,down}_proj`` into its fused expert weights.
 Fast-dLLM v2 (Wu et al. 2025, arXiv 2509.26328, Qwen2.5 adapted to blocks) loads the same way onto
 ``Qwen2ForCausalLM``; its logits are shifted like Dream's, which the adapter realigns under the block-causal
 pattern, and each block's first column is decided first (``head_first``, :class:`~dlm_decode.masks.AttentionPattern`).
@@ -179,6 +187,26 @@ def _sdar_config(config: Mapping[str, Any]):
     return transformers_class("Qwen3Config")(**fields, use_sliding_window=False, sliding_window=None)
 
 
+#: Qwen3-MoE fields read from an SDAR mixture-of-experts ``config.json`` as they are (absent ones take the same
+#: defaults in SDAR's ``SDARMoeConfig`` and transformers' ``Qwen3MoeConfig``).
+_SDAR_MOE_FIELDS = (
+    *_QWEN2_FIELDS,
+    "head_dim",
+    "attention_bias",
+    "num_experts",
+    "num_experts_per_tok",
+    "moe_intermediate_size",
+    "norm_topk_prob",
+    "decoder_sparse_step",
+    "mlp_only_layers",
+)
+
+
+def _sdar_moe_config(config: Mapping[str, Any]):
+    fields = {name: config[name] for name in _SDAR_MOE_FIELDS if name in config}
+    return transformers_class("Qwen3MoeConfig")(**fields, use_sliding_window=False, sliding_window=None)
+
+
 @dataclass(frozen=True)
 class Architecture:
     """How checkpoints of one ``model_type`` map onto a transformers class.
@@ -191,6 +219,7 @@ class Architecture:
     :ivar key_mapping: checkpoint weight names -> the class's (None: the same names).
     :ivar carried: ``config.json`` fields copied onto the transformers config as they are, for the adapter (SDAR's
         ``block_size``, from which its attention pattern is read).
+    :ivar experts: the architecture is a mixture of experts (its expert fields are read, not refused).
     """
 
     name: str
@@ -202,6 +231,7 @@ class Architecture:
     tokenizer_class_name: str
     key_mapping: Mapping[str, str] | None = None
     carried: tuple[str, ...] = ()
+    experts: bool = False
 
     @property
     def model_class(self) -> Any:  # a transformers model class; its from_pretrained returns (model, info) here
@@ -222,7 +252,7 @@ class Architecture:
             f"{key}.trust_remote_code=true after reading that code"
         )
         experts = [f"{name}={config[name]!r}" for name in MOE_KEYS if name in config]
-        if experts:
+        if experts and not self.experts:
             raise ModelError(
                 f"`{key}.path`: this checkpoint is a mixture of experts (config.json has "
                 f"{', '.join(experts)}); the native {self.name} mapping reproduces the dense "
@@ -281,6 +311,26 @@ ARCHITECTURES: dict[str, Architecture] = {
         "Qwen3ForCausalLM",
         "Qwen2Tokenizer",
         carried=("block_size",),
+    ),
+    "sdar_moe": Architecture(
+        "sdar_moe",
+        "SDAR mixture-of-experts",
+        (
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_experts",
+            "num_experts_per_tok",
+            "moe_intermediate_size",
+            "vocab_size",
+            "block_size",
+        ),
+        SDAR_REQUIRED,
+        _sdar_moe_config,
+        "Qwen3MoeForCausalLM",
+        "Qwen2Tokenizer",
+        carried=("block_size",),
+        experts=True,
     ),
     "fast_dllm_qwen": Architecture(
         "fast_dllm_qwen",

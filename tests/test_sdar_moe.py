@@ -1,0 +1,177 @@
+"""SDAR's mixture of experts (SDAR-30B-A3B, ``model_type: sdar_moe``) on transformers' own ``Qwen3MoeForCausalLM``
+against SDAR's MoE modeling code, through the fixtures ``tests/reference/record_sdar_moe.py`` wrote (the official
+modeling file and evaluation decoder, transformers 4.53.1, in an environment of their own).
+
+``sdar-moe-tiny`` has SDAR-30B-A3B's ``config.json`` keys at a tiny scale (8 experts, 2 per token, renormalised;
+one dense layer through ``mlp_only_layers``), random norms and router weights. The project must give the official
+logits (one prompt; a left-padded batch), the experts the official router chose, and the tokens of SDAR's
+evaluation decoder in one left-padded batch with no cache and with the exact prefix cache; and expert dispatch
+must take as many Python calls for 64 tokens as for 2 (no loop over tokens, nor over experts).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from collections import defaultdict
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dlm_decode.config.schema import ModelSpec
+from dlm_decode.decoder import Decoder
+from dlm_decode.masks import AttentionPattern
+from dlm_decode.models.adapter import DiffusionLM
+
+from helpers import REFERENCE, assert_logits_close
+
+CHECKPOINT = REFERENCE / "sdar-moe-tiny"
+OFFICIAL = json.loads((REFERENCE / "official_sdar_moe.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def sdar_moe():
+    return DiffusionLM.from_spec(ModelSpec(path=str(CHECKPOINT)))
+
+
+@pytest.fixture(scope="module")
+def recorded():
+    return load_file(REFERENCE / "logits_sdar_moe.safetensors")
+
+
+def test_sdar_moe_loads_natively_on_qwen3_moe_with_its_declared_pattern(sdar_moe):
+    model = sdar_moe.model
+    assert type(model).__name__ == "Qwen3MoeForCausalLM" and not sdar_moe.remote
+    assert sdar_moe.family.name == "sdar"
+    assert sdar_moe.attention == AttentionPattern(block_size=4, anchor="position")
+    assert sdar_moe.mask_token_id == OFFICIAL["special_ids"]["<|MASK|>"]
+    assert sorted(sdar_moe.eos_token_ids) == [272, 274]
+    kinds = [type(layer.mlp).__name__ for layer in model.model.layers]
+    assert kinds == ["Qwen3MoeSparseMoeBlock", "Qwen3MoeMLP", "Qwen3MoeSparseMoeBlock"]  # mlp_only_layers: [1]
+    assert model.config.head_dim == 16 and model.model.layers[0].mlp.gate.norm_topk_prob
+
+
+def logits(model, recorded, name: str) -> torch.Tensor:
+    ids, positions, mask = (recorded[f"{name}.{part}"] for part in ("input_ids", "position_ids", "mask"))
+    with torch.no_grad():
+        return model(input_ids=ids, position_ids=positions, attention_mask=mask).logits
+
+
+def real_rows(sdar_moe, recorded, name: str) -> torch.Tensor:
+    ids = recorded[f"{name}.input_ids"]
+    return ids != sdar_moe.pad_token_id if name == "padded" else torch.ones_like(ids, dtype=torch.bool)
+
+
+@pytest.mark.parametrize("name", ["full", "padded"])
+def test_native_logits_and_masks_equal_the_official_ones(sdar_moe, recorded, name):
+    ids, mask = recorded[f"{name}.input_ids"], recorded[f"{name}.mask"]
+    real = real_rows(sdar_moe, recorded, name)
+    rows = real[:, None, :, None].expand_as(mask)
+    pattern = sdar_moe.attention.mask(real, ids.shape[1] - (OFFICIAL["gen_length"] if name == "full" else 8))
+    assert torch.equal(pattern[rows], mask[rows]), "the pattern's mask is not the official one"
+    assert_logits_close(logits(sdar_moe.model, recorded, name)[real], recorded[f"{name}.logits"][real])
+
+
+def test_the_router_picks_the_official_experts_and_the_comparison_sees_a_wrong_router(sdar_moe, recorded):
+    """The first sparse layer routes the tokens of the ``full`` forward to the experts the official router chose
+    (several pairs occur); the same model without the top-k renormalisation no longer gives the official logits."""
+    chosen = []
+    hook = sdar_moe.model.model.layers[0].mlp.gate.register_forward_hook(lambda m, i, out: chosen.append(out[2]))
+    try:
+        logits(sdar_moe.model, recorded, "full")
+    finally:
+        hook.remove()
+    official = OFFICIAL["first_sparse_layer_experts"]
+    assert chosen[0].sort(dim=-1).values.tolist() == [sorted(pair) for pair in official]
+    assert len({tuple(sorted(pair)) for pair in official}) >= 5
+    unnormalised = copy.deepcopy(sdar_moe.model)
+    for layer in unnormalised.model.layers:
+        if hasattr(layer.mlp, "gate"):
+            layer.mlp.gate.norm_topk_prob = False
+    with pytest.raises(AssertionError):
+        assert_logits_close(logits(unnormalised, recorded, "full")[0], recorded["full.logits"][0])
+
+
+def test_expert_dispatch_takes_as_many_python_calls_for_64_tokens_as_for_2(sdar_moe):
+    """transformers 5's Qwen3-MoE experts run ``grouped_mm`` (sort the token-expert pairs by expert, one grouped
+    matrix product per projection): the Python calls of a sparse block do not grow with the tokens or the experts
+    they reach."""
+    block = sdar_moe.model.model.layers[0].mlp
+    assert sdar_moe.model.config._experts_implementation == "grouped_mm"
+    generator = torch.Generator().manual_seed(0)
+
+    def python_calls(tokens: int) -> int:
+        hidden = torch.randn(1, tokens, sdar_moe.model.config.hidden_size, generator=generator)
+        count = 0
+
+        def profile(frame, event, arg):
+            nonlocal count
+            count += event == "call"
+
+        sys.setprofile(profile)
+        try:
+            with torch.no_grad():
+                block(hidden)
+        finally:
+            sys.setprofile(None)
+        return count
+
+    assert python_calls(64) == python_calls(2)
+
+
+def _groups() -> dict[str, list[dict]]:
+    groups = defaultdict(list)
+    for case in OFFICIAL["cases"]:
+        groups[json.dumps(case["arguments"], sort_keys=True)].append(case)
+    return groups
+
+
+GROUPS = _groups()
+
+
+def test_every_official_case_is_compared():
+    assert len(GROUPS) == 4 and all(len(cases) == len(OFFICIAL["prompts"]) for cases in GROUPS.values())
+
+
+def until_stop(ids: list[int], stops: list[int]) -> list[int]:
+    end = next((i for i, token in enumerate(ids) if token in stops), len(ids) - 1)
+    return ids[: end + 1]
+
+
+@pytest.mark.parametrize("cache", ["none", "prefix"])
+@pytest.mark.parametrize("key", list(GROUPS))
+def test_the_official_evaluation_decoder_is_matched_token_for_token(key, cache):
+    """SDAR's ``block_diffusion_generate`` commits ``k = block_length / denoising_steps`` tokens per step, the most
+    confident, and every one above ``threshold`` below 1.0: ``threshold`` with ``min_tokens=k``. One batch of the
+    5 prompts, left-padded; the official decoder stops at a stop id, so each row is compared up to it."""
+    cases = GROUPS[key]
+    arguments = cases[0]["arguments"]
+    k = arguments["block_length"] // arguments["denoising_steps"]
+    decoder = Decoder.from_config(
+        [],
+        [
+            f"model.dllm.path={CHECKPOINT}",
+            f"model.dllm.block_size={arguments['block_length']}",
+            "decoder.window=blocks",
+            f"decoder.window.size={arguments['block_length']}",
+            "decoder.verification=threshold",
+            f"decoder.verification.threshold={arguments['threshold']}",
+            f"decoder.verification.min_tokens={k}",
+            "decoder.proposal=greedy",
+            "generation.stop_at_eos=false",
+            f"decoder.cache={cache}",
+            f"generation.max_new_tokens={max(len(case['generated']) for case in cases)}",
+            "generation.batch_size=5",
+        ],
+    )
+    out = decoder.generate([OFFICIAL["prompts"][case["prompt"]] for case in cases])
+    assert len({len(ids) for ids in OFFICIAL["prompt_ids"]}) > 1
+    for case, ids in zip(cases, out.token_ids, strict=True):
+        official = until_stop(case["generated"], arguments["stopping_criteria_idx"])
+        assert ids[: len(official)] == official, f"prompt {case['prompt']}"
+
+
+def test_the_native_tokenizer_gives_the_official_prompt_ids(sdar_moe):
+    assert sdar_moe.encode(OFFICIAL["prompts"]) == OFFICIAL["prompt_ids"]
