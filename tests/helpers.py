@@ -14,10 +14,31 @@ import torch
 
 from dlm_decode.decoder import Decoder
 from dlm_decode.hookspecs import hookimpl
+from dlm_decode.state import Proposal
 from dlm_decode.testing.toy import ToyDiffusionLM
 
 #: Five prompts of different lengths and kinds: a batch of them is left-padded, and the rows finish apart.
 PROMPTS = ["sort: 3 1 2", "hi", "reverse: abcdef", "7+5=", "pick a fruit please"]
+#: Sixteen free-form prompts of lengths 1 to 19 (the first four as in PROMPTS): one full batch of 16 is left-padded
+#: and its rows finish apart.
+PROMPTS16 = [
+    "sort: 3 1 2",
+    "hi",
+    "reverse: abcdef",
+    "7+5=",
+    "a",
+    "count to five",
+    "xyz",
+    "12*3",
+    "the quick brown fox",
+    "q",
+    "copy: hello",
+    "2+2=",
+    "upper: abc",
+    "ok",
+    "len(abcd)",
+    "z y x",
+]
 #: Sixteen prompts in the embedded dLLMs' task format ("sort", "reverse", ...) and a few they were not trained on, of
 #: lengths 1 to 16: one full batch of 16 is left-padded and its rows finish apart.
 TASK_BATCH = [
@@ -38,6 +59,19 @@ TASK_BATCH = [
     "x y z",
     "sort 3 3 1",
 ]
+
+#: Eight task prompts and free-form ones of lengths 1 to 15, twice: a batch of 16 in which identical prompts sit in
+#: different rows (each must decode as alone).
+MIXED_BATCH = [
+    "sort 4 1 7 9 3",
+    "hi",
+    "reverse the word stone",
+    "copy abc",
+    "what is 12 + 30",
+    "sort 9 8 1 2 5 6",
+    "x",
+    "reverse ab",
+] * 2
 
 
 @dataclass
@@ -154,6 +188,22 @@ def assert_batch_equals_one_by_one(decoder: Decoder, prompts: list[str], alone=(
     return together
 
 
+def confidence_proposal(confidence: torch.Tensor, allowed: torch.Tensor) -> Proposal:
+    """A hand-built greedy :class:`~dlm_decode.state.Proposal` for verification tests: token 0 everywhere, the given
+    ``confidence`` ``[B, N]``, proposed at the ``allowed`` ``[B, N]`` positions (one zero logit each, no scorer)."""
+    rows, cols = allowed.nonzero(as_tuple=True)
+    return Proposal(
+        tokens=torch.zeros(confidence.shape, dtype=torch.long),
+        confidence=confidence,
+        rows=rows,
+        cols=cols,
+        logits=torch.zeros(len(rows), 1),
+        temperature=0.0,
+        noise=None,
+        scorer=None,
+    )
+
+
 def official_settings(cases: list[dict], ignored=()) -> dict[str, list[dict]]:
     """Recorded official ``cases`` grouped by setting: name -> the setting's cases in recorded order. The name is the
     case's decoder followed by its arguments (those in ``ignored`` left out) as sorted JSON."""
@@ -162,6 +212,22 @@ def official_settings(cases: list[dict], ignored=()) -> dict[str, list[dict]]:
         shown = {key: value for key, value in case["arguments"].items() if key not in ignored}
         groups[f"{case['decoder']}{json.dumps(shown, sort_keys=True)}"].append(case)
     return dict(groups)
+
+
+def llada_tiny_blocks(gen_length: int, block_length: int, cache: str = "none") -> list[str]:
+    """The overrides every official LLaDA-style decoder's comparison starts from: the tiny LLaDA checkpoint, a
+    canvas of ``gen_length`` columns decoded in window blocks of ``block_length``, greedy proposals, the ``cache``
+    strategy, and no stop at the first EOS (the official code fills the whole canvas). The caller adds the decoder's
+    verification strategy and knobs."""
+    return [
+        f"model.dllm.path={REFERENCE / 'llada-tiny'}",
+        f"generation.max_new_tokens={gen_length}",
+        "decoder.window=blocks",
+        f"decoder.window.size={block_length}",
+        "decoder.proposal=greedy",
+        f"decoder.cache={cache}",
+        "generation.stop_at_eos=false",
+    ]
 
 
 def assert_official_tokens(overrides: list[str], cases: list[dict], prompts: list[str], observers=()):

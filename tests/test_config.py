@@ -178,6 +178,23 @@ def test_bad_configs_name_the_key_and_what_it_accepts(overrides, key, hint):
     assert info.value.key == key
 
 
+@pytest.mark.parametrize("verification", ["topk", "klass", "prophet"])
+@pytest.mark.parametrize(
+    ("schedule", "key", "hint"),
+    [
+        (["steps_per_block=0"], "steps_per_block", "must be >= 1 or null, got 0"),
+        (["tokens_per_step=0"], "tokens_per_step", "must be >= 1, got 0"),
+        (["steps_per_block=4", "tokens_per_step=2"], "tokens_per_step", "set only one of steps_per_block"),
+    ],
+)
+def test_every_per_block_step_schedule_is_checked_alike(verification, schedule, key, hint):
+    """topk, klass and prophet validate ``steps_per_block`` and ``tokens_per_step`` with one shared check."""
+    overrides = [f"decoder.verification={verification}", *(f"decoder.verification.{item}" for item in schedule)]
+    with pytest.raises(ConfigError) as info:
+        load_config({}, overrides)
+    assert info.value.key == f"decoder.verification.{key}" and hint in str(info.value)
+
+
 @pytest.mark.parametrize(
     ("content", "pattern", "key"),
     [

@@ -31,28 +31,17 @@ from dlm_decode.strategies.dinfer import (
     segment_peaks,
 )
 
-from helpers import REFERENCE, assert_official_tokens, official_settings
+from helpers import (
+    PROMPTS16,
+    REFERENCE,
+    assert_official_tokens,
+    confidence_proposal,
+    llada_tiny_blocks,
+    official_settings,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFICIAL = json.loads((REFERENCE / "official_dinfer.json").read_text(encoding="utf-8"))
-PROMPTS16 = [
-    "sort: 3 1 2",
-    "hi",
-    "reverse: abcdef",
-    "7+5=",
-    "a",
-    "count to five",
-    "xyz",
-    "12*3",
-    "the quick brown fox",
-    "q",
-    "copy: hello",
-    "2+2=",
-    "upper: abc",
-    "ok",
-    "len(abcd)",
-    "z y x",
-]
 
 
 def window_of(eligible: torch.Tensor, block_start: list[int] | None = None) -> Window:
@@ -68,17 +57,7 @@ def window_of(eligible: torch.Tensor, block_start: list[int] | None = None) -> W
 
 def hierarchy(confidence: list[list[float]], eligible: list[list[bool]], threshold=0.9, low=0.4) -> list[list[int]]:
     scores, allowed = torch.tensor(confidence), torch.tensor(eligible)
-    rows, cols = allowed.nonzero(as_tuple=True)
-    proposal = Proposal(
-        tokens=torch.zeros(scores.shape, dtype=torch.long),
-        confidence=scores,
-        rows=rows,
-        cols=cols,
-        logits=torch.zeros(len(rows), 1),
-        temperature=0.0,
-        noise=None,
-        scorer=None,
-    )
+    proposal = confidence_proposal(scores, allowed)
     plugin = Hierarchy(HierarchyConfig(threshold=threshold, low_threshold=low))
     commit = plugin.dlm_verify(proposal=proposal, window=window_of(allowed)).commit
     return [row.nonzero().flatten().tolist() for row in commit]
@@ -295,15 +274,7 @@ def equivalent(decoder: str, a: dict) -> list[str]:
     def null(value):
         return "null" if value is None else value
 
-    common = [
-        f"model.dllm.path={REFERENCE / 'llada-tiny'}",
-        f"generation.max_new_tokens={a['gen_length']}",
-        "decoder.window=blocks",
-        f"decoder.window.size={a['block_length']}",
-        "decoder.proposal=greedy",
-        "decoder.cache=none",
-        "generation.stop_at_eos=false",
-    ]
+    common = llada_tiny_blocks(a["gen_length"], a["block_length"])
     if decoder == "dinfer.HierarchyDecoder":
         return [
             *common,

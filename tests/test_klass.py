@@ -22,7 +22,14 @@ from dlm_decode.state import DecodeState, ForwardOutput, ModelInputs, Window
 from dlm_decode.strategies.klass import KlassConfig, KlassVerifier, Unmask, kl_divergence
 from dlm_decode.strategies.proposals import TokenProposal
 
-from helpers import REFERENCE, TASK_BATCH, assert_batch_equals_one_by_one, assert_official_tokens, official_settings
+from helpers import (
+    REFERENCE,
+    TASK_BATCH,
+    assert_batch_equals_one_by_one,
+    assert_official_tokens,
+    llada_tiny_blocks,
+    official_settings,
+)
 
 PRESET = "configs/decoders/klass.yaml"
 OFFICIAL = json.loads((REFERENCE / "official_klass.json").read_text(encoding="utf-8"))
@@ -207,13 +214,7 @@ def equivalent(arguments: dict) -> list[str]:
     """The overrides under which the project decodes as the official ``stable_confident_decode``."""
     a = arguments
     return [
-        f"model.dllm.path={REFERENCE / 'llada-tiny'}",
-        f"generation.max_new_tokens={a['gen_length']}",
-        "decoder.window=blocks",
-        f"decoder.window.size={a['block_length']}",
-        "decoder.proposal=greedy",
-        "decoder.cache=none",
-        "generation.stop_at_eos=false",
+        *llada_tiny_blocks(a["gen_length"], a["block_length"]),
         "decoder.verification=klass",
         f"decoder.verification.steps_per_block={a['steps'] // (a['gen_length'] // a['block_length'])}",
         f"decoder.verification.conf_threshold={a['conf_threshold']}",

@@ -21,17 +21,9 @@ from dlm_decode.hookspecs import hookimpl
 from dlm_decode.strategies.local_leap import anchor_neighbourhood, local_leap_commit
 from dlm_decode.strategies.threshold import threshold_commit
 
+from helpers import MIXED_BATCH
+
 PRESET = "configs/decoders/local-leap.yaml"
-MIXED = [
-    "sort 4 1 7 9 3",
-    "hi",
-    "reverse the word stone",
-    "copy abc",
-    "what is 12 + 30",
-    "sort 9 8 1 2 5 6",
-    "x",
-    "reverse ab",
-] * 2
 
 
 def _commit(confidence, eligible=None, threshold=0.9, relaxed=0.75, radius=2):
@@ -113,13 +105,13 @@ class Leaps:
 
 def test_batch_of_16_with_mixed_prompt_lengths_decodes_each_row_as_alone():
     leaps = Leaps(0.9)
-    batched = Decoder.from_config(PRESET, observers=[leaps]).generate(MIXED)
+    batched = Decoder.from_config(PRESET, observers=[leaps]).generate(MIXED_BATCH)
     assert leaps.count > 0  # the relaxation fires on the embedded model
     single = Decoder.from_config(PRESET, ["generation.batch_size=1"])
-    for prompt, ids in zip(MIXED[:8], batched.token_ids[:8]):
+    for prompt, ids in zip(MIXED_BATCH[:8], batched.token_ids[:8]):
         assert single.generate([prompt]).token_ids[0] == ids, prompt
 
 
 def test_the_preset_decodes_a_block_causal_model():
-    out = Decoder.from_config(PRESET, ["model.dllm.path=embedded:block"]).generate(MIXED[:4])
+    out = Decoder.from_config(PRESET, ["model.dllm.path=embedded:block"]).generate(MIXED_BATCH[:4])
     assert all(out.token_ids)

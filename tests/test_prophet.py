@@ -25,7 +25,14 @@ from dlm_decode.strategies.prophet import (
 )
 from dlm_decode.strategies.proposals import TokenProposal
 
-from helpers import REFERENCE, TASK_BATCH, assert_batch_equals_one_by_one, assert_official_tokens, official_settings
+from helpers import (
+    REFERENCE,
+    TASK_BATCH,
+    assert_batch_equals_one_by_one,
+    assert_official_tokens,
+    llada_tiny_blocks,
+    official_settings,
+)
 
 PRESET = "configs/decoders/prophet.yaml"
 COMPOSED = "configs/decoders/prophet-threshold.yaml"
@@ -260,13 +267,7 @@ def equivalent(arguments: dict) -> list[str]:
     a = arguments
     thresholds = a["early_exit_thresholds"] or {"early": 7.5, "mid": 5.0, "late": 2.5}
     return [
-        f"model.dllm.path={REFERENCE / 'llada-tiny'}",
-        f"generation.max_new_tokens={a['gen_length']}",
-        "decoder.window=blocks",
-        f"decoder.window.size={a['block_length']}",
-        "decoder.proposal=greedy",
-        "decoder.cache=none",
-        "generation.stop_at_eos=false",
+        *llada_tiny_blocks(a["gen_length"], a["block_length"]),
         "decoder.verification=prophet",
         f"decoder.verification.steps_per_block={a['steps'] // (a['gen_length'] // a['block_length'])}",
         f"decoder.verification.answer_start={a['answer_offset']}",

@@ -25,7 +25,7 @@ from dlm_decode.decoder import Decoder
 from dlm_decode.models.adapter import DiffusionLM
 from dlm_decode.models.loading import load_hf
 
-from helpers import REFERENCE, FinalCanvas, assert_logits_close
+from helpers import REFERENCE, FinalCanvas, assert_logits_close, llada_tiny_blocks
 from reference.record import pairwise_mask  # the mask the padded official logits were recorded with
 
 OFFICIAL = json.loads((REFERENCE / "official.json").read_text(encoding="utf-8"))
@@ -45,15 +45,7 @@ def equivalent(decoder: str, arguments: dict) -> list[str]:
     a = arguments
     if decoder.split(".")[0] in ("llada", "fast_dllm", "wino"):
         blocks = a["gen_length"] // a["block_length"]
-        common = [
-            f"model.dllm.path={REFERENCE / 'llada-tiny'}",
-            f"generation.max_new_tokens={a['gen_length']}",
-            "decoder.window=blocks",
-            f"decoder.window.size={a['block_length']}",
-            "decoder.proposal=greedy",
-            f"decoder.cache={LLADA_CACHES.get(decoder, 'none')}",
-            "generation.stop_at_eos=false",
-        ]
+        common = llada_tiny_blocks(a["gen_length"], a["block_length"], LLADA_CACHES.get(decoder, "none"))
         if decoder == "wino.decoding_wino":
             return [
                 *common,

@@ -23,19 +23,9 @@ from dlm_decode.hookspecs import hookimpl
 from dlm_decode.state import DecodeState
 from dlm_decode.strategies.slow_fast import SlowFastConfig, SlowFastVerifier, farthest_confident
 
-from helpers import REFERENCE, assert_official_tokens
+from helpers import MIXED_BATCH, REFERENCE, assert_official_tokens, llada_tiny_blocks
 
 PRESET = "configs/decoders/slow-fast.yaml"
-MIXED = [
-    "sort 4 1 7 9 3",
-    "hi",
-    "reverse the word stone",
-    "copy abc",
-    "what is 12 + 30",
-    "sort 9 8 1 2 5 6",
-    "x",
-    "reverse ab",
-] * 2
 
 
 class Rows:
@@ -147,11 +137,11 @@ def test_config_errors_name_the_key():
 
 def test_batch_of_16_with_mixed_prompt_lengths_decodes_each_row_as_alone():
     rows = Rows()
-    batched = Decoder.from_config(PRESET, observers=[rows]).generate(MIXED)
+    batched = Decoder.from_config(PRESET, observers=[rows]).generate(MIXED_BATCH)
     stats = rows.stats[0]
     assert stats["slow_fast.fast_phases"].sum() > 0 and stats["slow_fast.fast_steps"].sum() > 0  # the rule fires
     single = Decoder.from_config(PRESET, ["generation.batch_size=1"])
-    for prompt, ids in zip(MIXED[:8], batched.token_ids[:8]):
+    for prompt, ids in zip(MIXED_BATCH[:8], batched.token_ids[:8]):
         assert single.generate([prompt]).token_ids[0] == ids, prompt
 
 
@@ -180,7 +170,7 @@ def test_fast_steps_after_the_first_see_only_the_columns_before_the_span_end():
 def test_the_preset_decodes_a_block_causal_model():
     out = Decoder.from_config(
         PRESET, ["model.dllm.path=embedded:block", "decoder.window=blocks", "decoder.window.size=8"]
-    ).generate(MIXED[:4])
+    ).generate(MIXED_BATCH[:4])
     assert all(out.token_ids)
 
 
@@ -199,13 +189,7 @@ for _case in OFFICIAL["cases"]:
 def equivalent(arguments: dict) -> list[str]:
     a = arguments
     return [
-        f"model.dllm.path={REFERENCE / 'llada-tiny'}",
-        f"generation.max_new_tokens={a['gen_length']}",
-        "decoder.window=blocks",
-        f"decoder.window.size={a['block_length']}",
-        "decoder.proposal=greedy",
-        "decoder.cache=none",
-        "generation.stop_at_eos=false",
+        *llada_tiny_blocks(a["gen_length"], a["block_length"]),
         "decoder.verification=slow_fast",
         f"decoder.verification.exploration_steps={a['k_exploration_steps']}",
         f"decoder.verification.span_threshold={a['cycle_len_confidence_threshold']}",

@@ -9,27 +9,17 @@ from hypothesis import strategies as st
 
 from dlm_decode import ConfigError, load_config
 from dlm_decode.decoder import Decoder
-from dlm_decode.state import Proposal, Window
+from dlm_decode.state import Window
 from dlm_decode.strategies.threshold import Factor, FactorConfig, Threshold, ThresholdConfig
 
-from helpers import PROMPTS
+from helpers import PROMPTS, confidence_proposal
 
 
 def verify(plugin, confidence: list[list[float]], eligible: list[list[bool]] | None = None) -> list[list[int]]:
     """The columns ``plugin`` commits, per row, for hand-built confidences (all eligible unless given)."""
     scores = torch.tensor(confidence, dtype=torch.float32)
     allowed = torch.ones_like(scores, dtype=torch.bool) if eligible is None else torch.tensor(eligible)
-    rows, cols = allowed.nonzero(as_tuple=True)
-    proposal = Proposal(
-        tokens=torch.zeros(scores.shape, dtype=torch.long),
-        confidence=scores,
-        rows=rows,
-        cols=cols,
-        logits=torch.zeros(len(rows), 1),
-        temperature=0.0,
-        noise=None,
-        scorer=None,
-    )
+    proposal = confidence_proposal(scores, allowed)
     zeros = torch.zeros(len(scores), dtype=torch.long)
     window = Window(eligible=allowed, input_end=scores.shape[1], block_start=zeros, block_end=zeros + scores.shape[1])
     commit = plugin.dlm_verify(proposal=proposal, window=window).commit

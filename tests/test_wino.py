@@ -16,7 +16,7 @@ from dlm_decode.state import DecodeState, ForwardOutput, ForwardPlan, ModelInput
 from dlm_decode.testing.models import build_tiny_checkpoint
 from dlm_decode.testing.toy import ToyDiffusionLM
 
-from helpers import assert_logits_close
+from helpers import PROMPTS16, assert_logits_close
 
 NEVER = float("-inf")
 PRESET = Path(__file__).resolve().parents[1] / "configs" / "decoders" / "wino.yaml"
@@ -433,24 +433,6 @@ def test_revocations_per_position_are_capped(registry, cap):
 
 
 def test_batch_of_16_equals_one_by_one_on_an_hf_model(make_decoder, registry):
-    prompts = [
-        "sort: 3 1 2",
-        "hi",
-        "reverse: abcdef",
-        "7+5=",
-        "a",
-        "count to five",
-        "xyz",
-        "12*3",
-        "the quick brown fox",
-        "q",
-        "copy: hello",
-        "2+2=",
-        "upper: abc",
-        "ok",
-        "len(abcd)",
-        "z y x",
-    ]
     recorder = Recorder()
     decoder = make_decoder(
         "decoder.verification=wino",
@@ -464,9 +446,9 @@ def test_batch_of_16_equals_one_by_one_on_an_hf_model(make_decoder, registry):
         registry=registry,
         observers=[recorder],
     )
-    together = decoder.generate(prompts, batch_size=16)
+    together = decoder.generate(PROMPTS16, batch_size=16)
     assert int(recorder.runs[0]["revocations"].sum()) > 0
-    for index, prompt in enumerate(prompts):
+    for index, prompt in enumerate(PROMPTS16):
         alone = decoder.generate([prompt], seeds=[index])
         assert alone.token_ids[0] == together.token_ids[index], prompt
         assert alone.stats[0].commits_per_step == together.stats[index].commits_per_step

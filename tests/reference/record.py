@@ -326,27 +326,43 @@ def build_llada(directory: Path, seed: int = 0) -> None:
     _save_shards(tensors, directory, shards=2)
 
 
+def _qwen_linears(
+    tensors: dict[str, torch.Tensor],
+    g: torch.Generator,
+    layer: str,
+    d: int,
+    heads: int,
+    kv_heads: int,
+    hidden: int,
+    qkv_bias: bool,
+) -> None:
+    """Add the attention and MLP projections of the Qwen layer named ``layer`` (``model.layers.{i}.``) to
+    ``tensors``, drawn from ``g`` in a fixed order: each weight normal with std ``1/sqrt(d)`` (three times that for q
+    and k), each q/k/v bias (``qkv_bias``) normal with std 0.1, right after its weight."""
+    head_dim = d // heads
+    linear = 1.0 / d**0.5
+    for name, shape, bias in (
+        ("self_attn.q_proj", (heads * head_dim, d), qkv_bias),
+        ("self_attn.k_proj", (kv_heads * head_dim, d), qkv_bias),
+        ("self_attn.v_proj", (kv_heads * head_dim, d), qkv_bias),
+        ("self_attn.o_proj", (d, heads * head_dim), False),
+        ("mlp.gate_proj", (hidden, d), False),
+        ("mlp.up_proj", (hidden, d), False),
+        ("mlp.down_proj", (d, hidden), False),
+    ):
+        scale = 3.0 if name in ("self_attn.q_proj", "self_attn.k_proj") else 1.0
+        tensors[layer + name + ".weight"] = _normal(g, *shape, std=linear * scale)
+        if bias:
+            tensors[layer + name + ".bias"] = _normal(g, shape[0], std=0.1)
+
+
 def _qwen2_tensors(
     g: torch.Generator, d: int, heads: int, kv_heads: int, layers: int, hidden: int, head_width: int, tied: bool
 ) -> dict[str, torch.Tensor]:
-    head_dim = d // heads
-    linear = 1.0 / d**0.5
     tensors = {"model.embed_tokens.weight": _normal(g, head_width, d, std=1.0)}
     for i in range(layers):
         layer = f"model.layers.{i}."
-        for name, shape, bias in (
-            ("self_attn.q_proj", (heads * head_dim, d), True),
-            ("self_attn.k_proj", (kv_heads * head_dim, d), True),
-            ("self_attn.v_proj", (kv_heads * head_dim, d), True),
-            ("self_attn.o_proj", (d, heads * head_dim), False),
-            ("mlp.gate_proj", (hidden, d), False),
-            ("mlp.up_proj", (hidden, d), False),
-            ("mlp.down_proj", (d, hidden), False),
-        ):
-            scale = 3.0 if name in ("self_attn.q_proj", "self_attn.k_proj") else 1.0
-            tensors[layer + name + ".weight"] = _normal(g, *shape, std=linear * scale)
-            if bias:
-                tensors[layer + name + ".bias"] = _normal(g, shape[0], std=0.1)
+        _qwen_linears(tensors, g, layer, d, heads, kv_heads, hidden, qkv_bias=True)
         tensors[layer + "input_layernorm.weight"] = 1.0 + _normal(g, d, std=0.1)
         tensors[layer + "post_attention_layernorm.weight"] = 1.0 + _normal(g, d, std=0.1)
     tensors["model.norm.weight"] = 1.0 + _normal(g, d, std=0.1)
@@ -533,6 +549,24 @@ class OfficialFiles:
             "official_files": self.files,
             "prompts": PROMPTS,
         }
+
+    def write_llada_fixture(
+        self, path: Path, repository: str, commit: str, prompt_ids: list[list[int]], cases: list[dict], **settings
+    ) -> None:
+        """Write ``path``, the fixture of a recorder of one official repository on the tiny LLaDA: ``repository`` and
+        ``commit``, the :meth:`provenance` fields, the recorder's ``settings`` (in the order given), the prompts'
+        LLaDA ids and the ``cases``."""
+        _write_json(
+            path,
+            {
+                "repository": repository,
+                "commit": commit,
+                **self.provenance(),
+                **settings,
+                "prompt_ids": {"llada": prompt_ids},
+                "cases": cases,
+            },
+        )
 
 
 def tiny_llada(modeling, out: Path):

@@ -65,6 +65,7 @@ from record import (  # noqa: E402
     _byte_alphabet,
     _chat_ids,
     _normal,
+    _qwen_linears,
     _save_shards,
     _silence_rows,
     _write_json,
@@ -149,23 +150,10 @@ def _qwen_tensors(
 ) -> dict[str, torch.Tensor]:
     """Random weights under transformers' Qwen3 (``qk_norm``: per-head q/k RMSNorm, no biases) or Qwen2 names."""
     head_dim = d // heads
-    linear = 1.0 / d**0.5
     tensors = {"model.embed_tokens.weight": _normal(g, HEAD, d, std=1.0)}
     for i in range(layers):
         layer = f"model.layers.{i}."
-        for name, shape, bias in (
-            ("self_attn.q_proj", (heads * head_dim, d), not qk_norm),
-            ("self_attn.k_proj", (kv_heads * head_dim, d), not qk_norm),
-            ("self_attn.v_proj", (kv_heads * head_dim, d), not qk_norm),
-            ("self_attn.o_proj", (d, heads * head_dim), False),
-            ("mlp.gate_proj", (hidden, d), False),
-            ("mlp.up_proj", (hidden, d), False),
-            ("mlp.down_proj", (d, hidden), False),
-        ):
-            scale = 3.0 if name in ("self_attn.q_proj", "self_attn.k_proj") else 1.0
-            tensors[layer + name + ".weight"] = _normal(g, *shape, std=linear * scale)
-            if bias:
-                tensors[layer + name + ".bias"] = _normal(g, shape[0], std=0.1)
+        _qwen_linears(tensors, g, layer, d, heads, kv_heads, hidden, qkv_bias=not qk_norm)
         if qk_norm:
             tensors[layer + "self_attn.q_norm.weight"] = QK_NORM * (1.0 + _normal(g, head_dim, std=0.3))
             tensors[layer + "self_attn.k_norm.weight"] = QK_NORM * (1.0 + _normal(g, head_dim, std=0.3))

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import GEN_LENGTH, OfficialFiles, _write_json, recorder_parser, run_recorder, tiny_llada  # noqa: E402
+from record import GEN_LENGTH, OfficialFiles, recorder_parser, run_recorder, tiny_llada  # noqa: E402
 
 DECODING = ("utils.py", "parallel_strategy.py", "generate_uniform.py")
 
@@ -93,15 +93,8 @@ def record(args: argparse.Namespace) -> None:
                 strategy.CreditThresholdParallelDecoder,
             )
 
-    _write_json(
-        args.out / "official_dinfer.json",
-        {
-            "repository": "inclusionAI/dInfer",
-            "commit": args.dinfer_commit,
-            **official.provenance(),
-            "prompt_ids": {"llada": prompts},
-            "cases": cases,
-        },
+    official.write_llada_fixture(
+        args.out / "official_dinfer.json", "inclusionAI/dInfer", args.dinfer_commit, prompts, cases
     )
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import GEN_LENGTH, OfficialFiles, _write_json, tiny_llada  # noqa: E402
+from record import GEN_LENGTH, OfficialFiles, tiny_llada  # noqa: E402
 
 REPOSITORY = "horseee/dKV-Cache"
 #: (steps, block_length, cache_reloading_step) of the recorded cases.
@@ -88,16 +88,7 @@ def record(args: argparse.Namespace) -> None:
                 }
             )
 
-    _write_json(
-        args.out / "official_dkv.json",
-        {
-            "repository": REPOSITORY,
-            "commit": args.commit,
-            **official.provenance(),
-            "prompt_ids": {"llada": prompts},
-            "cases": cases,
-        },
-    )
+    official.write_llada_fixture(args.out / "official_dkv.json", REPOSITORY, args.commit, prompts, cases)
 
 
 def main() -> None:

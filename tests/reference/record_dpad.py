@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import GEN_LENGTH, OfficialFiles, _write_json, recorder_parser, run_recorder, tiny_llada  # noqa: E402
+from record import GEN_LENGTH, OfficialFiles, recorder_parser, run_recorder, tiny_llada  # noqa: E402
 
 BLOCK = 8
 #: sigma 1, scale 5: every keep probability of the window is >= 5 * phi(1) = 1.21, so the window is kept whole.
@@ -124,16 +124,7 @@ def record(args: argparse.Namespace) -> None:
     )
     run("generate", {**topk, "dropout": "uniform", "preserved_tokens": 3, "window": 12}, random=True)
 
-    _write_json(
-        args.out / "official_dpad.json",
-        {
-            "repository": "Crys-Chen/DPad",
-            "commit": args.commit,
-            **official.provenance(),
-            "prompt_ids": {"llada": prompts},
-            "cases": cases,
-        },
-    )
+    official.write_llada_fixture(args.out / "official_dpad.json", "Crys-Chen/DPad", args.commit, prompts, cases)
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import GEN_LENGTH, OfficialFiles, _write_json, recorder_parser, run_recorder, tiny_llada  # noqa: E402
+from record import GEN_LENGTH, OfficialFiles, recorder_parser, run_recorder, tiny_llada  # noqa: E402
 
 REPOSITORY = "shkim0116/KLASS"
 COMMIT = "ad87ecbe9fdef4a6e93701afbc150cb9213fbcd7"
@@ -106,16 +106,8 @@ def record(args: argparse.Namespace) -> None:
                 }
             )
 
-    _write_json(
-        args.out / "official_klass.json",
-        {
-            "repository": REPOSITORY,
-            "commit": COMMIT,
-            **official.provenance(),
-            "gen_length": GEN_LENGTH,
-            "prompt_ids": {"llada": prompts},
-            "cases": cases,
-        },
+    official.write_llada_fixture(
+        args.out / "official_klass.json", REPOSITORY, COMMIT, prompts, cases, gen_length=GEN_LENGTH
     )
 
 

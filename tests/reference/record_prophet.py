@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import GEN_LENGTH, OfficialFiles, _write_json, recorder_parser, run_recorder, tiny_llada  # noqa: E402
+from record import GEN_LENGTH, OfficialFiles, recorder_parser, run_recorder, tiny_llada  # noqa: E402
 
 REPOSITORY = "pixeli99/Prophet"
 COMMIT = "460afe41c7063a29a9893675aca07b985997bb83"
@@ -88,16 +88,8 @@ def record(args: argparse.Namespace) -> None:
                 }
             )
 
-    _write_json(
-        args.out / "official_prophet.json",
-        {
-            "repository": REPOSITORY,
-            "commit": COMMIT,
-            **official.provenance(),
-            "gen_length": GEN_LENGTH,
-            "prompt_ids": {"llada": prompts},
-            "cases": cases,
-        },
+    official.write_llada_fixture(
+        args.out / "official_prophet.json", REPOSITORY, COMMIT, prompts, cases, gen_length=GEN_LENGTH
     )
 
 

@@ -49,7 +49,17 @@ from dataclasses import dataclass
 
 import torch
 
-from dlm_decode.api import Decision, DecodeState, ForwardOutput, Proposal, Window, check_field, hookimpl, select_top
+from dlm_decode.api import (
+    Decision,
+    DecodeState,
+    ForwardOutput,
+    Proposal,
+    Window,
+    check_field,
+    check_step_schedule,
+    hookimpl,
+    select_top,
+)
 
 
 class Unmask(enum.Enum):
@@ -91,18 +101,7 @@ class KlassConfig:
             "a KL divergence is never negative; the official scripts use 0.001 to 0.015",
         )
         check_field(self.history_length >= 1, "history_length", f"must be at least 1, got {self.history_length}")
-        check_field(
-            self.steps_per_block is None or self.steps_per_block >= 1,
-            "steps_per_block",
-            f"must be >= 1 or null, got {self.steps_per_block}",
-        )
-        check_field(self.tokens_per_step >= 1, "tokens_per_step", f"must be >= 1, got {self.tokens_per_step}")
-        check_field(
-            self.steps_per_block is None or self.tokens_per_step == 1,
-            "tokens_per_step",
-            "is ignored when steps_per_block is set",
-            "set only one of steps_per_block and tokens_per_step",
-        )
+        check_step_schedule(self.steps_per_block, self.tokens_per_step)
 
 
 @dataclass

@@ -70,6 +70,7 @@ from dlm_decode.api import (
     Proposal,
     Window,
     check_field,
+    check_step_schedule,
     hookimpl,
     select_top,
 )
@@ -129,18 +130,7 @@ class ProphetConfig:
 
     def __post_init__(self) -> None:
         topk, threshold = self.base is Base.topk, self.base is Base.threshold
-        check_field(
-            self.steps_per_block is None or self.steps_per_block >= 1,
-            "steps_per_block",
-            f"must be >= 1 or null, got {self.steps_per_block}",
-        )
-        check_field(self.tokens_per_step >= 1, "tokens_per_step", f"must be >= 1, got {self.tokens_per_step}")
-        check_field(
-            self.steps_per_block is None or self.tokens_per_step == 1,
-            "tokens_per_step",
-            "is ignored when steps_per_block is set",
-            "set only one of steps_per_block and tokens_per_step",
-        )
+        check_step_schedule(self.steps_per_block, self.tokens_per_step)
         for name in ("score", "steps_per_block", "tokens_per_step"):
             check_field(
                 topk or getattr(self, name) == getattr(ProphetConfig, name),

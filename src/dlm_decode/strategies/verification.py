@@ -30,6 +30,7 @@ from dlm_decode.api import (
     Proposal,
     Window,
     check_field,
+    check_step_schedule,
     first_true_columns,
     hookimpl,
     select_top,
@@ -64,18 +65,7 @@ class TopKConfig:
     """Dream's last timestep (schedule dream)."""
 
     def __post_init__(self) -> None:
-        check_field(
-            self.steps_per_block is None or self.steps_per_block >= 1,
-            "steps_per_block",
-            f"must be >= 1 or null, got {self.steps_per_block}",
-        )
-        check_field(self.tokens_per_step >= 1, "tokens_per_step", f"must be >= 1, got {self.tokens_per_step}")
-        check_field(
-            self.steps_per_block is None or self.tokens_per_step == 1,
-            "tokens_per_step",
-            "is ignored when steps_per_block is set",
-            "set only one of steps_per_block and tokens_per_step",
-        )
+        check_step_schedule(self.steps_per_block, self.tokens_per_step)
         check_field(
             self.schedule is not Schedule.dream or self.steps_per_block is not None,
             "steps_per_block",
