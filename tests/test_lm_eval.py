@@ -100,6 +100,7 @@ def test_tasks_of_another_selection_in_the_directory_are_refused(tmp_path):
         write_task_suite(tmp_path, ["arith"], 2)
 
 
+@pytest.mark.slow
 def test_sampled_answers_and_accuracy_are_those_of_dlm_decode_eval(tiny_dllm_dir, suite, tmp_path):
     """Document j of each suite task is example <task>-<j> of ``dlm-decode eval``, decoded with its seed."""
     results = run_lm_eval("dlm_decode", suite, model_args=overrides(tiny_dllm_dir, **SAMPLING))
