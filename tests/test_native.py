@@ -185,6 +185,22 @@ def test_a_mixture_of_experts_published_as_llada_is_refused_with_the_reason(tmp_
         DiffusionLM.from_spec(ModelSpec(path=str(path)))
 
 
+def test_a_mixture_of_experts_published_as_sdar_is_pointed_to_sdar_moe(tmp_path):
+    """SDAR-30B-A3B loads natively under its own model_type, sdar_moe; the dense sdar mapping names it."""
+    path = edited_copy(
+        REFERENCE / "sdar-tiny",
+        tmp_path / "moe",
+        config={"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 16},
+    )
+    with pytest.raises(
+        ModelError,
+        match=r"(?s)a mixture of experts \(config.json has num_experts=8, num_experts_per_tok=2, "
+        r"moe_intermediate_size=16\).*dense SDAR.*loads natively as `model_type: sdar_moe` "
+        r"\(on Qwen3MoeForCausalLM\): set model_type to 'sdar_moe'",
+    ):
+        DiffusionLM.from_spec(ModelSpec(path=str(path)))
+
+
 def _rewrite_weights(path, edit) -> None:
     from safetensors.torch import load_file, save_file
 

@@ -80,8 +80,10 @@ def equivalent(decoder: str, arguments: dict) -> list[str]:
     """The overrides under which the project decodes as SDAR's evaluation decoder called with ``arguments``:
     blocks of ``block_length`` for the window and for the attention pattern (the official decoder builds its mask
     from ``block_length``, whatever the config's ``block_size``); ``k = block_length / denoising_steps`` tokens per
-    step, the most confident (``threshold`` 1.0), or every token above ``threshold`` but at least k (below 1.0);
-    every position decoded (``stop_at_eos=false``), the tokens compared up to the first stop id."""
+    step, the most confident, and every token above ``threshold`` (below 1.0): ``threshold(threshold,
+    min_tokens=k)``, also at 1.0, where the official step is a top-k of the block alone (``topk`` would re-spread a
+    partial first block, ``tests/test_sdar_partial.py``); every position decoded (``stop_at_eos=false``), the tokens
+    compared up to the first stop id."""
     k = arguments["block_length"] // arguments["denoising_steps"]
     if decoder == SCRIPT_DECODER:  # every confidence 1.0 (see the module docstring)
         verification = (
@@ -89,8 +91,6 @@ def equivalent(decoder: str, arguments: dict) -> list[str]:
             if arguments["remasking_strategy"] == "sequential"
             else ["decoder.verification=threshold", "decoder.verification.threshold=0.0"]
         )
-    elif arguments["threshold"] >= 1.0:
-        verification = ["decoder.verification=topk", f"decoder.verification.tokens_per_step={k}"]
     else:
         verification = [
             "decoder.verification=threshold",

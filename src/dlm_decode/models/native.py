@@ -220,6 +220,8 @@ class Architecture:
     :ivar carried: ``config.json`` fields copied onto the transformers config as they are, for the adapter (SDAR's
         ``block_size``, from which its attention pattern is read).
     :ivar experts: the architecture is a mixture of experts (its expert fields are read, not refused).
+    :ivar experts_model_type: for a dense architecture, the ``model_type`` under which the same family's
+        mixture-of-experts checkpoints load natively (named by the refusal of a checkpoint that has expert fields).
     """
 
     name: str
@@ -232,6 +234,7 @@ class Architecture:
     key_mapping: Mapping[str, str] | None = None
     carried: tuple[str, ...] = ()
     experts: bool = False
+    experts_model_type: str | None = None
 
     @property
     def model_class(self) -> Any:  # a transformers model class; its from_pretrained returns (model, info) here
@@ -253,11 +256,16 @@ class Architecture:
         )
         experts = [f"{name}={config[name]!r}" for name in MOE_KEYS if name in config]
         if experts and not self.experts:
+            moe = self.experts_model_type
             raise ModelError(
                 f"`{key}.path`: this checkpoint is a mixture of experts (config.json has "
                 f"{', '.join(experts)}); the native {self.name} mapping reproduces the dense "
                 f"{self.original} architecture only",
-                fix=remote,
+                fix=remote
+                if moe is None
+                else f"{self.original}'s mixture of experts loads natively as `model_type: {moe}` (on "
+                f"{ARCHITECTURES[moe].model_class_name}): set model_type to {moe!r} in config.json, as the "
+                "published mixture-of-experts checkpoints do",
             )
         missing = [name for name in self.layout if name not in config]
         if missing:
@@ -311,6 +319,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         "Qwen3ForCausalLM",
         "Qwen2Tokenizer",
         carried=("block_size",),
+        experts_model_type="sdar_moe",
     ),
     "sdar_moe": Architecture(
         "sdar_moe",
