@@ -273,3 +273,10 @@ def edited_copy(source, target: Path, *, config=None, tokenizer_config=None, voc
     for name, text in (files or {}).items():
         (target / name).write_text(text)
     return target
+
+
+def until_stop(ids: list[int], stops: list[int]) -> list[int]:
+    """``ids`` up to and including the first of ``stops`` (all of them when none occurs): what SDAR's decoders
+    return once a stop id is generated."""
+    end = next((i for i, token in enumerate(ids) if token in stops), len(ids) - 1)
+    return ids[: end + 1]

@@ -34,7 +34,7 @@ from dlm_decode.decoder import Decoder
 from dlm_decode.masks import AttentionPattern
 from dlm_decode.models.adapter import DiffusionLM
 
-from helpers import REFERENCE, assert_logits_close
+from helpers import REFERENCE, assert_logits_close, until_stop
 
 OFFICIAL = json.loads((REFERENCE / "official_block.json").read_text(encoding="utf-8"))
 EVALUATION_DECODER = "sdar.huggingface_bd3.block_diffusion_generate"
@@ -125,11 +125,6 @@ def test_every_sdar_case_is_compared():
 
 def test_every_fast_dllm_v2_case_without_the_official_block_cache_is_compared():
     assert len(V2_GROUPS) == 3 and sum(len(cases) for cases in V2_GROUPS.values()) == 15
-
-
-def until_stop(ids: list[int], stops: list[int]) -> list[int]:
-    end = next((i for i, token in enumerate(ids) if token in stops), len(ids) - 1)
-    return ids[: end + 1]
 
 
 @pytest.mark.parametrize("cache", ["none", "prefix"])

@@ -25,7 +25,7 @@ from dlm_decode.decoder import Decoder
 from dlm_decode.masks import AttentionPattern
 from dlm_decode.models.adapter import DiffusionLM
 
-from helpers import REFERENCE, assert_logits_close
+from helpers import REFERENCE, assert_logits_close, until_stop
 
 CHECKPOINT = REFERENCE / "sdar-moe-tiny"
 OFFICIAL = json.loads((REFERENCE / "official_sdar_moe.json").read_text(encoding="utf-8"))
@@ -133,11 +133,6 @@ GROUPS = _groups()
 
 def test_every_official_case_is_compared():
     assert len(GROUPS) == 4 and all(len(cases) == len(OFFICIAL["prompts"]) for cases in GROUPS.values())
-
-
-def until_stop(ids: list[int], stops: list[int]) -> list[int]:
-    end = next((i for i, token in enumerate(ids) if token in stops), len(ids) - 1)
-    return ids[: end + 1]
 
 
 @pytest.mark.parametrize("cache", ["none", "prefix"])

@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_reference_block import EVALUATION_DECODER, equivalent, until_stop
+from test_reference_block import EVALUATION_DECODER, equivalent
 from test_reference_block import OFFICIAL as OFFICIAL_BLOCK
 
 from dlm_decode.decoder import Decoder
 
-from helpers import REFERENCE, official_settings
+from helpers import REFERENCE, official_settings, until_stop
 
 OFFICIAL = json.loads((REFERENCE / "official_sdar_partial.json").read_text(encoding="utf-8"))
 GROUPS = official_settings(OFFICIAL["cases"])
