@@ -280,3 +280,39 @@ def until_stop(ids: list[int], stops: list[int]) -> list[int]:
     return once a stop id is generated."""
     end = next((i for i, token in enumerate(ids) if token in stops), len(ids) - 1)
     return ids[: end + 1]
+
+
+#: SDAR's two official decoders as the block fixtures name them (tests/reference/record_block.py).
+SDAR_EVALUATION_DECODER = "sdar.huggingface_bd3.block_diffusion_generate"
+SDAR_SCRIPT_DECODER = "sdar.generate.block_diffusion_generate"
+
+
+def sdar_equivalent(decoder: str, arguments: dict) -> list[str]:
+    """The overrides under which the project decodes as SDAR's evaluation decoder called with ``arguments``:
+    blocks of ``block_length`` for the window and for the attention pattern (the official decoder builds its mask
+    from ``block_length``, whatever the config's ``block_size``); ``k = block_length / denoising_steps`` tokens per
+    step, the most confident, and every token above ``threshold`` (below 1.0): ``threshold(threshold,
+    min_tokens=k)``, also at 1.0, where the official step is a top-k of the block alone (``topk`` would re-spread a
+    partial first block, ``tests/test_sdar_partial.py``); every position decoded (``stop_at_eos=false``), the tokens
+    compared up to the first stop id."""
+    k = arguments["block_length"] // arguments["denoising_steps"]
+    if decoder == SDAR_SCRIPT_DECODER:  # every confidence 1.0 (see the module docstring)
+        verification = (
+            ["decoder.verification=left_to_right", f"decoder.verification.k={k}"]
+            if arguments["remasking_strategy"] == "sequential"
+            else ["decoder.verification=threshold", "decoder.verification.threshold=0.0"]
+        )
+    else:
+        verification = [
+            "decoder.verification=threshold",
+            f"decoder.verification.threshold={arguments['threshold']}",
+            f"decoder.verification.min_tokens={k}",
+        ]
+    return [
+        f"model.dllm.block_size={arguments['block_length']}",
+        "decoder.window=blocks",
+        f"decoder.window.size={arguments['block_length']}",
+        *verification,
+        "decoder.proposal=greedy",
+        "generation.stop_at_eos=false",
+    ]

@@ -34,11 +34,16 @@ from dlm_decode.decoder import Decoder
 from dlm_decode.masks import AttentionPattern
 from dlm_decode.models.adapter import DiffusionLM
 
-from helpers import REFERENCE, assert_logits_close, until_stop
+from helpers import (
+    REFERENCE,
+    SDAR_EVALUATION_DECODER,
+    SDAR_SCRIPT_DECODER,
+    assert_logits_close,
+    sdar_equivalent,
+    until_stop,
+)
 
 OFFICIAL = json.loads((REFERENCE / "official_block.json").read_text(encoding="utf-8"))
-EVALUATION_DECODER = "sdar.huggingface_bd3.block_diffusion_generate"
-SCRIPT_DECODER = "sdar.generate.block_diffusion_generate"
 
 
 @pytest.fixture(scope="module")
@@ -76,41 +81,10 @@ def test_the_native_tokenizer_gives_the_official_prompt_ids(sdar):
     assert sdar.encode(OFFICIAL["prompts"]) == OFFICIAL["prompt_ids"]["sdar"]
 
 
-def equivalent(decoder: str, arguments: dict) -> list[str]:
-    """The overrides under which the project decodes as SDAR's evaluation decoder called with ``arguments``:
-    blocks of ``block_length`` for the window and for the attention pattern (the official decoder builds its mask
-    from ``block_length``, whatever the config's ``block_size``); ``k = block_length / denoising_steps`` tokens per
-    step, the most confident, and every token above ``threshold`` (below 1.0): ``threshold(threshold,
-    min_tokens=k)``, also at 1.0, where the official step is a top-k of the block alone (``topk`` would re-spread a
-    partial first block, ``tests/test_sdar_partial.py``); every position decoded (``stop_at_eos=false``), the tokens
-    compared up to the first stop id."""
-    k = arguments["block_length"] // arguments["denoising_steps"]
-    if decoder == SCRIPT_DECODER:  # every confidence 1.0 (see the module docstring)
-        verification = (
-            ["decoder.verification=left_to_right", f"decoder.verification.k={k}"]
-            if arguments["remasking_strategy"] == "sequential"
-            else ["decoder.verification=threshold", "decoder.verification.threshold=0.0"]
-        )
-    else:
-        verification = [
-            "decoder.verification=threshold",
-            f"decoder.verification.threshold={arguments['threshold']}",
-            f"decoder.verification.min_tokens={k}",
-        ]
-    return [
-        f"model.dllm.block_size={arguments['block_length']}",
-        "decoder.window=blocks",
-        f"decoder.window.size={arguments['block_length']}",
-        *verification,
-        "decoder.proposal=greedy",
-        "generation.stop_at_eos=false",
-    ]
-
-
 def _groups() -> dict[str, list[dict]]:
     groups = defaultdict(list)
     for case in OFFICIAL["cases"]:
-        if case["decoder"] in (EVALUATION_DECODER, SCRIPT_DECODER):
+        if case["decoder"] in (SDAR_EVALUATION_DECODER, SDAR_SCRIPT_DECODER):
             groups[json.dumps([case["decoder"], case["arguments"]], sort_keys=True)].append(case)
     return groups
 
@@ -140,7 +114,7 @@ def test_the_official_sdar_decoders_are_matched_token_for_token(sdar, key, cache
         [],
         [
             f"model.dllm.path={REFERENCE / 'sdar-tiny'}",
-            *equivalent(cases[0]["decoder"], arguments),
+            *sdar_equivalent(cases[0]["decoder"], arguments),
             f"decoder.cache={cache}",
             f"generation.max_new_tokens={width}",
             "generation.batch_size=5",

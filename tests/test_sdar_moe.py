@@ -25,7 +25,7 @@ from dlm_decode.decoder import Decoder
 from dlm_decode.masks import AttentionPattern
 from dlm_decode.models.adapter import DiffusionLM
 
-from helpers import REFERENCE, assert_logits_close, until_stop
+from helpers import REFERENCE, SDAR_EVALUATION_DECODER, assert_logits_close, sdar_equivalent, until_stop
 
 CHECKPOINT = REFERENCE / "sdar-moe-tiny"
 OFFICIAL = json.loads((REFERENCE / "official_sdar_moe.json").read_text(encoding="utf-8"))
@@ -143,19 +143,11 @@ def test_the_official_evaluation_decoder_is_matched_token_for_token(key, cache):
     5 prompts, left-padded; the official decoder stops at a stop id, so each row is compared up to it."""
     cases = GROUPS[key]
     arguments = cases[0]["arguments"]
-    k = arguments["block_length"] // arguments["denoising_steps"]
     decoder = Decoder.from_config(
         [],
         [
             f"model.dllm.path={CHECKPOINT}",
-            f"model.dllm.block_size={arguments['block_length']}",
-            "decoder.window=blocks",
-            f"decoder.window.size={arguments['block_length']}",
-            "decoder.verification=threshold",
-            f"decoder.verification.threshold={arguments['threshold']}",
-            f"decoder.verification.min_tokens={k}",
-            "decoder.proposal=greedy",
-            "generation.stop_at_eos=false",
+            *sdar_equivalent(SDAR_EVALUATION_DECODER, arguments),
             f"decoder.cache={cache}",
             f"generation.max_new_tokens={max(len(case['generated']) for case in cases)}",
             "generation.batch_size=5",

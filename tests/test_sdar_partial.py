@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_reference_block import EVALUATION_DECODER, equivalent
-from test_reference_block import OFFICIAL as OFFICIAL_BLOCK
 
 from dlm_decode.decoder import Decoder
 
-from helpers import REFERENCE, official_settings, until_stop
+from helpers import REFERENCE, SDAR_EVALUATION_DECODER, official_settings, sdar_equivalent, until_stop
 
 OFFICIAL = json.loads((REFERENCE / "official_sdar_partial.json").read_text(encoding="utf-8"))
+OFFICIAL_BLOCK = json.loads((REFERENCE / "official_block.json").read_text(encoding="utf-8"))
 GROUPS = official_settings(OFFICIAL["cases"])
 PRESET = str(REFERENCE.parent.parent / "configs" / "decoders" / "sdar.yaml")
 
@@ -41,7 +40,7 @@ def decode(cases: list[dict], verification: list[str], cache: str = "none"):
     """The cases' prompts in one left-padded batch under SDAR's evaluation decoder's overrides, the official
     verification replaced by ``verification`` when it is given."""
     arguments = cases[0]["arguments"]
-    overrides = equivalent(cases[0]["decoder"], arguments)
+    overrides = sdar_equivalent(cases[0]["decoder"], arguments)
     if verification:
         overrides = [o for o in overrides if not o.startswith("decoder.verification")] + verification
     decoder = Decoder.from_config(
@@ -102,7 +101,7 @@ def test_the_sdar_preset_is_sdars_evaluation_decoder_on_an_sdar_checkpoint():
     cases = [
         case
         for case in OFFICIAL_BLOCK["cases"]
-        if case["decoder"] == EVALUATION_DECODER and settings.items() <= case["arguments"].items()
+        if case["decoder"] == SDAR_EVALUATION_DECODER and settings.items() <= case["arguments"].items()
     ]
     assert len(cases) == 5
     width = max(len(case["generated"]) for case in cases)
