@@ -13,11 +13,12 @@ from dlm_decode.config.compose import ResolvedConfig, Source, load_config
 from dlm_decode.config.schema import SEED_MAX, SEED_MIN
 from dlm_decode.context import BuildContext
 from dlm_decode.dispatch import Roles, decoder_manager
-from dlm_decode.errors import InputError
+from dlm_decode.errors import ConfigError, InputError
 from dlm_decode.hookspecs import hookimpl
 from dlm_decode.loop import decode, run_steps
 from dlm_decode.masks import BIDIRECTIONAL
 from dlm_decode.models.adapter import DiffusionLM
+from dlm_decode.models.dllm import adapt, load_dllm
 from dlm_decode.models.fingerprint import weights_fingerprint
 from dlm_decode.ops import get_scorer
 from dlm_decode.plugins import get_registry, tracing_enabled
@@ -76,7 +77,7 @@ class GenerationOutput:
 
 class _PrefixStreamer:
     """Observer collecting the newly decided text of row 0 after each step: the decoded generated ids before the
-    first mask, up to and including the first EOS, as :meth:`DecodeState.generated` cuts them (one host read per
+    first mask (undecided position, on a noise canvas), up to and including the first EOS, as :meth:`DecodeState.generated` cuts them (one host read per
     step)."""
 
     def __init__(self, dllm: DiffusionLM):
@@ -88,8 +89,11 @@ class _PrefixStreamer:
 
     @hookimpl
     def dlm_step_end(self, state: DecodeState) -> None:
-        ids = state.canvas[0, state.gen_start :].tolist()
-        decided = ids[: first_of(ids, self.mask)]
+        row, mask = state.canvas[0, state.gen_start :], self.mask
+        if state.noise_vocab is not None:  # undecided positions hold noise: mark them with an id no token has
+            row, mask = row.masked_fill(state.masked[0, state.gen_start :], -1), [-1]
+        ids = row.tolist()
+        decided = ids[: first_of(ids, mask)]
         text = self.dllm.decode(decided[: first_of(decided, self.eos_ids) + 1])
         if len(text) > len(self.emitted) and text.startswith(self.emitted):
             self.pending.append(text[len(self.emitted) :])
@@ -145,16 +149,27 @@ class Decoder:
     ):
         self.config = config
         self.registry = registry or get_registry()
-        self.dllm = dllm or DiffusionLM.from_spec(config.config.model.dllm)
+        self.dllm = dllm or load_dllm(config.config.model.dllm)
         self.scorer = get_scorer(config.config.generation.kernels, key="generation.kernels")
         context = BuildContext(resolved=config, dllm=self.dllm, scorer=self.scorer)
+        refused = getattr(self.dllm, "refused_strategies", {})  # (role, name) -> why, for a model that has some
+        for role in ROLES:
+            name = config.strategies[role][0]
+            if (role, name) in refused:
+                family = getattr(getattr(self.dllm, "family", None), "name", "this")
+                raise ConfigError(
+                    f"decoder.{role}",
+                    f"{name!r} does not apply to the {family} model: {refused[role, name]}",
+                    fix=f"choose another decoder.{role} (docs/block-diffusion.md lists what applies)",
+                )
         self.strategies = {}
         for role in ROLES:
             name, params = config.strategies[role]
             spec = self.registry.get(role, name)
             self.strategies[role] = (spec, spec.factory(params, context))
         self.models = [getattr(self.dllm, "model", None), *context.loaded]
-        self.manager = decoder_manager(self.strategies, observers)
+        # a model may bring hooks of its own (DiffusionGemma's self-conditioning and forward extras)
+        self.manager = decoder_manager(self.strategies, (*getattr(self.dllm, "hooks", ()), *observers))
         self.roles = Roles(
             self.manager, {role: spec for role, (spec, _) in self.strategies.items()}, direct=not tracing_enabled()
         )
@@ -195,7 +210,7 @@ class Decoder:
         config = (
             source if isinstance(source, ResolvedConfig) else load_config(source, overrides, kwargs.get("registry"))
         )
-        return cls(config, dllm=DiffusionLM.from_loaded(model, tokenizer, config.config.model.dllm), **kwargs)
+        return cls(config, dllm=adapt(model, tokenizer, config.config.model.dllm), **kwargs)
 
     @property
     def weights_hash(self) -> str:
@@ -268,6 +283,14 @@ class Decoder:
             encoded = self.dllm.encode(prompts)
         except Exception as exc:  # the tokenizer cannot encode some text (e.g. a character outside its vocabulary)
             raise self._untokenizable(prompts, first_index, exc) from exc
+        noise_vocab = getattr(self.dllm, "noise_vocab", None)
+        block = getattr(getattr(self.dllm, "attention", None), "block_size", None)
+        if noise_vocab is not None and block and max_new_tokens % block:
+            raise InputError(
+                f"max_new_tokens is {max_new_tokens}; a uniform-noise model ({self.dllm.family.name}) draws and "
+                f"decodes whole blocks of {block} tokens",
+                fix=f"use a multiple of {block} for max_new_tokens (generation.max_new_tokens)",
+            )
         for offset, ids in enumerate(encoded):
             index = first_index + offset
             if len(ids) + max_new_tokens > self.dllm.max_context:
@@ -289,6 +312,7 @@ class Decoder:
             excluded_token_ids=self.dllm.undecodable_ids,
             stop_at_eos=self.generation.stop_at_eos,
             attention=getattr(self.dllm, "attention", BIDIRECTIONAL),
+            noise_vocab=noise_vocab,
         )
 
     def _untokenizable(self, prompts: list[str], first_index: int, exc: Exception) -> InputError:

@@ -4,6 +4,13 @@ Rules checked every step, whatever the plugins return: every unfinished row comm
 commits fall on eligible (masked, generated) positions only, so prompt tokens never change; revocations touch
 only committed generated positions; the mask token and ids the tokenizer cannot decode are never proposed; NaN
 or infinite logits stop decoding; a batch may not exceed its step budget.
+
+On a noise canvas (a uniform-noise model, :attr:`~dlm_decode.state.DecodeState.noise_vocab`) "undecided" replaces
+"masked": undecided positions hold noise tokens, there is no mask token to exclude, a decision may also *redraw*
+eligible undecided positions (rewrite their tokens without deciding them), and every unfinished row commits or
+redraws at least one position per step (the step budget still bounds a sampler that never stops); revocations are
+refused, and a redraw on a mask canvas too. Rows that enter a new block get its noise from their own generators
+after the step's host synchronisation.
 """
 
 from __future__ import annotations
@@ -29,22 +36,31 @@ def forward_flags(state: DecodeState, window: Window, logits: torch.Tensor) -> l
 
 
 def decision_flags(state: DecodeState, window: Window, decision: Decision) -> list[torch.Tensor]:
-    """Two bool scalars on the device, computed before the decision is applied: a commit outside the window; a
+    """Three bool scalars on the device, computed before the decision is applied: a commit outside the window; a
     revocation of something other than a committed generated token, of the row's current model block for a
-    block-causal model (a placeholder, not read, when there is no revocation)."""
+    block-causal model, or any revocation on a noise canvas; a redraw outside the window, or any redraw on a mask
+    canvas (placeholders, not read, when there is no revocation or redraw)."""
     off_window = (decision.commit > window.eligible).any()
-    revoke = decision.revoke
+    redraw, revoke = decision.redraw, decision.revoke
+    bad_redraw = off_window
+    if redraw is not None:
+        bad_redraw = redraw.any() if state.noise_vocab is None else (redraw > window.eligible).any()
     if revoke is None:
-        return [off_window, off_window]
+        return [off_window, off_window, bad_redraw]
+    if state.noise_vocab is not None:
+        return [off_window, revoke.any(), bad_redraw]
     settled = state.masked | ~state.generated_columns
     if state.attention.block_causal:  # a finished block stays finished: later blocks were decided on it
         start, end = state.model_block()
         settled = settled | (state.columns < start[:, None]) | (state.columns >= end[:, None])
-    return [off_window, (revoke & settled).any()]
+    return [off_window, (revoke & settled).any(), bad_redraw]
 
 
-def progress_flag(commits: torch.Tensor, finished_before: torch.Tensor) -> torch.Tensor:
-    """A bool scalar: every row unfinished before the step committed (``[B]`` long commits, ``[B]`` bool)."""
+def progress_flag(commits: torch.Tensor, finished_before: torch.Tensor, decision: Decision) -> torch.Tensor:
+    """A bool scalar: every row unfinished before the step committed, or redrew (``[B]`` long commits, ``[B]``
+    bool)."""
+    if decision.redraw is not None:
+        commits = commits + decision.redraw.sum(-1)
     return (commits + finished_before).all()  # nonzero where the row committed or was already finished
 
 
@@ -68,7 +84,7 @@ def raise_forward_errors(flags: list[bool], step: int, window_plugin: str) -> No
 def raise_decision_errors(
     flags: list[bool], decision: Decision, finished: torch.Tensor, step: int, plugin: str
 ) -> None:
-    off_window, bad_revoke, progressed = flags
+    off_window, bad_revoke, bad_redraw, progressed = flags
     if off_window:
         raise PluginError(
             plugin,
@@ -77,8 +93,17 @@ def raise_decision_errors(
             "(a prompt, padding, already decided or out-of-window position)",
             "restrict `commit` to `window.eligible`",
         )
+    if bad_redraw and decision.redraw is not None:
+        raise PluginError(
+            plugin,
+            "dlm_verify",
+            "redrew a position outside the window's eligible undecided positions, or redrew on a mask canvas "
+            "(only a uniform-noise model's undecided positions hold tokens)",
+            "restrict `redraw` to `window.eligible`, and return it only when `state.noise_vocab` is set",
+        )
     if not progressed:
-        rows = (~finished & ~decision.commit.any(-1)).nonzero().flatten().tolist()
+        moved = decision.commit if decision.redraw is None else decision.commit | decision.redraw
+        rows = (~finished & ~moved.any(-1)).nonzero().flatten().tolist()
         raise PluginError(
             plugin,
             "dlm_verify",
@@ -90,7 +115,7 @@ def raise_decision_errors(
             plugin,
             "dlm_verify",
             "revoked a position that is not a committed generated token (of the "
-            "row's current model block, for a block-causal model)",
+            "row's current model block, for a block-causal model), or revoked on a noise canvas",
             "restrict `revoke` to generated columns that are not masked, inside window.block_start to window.block_end",
         )
 
@@ -130,7 +155,7 @@ def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> I
     :param max_steps: abort with :class:`DecodeError` past this many steps.
     """
     verifier, window_plugin = roles.label("verification"), roles.label("window")
-    block_causal = state.attention.block_causal
+    block_causal, noise = state.attention.block_causal, state.noise_vocab is not None
     roles.bind()
     roles.generation_start(state)
     done = bool(state.finished.all())
@@ -162,16 +187,26 @@ def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> I
         finished_before = state.finished
         late = decision_flags(state, window, decision)
         commits = state.apply(decision)
-        progressed = progress_flag(commits, finished_before)
+        progressed = progress_flag(commits, finished_before, decision)
         # one host sync; of bools only for a bidirectional model, and for a block-causal one also the next step's
-        # input limit (a long: stacking mixed dtypes adds a type promotion, a cost the bools alone do not pay)
+        # input limit (a long: stacking mixed dtypes adds a type promotion, a cost the bools alone do not pay); on
+        # a noise canvas also the [B] rows that entered a block, whose noise is drawn below
         limit = [input_limit(state)] if block_causal else []
-        values = torch.stack([*early, *late, progressed, state.finished.all(), *limit]).tolist()
+        synced = torch.stack([*early, *late, progressed, state.finished.all(), *limit])
+        if noise:
+            assert state.entered is not None  # set by apply on a noise canvas
+            synced = torch.cat([synced, state.entered])
+        values = synced.tolist()
+        entered = [row for row, flag in enumerate(values[-state.batch_size :]) if flag] if noise else []
+        if noise:
+            del values[-state.batch_size :]
         if block_causal:
             state.input_limit = values.pop()
         *flags, done = values
         raise_forward_errors(flags[:2], state.step - 1, window_plugin)
         raise_decision_errors(flags[2:], decision, finished_before, state.step - 1, verifier)
+        if entered:
+            state.fill_noise(entered)
         roles.step_end(state, decision)
         yield decision
     roles.generation_end(state)

@@ -72,6 +72,9 @@ class ModelInputs:
     :ivar start: canvas column of the first query; query ``i < end - start`` is canvas column ``start + i``.
     :ivar end: one past the last canvas column; queries past ``end - start`` are extra positions added by a
         wrapper (e.g. shadow positions), which read their logits from ``ForwardOutput.logits``.
+    :ivar extras: model-specific inputs, name -> value, that the model's own hooks add and its adapter reads
+        (DiffusionGemma's self-conditioning logits, which its adapter passes to the model as keyword arguments,
+        and each row's block start); empty for the other models.
     """
 
     input_ids: torch.Tensor
@@ -79,6 +82,7 @@ class ModelInputs:
     attention_mask: torch.Tensor
     start: int
     end: int
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -152,11 +156,16 @@ class Decision:
     :ivar commit: ``[B, N]`` bool, positions to fill (a subset of the window's eligible positions).
     :ivar tokens: ``[B, N]`` long, the tokens to write where ``commit``.
     :ivar revoke: optional ``[B, N]`` bool, committed generated positions to turn back into masks.
+    :ivar redraw: optional ``[B, N]`` bool, undecided positions whose token is replaced by ``tokens`` without
+        deciding them (a subset of the window's eligible positions); only on a noise canvas
+        (:attr:`DecodeState.noise_vocab`), whose undecided positions hold tokens: a uniform-noise sampler keeps its
+        accepted samples there and re-noises the rest.
     """
 
     commit: torch.Tensor
     tokens: torch.Tensor
     revoke: torch.Tensor | None = None
+    redraw: torch.Tensor | None = None
 
 
 @dataclass
@@ -174,8 +183,8 @@ class DecodeState:
         id, and ids the tokenizer cannot decode (a head wider than the vocabulary, e.g. Dream's 152,064 logits for
         151,667 tokens), so no strategy can propose them.
     :ivar generators: one ``torch.Generator`` per row, seeded per request.
-    :ivar masked: ``[B, N]`` bool, ``canvas == mask_token_id`` (only generated columns hold the mask id: prompts
-        never do, see :meth:`build`).
+    :ivar masked: ``[B, N]`` bool, the undecided positions: ``canvas == mask_token_id`` (only generated columns
+        hold the mask id: prompts never do, see :meth:`build`); on a noise canvas, kept explicitly.
     :ivar filled: ``[B, N]`` bool, positions after a row's first EOS, written with ``fill_token_id`` (none unless
         ``stop_at_eos``).
     :ivar previous_canvas: ``[B, N]`` long, the canvas before the last step (see :attr:`changed`).
@@ -196,6 +205,14 @@ class DecodeState:
     :ivar input_limit: one past the last column any forward may cover: the largest end of an unfinished row's
         current model block for a block-causal model (kept by the loop), the canvas width otherwise (the canvas
         width at construction).
+    :ivar noise_vocab: None for a mask canvas (undecided positions hold the mask id). For a uniform-noise model
+        (DiffusionGemma), ``V``: a *noise canvas*, whose undecided positions of each row's current model block hold
+        tokens drawn uniformly from ``[0, V)`` by the row's generator when the row enters the block
+        (:meth:`fill_noise`); :attr:`masked` is then kept explicitly ("undecided"), the mask id is only the
+        placeholder of the blocks not entered yet and is not excluded from the logits, an EOS counts only where
+        decided, a decision may :attr:`~Decision.redraw` undecided tokens, and revocations are refused.
+    :ivar entered: ``[B]`` bool, on a noise canvas, the unfinished rows whose current model block changed in the
+        last :meth:`apply` (the loop reads it in its host synchronisation and calls :meth:`fill_noise`).
     """
 
     canvas: torch.Tensor
@@ -217,7 +234,10 @@ class DecodeState:
     first_index: int = 0
     stop_at_eos: bool = True
     attention: AttentionPattern = BIDIRECTIONAL
+    noise_vocab: int | None = None
     input_limit: int = field(init=False)
+    entered: torch.Tensor | None = field(default=None, repr=False)
+    _noise_steps: torch.Tensor | None = field(default=None, repr=False)
     _memories: dict[int, Any] = field(default_factory=dict, repr=False)
     _model_block: tuple[int, tuple[torch.Tensor, torch.Tensor]] | None = field(default=None, repr=False)
 
@@ -240,17 +260,21 @@ class DecodeState:
         excluded_token_ids: Sequence[int] = (),
         stop_at_eos: bool = True,
         attention: AttentionPattern = BIDIRECTIONAL,
+        noise_vocab: int | None = None,
     ) -> DecodeState:
         """Left-pad ``prompts`` (token id lists) and append ``max_new_tokens`` masks to each.
 
-        The state tells masked positions by their token, so only generated columns may hold the mask id.
+        The state tells masked positions by their token, so only generated columns may hold the mask id. With
+        ``noise_vocab`` (a noise canvas, see :attr:`noise_vocab`) the first block of every row is filled with
+        noise from its generator, the generator's first draws.
 
         :param first_index: the index of ``prompts[0]`` in the caller's request, for error messages.
         :param excluded_token_ids: ids never proposed besides the mask id (see :attr:`excluded_ids`).
         :param stop_at_eos: see :attr:`stop_at_eos`.
         :param attention: see :attr:`attention`.
+        :param noise_vocab: see :attr:`noise_vocab`.
         :raises ValueError: the pad or fill id is the mask id.
-        :raises InputError: a prompt holds the mask id.
+        :raises InputError: a prompt holds the mask id (on a mask canvas).
         """
         if mask_token_id in (pad_token_id, fill_token_id):
             raise ValueError(
@@ -260,7 +284,7 @@ class DecodeState:
                 )
             )
         for row, prompt in enumerate(prompts):
-            if mask_token_id in prompt:
+            if noise_vocab is None and mask_token_id in prompt:
                 raise InputError(
                     f"prompt {first_index + row} contains the dLLM's mask token (id {mask_token_id}); the decoder "
                     "fills only the generated region, so a mask inside the prompt would stay there",
@@ -277,6 +301,7 @@ class DecodeState:
             device=device,
         )
         real = torch.arange(canvas.shape[1], device=device) >= torch.tensor(pads, device=device)[:, None]
+        generated = torch.arange(width, canvas.shape[1], device=device)
         generators = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
         finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
         state = cls(
@@ -287,16 +312,24 @@ class DecodeState:
             mask_token_id=mask_token_id,
             eos_token_ids=torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long, device=device),
             fill_token_id=fill_token_id,
-            excluded_ids=torch.tensor(sorted({mask_token_id, *excluded_token_ids}), dtype=torch.long, device=device),
+            excluded_ids=torch.tensor(
+                sorted({*excluded_token_ids, *([mask_token_id] if noise_vocab is None else [])}),
+                dtype=torch.long,
+                device=device,
+            ),
             generators=generators,
-            masked=canvas == mask_token_id,
+            masked=canvas == mask_token_id if noise_vocab is None else torch.zeros_like(real).index_fill(1, generated, True),
             filled=torch.zeros_like(real),
             previous_canvas=canvas,
             finished=finished,
             first_index=first_index,
             stop_at_eos=stop_at_eos,
             attention=attention,
+            noise_vocab=noise_vocab,
         )
+        if noise_vocab is not None:
+            state.fill_noise(list(range(len(prompts))))
+            state.previous_canvas = state.canvas
         if attention.block_causal:  # the first generated column of every row is its first mask
             state.input_limit = int(state.model_block()[1].max())
         return state
@@ -327,6 +360,29 @@ class DecodeState:
             if count
         ]
         return torch.cat(parts)
+
+    def fill_noise(self, rows: list[int]) -> None:
+        """On a noise canvas, write tokens drawn uniformly from ``[0, noise_vocab)`` into the undecided columns of
+        the current model block of each row of ``rows`` (for a bidirectional model, the generated region): one
+        draw of the block's size from each row's generator, in the order of ``rows``, so a row's noise does not
+        depend on its batch. Called when rows enter a block (:meth:`build`, the loop)."""
+        assert self.noise_vocab is not None, "fill_noise is for noise canvases"
+        size = self.attention.block_size or self.width - self.gen_start
+        device = self.canvas.device
+        draws = torch.stack(
+            [
+                torch.randint(0, self.noise_vocab, (size,), generator=self.generators[row], device=device)
+                for row in rows
+            ]
+        )
+        index = torch.tensor(rows, device=device)
+        start, end = (bound[index] for bound in self.model_block())
+        cols = start.clamp(min=self.gen_start)[:, None] + torch.arange(size, device=device)  # [R, size]
+        inside = cols < end[:, None]
+        cols = cols.clamp(max=self.width - 1)
+        undecided = inside & self.masked[index[:, None], cols]
+        current = self.canvas[index[:, None], cols]
+        self.canvas = self.canvas.index_put((index[:, None], cols), torch.where(undecided, draws, current))
 
     def uniform_noise(self, counts: list[int]) -> torch.Tensor:
         """``[sum(counts)]`` float64 uniforms in [0, 1), ``counts[b]`` drawn from row ``b``'s generator."""
@@ -428,6 +484,8 @@ class DecodeState:
         eos = self.is_eos(self.canvas if canvas is None else canvas)
         if self.prompt_has_eos:
             eos = eos & self.generated_columns
+        if self.noise_vocab is not None:  # undecided positions of a noise canvas hold noise, not tokens
+            eos = eos & ~self.masked
         return eos.cumsum(dim=-1) > eos  # at least one EOS so far, not counting this column's first
 
     def apply(self, decision: Decision) -> torch.Tensor:
@@ -437,17 +495,24 @@ class DecodeState:
         if a revocation removes that EOS, the filled tail becomes masked again. (On bool tensors ``a > b`` is
         ``a & ~b`` in one op.)
 
+        On a noise canvas the undecided positions are kept explicitly: commits decide, redraws rewrite undecided
+        tokens, revocations are refused by the loop (and ignored here), and :attr:`entered` is set.
+
         :return: ``[B]`` long commits per row this step (not counting positions the EOS fill overwrote).
         """
         before = self.canvas
-        self.canvas = torch.where(decision.commit, decision.tokens, self.canvas)
-        if decision.revoke is not None:  # reopen the filled tails too: the tail is settled again below
-            self.canvas = self.canvas.masked_fill(decision.revoke | self.filled, self.mask_token_id)
-        tail = self.filled  # all false without stop_at_eos
-        if self.stop_at_eos:
-            tail = self.after_first_eos()
-            self.canvas = self.canvas.masked_fill(tail, self.fill_token_id)
-        self.masked = self.canvas == self.mask_token_id
+        if self.noise_vocab is not None:
+            entered_from = self.model_block()[0]  # the blocks before the step (cached for this step)
+            tail = self._write_noisy(decision)
+        else:
+            self.canvas = torch.where(decision.commit, decision.tokens, self.canvas)
+            if decision.revoke is not None:  # reopen the filled tails too: the tail is settled again below
+                self.canvas = self.canvas.masked_fill(decision.revoke | self.filled, self.mask_token_id)
+            tail = self.filled  # all false without stop_at_eos
+            if self.stop_at_eos:
+                tail = self.after_first_eos()
+                self.canvas = self.canvas.masked_fill(tail, self.fill_token_id)
+            self.masked = self.canvas == self.mask_token_id
         self.filled = tail
         self.previous_canvas = before
         # commits that survive: one after an EOS committed in the same step is filled, not generated; 0 for
@@ -455,13 +520,32 @@ class DecodeState:
         commits = (decision.commit > tail).sum(-1)
         self.commits.append(commits)
         self.step += 1
-        self.finished = ~self.masked.any(-1)
+        finished_before, self.finished = self.finished, ~self.masked.any(-1)
+        if self.noise_vocab is not None:
+            steps = self._noise_steps if self._noise_steps is not None else torch.zeros_like(commits)
+            self._noise_steps = steps + ~finished_before
+            self.entered = (self.model_block()[0] != entered_from) & ~self.finished
         return commits
+
+    def _write_noisy(self, decision: Decision) -> torch.Tensor:
+        """:meth:`apply`'s writes on a noise canvas; returns the EOS tail."""
+        written = decision.commit if decision.redraw is None else decision.commit | decision.redraw
+        self.canvas = torch.where(written, decision.tokens, self.canvas)
+        self.masked = self.masked & ~decision.commit
+        tail = self.filled
+        if self.stop_at_eos:
+            tail = self.after_first_eos()
+            self.canvas = self.canvas.masked_fill(tail, self.fill_token_id)
+            self.masked = self.masked & ~tail
+        return tail
 
     @property
     def nfe(self) -> torch.Tensor:
         """``[B]`` long, dLLM forwards each row took part in while unfinished (also its number of steps): the
-        steps in which it committed, since every unfinished row commits and no finished row does."""
+        steps in which it committed, since every unfinished row commits and no finished row does (on a noise
+        canvas, where a step may only redraw, the steps it began unfinished)."""
+        if self._noise_steps is not None:
+            return self._noise_steps
         if not self.commits:
             return torch.zeros(self.batch_size, dtype=torch.long, device=self.canvas.device)
         return (torch.stack(self.commits) > 0).sum(0)

@@ -20,6 +20,11 @@ sdar           ``model_type: sdar`` or            block-causal (``block_size``, 
 fast_dllm_v2   ``model_type: Fast_dLLM_Qwen``     block-causal (``bd_size``, from position 0) with shifted logits,
                                                   block heads first; mask ``|<MASK>|`` (151665), EOS
                                                   ``<|im_end|>`` (151645) and ``<|endoftext|>`` (151643)
+diffusion_     ``model_type: diffusion_gemma``    uniform noise (a noise canvas, no mask token: ``<mask>`` (4)
+gemma                                             only holds the blocks not entered yet), block-causal
+                                                  (``canvas_length``, from the first generated column), its own
+                                                  adapter (:mod:`dlm_decode.models.diffusion_gemma`); EOS ``<eos>``
+                                                  (1) and ``<end_of_turn>`` (106), pad ``<pad>`` (0)
 =============  =================================  =============================================================
 
 """
@@ -44,6 +49,8 @@ class Family:
         bidirectional unless the config declares ``attention_pattern: block_causal``, see
         :func:`~dlm_decode.models.families.attention_pattern`).
     :ivar block_anchor: where the family's blocks start (:class:`~dlm_decode.masks.AttentionPattern` ``anchor``).
+    :ivar noise: a uniform-noise family: its undecided positions hold noise tokens (a noise canvas,
+        :attr:`dlm_decode.state.DecodeState.noise_vocab`), read by its own adapter.
     """
 
     name: str
@@ -55,6 +62,7 @@ class Family:
     context: int | None = None
     block_size_key: str | None = None
     block_anchor: str = "generation"
+    noise: bool = False
 
 
 FAMILIES: dict[str, Family] = {
@@ -94,5 +102,14 @@ FAMILIES: dict[str, Family] = {
         pad=("<|endoftext|>", 151643),
         block_size_key="bd_size",
         block_anchor="position",
+    ),
+    "diffusion_gemma": Family(
+        "diffusion_gemma",
+        model_types=("diffusion_gemma",),
+        mask=("<mask>", 4),
+        eos=(("<eos>", 1), ("<end_of_turn>", 106)),
+        pad=("<pad>", 0),
+        block_size_key="canvas_length",
+        noise=True,
     ),
 }
