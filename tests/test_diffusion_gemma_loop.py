@@ -118,7 +118,12 @@ def test_loading_the_checkpoint_by_path_detects_the_family_and_decodes_as_from_m
         [*QUICK, "decoder.cache=none"],
         ["decoder.proposal=greedy", "decoder.verification=threshold", "decoder.verification.threshold=0.3"],
         ["decoder.proposal=sample", "decoder.verification=topk", "decoder.verification.tokens_per_step=2"],
-        ["decoder.proposal=greedy", "decoder.verification=left_to_right", "decoder.window=blocks", "decoder.cache=none"],
+        [
+            "decoder.proposal=greedy",
+            "decoder.verification=left_to_right",
+            "decoder.window=blocks",
+            "decoder.cache=none",
+        ],
     ],
     ids=["default", "no-cache", "greedy-threshold", "sample-topk", "left-to-right"],
 )
@@ -139,7 +144,9 @@ def test_a_batch_of_16_decodes_each_row_as_alone(loaded, overrides):
 def test_no_cache_gives_the_tokens_of_the_prefix_cache(loaded):
     prefix = Decoder.from_model(*loaded, PRESET, QUICK)
     none = Decoder.from_model(*loaded, PRESET, [*QUICK, "decoder.cache=none"])
-    assert prefix.generate(PROMPTS16, max_new_tokens=12).token_ids == none.generate(PROMPTS16, max_new_tokens=12).token_ids
+    assert (
+        prefix.generate(PROMPTS16, max_new_tokens=12).token_ids == none.generate(PROMPTS16, max_new_tokens=12).token_ids
+    )
 
 
 @pytest.mark.parametrize(

@@ -77,8 +77,8 @@ class GenerationOutput:
 
 class _PrefixStreamer:
     """Observer collecting the newly decided text of row 0 after each step: the decoded generated ids before the
-    first mask (undecided position, on a noise canvas), up to and including the first EOS, as :meth:`DecodeState.generated` cuts them (one host read per
-    step)."""
+    first mask (undecided position, on a noise canvas), up to and including the first EOS, as
+    :meth:`DecodeState.generated` cuts them (one host read per step)."""
 
     def __init__(self, dllm: DiffusionLM):
         self.dllm = dllm

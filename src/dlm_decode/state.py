@@ -318,7 +318,9 @@ class DecodeState:
                 device=device,
             ),
             generators=generators,
-            masked=canvas == mask_token_id if noise_vocab is None else torch.zeros_like(real).index_fill(1, generated, True),
+            masked=canvas == mask_token_id
+            if noise_vocab is None
+            else torch.zeros_like(real).index_fill(1, generated, True),
             filled=torch.zeros_like(real),
             previous_canvas=canvas,
             finished=finished,
@@ -370,10 +372,7 @@ class DecodeState:
         size = self.attention.block_size or self.width - self.gen_start
         device = self.canvas.device
         draws = torch.stack(
-            [
-                torch.randint(0, self.noise_vocab, (size,), generator=self.generators[row], device=device)
-                for row in rows
-            ]
+            [torch.randint(0, self.noise_vocab, (size,), generator=self.generators[row], device=device) for row in rows]
         )
         index = torch.tensor(rows, device=device)
         start, end = (bound[index] for bound in self.model_block())

@@ -139,9 +139,7 @@ class DiffusionGemmaLM(DiffusionLM):
         out = logits.new_zeros(len(logits), inputs.input_ids.shape[1], logits.shape[-1])
         return out.scatter_(1, offsets[:, :, None].expand_as(logits), logits)
 
-    def _masks(
-        self, keys: torch.Tensor, queries: torch.Tensor, canvas: torch.Tensor | None
-    ) -> dict[str, torch.Tensor]:
+    def _masks(self, keys: torch.Tensor, queries: torch.Tensor, canvas: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """The ``[B, 1, Q, K]`` bool mask of each layer type.
 
         :param keys: ``[B, K]`` bool, the stored columns that are real (not padding).
@@ -161,11 +159,15 @@ class DiffusionGemmaLM(DiffusionLM):
             visible = keys[:, None, :] & (columns < at)
         masks = {}
         for kind in self.layer_types:
-            mask = visible & (columns > at - reach - int(canvas is not None)) if kind == "sliding_attention" else visible
+            mask = (
+                visible & (columns > at - reach - int(canvas is not None)) if kind == "sliding_attention" else visible
+            )
             if canvas is None:
                 mask = mask | alone
             else:
-                mask = torch.cat([mask.expand(-1, canvas.shape[1], -1), canvas[:, None, :].expand(-1, canvas.shape[1], -1)], -1)
+                mask = torch.cat(
+                    [mask.expand(-1, canvas.shape[1], -1), canvas[:, None, :].expand(-1, canvas.shape[1], -1)], -1
+                )
             masks[kind] = mask[:, None]
         return masks
 
