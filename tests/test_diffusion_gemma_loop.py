@@ -37,16 +37,11 @@ PROMPTS16 = [" ".join(["<bos>"] + [f"t{5 + (7 * row + 3 * i) % 59}" for i in ran
 QUICK = ["decoder.proposal.steps=6", "decoder.verification.steps=6", "decoder.verification.confidence=1.0"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread while this module runs
 
 
 @pytest.fixture(scope="module")
-def loaded(_one_thread):
+def loaded(one_thread):
     """transformers' model and the checkpoint's tokenizer, loaded by transformers."""
     model = transformers.DiffusionGemmaForBlockDiffusion.from_pretrained(CHECKPOINT).eval()
     return model, transformers.AutoTokenizer.from_pretrained(CHECKPOINT)

@@ -48,12 +48,13 @@ def _check_steps(steps: int) -> None:
 
 @dataclass
 class LinearTemperatureConfig:
+    """``t_max``: the temperature of a block's first step; ``t_min``: the temperature the schedule falls towards
+    (reached after ``steps`` steps; the last step is just above); ``steps``: the length of the schedule, the most
+    denoising steps of a block (``entropy_bound_redraw.steps``)."""
+
     t_max: float = 0.8
-    """The temperature of a block's first step."""
     t_min: float = 0.4
-    """The temperature the schedule falls towards (reached after ``steps`` steps; the last step is just above)."""
     steps: int = 48
-    """The length of the schedule: the most denoising steps of a block (``entropy_bound_redraw.steps``)."""
 
     def __post_init__(self) -> None:
         _check_steps(self.steps)
@@ -67,14 +68,15 @@ class LinearTemperatureConfig:
 
 @dataclass
 class EntropyBoundRedrawConfig:
+    """``entropy_bound``: accept the lowest-entropy positions while the sum of their entropies minus the largest stays
+    within it; ``steps``: the most denoising steps of a block (its argmax is committed after them whatever the stop
+    rule says); ``stability``: steps whose argmax must equal the current one (0: no stability condition);
+    ``confidence``: the mean entropy (nats) of the block's tempered distributions must be below it."""
+
     entropy_bound: float = 0.1
-    """Accept the lowest-entropy positions while the sum of their entropies minus the largest stays within it."""
     steps: int = 48
-    """The most denoising steps of a block: its argmax is committed after them whatever the stop rule says."""
     stability: int = 1
-    """Steps whose argmax must equal the current one (0: no stability condition)."""
     confidence: float = 0.005
-    """The mean entropy (nats) of the block's tempered distributions must be below it."""
 
     def __post_init__(self) -> None:
         _check_steps(self.steps)
