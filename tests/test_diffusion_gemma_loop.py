@@ -150,6 +150,7 @@ def test_no_cache_gives_the_tokens_of_the_prefix_cache(loaded):
         ("verification", "wino"),
         ("verification", "freedave"),
         ("window", "dpad"),
+        ("window", "lookahead"),
         ("cache", "dual"),
         ("cache", "kv_window"),
         ("cache", "dkv"),

@@ -104,8 +104,10 @@ def dlm_verify(state: DecodeState, forward: ForwardOutput, proposal: Proposal, w
 
     :return: a :class:`~dlm_decode.state.Decision`: ``commit`` ``[B, N]`` bool (a subset of ``window.eligible``,
         at least one per unfinished row), ``tokens`` ``[B, N]`` long (read where ``commit``), optional
-        ``revoke`` ``[B, N]`` bool (committed generated positions only). The core checks these contracts and
-        raises :class:`~dlm_decode.errors.PluginError` naming the plugin when one is broken.
+        ``revoke`` ``[B, N]`` bool (committed generated positions only), and on a noise canvas (a uniform-noise
+        model, ``state.noise_vocab`` set) optional ``redraw`` ``[B, N]`` bool (eligible undecided positions whose
+        token is rewritten, undecided still; a row that redraws need not commit). The core checks these contracts
+        and raises :class:`~dlm_decode.errors.PluginError` naming the plugin when one is broken.
     """
 
 

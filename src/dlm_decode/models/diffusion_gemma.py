@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from dlm_decode.errors import ModelError
+from dlm_decode.errors import ModelError, StrategyError
 from dlm_decode.hookspecs import hookimpl
 from dlm_decode.models.adapter import DiffusionLM
 from dlm_decode.models.families import config_context
@@ -55,6 +55,8 @@ REFUSED = {
     "has no mask token and a revoked position of a noise canvas would need fresh noise",
     ("verification", "freedave"): "FreeDave's drafts tell undecided positions by the mask id, which a noise canvas "
     "does not hold",
+    ("window", "lookahead"): "the lookahead window ends the input inside the block, and DiffusionGemma's decoder "
+    "reads its whole block: use full or blocks",
     ("window", "dpad"): "DPad hides the masked suffix from the keys; DiffusionGemma's decoder never sees past its "
     "block, and its forward builds its own masks",
     ("cache", "dual"): "DiffusionGemma's decoder stores no keys/values, so there is no suffix to reuse: use prefix "
@@ -191,6 +193,12 @@ class DiffusionGemmaHooks:
     @hookimpl(wrapper=True)
     def dlm_model_inputs(self, state: DecodeState, window: Window, plan: ForwardPlan):
         inputs = yield
+        if plan.end < state.input_limit:  # host ints: no synchronisation
+            raise StrategyError(
+                f"the forward ends at column {plan.end}, before the end of an unfinished row's block "
+                f"({state.input_limit}); DiffusionGemma's decoder reads each row's whole block",
+                "use decoder.window=full or blocks, and decoder.cache=prefix or none",
+            )
         memory = state.memory(self, lambda state: SelfConditioningMemory())
         size = self.dllm.block_size
         start = state.model_block()[0]
