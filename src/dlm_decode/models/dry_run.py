@@ -133,6 +133,12 @@ def _head_from_config(config: dict) -> int:
     return int(config.get("embedding_size") or config.get("vocab_size") or 0)
 
 
+def _with_text_fields(config: dict) -> dict:
+    """``config`` with its ``text_config`` fields beneath its own: a multimodal ``config.json`` (DiffusionGemma's)
+    keeps the text model's vocabulary and context there."""
+    return {**(config.get("text_config") or {}), **config}
+
+
 def _inspect(spec: ModelSpec, key: str, report: DryRunReport, *, dllm: bool) -> _Side | None:
     try:
         config = read_config_json(spec, key)
@@ -169,7 +175,8 @@ def _inspect(spec: ModelSpec, key: str, report: DryRunReport, *, dllm: bool) -> 
     if tokenizer is None:
         return None
     family = detect_family(config) if (not dllm or spec.family == "auto") else FAMILIES[spec.family]
-    return _Side(config, tokenizer, _head_from_config(config), model_context(family, config))
+    text = _with_text_fields(config)
+    return _Side(config, tokenizer, _head_from_config(text), model_context(family, text))
 
 
 def _load_tokenizer(spec: ModelSpec, key: str, config: dict, directory: Path | None, report: DryRunReport) -> Any:
