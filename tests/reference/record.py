@@ -125,37 +125,38 @@ def _added_tokens(specials: dict[int, str]) -> dict[str, dict]:
     }
 
 
-def build_llada_tokenizer(directory: Path) -> int:
+def build_llada_tokenizer(
+    directory: Path, specials_in_order: tuple[str, ...] = LLADA_SPECIALS, template: str = LLADA_TEMPLATE, **named
+) -> int:
     """LLaDA's tokenizer layout at a tiny scale: a character vocabulary, then LLaDA's special tokens (a
-    ``PreTrainedTokenizerFast`` with ``tokenizer.json``, no mask_token attribute). Returns its size."""
+    ``PreTrainedTokenizerFast`` with ``tokenizer.json``, no mask_token attribute). Returns its size.
+    ``specials_in_order``, ``template`` and ``named`` (more named special tokens, e.g. ``mask_token``, and
+    ``model_max_length``) give another checkpoint of the same tokenizer class its own layout (LLaDA-MoE's)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
-    vocab = {token: i for i, token in enumerate(_CHARACTERS + LLADA_SPECIALS)}
+    vocab = {token: i for i, token in enumerate(_CHARACTERS + specials_in_order)}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=None))
     core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     core.decoder = decoders.Fuse()
-    core.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in LLADA_SPECIALS])
+    core.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials_in_order])
     core.save(str(directory / "tokenizer.json"))
-    specials = {vocab[t]: t for t in LLADA_SPECIALS}
+    specials = {vocab[t]: t for t in specials_in_order}
+    tokens = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
+    tokens |= {key: value for key, value in named.items() if key.endswith("_token")}
     _write_json(
         directory / "tokenizer_config.json",
         {
             "add_bos_token": False,
             "add_eos_token": False,
             "added_tokens_decoder": _added_tokens(specials),
-            "bos_token": "<|startoftext|>",
-            "eos_token": "<|endoftext|>",
-            "pad_token": "<|endoftext|>",
+            **tokens,
             "clean_up_tokenization_spaces": False,
-            "model_max_length": 4096,
-            "chat_template": LLADA_TEMPLATE,
+            "model_max_length": named.get("model_max_length", 4096),
+            "chat_template": template,
             "tokenizer_class": "PreTrainedTokenizerFast",
         },
     )
-    _write_json(
-        directory / "special_tokens_map.json",
-        {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"},
-    )
+    _write_json(directory / "special_tokens_map.json", tokens)
     return len(vocab)
 
 
