@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -316,3 +317,22 @@ def sdar_equivalent(decoder: str, arguments: dict) -> list[str]:
         "decoder.proposal=greedy",
         "generation.stop_at_eos=false",
     ]
+
+
+def python_calls(module: torch.nn.Module, hidden: torch.Tensor) -> int:
+    """How many Python-level function calls ``module(hidden)`` makes (``sys.setprofile`` ``call`` events), under
+    ``no_grad``: a mixture-of-experts block that loops over its tokens or experts in Python makes more calls for more
+    tokens."""
+    count = 0
+
+    def profile(frame, event, arg):
+        nonlocal count
+        count += event == "call"
+
+    sys.setprofile(profile)
+    try:
+        with torch.no_grad():
+            module(hidden)
+    finally:
+        sys.setprofile(None)
+    return count

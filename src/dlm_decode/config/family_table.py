@@ -20,6 +20,8 @@ sdar           ``model_type: sdar`` or            block-causal (``block_size``, 
 fast_dllm_v2   ``model_type: Fast_dLLM_Qwen``     block-causal (``bd_size``, from position 0) with shifted logits,
                                                   block heads first; mask ``|<MASK>|`` (151665), EOS
                                                   ``<|im_end|>`` (151645) and ``<|endoftext|>`` (151643)
+llada_moe      ``architectures: LLaDAMoEModelLM`` bidirectional like LLaDA; mask ``<|mask|>`` (156895), EOS and pad
+               (``model_type: llada``)            ``<|endoftext|>`` (156892): the ids of dInfer and the model card
 =============  =================================  =============================================================
 
 """
@@ -44,6 +46,8 @@ class Family:
         bidirectional unless the config declares ``attention_pattern: block_causal``, see
         :func:`~dlm_decode.models.families.attention_pattern`).
     :ivar block_anchor: where the family's blocks start (:class:`~dlm_decode.masks.AttentionPattern` ``anchor``).
+    :ivar architectures: ``config.json`` ``architectures`` class names (lower case) that select this family before
+        any ``model_type`` does (LLaDA-MoE is published with LLaDA's ``model_type``).
     """
 
     name: str
@@ -55,6 +59,7 @@ class Family:
     context: int | None = None
     block_size_key: str | None = None
     block_anchor: str = "generation"
+    architectures: tuple[str, ...] = ()
 
 
 FAMILIES: dict[str, Family] = {
@@ -94,5 +99,12 @@ FAMILIES: dict[str, Family] = {
         pad=("<|endoftext|>", 151643),
         block_size_key="bd_size",
         block_anchor="position",
+    ),
+    "llada_moe": Family(
+        "llada_moe",
+        mask=("<|mask|>", 156895),
+        eos=(("<|endoftext|>", 156892),),
+        pad=("<|endoftext|>", 156892),
+        architectures=("lladamoemodellm",),
     ),
 }

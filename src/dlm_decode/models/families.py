@@ -43,6 +43,9 @@ def detect_family(config: Mapping[str, Any] | Any) -> Family:
     model_type = str(config_value(config, "model_type", "") or "").lower()
     architectures = " ".join(config_value(config, "architectures") or []).lower()
     for family in FAMILIES.values():
+        if any(name in family.architectures for name in architectures.split()):
+            return family
+    for family in FAMILIES.values():
         if model_type in family.model_types or any(t in architectures for t in family.model_types):
             return family
     return FAMILIES["bidirectional"]

@@ -207,6 +207,39 @@ def _sdar_moe_config(config: Mapping[str, Any]):
     return transformers_class("Qwen3MoeConfig")(**fields, use_sliding_window=False, sliding_window=None)
 
 
+#: LLaDA-MoE ``config.json`` fields the mapping depends on: ``field: (default in configuration_lladamoe.py, values
+#: that map)``. Query/key norms must be there (Qwen3-MoE always has them); no query/key clipping, no router expert
+#: bias (the official block adds it to the softmax weights before top-k), no shared expert, full unscaled rotary.
+LLADAMOE_REQUIRED: dict[str, tuple[Any, tuple[Any, ...]]] = {
+    "qk_layernorm": (None, (True,)),
+    "clip_qkv": (None, (None,)),
+    "moe_router_enable_expert_bias": (None, (None, False)),
+    "shared_expert_intermediate_size": (-1, (None,)),
+    "rope_scaling": (None, (None,)),
+    "partial_rotary_factor": (-1, (1, 1.0)),
+}
+
+
+def _lladamoe_config(config: Mapping[str, Any]):
+    """LLaDA-MoE's ``config.json`` as a ``Qwen3MoeConfig``: ``moe_layer_freq`` 0 marks a dense layer of
+    ``dense_intermediate_size`` (``mlp_only_layers``), experts are ``expert_intermediate_size`` wide, the head width is
+    ``hidden_size / num_attention_heads`` (as the official attention computes it) and the top-k weights are never
+    renormalised (the official block fixes ``norm_topk_prob = False`` whatever ``config.json`` says)."""
+    fields = {name: config[name] for name in (*_QWEN2_FIELDS, "attention_bias", "num_experts") if name in config}
+    return transformers_class("Qwen3MoeConfig")(
+        **fields,
+        head_dim=config["hidden_size"] // config["num_attention_heads"],
+        intermediate_size=config["dense_intermediate_size"],
+        moe_intermediate_size=config["expert_intermediate_size"],
+        num_experts_per_tok=config["num_experts_per_tok"],
+        norm_topk_prob=False,
+        decoder_sparse_step=1,
+        mlp_only_layers=[i for i, frequency in enumerate(config["moe_layer_freq"]) if frequency == 0],
+        use_sliding_window=False,
+        sliding_window=None,
+    )
+
+
 @dataclass(frozen=True)
 class Architecture:
     """How checkpoints of one ``model_type`` map onto a transformers class.
@@ -341,6 +374,26 @@ ARCHITECTURES: dict[str, Architecture] = {
         carried=("block_size",),
         experts=True,
     ),
+    "llada_moe": Architecture(
+        "llada_moe",
+        "LLaDA-MoE",
+        (
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_experts",
+            "num_experts_per_tok",
+            "expert_intermediate_size",
+            "dense_intermediate_size",
+            "moe_layer_freq",
+            "vocab_size",
+        ),
+        LLADAMOE_REQUIRED,
+        _lladamoe_config,
+        "Qwen3MoeForCausalLM",
+        "PreTrainedTokenizerFast",
+        experts=True,
+    ),
     "fast_dllm_qwen": Architecture(
         "fast_dllm_qwen",
         "Fast-dLLM v2",
@@ -355,8 +408,12 @@ ARCHITECTURES: dict[str, Architecture] = {
 
 
 def architecture_for(config: Mapping[str, Any]) -> Architecture | None:
-    """The native mapping for a ``config.json`` (by ``model_type``), or None."""
-    return ARCHITECTURES.get(str(config.get("model_type") or "").lower())
+    """The native mapping for a ``config.json`` (by ``model_type``; LLaDA-MoE is published as ``model_type: llada``
+    with expert fields), or None."""
+    model_type = str(config.get("model_type") or "").lower()
+    if model_type == "llada" and any(name in config for name in MOE_KEYS):
+        return ARCHITECTURES["llada_moe"]
+    return ARCHITECTURES.get(model_type)
 
 
 def loading_problems(info: Mapping[str, Any], shown: int = 5) -> list[str]:
