@@ -266,6 +266,7 @@ def dry_run(
             budget, origin = _room(dllm, ar, new_tokens)
             fix = "lower generation.max_new_tokens"
         report.facts["prompt_budget"] = f"{budget} tokens ({origin}) + max_new_tokens {new_tokens}"
+        report.facts["logits_step"] = logits_step(budget + new_tokens, dllm.head, dllm_spec.dtype)
         for key, side in (("model.dllm", dllm), ("model.ar", ar)):
             if side is not None and budget + new_tokens > side.context:
                 room = side.context - new_tokens
@@ -279,6 +280,24 @@ def dry_run(
                     fix,
                 )
     return report
+
+
+#: The batch size :func:`logits_step` sizes one step's logits for.
+LOGITS_BATCH = 16
+#: Bytes per logit for each ``model.dllm.dtype`` (the head's output dtype).
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def logits_step(columns: int, head: int, dtype: str, rows: int = LOGITS_BATCH) -> str:
+    """The memory of one step's logits, as the dry run reports it: ``rows x columns x head x bytes``, where
+    ``columns`` is the whole canvas (prompt budget + ``max_new_tokens``), which a step without a cache reads and the
+    head answers at every column (a prefix or dual cache reads fewer columns; a float32 copy of the logits, e.g. for
+    a softmax, doubles a bfloat16 figure)."""
+    size = rows * columns * head * DTYPE_BYTES[dtype]
+    return (
+        f"{size / 2**30:.2f} GiB at batch {rows} ({rows} rows x {columns} canvas columns x {head} logits x "
+        f"{DTYPE_BYTES[dtype]} bytes ({dtype}) = {size:,} bytes; the canvas is what a step without a cache reads)"
+    )
 
 
 def _room(dllm: _Side, ar: _Side | None, new_tokens: int) -> tuple[int, str]:
