@@ -30,6 +30,9 @@ check              error when
                    block size (the decoder would refuse it)
 =================  ======================================================================================
 
+Facts printed besides: the family, special ids, attention pattern (with its block size), head widths, contexts, the
+prompt budget, and the memory of one step's logits at batch 16 (:func:`logits_step`).
+
 Warnings (``family`` when an explicit ``model.dllm.family`` disagrees with ``config.json``; ``mask`` when the
 mask id is not a token of the tokenizer; ``device`` when CUDA is asked for but absent here) do not fail the run.
 The prompt budget is the longest of the given prompts after the chat template, else ``prompt_budget`` tokens, else

@@ -17,6 +17,8 @@ bidirectional attention (``config.is_causal = False``; every forward also gets t
 ``sdar_moe``   Qwen3-MoE's fields and ``block_size``          ``Qwen3MoeForCausalLM``  Qwen3-MoE's own names
 ``fast_dllm_   Qwen2's fields and ``bd_size``                 ``Qwen2ForCausalLM``     Qwen2's own names
 qwen``
+``llada`` +    LLaDA-MoE's fields (``moe_layer_freq``...)    ``Qwen3MoeForCausalLM``  Qwen3-MoE's own names
+experts
 =============  =============================================  =======================  ===============================
 
 SDAR (Cheng et al. 2025, arXiv 2510.06303) is a block-diffusion model converted from Qwen3: its attention is
@@ -30,6 +32,13 @@ over all experts, top-``num_experts_per_tok``, renormalised when ``norm_topk_pro
 MLPs of ``moe_intermediate_size`` weighted and summed; no shared expert; a dense MLP of ``intermediate_size`` in the
 layers of ``mlp_only_layers`` and off the ``decoder_sparse_step`` grid), so it loads onto ``Qwen3MoeForCausalLM``,
 whose loader stacks the per-expert tensors ``mlp.experts.{e}.{gate,up,down}_proj`` into its fused expert weights.
+LLaDA-MoE (Zhu et al. 2025, arXiv 2509.24389), published as ``model_type: llada`` with expert fields, is bidirectional
+like LLaDA, and its ``modeling_lladamoe.py`` (adapted from OLMoE's) is Qwen3-MoE's block operation for operation, not
+OLMoE's: per-head query/key RMSNorm (OLMoE normalises the whole projection), full rotary embeddings, a float32 softmax
+router whose top-k weights are never renormalised (the official block fixes ``norm_topk_prob = False``), SiLU-gated
+experts, dense layers where ``moe_layer_freq`` is 0, no shared expert; what Qwen3-MoE cannot do (a router expert bias,
+a shared expert, clipped or absent query/key norms, partial or scaled rotary embeddings) is refused by field
+(:data:`LLADAMOE_REQUIRED`).
 Fast-dLLM v2 (Wu et al. 2025, arXiv 2509.26328, Qwen2.5 adapted to blocks) loads the same way onto
 ``Qwen2ForCausalLM``; its logits are shifted like Dream's, which the adapter realigns under the block-causal
 pattern, and each block's first column is decided first (``head_first``, :class:`~dlm_decode.masks.AttentionPattern`).
