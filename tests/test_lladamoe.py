@@ -18,7 +18,6 @@ operation for operation when the top-k weights are not renormalised.
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
@@ -31,35 +30,25 @@ from dlm_decode.masks import BIDIRECTIONAL, bidirectional_mask, position_ids_fro
 from dlm_decode.models.adapter import DiffusionLM
 from dlm_decode.state import ModelInputs
 
-from helpers import (
-    REFERENCE,
-    assert_logits_close,
-    assert_official_tokens,
-    edited_copy,
-    llada_tiny_blocks,
-    official_settings,
-    python_calls,
-)
+import helpers
+from helpers import REFERENCE
 
 CHECKPOINT = REFERENCE / "lladamoe-tiny"
 OFFICIAL = json.loads((REFERENCE / "official_lladamoe.json").read_text(encoding="utf-8"))
-SETTINGS = official_settings(OFFICIAL["cases"])
+SETTINGS = helpers.official_settings(OFFICIAL["cases"])
+RECORDED = load_file(REFERENCE / "logits_lladamoe.safetensors")  # 75 KB of official logits and their inputs
 
 
 @pytest.fixture(scope="module")
 def lladamoe():
+    """The tiny checkpoint as the project loads it, natively (``model.dllm.path`` alone, the rest detected)."""
     return DiffusionLM.from_spec(ModelSpec(path=str(CHECKPOINT)))
 
 
-@pytest.fixture(scope="module")
-def recorded():
-    return load_file(REFERENCE / "logits_lladamoe.safetensors")
-
-
 def test_lladamoe_loads_natively_on_qwen3_moe_as_its_own_family(lladamoe):
-    model = lladamoe.model
-    assert type(model).__name__ == "Qwen3MoeForCausalLM" and not lladamoe.remote
+    assert (type(lladamoe.model).__name__, lladamoe.remote) == ("Qwen3MoeForCausalLM", False)
     assert lladamoe.family.name == "llada_moe" and lladamoe.attention == BIDIRECTIONAL
+    model = lladamoe.model
     ids = OFFICIAL["special_ids"]
     assert (lladamoe.mask_token_id, list(lladamoe.eos_token_ids)) == (ids["<|mask|>"], [ids["<|endoftext|>"]])
     assert lladamoe.pad_token_id == ids["<|endoftext|>"]
@@ -69,16 +58,16 @@ def test_lladamoe_loads_natively_on_qwen3_moe_as_its_own_family(lladamoe):
     assert not model.model.layers[0].mlp.gate.norm_topk_prob  # config.json says true; the official block ignores it
 
 
-def test_native_logits_equal_the_official_ones(lladamoe, recorded):
+def test_native_logits_equal_the_official_ones(lladamoe):
     with torch.no_grad():
-        logits = lladamoe.model(input_ids=recorded["full.input_ids"]).logits
-    assert_logits_close(logits, recorded["full.logits"])
+        logits = lladamoe.model(input_ids=RECORDED["full.input_ids"]).logits
+    helpers.assert_logits_close(logits, RECORDED["full.logits"])
 
 
-def test_each_row_of_a_left_padded_batch_gets_its_official_logits_alone(lladamoe, recorded):
+def test_each_row_of_a_left_padded_batch_gets_its_official_logits_alone(lladamoe):
     """The official forward drops every mask, so a padded batch through it would attend to the padding; the project
     hides the padding and numbers positions from each row's first token, so each row equals its prompt alone."""
-    rows = [recorded[f"alone.{i}.input_ids"][0] for i in range(len(OFFICIAL["padded_prompts"]))]
+    rows = [RECORDED[f"alone.{i}.input_ids"][0] for i in range(len(OFFICIAL["padded_prompts"]))]
     width = max(len(row) for row in rows)
     ids = torch.stack([torch.cat([row.new_full((width - len(row),), lladamoe.pad_token_id), row]) for row in rows])
     real = torch.arange(width) >= torch.tensor([[width - len(row)] for row in rows])
@@ -86,32 +75,22 @@ def test_each_row_of_a_left_padded_batch_gets_its_official_logits_alone(lladamoe
         logits = lladamoe.forward(ModelInputs(ids, position_ids_from_mask(real), bidirectional_mask(real), 0, width))
     assert len({len(row) for row in rows}) == len(rows)
     for i, row in enumerate(rows):
-        assert_logits_close(logits[i, width - len(row) :], recorded[f"alone.{i}.logits"][0])
+        helpers.assert_logits_close(logits[i, width - len(row) :], RECORDED[f"alone.{i}.logits"][0])
 
 
-def test_the_router_picks_the_official_experts_and_renormalising_would_show(lladamoe, recorded):
+def test_the_router_picks_the_official_experts_and_renormalising_would_show(lladamoe):
     """The first layer routes every token of the ``full`` forward to the official experts (many different triples);
     the same model with its top-k weights renormalised (what ``norm_topk_prob: true`` would ask of Qwen3-MoE) no longer
     gives the official logits."""
-    chosen = []
-    hook = lladamoe.model.model.layers[0].mlp.gate.register_forward_hook(lambda m, i, out: chosen.append(out[2]))
-    try:
-        with torch.no_grad():
-            lladamoe.model(input_ids=recorded["full.input_ids"])
-    finally:
-        hook.remove()
     official = OFFICIAL["first_layer_experts"]
-    assert chosen[0].sort(dim=-1).values.tolist() == [sorted(triple) for triple in official]
-    assert len({tuple(sorted(triple)) for triple in official}) >= 10
-    renormalised = copy.deepcopy(lladamoe.model)
-    for layer in renormalised.model.layers:
-        if hasattr(layer.mlp, "gate"):
-            layer.mlp.gate.norm_topk_prob = True
+    chosen = helpers.first_layer_experts(lladamoe.model, input_ids=RECORDED["full.input_ids"])
+    assert chosen == [sorted(triple) for triple in official] and len({tuple(t) for t in chosen}) >= 10
+    renormalised = helpers.with_topk_renormalised(lladamoe.model, True)
     with torch.no_grad(), pytest.raises(AssertionError):
-        assert_logits_close(renormalised(input_ids=recorded["full.input_ids"]).logits, recorded["full.logits"])
+        helpers.assert_logits_close(renormalised(input_ids=RECORDED["full.input_ids"]).logits, RECORDED["full.logits"])
 
 
-def test_olmoe_s_whole_projection_norm_is_not_llada_moe_s_per_head_norm(lladamoe, recorded):
+def test_olmoe_s_whole_projection_norm_is_not_llada_moe_s_per_head_norm(lladamoe):
     """OLMoE's query norm (transformers' ``OlmoeRMSNorm`` over the ``hidden_size`` projection), even with LLaDA-MoE's
     per-head weights tiled across the heads, differs from the per-head norm LLaDA-MoE applies (and Qwen3-MoE's
     ``q_norm`` reproduces): the operation that keeps LLaDA-MoE off ``OlmoeForCausalLM``."""
@@ -120,7 +99,7 @@ def test_olmoe_s_whole_projection_norm_is_not_llada_moe_s_per_head_norm(lladamoe
     attention = lladamoe.model.model.layers[0].self_attn
     heads, head_dim = lladamoe.model.config.num_attention_heads, lladamoe.model.config.head_dim
     with torch.no_grad():
-        hidden = lladamoe.model.model.embed_tokens(recorded["full.input_ids"])
+        hidden = lladamoe.model.model.embed_tokens(RECORDED["full.input_ids"])
         query = attention.q_proj(hidden)
         per_head = attention.q_norm(query.view(*query.shape[:-1], heads, head_dim)).flatten(-2)
         whole = OlmoeRMSNorm(heads * head_dim, eps=attention.q_norm.variance_epsilon)
@@ -131,12 +110,7 @@ def test_olmoe_s_whole_projection_norm_is_not_llada_moe_s_per_head_norm(lladamoe
 def test_expert_dispatch_takes_as_many_python_calls_for_64_tokens_as_for_2(lladamoe):
     """transformers 5's Qwen3-MoE experts run ``grouped_mm`` (token-expert pairs sorted by expert, one grouped product
     per projection): no Python loop over tokens or experts, unlike the official block's loop over experts."""
-    block = lladamoe.model.model.layers[0].mlp
-    assert lladamoe.model.config._experts_implementation == "grouped_mm"
-    generator = torch.Generator().manual_seed(0)
-    width = lladamoe.model.config.hidden_size
-    calls = [python_calls(block, torch.randn(1, n, width, generator=generator)) for n in (64, 2)]
-    assert calls[0] == calls[1]
+    helpers.assert_dispatch_calls_do_not_grow(lladamoe.model)
 
 
 def test_every_official_case_is_compared():
@@ -146,7 +120,10 @@ def test_every_official_case_is_compared():
 def equivalent(decoder: str, arguments: dict) -> list[str]:
     """LLaDA's ``generate`` is ``topk(confidence)`` with its steps spread over the blocks; dInfer's threshold decoder
     (every position at ``>= min(threshold, best - 1e-5)``) is ``threshold``; both fill the whole canvas."""
-    common = [*llada_tiny_blocks(arguments["gen_length"], arguments["block_length"]), f"model.dllm.path={CHECKPOINT}"]
+    common = [
+        *helpers.llada_tiny_blocks(arguments["gen_length"], arguments["block_length"]),
+        f"model.dllm.path={CHECKPOINT}",
+    ]
     if decoder == "llada.generate":
         steps = arguments["steps"] * arguments["block_length"] // arguments["gen_length"]
         return [*common, "decoder.verification=topk", f"decoder.verification.steps_per_block={steps}"]
@@ -158,7 +135,7 @@ def test_the_official_decoders_are_matched_token_for_token(name):
     """One left-padded batch of the 5 prompts per setting (the official code decodes them one at a time)."""
     cases = SETTINGS[name]
     assert len({len(ids) for ids in OFFICIAL["prompt_ids"]}) > 1
-    assert_official_tokens(equivalent(cases[0]["decoder"], cases[0]["arguments"]), cases, OFFICIAL["prompts"])
+    helpers.assert_official_tokens(equivalent(cases[0]["decoder"], cases[0]["arguments"]), cases, OFFICIAL["prompts"])
 
 
 def test_the_native_tokenizer_gives_the_official_prompt_ids(lladamoe):
@@ -175,6 +152,6 @@ def test_the_native_tokenizer_gives_the_official_prompt_ids(lladamoe):
     ],
 )
 def test_what_qwen3_moe_cannot_reproduce_is_refused_by_field(tmp_path, field, value):
-    path = edited_copy(CHECKPOINT, tmp_path / "edited", config={field: value})
+    path = helpers.edited_copy(CHECKPOINT, tmp_path / "edited", config={field: value})
     with pytest.raises(ModelError, match=rf"LLaDA-MoE checkpoint's config.json asks for .*{field}={value!r}"):
         DiffusionLM.from_spec(ModelSpec(path=str(path)))

@@ -56,6 +56,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record_block import _qwen_tensors  # noqa: E402
+from record_sdar_moe import sparse_experts  # noqa: E402
 
 from record import (  # noqa: E402
     GEN_LENGTH,
@@ -63,7 +64,6 @@ from record import (  # noqa: E402
     PROMPTS,
     OfficialFiles,
     _chat_ids,
-    _normal,
     _save_shards,
     _silence_rows,
     _write_json,
@@ -83,7 +83,6 @@ HEAD = 104  # > 102 tokens, as the published 157,184 logits exceed the tokenizer
 D, HEADS, KV_HEADS, LAYERS, DENSE_HIDDEN = 64, 4, 2, 3, 128
 EXPERTS, TOP_K, EXPERT_HIDDEN = 8, 3, 16
 MOE_LAYER_FREQ = [1, 0, 1]
-ROUTER_STD = 0.4  # router logits of a few units: tokens pick different experts
 EOS_BOOST = 1.6  # lets the end of text win now and then
 
 DECODING = ("utils.py", "parallel_strategy.py", "generate_uniform.py")
@@ -100,6 +99,7 @@ def build_lladamoe(directory: Path, seed: int = 6) -> dict[str, int]:
     directory.mkdir(parents=True, exist_ok=True)
     tokens = build_llada_tokenizer(directory, SPECIALS, TEMPLATE, mask_token="<|mask|>", model_max_length=8192)
     ids = {t: tokens - len(SPECIALS) + i for i, t in enumerate(SPECIALS)}
+    eos = ids["<|endoftext|>"]
     _write_json(
         directory / "config.json",
         {
@@ -114,7 +114,7 @@ def build_lladamoe(directory: Path, seed: int = 6) -> dict[str, int]:
             "bos_token_id": None,
             "clip_qkv": None,
             "dense_intermediate_size": DENSE_HIDDEN,
-            "eos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": eos,
             "expert_intermediate_size": EXPERT_HIDDEN,
             "hidden_act": "silu",
             "hidden_size": D,
@@ -131,7 +131,7 @@ def build_lladamoe(directory: Path, seed: int = 6) -> dict[str, int]:
             "num_hidden_layers": LAYERS,
             "num_key_value_heads": KV_HEADS,
             "output_router_logits": False,
-            "pad_token_id": ids["<|endoftext|>"],
+            "pad_token_id": eos,
             "partial_rotary_factor": 1,
             "qk_layernorm": True,
             "rms_norm_eps": 1e-05,
@@ -149,25 +149,11 @@ def build_lladamoe(directory: Path, seed: int = 6) -> dict[str, int]:
             "vocab_size": HEAD,
         },
     )
-    _write_json(
-        directory / "generation_config.json",
-        {"eos_token_id": ids["<|endoftext|>"], "pad_token_id": ids["<|endoftext|>"]},
-    )
+    _write_json(directory / "generation_config.json", {"eos_token_id": eos, "pad_token_id": eos})
     g = torch.Generator().manual_seed(seed)
     tensors = _qwen_tensors(g, D, HEADS, KV_HEADS, LAYERS, DENSE_HIDDEN, qk_norm=True, width=HEAD)
-    for i, sparse in enumerate(MOE_LAYER_FREQ):
-        if not sparse:
-            continue
-        layer = f"model.layers.{i}.mlp."
-        for name in ("gate_proj", "up_proj", "down_proj"):
-            del tensors[layer + name + ".weight"]
-        tensors[layer + "gate.weight"] = _normal(g, EXPERTS, D, std=ROUTER_STD)
-        for e in range(EXPERTS):
-            expert = f"{layer}experts.{e}."
-            tensors[expert + "gate_proj.weight"] = _normal(g, EXPERT_HIDDEN, D, std=D**-0.5)
-            tensors[expert + "up_proj.weight"] = _normal(g, EXPERT_HIDDEN, D, std=D**-0.5)
-            tensors[expert + "down_proj.weight"] = _normal(g, D, EXPERT_HIDDEN, std=EXPERT_HIDDEN**-0.5)
-    tensors["lm_head.weight"][ids["<|endoftext|>"]] *= EOS_BOOST
+    sparse_experts(tensors, g, [i for i, sparse in enumerate(MOE_LAYER_FREQ) if sparse], EXPERTS, EXPERT_HIDDEN)
+    tensors["lm_head.weight"][eos] *= EOS_BOOST
     _silence_rows(tensors["lm_head.weight"], [ids["<|mask|>"], *range(tokens, HEAD)])
     _save_shards({name: t.to(torch.bfloat16) for name, t in tensors.items()}, directory, shards=2)
     return ids
