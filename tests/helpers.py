@@ -316,3 +316,13 @@ def sdar_equivalent(decoder: str, arguments: dict) -> list[str]:
         "decoder.proposal=greedy",
         "generation.stop_at_eos=false",
     ]
+
+
+def llada2_equivalent(arguments: dict) -> list[str]:
+    """The overrides under which the project decodes as LLaDA 2.0's ``generate`` called with ``arguments``: its step
+    is SDAR's evaluation step (every mask above ``threshold``, at least ``block_length / steps`` of them, the most
+    confident), over blocks of ``block_length`` from position 0 (:func:`sdar_equivalent`)."""
+    return sdar_equivalent(
+        SDAR_EVALUATION_DECODER,
+        {"block_length": arguments["block_length"], "denoising_steps": arguments["steps"], **arguments},
+    )
