@@ -47,6 +47,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record_block import block_causal  # noqa: E402
+from record_sdar_moe import moe_fixture  # noqa: E402
 
 from record import (  # noqa: E402
     _CHARACTERS,
@@ -60,6 +61,7 @@ from record import (  # noqa: E402
     _save_shards,
     _silence_rows,
     _write_json,
+    character_tokenizer,
     pairwise_mask,
     recorder_parser,
     run_recorder,
@@ -78,14 +80,7 @@ EXPERTS, TOP_K, GROUPS, TOPK_GROUP, EXPERT_HIDDEN, DENSE_HIDDEN = 8, 2, 4, 2, 16
 
 def build_tokenizer(directory: Path) -> dict[str, int]:
     """A character vocabulary, then LLaDA 2.x's special tokens (``PreTrainedTokenizerFast``). Returns their ids."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
-
-    vocab = {token: i for i, token in enumerate(_CHARACTERS + SPECIALS)}
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=None))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    core.decoder = decoders.Fuse()
-    core.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIALS])
-    core.save(str(directory / "tokenizer.json"))
+    vocab = character_tokenizer(directory, SPECIALS)
     ids = {t: vocab[t] for t in SPECIALS}
     _write_json(
         directory / "tokenizer_config.json",
@@ -262,13 +257,20 @@ class Observed:
         return tokens[0].tolist(), self.forwards, self.edits
 
 
-def official_modules(args: argparse.Namespace, scratch: Path) -> tuple[OfficialFiles, object, object]:
-    """``(files, LLaDA 2.0's modeling module, LLaDA 2.1's)``, each imported as a package from its directory."""
+def official_models(args: argparse.Namespace, scratch: Path, checkpoint: Path):
+    """``(files, tokenizer, LLaDA 2.0's model, LLaDA 2.1's model)``: each modeling file imported as a package from
+    its directory, its ``LLaDA2MoeModelLM`` loaded from ``checkpoint`` in float32, eval mode."""
+    import transformers
+
     files = OfficialFiles({"hub20": args.hub20, "hub21": args.hub21})
     names = ("modeling_llada2_moe.py", "configuration_llada2_moe.py")
-    v20 = files.package(scratch, "llada20_hub", args.hub20, names)["modeling_llada2_moe"]
-    v21 = files.package(scratch, "llada21_hub", args.hub21, names)["modeling_llada2_moe"]
-    return files, v20, v21
+    models = [
+        files.package(scratch, package, source, names)["modeling_llada2_moe"]
+        .LLaDA2MoeModelLM.from_pretrained(str(checkpoint), dtype=torch.float32)
+        .eval()
+        for package, source in (("llada20_hub", args.hub20), ("llada21_hub", args.hub21))
+    ]
+    return files, transformers.AutoTokenizer.from_pretrained(str(checkpoint)), *models
 
 
 #: LLaDA 2.0's ``generate`` settings recorded: ``(block_length, steps, threshold)``; 0.95 and 32/32 are its defaults.
@@ -278,19 +280,13 @@ SETTINGS_21 = ((32, 0.5, 0.5), (8, 0.7, 0.5), (8, 0.5, 0.3), (32, 0.95, 0.9))
 
 
 def record(args: argparse.Namespace) -> None:
-    import transformers
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
-    out = args.out
-    ids = build_llada2(out / "llada2-tiny")
+    ids = build_llada2(args.out / "llada2-tiny")
     mask_id, eos_id = ids["<|mask|>"], ids["<|endoftext|>"]
     with tempfile.TemporaryDirectory() as scratch:
-        files, v20, v21 = official_modules(args, Path(scratch))
-        checkpoint = str(out / "llada2-tiny")
-        tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint)
-        model20 = v20.LLaDA2MoeModelLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
-        model21 = v21.LLaDA2MoeModelLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+        files, tokenizer, model20, model21 = official_models(args, Path(scratch), args.out / "llada2-tiny")
         prompts = [_chat_ids(tokenizer, p) for p in PROMPTS]
         tensors, forwards, chosen = {}, [], {}
 
@@ -322,7 +318,7 @@ def record(args: argparse.Namespace) -> None:
             tensors.update({"padded.input_ids": batch, "padded.position_ids": places, "padded.mask": masks})
             tensors["padded.logits"] = model20(batch, attention_mask=additive, position_ids=places).logits
             forwards.append({"name": "padded", "note": "left-padded batch (pad <|endoftext|>), blocks of 8"})
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "logits_llada2.safetensors"))
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(args.out / "logits_llada2.safetensors"))
 
         common = {"temperature": 0.0, "gen_length": GEN_LENGTH, "eos_id": eos_id, "mask_id": mask_id}
         cases = []
@@ -369,25 +365,22 @@ def record(args: argparse.Namespace) -> None:
                         }
                     )
 
-    result = {
-        "repositories": {
-            "hub20": "ZHZisZZ/dllm d8cc1190ddbe47a7c38fd0eb5d29d3a0b12043c5 dllm/pipelines/llada2/models/",
-            "hub21": "lingjiechen2/dllm 9268328a71b56e08a0be48e4319b938e29cfe1a8 dllm/pipelines/llada21/models/",
+    result = moe_fixture(
+        files,
+        head={
+            "repositories": {
+                "hub20": "ZHZisZZ/dllm d8cc1190ddbe47a7c38fd0eb5d29d3a0b12043c5 dllm/pipelines/llada2/models/",
+                "hub21": "lingjiechen2/dllm 9268328a71b56e08a0be48e4319b938e29cfe1a8 dllm/pipelines/llada21/models/",
+            }
         },
-        "transformers": transformers.__version__,
-        "torch": torch.__version__,
-        "python": sys.version.split()[0],
-        "official_files": files.files,
-        "prompts": PROMPTS,
-        "padded_prompts": PADDED_PROMPTS,
-        "gen_length": GEN_LENGTH,
-        "special_ids": ids,
-        "prompt_ids": prompts,
-        "first_sparse_layer_experts": chosen["experts"],
-        "forwards": forwards,
-        "cases": cases,
-    }
-    (out / "official_llada2.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        stand_ins=None,
+        ids=ids,
+        prompts=prompts,
+        experts=chosen["experts"],
+        forwards=forwards,
+        cases=cases,
+    )
+    (args.out / "official_llada2.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
 
 
 def main() -> None:
