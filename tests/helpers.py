@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -316,3 +317,31 @@ def sdar_equivalent(decoder: str, arguments: dict) -> list[str]:
         "decoder.proposal=greedy",
         "generation.stop_at_eos=false",
     ]
+
+
+def llada2_equivalent(arguments: dict) -> list[str]:
+    """The overrides under which the project decodes as LLaDA 2.0's ``generate`` called with ``arguments``: its step
+    is SDAR's evaluation step (every mask above ``threshold``, at least ``block_length / steps`` of them, the most
+    confident), over blocks of ``block_length`` from position 0 (:func:`sdar_equivalent`)."""
+    return sdar_equivalent(
+        SDAR_EVALUATION_DECODER,
+        {"block_length": arguments["block_length"], "denoising_steps": arguments["steps"], **arguments},
+    )
+
+
+def python_calls(module, hidden: torch.Tensor) -> int:
+    """How many Python-level function calls ``module(hidden)`` makes (``sys.setprofile``, under ``no_grad``): a
+    batched expert dispatch makes as many for 64 tokens as for 2."""
+    count = 0
+
+    def profile(frame, event, arg):
+        nonlocal count
+        count += event == "call"
+
+    sys.setprofile(profile)
+    try:
+        with torch.no_grad():
+            module(hidden)
+    finally:
+        sys.setprofile(None)
+    return count

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 from collections import defaultdict
 
 import pytest
@@ -25,7 +24,7 @@ from dlm_decode.decoder import Decoder
 from dlm_decode.masks import AttentionPattern
 from dlm_decode.models.adapter import DiffusionLM
 
-from helpers import REFERENCE, SDAR_EVALUATION_DECODER, assert_logits_close, sdar_equivalent, until_stop
+from helpers import REFERENCE, SDAR_EVALUATION_DECODER, assert_logits_close, python_calls, sdar_equivalent, until_stop
 
 CHECKPOINT = REFERENCE / "sdar-moe-tiny"
 OFFICIAL = json.loads((REFERENCE / "official_sdar_moe.json").read_text(encoding="utf-8"))
@@ -101,24 +100,9 @@ def test_expert_dispatch_takes_as_many_python_calls_for_64_tokens_as_for_2(sdar_
     block = sdar_moe.model.model.layers[0].mlp
     assert sdar_moe.model.config._experts_implementation == "grouped_mm"
     generator = torch.Generator().manual_seed(0)
-
-    def python_calls(tokens: int) -> int:
-        hidden = torch.randn(1, tokens, sdar_moe.model.config.hidden_size, generator=generator)
-        count = 0
-
-        def profile(frame, event, arg):
-            nonlocal count
-            count += event == "call"
-
-        sys.setprofile(profile)
-        try:
-            with torch.no_grad():
-                block(hidden)
-        finally:
-            sys.setprofile(None)
-        return count
-
-    assert python_calls(64) == python_calls(2)
+    width = sdar_moe.model.config.hidden_size
+    calls = [python_calls(block, torch.randn(1, tokens, width, generator=generator)) for tokens in (64, 2)]
+    assert calls[0] == calls[1]
 
 
 def _groups() -> dict[str, list[dict]]:
