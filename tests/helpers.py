@@ -354,10 +354,19 @@ def assert_dispatch_calls_do_not_grow(model) -> None:
     assert calls[0] == calls[1]
 
 
-def python_calls(module: torch.nn.Module, hidden: torch.Tensor) -> int:
-    """How many Python-level function calls ``module(hidden)`` makes (``sys.setprofile`` ``call`` events), under
-    ``no_grad``: a mixture-of-experts block that loops over its tokens or experts in Python makes more calls for more
-    tokens."""
+def llada2_equivalent(arguments: dict) -> list[str]:
+    """The overrides under which the project decodes as LLaDA 2.0's ``generate`` called with ``arguments``: its step
+    is SDAR's evaluation step (every mask above ``threshold``, at least ``block_length / steps`` of them, the most
+    confident), over blocks of ``block_length`` from position 0 (:func:`sdar_equivalent`)."""
+    return sdar_equivalent(
+        SDAR_EVALUATION_DECODER,
+        {"block_length": arguments["block_length"], "denoising_steps": arguments["steps"], **arguments},
+    )
+
+
+def python_calls(module, hidden: torch.Tensor) -> int:
+    """How many Python-level function calls ``module(hidden)`` makes (``sys.setprofile``, under ``no_grad``): a
+    batched expert dispatch makes as many for 64 tokens as for 2."""
     count = 0
 
     def profile(frame, event, arg):

@@ -125,6 +125,20 @@ def _added_tokens(specials: dict[int, str]) -> dict[str, dict]:
     }
 
 
+def character_tokenizer(directory: Path, specials: tuple[str, ...]) -> dict[str, int]:
+    """Write ``directory/tokenizer.json``: one token per printable character, then ``specials`` (added special
+    tokens). Returns the vocabulary."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {token: i for i, token in enumerate(_CHARACTERS + specials)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=None))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    core.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    core.save(str(directory / "tokenizer.json"))
+    return vocab
+
+
 def build_llada_tokenizer(
     directory: Path, specials_in_order: tuple[str, ...] = LLADA_SPECIALS, template: str = LLADA_TEMPLATE, **named
 ) -> int:
@@ -132,14 +146,7 @@ def build_llada_tokenizer(
     ``PreTrainedTokenizerFast`` with ``tokenizer.json``, no mask_token attribute). Returns its size.
     ``specials_in_order``, ``template`` and ``named`` (more named special tokens, e.g. ``mask_token``, and
     ``model_max_length``) give another checkpoint of the same tokenizer class its own layout (LLaDA-MoE's)."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
-
-    vocab = {token: i for i, token in enumerate(_CHARACTERS + specials_in_order)}
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=None))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    core.decoder = decoders.Fuse()
-    core.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials_in_order])
-    core.save(str(directory / "tokenizer.json"))
+    vocab = character_tokenizer(directory, specials_in_order)
     specials = {vocab[t]: t for t in specials_in_order}
     tokens = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
     tokens |= {key: value for key, value in named.items() if key.endswith("_token")}

@@ -240,22 +240,51 @@ def record(args: argparse.Namespace) -> None:
                     }
                 )
 
-    result = {
+    result = moe_fixture(
+        files,
+        head={},
+        stand_ins=sorted([*_SHIMS, "configuration_sdar_moe.py"]),
+        ids=ids,
+        prompts=prompts,
+        experts=chosen["experts"],
+        forwards=forwards,
+        cases=cases,
+    )
+    (out / "official_sdar_moe.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+
+
+def moe_fixture(
+    files: OfficialFiles,
+    *,
+    head: dict,
+    stand_ins: list[str] | None,
+    ids: dict[str, int],
+    prompts: list[list[int]],
+    experts: list[list[int]],
+    forwards: list[dict],
+    cases: list[dict],
+) -> dict:
+    """The fixture of a mixture-of-experts recorder (this one, ``record_llada2.py``): ``head`` first, then the
+    versions, the official files (and the ``stand_ins`` written in their place), the prompts, special ids and prompt
+    ids, the experts each token chose in the first sparse layer, the recorded forwards and the decoder cases."""
+    import transformers
+
+    return {
+        **head,
         "transformers": transformers.__version__,
         "torch": torch.__version__,
         "python": sys.version.split()[0],
         "official_files": files.files,
-        "stand_ins": sorted([*_SHIMS, "configuration_sdar_moe.py"]),
+        **({"stand_ins": stand_ins} if stand_ins is not None else {}),
         "prompts": PROMPTS,
         "padded_prompts": PADDED_PROMPTS,
         "gen_length": GEN_LENGTH,
         "special_ids": ids,
         "prompt_ids": prompts,
-        "first_sparse_layer_experts": chosen["experts"],
+        "first_sparse_layer_experts": experts,
         "forwards": forwards,
         "cases": cases,
     }
-    (out / "official_sdar_moe.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
 
 
 def main() -> None:

@@ -46,9 +46,11 @@ def detect_family(config: Mapping[str, Any] | Any) -> Family:
         if any(name in family.architectures for name in architectures.split()):
             return family
     for family in FAMILIES.values():
-        if model_type in family.model_types or any(t in architectures for t in family.model_types):
+        if model_type in family.model_types:
             return family
-    return FAMILIES["bidirectional"]
+    # by architecture name, the longest match (``LLaDA2MoeModelLM`` holds ``llada`` and ``llada2moe``)
+    named = [(len(t), family) for family in FAMILIES.values() for t in family.model_types if t in architectures]
+    return max(named, key=lambda match: match[0])[1] if named else FAMILIES["bidirectional"]
 
 
 def causal_problem(family: Family, config: Mapping[str, Any] | Any) -> str | None:
@@ -187,6 +189,8 @@ def attention_pattern(
             fix=f"set {key}.attention to bidirectional or block_causal if you know the model's pattern",
         )
     found = config_value(config, family.block_size_key) if family.block_size_key else None
+    if found is None and declared is None:
+        found = family.default_block_size
     if found is None and declared == "block_causal":
         found = config_value(config, BLOCK_SIZE_KEY)
     block_causal = attention == "block_causal" or (

@@ -216,6 +216,57 @@ def _sdar_moe_config(config: Mapping[str, Any]):
     return transformers_class("Qwen3MoeConfig")(**fields, use_sliding_window=False, sliding_window=None)
 
 
+#: LLaDA 2.x ``config.json`` fields Glm4-MoE's class would read differently: ``field: (default in LLaDA 2.x's
+#: ``configuration_llada2_moe.py``, values that map)``. ``use_bias`` is the bias of the attention output projection
+#: (``attention.dense``), which ``Glm4MoeAttention.o_proj`` does not have.
+LLADA2_REQUIRED: dict[str, tuple[Any, tuple[Any, ...]]] = {
+    "use_bias": (True, (False,)),
+    "rope_scaling": (None, (None,)),
+    "use_sliding_window": (False, (False,)),
+}
+
+
+def _llada2_config(config: Mapping[str, Any]):
+    """LLaDA 2.x's fields, with the defaults of its own configuration class, as transformers' ``SarvamMoEConfig``
+    (the BailingMoE layout transformers maps onto ``Glm4MoeForCausalLM``, its loader splitting the fused
+    ``query_key_value`` and stacking the experts). LLaDA 2.x's router renormalises the top-k weights whenever more
+    than one expert is chosen, whatever ``norm_topk_prob`` says, hence ``norm_topk_prob = top_k > 1``."""
+    hidden, heads = config.get("hidden_size", 1024), config.get("num_attention_heads", 16)
+    top_k = config.get("num_experts_per_tok", 2)
+    rope = {
+        "rope_type": "default",
+        "rope_theta": float(config.get("rope_theta", 10000.0)),
+        "partial_rotary_factor": float(config.get("partial_rotary_factor", 0.5)),
+    }
+    return transformers_class("SarvamMoEConfig")(
+        vocab_size=config.get("vocab_size", 30592),
+        hidden_size=hidden,
+        intermediate_size=config.get("intermediate_size"),
+        num_hidden_layers=config.get("num_hidden_layers", 24),
+        num_attention_heads=heads,
+        num_key_value_heads=config.get("num_key_value_heads") or heads,
+        head_dim=config.get("head_dim") or hidden // heads,
+        hidden_act=config.get("hidden_act", "silu"),
+        max_position_embeddings=config.get("max_position_embeddings", 16384),
+        rms_norm_eps=config.get("rms_norm_eps", 1e-5),
+        rope_parameters=rope,
+        attention_bias=bool(config.get("use_qkv_bias", False)),
+        use_qk_norm=bool(config["use_qk_norm"]),
+        moe_intermediate_size=config["moe_intermediate_size"],
+        n_routed_experts=config["num_experts"],
+        n_shared_experts=config.get("num_shared_experts", 0),
+        num_experts_per_tok=top_k,
+        n_group=config.get("n_group", 8),
+        topk_group=config.get("topk_group", 4),
+        routed_scaling_factor=config.get("routed_scaling_factor", 2.5),
+        first_k_dense_replace=config.get("first_k_dense_replace", 0),
+        norm_topk_prob=top_k > 1,
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+        eos_token_id=config.get("eos_token_id"),
+        pad_token_id=config.get("pad_token_id"),
+    )
+
+
 #: LLaDA-MoE ``config.json`` fields the mapping depends on: ``field: (default in configuration_lladamoe.py, values
 #: that map)``. Query/key norms must be there (Qwen3-MoE always has them); no query/key clipping, no router expert
 #: bias (the official block adds it to the softmax weights before top-k), no shared expert, full unscaled rotary.
@@ -412,6 +463,26 @@ ARCHITECTURES: dict[str, Architecture] = {
         "Qwen2ForCausalLM",
         "Qwen2Tokenizer",
         carried=("bd_size",),
+    ),
+    "llada2_moe": Architecture(
+        "llada2_moe",
+        "LLaDA 2.x",
+        (
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_experts",
+            "num_experts_per_tok",
+            "num_shared_experts",
+            "moe_intermediate_size",
+            "use_qk_norm",
+            "vocab_size",
+        ),
+        LLADA2_REQUIRED,
+        _llada2_config,
+        "Glm4MoeForCausalLM",
+        "PreTrainedTokenizerFast",
+        experts=True,
     ),
 }
 
