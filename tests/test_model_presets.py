@@ -17,6 +17,7 @@ from helpers import REFERENCE
 
 MODELS = Path(__file__).resolve().parent.parent / "configs" / "models"
 BLOCKS_OF_4 = "block_causal(block_size=4, anchor=position)"
+BLOCKS_OF_32 = "block_causal(block_size=32, anchor=position)"  # LLaDA 2.x: the family's default, none in config.json
 #: preset -> (tiny checkpoint in its layout, family, attention pattern, logits of that checkpoint's head)
 CHECKED = {
     "llada-8b-instruct": ("llada-tiny", "llada", "bidirectional", 104),
@@ -32,6 +33,10 @@ CHECKED = {
         "block_causal(block_size=8, anchor=position, head_first)",
         320,
     ),
+    "llada2.0-mini": ("llada2-tiny", "llada2", BLOCKS_OF_32, 112),
+    "llada2.0-flash": ("llada2-tiny", "llada2", BLOCKS_OF_32, 112),
+    "llada2.1-mini": ("llada2-tiny", "llada2", BLOCKS_OF_32, 112),
+    "llada2.1-flash": ("llada2-tiny", "llada2", BLOCKS_OF_32, 112),
     "fast-dllm-v2-1.5b": (
         "fastdllm-v2-tiny",
         "fast_dllm_v2",
@@ -40,12 +45,7 @@ CHECKED = {
     ),
 }
 #: Presets whose family is built on another branch (``family: auto`` until then); their dry-run test comes with it.
-PENDING = {
-    "llada2.0-mini": "family llada2 (LLaDA 2.x support)",
-    "llada2.0-flash": "family llada2 (LLaDA 2.x support)",
-    "llada2.1-mini": "family llada2 (LLaDA 2.x support)",
-    "diffusion-gemma-26b-a4b-it": "family diffusion_gemma (DiffusionGemma hosting)",
-}
+PENDING = {"diffusion-gemma-26b-a4b-it": "family diffusion_gemma (DiffusionGemma hosting)"}
 #: Presets of autoregressive models (``model.ar``), which have no diffusion step to size.
 AR_ONLY = {"embedded-ar", "qwen2.5-0.5b"}
 
