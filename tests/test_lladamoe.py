@@ -82,7 +82,7 @@ def test_the_router_picks_the_official_experts_and_renormalising_would_show(llad
     """The first layer routes every token of the ``full`` forward to the official experts (many different triples);
     the same model with its top-k weights renormalised (what ``norm_topk_prob: true`` would ask of Qwen3-MoE) no longer
     gives the official logits."""
-    official = OFFICIAL["first_layer_experts"]
+    official = OFFICIAL["first_sparse_layer_experts"]
     chosen = helpers.first_layer_experts(lladamoe.model, input_ids=RECORDED["full.input_ids"])
     assert chosen == [sorted(triple) for triple in official] and len({tuple(t) for t in chosen}) >= 10
     renormalised = helpers.with_topk_renormalised(lladamoe.model, True)

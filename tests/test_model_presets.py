@@ -16,33 +16,18 @@ from dlm_decode.models.dry_run import dry_run
 from helpers import REFERENCE
 
 MODELS = Path(__file__).resolve().parent.parent / "configs" / "models"
-BLOCKS_OF_4 = "block_causal(block_size=4, anchor=position)"
-BLOCKS_OF_32 = "block_causal(block_size=32, anchor=position)"  # LLaDA 2.x: the family's default, none in config.json
+SDAR = ("sdar-tiny", "sdar", "block_causal(block_size=4, anchor=position)", 320)
+FAST_DLLM_V2 = ("fastdllm-v2-tiny", "fast_dllm_v2", "block_causal(block_size=8, anchor=position, head_first)", 320)
+LLADA2 = ("llada2-tiny", "llada2", "block_causal(block_size=32, anchor=position)", 112)  # 32: the family's default
 #: preset -> (tiny checkpoint in its layout, family, attention pattern, logits of that checkpoint's head)
 CHECKED = {
     "llada-8b-instruct": ("llada-tiny", "llada", "bidirectional", 104),
     "dream-7b-instruct": ("dream-tiny", "dream", "bidirectional", 280),
     "llada-moe-7b-a1b-instruct": ("lladamoe-tiny", "llada_moe", "bidirectional", 104),
-    "sdar-1.7b-chat": ("sdar-tiny", "sdar", BLOCKS_OF_4, 320),
-    "sdar-4b-chat": ("sdar-tiny", "sdar", BLOCKS_OF_4, 320),
-    "sdar-8b-chat": ("sdar-tiny", "sdar", BLOCKS_OF_4, 320),
-    "sdar-30b-a3b-chat": ("sdar-moe-tiny", "sdar", BLOCKS_OF_4, 320),
-    "fast-dllm-v2-7b": (
-        "fastdllm-v2-tiny",
-        "fast_dllm_v2",
-        "block_causal(block_size=8, anchor=position, head_first)",
-        320,
-    ),
-    "llada2.0-mini": ("llada2-tiny", "llada2", BLOCKS_OF_32, 112),
-    "llada2.0-flash": ("llada2-tiny", "llada2", BLOCKS_OF_32, 112),
-    "llada2.1-mini": ("llada2-tiny", "llada2", BLOCKS_OF_32, 112),
-    "llada2.1-flash": ("llada2-tiny", "llada2", BLOCKS_OF_32, 112),
-    "fast-dllm-v2-1.5b": (
-        "fastdllm-v2-tiny",
-        "fast_dllm_v2",
-        "block_causal(block_size=8, anchor=position, head_first)",
-        320,
-    ),
+    **dict.fromkeys(("sdar-1.7b-chat", "sdar-4b-chat", "sdar-8b-chat"), SDAR),
+    "sdar-30b-a3b-chat": ("sdar-moe-tiny", *SDAR[1:]),
+    **dict.fromkeys(("fast-dllm-v2-7b", "fast-dllm-v2-1.5b"), FAST_DLLM_V2),
+    **dict.fromkeys(("llada2.0-mini", "llada2.0-flash", "llada2.1-mini", "llada2.1-flash"), LLADA2),
 }
 #: Presets whose family is built on another branch (``family: auto`` until then); their dry-run test comes with it.
 PENDING = {"diffusion-gemma-26b-a4b-it": "family diffusion_gemma (DiffusionGemma hosting)"}

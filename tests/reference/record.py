@@ -139,31 +139,30 @@ def character_tokenizer(directory: Path, specials: tuple[str, ...]) -> dict[str,
     return vocab
 
 
-def build_llada_tokenizer(
-    directory: Path, specials_in_order: tuple[str, ...] = LLADA_SPECIALS, template: str = LLADA_TEMPLATE, **named
-) -> int:
+def build_llada_tokenizer(directory: Path) -> int:
     """LLaDA's tokenizer layout at a tiny scale: a character vocabulary, then LLaDA's special tokens (a
-    ``PreTrainedTokenizerFast`` with ``tokenizer.json``, no mask_token attribute). Returns its size.
-    ``specials_in_order``, ``template`` and ``named`` (more named special tokens, e.g. ``mask_token``, and
-    ``model_max_length``) give another checkpoint of the same tokenizer class its own layout (LLaDA-MoE's)."""
-    vocab = character_tokenizer(directory, specials_in_order)
-    specials = {vocab[t]: t for t in specials_in_order}
-    tokens = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
-    tokens |= {key: value for key, value in named.items() if key.endswith("_token")}
+    ``PreTrainedTokenizerFast`` with ``tokenizer.json``, no mask_token attribute). Returns its size."""
+    vocab = character_tokenizer(directory, LLADA_SPECIALS)
+    specials = {vocab[t]: t for t in LLADA_SPECIALS}
     _write_json(
         directory / "tokenizer_config.json",
         {
             "add_bos_token": False,
             "add_eos_token": False,
             "added_tokens_decoder": _added_tokens(specials),
-            **tokens,
+            "bos_token": "<|startoftext|>",
+            "eos_token": "<|endoftext|>",
+            "pad_token": "<|endoftext|>",
             "clean_up_tokenization_spaces": False,
-            "model_max_length": named.get("model_max_length", 4096),
-            "chat_template": template,
+            "model_max_length": 4096,
+            "chat_template": LLADA_TEMPLATE,
             "tokenizer_class": "PreTrainedTokenizerFast",
         },
     )
-    _write_json(directory / "special_tokens_map.json", tokens)
+    _write_json(
+        directory / "special_tokens_map.json",
+        {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"},
+    )
     return len(vocab)
 
 

@@ -34,8 +34,8 @@ What it writes into ``--out`` (well under a megabyte):
   8 experts with 3 per token, grouped-query heads, and ``norm_topk_prob: true`` (which the official block ignores, so
   a port that read it would fail the logits test); weights under the hub's names in bfloat16 (the published dtype),
   loaded by the official class with no missing or unexpected tensor; random norms and router weights. Its tokenizer
-  is a ``PreTrainedTokenizerFast`` over a character vocabulary followed by the special tokens, the end of text 3 ids
-  below the mask as in the published ids (156892 and 156895), and a chat template in LLaDA-MoE's ``<role>`` format.
+  is ``record_llada2.build_tokenizer``'s (LLaDA-MoE shares LLaDA 2.x's tokenizer: 157,184 logits, mask 156895, end
+  of text 156892, the ``<role>`` chat format): a ``PreTrainedTokenizerFast`` over characters, then the special tokens.
 * ``logits_lladamoe.safetensors``: float32 logits of the official model: one prompt followed by 32 masks, and each
   prompt of ``PADDED_PROMPTS`` followed by 8 masks on its own (the official forward ignores masks, so a left-padded
   batch through it lets the padding in; the project must give each row of such a batch these logits).
@@ -56,7 +56,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record_block import _qwen_tensors  # noqa: E402
-from record_sdar_moe import sparse_experts  # noqa: E402
+from record_llada2 import build_tokenizer  # noqa: E402
+from record_sdar_moe import moe_fixture, sparse_experts  # noqa: E402
 
 from record import (  # noqa: E402
     GEN_LENGTH,
@@ -67,19 +68,11 @@ from record import (  # noqa: E402
     _save_shards,
     _silence_rows,
     _write_json,
-    build_llada_tokenizer,
     recorder_parser,
     run_recorder,
 )
 
-#: LLaDA-MoE's special tokens in id order: the end of text (the EOS and pad) 3 ids below the mask, as 156892 / 156895.
-SPECIALS = ("<|startoftext|>", "<|endoftext|>", "<role>", "</role>", "<|mask|>", "<|role_end|>")
-TEMPLATE = (
-    "{% for m in messages %}<role>{{ 'HUMAN' if m['role'] == 'user' else m['role'] | upper }}</role>"
-    "{{ m['content'] }}<|role_end|>{% endfor %}"
-    "{% if add_generation_prompt %}<role>ASSISTANT</role>{% endif %}"
-)
-HEAD = 104  # > 102 tokens, as the published 157,184 logits exceed the tokenizer
+HEAD = 104  # > 102 tokens, as the published 157,184 logits exceed the tokenizer (the same as LLaDA 2.x's)
 D, HEADS, KV_HEADS, LAYERS, DENSE_HIDDEN = 64, 4, 2, 3, 128
 EXPERTS, TOP_K, EXPERT_HIDDEN = 8, 3, 16
 MOE_LAYER_FREQ = [1, 0, 1]
@@ -89,7 +82,7 @@ DECODING = ("utils.py", "parallel_strategy.py", "generate_uniform.py")
 #: (steps, block_length) of LLaDA's generate over GEN_LENGTH columns.
 LLADA_CASES = ((32, 8), (16, 32), (8, 16))
 #: (block_length, threshold) of dInfer's threshold decoder: dInfer's LLaDA-MoE setting (32, 0.9) and smaller blocks (the
-#: tiny model commits 1 to 14 positions per step under them).
+#: tiny model commits 1 to 16 positions per step under them).
 DINFER_CASES = ((32, 0.9), (8, 0.95), (16, 0.9))
 
 
@@ -97,58 +90,52 @@ def build_lladamoe(directory: Path, seed: int = 6) -> dict[str, int]:
     """A LLaDA-MoE checkpoint (its ``config.json`` keys, the hub's weight names) at a tiny scale; returns the
     special tokens' ids."""
     directory.mkdir(parents=True, exist_ok=True)
-    tokens = build_llada_tokenizer(directory, SPECIALS, TEMPLATE, mask_token="<|mask|>", model_max_length=8192)
-    ids = {t: tokens - len(SPECIALS) + i for i, t in enumerate(SPECIALS)}
-    eos = ids["<|endoftext|>"]
-    _write_json(
-        directory / "config.json",
-        {
-            "architectures": ["LLaDAMoEModelLM"],
-            "attention_bias": False,
-            "attention_dropout": 0.0,
-            "auto_map": {
-                "AutoConfig": "configuration_lladamoe.LLaDAConfig",
-                "AutoModel": "modeling_lladamoe.LLaDAMoEModelLM",
-                "AutoModelForCausalLM": "modeling_lladamoe.LLaDAMoEModelLM",
-            },
-            "bos_token_id": None,
-            "clip_qkv": None,
-            "dense_intermediate_size": DENSE_HIDDEN,
-            "eos_token_id": eos,
-            "expert_intermediate_size": EXPERT_HIDDEN,
-            "hidden_act": "silu",
-            "hidden_size": D,
-            "initializer_range": 0.02,
-            "max_position_embeddings": 8192,
-            "model_type": "llada",
-            "moe_layer_freq": MOE_LAYER_FREQ,
-            "moe_router_enable_expert_bias": False,
-            "moe_router_score_function": "softmax",
-            "norm_topk_prob": True,
-            "num_attention_heads": HEADS,
-            "num_experts": EXPERTS,
-            "num_experts_per_tok": TOP_K,
-            "num_hidden_layers": LAYERS,
-            "num_key_value_heads": KV_HEADS,
-            "output_router_logits": False,
-            "pad_token_id": eos,
-            "partial_rotary_factor": 1,
-            "qk_layernorm": True,
-            "rms_norm_eps": 1e-05,
-            "rope_scaling": None,
-            "rope_theta": 50000,
-            "routed_scaling_factor": 1,
-            "router_aux_loss_coef": 0.01,
-            "router_num_group": None,
-            "router_topk_group": None,
-            "shared_expert_intermediate_size": None,
-            "tie_word_embeddings": False,
-            "torch_dtype": "bfloat16",
-            "transformers_version": "4.49.0",
-            "use_cache": False,
-            "vocab_size": HEAD,
+    ids = build_tokenizer(directory)
+    tokens, eos = max(ids.values()) + 1, ids["<|endoftext|>"]
+    dimensions = {"hidden_size": D, "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS, "vocab_size": HEAD}
+    dimensions |= {
+        "num_hidden_layers": LAYERS,
+        "moe_layer_freq": MOE_LAYER_FREQ,
+        "dense_intermediate_size": DENSE_HIDDEN,
+    }
+    dimensions |= {"num_experts": EXPERTS, "num_experts_per_tok": TOP_K, "expert_intermediate_size": EXPERT_HIDDEN}
+    config = {
+        "architectures": ["LLaDAMoEModelLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "auto_map": {
+            "AutoConfig": "configuration_lladamoe.LLaDAConfig",
+            "AutoModel": "modeling_lladamoe.LLaDAMoEModelLM",
+            "AutoModelForCausalLM": "modeling_lladamoe.LLaDAMoEModelLM",
         },
-    )
+        "bos_token_id": None,
+        "clip_qkv": None,
+        "eos_token_id": eos,
+        "hidden_act": "silu",
+        "initializer_range": 0.02,
+        "max_position_embeddings": 8192,
+        "model_type": "llada",
+        "moe_router_enable_expert_bias": False,
+        "moe_router_score_function": "softmax",
+        "norm_topk_prob": True,
+        "output_router_logits": False,
+        "pad_token_id": eos,
+        "partial_rotary_factor": 1,
+        "qk_layernorm": True,
+        "rms_norm_eps": 1e-05,
+        "rope_scaling": None,
+        "rope_theta": 50000,
+        "routed_scaling_factor": 1,
+        "router_aux_loss_coef": 0.01,
+        "router_num_group": None,
+        "router_topk_group": None,
+        "shared_expert_intermediate_size": None,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.49.0",
+        "use_cache": False,
+    }
+    _write_json(directory / "config.json", dict(sorted((config | dimensions).items())))
     _write_json(directory / "generation_config.json", {"eos_token_id": eos, "pad_token_id": eos})
     g = torch.Generator().manual_seed(seed)
     tensors = _qwen_tensors(g, D, HEADS, KV_HEADS, LAYERS, DENSE_HIDDEN, qk_norm=True, width=HEAD)
@@ -218,25 +205,25 @@ def record(args: argparse.Namespace) -> None:
                 shown = {**arguments, "gen_length": GEN_LENGTH, "block_length": block}
                 case("dinfer.ThresholdParallelDecoder", shown, index, tokens)
 
-    _write_json(
-        args.out / "official_lladamoe.json",
-        {
-            "repositories": {
-                "lladamoe-hub": "InfiniTensor/InfiniLM 0a7e522afb6079a30c7ecb50ce8abafe6cc3f808 (modeling); "
-                "inclusionAI/dInfer fce4e32804103baa5d55230dff0352da0cdd6ceb tools/ (configuration)",
-                "llada": "ML-GSAI/LLaDA b7e6c3565f194352da44b38dd12b6970597309f3",
-                "dinfer": "inclusionAI/dInfer fce4e32804103baa5d55230dff0352da0cdd6ceb",
-            },
-            **official.provenance(),
-            "python": sys.version.split()[0],
-            "padded_prompts": PADDED_PROMPTS,
-            "gen_length": GEN_LENGTH,
-            "special_ids": ids,
-            "prompt_ids": prompts,
-            "first_layer_experts": chosen[0],
-            "cases": cases,
-        },
+    repositories = {
+        "lladamoe-hub": "InfiniTensor/InfiniLM 0a7e522afb6079a30c7ecb50ce8abafe6cc3f808 (modeling); "
+        "inclusionAI/dInfer fce4e32804103baa5d55230dff0352da0cdd6ceb tools/ (configuration)",
+        "llada": "ML-GSAI/LLaDA b7e6c3565f194352da44b38dd12b6970597309f3",
+        "dinfer": "inclusionAI/dInfer fce4e32804103baa5d55230dff0352da0cdd6ceb",
+    }
+    forwards = [{"name": "full", "note": f"prompt {PROMPTS[1]!r} + {GEN_LENGTH} masks"}]
+    forwards += [{"name": f"alone.{i}", "note": f"prompt {p!r} + 8 masks, alone"} for i, p in enumerate(PADDED_PROMPTS)]
+    fixture = moe_fixture(
+        official,
+        head={"repositories": repositories},
+        stand_ins=None,
+        ids=ids,
+        prompts=prompts,
+        experts=chosen[0],
+        forwards=forwards,
+        cases=cases,
     )
+    _write_json(args.out / "official_lladamoe.json", fixture)
 
 
 def main() -> None:
