@@ -46,11 +46,12 @@ def test_the_config_schema_accepts_exactly_the_known_families():
     assert (
         FAMILY_NAMES
         == ("auto", *FAMILIES)
-        == ("auto", "bidirectional", "llada", "dream", "sdar", "fast_dllm_v2", "diffusion_gemma")
+        == ("auto", "bidirectional", "llada", "dream", "sdar", "fast_dllm_v2", "llada2", "llada_moe", "diffusion_gemma")
     )
     assert [ModelSpec(family=name).family for name in FAMILY_NAMES] == list(FAMILY_NAMES)
     with pytest.raises(
         FieldError,
-        match="must be one of auto, bidirectional, llada, dream, sdar, fast_dllm_v2, diffusion_gemma, got 'gpt'",
+        match="must be one of auto, bidirectional, llada, dream, sdar, fast_dllm_v2, llada2, llada_moe, "
+        "diffusion_gemma, got 'gpt'",
     ):
         ModelSpec(family="gpt")

@@ -163,8 +163,9 @@ def test_a_llada_config_the_mapping_cannot_reproduce_is_refused_naming_the_field
     assert report.checks() == {"implementation"} and "alibi=True" in report.errors[0].message
 
 
-def test_a_mixture_of_experts_published_as_llada_is_refused_with_the_reason(tmp_path):
-    """LLaDA-MoE checkpoints are published with model_type llada and Hugging Face-style fields."""
+def test_a_llada_config_with_expert_fields_is_read_by_the_lladamoe_mapping(tmp_path):
+    """LLaDA-MoE checkpoints are published with model_type llada and Hugging Face-style fields: expert fields send a
+    llada config.json to the LLaDA-MoE mapping (tests/test_lladamoe.py), which names the fields its layout lacks."""
     path = edited_copy(
         LLADA,
         tmp_path / "moe",
@@ -178,9 +179,8 @@ def test_a_mixture_of_experts_published_as_llada_is_refused_with_the_reason(tmp_
     )
     with pytest.raises(
         ModelError,
-        match=r"(?s)a mixture of experts \(config.json has num_experts=8, "
-        r"num_experts_per_tok=2, expert_intermediate_size=32\).*dense LLaDA.*"
-        r"implementation=remote",
+        match=r"(?s)has no num_attention_heads, dense_intermediate_size, moe_layer_freq, which every LLaDA-MoE "
+        r"checkpoint's config.json has.*implementation=remote",
     ):
         DiffusionLM.from_spec(ModelSpec(path=str(path)))
 
