@@ -28,9 +28,15 @@ CHECKED = {
     "sdar-30b-a3b-chat": ("sdar-moe-tiny", *SDAR[1:]),
     **dict.fromkeys(("fast-dllm-v2-7b", "fast-dllm-v2-1.5b"), FAST_DLLM_V2),
     **dict.fromkeys(("llada2.0-mini", "llada2.0-flash", "llada2.1-mini", "llada2.1-flash"), LLADA2),
+    "diffusion-gemma-26b-a4b-it": (
+        "diffusion-gemma-tiny",
+        "diffusion_gemma",
+        "block_causal(block_size=4, anchor=generation)",  # canvas_length 4 (the published checkpoint's: 256)
+        64,
+    ),
 }
 #: Presets whose family is built on another branch (``family: auto`` until then); their dry-run test comes with it.
-PENDING = {"diffusion-gemma-26b-a4b-it": "family diffusion_gemma (DiffusionGemma hosting)"}
+PENDING: dict[str, str] = {}
 #: Presets of autoregressive models (``model.ar``), which have no diffusion step to size.
 AR_ONLY = {"embedded-ar", "qwen2.5-0.5b"}
 
