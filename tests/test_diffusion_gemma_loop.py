@@ -16,10 +16,14 @@ import json
 import pytest
 import torch
 
+from dlm_decode.config.schema import ModelSpec
 from dlm_decode.decoder import Decoder
-from dlm_decode.errors import ConfigError, InputError
+from dlm_decode.errors import ConfigError, InputError, PluginError
+from dlm_decode.hookspecs import hookimpl
+from dlm_decode.models.dllm import adapt
+from dlm_decode.state import Decision
 
-from helpers import REFERENCE
+from helpers import REFERENCE, strategy_decoder
 
 transformers = pytest.importorskip("transformers")
 if not hasattr(transformers, "DiffusionGemmaForBlockDiffusion"):
@@ -177,3 +181,21 @@ def test_stream_yields_the_decided_prefix_only(loaded):
     pieces = list(decoder.stream(PROMPTS16[3], max_new_tokens=8, seed=3))
     assert "".join(pieces) == decoder.generate([PROMPTS16[3]], max_new_tokens=8, seeds=[3]).texts[0]
     assert len(pieces) == 2  # one piece per finished block: undecided noise is never streamed
+
+
+class _Revokes:
+    """Commits the block and revokes its first committed column, which a noise canvas refuses."""
+
+    @hookimpl
+    def dlm_verify(self, state, proposal, window):
+        revoke = ~state.masked & state.generated_columns & (state.columns < state.model_block()[0][:, None])
+        return Decision(commit=window.eligible, tokens=proposal.tokens, revoke=revoke)
+
+
+def test_a_revocation_on_a_noise_canvas_is_refused(loaded):
+    dllm = adapt(*loaded, ModelSpec(chat_template=False))
+    decoder = strategy_decoder(
+        "verification", "bad", lambda config, context: _Revokes(), plugin_name="tests.bad_plugin", model=dllm
+    )
+    with pytest.raises(PluginError, match="(?s)tests.bad_plugin.*or revoked on a noise canvas.*fix"):
+        decoder.generate(["<bos> t5 t9"], max_new_tokens=8)
