@@ -33,7 +33,7 @@ from dlm_decode.models.causal import CausalLM, check_shared_tokenizer, crop_cach
 from dlm_decode.models.kv_store import PositionalKVCache
 from dlm_decode.ops import Scorer
 from dlm_decode.registry import ROLES, StrategyRegistry
-from dlm_decode.selection import first_true_columns, select_top
+from dlm_decode.selection import first_true_columns, select_top, threshold_commit
 from dlm_decode.state import (
     AR_FORWARDS,
     Decision,
@@ -72,4 +72,5 @@ __all__ = [
     "new_cache",
     "position_ids_from_mask",
     "select_top",
+    "threshold_commit",
 ]

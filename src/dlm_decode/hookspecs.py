@@ -104,8 +104,10 @@ def dlm_verify(state: DecodeState, forward: ForwardOutput, proposal: Proposal, w
 
     :return: a :class:`~dlm_decode.state.Decision`: ``commit`` ``[B, N]`` bool (a subset of ``window.eligible``,
         at least one per unfinished row), ``tokens`` ``[B, N]`` long (read where ``commit``), optional
-        ``revoke`` ``[B, N]`` bool (committed generated positions only). The core checks these contracts and
-        raises :class:`~dlm_decode.errors.PluginError` naming the plugin when one is broken.
+        ``revoke`` and ``edit`` ``[B, N]`` bool (committed generated positions only; of the row's current model
+        block for a block-causal model), optional ``hold`` ``[B]`` bool (block-causal models: the row's block
+        stays current although it has no mask left; such a row's next step may commit nothing). The core checks
+        these contracts and raises :class:`~dlm_decode.errors.PluginError` naming the plugin when one is broken.
     """
 
 

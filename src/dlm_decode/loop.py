@@ -1,9 +1,11 @@
 """The denoising loop: calls the role hooks once per step and enforces the rules no plugin may break.
 
-Rules checked every step, whatever the plugins return: every unfinished row commits at least one token;
-commits fall on eligible (masked, generated) positions only, so prompt tokens never change; revocations touch
-only committed generated positions; the mask token and ids the tokenizer cannot decode are never proposed; NaN
-or infinite logits stop decoding; a batch may not exceed its step budget.
+Rules checked every step, whatever the plugins return: every unfinished row commits at least one token, except
+that a row whose block was held open (:attr:`~dlm_decode.state.Decision.hold`) may instead edit or end its hold;
+commits fall on eligible (masked, generated) positions only, so prompt tokens never change; revocations and edits
+touch only committed generated positions (of the row's current model block, for a block-causal model), and only a
+block-causal model's blocks are held; the mask token and ids the tokenizer cannot decode are never proposed; NaN or
+infinite logits stop decoding; a batch may not exceed its step budget.
 """
 
 from __future__ import annotations
@@ -30,22 +32,27 @@ def forward_flags(state: DecodeState, window: Window, logits: torch.Tensor) -> l
 
 def decision_flags(state: DecodeState, window: Window, decision: Decision) -> list[torch.Tensor]:
     """Two bool scalars on the device, computed before the decision is applied: a commit outside the window; a
-    revocation of something other than a committed generated token, of the row's current model block for a
-    block-causal model (a placeholder, not read, when there is no revocation)."""
+    revocation or an edit of something other than a committed generated token (a filled one included), of the
+    row's current model block for a block-causal model, or a hold on a bidirectional model (a placeholder, not
+    read, when the decision neither revokes, edits nor holds)."""
     off_window = (decision.commit > window.eligible).any()
-    revoke = decision.revoke
-    if revoke is None:
+    changes = [change for change in (decision.revoke, decision.edit) if change is not None]
+    if not changes and decision.hold is None:
         return [off_window, off_window]
-    settled = state.masked | ~state.generated_columns
+    settled = state.masked | state.filled | ~state.generated_columns
     if state.attention.block_causal:  # a finished block stays finished: later blocks were decided on it
         start, end = state.model_block()
         settled = settled | (state.columns < start[:, None]) | (state.columns >= end[:, None])
-    return [off_window, (revoke & settled).any()]
+    bad = [(change & settled).any() for change in changes]
+    if decision.hold is not None and not state.attention.block_causal:
+        bad.append(decision.hold.any())
+    return [off_window, torch.stack(bad).any() if bad else off_window & False]
 
 
-def progress_flag(commits: torch.Tensor, finished_before: torch.Tensor) -> torch.Tensor:
-    """A bool scalar: every row unfinished before the step committed (``[B]`` long commits, ``[B]`` bool)."""
-    return (commits + finished_before).all()  # nonzero where the row committed or was already finished
+def progress_flag(commits: torch.Tensor, finished_before: torch.Tensor, held_before: torch.Tensor) -> torch.Tensor:
+    """A bool scalar: every row unfinished before the step committed, or had its block held (a post-step, which
+    may edit or end the hold) (``[B]`` long commits, ``[B]`` bool, ``[B]`` bool)."""
+    return (commits + finished_before + held_before).all()  # nonzero where the row progressed or needs not
 
 
 def raise_forward_errors(flags: list[bool], step: int, window_plugin: str) -> None:
@@ -85,13 +92,18 @@ def raise_decision_errors(
             f"committed nothing for unfinished rows {rows} at step {step}; decoding would never end",
             "commit at least one eligible position per unfinished row (e.g. the most confident)",
         )
-    if bad_revoke and decision.revoke is not None:
+    changes = [name for name, change in (("revoked", decision.revoke), ("edited", decision.edit)) if change is not None]
+    if bad_revoke and (changes or decision.hold is not None):
         raise PluginError(
             plugin,
             "dlm_verify",
-            "revoked a position that is not a committed generated token (of the "
-            "row's current model block, for a block-causal model)",
-            "restrict `revoke` to generated columns that are not masked, inside window.block_start to window.block_end",
+            f"{' or '.join(changes)} a position that is not a committed generated token (of the row's current "
+            "model block, for a block-causal model), or held a block of a bidirectional model"
+            if changes
+            else "held a row's block open on a bidirectional model (only a block-causal model's blocks are held)",
+            "restrict `revoke` and `edit` to generated columns that are neither masked nor filled, inside "
+            "window.block_start to window.block_end (state.model_block() for a block-causal model); hold only "
+            "block-causal models' blocks",
         )
 
 
@@ -106,11 +118,14 @@ def within_model_block(state: DecodeState, window: Window) -> Window:
     if state.attention.head_first:
         head = state.columns == start[:, None]
         eligible = torch.where((head & state.masked).any(-1, keepdim=True), head & eligible, eligible)
+    block_start, block_end = torch.maximum(window.block_start, start), torch.minimum(window.block_end, end)
+    if state.holding:  # a held row's window is its held block, with nothing eligible (its masks come later)
+        block_start, block_end = torch.where(state.held, start, block_start), torch.where(state.held, end, block_end)
     return Window(
         eligible=eligible,
         input_end=min(window.input_end, state.input_limit),
-        block_start=torch.maximum(window.block_start, start),
-        block_end=torch.minimum(window.block_end, end),
+        block_start=block_start,
+        block_end=block_end,
         visible=window.visible,
     )
 
@@ -159,10 +174,10 @@ def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> I
         except PluginError:
             raise_forward_errors(torch.stack(early).tolist(), state.step, window_plugin)  # a bad window or NaN
             raise  # explains it first
-        finished_before = state.finished
+        finished_before, held_before = state.finished, state.held
         late = decision_flags(state, window, decision)
         commits = state.apply(decision)
-        progressed = progress_flag(commits, finished_before)
+        progressed = progress_flag(commits, finished_before, held_before)
         # one host sync; of bools only for a bidirectional model, and for a block-causal one also the next step's
         # input limit (a long: stacking mixed dtypes adds a type promotion, a cost the bools alone do not pay)
         limit = [input_limit(state)] if block_causal else []
@@ -171,7 +186,7 @@ def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> I
             state.input_limit = values.pop()
         *flags, done = values
         raise_forward_errors(flags[:2], state.step - 1, window_plugin)
-        raise_decision_errors(flags[2:], decision, finished_before, state.step - 1, verifier)
+        raise_decision_errors(flags[2:], decision, finished_before | held_before, state.step - 1, verifier)
         roles.step_end(state, decision)
         yield decision
     roles.generation_end(state)

@@ -152,11 +152,19 @@ class Decision:
     :ivar commit: ``[B, N]`` bool, positions to fill (a subset of the window's eligible positions).
     :ivar tokens: ``[B, N]`` long, the tokens to write where ``commit``.
     :ivar revoke: optional ``[B, N]`` bool, committed generated positions to turn back into masks.
+    :ivar edit: optional ``[B, N]`` bool, committed generated positions whose token is replaced by ``tokens``;
+        they stay decided (token-to-token editing, LLaDA 2.1's). Not filled positions, and for a block-causal model
+        only inside the row's current model block.
+    :ivar hold: optional ``[B]`` bool, rows whose current model block stays current for the next step although
+        this decision leaves no mask in it (a post-step in which a rule may edit the block again); a held row is
+        unfinished. Only for a block-causal model.
     """
 
     commit: torch.Tensor
     tokens: torch.Tensor
     revoke: torch.Tensor | None = None
+    edit: torch.Tensor | None = None
+    hold: torch.Tensor | None = None
 
 
 @dataclass
@@ -179,9 +187,15 @@ class DecodeState:
     :ivar filled: ``[B, N]`` bool, positions after a row's first EOS, written with ``fill_token_id`` (none unless
         ``stop_at_eos``).
     :ivar previous_canvas: ``[B, N]`` long, the canvas before the last step (see :attr:`changed`).
-    :ivar finished: ``[B]`` bool, rows with no mask left (before their first EOS, when ``stop_at_eos``).
+    :ivar finished: ``[B]`` bool, rows with no mask left (before their first EOS, when ``stop_at_eos``) and not
+        held.
+    :ivar held: ``[B]`` bool, rows whose last decision held their current model block open (:attr:`Decision.hold`).
+    :ivar holding: whether the last decision had a ``hold`` (a Python bool: without one, :attr:`held` is all false
+        and the core skips the held rows' special cases without reading the device).
     :ivar step: number of completed steps.
-    :ivar commits: per step, ``[B]`` long commits (0 for rows already finished, at least 1 for the others).
+    :ivar commits: per step, ``[B]`` long commits (0 for rows already finished and, in a held row's post-steps,
+        possibly 0; at least 1 for the other rows).
+    :ivar active: per step, ``[B]`` bool, the rows unfinished at its start (those its forward decoded).
     :ivar row_stats: per-row statistics plugins publish, name -> ``[B]`` tensor (WINO's revocation counts, APD's
         AR forwards); each row's :class:`~dlm_decode.decoder.RowStats` reports them (:data:`AR_FORWARDS` in its own
         field, the others in ``extra``), and so do eval summaries. Plugins keep per-batch data with
@@ -213,6 +227,9 @@ class DecodeState:
     finished: torch.Tensor
     step: int = 0
     commits: list[torch.Tensor] = field(default_factory=list)
+    active: list[torch.Tensor] = field(default_factory=list)
+    held: torch.Tensor = field(init=False)
+    holding: bool = False
     row_stats: dict[str, torch.Tensor] = field(default_factory=dict)
     first_index: int = 0
     stop_at_eos: bool = True
@@ -223,6 +240,7 @@ class DecodeState:
 
     def __post_init__(self) -> None:
         self.input_limit = self.canvas.shape[1]
+        self.held = torch.zeros_like(self.finished)
 
     @classmethod
     def build(
@@ -369,9 +387,10 @@ class DecodeState:
         return self.attention.blocks(self.attention_mask, self.gen_start).expand_as(self.canvas)
 
     def model_block(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each row's current model block, the one holding its first mask: ``start``, ``end`` ``[B]`` long columns
-        (the whole canvas for a bidirectional model; meaningless for finished rows). Computed once per step: the
-        masks change only in :meth:`apply`, which counts the step."""
+        """Each row's current model block, the one holding its first mask, or for a :attr:`held` row the one
+        holding its last decided column before the first mask or filled position: ``start``, ``end`` ``[B]`` long
+        columns (the whole canvas for a bidirectional model; meaningless for finished rows). Computed once per step:
+        the masks change only in :meth:`apply`, which counts the step."""
         kept = self._model_block
         if kept is None or kept[0] != self.step:
             kept = self._model_block = (self.step, self._current_model_block())
@@ -379,7 +398,11 @@ class DecodeState:
 
     def _current_model_block(self) -> tuple[torch.Tensor, torch.Tensor]:
         blocks = self.model_blocks
-        current = blocks.gather(1, first_true_columns(self.masked, self.gen_start)[:, None])  # [B, 1]
+        anchor = first_true_columns(self.masked, self.gen_start)
+        if self.attention.block_causal:  # a held row's block ends before its first undecided column
+            held_at = first_true_columns(self.masked | self.filled, self.width) - 1
+            anchor = torch.where(self.held, held_at, anchor)
+        current = blocks.gather(1, anchor[:, None])  # [B, 1]
         inside = blocks == current
         start = first_true_columns(inside)
         return start, start + inside.sum(-1)
@@ -434,15 +457,17 @@ class DecodeState:
         """Write a (checked) decision into the canvas and settle EOS and termination.
 
         With :attr:`stop_at_eos`, positions after a row's first EOS become ``fill_token_id`` and count as decided;
-        if a revocation removes that EOS, the filled tail becomes masked again. (On bool tensors ``a > b`` is
-        ``a & ~b`` in one op.)
+        if a revocation or an edit removes that EOS, the filled tail becomes masked again. (On bool tensors ``a > b``
+        is ``a & ~b`` in one op.)
 
         :return: ``[B]`` long commits per row this step (not counting positions the EOS fill overwrote).
         """
         before = self.canvas
-        self.canvas = torch.where(decision.commit, decision.tokens, self.canvas)
-        if decision.revoke is not None:  # reopen the filled tails too: the tail is settled again below
-            self.canvas = self.canvas.masked_fill(decision.revoke | self.filled, self.mask_token_id)
+        written = decision.commit if decision.edit is None else decision.commit | decision.edit
+        self.canvas = torch.where(written, decision.tokens, self.canvas)
+        if decision.revoke is not None or decision.edit is not None:  # reopen the filled tails: settled below
+            reopened = self.filled if decision.revoke is None else decision.revoke | self.filled
+            self.canvas = self.canvas.masked_fill(reopened, self.mask_token_id)
         tail = self.filled  # all false without stop_at_eos
         if self.stop_at_eos:
             tail = self.after_first_eos()
@@ -454,17 +479,24 @@ class DecodeState:
         # finished rows (their windows are empty, checked after apply)
         commits = (decision.commit > tail).sum(-1)
         self.commits.append(commits)
+        self.active.append(~self.finished)
+        if decision.hold is not None:  # only a block the step left without masks stays open
+            start, end = self.model_block()
+            open_block = (self.masked & (self.columns >= start[:, None]) & (self.columns < end[:, None])).any(-1)
+            self.held = decision.hold & ~open_block & ~self.finished
+        elif self.holding:  # a decision without holds releases the rows held so far
+            self.held = torch.zeros_like(self.held)
+        self.holding = decision.hold is not None
         self.step += 1
-        self.finished = ~self.masked.any(-1)
+        self.finished = ~self.masked.any(-1) & ~self.held
         return commits
 
     @property
     def nfe(self) -> torch.Tensor:
-        """``[B]`` long, dLLM forwards each row took part in while unfinished (also its number of steps): the
-        steps in which it committed, since every unfinished row commits and no finished row does."""
-        if not self.commits:
+        """``[B]`` long, dLLM forwards each row took part in while unfinished (also its number of steps)."""
+        if not self.active:
             return torch.zeros(self.batch_size, dtype=torch.long, device=self.canvas.device)
-        return (torch.stack(self.commits) > 0).sum(0)
+        return torch.stack(self.active).sum(0)
 
     @property
     def changed(self) -> torch.Tensor:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dlm_decode.api import Decision, Proposal, Window, check_field, hookimpl, select_top
+from dlm_decode.api import Decision, Proposal, Window, check_field, hookimpl, select_top, threshold_commit
 
 
 @dataclass
@@ -66,20 +66,6 @@ class FactorConfig:
             f"must be > 0, got {self.factor}",
             "1.0 is Theorem 1's bound; larger values accept more tokens per step",
         )
-
-
-def threshold_commit(
-    confidence: torch.Tensor, eligible: torch.Tensor, threshold: float, min_tokens: int = 1
-) -> torch.Tensor:
-    """The eligible positions with ``confidence >= threshold``, plus each row's ``min_tokens`` most confident
-    eligible ones.
-
-    :param confidence: ``[B, N]`` float.
-    :param eligible: ``[B, N]`` bool.
-    :return: ``[B, N]`` bool, empty only for rows without an eligible position.
-    """
-    quota = None if min_tokens == 1 else torch.full_like(confidence[:, 0], min_tokens, dtype=torch.long)
-    return ((confidence >= threshold) & eligible) | select_top(confidence, eligible, quota)
 
 
 def factor_counts(confidence: torch.Tensor, eligible: torch.Tensor, factor: float) -> torch.Tensor:
