@@ -34,7 +34,6 @@ from dlm_decode.config import load_config
 from dlm_decode.decoder import Decoder
 from dlm_decode.dispatch import FULL_LOGITS_ENV
 from dlm_decode.loop import run_steps
-from dlm_decode.state import DecodeState
 
 sys.path.insert(0, str(Path(__file__).parent))
 from real_size import SPECIALS, TOKENIZER_SIZE, prompts, synthetic_tokenizer  # noqa: E402
@@ -93,17 +92,9 @@ def one_step(directory: Path, preset: str, overrides: list[str], args) -> dict:
     decoder = Decoder(config)
     dllm = decoder.dllm
     rows = prompts(args.batch, args.prompt_tokens, min(SPECIALS["llada"]), seed=args.batch)
-    state = DecodeState.build(
-        rows,
-        max_new_tokens=args.new_tokens,
-        mask_token_id=dllm.mask_token_id,
-        pad_token_id=dllm.pad_token_id,
-        eos_token_ids=dllm.eos_token_ids,
-        fill_token_id=dllm.fill_token_id,
-        seeds=list(range(len(rows))),
-        excluded_token_ids=dllm.undecodable_ids,
-        stop_at_eos=False,
-    )
+    texts = [" ".join(f"<t{i}>" for i in row) for row in rows]  # the synthetic tokenizer's words for these ids
+    state = decoder._state(texts, 0, args.new_tokens, list(range(len(rows))))
+    assert [row[-len(ids) :] for row, ids in zip(state.canvas[:, : state.gen_start].tolist(), rows)] == rows
     with torch.inference_mode():
         steps = run_steps(decoder.roles, dllm, state, max_steps=10 * args.new_tokens)
         before = memory_kb("VmRSS")
