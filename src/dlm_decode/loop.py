@@ -107,6 +107,17 @@ def raise_decision_errors(
         )
 
 
+def raise_missed_columns(roles: Roles, step: int) -> None:
+    raise PluginError(
+        f"{roles.label('proposal')} or {roles.label('verification')}",
+        "dlm_propose/dlm_verify",
+        f"read the logits of a column the forward did not compute at step {step} (the output head runs at "
+        "ModelInputs.outputs only: the window's eligible span, plus what wrappers add)",
+        "declare the columns the strategy reads: wrap dlm_model_inputs and append their queries to `outputs` "
+        "(or set it to None), or give the window no `width`",
+    )
+
+
 def within_model_block(state: DecodeState, window: Window) -> Window:
     """A block-causal model's limit on any window: only the row's current model block may be decided (its later
     blocks would be decided with masks in their context, which block diffusion never sees), and no forward covers
@@ -127,6 +138,7 @@ def within_model_block(state: DecodeState, window: Window) -> Window:
         block_start=block_start,
         block_end=block_end,
         visible=window.visible,
+        width=window.width,
     )
 
 
@@ -141,11 +153,13 @@ def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> I
     Advance it under ``torch.inference_mode()`` (see :func:`decode`); the generator does not enter the mode
     itself, which would cost an enter and an exit per step.
 
-    :param model: has ``forward(ModelInputs, cache) -> [B, S, V] logits``.
+    :param model: has ``forward(ModelInputs, cache) -> [B, S, V] logits``; with a true ``selects_outputs``
+        attribute, ``[B, W, V]`` logits at ``ModelInputs.outputs`` when they are given.
     :param max_steps: abort with :class:`DecodeError` past this many steps.
     """
     verifier, window_plugin = roles.label("verification"), roles.label("window")
     block_causal = state.attention.block_causal
+    selects_outputs = getattr(model, "selects_outputs", False)
     roles.bind()
     roles.generation_start(state)
     done = bool(state.finished.all())
@@ -164,10 +178,10 @@ def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> I
             window = within_model_block(state, window)
         plan = roles.cache(state, window)
         inputs = roles.model_inputs(state, window, plan)
-        logits = model.forward(inputs, plan.cache)
+        logits = model.forward(inputs, plan.cache)  # at inputs.outputs only, for a model that selects them
         early = forward_flags(state, window, logits)
         logits.index_fill_(-1, state.excluded_ids, float("-inf"))  # the mask and undecodable ids are never proposed
-        forward = ForwardOutput(logits=logits, inputs=inputs)
+        forward = ForwardOutput(logits=logits, inputs=inputs, outputs=inputs.outputs if selects_outputs else None)
         try:
             proposal = roles.propose(state, forward, window)
             decision = roles.verify(state, forward, proposal, window)
@@ -181,9 +195,12 @@ def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> I
         # one host sync; of bools only for a bidirectional model, and for a block-causal one also the next step's
         # input limit (a long: stacking mixed dtypes adds a type promotion, a cost the bools alone do not pay)
         limit = [input_limit(state)] if block_causal else []
-        values = torch.stack([*early, *late, progressed, state.finished.all(), *limit]).tolist()
+        missed = forward.missed()
+        values = torch.stack([*early, *late, progressed, state.finished.all(), *missed, *limit]).tolist()
         if block_causal:
             state.input_limit = values.pop()
+        if missed and values.pop():
+            raise_missed_columns(roles, state.step - 1)
         *flags, done = values
         raise_forward_errors(flags[:2], state.step - 1, window_plugin)
         raise_decision_errors(flags[2:], decision, finished_before | held_before, state.step - 1, verifier)

@@ -8,7 +8,7 @@ Every row shares the column where generation starts (``gen_start``), because pro
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, TypeVar
 
@@ -34,6 +34,9 @@ class Window:
     :ivar block_end: ``[B]`` long, one past the last column of each row's current block.
     :ivar visible: optional ``[B, N]`` bool: keys each row may attend to (None: every column before
         ``input_end``); used to cut rows at different lengths without other rows changing their view.
+    :ivar width: a bound, known on the host, on each row's eligible span (its last eligible column minus its first,
+        plus one): the core then computes the output head at that many columns per row only (see
+        :attr:`ModelInputs.outputs`); None: no bound (the head at every input column).
     """
 
     eligible: torch.Tensor
@@ -41,6 +44,7 @@ class Window:
     block_start: torch.Tensor
     block_end: torch.Tensor
     visible: torch.Tensor | None = None
+    width: int | None = None
 
 
 @dataclass
@@ -71,7 +75,11 @@ class ModelInputs:
     :ivar attention_mask: ``[B, 1, S, K]`` bool, true where a query may attend to a key.
     :ivar start: canvas column of the first query; query ``i < end - start`` is canvas column ``start + i``.
     :ivar end: one past the last canvas column; queries past ``end - start`` are extra positions added by a
-        wrapper (e.g. shadow positions), which read their logits from ``ForwardOutput.logits``.
+        wrapper (e.g. shadow positions), which read their logits with :meth:`ForwardOutput.extra`.
+    :ivar outputs: ``[B, W]`` long, the queries (indices into the ``S`` columns) whose logits the step reads,
+        per row (the core's default: the ``Window.width`` columns around each row's eligible positions); a wrapper
+        that reads more appends its queries, or sets None. None: every query. A model whose ``selects_outputs`` is
+        true computes its output head at these queries only.
     """
 
     input_ids: torch.Tensor
@@ -79,17 +87,30 @@ class ModelInputs:
     attention_mask: torch.Tensor
     start: int
     end: int
+    outputs: torch.Tensor | None = None
+
+    def reading_all(self) -> ModelInputs:
+        """These inputs with the logits of every query computed (``outputs`` None), for a strategy that reads
+        every column of the span."""
+        return replace(self, outputs=None)
 
 
 @dataclass
 class ForwardOutput:
-    """The dLLM's answer for one step.
+    """The dLLM's answer for one step. Strategies read it through :meth:`at`, :meth:`columns` and :meth:`extra`,
+    which hide its layout; reading a column the forward did not compute is reported by the loop (one flag in its
+    step's host read) as an error naming the strategies.
 
-    :ivar logits: ``[B, S, V]`` float, ``logits[:, i]`` predicts canvas column ``inputs.start + i``.
+    :ivar logits: ``[B, S, V]`` float, ``logits[:, i]`` predicts canvas column ``inputs.start + i`` (``outputs``
+        None); or ``[B, W, V]``, ``logits[b, j]`` predicting query ``outputs[b, j]``.
+    :ivar outputs: ``[B, W]`` long, the queries the logits were computed at (the model selected
+        ``inputs.outputs``), or None.
     """
 
     logits: torch.Tensor
     inputs: ModelInputs
+    outputs: torch.Tensor | None = None
+    _reads: list[torch.Tensor] = field(default_factory=list, repr=False)
 
     @property
     def start(self) -> int:
@@ -97,7 +118,43 @@ class ForwardOutput:
 
     def at(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Logits of canvas positions ``(rows[k], cols[k])``: ``[K]`` long each -> ``[K, V]``."""
-        return self.logits[rows, cols - self.inputs.start if self.inputs.start else cols]
+        return self._queries(rows, cols - self.inputs.start if self.inputs.start else cols)
+
+    def extra(self, rows: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """Logits of the extra positions a wrapper appended after the span (slot ``i``: query ``end - start + i``):
+        ``[K]`` long rows and slots -> ``[K, V]``."""
+        return self._queries(rows, slots + (self.inputs.end - self.inputs.start))
+
+    def columns(self, first: int, last: int) -> torch.Tensor:
+        """Logits of canvas columns ``[first, last)`` of every row: ``[B, last - first, V]``."""
+        low, high = first - self.inputs.start, last - self.inputs.start
+        if self.outputs is None:
+            return self.logits[:, low:high]
+        slots = self._slot_table[:, low:high]
+        self._reads.append(slots)
+        return self.logits.gather(1, slots.clamp(min=0)[..., None].expand(-1, -1, self.logits.shape[-1]))
+
+    def _queries(self, rows: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        if self.outputs is None:
+            return self.logits[rows, queries]
+        slots = self._slot_table[rows, queries]
+        self._reads.append(slots)
+        return self.logits[rows, slots]
+
+    @cached_property
+    def _slot_table(self) -> torch.Tensor:
+        """``[B, S]`` long, the logits column of each query, -1 where none was computed (needs ``outputs``)."""
+        outputs = self.outputs
+        assert outputs is not None
+        table = torch.full(self.inputs.input_ids.shape, -1, dtype=torch.long, device=outputs.device)
+        return table.scatter_(1, outputs, torch.arange(outputs.shape[1], device=outputs.device).expand_as(outputs))
+
+    def missed(self) -> list[torch.Tensor]:
+        """A bool scalar on the device, true when a read asked for a column the forward did not compute (in a list,
+        empty when every column was computed or nothing was read)."""
+        if not self._reads:
+            return []
+        return [(torch.cat([slots.flatten() for slots in self._reads]) < 0).any()]
 
 
 @dataclass

@@ -205,6 +205,7 @@ class DPadWindow:
             block_start=block_start,
             block_end=block_end,
             visible=visible,
+            width=size,
         )
 
 

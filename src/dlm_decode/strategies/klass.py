@@ -131,6 +131,12 @@ class KlassVerifier:
     def __init__(self, config: KlassConfig):
         self.config = config
 
+    @hookimpl(wrapper=True)
+    def dlm_model_inputs(self):
+        """The history compares every generated column of the span with the last step's: read all their logits."""
+        inputs = yield
+        return inputs.reading_all()
+
     def stable_runs(
         self, state: DecodeState, forward: ForwardOutput, window: Window, memory: KlassMemory
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,7 +149,7 @@ class KlassVerifier:
         """
         first_gen = state.gen_start
         low, high = max(forward.start, first_gen), forward.inputs.end
-        log_probs = torch.log_softmax(forward.logits[:, low - forward.start : high - forward.start].float(), dim=-1)
+        log_probs = torch.log_softmax(forward.columns(low, high).float(), dim=-1)
         batch, generated = state.batch_size, state.width - first_gen
         if memory.log_probs is None:
             memory.log_probs = log_probs.new_zeros(batch, generated, log_probs.shape[-1])

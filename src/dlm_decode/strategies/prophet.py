@@ -320,7 +320,7 @@ class ProphetVerifier:
         first = max(first, state.gen_start, forward.start)
         if last <= first:
             return torch.full((state.batch_size,), float("-inf"), device=state.canvas.device)
-        return logit_gap(forward.logits[:, first - forward.start : last - forward.start]).mean(-1)
+        return logit_gap(forward.columns(first, last)).mean(-1)
 
     @hookimpl
     def dlm_verify(self, state: DecodeState, forward: ForwardOutput, proposal: Proposal, window: Window) -> Decision:

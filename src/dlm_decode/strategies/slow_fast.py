@@ -228,6 +228,7 @@ class SlowFastVerifier:
             attention_mask=mask & visible[:, None, None, :],
             start=inputs.start,
             end=inputs.end,
+            outputs=inputs.outputs,
         )
 
     def estimate(self, memory: SlowFastMemory, confidence: torch.Tensor, scope: torch.Tensor, window: Window) -> None:

@@ -82,6 +82,7 @@ class BlockWindow:
             input_end=state.width,
             block_start=block_start,
             block_end=block_end,
+            width=self.size,
         )
 
 
@@ -128,7 +129,12 @@ class LookaheadWindow:
         end = end.clamp(max=state.width)
         visible = columns < end[:, None]
         return Window(
-            eligible=masked & visible, input_end=int(end.max()), block_start=frontier, block_end=end, visible=visible
+            eligible=masked & visible,
+            input_end=int(end.max()),
+            block_start=frontier,
+            block_end=end,
+            visible=visible,
+            width=self.max_lookahead,
         )
 
 
