@@ -56,7 +56,7 @@ def embedded_inputs(dllm, outputs=None, start=0):
     return ModelInputs(ids[:, start:], position_ids_from_mask(real)[:, start:], mask[..., start:], start, 12, outputs)
 
 
-@pytest.mark.parametrize("path", ["embedded:dllm", str(REFERENCE / "dream-tiny")])
+@pytest.mark.parametrize("path", ["embedded:dllm", str(REFERENCE / "dream-tiny"), str(REFERENCE / "llada2-tiny")])
 def test_head_at_output_queries_equals_those_columns_of_the_full_logits(path):
     """Bidirectional and shifted (Dream: column j reads hidden state j - 1) models, no cache."""
     decoder = Decoder.from_config({}, [f"model.dllm.path={path}"])

@@ -43,7 +43,14 @@ def _cache_argument(model_cls: type[torch.nn.Module]) -> str:
 #: transformers classes whose logits are their output embeddings applied to the base model's last hidden states,
 #: with nothing in between (no scaling, no capping): :func:`run_hf` can run the head at some columns only.
 SEPARABLE_HEADS = frozenset(
-    {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Qwen3MoeForCausalLM"}
+    {
+        "LlamaForCausalLM",
+        "MistralForCausalLM",
+        "Qwen2ForCausalLM",
+        "Qwen3ForCausalLM",
+        "Qwen3MoeForCausalLM",
+        "Glm4MoeForCausalLM",
+    }
 )
 
 

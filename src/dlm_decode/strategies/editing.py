@@ -36,7 +36,7 @@ is no model block to hold open, so there are no post-steps.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -93,17 +93,34 @@ class TokenEditing:
     def __init__(self, config: EditingConfig, scorer):
         self.config, self.scorer = config, scorer
 
+    @staticmethod
+    def block_columns(state: DecodeState, window: Window) -> torch.Tensor:
+        """``[B, W]`` long, each row's block columns from ``window.block_start`` at a width fixed per batch (the
+        model's block size; the generated length for a bidirectional model), no host read."""
+        width = state.attention.block_size or state.width - state.gen_start
+        return window.block_start[:, None] + torch.arange(width, device=state.canvas.device)
+
+    @hookimpl(wrapper=True)
+    def dlm_model_inputs(self, state: DecodeState, window: Window):
+        """Add every column of each row's block to the output queries: edits read decided columns too."""
+        inputs = yield
+        if inputs.outputs is None:
+            return inputs
+        span = inputs.end - inputs.start
+        queries = (self.block_columns(state, window) - inputs.start).clamp(0, span - 1)
+        return replace(inputs, outputs=torch.cat([inputs.outputs, queries], dim=1))
+
     def greedy_block(
         self, state: DecodeState, forward: ForwardOutput, window: Window
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The greedy token and its probability at every column of each row's block, ``[B, N]`` long and float
-        (the canvas and 0 outside the blocks), gathered at a fixed width per row (no host read)."""
-        width = state.attention.block_size or state.width - state.gen_start
-        cols = window.block_start[:, None] + torch.arange(width, device=state.canvas.device)  # [B, W]
-        inside = (cols < window.block_end[:, None]) & (cols < forward.inputs.end)
-        rows = torch.arange(state.batch_size, device=cols.device)[:, None]
-        logits = forward.logits[rows, (cols - forward.start).clamp(0, forward.logits.shape[1] - 1)]  # [B, W, V]
-        confidence, tokens = self.scorer.max_prob(logits.flatten(0, 1))
+        (the canvas and 0 outside the blocks)."""
+        cols = self.block_columns(state, window)  # [B, W]
+        last = torch.minimum(window.block_end, torch.full_like(window.block_end, forward.inputs.end)) - 1
+        inside = cols <= last[:, None]
+        rows = torch.arange(state.batch_size, device=cols.device)[:, None].expand_as(cols)
+        read = torch.minimum(cols, last[:, None]).clamp(min=forward.start)  # columns the forward computed
+        confidence, tokens = self.scorer.max_prob(forward.at(rows.flatten(), read.flatten()))  # [B * W]
         # written one past the canvas where outside the block, then cut: no clamped column overwrites a real one
         cols = torch.where(inside, cols, state.width)
         wide = state.width + 1
