@@ -1,6 +1,8 @@
 """Tiny randomly initialised HF checkpoints, built in seconds on a CPU.
 
-* :func:`build_tiny_checkpoint`: a Llama (bidirectional unless ``causal``) with the project's char tokenizer.
+* :func:`build_tiny_checkpoint`: a Llama (bidirectional unless ``causal``) with the project's char tokenizer; every
+  builder takes the model's size and seed as keyword arguments (:class:`TinySize`), and :func:`random_model` is
+  the seeded random model they save, for a test that needs one in memory.
 * Stand-ins for remote-code derivatives of the real families, with their special-token *layout* scaled down and a
   *code layout* of their own: the checkpoint ships ``configuration_*.py``/``modeling_*.py`` and an ``auto_map`` in
   ``config.json`` and loads with ``implementation: remote`` and ``trust_remote_code`` (offline; the code is the
@@ -57,19 +59,13 @@ class TinySize(TypedDict, total=False):
 DEFAULT_SIZE: TinySize = {"seed": 0, "hidden": 32, "layers": 2, "heads": 2, "max_positions": 256}
 
 
-def _save_random(
-    directory: str | Path,
-    tokenizer,
-    classes: tuple[type, type],
-    size: TinySize,
-    *,
-    vocab_size: int,
-    tied: bool,
-    is_causal: bool | None = None,
-) -> Path:
-    """Save a seeded random model (``classes``: a transformers config class and its model class) of ``size`` with
-    ``vocab_size`` logits and the tokenizer's BOS, EOS and pad ids, and ``tokenizer``, into ``directory``;
-    ``is_causal``, when given, is set on the config after construction."""
+def random_model(
+    classes: tuple[type, type], size: TinySize, *, vocab_size: int, is_causal: bool | None = None, **config_fields
+):
+    """A seeded random model (``classes``: a transformers config class and its model class) of ``size`` (what it
+    leaves out is :data:`DEFAULT_SIZE`'s) with ``vocab_size`` logits. ``config_fields`` (tying, token ids,
+    ``num_key_value_heads`` for grouped-query attention, ...) go to the config; ``is_causal``, when given, is set on
+    it after construction."""
     config_class, model_class = classes
     size = {**DEFAULT_SIZE, **size}
     config = config_class(
@@ -78,17 +74,20 @@ def _save_random(
         intermediate_size=2 * size["hidden"],
         num_hidden_layers=size["layers"],
         num_attention_heads=size["heads"],
-        num_key_value_heads=size["heads"],
         max_position_embeddings=size["max_positions"],
-        tie_word_embeddings=tied,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        **{"num_key_value_heads": size["heads"], **config_fields},
     )
     if is_causal is not None:
         config.is_causal = is_causal
     torch.manual_seed(size["seed"])
-    model = model_class(config)
+    return model_class(config)
+
+
+def _save_random(directory: str | Path, tokenizer, classes: tuple[type, type], size: TinySize, **fields) -> Path:
+    """Save :func:`random_model` (``fields``: its keyword arguments) with the tokenizer's BOS, EOS and pad ids, and
+    ``tokenizer``, into ``directory``."""
+    token_ids = {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id") for name in ("bos", "eos", "pad")}
+    model = random_model(classes, size, **token_ids, **fields)
     directory = Path(directory)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
@@ -104,7 +103,9 @@ def build_tiny_checkpoint(directory: str | Path, *, causal: bool = False, **size
 
     tokenizer = build_char_tokenizer()
     classes = (LlamaConfig, LlamaForCausalLM)
-    return _save_random(directory, tokenizer, classes, size, vocab_size=len(tokenizer), tied=True, is_causal=causal)
+    return _save_random(
+        directory, tokenizer, classes, size, vocab_size=len(tokenizer), tie_word_embeddings=True, is_causal=causal
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -291,8 +292,15 @@ def build_dream_like(
     tokenizer = dream_like_tokenizer()
     if head_width < len(tokenizer):
         raise ValueError(f"head_width {head_width} is below the tokenizer's {len(tokenizer)} ids")
-    classes = (Qwen2Config, Qwen2ForCausalLM)
-    saved = _save_random(directory, tokenizer, classes, size, vocab_size=head_width, tied=False, is_causal=False)
+    saved = _save_random(
+        directory,
+        tokenizer,
+        (Qwen2Config, Qwen2ForCausalLM),
+        size,
+        vocab_size=head_width,
+        tie_word_embeddings=False,
+        is_causal=False,
+    )
     updates = {
         "model_type": "Dream",
         "architectures": ["DreamModel"],
@@ -320,8 +328,15 @@ def build_llada_like(
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = llada_like_tokenizer()
-    classes = (LlamaConfig, LlamaForCausalLM)
-    saved = _save_random(directory, tokenizer, classes, size, vocab_size=head_width, tied=False, is_causal=False)
+    saved = _save_random(
+        directory,
+        tokenizer,
+        (LlamaConfig, LlamaForCausalLM),
+        size,
+        vocab_size=head_width,
+        tie_word_embeddings=False,
+        is_causal=False,
+    )
     model_class = "modeling_llada.LLaDALegacyModelLM" if legacy else "modeling_llada.LLaDAModelLM"
     updates = {
         "model_type": "llada",
@@ -346,4 +361,6 @@ def build_qwen_like_verifier(directory: str | Path, *, head_width: int = 104, **
 
     tokenizer = dream_like_tokenizer(with_dream_additions=False)
     size = {"seed": 1, "layers": 1, **size}
-    return _save_random(directory, tokenizer, (Qwen2Config, Qwen2ForCausalLM), size, vocab_size=head_width, tied=True)
+    return _save_random(
+        directory, tokenizer, (Qwen2Config, Qwen2ForCausalLM), size, vocab_size=head_width, tie_word_embeddings=True
+    )
