@@ -9,7 +9,8 @@ registered through the very path an installed package takes (see ``docs/writing-
 * **building**: a factory ``factory(config, context)`` gets its validated config dataclass (validate fields in
   ``__post_init__`` with :func:`check_field`, and a per-block step schedule's ``steps_per_block`` and
   ``tokens_per_step`` with :func:`check_step_schedule`) and a :class:`BuildContext`: the loaded dLLM, the
-  structured config, the scoring backend, and :meth:`BuildContext.load_causal_lm` for another model of the config.
+  structured config, the scoring backend, :meth:`BuildContext.load_causal_lm` for another model of the config,
+  and :meth:`BuildContext.check_window_blocks` for a window of blocks on a block-causal model.
 * **the step's values**: :class:`DecodeState` (the canvas, per-batch plugin memory with
   :meth:`DecodeState.memory`, per-row statistics with :meth:`DecodeState.add_row_stat`, per-row noise),
   :class:`Window`, :class:`ForwardPlan`, :class:`ModelInputs`, :class:`ForwardOutput`, :class:`Proposal`,
