@@ -188,6 +188,18 @@ def assert_batch_equals_one_by_one(decoder: Decoder, prompts: list[str], alone=(
     return together
 
 
+def decode_state(prompts, new: int, *, mask: int, pad: int, eos: list[int], fill: int, seeds=None, **options):
+    """:meth:`~dlm_decode.state.DecodeState.build` of token-id ``prompts`` with ``new`` masks each and the given
+    special ids; ``seeds`` default to 0 for every row, ``options`` (``stop_at_eos``, ``attention``,
+    ``excluded_token_ids``) go to ``build`` as they are."""
+    from dlm_decode.state import DecodeState
+
+    seeds = [0] * len(prompts) if seeds is None else seeds
+    prompts = [list(prompt) for prompt in prompts]
+    ids = {"mask_token_id": mask, "pad_token_id": pad, "eos_token_ids": eos, "fill_token_id": fill}
+    return DecodeState.build(prompts, max_new_tokens=new, seeds=seeds, **ids, **options)
+
+
 def confidence_proposal(confidence: torch.Tensor, allowed: torch.Tensor) -> Proposal:
     """A hand-built greedy :class:`~dlm_decode.state.Proposal` for verification tests: token 0 everywhere, the given
     ``confidence`` ``[B, N]``, proposed at the ``allowed`` ``[B, N]`` positions (one zero logit each, no scorer)."""

@@ -20,7 +20,7 @@ from dlm_decode.models.adapter import DiffusionLM
 from dlm_decode.models.dry_run import dry_run
 from dlm_decode.testing.models import TinySize, random_model
 
-from helpers import REFERENCE, edited_copy
+from helpers import REFERENCE, decode_state, edited_copy
 from stand_ins import REMOTE
 
 LLADA, DREAM, QWEN2 = (str(REFERENCE / name) for name in ("llada-tiny", "dream-tiny", "qwen2-tiny"))
@@ -412,14 +412,12 @@ def test_the_dream_quota_is_computed_in_dreams_float32_arithmetic(masks, steps, 
     """Dream's sampler takes ``int(m * (1 - s / t))`` with float32 scalars of ``linspace(1, eps, steps + 1)``. The
     first two cases are among the rare ones (m <= 1024, steps <= 256) where the same formula in float64 (the product,
     or the timesteps) truncates to another count."""
-    from dlm_decode.state import DecodeState, Window
+    from dlm_decode.state import Window
     from dlm_decode.strategies.verification import Schedule, TopK, TopKConfig, TopKMemory
 
     timesteps = torch.linspace(1, 1e-3, steps + 1)
     dream = int(torch.tensor(float(masks)) * (1 - timesteps[step + 1] / timesteps[step]))  # Dream's expression
-    state = DecodeState.build(
-        [[1]], max_new_tokens=masks, mask_token_id=3, pad_token_id=0, eos_token_ids=[2], fill_token_id=2, seeds=[0]
-    )
+    state = decode_state([[1]], masks, mask=3, pad=0, eos=[2], fill=2)
     window = Window(
         eligible=state.masked.clone(),
         input_end=state.width,
