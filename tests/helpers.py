@@ -5,7 +5,10 @@ into another is built once per module that imports it.)"""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -328,3 +331,16 @@ def sdar_equivalent(decoder: str, arguments: dict) -> list[str]:
         "decoder.proposal=greedy",
         "generation.stop_at_eos=false",
     ]
+
+
+def run_module(module: str, *args: str, processes: int | None = None, env=None) -> subprocess.CompletedProcess:
+    """``python -m module args`` in a child process (under ``torch.distributed.run`` with ``processes`` processes on
+    this machine when given), ``OMP_NUM_THREADS=1`` and ``env`` added to the environment; asserts that it exits 0
+    (showing the tail of its stderr) and returns it, with its output captured as text."""
+    launcher = [sys.executable, "-m"]
+    if processes is not None:
+        launcher += ["torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", str(processes), "-m"]
+    environment = {**os.environ, **(env or {}), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([*launcher, module, *args], env=environment, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
