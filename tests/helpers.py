@@ -333,6 +333,20 @@ def sdar_equivalent(decoder: str, arguments: dict) -> list[str]:
     ]
 
 
+def decode_like_sdar(checkpoint, prompts: list[str], cases: list[dict], cache: str, verification=()):
+    """Decode the ``cases`` of one official SDAR setting (one case per prompt, ``prompts[case["prompt"]]``) in one
+    left-padded batch from ``checkpoint`` under :func:`sdar_equivalent`'s overrides and ``decoder.cache=cache``, the
+    canvas as long as the longest official output; ``verification`` (overrides) replaces the official verification
+    when given."""
+    overrides = sdar_equivalent(cases[0]["decoder"], cases[0]["arguments"])
+    if verification:
+        overrides = [o for o in overrides if not o.startswith("decoder.verification")] + list(verification)
+    width = max(len(case["generated"]) for case in cases)
+    settings = [f"decoder.cache={cache}", f"generation.max_new_tokens={width}", f"generation.batch_size={len(cases)}"]
+    decoder = Decoder.from_config([], [f"model.dllm.path={checkpoint}", *overrides, *settings])
+    return decoder.generate([prompts[case["prompt"]] for case in cases])
+
+
 def run_module(module: str, *args: str, processes: int | None = None, env=None) -> subprocess.CompletedProcess:
     """``python -m module args`` in a child process (under ``torch.distributed.run`` with ``processes`` processes on
     this machine when given), ``OMP_NUM_THREADS=1`` and ``env`` added to the environment; asserts that it exits 0

@@ -39,7 +39,7 @@ from helpers import (
     SDAR_EVALUATION_DECODER,
     SDAR_SCRIPT_DECODER,
     assert_logits_close,
-    sdar_equivalent,
+    decode_like_sdar,
     until_stop,
 )
 
@@ -109,18 +109,7 @@ def test_the_official_sdar_decoders_are_matched_token_for_token(sdar, key, cache
     a shorter row has beyond its official end form later blocks, which no earlier block sees."""
     cases = GROUPS[key]
     arguments = cases[0]["arguments"]
-    width = max(len(case["generated"]) for case in cases)
-    decoder = Decoder.from_config(
-        [],
-        [
-            f"model.dllm.path={REFERENCE / 'sdar-tiny'}",
-            *sdar_equivalent(cases[0]["decoder"], arguments),
-            f"decoder.cache={cache}",
-            f"generation.max_new_tokens={width}",
-            "generation.batch_size=5",
-        ],
-    )
-    out = decoder.generate([OFFICIAL["prompts"][case["prompt"]] for case in cases])
+    out = decode_like_sdar(REFERENCE / "sdar-tiny", OFFICIAL["prompts"], cases, cache)
     assert len({len(ids) for ids in OFFICIAL["prompt_ids"]["sdar"]}) > 1
     stops = arguments["stopping_criteria_idx"]
     for case, ids in zip(cases, out.token_ids, strict=True):
