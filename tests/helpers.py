@@ -203,12 +203,13 @@ def decode_state(prompts, new: int, *, mask: int, pad: int, eos: list[int], fill
     return DecodeState.build(prompts, max_new_tokens=new, seeds=seeds, **ids, **options)
 
 
-def confidence_proposal(confidence: torch.Tensor, allowed: torch.Tensor) -> Proposal:
-    """A hand-built greedy :class:`~dlm_decode.state.Proposal` for verification tests: token 0 everywhere, the given
-    ``confidence`` ``[B, N]``, proposed at the ``allowed`` ``[B, N]`` positions (one zero logit each, no scorer)."""
+def confidence_proposal(confidence: torch.Tensor, allowed: torch.Tensor, token: int = 0) -> Proposal:
+    """A hand-built greedy :class:`~dlm_decode.state.Proposal` for verification tests: ``token`` everywhere, the
+    given ``confidence`` ``[B, N]``, proposed at the ``allowed`` ``[B, N]`` positions (one zero logit each, no
+    scorer)."""
     rows, cols = allowed.nonzero(as_tuple=True)
     return Proposal(
-        tokens=torch.zeros(confidence.shape, dtype=torch.long),
+        tokens=torch.full(confidence.shape, token, dtype=torch.long),
         confidence=confidence,
         rows=rows,
         cols=cols,
