@@ -4,6 +4,7 @@ into another is built once per module that imports it.)"""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -332,6 +333,68 @@ def sdar_equivalent(decoder: str, arguments: dict) -> list[str]:
         "decoder.proposal=greedy",
         "generation.stop_at_eos=false",
     ]
+
+
+def first_layer_experts(model, **inputs) -> list[list[int]]:
+    """The experts each token reaches in the first layer of the transformers mixture-of-experts ``model`` (whose router
+    ``mlp.gate`` returns ``(logits, weights, indices)``) when called with ``inputs``, each token's in sorted order."""
+    chosen = []
+    hook = model.model.layers[0].mlp.gate.register_forward_hook(lambda m, i, out: chosen.append(out[2]))
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        hook.remove()
+    return chosen[0].sort(dim=-1).values.tolist()
+
+
+def with_topk_renormalised(model, renormalise: bool):
+    """A copy of the transformers mixture-of-experts ``model`` whose routers renormalise their top-k weights or not."""
+    changed = copy.deepcopy(model)
+    for layer in changed.model.layers:
+        if hasattr(layer.mlp, "gate"):
+            layer.mlp.gate.norm_topk_prob = renormalise
+    return changed
+
+
+def assert_dispatch_calls_do_not_grow(model) -> None:
+    """The first layer's sparse block of the transformers mixture-of-experts ``model`` runs ``grouped_mm`` (token-expert
+    pairs sorted by expert, one grouped product per projection) and makes as many Python calls for 64 tokens as for 2:
+    no Python loop over tokens, nor over the experts they reach."""
+    assert model.config._experts_implementation == "grouped_mm"
+    generator = torch.Generator().manual_seed(0)
+    width = model.config.hidden_size
+    block = model.model.layers[0].mlp
+    calls = [python_calls(block, torch.randn(1, n, width, generator=generator)) for n in (64, 2)]
+    assert calls[0] == calls[1]
+
+
+def llada2_equivalent(arguments: dict) -> list[str]:
+    """The overrides under which the project decodes as LLaDA 2.0's ``generate`` called with ``arguments``: its step
+    is SDAR's evaluation step (every mask above ``threshold``, at least ``block_length / steps`` of them, the most
+    confident), over blocks of ``block_length`` from position 0 (:func:`sdar_equivalent`)."""
+    return sdar_equivalent(
+        SDAR_EVALUATION_DECODER,
+        {"block_length": arguments["block_length"], "denoising_steps": arguments["steps"], **arguments},
+    )
+
+
+def python_calls(module, hidden: torch.Tensor) -> int:
+    """How many Python-level function calls ``module(hidden)`` makes (``sys.setprofile``, under ``no_grad``): a
+    batched expert dispatch makes as many for 64 tokens as for 2."""
+    count = 0
+
+    def profile(frame, event, arg):
+        nonlocal count
+        count += event == "call"
+
+    sys.setprofile(profile)
+    try:
+        with torch.no_grad():
+            module(hidden)
+    finally:
+        sys.setprofile(None)
+    return count
 
 
 def decode_like_sdar(checkpoint, prompts: list[str], cases: list[dict], cache: str, verification=()):

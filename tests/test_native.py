@@ -162,7 +162,9 @@ def test_dry_run_reports_the_native_family_without_weights():
             r"(?s)alibi=True \(maps only False\); include_bias=True.*implementation=remote",
             id="llada-fields-the-mapping-cannot-reproduce",
         ),
-        pytest.param(  # LLaDA-MoE checkpoints are published with model_type llada and Hugging Face-style fields
+        pytest.param(  # LLaDA-MoE checkpoints are published with model_type llada and Hugging Face-style fields:
+            # expert fields send a llada config.json to the LLaDA-MoE mapping (tests/test_lladamoe.py), which names
+            # the fields its layout lacks
             LLADA,
             {
                 "config": {
@@ -173,9 +175,9 @@ def test_dry_run_reports_the_native_family_without_weights():
                     "expert_intermediate_size": 32,
                 }
             },
-            r"(?s)a mixture of experts \(config.json has num_experts=8, num_experts_per_tok=2, "
-            r"expert_intermediate_size=32\).*dense LLaDA.*implementation=remote",
-            id="llada-mixture-of-experts",
+            r"(?s)has no num_attention_heads, dense_intermediate_size, moe_layer_freq, which every LLaDA-MoE "
+            r"checkpoint's config.json has.*implementation=remote",
+            id="llada-expert-fields-read-by-the-lladamoe-mapping",
         ),
         pytest.param(  # SDAR-30B-A3B loads natively under its own model_type, sdar_moe: the dense mapping names it
             str(REFERENCE / "sdar-tiny"),
