@@ -397,18 +397,23 @@ def python_calls(module, hidden: torch.Tensor) -> int:
     return count
 
 
-def decode_like_sdar(checkpoint, prompts: list[str], cases: list[dict], cache: str, verification=()):
-    """Decode the ``cases`` of one official SDAR setting (one case per prompt, ``prompts[case["prompt"]]``) in one
-    left-padded batch from ``checkpoint`` under :func:`sdar_equivalent`'s overrides and ``decoder.cache=cache``, the
-    canvas as long as the longest official output; ``verification`` (overrides) replaces the official verification
-    when given."""
-    overrides = sdar_equivalent(cases[0]["decoder"], cases[0]["arguments"])
-    if verification:
-        overrides = [o for o in overrides if not o.startswith("decoder.verification")] + list(verification)
-    width = max(len(case["generated"]) for case in cases)
+def decode_cases(checkpoint, overrides: list[str], prompts: list[str], cases: list[dict], cache: str, width=None):
+    """Decode the official ``cases`` of one setting (one case per prompt, ``prompts[case["prompt"]]``) in one
+    left-padded batch from ``checkpoint`` under ``overrides`` and ``decoder.cache=cache``; the canvas has ``width``
+    columns (default: as many as the longest official output)."""
+    width = width or max(len(case["generated"]) for case in cases)
     settings = [f"decoder.cache={cache}", f"generation.max_new_tokens={width}", f"generation.batch_size={len(cases)}"]
     decoder = Decoder.from_config([], [f"model.dllm.path={checkpoint}", *overrides, *settings])
     return decoder.generate([prompts[case["prompt"]] for case in cases])
+
+
+def decode_like_sdar(checkpoint, prompts: list[str], cases: list[dict], cache: str, verification=()):
+    """:func:`decode_cases` of one official SDAR setting under :func:`sdar_equivalent`'s overrides; ``verification``
+    (overrides) replaces the official verification when given."""
+    overrides = sdar_equivalent(cases[0]["decoder"], cases[0]["arguments"])
+    if verification:
+        overrides = [o for o in overrides if not o.startswith("decoder.verification")] + list(verification)
+    return decode_cases(checkpoint, overrides, prompts, cases, cache)
 
 
 def run_module(module: str, *args: str, processes: int | None = None, env=None) -> subprocess.CompletedProcess:

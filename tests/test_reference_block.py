@@ -30,7 +30,6 @@ import torch
 from safetensors.torch import load_file
 
 from dlm_decode.config.schema import ModelSpec
-from dlm_decode.decoder import Decoder
 from dlm_decode.masks import AttentionPattern
 from dlm_decode.models.adapter import DiffusionLM
 
@@ -39,6 +38,7 @@ from helpers import (
     SDAR_EVALUATION_DECODER,
     SDAR_SCRIPT_DECODER,
     assert_logits_close,
+    decode_cases,
     decode_like_sdar,
     until_stop,
 )
@@ -176,18 +176,7 @@ def test_fast_dllm_v2_generate_is_matched_token_for_token(fast_v2, key, cache):
     another approximation than ``dual``'s), 5 prompts each, in one batch of mixed prompt lengths."""
     cases = V2_GROUPS[key]
     arguments = cases[0]["arguments"]
-    width = max(len(case["generated"]) for case in cases)
-    decoder = Decoder.from_config(
-        [],
-        [
-            f"model.dllm.path={REFERENCE / 'fastdllm-v2-tiny'}",
-            *v2_equivalent(arguments),
-            f"decoder.cache={cache}",
-            f"generation.max_new_tokens={width}",
-            "generation.batch_size=5",
-        ],
-    )
-    out = decoder.generate([OFFICIAL["prompts"][case["prompt"]] for case in cases])
+    out = decode_cases(REFERENCE / "fastdllm-v2-tiny", v2_equivalent(arguments), OFFICIAL["prompts"], cases, cache)
     stops = [arguments["stop_token"]]
     for case, ids in zip(cases, out.token_ids, strict=True):
         official = until_stop(case["generated"], stops)
