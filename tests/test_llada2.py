@@ -26,7 +26,7 @@ from dlm_decode.masks import AttentionPattern
 from dlm_decode.models.adapter import DiffusionLM
 from dlm_decode.plugins import get_registry
 
-from helpers import REFERENCE, assert_logits_close, llada2_equivalent, python_calls, until_stop
+from helpers import REFERENCE, assert_logits_close, decode_cases, llada2_equivalent, python_calls, until_stop
 
 CHECKPOINT = REFERENCE / "llada2-tiny"
 OFFICIAL = json.loads((REFERENCE / "official_llada2.json").read_text(encoding="utf-8"))
@@ -135,17 +135,8 @@ def test_llada2_0_generate_is_matched_token_for_token(key, cache):
     after it changes nothing before it) and the first ``gen_length`` tokens are compared."""
     cases = GROUPS_20[key]
     length, block = OFFICIAL["gen_length"], cases[0]["arguments"]["block_length"]
-    decoder = Decoder.from_config(
-        [],
-        [
-            f"model.dllm.path={CHECKPOINT}",
-            *llada2_equivalent(cases[0]["arguments"]),
-            f"decoder.cache={cache}",
-            f"generation.max_new_tokens={length + block - 1}",
-            "generation.batch_size=5",
-        ],
-    )
-    out = decoder.generate([OFFICIAL["prompts"][case["prompt"]] for case in cases])
+    overrides = llada2_equivalent(cases[0]["arguments"])
+    out = decode_cases(CHECKPOINT, overrides, OFFICIAL["prompts"], cases, cache, width=length + block - 1)
     assert len({len(ids) for ids in OFFICIAL["prompt_ids"]}) > 1
     for case, ids in zip(cases, out.token_ids, strict=True):
         assert until_stop(ids[:length], [EOS]) == case["generated"], f"prompt {case['prompt']}"

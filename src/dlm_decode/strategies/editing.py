@@ -47,6 +47,7 @@ from dlm_decode.api import (
     Proposal,
     Window,
     check_field,
+    check_probability,
     hookimpl,
     threshold_commit,
 )
@@ -67,9 +68,8 @@ class EditingConfig:
     """Steps that only edit a block after its last mask, at most (0: none)."""
 
     def __post_init__(self) -> None:
-        for key in ("threshold", "editing_threshold"):
-            value = getattr(self, key)
-            check_field(0.0 <= value <= 1.0, key, f"must be in [0, 1], got {value}", "LLaDA 2.1 uses 0.5 to 0.95")
+        check_probability(self.threshold, "threshold", "LLaDA 2.1 uses 0.95 (its default) to 0.5")
+        check_probability(self.editing_threshold, "editing_threshold", "LLaDA 2.1 uses 0.9 (its default) to 0.5")
         check_field(self.min_tokens >= 1, "min_tokens", f"must be >= 1, got {self.min_tokens}", "use 1 (default)")
         check_field(
             self.max_post_steps >= 0,

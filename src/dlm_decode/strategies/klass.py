@@ -56,6 +56,7 @@ from dlm_decode.api import (
     Proposal,
     Window,
     check_field,
+    check_probability,
     check_step_schedule,
     hookimpl,
     select_top,
@@ -88,12 +89,7 @@ class KlassConfig:
     """Apply the KL rule only from the row's (history_length - 1)-th step inside its block (the LLaDA code)."""
 
     def __post_init__(self) -> None:
-        check_field(
-            0.0 <= self.conf_threshold <= 1.0,
-            "conf_threshold",
-            f"must be in [0, 1], got {self.conf_threshold}",
-            "confidences are probabilities, e.g. 0.9",
-        )
+        check_probability(self.conf_threshold, "conf_threshold", "confidences are probabilities, e.g. 0.9")
         check_field(
             self.kl_threshold > 0.0,
             "kl_threshold",

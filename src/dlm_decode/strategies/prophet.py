@@ -70,6 +70,7 @@ from dlm_decode.api import (
     Proposal,
     Window,
     check_field,
+    check_probability,
     check_step_schedule,
     hookimpl,
     select_top,
@@ -145,12 +146,7 @@ class ProphetConfig:
                 f"is a knob of base threshold, but base is {self.base.value}",
                 f"leave {name} out, or set base: threshold",
             )
-        check_field(
-            0.0 <= self.threshold <= 1.0,
-            "threshold",
-            f"must be in [0, 1], got {self.threshold}",
-            "confidences are probabilities; 0.9 is Fast-dLLM's default",
-        )
+        check_probability(self.threshold, "threshold", "confidences are probabilities; 0.9 is Fast-dLLM's default")
         check_field(
             self.min_tokens >= 1,
             "min_tokens",

@@ -28,7 +28,16 @@ from dataclasses import dataclass
 
 import torch
 
-from dlm_decode.api import Decision, Proposal, Window, check_field, hookimpl, select_top, threshold_commit
+from dlm_decode.api import (
+    Decision,
+    Proposal,
+    Window,
+    check_field,
+    check_probability,
+    hookimpl,
+    select_top,
+    threshold_commit,
+)
 
 
 @dataclass
@@ -40,10 +49,9 @@ class ThresholdConfig:
     """Commit at least this many of each row's most confident eligible positions (SDAR's per-step quota)."""
 
     def __post_init__(self) -> None:
-        check_field(
-            0.0 <= self.threshold <= 1.0,
+        check_probability(
+            self.threshold,
             "threshold",
-            f"must be in [0, 1], got {self.threshold}",
             "confidences are probabilities; 1.0 commits one token per step, 0.9 is the paper's default",
         )
         check_field(
