@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
+import subprocess
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -190,12 +192,25 @@ def assert_batch_equals_one_by_one(decoder: Decoder, prompts: list[str], alone=(
     return together
 
 
-def confidence_proposal(confidence: torch.Tensor, allowed: torch.Tensor) -> Proposal:
-    """A hand-built greedy :class:`~dlm_decode.state.Proposal` for verification tests: token 0 everywhere, the given
-    ``confidence`` ``[B, N]``, proposed at the ``allowed`` ``[B, N]`` positions (one zero logit each, no scorer)."""
+def decode_state(prompts, new: int, *, mask: int, pad: int, eos: list[int], fill: int, seeds=None, **options):
+    """:meth:`~dlm_decode.state.DecodeState.build` of token-id ``prompts`` with ``new`` masks each and the given
+    special ids; ``seeds`` default to 0 for every row, ``options`` (``stop_at_eos``, ``attention``,
+    ``excluded_token_ids``) go to ``build`` as they are."""
+    from dlm_decode.state import DecodeState
+
+    seeds = [0] * len(prompts) if seeds is None else seeds
+    prompts = [list(prompt) for prompt in prompts]
+    ids = {"mask_token_id": mask, "pad_token_id": pad, "eos_token_ids": eos, "fill_token_id": fill}
+    return DecodeState.build(prompts, max_new_tokens=new, seeds=seeds, **ids, **options)
+
+
+def confidence_proposal(confidence: torch.Tensor, allowed: torch.Tensor, token: int = 0) -> Proposal:
+    """A hand-built greedy :class:`~dlm_decode.state.Proposal` for verification tests: ``token`` everywhere, the
+    given ``confidence`` ``[B, N]``, proposed at the ``allowed`` ``[B, N]`` positions (one zero logit each, no
+    scorer)."""
     rows, cols = allowed.nonzero(as_tuple=True)
     return Proposal(
-        tokens=torch.zeros(confidence.shape, dtype=torch.long),
+        tokens=torch.full(confidence.shape, token, dtype=torch.long),
         confidence=confidence,
         rows=rows,
         cols=cols,
@@ -380,3 +395,35 @@ def python_calls(module, hidden: torch.Tensor) -> int:
     finally:
         sys.setprofile(None)
     return count
+
+
+def decode_cases(checkpoint, overrides: list[str], prompts: list[str], cases: list[dict], cache: str, width=None):
+    """Decode the official ``cases`` of one setting (one case per prompt, ``prompts[case["prompt"]]``) in one
+    left-padded batch from ``checkpoint`` under ``overrides`` and ``decoder.cache=cache``; the canvas has ``width``
+    columns (default: as many as the longest official output)."""
+    width = width or max(len(case["generated"]) for case in cases)
+    settings = [f"decoder.cache={cache}", f"generation.max_new_tokens={width}", f"generation.batch_size={len(cases)}"]
+    decoder = Decoder.from_config([], [f"model.dllm.path={checkpoint}", *overrides, *settings])
+    return decoder.generate([prompts[case["prompt"]] for case in cases])
+
+
+def decode_like_sdar(checkpoint, prompts: list[str], cases: list[dict], cache: str, verification=()):
+    """:func:`decode_cases` of one official SDAR setting under :func:`sdar_equivalent`'s overrides; ``verification``
+    (overrides) replaces the official verification when given."""
+    overrides = sdar_equivalent(cases[0]["decoder"], cases[0]["arguments"])
+    if verification:
+        overrides = [o for o in overrides if not o.startswith("decoder.verification")] + list(verification)
+    return decode_cases(checkpoint, overrides, prompts, cases, cache)
+
+
+def run_module(module: str, *args: str, processes: int | None = None, env=None) -> subprocess.CompletedProcess:
+    """``python -m module args`` in a child process (under ``torch.distributed.run`` with ``processes`` processes on
+    this machine when given), ``OMP_NUM_THREADS=1`` and ``env`` added to the environment; asserts that it exits 0
+    (showing the tail of its stderr) and returns it, with its output captured as text."""
+    launcher = [sys.executable, "-m"]
+    if processes is not None:
+        launcher += ["torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", str(processes), "-m"]
+    environment = {**os.environ, **(env or {}), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([*launcher, module, *args], env=environment, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run

@@ -26,7 +26,7 @@ from dlm_decode.masks import AttentionPattern
 from dlm_decode.models.adapter import DiffusionLM
 from dlm_decode.plugins import get_registry
 
-from helpers import REFERENCE, assert_logits_close, llada2_equivalent, python_calls, until_stop
+from helpers import REFERENCE, assert_logits_close, decode_cases, llada2_equivalent, python_calls, until_stop
 
 CHECKPOINT = REFERENCE / "llada2-tiny"
 OFFICIAL = json.loads((REFERENCE / "official_llada2.json").read_text(encoding="utf-8"))
@@ -135,18 +135,52 @@ def test_llada2_0_generate_is_matched_token_for_token(key, cache):
     after it changes nothing before it) and the first ``gen_length`` tokens are compared."""
     cases = GROUPS_20[key]
     length, block = OFFICIAL["gen_length"], cases[0]["arguments"]["block_length"]
+    overrides = llada2_equivalent(cases[0]["arguments"])
+    out = decode_cases(CHECKPOINT, overrides, OFFICIAL["prompts"], cases, cache, width=length + block - 1)
+    assert len({len(ids) for ids in OFFICIAL["prompt_ids"]}) > 1
+    for case, ids in zip(cases, out.token_ids, strict=True):
+        assert until_stop(ids[:length], [EOS]) == case["generated"], f"prompt {case['prompt']}"
+
+
+GROUPS_21 = _groups("llada2.1.generate")
+
+
+def test_every_llada2_1_case_is_compared_and_edits_fire():
+    """The fixture's LLaDA 2.1 cases (recorded with the block-causal mask, see the module docstring of
+    ``record_llada2.py``): 4 settings of 5 prompts, and the official decoder edited decided tokens in every case."""
+    assert len(GROUPS_21) == 4 and all(len(cases) == len(OFFICIAL["prompts"]) for cases in GROUPS_21.values())
+    assert all(case["edits"] > 0 for cases in GROUPS_21.values() for case in cases)
+
+
+@pytest.mark.parametrize("cache", ["none", "prefix"])
+@pytest.mark.parametrize("key", list(GROUPS_21))
+def test_llada2_1_generate_with_editing_is_matched_token_for_token(key, cache):
+    """LLaDA 2.1's ``generate`` is the ``editing`` verification at its arguments (threshold commits of at least
+    ``num_to_transfer`` masks, edits above ``editing_threshold``, up to ``max_post_steps`` edit-only steps per block)
+    over blocks of ``block_length`` from position 0, every position decoded (no ``eos_early_stop``). One left-padded
+    batch of the 5 prompts; the canvas as in the LLaDA 2.0 test."""
+    cases = GROUPS_21[key]
+    arguments = cases[0]["arguments"]
+    length, block = OFFICIAL["gen_length"], arguments["block_length"]
     decoder = Decoder.from_config(
         [],
         [
             f"model.dllm.path={CHECKPOINT}",
-            *llada2_equivalent(cases[0]["arguments"]),
+            f"model.dllm.block_size={block}",
+            "decoder.window=blocks",
+            f"decoder.window.size={block}",
+            "decoder.verification=editing",
+            f"decoder.verification.threshold={arguments['threshold']}",
+            f"decoder.verification.min_tokens={arguments['num_to_transfer']}",
+            f"decoder.verification.editing_threshold={arguments['editing_threshold']}",
+            f"decoder.verification.max_post_steps={arguments['max_post_steps']}",
             f"decoder.cache={cache}",
+            "generation.stop_at_eos=false",
             f"generation.max_new_tokens={length + block - 1}",
             "generation.batch_size=5",
         ],
     )
     out = decoder.generate([OFFICIAL["prompts"][case["prompt"]] for case in cases])
-    assert len({len(ids) for ids in OFFICIAL["prompt_ids"]}) > 1
     for case, ids in zip(cases, out.token_ids, strict=True):
         assert until_stop(ids[:length], [EOS]) == case["generated"], f"prompt {case['prompt']}"
 

@@ -19,7 +19,6 @@ import torch
 from safetensors.torch import load_file
 
 from dlm_decode.config.schema import ModelSpec
-from dlm_decode.decoder import Decoder
 from dlm_decode.masks import AttentionPattern
 from dlm_decode.models.adapter import DiffusionLM
 
@@ -28,8 +27,8 @@ from helpers import (
     SDAR_EVALUATION_DECODER,
     assert_dispatch_calls_do_not_grow,
     assert_logits_close,
+    decode_like_sdar,
     first_layer_experts,
-    sdar_equivalent,
     until_stop,
     with_topk_renormalised,
 )
@@ -123,17 +122,8 @@ def test_the_official_evaluation_decoder_is_matched_token_for_token(key, cache):
     5 prompts, left-padded; the official decoder stops at a stop id, so each row is compared up to it."""
     cases = GROUPS[key]
     arguments = cases[0]["arguments"]
-    decoder = Decoder.from_config(
-        [],
-        [
-            f"model.dllm.path={CHECKPOINT}",
-            *sdar_equivalent(SDAR_EVALUATION_DECODER, arguments),
-            f"decoder.cache={cache}",
-            f"generation.max_new_tokens={max(len(case['generated']) for case in cases)}",
-            "generation.batch_size=5",
-        ],
-    )
-    out = decoder.generate([OFFICIAL["prompts"][case["prompt"]] for case in cases])
+    assert {case["decoder"] for case in cases} == {SDAR_EVALUATION_DECODER}
+    out = decode_like_sdar(CHECKPOINT, OFFICIAL["prompts"], cases, cache)
     assert len({len(ids) for ids in OFFICIAL["prompt_ids"]}) > 1
     for case, ids in zip(cases, out.token_ids, strict=True):
         official = until_stop(case["generated"], arguments["stopping_criteria_idx"])

@@ -8,7 +8,7 @@ Every row shares the column where generation starts (``gen_start``), because pro
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, TypeVar
 
@@ -34,6 +34,9 @@ class Window:
     :ivar block_end: ``[B]`` long, one past the last column of each row's current block.
     :ivar visible: optional ``[B, N]`` bool: keys each row may attend to (None: every column before
         ``input_end``); used to cut rows at different lengths without other rows changing their view.
+    :ivar width: a bound, known on the host, on each row's eligible span (its last eligible column minus its first,
+        plus one): the core then computes the output head at that many columns per row only (see
+        :attr:`ModelInputs.outputs`); None: no bound (the head at every input column).
     """
 
     eligible: torch.Tensor
@@ -41,6 +44,7 @@ class Window:
     block_start: torch.Tensor
     block_end: torch.Tensor
     visible: torch.Tensor | None = None
+    width: int | None = None
 
 
 @dataclass
@@ -71,7 +75,11 @@ class ModelInputs:
     :ivar attention_mask: ``[B, 1, S, K]`` bool, true where a query may attend to a key.
     :ivar start: canvas column of the first query; query ``i < end - start`` is canvas column ``start + i``.
     :ivar end: one past the last canvas column; queries past ``end - start`` are extra positions added by a
-        wrapper (e.g. shadow positions), which read their logits from ``ForwardOutput.logits``.
+        wrapper (e.g. shadow positions), which read their logits with :meth:`ForwardOutput.extra`.
+    :ivar outputs: ``[B, W]`` long, the queries (indices into the ``S`` columns) whose logits the step reads,
+        per row (the core's default: the ``Window.width`` columns around each row's eligible positions); a wrapper
+        that reads more appends its queries, or sets None. None: every query. A model whose ``selects_outputs`` is
+        true computes its output head at these queries only.
     :ivar extras: model-specific inputs, name -> value, that the model's own hooks add and its adapter reads
         (DiffusionGemma's self-conditioning logits, which its adapter passes to the model as keyword arguments,
         and each row's block start); empty for the other models.
@@ -82,18 +90,31 @@ class ModelInputs:
     attention_mask: torch.Tensor
     start: int
     end: int
+    outputs: torch.Tensor | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+
+    def reading_all(self) -> ModelInputs:
+        """These inputs with the logits of every query computed (``outputs`` None), for a strategy that reads
+        every column of the span."""
+        return replace(self, outputs=None)
 
 
 @dataclass
 class ForwardOutput:
-    """The dLLM's answer for one step.
+    """The dLLM's answer for one step. Strategies read it through :meth:`at`, :meth:`columns` and :meth:`extra`,
+    which hide its layout; reading a column the forward did not compute is reported by the loop (one flag in its
+    step's host read) as an error naming the strategies.
 
-    :ivar logits: ``[B, S, V]`` float, ``logits[:, i]`` predicts canvas column ``inputs.start + i``.
+    :ivar logits: ``[B, S, V]`` float, ``logits[:, i]`` predicts canvas column ``inputs.start + i`` (``outputs``
+        None); or ``[B, W, V]``, ``logits[b, j]`` predicting query ``outputs[b, j]``.
+    :ivar outputs: ``[B, W]`` long, the queries the logits were computed at (the model selected
+        ``inputs.outputs``), or None.
     """
 
     logits: torch.Tensor
     inputs: ModelInputs
+    outputs: torch.Tensor | None = None
+    _reads: list[torch.Tensor] = field(default_factory=list, repr=False)
 
     @property
     def start(self) -> int:
@@ -101,7 +122,43 @@ class ForwardOutput:
 
     def at(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Logits of canvas positions ``(rows[k], cols[k])``: ``[K]`` long each -> ``[K, V]``."""
-        return self.logits[rows, cols - self.inputs.start if self.inputs.start else cols]
+        return self._queries(rows, cols - self.inputs.start if self.inputs.start else cols)
+
+    def extra(self, rows: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """Logits of the extra positions a wrapper appended after the span (slot ``i``: query ``end - start + i``):
+        ``[K]`` long rows and slots -> ``[K, V]``."""
+        return self._queries(rows, slots + (self.inputs.end - self.inputs.start))
+
+    def columns(self, first: int, last: int) -> torch.Tensor:
+        """Logits of canvas columns ``[first, last)`` of every row: ``[B, last - first, V]``."""
+        low, high = first - self.inputs.start, last - self.inputs.start
+        if self.outputs is None:
+            return self.logits[:, low:high]
+        slots = self._slot_table[:, low:high]
+        self._reads.append(slots)
+        return self.logits.gather(1, slots.clamp(min=0)[..., None].expand(-1, -1, self.logits.shape[-1]))
+
+    def _queries(self, rows: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        if self.outputs is None:
+            return self.logits[rows, queries]
+        slots = self._slot_table[rows, queries]
+        self._reads.append(slots)
+        return self.logits[rows, slots]
+
+    @cached_property
+    def _slot_table(self) -> torch.Tensor:
+        """``[B, S]`` long, the logits column of each query, -1 where none was computed (needs ``outputs``)."""
+        outputs = self.outputs
+        assert outputs is not None
+        table = torch.full(self.inputs.input_ids.shape, -1, dtype=torch.long, device=outputs.device)
+        return table.scatter_(1, outputs, torch.arange(outputs.shape[1], device=outputs.device).expand_as(outputs))
+
+    def missed(self) -> list[torch.Tensor]:
+        """A bool scalar on the device, true when a read asked for a column the forward did not compute (in a list,
+        empty when every column was computed or nothing was read)."""
+        if not self._reads:
+            return []
+        return [(torch.cat([slots.flatten() for slots in self._reads]) < 0).any()]
 
 
 @dataclass
@@ -156,6 +213,12 @@ class Decision:
     :ivar commit: ``[B, N]`` bool, positions to fill (a subset of the window's eligible positions).
     :ivar tokens: ``[B, N]`` long, the tokens to write where ``commit``.
     :ivar revoke: optional ``[B, N]`` bool, committed generated positions to turn back into masks.
+    :ivar edit: optional ``[B, N]`` bool, committed generated positions whose token is replaced by ``tokens``;
+        they stay decided (token-to-token editing, LLaDA 2.1's). Not filled positions, and for a block-causal model
+        only inside the row's current model block.
+    :ivar hold: optional ``[B]`` bool, rows whose current model block stays current for the next step although
+        this decision leaves no mask in it (a post-step in which a rule may edit the block again); a held row is
+        unfinished. Only for a block-causal model.
     :ivar redraw: optional ``[B, N]`` bool, undecided positions whose token is replaced by ``tokens`` without
         deciding them (a subset of the window's eligible positions); only on a noise canvas
         (:attr:`DecodeState.noise_vocab`), whose undecided positions hold tokens: a uniform-noise sampler keeps its
@@ -165,6 +228,8 @@ class Decision:
     commit: torch.Tensor
     tokens: torch.Tensor
     revoke: torch.Tensor | None = None
+    edit: torch.Tensor | None = None
+    hold: torch.Tensor | None = None
     redraw: torch.Tensor | None = None
 
 
@@ -188,9 +253,15 @@ class DecodeState:
     :ivar filled: ``[B, N]`` bool, positions after a row's first EOS, written with ``fill_token_id`` (none unless
         ``stop_at_eos``).
     :ivar previous_canvas: ``[B, N]`` long, the canvas before the last step (see :attr:`changed`).
-    :ivar finished: ``[B]`` bool, rows with no mask left (before their first EOS, when ``stop_at_eos``).
+    :ivar finished: ``[B]`` bool, rows with no mask left (before their first EOS, when ``stop_at_eos``) and not
+        held.
+    :ivar held: ``[B]`` bool, rows whose last decision held their current model block open (:attr:`Decision.hold`).
+    :ivar holding: whether the last decision had a ``hold`` (a Python bool: without one, :attr:`held` is all false
+        and the core skips the held rows' special cases without reading the device).
     :ivar step: number of completed steps.
-    :ivar commits: per step, ``[B]`` long commits (0 for rows already finished, at least 1 for the others).
+    :ivar commits: per step, ``[B]`` long commits (0 for rows already finished and, in a held row's post-steps,
+        possibly 0; at least 1 for the other rows).
+    :ivar active: per step, ``[B]`` bool, the rows unfinished at its start (those its forward decoded).
     :ivar row_stats: per-row statistics plugins publish, name -> ``[B]`` tensor (WINO's revocation counts, APD's
         AR forwards); each row's :class:`~dlm_decode.decoder.RowStats` reports them (:data:`AR_FORWARDS` in its own
         field, the others in ``extra``), and so do eval summaries. Plugins keep per-batch data with
@@ -210,7 +281,8 @@ class DecodeState:
         tokens drawn uniformly from ``[0, V)`` by the row's generator when the row enters the block
         (:meth:`fill_noise`); :attr:`masked` is then kept explicitly ("undecided"), the mask id is only the
         placeholder of the blocks not entered yet and is not excluded from the logits, an EOS counts only where
-        decided, a decision may :attr:`~Decision.redraw` undecided tokens, and revocations are refused.
+        decided, a decision may :attr:`~Decision.redraw` undecided tokens, and revocations, edits and holds are
+        refused.
     :ivar entered: ``[B]`` bool, on a noise canvas, the unfinished rows whose current model block changed in the
         last :meth:`apply` (the loop reads it in its host synchronisation and calls :meth:`fill_noise`).
     """
@@ -230,6 +302,9 @@ class DecodeState:
     finished: torch.Tensor
     step: int = 0
     commits: list[torch.Tensor] = field(default_factory=list)
+    active: list[torch.Tensor] = field(default_factory=list)
+    held: torch.Tensor = field(init=False)
+    holding: bool = False
     row_stats: dict[str, torch.Tensor] = field(default_factory=dict)
     first_index: int = 0
     stop_at_eos: bool = True
@@ -237,12 +312,12 @@ class DecodeState:
     noise_vocab: int | None = None
     input_limit: int = field(init=False)
     entered: torch.Tensor | None = field(default=None, repr=False)
-    _noise_steps: torch.Tensor | None = field(default=None, repr=False)
     _memories: dict[int, Any] = field(default_factory=dict, repr=False)
     _model_block: tuple[int, tuple[torch.Tensor, torch.Tensor]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.input_limit = self.canvas.shape[1]
+        self.held = torch.zeros_like(self.finished)
 
     @classmethod
     def build(
@@ -424,9 +499,10 @@ class DecodeState:
         return self.attention.blocks(self.attention_mask, self.gen_start).expand_as(self.canvas)
 
     def model_block(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each row's current model block, the one holding its first mask: ``start``, ``end`` ``[B]`` long columns
-        (the whole canvas for a bidirectional model; meaningless for finished rows). Computed once per step: the
-        masks change only in :meth:`apply`, which counts the step."""
+        """Each row's current model block, the one holding its first mask, or for a :attr:`held` row the one
+        holding its last decided column before the first mask or filled position: ``start``, ``end`` ``[B]`` long
+        columns (the whole canvas for a bidirectional model; meaningless for finished rows). Computed once per step:
+        the masks change only in :meth:`apply`, which counts the step."""
         kept = self._model_block
         if kept is None or kept[0] != self.step:
             kept = self._model_block = (self.step, self._current_model_block())
@@ -434,7 +510,11 @@ class DecodeState:
 
     def _current_model_block(self) -> tuple[torch.Tensor, torch.Tensor]:
         blocks = self.model_blocks
-        current = blocks.gather(1, first_true_columns(self.masked, self.gen_start)[:, None])  # [B, 1]
+        anchor = first_true_columns(self.masked, self.gen_start)
+        if self.attention.block_causal:  # a held row's block ends before its first undecided column
+            held_at = first_true_columns(self.masked | self.filled, self.width) - 1
+            anchor = torch.where(self.held, held_at, anchor)
+        current = blocks.gather(1, anchor[:, None])  # [B, 1]
         inside = blocks == current
         start = first_true_columns(inside)
         return start, start + inside.sum(-1)
@@ -491,11 +571,11 @@ class DecodeState:
         """Write a (checked) decision into the canvas and settle EOS and termination.
 
         With :attr:`stop_at_eos`, positions after a row's first EOS become ``fill_token_id`` and count as decided;
-        if a revocation removes that EOS, the filled tail becomes masked again. (On bool tensors ``a > b`` is
-        ``a & ~b`` in one op.)
+        if a revocation or an edit removes that EOS, the filled tail becomes masked again. (On bool tensors ``a > b``
+        is ``a & ~b`` in one op.)
 
         On a noise canvas the undecided positions are kept explicitly: commits decide, redraws rewrite undecided
-        tokens, revocations are refused by the loop (and ignored here), and :attr:`entered` is set.
+        tokens, revocations, edits and holds are refused by the loop (and ignored here), and :attr:`entered` is set.
 
         :return: ``[B]`` long commits per row this step (not counting positions the EOS fill overwrote).
         """
@@ -504,9 +584,11 @@ class DecodeState:
             entered_from = self.model_block()[0]  # the blocks before the step (cached for this step)
             tail = self._write_noisy(decision)
         else:
-            self.canvas = torch.where(decision.commit, decision.tokens, self.canvas)
-            if decision.revoke is not None:  # reopen the filled tails too: the tail is settled again below
-                self.canvas = self.canvas.masked_fill(decision.revoke | self.filled, self.mask_token_id)
+            written = decision.commit if decision.edit is None else decision.commit | decision.edit
+            self.canvas = torch.where(written, decision.tokens, self.canvas)
+            if decision.revoke is not None or decision.edit is not None:  # reopen the filled tails: settled below
+                reopened = self.filled if decision.revoke is None else decision.revoke | self.filled
+                self.canvas = self.canvas.masked_fill(reopened, self.mask_token_id)
             tail = self.filled  # all false without stop_at_eos
             if self.stop_at_eos:
                 tail = self.after_first_eos()
@@ -518,11 +600,17 @@ class DecodeState:
         # finished rows (their windows are empty, checked after apply)
         commits = (decision.commit > tail).sum(-1)
         self.commits.append(commits)
+        self.active.append(~self.finished)
+        if decision.hold is not None:  # only a block the step left without masks stays open
+            start, end = self.model_block()
+            open_block = (self.masked & (self.columns >= start[:, None]) & (self.columns < end[:, None])).any(-1)
+            self.held = decision.hold & ~open_block & ~self.finished
+        elif self.holding:  # a decision without holds releases the rows held so far
+            self.held = torch.zeros_like(self.held)
+        self.holding = decision.hold is not None
         self.step += 1
-        finished_before, self.finished = self.finished, ~self.masked.any(-1)
+        self.finished = ~self.masked.any(-1) & ~self.held
         if self.noise_vocab is not None:
-            steps = self._noise_steps if self._noise_steps is not None else torch.zeros_like(commits)
-            self._noise_steps = steps + ~finished_before
             self.entered = (self.model_block()[0] != entered_from) & ~self.finished
         return commits
 
@@ -540,14 +628,10 @@ class DecodeState:
 
     @property
     def nfe(self) -> torch.Tensor:
-        """``[B]`` long, dLLM forwards each row took part in while unfinished (also its number of steps): the
-        steps in which it committed, since every unfinished row commits and no finished row does (on a noise
-        canvas, where a step may only redraw, the steps it began unfinished)."""
-        if self._noise_steps is not None:
-            return self._noise_steps
-        if not self.commits:
+        """``[B]`` long, dLLM forwards each row took part in while unfinished (also its number of steps)."""
+        if not self.active:
             return torch.zeros(self.batch_size, dtype=torch.long, device=self.canvas.device)
-        return (torch.stack(self.commits) > 0).sum(0)
+        return torch.stack(self.active).sum(0)
 
     @property
     def changed(self) -> torch.Tensor:

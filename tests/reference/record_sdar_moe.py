@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -53,8 +52,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record_block import _SHIMS, EOS_BOOST, HEAD, _qwen_tensors, block_causal, build_sdar  # noqa: E402
+from record_sdar_partial import DECODER, evaluation_runs  # noqa: E402
 
-from record import GEN_LENGTH, PADDED_PROMPTS, PROMPTS, OfficialFiles, _chat_ids, _normal, _save_shards, _silence_rows  # noqa: E402
+from record import (
+    GEN_LENGTH,
+    PADDED_PROMPTS,
+    PROMPTS,
+    OfficialFiles,
+    _chat_ids,
+    _normal,
+    _save_shards,
+    _silence_rows,
+    recorder_parser,
+    run_recorder,
+)  # noqa: E402
 
 EXPERTS, TOP_K, EXPERT_HIDDEN = 8, 2, 16
 LAYERS, DENSE_LAYERS = 3, [1]
@@ -212,33 +223,9 @@ def record(args: argparse.Namespace) -> None:
 
         cases = []
         stops = [ids["<|im_end|>"], ids["<|endoftext|>"]]
-        common = {
-            "mask_id": mask_id,
-            "gen_length": GEN_LENGTH,
-            "temperature": 1.0,  # with top_k=1: greedy (the decoder asserts temperature > 0)
-            "top_k": 1,
-            "top_p": 1.0,
-            "remasking": "low_confidence",
-            "stopping_criteria_idx": stops,
-        }
-        for block, steps, threshold in ((4, 4, 1.0), (4, 1, 1.0), (8, 2, 1.0), (8, 4, args.threshold)):
-            arguments = {**common, "block_length": block, "denoising_steps": steps, "threshold": threshold}
-            for index, prompt in enumerate(prompts):
-                torch.manual_seed(0)
-                p = torch.tensor([prompt])
-                with torch.no_grad():
-                    tokens = bd3.block_diffusion_generate(
-                        model, None, {"input_ids": p, "attention_mask": torch.ones_like(p)}, **arguments
-                    )
-                assert tokens[0, : len(prompt)].tolist() == prompt
-                cases.append(
-                    {
-                        "decoder": "sdar.huggingface_bd3.block_diffusion_generate",
-                        "arguments": arguments,
-                        "prompt": index,
-                        "generated": tokens[0, len(prompt) :].tolist(),
-                    }
-                )
+        settings = ((4, 4, 1.0), (4, 1, 1.0), (8, 2, 1.0), (8, 4, args.threshold))
+        for arguments, index, generated in evaluation_runs(bd3, model, prompts, settings, mask_id, stops):
+            cases.append({"decoder": DECODER, "arguments": arguments, "prompt": index, "generated": generated})
 
     result = moe_fixture(
         files,
@@ -288,15 +275,9 @@ def moe_fixture(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sdar", type=Path, required=True)
-    parser.add_argument("--sdar-moe-hub", type=Path, required=True)
+    parser = recorder_parser(__doc__, "sdar", "sdar-moe-hub")
     parser.add_argument("--threshold", type=float, default=0.3, help="a threshold the tiny model crosses now and then")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent)
-    args = parser.parse_args()
-    if not os.environ.get("TORCHDYNAMO_DISABLE"):
-        parser.error("set TORCHDYNAMO_DISABLE=1 (SDAR's modeling code compiles its training attention)")
-    record(args)
+    run_recorder(parser, record, "SDAR's modeling code compiles its training attention")
 
 
 if __name__ == "__main__":

@@ -88,6 +88,7 @@ class DiffusionGemmaLM(DiffusionLM):
                 fix="leave model.dllm.attention at auto (blocks of config.json's canvas_length)",
             )
         self.noise_vocab = self.vocab_size
+        self.selects_outputs = False  # its forward computes the head at each row's block, wherever the window reads
         self.max_context = config_context(text) or self.max_context
         self.sliding_window = int(text.sliding_window)
         self.layer_types = sorted(set(text.layer_types))

@@ -179,9 +179,18 @@ _QWEN2_FIELDS = (
 )
 
 
-def _dream_config(config: Mapping[str, Any]):
-    fields = {name: config[name] for name in _QWEN2_FIELDS if name in config}
-    return transformers_class("Qwen2Config")(**fields, use_sliding_window=False, sliding_window=None)
+def _fields_as_they_are(class_name: str, fields: tuple[str, ...]) -> Callable[[Mapping[str, Any]], Any]:
+    """An :attr:`Architecture.hf_config`: the transformers config ``class_name`` with the ``fields`` a
+    ``config.json`` has, as they are (the others at the class's defaults), and no sliding window."""
+
+    def hf_config(config: Mapping[str, Any]):
+        values = {name: config[name] for name in fields if name in config}
+        return transformers_class(class_name)(**values, use_sliding_window=False, sliding_window=None)
+
+    return hf_config
+
+
+_dream_config = _fields_as_they_are("Qwen2Config", _QWEN2_FIELDS)
 
 
 #: SDAR ``config.json`` fields Qwen3's class would read differently: ``field: (default, values that map)``.
@@ -191,9 +200,7 @@ SDAR_REQUIRED: dict[str, tuple[Any, tuple[Any, ...]]] = {
 }
 
 
-def _sdar_config(config: Mapping[str, Any]):
-    fields = {name: config[name] for name in (*_QWEN2_FIELDS, "head_dim", "attention_bias") if name in config}
-    return transformers_class("Qwen3Config")(**fields, use_sliding_window=False, sliding_window=None)
+_sdar_config = _fields_as_they_are("Qwen3Config", (*_QWEN2_FIELDS, "head_dim", "attention_bias"))
 
 
 #: Qwen3-MoE fields read from an SDAR mixture-of-experts ``config.json`` as they are (absent ones take the same
@@ -211,9 +218,7 @@ _SDAR_MOE_FIELDS = (
 )
 
 
-def _sdar_moe_config(config: Mapping[str, Any]):
-    fields = {name: config[name] for name in _SDAR_MOE_FIELDS if name in config}
-    return transformers_class("Qwen3MoeConfig")(**fields, use_sliding_window=False, sliding_window=None)
+_sdar_moe_config = _fields_as_they_are("Qwen3MoeConfig", _SDAR_MOE_FIELDS)
 
 
 #: LLaDA 2.x ``config.json`` fields Glm4-MoE's class would read differently: ``field: (default in LLaDA 2.x's
