@@ -197,5 +197,5 @@ def test_a_revocation_on_a_noise_canvas_is_refused(loaded):
     decoder = strategy_decoder(
         "verification", "bad", lambda config, context: _Revokes(), plugin_name="tests.bad_plugin", model=dllm
     )
-    with pytest.raises(PluginError, match="(?s)tests.bad_plugin.*or revoked on a noise canvas.*fix"):
+    with pytest.raises(PluginError, match="(?s)tests.bad_plugin.*revoked a position.*or did so on a noise canvas.*fix"):
         decoder.generate(["<bos> t5 t9"], max_new_tokens=8)
