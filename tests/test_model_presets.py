@@ -36,14 +36,13 @@ CHECKED = {
     ),
 }
 #: Presets whose family is built on another branch (``family: auto`` until then); their dry-run test comes with it.
-PENDING: dict[str, str] = {}
 #: Presets of autoregressive models (``model.ar``), which have no diffusion step to size.
 AR_ONLY = {"embedded-ar", "qwen2.5-0.5b"}
 
 
-def test_every_model_preset_is_checked_pending_or_autoregressive():
+def test_every_model_preset_is_checked_or_autoregressive():
     presets = {path.stem for path in MODELS.glob("*.yaml")}
-    assert presets == set(CHECKED) | set(PENDING) | set(AR_ONLY)
+    assert presets == set(CHECKED) | set(AR_ONLY)
     for name in AR_ONLY:
         assert load_config(MODELS / f"{name}.yaml").config.model.ar is not None
 
@@ -63,14 +62,3 @@ def test_the_preset_dry_runs_on_a_tiny_checkpoint_of_its_layout(preset):
         f"{size / 2**30:.2f} GiB at batch 16 (16 rows x 48 canvas columns x {head} logits x 2 bytes (bfloat16) = "
         f"{size:,} bytes; the canvas is what a step without a cache reads)"
     )
-
-
-@pytest.mark.parametrize("preset", sorted(PENDING))
-def test_a_pending_preset_names_its_hub_id_family_and_dtype(preset):
-    import yaml
-
-    text = (MODELS / f"{preset}.yaml").read_text(encoding="utf-8")
-    spec = yaml.safe_load(text)["model"]["dllm"]
-    assert spec["path"].count("/") == 1 and spec["dtype"] == "bfloat16"
-    family = PENDING[preset].split()[1]  # auto until the family exists here; the preset names it
-    assert spec["family"] == "auto" and f"family: auto  # {family} once that family is merged" in text
