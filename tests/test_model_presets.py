@@ -35,7 +35,6 @@ CHECKED = {
         64,
     ),
 }
-#: Presets whose family is built on another branch (``family: auto`` until then); their dry-run test comes with it.
 #: Presets of autoregressive models (``model.ar``), which have no diffusion step to size.
 AR_ONLY = {"embedded-ar", "qwen2.5-0.5b"}
 
