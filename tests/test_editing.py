@@ -1,6 +1,6 @@
 """LLaDA 2.1's token editing (``editing``) and the core's ``Decision.edit`` / ``Decision.hold``: held blocks, post-step
-counts and EOS tails reopened by an edit (the loop's refusals are in ``tests/test_loop.py``). The official ``generate`` is matched in
-``tests/test_llada2.py``."""
+counts and EOS tails reopened by an edit (the loop's refusals are in ``tests/test_loop.py``). The official
+``generate`` is matched in ``tests/test_llada2.py``."""
 
 from __future__ import annotations
 
