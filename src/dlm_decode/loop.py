@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from dlm_decode.dispatch import Roles
 from dlm_decode.errors import DecodeError, PluginError
+from dlm_decode.selection import first_true_columns
 from dlm_decode.state import Decision, DecodeState, ForwardOutput, Window
 
 
@@ -30,17 +32,30 @@ def forward_flags(state: DecodeState, window: Window, logits: torch.Tensor) -> l
 
 def decision_flags(state: DecodeState, window: Window, decision: Decision) -> list[torch.Tensor]:
     """Two bool scalars on the device, computed before the decision is applied: a commit outside the window; a
-    revocation of something other than a committed generated token, of the row's current model block for a
-    block-causal model (a placeholder, not read, when there is no revocation)."""
+    revocation of something other than a committed generated token of the row's current window block
+    ``[window.block_start, window.block_end)`` (a placeholder, not read, when there is no revocation). For a
+    block-causal model the window block lies inside the row's current model block (:func:`within_model_block`): a
+    finished model block stays finished, later blocks were decided on it. Everything before a row's window block
+    is therefore final, which a server streams (:func:`stable_ends`)."""
     off_window = (decision.commit > window.eligible).any()
     revoke = decision.revoke
     if revoke is None:
         return [off_window, off_window]
-    settled = state.masked | ~state.generated_columns
-    if state.attention.block_causal:  # a finished block stays finished: later blocks were decided on it
-        start, end = state.model_block()
-        settled = settled | (state.columns < start[:, None]) | (state.columns >= end[:, None])
+    columns = state.columns
+    outside = (columns < window.block_start[:, None]) | (columns >= window.block_end[:, None])
+    settled = state.masked | ~state.generated_columns | outside
     return [off_window, (revoke & settled).any()]
+
+
+def stable_ends(state: DecodeState, window: Window, revokes: bool) -> torch.Tensor:
+    """``[B]`` long, per row the column before which every generated token is decided for good after a step run
+    under ``window``: the row's first mask, and for a decoder that may revoke (:attr:`Roles.revokes`) no later than
+    its window block's start (revocations stay inside the current window block, whose start never moves back);
+    the canvas width for a finished row."""
+    ends = first_true_columns(state.masked, state.width)
+    if revokes:
+        ends = torch.where(state.finished, ends, torch.minimum(ends, window.block_start))
+    return ends
 
 
 def progress_flag(commits: torch.Tensor, finished_before: torch.Tensor) -> torch.Tensor:
@@ -89,9 +104,20 @@ def raise_decision_errors(
         raise PluginError(
             plugin,
             "dlm_verify",
-            "revoked a position that is not a committed generated token (of the "
-            "row's current model block, for a block-causal model)",
+            "revoked a position that is not a committed generated token of the row's current window block",
             "restrict `revoke` to generated columns that are not masked, inside window.block_start to window.block_end",
+        )
+
+
+def check_revoke_declared(decision: Decision, revokes: bool, plugin: str) -> None:
+    """A decision may carry ``revoke`` only from a decoder whose verification declares ``revokes = True`` (see
+    :attr:`Roles.revokes`): streaming relies on it to tell final text from text a later step may change."""
+    if decision.revoke is not None and not revokes:
+        raise PluginError(
+            plugin,
+            "dlm_verify",
+            "returned a `revoke` mask, but no plugin implementing dlm_verify declares `revokes = True`",
+            "set the class attribute `revokes = True` on the verification (or on the dlm_verify wrapper that revokes)",
         )
 
 
@@ -120,8 +146,63 @@ def input_limit(state: DecodeState) -> torch.Tensor:
     return state.model_block()[1].masked_fill(state.finished, 0).max()
 
 
-def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> Iterator[Decision]:
-    """Decode ``state`` until every row is finished, yielding each step's decision after it is applied.
+@dataclass
+class Step:
+    """What one step did: its window, and its decision (already applied to the state).
+
+    :ivar done: every row of the batch is finished.
+    """
+
+    window: Window
+    decision: Decision
+    done: bool
+
+
+def run_step(roles: Roles, model: Any, state: DecodeState) -> Step:
+    """One step of the loop on ``state`` (call ``roles.bind()`` first, under ``torch.inference_mode()``): window,
+    cache plan, model inputs, forward, proposal, verification, the core's checks and :meth:`DecodeState.apply`,
+    then the ``dlm_step_end`` observers. A continuous-batching server calls it with a state it regroups between
+    steps (:meth:`DecodeState.regroup`).
+
+    :param model: has ``forward(ModelInputs, cache) -> [B, S, V] logits``.
+    """
+    verifier, window_plugin = roles.label("verification"), roles.label("window")
+    block_causal = state.attention.block_causal
+    window = roles.window(state)
+    if block_causal:
+        window = within_model_block(state, window)
+    plan = roles.cache(state, window)
+    inputs = roles.model_inputs(state, window, plan)
+    logits = model.forward(inputs, plan.cache)
+    early = forward_flags(state, window, logits)
+    logits.index_fill_(-1, state.excluded_ids, float("-inf"))  # the mask and undecodable ids are never proposed
+    forward = ForwardOutput(logits=logits, inputs=inputs)
+    try:
+        proposal = roles.propose(state, forward, window)
+        decision = roles.verify(state, forward, proposal, window)
+    except PluginError:
+        raise_forward_errors(torch.stack(early).tolist(), state.step, window_plugin)  # a bad window or NaN
+        raise  # explains it first
+    check_revoke_declared(decision, roles.revokes, verifier)
+    finished_before = state.finished
+    late = decision_flags(state, window, decision)
+    commits = state.apply(decision)
+    progressed = progress_flag(commits, finished_before)
+    # one host sync; of bools only for a bidirectional model, and for a block-causal one also the next step's
+    # input limit (a long: stacking mixed dtypes adds a type promotion, a cost the bools alone do not pay)
+    limit = [input_limit(state)] if block_causal else []
+    values = torch.stack([*early, *late, progressed, state.finished.all(), *limit]).tolist()
+    if block_causal:
+        state.input_limit = values.pop()
+    *flags, done = values
+    raise_forward_errors(flags[:2], state.step - 1, window_plugin)
+    raise_decision_errors(flags[2:], decision, finished_before, state.step - 1, verifier)
+    roles.step_end(state, decision)
+    return Step(window=window, decision=decision, done=done)
+
+
+def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> Iterator[Step]:
+    """Decode ``state`` until every row is finished, yielding each :class:`Step` after its decision is applied.
 
     Advance it under ``torch.inference_mode()`` (see :func:`decode`); the generator does not enter the mode
     itself, which would cost an enter and an exit per step.
@@ -129,8 +210,6 @@ def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> I
     :param model: has ``forward(ModelInputs, cache) -> [B, S, V] logits``.
     :param max_steps: abort with :class:`DecodeError` past this many steps.
     """
-    verifier, window_plugin = roles.label("verification"), roles.label("window")
-    block_causal = state.attention.block_causal
     roles.bind()
     roles.generation_start(state)
     done = bool(state.finished.all())
@@ -144,36 +223,9 @@ def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> I
                 "or revocations that undo progress)",
                 fix="raise generation.max_steps, or check the window and verification strategies",
             )
-        window = roles.window(state)
-        if block_causal:
-            window = within_model_block(state, window)
-        plan = roles.cache(state, window)
-        inputs = roles.model_inputs(state, window, plan)
-        logits = model.forward(inputs, plan.cache)
-        early = forward_flags(state, window, logits)
-        logits.index_fill_(-1, state.excluded_ids, float("-inf"))  # the mask and undecodable ids are never proposed
-        forward = ForwardOutput(logits=logits, inputs=inputs)
-        try:
-            proposal = roles.propose(state, forward, window)
-            decision = roles.verify(state, forward, proposal, window)
-        except PluginError:
-            raise_forward_errors(torch.stack(early).tolist(), state.step, window_plugin)  # a bad window or NaN
-            raise  # explains it first
-        finished_before = state.finished
-        late = decision_flags(state, window, decision)
-        commits = state.apply(decision)
-        progressed = progress_flag(commits, finished_before)
-        # one host sync; of bools only for a bidirectional model, and for a block-causal one also the next step's
-        # input limit (a long: stacking mixed dtypes adds a type promotion, a cost the bools alone do not pay)
-        limit = [input_limit(state)] if block_causal else []
-        values = torch.stack([*early, *late, progressed, state.finished.all(), *limit]).tolist()
-        if block_causal:
-            state.input_limit = values.pop()
-        *flags, done = values
-        raise_forward_errors(flags[:2], state.step - 1, window_plugin)
-        raise_decision_errors(flags[2:], decision, finished_before, state.step - 1, verifier)
-        roles.step_end(state, decision)
-        yield decision
+        step = run_step(roles, model, state)
+        done = step.done
+        yield step
     roles.generation_end(state)
 
 
