@@ -220,6 +220,10 @@ class Scheduler:
         leaving = [job.cancelled or job.steps < 0 for job in cohort.jobs]
         keep = [row for row, left in enumerate(leaving) if not left]
         joining = [job for job in cohort.joining if not job.cancelled]  # cohort.joining: this thread's alone
+        state = cohort.state
+        closed = state is not None and not (self.join and state.joinable)
+        if not keep or not closed:  # the cancelled rows leave now
+            self.counts["cancelled"] += sum(job.cancelled and job.steps >= 0 for job in cohort.jobs)
         if not keep and not joining:
             with self.lock:
                 self.cohorts.remove(cohort)
@@ -227,10 +231,8 @@ class Scheduler:
             if cohort.state is not None:
                 cohort.decoder.roles.generation_end(cohort.state)
             return False
-        state = cohort.state
-        if state is not None and not (self.join and state.joinable):
+        if closed:
             return True  # closed (or a fixed batch): its finished and cancelled rows stay, taking no commits
-        self.counts["cancelled"] += sum(job.cancelled and job.steps >= 0 for job in cohort.jobs)
         jobs = [cohort.jobs[row] for row in keep]
         if state is not None and len(keep) < len(cohort.jobs):
             state = state.regroup(keep)
@@ -244,8 +246,8 @@ class Scheduler:
                 cohort.decoder.roles.generation_start(fresh)
                 state = fresh
             else:
+                self.counts["joined"] += len(group) if state.step else 0  # into a batch that decodes already
                 state = state.regroup(range(len(jobs)), fresh)
-                self.counts["joined"] += len(group)
             jobs += group
         for job in joining:
             if job.stream and job.text is None:
