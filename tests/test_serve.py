@@ -28,8 +28,14 @@ def test_the_openai_client_completes_and_chats_streaming_and_not():
         done = api.completions.create(model=SERVED_MODEL, prompt=prompt)
         assert done.choices[0].text == expected and done.choices[0].finish_reason == "stop"
         assert done.usage.prompt_tokens == len(server.decoder.dllm.encode([prompt])[0])
-        pieces = [c.choices[0].text for c in api.completions.create(model=SERVED_MODEL, prompt=prompt, stream=True)]
+        chunks = list(
+            api.completions.create(
+                model=SERVED_MODEL, prompt=prompt, stream=True, stream_options={"include_usage": True}
+            )
+        )
+        pieces = [chunk.choices[0].text for chunk in chunks if chunk.choices]
         assert "".join(pieces) == expected and len([p for p in pieces if p]) > 1  # one token per step: pieces
+        assert chunks[-1].usage.completion_tokens == done.usage.completion_tokens and not chunks[-1].choices
         messages = [{"role": "user", "content": prompt}]
         chat = api.chat.completions.create(model=SERVED_MODEL, messages=messages)
         assert chat.choices[0].message.content == expected and chat.choices[0].message.role == "assistant"

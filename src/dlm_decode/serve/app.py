@@ -43,7 +43,6 @@ UNSUPPORTED = {
     "functions": (None, []),
     "function_call": (None, "none"),
     "response_format": (None, {"type": "text"}),
-    "stream_options": (None,),
     "parallel_tool_calls": (None,),
     "modalities": (None, ["text"]),
     "audio": (None,),
@@ -53,7 +52,7 @@ UNSUPPORTED = {
 }
 #: Fields both endpoints take (``user``, ``metadata``, ``store`` and ``service_tier`` are accepted and ignored).
 COMMON = {"model", "max_tokens", "temperature", "top_p", "seed", "stop", "n", "stream", "user", "metadata", "store"}
-COMMON |= {"service_tier"}
+COMMON |= {"service_tier", "stream_options"}
 FIELDS = {"completions": COMMON | {"prompt"}, "chat": COMMON | {"messages", "max_completion_tokens"}}
 #: Most stop strings and choices per request (as OpenAI: 4 stop strings).
 MAX_STOP, MAX_N = 4, 16
@@ -90,6 +89,7 @@ class Checked:
     stream: bool
     variant: Decoder
     chat: bool
+    include_usage: bool = False
 
 
 class Server:
@@ -212,6 +212,17 @@ class Server:
         if n is not None and not 1 <= n <= MAX_N:
             raise APIError(400, f"n must be in [1, {MAX_N}], got {n}", "n", "invalid_value")
         stream = typed(body, "stream", bool, "true or false")
+        options = body.get("stream_options")
+        if options is not None and (
+            not stream
+            or not isinstance(options, dict)
+            or set(options) - {"include_usage"}
+            or not isinstance(options.get("include_usage", False), bool)
+        ):
+            raise APIError(
+                400, 'stream_options takes only {"include_usage": true|false}, and only with "stream": true',
+                "stream_options", "invalid_value",
+            )  # fmt: skip
         stop = body.get("stop")
         stops = [stop] if isinstance(stop, str) else stop
         if stops is not None and (
@@ -241,6 +252,7 @@ class Server:
             n=n or 1,
             stop=tuple(stops or ()),
             stream=bool(stream),
+            include_usage=bool((options or {}).get("include_usage")),
             variant=variant,
             chat=kind == "chat",
         )
@@ -419,7 +431,7 @@ async def stream(reply: Reply, jobs: list[Job], events: asyncio.Queue[tuple[int,
     """Server-sent events as OpenAI sends them: a chunk per piece of stable text, a last chunk per choice with its
     ``finish_reason``, then ``[DONE]``; a failure sends an error object and ends the stream. A client that
     disconnects cancels the generator, which frees its rows at the next step."""
-    finished = 0
+    finished, results = 0, []
     try:
         if reply.kind == "chat":
             for index in range(len(jobs)):
@@ -430,10 +442,13 @@ async def stream(reply: Reply, jobs: list[Job], events: asyncio.Queue[tuple[int,
                 yield sse(reply.chunk(index, event.text, None))
             elif isinstance(event, Done):
                 finished += 1
+                results.append(event)
                 yield sse(reply.chunk(index, "" if reply.kind == "completions" else {}, event.finish_reason))
             else:
                 yield sse(error_body(event.error))
                 return
+        if reply.checked.include_usage:  # OpenAI's last chunk: no choice, the request's usage
+            yield sse({**reply.envelope(reply.chunk_object, []), "usage": reply.usage(results)})
         yield "data: [DONE]\n\n"
     finally:
         for job in jobs:
@@ -458,14 +473,25 @@ class Reply:
     def chunk(self, index: int, content: Any, finish_reason: str | None) -> dict[str, Any]:
         if self.kind == "completions":
             choice = {"index": index, "text": content, "logprobs": None, "finish_reason": finish_reason}
-            return self.envelope("text_completion", [choice])
+            return self.envelope(self.chunk_object, [choice])
         delta = content if isinstance(content, dict) else {"content": content}
         choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        return self.envelope("chat.completion.chunk", [choice])
+        return self.envelope(self.chunk_object, [choice])
 
-    def full(self, results: list[Done]) -> dict[str, Any]:
+    @property
+    def chunk_object(self) -> str:
+        return "text_completion" if self.kind == "completions" else "chat.completion.chunk"
+
+    def usage(self, results: list[Done]) -> dict[str, int]:
         prompt_tokens = sum(len(ids) for ids in self.checked.prompts)
         completion_tokens = sum(done.completion_tokens for done in results)
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+
+    def full(self, results: list[Done]) -> dict[str, Any]:
         choices: list[dict[str, Any]] = []
         for index, done in enumerate(results):
             choice: dict[str, Any] = {"index": index, "logprobs": None, "finish_reason": done.finish_reason}
@@ -475,9 +501,4 @@ class Reply:
                 choice["message"] = {"role": "assistant", "content": done.text}
             choices.append(choice)
         obj = "text_completion" if self.kind == "completions" else "chat.completion"
-        usage = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        }
-        return {**self.envelope(obj, choices), "usage": usage}
+        return {**self.envelope(obj, choices), "usage": self.usage(results)}
