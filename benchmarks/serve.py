@@ -27,10 +27,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import httpx
 import openai
 
 from dlm_decode.eval.tasks import load_examples
+from dlm_decode.serve.app import wait_until_healthy
 
 MODES = {
     "continuous": ["--batching", "continuous"],
@@ -63,14 +63,7 @@ def server(config: list[str], overrides: list[str], mode: str, max_batch: int, t
     process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.perf_counter() + 300
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            if process.poll() is not None or time.perf_counter() > deadline:
-                raise SystemExit(f"the {mode} server did not start (exit status {process.poll()})")
-            time.sleep(0.2)
+        wait_until_healthy(url, process, 300)
         yield url
     finally:
         process.terminate()

@@ -4,7 +4,6 @@ which drains the running requests before the process exits (docs/serve.md)."""
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ httpx = pytest.importorskip("httpx")
 from dlm_decode.api import Decision, StrategyError, hookimpl, select_top  # noqa: E402
 from dlm_decode.config import load_config  # noqa: E402
 from dlm_decode.decoder import Decoder  # noqa: E402
-from dlm_decode.serve.app import Server  # noqa: E402
+from dlm_decode.serve.app import Server, wait_until_healthy  # noqa: E402
 from dlm_decode.testing.registry import registry_with  # noqa: E402
 
 from helpers import (  # noqa: E402
@@ -189,13 +188,7 @@ def test_sigterm_drains_running_requests_then_exits(tmp_path: Path):
     url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen([sys.executable, str(script), str(port)], stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.perf_counter() + 60
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            assert process.poll() is None and time.perf_counter() < deadline, process.stderr.read()
-            time.sleep(0.1)
+        wait_until_healthy(url, process, 120)
         body = {"model": SERVED_MODEL, "prompt": "sort 4 1 7", "max_tokens": 40}
         with ThreadPoolExecutor(1) as pool:
             answer = pool.submit(lambda: httpx.post(f"{url}/v1/completions", json=body, timeout=60))

@@ -11,8 +11,11 @@ message names the field and the fix; the server keeps serving everyone else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
+import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -333,6 +336,24 @@ def run_server(server: Server, host: str = "127.0.0.1", port: int = 8000) -> Non
 
     drain = math.ceil(server.drain_timeout)
     uvicorn.run(create_app(server), host=host, port=port, timeout_graceful_shutdown=drain, log_level="warning")
+
+
+def wait_until_healthy(url: str, process: subprocess.Popen, timeout: float) -> None:
+    """Poll ``<url>/health`` until a server started as ``process`` answers 200 (for scripts and tests that start
+    ``dlm-decode serve``).
+
+    :raises RuntimeError: the process exited first, or ``timeout`` seconds passed.
+    """
+    import httpx
+
+    deadline = time.perf_counter() + timeout
+    while True:
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{url}/health").status_code == 200:
+                return
+        if process.poll() is not None or time.perf_counter() > deadline:
+            raise RuntimeError(f"the server at {url} did not start (exit status {process.poll()})")
+        time.sleep(0.1)
 
 
 def create_app(server: Server) -> FastAPI:

@@ -233,9 +233,11 @@ class Scheduler:
             return False
         if closed:
             return True  # closed (or a fixed batch): its finished and cancelled rows stay, taking no commits
+        if state is not None and not keep:  # every row left: the joining jobs start a batch of their own
+            cohort.decoder.roles.generation_end(state)
+            state = None
         jobs = [cohort.jobs[row] for row in keep]
-        if state is not None and len(keep) < len(cohort.jobs):
-            state = state.regroup(keep)
+        rows = keep  # the rows of `state` the next regroup keeps
         groups: dict[int, list[Job]] = {}
         for job in joining:
             groups.setdefault(job.max_tokens, []).append(job)
@@ -247,8 +249,11 @@ class Scheduler:
                 state = fresh
             else:
                 self.counts["joined"] += len(group) if state.step else 0  # into a batch that decodes already
-                state = state.regroup(range(len(jobs)), fresh)
+                state = state.regroup(rows, fresh)
             jobs += group
+            rows = list(range(len(jobs)))
+        if state is not None and rows is keep and len(keep) < len(cohort.jobs):
+            state = state.regroup(keep)  # rows left, none joined
         for job in joining:
             if job.stream and job.text is None:
                 job.text = StableText(cohort.decoder.dllm)
