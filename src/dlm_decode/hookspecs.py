@@ -104,8 +104,9 @@ def dlm_verify(state: DecodeState, forward: ForwardOutput, proposal: Proposal, w
 
     :return: a :class:`~dlm_decode.state.Decision`: ``commit`` ``[B, N]`` bool (a subset of ``window.eligible``,
         at least one per unfinished row), ``tokens`` ``[B, N]`` long (read where ``commit``), optional
-        ``revoke`` ``[B, N]`` bool (committed generated positions only). The core checks these contracts and
-        raises :class:`~dlm_decode.errors.PluginError` naming the plugin when one is broken.
+        ``revoke`` ``[B, N]`` bool (committed generated positions of the row's current window block only, from a
+        plugin that declares ``revokes = True``). The core checks these contracts and raises
+        :class:`~dlm_decode.errors.PluginError` naming the plugin when one is broken.
     """
 
 
