@@ -5,8 +5,12 @@ into another is built once per module that imports it.)"""
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,12 +193,25 @@ def assert_batch_equals_one_by_one(decoder: Decoder, prompts: list[str], alone=(
     return together
 
 
-def confidence_proposal(confidence: torch.Tensor, allowed: torch.Tensor) -> Proposal:
-    """A hand-built greedy :class:`~dlm_decode.state.Proposal` for verification tests: token 0 everywhere, the given
-    ``confidence`` ``[B, N]``, proposed at the ``allowed`` ``[B, N]`` positions (one zero logit each, no scorer)."""
+def decode_state(prompts, new: int, *, mask: int, pad: int, eos: list[int], fill: int, seeds=None, **options):
+    """:meth:`~dlm_decode.state.DecodeState.build` of token-id ``prompts`` with ``new`` masks each and the given
+    special ids; ``seeds`` default to 0 for every row, ``options`` (``stop_at_eos``, ``attention``,
+    ``excluded_token_ids``) go to ``build`` as they are."""
+    from dlm_decode.state import DecodeState
+
+    seeds = [0] * len(prompts) if seeds is None else seeds
+    prompts = [list(prompt) for prompt in prompts]
+    ids = {"mask_token_id": mask, "pad_token_id": pad, "eos_token_ids": eos, "fill_token_id": fill}
+    return DecodeState.build(prompts, max_new_tokens=new, seeds=seeds, **ids, **options)
+
+
+def confidence_proposal(confidence: torch.Tensor, allowed: torch.Tensor, token: int = 0) -> Proposal:
+    """A hand-built greedy :class:`~dlm_decode.state.Proposal` for verification tests: ``token`` everywhere, the
+    given ``confidence`` ``[B, N]``, proposed at the ``allowed`` ``[B, N]`` positions (one zero logit each, no
+    scorer)."""
     rows, cols = allowed.nonzero(as_tuple=True)
     return Proposal(
-        tokens=torch.zeros(confidence.shape, dtype=torch.long),
+        tokens=torch.full(confidence.shape, token, dtype=torch.long),
         confidence=confidence,
         rows=rows,
         cols=cols,
@@ -317,6 +334,100 @@ def sdar_equivalent(decoder: str, arguments: dict) -> list[str]:
         "decoder.proposal=greedy",
         "generation.stop_at_eos=false",
     ]
+
+
+def first_layer_experts(model, **inputs) -> list[list[int]]:
+    """The experts each token reaches in the first layer of the transformers mixture-of-experts ``model`` (whose router
+    ``mlp.gate`` returns ``(logits, weights, indices)``) when called with ``inputs``, each token's in sorted order."""
+    chosen = []
+    hook = model.model.layers[0].mlp.gate.register_forward_hook(lambda m, i, out: chosen.append(out[2]))
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        hook.remove()
+    return chosen[0].sort(dim=-1).values.tolist()
+
+
+def with_topk_renormalised(model, renormalise: bool):
+    """A copy of the transformers mixture-of-experts ``model`` whose routers renormalise their top-k weights or not."""
+    changed = copy.deepcopy(model)
+    for layer in changed.model.layers:
+        if hasattr(layer.mlp, "gate"):
+            layer.mlp.gate.norm_topk_prob = renormalise
+    return changed
+
+
+def assert_dispatch_calls_do_not_grow(model) -> None:
+    """The first layer's sparse block of the transformers mixture-of-experts ``model`` runs ``grouped_mm`` (token-expert
+    pairs sorted by expert, one grouped product per projection) and makes as many Python calls for 64 tokens as for 2:
+    no Python loop over tokens, nor over the experts they reach."""
+    assert model.config._experts_implementation == "grouped_mm"
+    generator = torch.Generator().manual_seed(0)
+    width = model.config.hidden_size
+    block = model.model.layers[0].mlp
+    calls = [python_calls(block, torch.randn(1, n, width, generator=generator)) for n in (64, 2)]
+    assert calls[0] == calls[1]
+
+
+def llada2_equivalent(arguments: dict) -> list[str]:
+    """The overrides under which the project decodes as LLaDA 2.0's ``generate`` called with ``arguments``: its step
+    is SDAR's evaluation step (every mask above ``threshold``, at least ``block_length / steps`` of them, the most
+    confident), over blocks of ``block_length`` from position 0 (:func:`sdar_equivalent`)."""
+    return sdar_equivalent(
+        SDAR_EVALUATION_DECODER,
+        {"block_length": arguments["block_length"], "denoising_steps": arguments["steps"], **arguments},
+    )
+
+
+def python_calls(module, hidden: torch.Tensor) -> int:
+    """How many Python-level function calls ``module(hidden)`` makes (``sys.setprofile``, under ``no_grad``): a
+    batched expert dispatch makes as many for 64 tokens as for 2."""
+    count = 0
+
+    def profile(frame, event, arg):
+        nonlocal count
+        count += event == "call"
+
+    sys.setprofile(profile)
+    try:
+        with torch.no_grad():
+            module(hidden)
+    finally:
+        sys.setprofile(None)
+    return count
+
+
+def decode_cases(checkpoint, overrides: list[str], prompts: list[str], cases: list[dict], cache: str, width=None):
+    """Decode the official ``cases`` of one setting (one case per prompt, ``prompts[case["prompt"]]``) in one
+    left-padded batch from ``checkpoint`` under ``overrides`` and ``decoder.cache=cache``; the canvas has ``width``
+    columns (default: as many as the longest official output)."""
+    width = width or max(len(case["generated"]) for case in cases)
+    settings = [f"decoder.cache={cache}", f"generation.max_new_tokens={width}", f"generation.batch_size={len(cases)}"]
+    decoder = Decoder.from_config([], [f"model.dllm.path={checkpoint}", *overrides, *settings])
+    return decoder.generate([prompts[case["prompt"]] for case in cases])
+
+
+def decode_like_sdar(checkpoint, prompts: list[str], cases: list[dict], cache: str, verification=()):
+    """:func:`decode_cases` of one official SDAR setting under :func:`sdar_equivalent`'s overrides; ``verification``
+    (overrides) replaces the official verification when given."""
+    overrides = sdar_equivalent(cases[0]["decoder"], cases[0]["arguments"])
+    if verification:
+        overrides = [o for o in overrides if not o.startswith("decoder.verification")] + list(verification)
+    return decode_cases(checkpoint, overrides, prompts, cases, cache)
+
+
+def run_module(module: str, *args: str, processes: int | None = None, env=None) -> subprocess.CompletedProcess:
+    """``python -m module args`` in a child process (under ``torch.distributed.run`` with ``processes`` processes on
+    this machine when given), ``OMP_NUM_THREADS=1`` and ``env`` added to the environment; asserts that it exits 0
+    (showing the tail of its stderr) and returns it, with its output captured as text."""
+    launcher = [sys.executable, "-m"]
+    if processes is not None:
+        launcher += ["torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", str(processes), "-m"]
+    environment = {**os.environ, **(env or {}), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([*launcher, module, *args], env=environment, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
 
 
 # --- dlm-decode serve (tests/test_serve*.py) ---------------------------------------------------------------------

@@ -22,11 +22,11 @@ from dlm_decode import ConfigError, load_config
 from dlm_decode.config.schema import ModelSpec
 from dlm_decode.decoder import Decoder
 from dlm_decode.models.adapter import DiffusionLM
-from dlm_decode.state import Decision, DecodeState, Window
+from dlm_decode.state import Decision, Window
 from dlm_decode.strategies.adaptive_cache import DKVCache, DKVMemory, RefreshSchedule
 from dlm_decode.testing.models import build_tiny_checkpoint
 
-from helpers import REFERENCE, assert_official_tokens
+from helpers import REFERENCE, assert_official_tokens, decode_state
 
 PRESET = "configs/decoders/dkv-cache.yaml"
 PROMPTS = ["sort 4 1 7 9 3", "hi", "reverse the word stone", "7+5=", "pick a fruit please"]
@@ -68,16 +68,7 @@ def test_generation_schedule_counts_the_decoder_steps_only():
 
 def test_delayed_store_recomputes_masks_and_the_columns_decoded_one_step_ago():
     """Two rows, prompts [5, 6] and [7] (left-padded), 4 masks each; interval 3 (schedule block, one block)."""
-    state = DecodeState.build(
-        [[5, 6], [7]],
-        max_new_tokens=4,
-        mask_token_id=3,
-        pad_token_id=0,
-        eos_token_ids=[2],
-        fill_token_id=2,
-        seeds=[0, 0],
-        stop_at_eos=False,
-    )
+    state = decode_state([[5, 6], [7]], 4, mask=3, pad=0, eos=[2], fill=2, stop_at_eos=False)
     cache = DKVCache(3, RefreshSchedule.block)
 
     def plan():

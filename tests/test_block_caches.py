@@ -15,6 +15,7 @@ from dlm_decode.models.forward import run_hf
 from dlm_decode.models.kv_store import PositionalKVCache
 from dlm_decode.state import Window
 from dlm_decode.strategies.windows import BlocksConfig, BlockWindow
+from dlm_decode.testing.models import TinySize, random_model
 from dlm_decode.testing.registry import registry_with
 
 from helpers import PROMPTS, ForwardRecorder, StepRecorder, assert_logits_close
@@ -82,19 +83,10 @@ def tiny_hf(family: str):
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[family]
-    config = config_cls(
-        vocab_size=50,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=64,
-        initializer_range=0.5,
-    )
-    config.is_causal = False
-    torch.manual_seed(0)
-    return model_cls(config).eval()
+    size: TinySize = {"max_positions": 64}
+    return random_model(
+        (config_cls, model_cls), size, vocab_size=50, num_key_value_heads=1, initializer_range=0.5, is_causal=False
+    ).eval()
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])

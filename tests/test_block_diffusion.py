@@ -272,7 +272,10 @@ def task_prompts(n_per_task: int) -> list[str]:
 class ExactForward(ModelWrapper):
     """A dLLM wrapper and observer: at every forward through a cache, compares the logits of the masked columns of
     each unfinished row's current model block with those of a full forward without cache over the same canvas,
-    and counts the steps where they differ beyond float reordering (``rtol`` 1e-4 of the logit scale)."""
+    and counts the steps where they differ beyond float reordering (``rtol`` 1e-4 of the logit scale). It reads
+    the logits of every column (the head is not restricted to the columns the step reads)."""
+
+    selects_outputs = False
 
     def __init__(self, dllm):
         super().__init__(dllm)
@@ -283,7 +286,7 @@ class ExactForward(ModelWrapper):
         self.state = state
 
     def forward(self, inputs, cache=None):
-        logits = self.dllm.forward(inputs, cache)
+        logits = self.dllm.forward(inputs.reading_all(), cache)
         self.columns += inputs.input_ids.numel()
         if cache is not None:
             state, start, end = self.state, inputs.start, inputs.end

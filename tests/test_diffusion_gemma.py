@@ -27,18 +27,11 @@ PROMPT = [2, 5, 9, 11, 7]  # 5 tokens; 2 = bos
 NEAR_GREEDY = {"t_min": 0.0, "t_max": 1e-3}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread while this module runs (restored after): the model is tiny, and on a busy 2-core machine
-    two threads made a 48-step ``generate`` take up to 20 s instead of 0.1 s."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread while this module runs
 
 
 @pytest.fixture(scope="module")
-def model(_one_thread):
+def model(one_thread):
     """The tiny model, weights from ``torch.manual_seed(0)``, SDPA attention, eval mode, CPU (43,160 parameters)."""
     text = dict(
         vocab_size=VOCAB,

@@ -21,7 +21,7 @@ from dlm_decode import ConfigError, load_config
 from dlm_decode.decoder import Decoder
 from dlm_decode.hookspecs import hookimpl
 from dlm_decode.ops import Scorer
-from dlm_decode.state import DecodeState, Proposal, Window
+from dlm_decode.state import Proposal, Window
 from dlm_decode.strategies.dinfer import (
     Credit,
     CreditConfig,
@@ -36,6 +36,7 @@ from helpers import (
     REFERENCE,
     assert_official_tokens,
     confidence_proposal,
+    decode_state,
     llada_tiny_blocks,
     official_settings,
 )
@@ -117,9 +118,7 @@ class OneRow:
 
     def __init__(self, **config):
         self.plugin = Credit(CreditConfig(**config), Scorer())
-        self.state = DecodeState.build(
-            [[1]], max_new_tokens=1, mask_token_id=0, pad_token_id=2, eos_token_ids=[3], fill_token_id=2, seeds=[0]
-        )
+        self.state = decode_state([[1]], 1, mask=0, pad=2, eos=[3], fill=2)
 
     def step(self, logits: list[float], block_start: int = 0):
         eligible = torch.tensor([[F, T]])
@@ -159,9 +158,7 @@ def test_credit_confidences_are_the_fused_softmax():
     alpha, gamma, beta = 0.7, 0.2, 0.8
     logits = [math.log(0.8), math.log(0.1), math.log(0.1)]
     plugin = Credit(CreditConfig(threshold=0.87, alpha=alpha, gamma=gamma, beta=beta), Scorer())
-    state = DecodeState.build(
-        [[1]], max_new_tokens=3, mask_token_id=0, pad_token_id=2, eos_token_ids=[3], fill_token_id=2, seeds=[0]
-    )
+    state = decode_state([[1]], 3, mask=0, pad=2, eos=[3], fill=2)
     eligible = torch.tensor([[F, T, T, F]])
     rows, cols = eligible.nonzero(as_tuple=True)
     # column 1: 0.8 alone, fused 0.8648 then 0.8896 (by hand); column 2: a steady 0.935, fused 0.9588 at once

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from dlm_decode.cli import main
 from dlm_decode.distributed import Ranks, env_ranks, gather_objects
+
+from helpers import run_module
 
 EVAL_ARGS = [
     "generation.max_new_tokens=6",
@@ -43,26 +42,8 @@ def test_two_processes_evaluate_each_example_once_with_the_single_process_result
     single, double = tmp_path / "single", tmp_path / "double"
     overrides = [f"model.dllm.path={tiny_dllm_dir}"]
     assert main(["eval", *overrides, *EVAL_ARGS, "--out", str(single)]) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launch = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nnodes",
-        "1",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "dlm_decode.cli",
-        "eval",
-        *overrides,
-        *EVAL_ARGS,
-        "--out",
-        str(double),
-    ]
-    run = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
+    launch = ["dlm_decode.cli", "eval", *overrides, *EVAL_ARGS, "--out", str(double)]
+    run_module(*launch, processes=2)
 
     one, two = read(single / "results.jsonl"), read(double / "results.jsonl")
     ids = [r["id"] for r in two]
@@ -80,7 +61,6 @@ def test_two_processes_evaluate_each_example_once_with_the_single_process_result
     assert summary_two["per_task"] == summary_one["per_task"] and summary_two["examples"] == 6
     assert summary_two["decoded_per_rank"] == [3, 3], "each example decoded once, split by rank"
 
-    rerun = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    run_module(*launch, processes=2)
     assert [r["id"] for r in read(double / "results.jsonl")] == ids, "a rerun resumes: nothing decoded twice"
     assert json.loads((double / "summary.json").read_text())["decoded_per_rank"] == [0, 0]

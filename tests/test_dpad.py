@@ -29,7 +29,7 @@ from dlm_decode.decoder import Decoder
 from dlm_decode.state import DecodeState
 from dlm_decode.strategies.dpad import DPadConfig, DPadMemory, DPadWindow, keep_probabilities
 
-from helpers import REFERENCE, FinalCanvas, assert_official_tokens, official_settings
+from helpers import REFERENCE, FinalCanvas, assert_official_tokens, decode_state, official_settings
 
 PRESET = Path(__file__).resolve().parents[1] / "configs" / "decoders" / "dpad.yaml"
 OFFICIAL = json.loads((REFERENCE / "official_dpad.json").read_text(encoding="utf-8"))
@@ -84,15 +84,7 @@ class FixedUniforms(DPadWindow):
 
 
 def small_state(prompts=((1, 2), (3, 4, 5)), new=12) -> DecodeState:
-    return DecodeState.build(
-        [list(p) for p in prompts],
-        max_new_tokens=new,
-        mask_token_id=MASK,
-        pad_token_id=0,
-        eos_token_ids=[98],
-        fill_token_id=98,
-        seeds=[0] * len(prompts),
-    )
+    return decode_state(prompts, new, mask=MASK, pad=0, eos=[98], fill=98)
 
 
 def commit(state: DecodeState, columns: range) -> None:
@@ -152,15 +144,7 @@ def test_gaussian_keep_frequencies_follow_the_density():
     """400 rows x 6 blocks of real per-row draws; each distance's keep frequency lies within 0.05 of p(d) (more than
     5 standard deviations of a frequency over 2400 draws, sqrt(0.25 / 2400) = 0.0102)."""
     config = DPadConfig(size=8, suffix_window=16, sigma=4.0, scale=2.0)
-    state = DecodeState.build(
-        [[1, 2]] * 400,
-        max_new_tokens=32,
-        mask_token_id=MASK,
-        pad_token_id=0,
-        eos_token_ids=[98],
-        fill_token_id=98,
-        seeds=list(range(400)),
-    )
+    state = decode_state([[1, 2]] * 400, 32, mask=MASK, pad=0, eos=[98], fill=98, seeds=list(range(400)))
     keep = DPadWindow(config, trim=True).keep_table(state).keep  # [400, 6, 32]
     frequency = keep.double().mean((0, 1))
     expected = torch.tensor([2 * phi(4 * d / 15) if d < 16 else 0.0 for d in range(32)], dtype=torch.float64)
@@ -174,15 +158,7 @@ def test_uniform_keeps_exactly_the_preserved_number_uniformly():
     kept with frequency 3 / 12 = 0.25 (within 0.05 over 1000 rows: > 5 standard deviations, sqrt(0.1875/1000) =
     0.0137)."""
     config = DPadConfig(size=8, suffix_window=12, dropout="uniform", preserved_tokens=3)
-    state = DecodeState.build(
-        [[1, 2]] * 1000,
-        max_new_tokens=32,
-        mask_token_id=MASK,
-        pad_token_id=0,
-        eos_token_ids=[98],
-        fill_token_id=98,
-        seeds=list(range(1000)),
-    )
+    state = decode_state([[1, 2]] * 1000, 32, mask=MASK, pad=0, eos=[98], fill=98, seeds=list(range(1000)))
     keep = DPadWindow(config, trim=True).keep_table(state).keep
     assert keep[:, :3].sum(-1).eq(3).all()  # blocks 0-2 (suffix 24, 16, 8 > 3)
     assert keep[:, 3].sum(-1).eq(0).all()  # the last block has no suffix
@@ -192,24 +168,8 @@ def test_uniform_keeps_exactly_the_preserved_number_uniformly():
 
 def test_a_row_draws_the_same_kept_sets_alone_and_in_a_batch():
     config = DPadConfig(size=4, suffix_window=8)
-    batch = DecodeState.build(
-        [[1], [2, 3, 4], [5, 6]],
-        max_new_tokens=16,
-        mask_token_id=MASK,
-        pad_token_id=0,
-        eos_token_ids=[98],
-        fill_token_id=98,
-        seeds=[5, 6, 7],
-    )
-    alone = DecodeState.build(
-        [[2, 3, 4]],
-        max_new_tokens=16,
-        mask_token_id=MASK,
-        pad_token_id=0,
-        eos_token_ids=[98],
-        fill_token_id=98,
-        seeds=[6],
-    )
+    batch = decode_state([[1], [2, 3, 4], [5, 6]], 16, mask=MASK, pad=0, eos=[98], fill=98, seeds=[5, 6, 7])
+    alone = decode_state([[2, 3, 4]], 16, mask=MASK, pad=0, eos=[98], fill=98, seeds=[6])
     window = DPadWindow(config, trim=True)
     assert torch.equal(window.keep_table(batch).keep[1], window.keep_table(alone).keep[0])
 

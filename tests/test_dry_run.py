@@ -45,52 +45,11 @@ def test_dry_run_passes_the_paper_pairing_without_weights(stand_ins, tmp_path):
     assert "family dream" in report.facts["dllm"]
     tok = dream_like_tokenizer()
     assert report.facts["special_ids"].startswith(f"mask {tok.convert_tokens_to_ids('<|mask|>')}, ")
-    assert (
-        main(
-            [
-                "generate",
-                "--dry-run",
-                "-c",
-                "configs/decoders/apd.yaml",
-                f"model.dllm.path={dream}",
-                *REMOTE,
-                f"model.ar.path={qwen}",
-                "--prompt",
-                "What is 2+2?",
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "generate",
-                "--dry-run",
-                "-c",
-                "configs/decoders/apd.yaml",
-                f"model.dllm.path={dream}",
-                *REMOTE,
-                f"model.ar.path={qwen}",
-            ]
-        )
-        == 0
-    ), "no prompt: the budget is what the contexts leave"
-    assert (
-        main(
-            [
-                "generate",
-                "--dry-run",
-                "-c",
-                "configs/decoders/apd.yaml",
-                f"model.dllm.path={dream}",
-                *REMOTE,
-                f"model.ar.path={qwen}",
-                "--prompt-budget",
-                "512",
-            ]
-        )
-        == 2
-    ), "512 + 32 > 256"
+    apd = ["generate", "--dry-run", "-c", "configs/decoders/apd.yaml", *REMOTE]
+    apd += [f"model.dllm.path={dream}", f"model.ar.path={qwen}"]
+    assert main([*apd, "--prompt", "What is 2+2?"]) == 0
+    assert main(apd) == 0, "no prompt: the budget is what the contexts leave"
+    assert main([*apd, "--prompt-budget", "512"]) == 2, "512 + 32 > 256"
 
 
 def test_dry_run_needs_trust_remote_code(stand_ins):

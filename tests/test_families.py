@@ -43,9 +43,15 @@ def test_the_config_schema_accepts_exactly_the_known_families():
     from dlm_decode.config.schema import FAMILY_NAMES, ModelSpec
     from dlm_decode.errors import FieldError
 
-    assert FAMILY_NAMES == ("auto", *FAMILIES) == ("auto", "bidirectional", "llada", "dream", "sdar", "fast_dllm_v2")
+    assert (
+        FAMILY_NAMES
+        == ("auto", *FAMILIES)
+        == ("auto", "bidirectional", "llada", "dream", "sdar", "fast_dllm_v2", "llada2", "llada_moe", "diffusion_gemma")
+    )
     assert [ModelSpec(family=name).family for name in FAMILY_NAMES] == list(FAMILY_NAMES)
     with pytest.raises(
-        FieldError, match="must be one of auto, bidirectional, llada, dream, sdar, fast_dllm_v2, got 'gpt'"
+        FieldError,
+        match="must be one of auto, bidirectional, llada, dream, sdar, fast_dllm_v2, llada2, llada_moe, "
+        "diffusion_gemma, got 'gpt'",
     ):
         ModelSpec(family="gpt")

@@ -18,11 +18,11 @@ from dlm_decode.decoder import Decoder
 from dlm_decode.errors import ConfigError
 from dlm_decode.eval.tasks import load_examples
 from dlm_decode.masks import AttentionPattern
-from dlm_decode.state import DecodeState, Window
+from dlm_decode.state import Window
 from dlm_decode.strategies.freedave import draft
 from dlm_decode.testing.toy import ToyDiffusionLM
 
-from helpers import ModelWrapper, toy_decoder
+from helpers import ModelWrapper, decode_state, toy_decoder
 
 
 def one_token_and_freedave(model, prompts, draft_steps, *overrides):
@@ -144,15 +144,7 @@ def test_drafts_are_ranked_nested_and_settled_like_a_decision():
     draft is an EOS: with stop_at_eos both canvases fill the columns after it, as the core fills a committed EOS's
     tail. Row 2 has one eligible column, so its second draft is invalid and its second canvas repeats the first."""
     mask, eos, fill = 3, 2, 2
-    state = DecodeState.build(
-        [[5], [6], [7]],
-        max_new_tokens=4,
-        mask_token_id=mask,
-        pad_token_id=0,
-        eos_token_ids=[eos],
-        fill_token_id=fill,
-        seeds=[0, 1, 2],
-    )
+    state = decode_state([[5], [6], [7]], 4, mask=mask, pad=0, eos=[eos], fill=fill, seeds=[0, 1, 2])
     eligible = state.masked.clone()
     eligible[2, 2:] = False
     window = Window(

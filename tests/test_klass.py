@@ -18,7 +18,7 @@ import torch
 from dlm_decode import ConfigError
 from dlm_decode.decoder import Decoder
 from dlm_decode.ops import Scorer
-from dlm_decode.state import DecodeState, ForwardOutput, ModelInputs, Window
+from dlm_decode.state import ForwardOutput, ModelInputs, Window
 from dlm_decode.strategies.klass import KlassConfig, KlassVerifier, Unmask, kl_divergence
 from dlm_decode.strategies.proposals import TokenProposal
 
@@ -27,6 +27,7 @@ from helpers import (
     TASK_BATCH,
     assert_batch_equals_one_by_one,
     assert_official_tokens,
+    decode_state,
     llada_tiny_blocks,
     official_settings,
 )
@@ -48,16 +49,7 @@ class Harness:
     """Verify calls on one hand-built row: prompt of 2, ``gen`` masks, blocks of ``block`` columns."""
 
     def __init__(self, config: KlassConfig, gen: int = 4, block: int = 4):
-        self.state = DecodeState.build(
-            [[1, 2]],
-            max_new_tokens=gen,
-            mask_token_id=MASK,
-            pad_token_id=0,
-            eos_token_ids=[8],
-            fill_token_id=0,
-            seeds=[0],
-            stop_at_eos=False,
-        )
+        self.state = decode_state([[1, 2]], gen, mask=MASK, pad=0, eos=[8], fill=0, stop_at_eos=False)
         self.verifier, self.block = KlassVerifier(config), block
 
     def step(self, gen_logits: torch.Tensor, block_start: int = 0) -> torch.Tensor:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -16,6 +13,8 @@ from dlm_decode.decoder import Decoder  # noqa: E402
 from dlm_decode.eval.runner import evaluate  # noqa: E402
 from dlm_decode.eval.tasks import TASKS, load_examples  # noqa: E402
 from dlm_decode.integrations.lm_eval import REPEAT_STRIDE, DlmDecodeLM, cut_at, request_seeds, write_task_suite  # noqa: E402
+
+from helpers import run_module  # noqa: E402
 
 TASK_NAMES, LIMIT, NEW = ["arith", "sort"], 3, 8
 #: A sampling decoder: answers depend on the seeds (the greedy llada.yaml gives the same answers for any seed).
@@ -229,8 +228,6 @@ def test_model_args_name_their_fix(tiny_dllm_dir):
 @pytest.mark.slow
 def test_command_line_prints_accuracy(tiny_dllm_dir, suite):
     command = [
-        sys.executable,
-        "-m",
         "dlm_decode.integrations.lm_eval",
         "--model",
         "dlm_decode",
@@ -243,10 +240,7 @@ def test_command_line_prints_accuracy(tiny_dllm_dir, suite):
         "--batch_size",
         "4",
     ]
-    run = subprocess.run(
-        command, env={**os.environ, **OFFLINE, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    run = run_module(*command)
     row = next(line for line in run.stdout.splitlines() if line.startswith(f"|{suite.stem} "))
     assert "|acc" in row, "the group's row"
 
@@ -256,8 +250,6 @@ def test_plain_lm_eval_command_with_the_embedded_pair(suite, tmp_path):
     """``lm_eval --model dlm_decode --tasks DIR``: loading the task directory imports the suite's scorer, which
     registers the model, so lm-eval's own command runs it and prints the per-task accuracy of ``dlm-decode eval``."""
     command = [
-        sys.executable,
-        "-m",
         "lm_eval",
         "--model",
         "dlm_decode",
@@ -268,10 +260,7 @@ def test_plain_lm_eval_command_with_the_embedded_pair(suite, tmp_path):
         "--batch_size",
         "16",
     ]
-    run = subprocess.run(
-        command, env={**os.environ, **OFFLINE, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    run = run_module(*command)
     rows = {
         line.split("|")[1].strip(): float(line.split("|acc")[1].split("|")[2])
         for line in run.stdout.splitlines()
@@ -287,15 +276,6 @@ def test_two_processes_split_the_requests(tiny_dllm_dir, suite, tmp_path):
     """torchrun + lm-eval's own sharding: the gathered samples equal a single process's."""
     single = run_lm_eval("dlm_decode", suite, model_args=overrides(tiny_dllm_dir))
     command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nnodes",
-        "1",
-        "--nproc_per_node",
-        "2",
-        "-m",
         "dlm_decode.integrations.lm_eval",
         "--model",
         "dlm_decode",
@@ -309,10 +289,7 @@ def test_two_processes_split_the_requests(tiny_dllm_dir, suite, tmp_path):
         "--output_path",
         str(tmp_path),
     ]
-    run = subprocess.run(
-        command, env={**os.environ, **OFFLINE, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_module(*command, processes=2)
     samples = [json.loads(line) for path in tmp_path.rglob("samples_*.jsonl") for line in path.read_text().splitlines()]
     assert sorted((s["doc"]["task"], s["doc_id"]) for s in samples) == [
         (task, j) for task in TASK_NAMES for j in range(LIMIT)

@@ -14,12 +14,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dlm_decode.api import select_top
+from dlm_decode.api import select_top, threshold_commit
 from dlm_decode.decoder import Decoder
 from dlm_decode.errors import ConfigError
 from dlm_decode.hookspecs import hookimpl
 from dlm_decode.strategies.local_leap import anchor_neighbourhood, local_leap_commit
-from dlm_decode.strategies.threshold import threshold_commit
 
 from helpers import MIXED_BATCH
 

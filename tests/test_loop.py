@@ -50,6 +50,12 @@ class _RevokesPrompt:
         return Decision(commit=window.eligible, tokens=proposal.tokens, revoke=revoke)
 
 
+class _RedrawsOnMasks:
+    @hookimpl
+    def dlm_verify(self, state, proposal, window):
+        return Decision(commit=window.eligible, tokens=proposal.tokens, redraw=window.eligible)
+
+
 class _NaNModel(ToyDiffusionLM):
     """Finite logits, except ``poison`` written into one logit of the last row's last position at step ``step``
     (and token 0's logit at the first position, always ``-inf``); ``toy`` goes to :class:`ToyDiffusionLM`."""
@@ -75,6 +81,7 @@ class _NaNModel(ToyDiffusionLM):
         (_CommitsPrompt, r"tests.bad_plugin.*committed a position the window did not make eligible.*fix"),
         (_ReturnsNone, r"tests.bad_plugin.*dlm_verify: returned None.*fix"),
         (_RevokesPrompt, r"tests.bad_plugin.*revoked a position that is not a committed generated token.*fix"),
+        (_RedrawsOnMasks, r"tests.bad_plugin.*redrew a position .* or redrew on a mask canvas.*fix"),
     ],
 )
 def test_misbehaving_plugins_are_named(plugin_cls, pattern):

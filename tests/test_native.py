@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,8 +18,9 @@ from dlm_decode.config.schema import ModelSpec
 from dlm_decode.decoder import Decoder
 from dlm_decode.models.adapter import DiffusionLM
 from dlm_decode.models.dry_run import dry_run
+from dlm_decode.testing.models import TinySize, random_model
 
-from helpers import REFERENCE, edited_copy
+from helpers import REFERENCE, decode_state, edited_copy
 from stand_ins import REMOTE
 
 LLADA, DREAM, QWEN2 = (str(REFERENCE / name) for name in ("llada-tiny", "dream-tiny", "qwen2-tiny"))
@@ -151,54 +153,66 @@ def test_dry_run_reports_the_native_family_without_weights():
 # --- errors ---------------------------------------------------------------------------------------------------
 
 
-def test_a_llada_config_the_mapping_cannot_reproduce_is_refused_naming_the_fields(tmp_path):
-    path = edited_copy(LLADA, tmp_path / "llada", config={"alibi": True, "include_bias": True})
-    with pytest.raises(
-        ModelError,
-        match=r"(?s)alibi=True \(maps only False\); include_bias=True.*"
-        r"implementation=remote",
-    ):
+@pytest.mark.parametrize(
+    ("source", "edit", "match"),
+    [
+        pytest.param(
+            LLADA,
+            {"config": {"alibi": True, "include_bias": True}},
+            r"(?s)alibi=True \(maps only False\); include_bias=True.*implementation=remote",
+            id="llada-fields-the-mapping-cannot-reproduce",
+        ),
+        pytest.param(  # LLaDA-MoE checkpoints are published with model_type llada and Hugging Face-style fields:
+            # expert fields send a llada config.json to the LLaDA-MoE mapping (tests/test_lladamoe.py), which names
+            # the fields its layout lacks
+            LLADA,
+            {
+                "config": {
+                    "hidden_size": 64,
+                    "num_hidden_layers": 2,
+                    "num_experts": 8,
+                    "num_experts_per_tok": 2,
+                    "expert_intermediate_size": 32,
+                }
+            },
+            r"(?s)has no num_attention_heads, dense_intermediate_size, moe_layer_freq, which every LLaDA-MoE "
+            r"checkpoint's config.json has.*implementation=remote",
+            id="llada-expert-fields-read-by-the-lladamoe-mapping",
+        ),
+        pytest.param(  # SDAR-30B-A3B loads natively under its own model_type, sdar_moe: the dense mapping names it
+            str(REFERENCE / "sdar-tiny"),
+            {"config": {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 16}},
+            r"(?s)a mixture of experts \(config.json has num_experts=8, num_experts_per_tok=2, "
+            r"moe_intermediate_size=16\).*dense SDAR.*loads natively as `model_type: sdar_moe` "
+            r"\(on Qwen3MoeForCausalLM\): set model_type to 'sdar_moe'",
+            id="sdar-mixture-of-experts",
+        ),
+        pytest.param(
+            DREAM,
+            {"drop": ["model.safetensors"]},
+            r"(?s)has no weights: none of model\.safetensors, model\.safetensors\.index\.json, pytorch_model\.bin.* "
+            r"in .*dream-tiny.*fix: copy the checkpoint's weights",
+            id="no-weight-files",
+        ),
+        pytest.param(
+            LLADA,
+            {"config": {"model_type": "my_dllm", "auto_map": {"AutoModel": "modeling_my.MyModel"}}},
+            r"(?s)model_type 'my_dllm', which has no native implementation.*\(modeling_my\.py\).*"
+            r"implementation=remote and model\.dllm\.trust_remote",
+            id="unknown-model-type",
+        ),
+    ],
+)
+def test_a_checkpoint_native_loading_cannot_take_is_refused_with_the_cause_and_the_fix(tmp_path, source, edit, match):
+    path = edited_copy(source, tmp_path / Path(source).name, **edit)
+    with pytest.raises(ModelError, match=match):
         DiffusionLM.from_spec(ModelSpec(path=str(path)))
+
+
+def test_the_dry_run_names_the_llada_fields_the_mapping_cannot_reproduce(tmp_path):
+    path = edited_copy(LLADA, tmp_path / "llada", config={"alibi": True, "include_bias": True})
     report = dry_run({}, [f"model.dllm.path={path}"], prompt_budget=16)
     assert report.checks() == {"implementation"} and "alibi=True" in report.errors[0].message
-
-
-def test_a_mixture_of_experts_published_as_llada_is_refused_with_the_reason(tmp_path):
-    """LLaDA-MoE checkpoints are published with model_type llada and Hugging Face-style fields."""
-    path = edited_copy(
-        LLADA,
-        tmp_path / "moe",
-        config={
-            "hidden_size": 64,
-            "num_hidden_layers": 2,
-            "num_experts": 8,
-            "num_experts_per_tok": 2,
-            "expert_intermediate_size": 32,
-        },
-    )
-    with pytest.raises(
-        ModelError,
-        match=r"(?s)a mixture of experts \(config.json has num_experts=8, "
-        r"num_experts_per_tok=2, expert_intermediate_size=32\).*dense LLaDA.*"
-        r"implementation=remote",
-    ):
-        DiffusionLM.from_spec(ModelSpec(path=str(path)))
-
-
-def test_a_mixture_of_experts_published_as_sdar_is_pointed_to_sdar_moe(tmp_path):
-    """SDAR-30B-A3B loads natively under its own model_type, sdar_moe; the dense sdar mapping names it."""
-    path = edited_copy(
-        REFERENCE / "sdar-tiny",
-        tmp_path / "moe",
-        config={"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 16},
-    )
-    with pytest.raises(
-        ModelError,
-        match=r"(?s)a mixture of experts \(config.json has num_experts=8, num_experts_per_tok=2, "
-        r"moe_intermediate_size=16\).*dense SDAR.*loads natively as `model_type: sdar_moe` "
-        r"\(on Qwen3MoeForCausalLM\): set model_type to 'sdar_moe'",
-    ):
-        DiffusionLM.from_spec(ModelSpec(path=str(path)))
 
 
 def _rewrite_weights(path, edit) -> None:
@@ -235,29 +249,6 @@ def test_weights_that_do_not_match_the_layout_are_listed(tmp_path):
     assert "1 tensor(s) missing from the checkpoint: model.layers.1.mlp.down_proj.weight" in message
     assert "1 tensor(s) in the checkpoint but not in the model: model.transformer.blocks.1.feed_out.weight" in message
     assert "1 tensor(s) of another shape: model.layers.0.self_attn.q_proj.weight" in message
-
-
-def test_missing_weight_files_name_the_directory_and_the_files_looked_for(tmp_path):
-    path = edited_copy(DREAM, tmp_path / "dream", drop=["model.safetensors"])
-    with pytest.raises(
-        ModelError,
-        match=r"(?s)has no weights: none of model\.safetensors, model\.safetensors"
-        r"\.index\.json, pytorch_model\.bin.* in .*dream.*fix: copy the checkpoint's "
-        r"weights",
-    ):
-        DiffusionLM.from_spec(ModelSpec(path=str(path)))
-
-
-def test_an_unknown_model_type_names_the_remote_implementation_as_the_fix(tmp_path):
-    path = edited_copy(
-        LLADA, tmp_path / "custom", config={"model_type": "my_dllm", "auto_map": {"AutoModel": "modeling_my.MyModel"}}
-    )
-    with pytest.raises(
-        ModelError,
-        match=r"(?s)model_type 'my_dllm', which has no native implementation.*"
-        r"\(modeling_my\.py\).*implementation=remote and model\.dllm\.trust_remote",
-    ):
-        DiffusionLM.from_spec(ModelSpec(path=str(path)))
 
 
 #: Remote code failing as the official LLaDA file does on transformers 5 (its model never calls post_init).
@@ -308,16 +299,8 @@ def _tuple_cache_checkpoint(path):
     """A remote-code LLaDA stand-in whose forward indexes the cache as tuples (TUPLE_CACHE)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=104,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        max_position_embeddings=512,
-    )
-    config.is_causal = False
-    LlamaForCausalLM(config).save_pretrained(path)
+    size: TinySize = {"hidden": 16, "layers": 1, "max_positions": 512}
+    random_model((LlamaConfig, LlamaForCausalLM), size, vocab_size=104, is_causal=False).save_pretrained(path)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(REFERENCE / "llada-tiny" / name, path / name)
     data = json.loads((path / "config.json").read_text())
@@ -355,17 +338,9 @@ def llada_verifier(tmp_path_factory):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     path = tmp_path_factory.mktemp("llada-ar")
-    torch.manual_seed(3)
-    config = LlamaConfig(
-        vocab_size=104,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-    )
-    LlamaForCausalLM(config).save_pretrained(path)
+    size: TinySize = {"seed": 3, "layers": 1, "max_positions": 512}
+    model = random_model((LlamaConfig, LlamaForCausalLM), size, vocab_size=104, tie_word_embeddings=True)
+    model.save_pretrained(path)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(REFERENCE / "llada-tiny" / name, path / name)
     return str(path)
@@ -439,14 +414,12 @@ def test_the_dream_quota_is_computed_in_dreams_float32_arithmetic(masks, steps, 
     """Dream's sampler takes ``int(m * (1 - s / t))`` with float32 scalars of ``linspace(1, eps, steps + 1)``. The
     first two cases are among the rare ones (m <= 1024, steps <= 256) where the same formula in float64 (the product,
     or the timesteps) truncates to another count."""
-    from dlm_decode.state import DecodeState, Window
+    from dlm_decode.state import Window
     from dlm_decode.strategies.verification import Schedule, TopK, TopKConfig, TopKMemory
 
     timesteps = torch.linspace(1, 1e-3, steps + 1)
     dream = int(torch.tensor(float(masks)) * (1 - timesteps[step + 1] / timesteps[step]))  # Dream's expression
-    state = DecodeState.build(
-        [[1]], max_new_tokens=masks, mask_token_id=3, pad_token_id=0, eos_token_ids=[2], fill_token_id=2, seeds=[0]
-    )
+    state = decode_state([[1]], masks, mask=3, pad=0, eos=[2], fill=2)
     window = Window(
         eligible=state.masked.clone(),
         input_end=state.width,

@@ -9,6 +9,14 @@ from dlm_decode.models.adapter import DiffusionLM
 PROMPTS_FOR_TEMPLATES = ["sort 4 1 7", " padded  ", "two\nlines", "{{ not jinja }}", "x" * 40]
 
 
+def rendered_ids(tokenizer, prompts: list[str]) -> list[list[int]]:
+    """The reference: each prompt rendered as one user turn of the tokenizer's chat template (with the generation
+    prompt), then the text tokenized without added special tokens."""
+    turns = [[{"role": "user", "content": p}] for p in prompts]
+    texts = [tokenizer.apply_chat_template(turn, tokenize=False, add_generation_prompt=True) for turn in turns]
+    return [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+
+
 @pytest.mark.parametrize(
     "template, wraps",
     [
@@ -32,13 +40,8 @@ def test_prompt_encoding_with_or_without_template_affixes_equals_the_template(te
     tokenizer.chat_template = template
     affixes = template_affixes(tokenizer)
     assert (affixes is not None) is wraps
-    expected = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": p}], tokenize=True, add_generation_prompt=True, return_dict=True
-        )["input_ids"]
-        for p in PROMPTS_FOR_TEMPLATES
-    ]
-    assert encode_prompts(tokenizer, PROMPTS_FOR_TEMPLATES, True, affixes) == [list(ids) for ids in expected]
+    expected = rendered_ids(tokenizer, PROMPTS_FOR_TEMPLATES)
+    assert encode_prompts(tokenizer, PROMPTS_FOR_TEMPLATES, True, affixes) == expected
 
 
 def test_prompt_encoding_follows_a_replaced_template_and_ignores_leftover_truncation():
@@ -51,18 +54,9 @@ def test_prompt_encoding_follows_a_replaced_template_and_ignores_leftover_trunca
     tokenizer = dllm.tokenizer
     prompts = ["sort 4 1 7", "reverse abcdefghijklmnop"]
 
-    def by_template():
-        return [
-            list(
-                tokenizer.apply_chat_template(
-                    [{"role": "user", "content": p}], tokenize=True, add_generation_prompt=True, return_dict=True
-                )["input_ids"]
-            )
-            for p in prompts
-        ]
-
-    assert dllm.chat_affixes is not None and dllm.encode(prompts) == by_template()
+    assert dllm.chat_affixes is not None and dllm.encode(prompts) == rendered_ids(tokenizer, prompts)
     tokenizer.chat_template = "{% for m in messages %}[{{ m['content'] }}]{% endfor %}"
-    assert dllm.chat_affixes == ("[", "]") and dllm.encode(prompts) == by_template()
+    assert dllm.chat_affixes == ("[", "]") and dllm.encode(prompts) == rendered_ids(tokenizer, prompts)
+    expected = rendered_ids(tokenizer, prompts)
     tokenizer("a long text that an earlier call truncated", truncation=True, max_length=4)
-    assert dllm.encode(prompts) == by_template(), "a truncation left set on the backend must not cut prompts"
+    assert dllm.encode(prompts) == expected, "a truncation left set on the backend must not cut prompts"

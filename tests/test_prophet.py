@@ -13,7 +13,7 @@ import torch
 from dlm_decode import ConfigError
 from dlm_decode.decoder import Decoder
 from dlm_decode.ops import Scorer
-from dlm_decode.state import DecodeState, ForwardOutput, ModelInputs, Window
+from dlm_decode.state import ForwardOutput, ModelInputs, Window
 from dlm_decode.strategies.prophet import (
     Base,
     Progress,
@@ -30,6 +30,7 @@ from helpers import (
     TASK_BATCH,
     assert_batch_equals_one_by_one,
     assert_official_tokens,
+    decode_state,
     llada_tiny_blocks,
     official_settings,
 )
@@ -60,16 +61,7 @@ def one_step(
 ):
     """One verify call on a hand-built state: ``logits`` ``[B, N, V]`` for the whole canvas; the window is the
     current block of ``block`` columns, widened by the verifier's own window wrapper."""
-    state = DecodeState.build(
-        prompts,
-        max_new_tokens=gen,
-        mask_token_id=MASK,
-        pad_token_id=0,
-        eos_token_ids=[8],
-        fill_token_id=0,
-        seeds=[0] * len(prompts),
-        stop_at_eos=False,
-    )
+    state = decode_state(prompts, gen, mask=MASK, pad=0, eos=[8], fill=0, stop_at_eos=False)
     verifier = ProphetVerifier(config)
     memory = verifier.memory(state)
     memory.steps = memory.steps + steps_done
@@ -156,9 +148,7 @@ def test_the_threshold_base_commits_every_confident_position_until_the_exit():
 
 def test_the_topk_schedule_gives_the_official_step_budget():
     verifier = ProphetVerifier(ProphetConfig(steps_per_block=8))
-    state = DecodeState.build(
-        [[1, 2]], max_new_tokens=32, mask_token_id=MASK, pad_token_id=0, eos_token_ids=[8], fill_token_id=0, seeds=[0]
-    )
+    state = decode_state([[1, 2]], 32, mask=MASK, pad=0, eos=[8], fill=0)
     window = Window(
         eligible=state.masked, input_end=state.width, block_start=torch.tensor([2]), block_end=torch.tensor([18])
     )

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from dlm_decode.ops import Scorer
-from dlm_decode.state import DecodeState, ForwardOutput, ModelInputs, Window
+from dlm_decode.state import ForwardOutput, ModelInputs, Window
 from dlm_decode.strategies.proposals import TokenProposal, filter_logits
+
+from helpers import decode_state
 
 INF = float("inf")
 #: One row over four tokens, probabilities 0.1, 0.6, 0.05, 0.25: sorted, the most likely token is 1, then 3, 0, 2,
@@ -101,16 +103,7 @@ MASK = 3
 def one_step(logits_per_column: list[list[float]]):
     """One row, prompt ``[5, 6]``, 3 generated columns (2, 3, 4); columns 2 and 4 masked and eligible, column 3
     already decided as token 7. ``logits_per_column`` gives the logits of columns 2, 3, 4."""
-    state = DecodeState.build(
-        [[5, 6]],
-        max_new_tokens=3,
-        mask_token_id=MASK,
-        pad_token_id=0,
-        eos_token_ids=[2],
-        fill_token_id=0,
-        seeds=[0],
-        stop_at_eos=False,
-    )
+    state = decode_state([[5, 6]], 3, mask=MASK, pad=0, eos=[2], fill=0, stop_at_eos=False)
     state.canvas[0, 3] = 7
     state.masked = state.canvas == MASK
     logits = torch.zeros(1, state.width, len(logits_per_column[0]))

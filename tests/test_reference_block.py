@@ -30,7 +30,6 @@ import torch
 from safetensors.torch import load_file
 
 from dlm_decode.config.schema import ModelSpec
-from dlm_decode.decoder import Decoder
 from dlm_decode.masks import AttentionPattern
 from dlm_decode.models.adapter import DiffusionLM
 
@@ -39,7 +38,8 @@ from helpers import (
     SDAR_EVALUATION_DECODER,
     SDAR_SCRIPT_DECODER,
     assert_logits_close,
-    sdar_equivalent,
+    decode_cases,
+    decode_like_sdar,
     until_stop,
 )
 
@@ -109,18 +109,7 @@ def test_the_official_sdar_decoders_are_matched_token_for_token(sdar, key, cache
     a shorter row has beyond its official end form later blocks, which no earlier block sees."""
     cases = GROUPS[key]
     arguments = cases[0]["arguments"]
-    width = max(len(case["generated"]) for case in cases)
-    decoder = Decoder.from_config(
-        [],
-        [
-            f"model.dllm.path={REFERENCE / 'sdar-tiny'}",
-            *sdar_equivalent(cases[0]["decoder"], arguments),
-            f"decoder.cache={cache}",
-            f"generation.max_new_tokens={width}",
-            "generation.batch_size=5",
-        ],
-    )
-    out = decoder.generate([OFFICIAL["prompts"][case["prompt"]] for case in cases])
+    out = decode_like_sdar(REFERENCE / "sdar-tiny", OFFICIAL["prompts"], cases, cache)
     assert len({len(ids) for ids in OFFICIAL["prompt_ids"]["sdar"]}) > 1
     stops = arguments["stopping_criteria_idx"]
     for case, ids in zip(cases, out.token_ids, strict=True):
@@ -187,18 +176,7 @@ def test_fast_dllm_v2_generate_is_matched_token_for_token(fast_v2, key, cache):
     another approximation than ``dual``'s), 5 prompts each, in one batch of mixed prompt lengths."""
     cases = V2_GROUPS[key]
     arguments = cases[0]["arguments"]
-    width = max(len(case["generated"]) for case in cases)
-    decoder = Decoder.from_config(
-        [],
-        [
-            f"model.dllm.path={REFERENCE / 'fastdllm-v2-tiny'}",
-            *v2_equivalent(arguments),
-            f"decoder.cache={cache}",
-            f"generation.max_new_tokens={width}",
-            "generation.batch_size=5",
-        ],
-    )
-    out = decoder.generate([OFFICIAL["prompts"][case["prompt"]] for case in cases])
+    out = decode_cases(REFERENCE / "fastdllm-v2-tiny", v2_equivalent(arguments), OFFICIAL["prompts"], cases, cache)
     stops = [arguments["stop_token"]]
     for case, ids in zip(cases, out.token_ids, strict=True):
         official = until_stop(case["generated"], stops)

@@ -11,9 +11,7 @@ must take as many Python calls for 64 tokens as for 2 (no loop over tokens, nor 
 
 from __future__ import annotations
 
-import copy
 import json
-import sys
 from collections import defaultdict
 
 import pytest
@@ -21,11 +19,19 @@ import torch
 from safetensors.torch import load_file
 
 from dlm_decode.config.schema import ModelSpec
-from dlm_decode.decoder import Decoder
 from dlm_decode.masks import AttentionPattern
 from dlm_decode.models.adapter import DiffusionLM
 
-from helpers import REFERENCE, SDAR_EVALUATION_DECODER, assert_logits_close, sdar_equivalent, until_stop
+from helpers import (
+    REFERENCE,
+    SDAR_EVALUATION_DECODER,
+    assert_dispatch_calls_do_not_grow,
+    assert_logits_close,
+    decode_like_sdar,
+    first_layer_experts,
+    until_stop,
+    with_topk_renormalised,
+)
 
 CHECKPOINT = REFERENCE / "sdar-moe-tiny"
 OFFICIAL = json.loads((REFERENCE / "official_sdar_moe.json").read_text(encoding="utf-8"))
@@ -77,19 +83,12 @@ def test_native_logits_and_masks_equal_the_official_ones(sdar_moe, recorded, nam
 def test_the_router_picks_the_official_experts_and_the_comparison_sees_a_wrong_router(sdar_moe, recorded):
     """The first sparse layer routes the tokens of the ``full`` forward to the experts the official router chose
     (several pairs occur); the same model without the top-k renormalisation no longer gives the official logits."""
-    chosen = []
-    hook = sdar_moe.model.model.layers[0].mlp.gate.register_forward_hook(lambda m, i, out: chosen.append(out[2]))
-    try:
-        logits(sdar_moe.model, recorded, "full")
-    finally:
-        hook.remove()
+    inputs = {part: recorded[f"full.{part}"] for part in ("input_ids", "position_ids")}
+    chosen = first_layer_experts(sdar_moe.model, **inputs, attention_mask=recorded["full.mask"])
     official = OFFICIAL["first_sparse_layer_experts"]
-    assert chosen[0].sort(dim=-1).values.tolist() == [sorted(pair) for pair in official]
+    assert chosen == [sorted(pair) for pair in official]
     assert len({tuple(sorted(pair)) for pair in official}) >= 5
-    unnormalised = copy.deepcopy(sdar_moe.model)
-    for layer in unnormalised.model.layers:
-        if hasattr(layer.mlp, "gate"):
-            layer.mlp.gate.norm_topk_prob = False
+    unnormalised = with_topk_renormalised(sdar_moe.model, False)
     with pytest.raises(AssertionError):
         assert_logits_close(logits(unnormalised, recorded, "full")[0], recorded["full.logits"][0])
 
@@ -98,27 +97,7 @@ def test_expert_dispatch_takes_as_many_python_calls_for_64_tokens_as_for_2(sdar_
     """transformers 5's Qwen3-MoE experts run ``grouped_mm`` (sort the token-expert pairs by expert, one grouped
     matrix product per projection): the Python calls of a sparse block do not grow with the tokens or the experts
     they reach."""
-    block = sdar_moe.model.model.layers[0].mlp
-    assert sdar_moe.model.config._experts_implementation == "grouped_mm"
-    generator = torch.Generator().manual_seed(0)
-
-    def python_calls(tokens: int) -> int:
-        hidden = torch.randn(1, tokens, sdar_moe.model.config.hidden_size, generator=generator)
-        count = 0
-
-        def profile(frame, event, arg):
-            nonlocal count
-            count += event == "call"
-
-        sys.setprofile(profile)
-        try:
-            with torch.no_grad():
-                block(hidden)
-        finally:
-            sys.setprofile(None)
-        return count
-
-    assert python_calls(64) == python_calls(2)
+    assert_dispatch_calls_do_not_grow(sdar_moe.model)
 
 
 def _groups() -> dict[str, list[dict]]:
@@ -143,17 +122,8 @@ def test_the_official_evaluation_decoder_is_matched_token_for_token(key, cache):
     5 prompts, left-padded; the official decoder stops at a stop id, so each row is compared up to it."""
     cases = GROUPS[key]
     arguments = cases[0]["arguments"]
-    decoder = Decoder.from_config(
-        [],
-        [
-            f"model.dllm.path={CHECKPOINT}",
-            *sdar_equivalent(SDAR_EVALUATION_DECODER, arguments),
-            f"decoder.cache={cache}",
-            f"generation.max_new_tokens={max(len(case['generated']) for case in cases)}",
-            "generation.batch_size=5",
-        ],
-    )
-    out = decoder.generate([OFFICIAL["prompts"][case["prompt"]] for case in cases])
+    assert {case["decoder"] for case in cases} == {SDAR_EVALUATION_DECODER}
+    out = decode_like_sdar(CHECKPOINT, OFFICIAL["prompts"], cases, cache)
     assert len({len(ids) for ids in OFFICIAL["prompt_ids"]}) > 1
     for case, ids in zip(cases, out.token_ids, strict=True):
         official = until_stop(case["generated"], arguments["stopping_criteria_idx"])

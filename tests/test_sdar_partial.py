@@ -16,7 +16,7 @@ import pytest
 
 from dlm_decode.decoder import Decoder
 
-from helpers import REFERENCE, SDAR_EVALUATION_DECODER, official_settings, sdar_equivalent, until_stop
+from helpers import REFERENCE, SDAR_EVALUATION_DECODER, decode_like_sdar, official_settings, until_stop
 
 OFFICIAL = json.loads((REFERENCE / "official_sdar_partial.json").read_text(encoding="utf-8"))
 OFFICIAL_BLOCK = json.loads((REFERENCE / "official_block.json").read_text(encoding="utf-8"))
@@ -36,26 +36,6 @@ def official_commits(masks_per_forward: list[int]) -> list[int]:
     return [before - after for before, after in zip(masks_per_forward, masks_per_forward[1:], strict=False) if before]
 
 
-def decode(cases: list[dict], verification: list[str], cache: str = "none"):
-    """The cases' prompts in one left-padded batch under SDAR's evaluation decoder's overrides, the official
-    verification replaced by ``verification`` when it is given."""
-    arguments = cases[0]["arguments"]
-    overrides = sdar_equivalent(cases[0]["decoder"], arguments)
-    if verification:
-        overrides = [o for o in overrides if not o.startswith("decoder.verification")] + verification
-    decoder = Decoder.from_config(
-        [],
-        [
-            f"model.dllm.path={REFERENCE / 'sdar-tiny'}",
-            *overrides,
-            f"decoder.cache={cache}",
-            f"generation.max_new_tokens={max(len(case['generated']) for case in cases)}",
-            "generation.batch_size=5",
-        ],
-    )
-    return decoder.generate([OFFICIAL["prompts"][case["prompt"]] for case in cases])
-
-
 def test_the_fixture_holds_partial_first_blocks_at_4_and_8_tokens_per_step():
     assert [len(ids) % 8 for ids in OFFICIAL["prompt_ids"]] == [2, 3, 1, 1, 4]
     assert {setting(case) for case in OFFICIAL["cases"]} == {(4, 1.0), (8, 1.0), (4, 0.9)}
@@ -68,7 +48,7 @@ def test_the_fixture_holds_partial_first_blocks_at_4_and_8_tokens_per_step():
 @pytest.mark.parametrize("key", list(GROUPS))
 def test_threshold_with_min_tokens_k_gives_the_official_tokens_and_commits(key, cache):
     cases = GROUPS[key]
-    out = decode(cases, [], cache)
+    out = decode_like_sdar(REFERENCE / "sdar-tiny", OFFICIAL["prompts"], cases, cache)
     stops = cases[0]["arguments"]["stopping_criteria_idx"]
     for case, ids, stats in zip(cases, out.token_ids, out.stats, strict=True):
         official = until_stop(case["generated"], stops)
@@ -81,7 +61,8 @@ def test_topk_re_spreads_a_partial_first_block_and_is_not_sdars_decoder():
     """At k = 4 and threshold 1.0, ``topk`` splits the first block's 6, 5, 7, 7, 4 masks evenly; the official decoder
     commits 4 first. The tokens differ on at least one prompt (the finding of issue #25, item 6(a))."""
     cases = next(cases for cases in GROUPS.values() if setting(cases[0]) == (4, 1.0))
-    out = decode(cases, ["decoder.verification=topk", "decoder.verification.tokens_per_step=4"])
+    topk = ["decoder.verification=topk", "decoder.verification.tokens_per_step=4"]
+    out = decode_like_sdar(REFERENCE / "sdar-tiny", OFFICIAL["prompts"], cases, "none", topk)
     assert [stats.commits_per_step[:2] for stats in out.stats] == [[3, 3], [3, 2], [4, 3], [4, 3], [4, 4]]
     stops = cases[0]["arguments"]["stopping_criteria_idx"]
     differing = [

@@ -16,14 +16,14 @@ from collections import defaultdict
 import pytest
 import torch
 
-from dlm_decode.api import ForwardPlan, ModelInputs, Proposal, Window
+from dlm_decode.api import ForwardPlan, ModelInputs, Window
 from dlm_decode.decoder import Decoder
 from dlm_decode.errors import ConfigError
 from dlm_decode.hookspecs import hookimpl
 from dlm_decode.state import DecodeState
 from dlm_decode.strategies.slow_fast import SlowFastConfig, SlowFastVerifier, farthest_confident
 
-from helpers import MIXED_BATCH, REFERENCE, assert_official_tokens, llada_tiny_blocks
+from helpers import MIXED_BATCH, REFERENCE, assert_official_tokens, confidence_proposal, decode_state, llada_tiny_blocks
 
 PRESET = "configs/decoders/slow-fast.yaml"
 
@@ -45,15 +45,7 @@ class Rows:
 
 def _state(width: int = 8) -> DecodeState:
     """One row: a 2-column prompt and ``width - 2`` masks (mask id 0)."""
-    return DecodeState.build(
-        [[5, 6]],
-        max_new_tokens=width - 2,
-        mask_token_id=0,
-        pad_token_id=1,
-        eos_token_ids=[2],
-        fill_token_id=1,
-        seeds=[0],
-    )
+    return decode_state([[5, 6]], width - 2, mask=0, pad=1, eos=[2], fill=1)
 
 
 def _step(verifier, state, confidence):
@@ -66,16 +58,7 @@ def _step(verifier, state, confidence):
         block_start=torch.tensor([state.gen_start]),
         block_end=torch.tensor([width]),
     )
-    proposal = Proposal(
-        tokens=torch.full_like(state.canvas, 7),
-        confidence=confidence * state.masked,
-        rows=None,
-        cols=None,
-        logits=None,
-        temperature=0.0,
-        noise=None,
-        scorer=None,
-    )
+    proposal = confidence_proposal(confidence * state.masked, state.masked, token=7)
     decision = verifier.dlm_verify(state=state, forward=None, proposal=proposal, window=window)
     state.apply(decision)
     return decision.commit[0].tolist()

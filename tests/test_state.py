@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from dlm_decode.state import Decision, DecodeState, first_of
+from dlm_decode.state import Decision, first_of
+
+from helpers import decode_state
 
 MASK, PAD, EOS, FILL = 3, 0, 2, 2
 
 
 def build(prompts=([5, 6, 7], [8]), max_new=5):
-    return DecodeState.build(
-        [list(p) for p in prompts],
-        max_new_tokens=max_new,
-        mask_token_id=MASK,
-        pad_token_id=PAD,
-        eos_token_ids=[EOS],
-        fill_token_id=FILL,
-        seeds=[0] * len(prompts),
-    )
+    return decode_state(prompts, max_new, mask=MASK, pad=PAD, eos=[EOS], fill=FILL)
 
 
 def decision(state, commits: dict[tuple[int, int], int], revoke=()):
@@ -94,15 +88,7 @@ def test_an_eos_id_inside_the_prompt_does_not_end_the_row():
 def test_with_several_eos_ids_a_row_ends_at_the_first_of_any():
     """Rows end at whichever EOS id comes first, not at the first id of the list (e.g. end of turn vs end of text)."""
     END_OF_TURN = 9
-    state = DecodeState.build(
-        [[5], [5]],
-        max_new_tokens=4,
-        mask_token_id=MASK,
-        pad_token_id=PAD,
-        eos_token_ids=[EOS, END_OF_TURN],
-        fill_token_id=FILL,
-        seeds=[0, 0],
-    )
+    state = decode_state([[5], [5]], 4, mask=MASK, pad=PAD, eos=[EOS, END_OF_TURN], fill=FILL)
     state.apply(decision(state, {(0, 1): 7, (0, 2): END_OF_TURN, (1, 1): EOS, (1, 2): END_OF_TURN}))
     assert state.generated() == [[7, END_OF_TURN], [EOS]]
     assert state.canvas[0, 3:].tolist() == [FILL, FILL] and state.finished.tolist() == [True, True]
@@ -115,16 +101,7 @@ def test_first_of_finds_the_earliest_of_several_targets():
 
 
 def test_without_stop_at_eos_every_position_is_decoded_and_the_ids_still_end_at_the_first_eos():
-    state = DecodeState.build(
-        [[5, 6]],
-        max_new_tokens=4,
-        mask_token_id=MASK,
-        pad_token_id=PAD,
-        eos_token_ids=[EOS],
-        fill_token_id=FILL,
-        seeds=[0],
-        stop_at_eos=False,
-    )
+    state = decode_state([[5, 6]], 4, mask=MASK, pad=PAD, eos=[EOS], fill=FILL, stop_at_eos=False)
     start = state.gen_start
     state.apply(decision(state, {(0, start + 1): EOS}))
     assert state.masked[0, start:].tolist() == [True, False, True, True], "nothing filled after the EOS"
@@ -135,14 +112,5 @@ def test_without_stop_at_eos_every_position_is_decoded_and_the_ids_still_end_at_
 
 
 def test_the_excluded_ids_are_the_mask_id_and_the_undecodable_ones():
-    state = DecodeState.build(
-        [[5]],
-        max_new_tokens=2,
-        mask_token_id=MASK,
-        pad_token_id=PAD,
-        eos_token_ids=[EOS],
-        fill_token_id=FILL,
-        seeds=[0],
-        excluded_token_ids=[7, 5, 7],
-    )
+    state = decode_state([[5]], 2, mask=MASK, pad=PAD, eos=[EOS], fill=FILL, excluded_token_ids=[7, 5, 7])
     assert state.excluded_ids.tolist() == [MASK, 5, 7]

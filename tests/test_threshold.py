@@ -145,7 +145,7 @@ def test_factor_must_be_positive():
 def test_min_tokens_commits_at_least_that_many_of_the_most_confident():
     """SDAR's dynamic rule: everything above τ when at least k pass, else the k most confident (never an
     ineligible position, never more than the eligible ones)."""
-    from dlm_decode.strategies.threshold import threshold_commit
+    from dlm_decode.api import threshold_commit
 
     confidence = torch.tensor([[0.9, 0.5, 0.4, 0.1, 0.95]])
     eligible = torch.tensor([[True, True, True, True, False]])

@@ -157,8 +157,10 @@ def _can_compile_on_cpu() -> bool:
 def test_compiled_training_matches_eager_training(kind, tokenizer):
     """``--compile`` changes how the forwards run, not what is trained: same data, masks and updates."""
     arch = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
-    runs = [train.train(kind, tokenizer, steps=3, batch_size=8, lr=1e-2, seed=0, log_every=100, compile=compiled,
-                        arch=arch)[0] for compiled in (False, True)]  # fmt: skip
+    runs = [
+        train.train(kind, tokenizer, common.TrainingRun(steps=3, batch_size=8, lr=1e-2, compile=compiled), arch)[0]
+        for compiled in (False, True)
+    ]
     eager, compiled = (dict(model.named_parameters()) for model in runs)
     assert eager.keys() == compiled.keys()
     for name, value in eager.items():  # three AdamW steps of lr 1e-2 move weights by about 3e-2: a difference of

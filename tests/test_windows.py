@@ -15,23 +15,16 @@ from dlm_decode.masks import AttentionPattern
 from dlm_decode.state import Decision, DecodeState
 from dlm_decode.strategies.windows import BlockWindow, LookaheadWindow
 
+from helpers import decode_state
+
 MASK, TOKEN = 3, 10
 PROMPTS = [[5, 6], [7], [8, 9]]
 
 
 def state_with(committed: list[list[int]], attention: AttentionPattern | None = None) -> DecodeState:
     """The canvas of the module docstring with ``committed[row]`` (generated offsets) decided as ``TOKEN``."""
-    state = DecodeState.build(
-        PROMPTS,
-        max_new_tokens=6,
-        mask_token_id=MASK,
-        pad_token_id=0,
-        eos_token_ids=[2],
-        fill_token_id=0,
-        seeds=[0, 1, 2],
-        stop_at_eos=False,
-        **({} if attention is None else {"attention": attention}),
-    )
+    options = {} if attention is None else {"attention": attention}
+    state = decode_state(PROMPTS, 6, mask=MASK, pad=0, eos=[2], fill=0, seeds=[0, 1, 2], stop_at_eos=False, **options)
     commit = torch.zeros_like(state.masked)
     for row, offsets in enumerate(committed):
         commit[row, [state.gen_start + offset for offset in offsets]] = True
@@ -92,15 +85,8 @@ def test_block_tables_follow_a_new_canvas_layout():
     width computes its own blocks."""
     plugin = BlockWindow(2)
     assert eligible_columns(plugin.dlm_window(state_with([[0], [], []]))) == [[3], [2, 3], [2, 3]]
-    other = DecodeState.build(
-        [[5, 6, 7]],
-        max_new_tokens=3,
-        mask_token_id=MASK,
-        pad_token_id=0,
-        eos_token_ids=[2],
-        fill_token_id=0,
-        seeds=[0],
-        stop_at_eos=False,
+    other = decode_state(
+        [[5, 6, 7]], 3, mask=MASK, pad=0, eos=[2], fill=0, stop_at_eos=False
     )  # generated columns 3, 4, 5
     window = plugin.dlm_window(other)
     assert eligible_columns(window) == [[3, 4]]

@@ -16,7 +16,7 @@ from dlm_decode.state import DecodeState, ForwardOutput, ForwardPlan, ModelInput
 from dlm_decode.testing.models import build_tiny_checkpoint
 from dlm_decode.testing.toy import ToyDiffusionLM
 
-from helpers import PROMPTS16, assert_logits_close
+from helpers import PROMPTS16, assert_logits_close, decode_state
 
 NEVER = float("-inf")
 PRESET = Path(__file__).resolve().parents[1] / "configs" / "decoders" / "wino.yaml"
@@ -82,13 +82,13 @@ def partly_decoded(decoder: Decoder, prompts: list[str], new_tokens: int, seed: 
     """A state with random tokens committed at random generated columns, and a window whose blocks differ per
     row (row r < 3: block ``[g + 2r, g + 2r + 8 - 3r)`` clipped to the canvas), so the shadow block is ragged."""
     dllm = decoder.dllm
-    state = DecodeState.build(
+    state = decode_state(
         dllm.encode(prompts),
-        max_new_tokens=new_tokens,
-        mask_token_id=dllm.mask_token_id,
-        pad_token_id=dllm.pad_token_id,
-        eos_token_ids=dllm.eos_token_ids,
-        fill_token_id=dllm.fill_token_id,
+        new_tokens,
+        mask=dllm.mask_token_id,
+        pad=dllm.pad_token_id,
+        eos=dllm.eos_token_ids,
+        fill=dllm.fill_token_id,
         seeds=list(range(len(prompts))),
     )
     generator = torch.Generator().manual_seed(seed)

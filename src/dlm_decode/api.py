@@ -7,9 +7,11 @@ registered through the very path an installed package takes (see ``docs/writing-
   ``dlm_register(registry)`` adds strategies to a :class:`StrategyRegistry` (``registry.add(role, name,
   config_cls, factory)``, role one of :data:`ROLES`).
 * **building**: a factory ``factory(config, context)`` gets its validated config dataclass (validate fields in
-  ``__post_init__`` with :func:`check_field`, and a per-block step schedule's ``steps_per_block`` and
-  ``tokens_per_step`` with :func:`check_step_schedule`) and a :class:`BuildContext`: the loaded dLLM, the
-  structured config, the scoring backend, and :meth:`BuildContext.load_causal_lm` for another model of the config.
+  ``__post_init__`` with :func:`check_field`, a value in ``[0, 1]`` with :func:`check_probability`, and a per-block
+  step schedule's ``steps_per_block`` and ``tokens_per_step`` with :func:`check_step_schedule`) and a
+  :class:`BuildContext`: the loaded dLLM, the structured config, the scoring backend,
+  :meth:`BuildContext.load_causal_lm` for another model of the config, and :meth:`BuildContext.check_window_blocks`
+  for a window of blocks on a block-causal model.
 * **the step's values**: :class:`DecodeState` (the canvas, per-batch plugin memory with
   :meth:`DecodeState.memory`, per-row statistics with :meth:`DecodeState.add_row_stat`, per-row noise),
   :class:`Window`, :class:`ForwardPlan`, :class:`ModelInputs`, :class:`ForwardOutput`, :class:`Proposal`,
@@ -27,14 +29,14 @@ registered through the very path an installed package takes (see ``docs/writing-
 
 from dlm_decode.config.step_schedule import check_step_schedule
 from dlm_decode.context import BuildContext
-from dlm_decode.errors import ConfigError, StrategyError, check_field
+from dlm_decode.errors import ConfigError, StrategyError, check_field, check_probability
 from dlm_decode.hookspecs import hookimpl
 from dlm_decode.masks import bidirectional_mask, position_ids_from_mask
 from dlm_decode.models.causal import CausalLM, check_shared_tokenizer, crop_cache, new_cache
 from dlm_decode.models.kv_store import PositionalKVCache
 from dlm_decode.ops import Scorer
 from dlm_decode.registry import ROLES, StrategyRegistry
-from dlm_decode.selection import first_true_columns, select_top
+from dlm_decode.selection import first_true_columns, select_top, threshold_commit
 from dlm_decode.state import (
     AR_FORWARDS,
     Decision,
@@ -69,6 +71,7 @@ __all__ = [
     "Window",
     "bidirectional_mask",
     "check_field",
+    "check_probability",
     "check_shared_tokenizer",
     "check_step_schedule",
     "crop_cache",
@@ -77,4 +80,5 @@ __all__ = [
     "new_cache",
     "position_ids_from_mask",
     "select_top",
+    "threshold_commit",
 ]

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from dlm_decode.config.compose import ResolvedConfig
 from dlm_decode.config.schema import Config, ModelSpec
+from dlm_decode.errors import ConfigError
 from dlm_decode.masks import BIDIRECTIONAL, AttentionPattern
 from dlm_decode.models.causal import CausalLM
 from dlm_decode.models.loading import load_hf
@@ -36,6 +37,23 @@ class BuildContext:
     def attention(self) -> AttentionPattern:
         """The dLLM's attention pattern (bidirectional for an adapter that declares none)."""
         return getattr(self.dllm, "attention", BIDIRECTIONAL)
+
+    def check_window_blocks(self, size: int, window: str) -> None:
+        """Refuse a window whose blocks of ``size`` columns cannot nest with the dLLM's blocks
+        (:meth:`AttentionPattern.nests`): one of its blocks (a ``window`` block, named so in the message) would
+        straddle the model's blocks.
+
+        :raises ConfigError: on ``decoder.window.size``, naming the model's block size and the sizes that fit.
+        """
+        pattern = self.attention
+        if not pattern.nests(size):
+            raise ConfigError(
+                "decoder.window.size",
+                f"{size} neither divides nor is a multiple of the dLLM's block size {pattern.block_size} ({pattern}):"
+                f" a {window} block would straddle the model's blocks, so part of it would be decided while the"
+                " model cannot yet see it as the current block",
+                f"set decoder.window.size to a divisor or a multiple of {pattern.block_size}",
+            )
 
     @property
     def config(self) -> Config:

@@ -13,10 +13,11 @@ from dlm_decode.config.compose import ResolvedConfig, Source, load_config
 from dlm_decode.config.schema import SEED_MAX, SEED_MIN
 from dlm_decode.context import BuildContext
 from dlm_decode.dispatch import Roles, decoder_manager
-from dlm_decode.errors import InputError
+from dlm_decode.errors import ConfigError, InputError
 from dlm_decode.loop import decode, run_steps, stable_ends
 from dlm_decode.masks import BIDIRECTIONAL
 from dlm_decode.models.adapter import DiffusionLM
+from dlm_decode.models.dllm import adapt, load_dllm
 from dlm_decode.models.fingerprint import weights_fingerprint
 from dlm_decode.ops import get_scorer
 from dlm_decode.plugins import get_registry, tracing_enabled
@@ -143,16 +144,27 @@ class Decoder:
     ):
         self.config = config
         self.registry = registry or get_registry()
-        self.dllm = dllm or DiffusionLM.from_spec(config.config.model.dllm)
+        self.dllm = dllm or load_dllm(config.config.model.dllm)
         self.scorer = get_scorer(config.config.generation.kernels, key="generation.kernels")
         context = BuildContext(resolved=config, dllm=self.dllm, scorer=self.scorer)
+        refused = getattr(self.dllm, "refused_strategies", {})  # (role, name) -> why, for a model that has some
+        for role in ROLES:
+            name = config.strategies[role][0]
+            if (role, name) in refused:
+                family = getattr(getattr(self.dllm, "family", None), "name", "this")
+                raise ConfigError(
+                    f"decoder.{role}",
+                    f"{name!r} does not apply to the {family} model: {refused[role, name]}",
+                    fix=f"choose another decoder.{role} (docs/block-diffusion.md lists what applies)",
+                )
         self.strategies = {}
         for role in ROLES:
             name, params = config.strategies[role]
             spec = self.registry.get(role, name)
             self.strategies[role] = (spec, spec.factory(params, context))
         self.models = [getattr(self.dllm, "model", None), *context.loaded]
-        self.manager = decoder_manager(self.strategies, observers)
+        # a model may bring hooks of its own (DiffusionGemma's self-conditioning and forward extras)
+        self.manager = decoder_manager(self.strategies, (*getattr(self.dllm, "hooks", ()), *observers))
         self.roles = Roles(
             self.manager, {role: spec for role, (spec, _) in self.strategies.items()}, direct=not tracing_enabled()
         )
@@ -193,7 +205,7 @@ class Decoder:
         config = (
             source if isinstance(source, ResolvedConfig) else load_config(source, overrides, kwargs.get("registry"))
         )
-        return cls(config, dllm=DiffusionLM.from_loaded(model, tokenizer, config.config.model.dllm), **kwargs)
+        return cls(config, dllm=adapt(model, tokenizer, config.config.model.dllm), **kwargs)
 
     @property
     def weights_hash(self) -> str:
@@ -272,6 +284,14 @@ class Decoder:
         self, encoded: list[list[int]], first_index: int, max_new_tokens: int, seeds: Sequence[int]
     ) -> DecodeState:
         """The initial state of one batch of token id lists (checked against the model's context)."""
+        noise_vocab = getattr(self.dllm, "noise_vocab", None)
+        block = getattr(getattr(self.dllm, "attention", None), "block_size", None)
+        if noise_vocab is not None and block and max_new_tokens % block:
+            raise InputError(
+                f"max_new_tokens is {max_new_tokens}; a uniform-noise model ({self.dllm.family.name}) draws and "
+                f"decodes whole blocks of {block} tokens",
+                fix=f"use a multiple of {block} for max_new_tokens (generation.max_new_tokens)",
+            )
         for offset, ids in enumerate(encoded):
             index = first_index + offset
             if len(ids) + max_new_tokens > self.dllm.max_context:
@@ -293,6 +313,7 @@ class Decoder:
             excluded_token_ids=self.dllm.undecodable_ids,
             stop_at_eos=self.generation.stop_at_eos,
             attention=getattr(self.dllm, "attention", BIDIRECTIONAL),
+            noise_vocab=noise_vocab,
         )
 
     def _untokenizable(self, prompts: list[str], first_index: int, exc: Exception) -> InputError:

@@ -9,16 +9,41 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pluggy
+import torch
 
 from dlm_decode.errors import PluginError, StrategyError
 from dlm_decode.hookspecs import hookimpl
-from dlm_decode.plugins import check_pending, new_manager, register, registered_name
+from dlm_decode.plugins import _switch, check_pending, new_manager, register, registered_name
 from dlm_decode.registry import ROLE_HOOKS, StrategySpec
+from dlm_decode.selection import first_true_columns
 from dlm_decode.state import Decision, DecodeState, ForwardOutput, ForwardPlan, ModelInputs, Proposal, Window
+
+#: Environment switch: compute the output head at every input column (``ModelInputs.outputs`` None), as before
+#: the head was computed at the columns a step reads only; read when a decoder is built.
+FULL_LOGITS_ENV = "DLM_DECODE_FULL_LOGITS"
+
+
+def output_queries(window: Window, start: int, end: int) -> torch.Tensor | None:
+    """``[B, W]`` long, per row the ``W = window.width`` consecutive queries of ``[start, end)`` from its first
+    eligible column (moved back to fit before ``end``), which hold all its eligible columns; None when the window
+    has no width or the span is no wider."""
+    width = window.width
+    if width is None or width >= end - start:
+        return None
+    first = first_true_columns(window.eligible)  # [B]; 0 for a row with none (it reads nothing)
+    low = first.clamp(start, end - width) - start
+    return low[:, None] + torch.arange(width, device=low.device)
 
 
 class CoreInputs:
-    """Default ``dlm_model_inputs``: the plan's span of the canvas with a bidirectional mask over it."""
+    """Default ``dlm_model_inputs``: the plan's span of the canvas with a bidirectional mask over it, and the
+    queries whose logits the step reads (:func:`output_queries`; every query with ``full_logits``).
+
+    :param full_logits: leave ``outputs`` None (None: read :data:`FULL_LOGITS_ENV`).
+    """
+
+    def __init__(self, full_logits: bool | None = None):
+        self.full_logits = _switch(FULL_LOGITS_ENV) if full_logits is None else full_logits
 
     @hookimpl(trylast=True)
     def dlm_model_inputs(self, state: DecodeState, window: Window, plan: ForwardPlan) -> ModelInputs:
@@ -31,7 +56,10 @@ class CoreInputs:
             input_ids, position_ids = state.canvas[:, start:end], state.position_ids[:, start:end]
         if window.visible is not None:
             mask = mask & window.visible[:, None, None, first_key:last_key]
-        return ModelInputs(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, start=start, end=end)
+        outputs = None if self.full_logits else output_queries(window, start, end)
+        return ModelInputs(
+            input_ids=input_ids, position_ids=position_ids, attention_mask=mask, start=start, end=end, outputs=outputs
+        )
 
 
 def decoder_manager(

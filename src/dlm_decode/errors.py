@@ -79,3 +79,8 @@ def check_field(condition: bool, field: str, message: str, fix: str | None = Non
     """Raise :class:`FieldError` for ``field`` unless ``condition`` holds (for config ``__post_init__``)."""
     if not condition:
         raise FieldError(field, message, fix)
+
+
+def check_probability(value: float, field: str, fix: str | None = None) -> None:
+    """:func:`check_field` for a probability (a confidence threshold, say): ``value`` must lie in ``[0, 1]``."""
+    check_field(0.0 <= value <= 1.0, field, f"must be in [0, 1], got {value}", fix)

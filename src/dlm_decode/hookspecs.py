@@ -59,8 +59,9 @@ def dlm_window(state: DecodeState) -> Window:
     :param state: the decoding state; ``state.canvas`` is ``[B, N]``.
     :return: a :class:`~dlm_decode.state.Window`: ``eligible`` ``[B, N]`` bool (a subset of the masked generated
         positions of unfinished rows), ``input_end`` (the model sees columns ``[0, input_end)``), optional
-        ``visible`` ``[B, N]`` bool (per-row keys the model may attend to), and the per-row current block
-        ``block_start`` / ``block_end`` ``[B]`` long.
+        ``visible`` ``[B, N]`` bool (per-row keys the model may attend to), the per-row current block
+        ``block_start`` / ``block_end`` ``[B]`` long, and optional ``width``, a host bound on each row's eligible
+        span (the output head then runs at that many columns per row).
     """
 
 
@@ -81,7 +82,9 @@ def dlm_model_inputs(state: DecodeState, window: Window, plan: ForwardPlan) -> M
     the model's attention pattern). Wrappers may extend the result: append positions after the span with their own
     mask rows (WINO's shadow block), or append rows after the batch (FreeDave's drafted canvases: ``[B * D, S]``,
     rows ``[B * j, B * (j + 1))`` holding the wrapper's canvas ``j``). Rows ``[0, B)`` and columns ``[0, end - start)``
-    stay the plain canvas: proposals and the core's checks read only those.
+    stay the plain canvas: proposals and the core's checks read only those. ``outputs`` (``[B, W]`` query indices,
+    or None for all) names the queries whose logits the step reads: a wrapper that reads others appends them (WINO's
+    shadow slots), or calls ``inputs.reading_all()``.
 
     :return: :class:`~dlm_decode.state.ModelInputs` with ``input_ids`` ``[B, S]``, ``position_ids`` ``[B, S]``,
         ``attention_mask`` ``[B, 1, S, K]`` bool.
@@ -92,7 +95,9 @@ def dlm_model_inputs(state: DecodeState, window: Window, plan: ForwardPlan) -> M
 def dlm_propose(state: DecodeState, forward: ForwardOutput, window: Window) -> Proposal:
     """Propose a token and its scores for every eligible position.
 
-    :param forward: ``forward.logits`` is ``[B, S, V]`` for canvas columns ``[forward.start, forward.start + S)``.
+    :param forward: read its logits with ``forward.at(rows, cols)`` / ``forward.columns(first, last)`` (canvas
+        columns) and ``forward.extra(rows, slots)`` (a wrapper's extra positions): they are computed at
+        ``ModelInputs.outputs`` only.
     :return: a :class:`~dlm_decode.state.Proposal` with ``tokens`` and ``confidence`` ``[B, N]``, meaningful where
         ``window.eligible``; sampling proposals keep their Gumbel noise for later coupling.
     """
@@ -104,8 +109,13 @@ def dlm_verify(state: DecodeState, forward: ForwardOutput, proposal: Proposal, w
 
     :return: a :class:`~dlm_decode.state.Decision`: ``commit`` ``[B, N]`` bool (a subset of ``window.eligible``,
         at least one per unfinished row), ``tokens`` ``[B, N]`` long (read where ``commit``), optional
-        ``revoke`` ``[B, N]`` bool (committed generated positions of the row's current window block only, from a
-        plugin that declares ``revokes = True``). The core checks these contracts and raises
+        ``revoke`` and ``edit`` ``[B, N]`` bool (committed generated positions only; of the row's current model
+        block for a block-causal model; a revocation inside the row's current window block; either from a plugin
+        that declares ``revokes = True``), optional ``hold`` ``[B]`` bool (block-causal models: the row's block
+        stays current although it has no mask left; such a row's next step may commit nothing), and on a noise
+        canvas (a uniform-noise model, ``state.noise_vocab`` set) optional ``redraw`` ``[B, N]`` bool (eligible
+        undecided positions whose token is rewritten, undecided still; a row that redraws need not commit; no
+        revoke, edit or hold there). The core checks these contracts and raises
         :class:`~dlm_decode.errors.PluginError` naming the plugin when one is broken.
     """
 

@@ -58,6 +58,8 @@ DEFAULT_PLUGINS = (
     "dlm_decode.strategies.dpad",
     "dlm_decode.strategies.freedave",
     "dlm_decode.strategies.adaptive_cache",
+    "dlm_decode.strategies.editing",
+    "dlm_decode.strategies.uniform_noise",
 )
 
 

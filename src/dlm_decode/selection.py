@@ -41,3 +41,17 @@ def first_true_columns(mask: torch.Tensor, default: int | torch.Tensor | None = 
     """
     first = mask.view(torch.uint8).argmax(-1)  # argmax takes no bool; a uint8 view costs nothing
     return first if default is None else torch.where(mask.any(-1), first, default)
+
+
+def threshold_commit(
+    confidence: torch.Tensor, eligible: torch.Tensor, threshold: float, min_tokens: int = 1
+) -> torch.Tensor:
+    """The eligible positions with ``confidence >= threshold``, plus each row's ``min_tokens`` most confident
+    eligible ones.
+
+    :param confidence: ``[B, N]`` float.
+    :param eligible: ``[B, N]`` bool.
+    :return: ``[B, N]`` bool, empty only for rows without an eligible position.
+    """
+    quota = None if min_tokens == 1 else torch.full_like(confidence[:, 0], min_tokens, dtype=torch.long)
+    return ((confidence >= threshold) & eligible) | select_top(confidence, eligible, quota)

@@ -8,7 +8,7 @@ Every row shares the column where generation starts (``gen_start``), because pro
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -34,6 +34,9 @@ class Window:
     :ivar block_end: ``[B]`` long, one past the last column of each row's current block.
     :ivar visible: optional ``[B, N]`` bool: keys each row may attend to (None: every column before
         ``input_end``); used to cut rows at different lengths without other rows changing their view.
+    :ivar width: a bound, known on the host, on each row's eligible span (its last eligible column minus its first,
+        plus one): the core then computes the output head at that many columns per row only (see
+        :attr:`ModelInputs.outputs`); None: no bound (the head at every input column).
     """
 
     eligible: torch.Tensor
@@ -41,6 +44,7 @@ class Window:
     block_start: torch.Tensor
     block_end: torch.Tensor
     visible: torch.Tensor | None = None
+    width: int | None = None
 
 
 @dataclass
@@ -71,7 +75,14 @@ class ModelInputs:
     :ivar attention_mask: ``[B, 1, S, K]`` bool, true where a query may attend to a key.
     :ivar start: canvas column of the first query; query ``i < end - start`` is canvas column ``start + i``.
     :ivar end: one past the last canvas column; queries past ``end - start`` are extra positions added by a
-        wrapper (e.g. shadow positions), which read their logits from ``ForwardOutput.logits``.
+        wrapper (e.g. shadow positions), which read their logits with :meth:`ForwardOutput.extra`.
+    :ivar outputs: ``[B, W]`` long, the queries (indices into the ``S`` columns) whose logits the step reads,
+        per row (the core's default: the ``Window.width`` columns around each row's eligible positions); a wrapper
+        that reads more appends its queries, or sets None. None: every query. A model whose ``selects_outputs`` is
+        true computes its output head at these queries only.
+    :ivar extras: model-specific inputs, name -> value, that the model's own hooks add and its adapter reads
+        (DiffusionGemma's self-conditioning logits, which its adapter passes to the model as keyword arguments,
+        and each row's block start); empty for the other models.
     """
 
     input_ids: torch.Tensor
@@ -79,17 +90,31 @@ class ModelInputs:
     attention_mask: torch.Tensor
     start: int
     end: int
+    outputs: torch.Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def reading_all(self) -> ModelInputs:
+        """These inputs with the logits of every query computed (``outputs`` None), for a strategy that reads
+        every column of the span."""
+        return replace(self, outputs=None)
 
 
 @dataclass
 class ForwardOutput:
-    """The dLLM's answer for one step.
+    """The dLLM's answer for one step. Strategies read it through :meth:`at`, :meth:`columns` and :meth:`extra`,
+    which hide its layout; reading a column the forward did not compute is reported by the loop (one flag in its
+    step's host read) as an error naming the strategies.
 
-    :ivar logits: ``[B, S, V]`` float, ``logits[:, i]`` predicts canvas column ``inputs.start + i``.
+    :ivar logits: ``[B, S, V]`` float, ``logits[:, i]`` predicts canvas column ``inputs.start + i`` (``outputs``
+        None); or ``[B, W, V]``, ``logits[b, j]`` predicting query ``outputs[b, j]``.
+    :ivar outputs: ``[B, W]`` long, the queries the logits were computed at (the model selected
+        ``inputs.outputs``), or None.
     """
 
     logits: torch.Tensor
     inputs: ModelInputs
+    outputs: torch.Tensor | None = None
+    _reads: list[torch.Tensor] = field(default_factory=list, repr=False)
 
     @property
     def start(self) -> int:
@@ -97,7 +122,43 @@ class ForwardOutput:
 
     def at(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Logits of canvas positions ``(rows[k], cols[k])``: ``[K]`` long each -> ``[K, V]``."""
-        return self.logits[rows, cols - self.inputs.start if self.inputs.start else cols]
+        return self._queries(rows, cols - self.inputs.start if self.inputs.start else cols)
+
+    def extra(self, rows: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """Logits of the extra positions a wrapper appended after the span (slot ``i``: query ``end - start + i``):
+        ``[K]`` long rows and slots -> ``[K, V]``."""
+        return self._queries(rows, slots + (self.inputs.end - self.inputs.start))
+
+    def columns(self, first: int, last: int) -> torch.Tensor:
+        """Logits of canvas columns ``[first, last)`` of every row: ``[B, last - first, V]``."""
+        low, high = first - self.inputs.start, last - self.inputs.start
+        if self.outputs is None:
+            return self.logits[:, low:high]
+        slots = self._slot_table[:, low:high]
+        self._reads.append(slots)
+        return self.logits.gather(1, slots.clamp(min=0)[..., None].expand(-1, -1, self.logits.shape[-1]))
+
+    def _queries(self, rows: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        if self.outputs is None:
+            return self.logits[rows, queries]
+        slots = self._slot_table[rows, queries]
+        self._reads.append(slots)
+        return self.logits[rows, slots]
+
+    @cached_property
+    def _slot_table(self) -> torch.Tensor:
+        """``[B, S]`` long, the logits column of each query, -1 where none was computed (needs ``outputs``)."""
+        outputs = self.outputs
+        assert outputs is not None
+        table = torch.full(self.inputs.input_ids.shape, -1, dtype=torch.long, device=outputs.device)
+        return table.scatter_(1, outputs, torch.arange(outputs.shape[1], device=outputs.device).expand_as(outputs))
+
+    def missed(self) -> list[torch.Tensor]:
+        """A bool scalar on the device, true when a read asked for a column the forward did not compute (in a list,
+        empty when every column was computed or nothing was read)."""
+        if not self._reads:
+            return []
+        return [(torch.cat([slots.flatten() for slots in self._reads]) < 0).any()]
 
 
 @dataclass
@@ -152,11 +213,24 @@ class Decision:
     :ivar commit: ``[B, N]`` bool, positions to fill (a subset of the window's eligible positions).
     :ivar tokens: ``[B, N]`` long, the tokens to write where ``commit``.
     :ivar revoke: optional ``[B, N]`` bool, committed generated positions to turn back into masks.
+    :ivar edit: optional ``[B, N]`` bool, committed generated positions whose token is replaced by ``tokens``;
+        they stay decided (token-to-token editing, LLaDA 2.1's). Not filled positions, and for a block-causal model
+        only inside the row's current model block.
+    :ivar hold: optional ``[B]`` bool, rows whose current model block stays current for the next step although
+        this decision leaves no mask in it (a post-step in which a rule may edit the block again); a held row is
+        unfinished. Only for a block-causal model.
+    :ivar redraw: optional ``[B, N]`` bool, undecided positions whose token is replaced by ``tokens`` without
+        deciding them (a subset of the window's eligible positions); only on a noise canvas
+        (:attr:`DecodeState.noise_vocab`), whose undecided positions hold tokens: a uniform-noise sampler keeps its
+        accepted samples there and re-noises the rest.
     """
 
     commit: torch.Tensor
     tokens: torch.Tensor
     revoke: torch.Tensor | None = None
+    edit: torch.Tensor | None = None
+    hold: torch.Tensor | None = None
+    redraw: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -245,14 +319,20 @@ class DecodeState:
         id, and ids the tokenizer cannot decode (a head wider than the vocabulary, e.g. Dream's 152,064 logits for
         151,667 tokens), so no strategy can propose them.
     :ivar generators: one ``torch.Generator`` per row, seeded per request.
-    :ivar masked: ``[B, N]`` bool, ``canvas == mask_token_id`` (only generated columns hold the mask id: prompts
-        never do, see :meth:`build`).
+    :ivar masked: ``[B, N]`` bool, the undecided positions: ``canvas == mask_token_id`` (only generated columns
+        hold the mask id: prompts never do, see :meth:`build`); on a noise canvas, kept explicitly.
     :ivar filled: ``[B, N]`` bool, positions after a row's first EOS, written with ``fill_token_id`` (none unless
         ``stop_at_eos``).
     :ivar previous_canvas: ``[B, N]`` long, the canvas before the last step (see :attr:`changed`).
-    :ivar finished: ``[B]`` bool, rows with no mask left (before their first EOS, when ``stop_at_eos``).
+    :ivar finished: ``[B]`` bool, rows with no mask left (before their first EOS, when ``stop_at_eos``) and not
+        held.
+    :ivar held: ``[B]`` bool, rows whose last decision held their current model block open (:attr:`Decision.hold`).
+    :ivar holding: whether the last decision had a ``hold`` (a Python bool: without one, :attr:`held` is all false
+        and the core skips the held rows' special cases without reading the device).
     :ivar step: number of completed steps.
-    :ivar commits: per step, ``[B]`` long commits (0 for rows already finished, at least 1 for the others).
+    :ivar commits: per step, ``[B]`` long commits (0 for rows already finished and, in a held row's post-steps,
+        possibly 0; at least 1 for the other rows).
+    :ivar active: per step, ``[B]`` bool, the rows unfinished at its start (those its forward decoded).
     :ivar row_stats: per-row statistics plugins publish, name -> ``[B]`` tensor (WINO's revocation counts, APD's
         AR forwards); each row's :class:`~dlm_decode.decoder.RowStats` reports them (:data:`AR_FORWARDS` in its own
         field, the others in ``extra``), and so do eval summaries. Plugins keep per-batch data with
@@ -267,6 +347,15 @@ class DecodeState:
     :ivar input_limit: one past the last column any forward may cover: the largest end of an unfinished row's
         current model block for a block-causal model (kept by the loop), the canvas width otherwise (the canvas
         width at construction).
+    :ivar noise_vocab: None for a mask canvas (undecided positions hold the mask id). For a uniform-noise model
+        (DiffusionGemma), ``V``: a *noise canvas*, whose undecided positions of each row's current model block hold
+        tokens drawn uniformly from ``[0, V)`` by the row's generator when the row enters the block
+        (:meth:`fill_noise`); :attr:`masked` is then kept explicitly ("undecided"), the mask id is only the
+        placeholder of the blocks not entered yet and is not excluded from the logits, an EOS counts only where
+        decided, a decision may :attr:`~Decision.redraw` undecided tokens, and revocations, edits and holds are
+        refused.
+    :ivar entered: ``[B]`` bool, on a noise canvas, the unfinished rows whose current model block changed in the
+        last :meth:`apply` (the loop reads it in its host synchronisation and calls :meth:`fill_noise`).
     :ivar pad_token_id: the token of padding columns (None: ``fill_token_id`` for the columns :meth:`regroup` adds).
 
     A batch regrouped for continuous batching (:meth:`regroup`) may also pad rows on the right: a row whose
@@ -289,17 +378,23 @@ class DecodeState:
     finished: torch.Tensor
     step: int = 0
     commits: list[torch.Tensor] = field(default_factory=list)
+    active: list[torch.Tensor] = field(default_factory=list)
+    held: torch.Tensor = field(init=False)
+    holding: bool = False
     row_stats: dict[str, torch.Tensor] = field(default_factory=dict)
     first_index: int = 0
     stop_at_eos: bool = True
     attention: AttentionPattern = BIDIRECTIONAL
+    noise_vocab: int | None = None
     input_limit: int = field(init=False)
+    entered: torch.Tensor | None = field(default=None, repr=False)
     pad_token_id: int | None = None
     _memories: dict[int, Any] = field(default_factory=dict, repr=False)
     _model_block: tuple[int, tuple[torch.Tensor, torch.Tensor]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.input_limit = self.canvas.shape[1]
+        self.held = torch.zeros_like(self.finished)
 
     @classmethod
     def build(
@@ -317,17 +412,21 @@ class DecodeState:
         excluded_token_ids: Sequence[int] = (),
         stop_at_eos: bool = True,
         attention: AttentionPattern = BIDIRECTIONAL,
+        noise_vocab: int | None = None,
     ) -> DecodeState:
         """Left-pad ``prompts`` (token id lists) and append ``max_new_tokens`` masks to each.
 
-        The state tells masked positions by their token, so only generated columns may hold the mask id.
+        The state tells masked positions by their token, so only generated columns may hold the mask id. With
+        ``noise_vocab`` (a noise canvas, see :attr:`noise_vocab`) the first block of every row is filled with
+        noise from its generator, the generator's first draws.
 
         :param first_index: the index of ``prompts[0]`` in the caller's request, for error messages.
         :param excluded_token_ids: ids never proposed besides the mask id (see :attr:`excluded_ids`).
         :param stop_at_eos: see :attr:`stop_at_eos`.
         :param attention: see :attr:`attention`.
+        :param noise_vocab: see :attr:`noise_vocab`.
         :raises ValueError: the pad or fill id is the mask id.
-        :raises InputError: a prompt holds the mask id.
+        :raises InputError: a prompt holds the mask id (on a mask canvas).
         """
         if mask_token_id in (pad_token_id, fill_token_id):
             raise ValueError(
@@ -337,7 +436,7 @@ class DecodeState:
                 )
             )
         for row, prompt in enumerate(prompts):
-            if mask_token_id in prompt:
+            if noise_vocab is None and mask_token_id in prompt:
                 raise InputError(
                     f"prompt {first_index + row} contains the dLLM's mask token (id {mask_token_id}); the decoder "
                     "fills only the generated region, so a mask inside the prompt would stay there",
@@ -354,6 +453,7 @@ class DecodeState:
             device=device,
         )
         real = torch.arange(canvas.shape[1], device=device) >= torch.tensor(pads, device=device)[:, None]
+        generated = torch.arange(width, canvas.shape[1], device=device)
         generators = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
         finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
         state = cls(
@@ -364,17 +464,27 @@ class DecodeState:
             mask_token_id=mask_token_id,
             eos_token_ids=torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long, device=device),
             fill_token_id=fill_token_id,
-            excluded_ids=torch.tensor(sorted({mask_token_id, *excluded_token_ids}), dtype=torch.long, device=device),
+            excluded_ids=torch.tensor(
+                sorted({*excluded_token_ids, *([mask_token_id] if noise_vocab is None else [])}),
+                dtype=torch.long,
+                device=device,
+            ),
             generators=generators,
-            masked=canvas == mask_token_id,
+            masked=canvas == mask_token_id
+            if noise_vocab is None
+            else torch.zeros_like(real).index_fill(1, generated, True),
             filled=torch.zeros_like(real),
             previous_canvas=canvas,
             finished=finished,
             first_index=first_index,
             stop_at_eos=stop_at_eos,
             attention=attention,
+            noise_vocab=noise_vocab,
             pad_token_id=pad_token_id,
         )
+        if noise_vocab is not None:
+            state.fill_noise(list(range(len(prompts))))
+            state.previous_canvas = state.canvas
         if attention.block_causal:  # the first generated column of every row is its first mask
             state.input_limit = int(state.model_block()[1].max())
         return state
@@ -392,9 +502,11 @@ class DecodeState:
 
     @property
     def joinable(self) -> bool:
-        """Whether :meth:`regroup` can take this batch: a bidirectional model, and every memory a
+        """Whether :meth:`regroup` can take this batch: a bidirectional model on a mask canvas, and every memory a
         :class:`RowMemory` (true before the first step, when there is no memory yet)."""
-        return not self.attention.block_causal and all(isinstance(m, RowMemory) for m in self._memories.values())
+        if self.attention.block_causal or self.noise_vocab is not None:
+            return False
+        return all(isinstance(memory, RowMemory) for memory in self._memories.values())
 
     def regroup(self, keep: Sequence[int], joining: DecodeState | None = None) -> DecodeState:
         """The batch of rows ``keep`` of this one (in that order) followed by the rows of ``joining``, a batch
@@ -403,17 +515,22 @@ class DecodeState:
         Both batches are re-padded to a common layout: the longest prompt sets ``gen_start`` (more left padding) and
         the longest generation the width (right padding for shorter rows, see the class docstring). No row sees a
         padding column, so every row keeps the logits it would have alone. Every memory follows its rows
-        (:meth:`RowMemory.relayout`); ``row_stats`` and ``commits`` too (0 for the joining rows at earlier steps).
+        (:meth:`RowMemory.relayout`); ``row_stats``, ``commits`` and ``active`` too (0 for the joining rows at
+        earlier steps).
         ``step`` keeps counting this batch's steps.
 
-        :raises ValueError: a block-causal model, a memory that is no :class:`RowMemory` (see :attr:`joinable`), or
-            a ``joining`` batch that took a step or decodes with other special ids.
+        :raises ValueError: a block-causal model or a noise canvas, a memory that is no :class:`RowMemory` (see
+            :attr:`joinable`), or a ``joining`` batch that took a step or decodes with other special ids.
         """
         if not self.joinable:
             raise ValueError(
                 with_fix(
                     "this batch cannot be regrouped: "
-                    + ("its model is block-causal" if self.attention.block_causal else "a memory is no RowMemory"),
+                    + (
+                        "its model is block-causal or has a noise canvas"
+                        if self.attention.block_causal or self.noise_vocab is not None
+                        else "a memory is no RowMemory"
+                    ),
                     "wait until the batch finishes, and start the new rows as a batch of their own",
                 )
             )
@@ -467,6 +584,7 @@ class DecodeState:
         )
         change = Relayout(rows, state.batch_size - rows.shape[0], gen_start - self.gen_start, width, self.width)
         state.commits = [change.rows_of(commits, 0) for commits in self.commits]
+        state.active = [change.rows_of(active, False) for active in self.active]
         state.row_stats = {name: change.rows_of(values, 0) for name, values in self.row_stats.items()}
         for key, memory in self._memories.items():
             moved = memory.relayout(change, state)
@@ -499,6 +617,26 @@ class DecodeState:
             if count
         ]
         return torch.cat(parts)
+
+    def fill_noise(self, rows: list[int]) -> None:
+        """On a noise canvas, write tokens drawn uniformly from ``[0, noise_vocab)`` into the undecided columns of
+        the current model block of each row of ``rows`` (for a bidirectional model, the generated region): one
+        draw of the block's size from each row's generator, in the order of ``rows``, so a row's noise does not
+        depend on its batch. Called when rows enter a block (:meth:`build`, the loop)."""
+        assert self.noise_vocab is not None, "fill_noise is for noise canvases"
+        size = self.attention.block_size or self.width - self.gen_start
+        device = self.canvas.device
+        draws = torch.stack(
+            [torch.randint(0, self.noise_vocab, (size,), generator=self.generators[row], device=device) for row in rows]
+        )
+        index = torch.tensor(rows, device=device)
+        start, end = (bound[index] for bound in self.model_block())
+        cols = start.clamp(min=self.gen_start)[:, None] + torch.arange(size, device=device)  # [R, size]
+        inside = cols < end[:, None]
+        cols = cols.clamp(max=self.width - 1)
+        undecided = inside & self.masked[index[:, None], cols]
+        current = self.canvas[index[:, None], cols]
+        self.canvas = self.canvas.index_put((index[:, None], cols), torch.where(undecided, draws, current))
 
     def uniform_noise(self, counts: list[int]) -> torch.Tensor:
         """``[sum(counts)]`` float64 uniforms in [0, 1), ``counts[b]`` drawn from row ``b``'s generator."""
@@ -541,9 +679,10 @@ class DecodeState:
         return self.attention.blocks(self.attention_mask, self.gen_start).expand_as(self.canvas)
 
     def model_block(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each row's current model block, the one holding its first mask: ``start``, ``end`` ``[B]`` long columns
-        (the whole canvas for a bidirectional model; meaningless for finished rows). Computed once per step: the
-        masks change only in :meth:`apply`, which counts the step."""
+        """Each row's current model block, the one holding its first mask, or for a :attr:`held` row the one
+        holding its last decided column before the first mask or filled position: ``start``, ``end`` ``[B]`` long
+        columns (the whole canvas for a bidirectional model; meaningless for finished rows). Computed once per step:
+        the masks change only in :meth:`apply`, which counts the step."""
         kept = self._model_block
         if kept is None or kept[0] != self.step:
             kept = self._model_block = (self.step, self._current_model_block())
@@ -551,7 +690,11 @@ class DecodeState:
 
     def _current_model_block(self) -> tuple[torch.Tensor, torch.Tensor]:
         blocks = self.model_blocks
-        current = blocks.gather(1, first_true_columns(self.masked, self.gen_start)[:, None])  # [B, 1]
+        anchor = first_true_columns(self.masked, self.gen_start)
+        if self.attention.block_causal:  # a held row's block ends before its first undecided column
+            held_at = first_true_columns(self.masked | self.filled, self.width) - 1
+            anchor = torch.where(self.held, held_at, anchor)
+        current = blocks.gather(1, anchor[:, None])  # [B, 1]
         inside = blocks == current
         start = first_true_columns(inside)
         return start, start + inside.sum(-1)
@@ -600,6 +743,8 @@ class DecodeState:
         eos = self.is_eos(self.canvas if canvas is None else canvas)
         if self.prompt_has_eos:
             eos = eos & self.generated_columns
+        if self.noise_vocab is not None:  # undecided positions of a noise canvas hold noise, not tokens
+            eos = eos & ~self.masked
         # at least one EOS so far, not counting this column's first; never a right padding column (regroup)
         return (eos.cumsum(dim=-1) > eos) & self.attention_mask
 
@@ -607,37 +752,67 @@ class DecodeState:
         """Write a (checked) decision into the canvas and settle EOS and termination.
 
         With :attr:`stop_at_eos`, positions after a row's first EOS become ``fill_token_id`` and count as decided;
-        if a revocation removes that EOS, the filled tail becomes masked again. (On bool tensors ``a > b`` is
-        ``a & ~b`` in one op.)
+        if a revocation or an edit removes that EOS, the filled tail becomes masked again. (On bool tensors ``a > b``
+        is ``a & ~b`` in one op.)
+
+        On a noise canvas the undecided positions are kept explicitly: commits decide, redraws rewrite undecided
+        tokens, revocations, edits and holds are refused by the loop (and ignored here), and :attr:`entered` is set.
 
         :return: ``[B]`` long commits per row this step (not counting positions the EOS fill overwrote).
         """
         before = self.canvas
-        self.canvas = torch.where(decision.commit, decision.tokens, self.canvas)
-        if decision.revoke is not None:  # reopen the filled tails too: the tail is settled again below
-            self.canvas = self.canvas.masked_fill(decision.revoke | self.filled, self.mask_token_id)
-        tail = self.filled  # all false without stop_at_eos
-        if self.stop_at_eos:
-            tail = self.after_first_eos()
-            self.canvas = self.canvas.masked_fill(tail, self.fill_token_id)
-        self.masked = self.canvas == self.mask_token_id
+        if self.noise_vocab is not None:
+            entered_from = self.model_block()[0]  # the blocks before the step (cached for this step)
+            tail = self._write_noisy(decision)
+        else:
+            written = decision.commit if decision.edit is None else decision.commit | decision.edit
+            self.canvas = torch.where(written, decision.tokens, self.canvas)
+            if decision.revoke is not None or decision.edit is not None:  # reopen the filled tails: settled below
+                reopened = self.filled if decision.revoke is None else decision.revoke | self.filled
+                self.canvas = self.canvas.masked_fill(reopened, self.mask_token_id)
+            tail = self.filled  # all false without stop_at_eos
+            if self.stop_at_eos:
+                tail = self.after_first_eos()
+                self.canvas = self.canvas.masked_fill(tail, self.fill_token_id)
+            self.masked = self.canvas == self.mask_token_id
         self.filled = tail
         self.previous_canvas = before
         # commits that survive: one after an EOS committed in the same step is filled, not generated; 0 for
         # finished rows (their windows are empty, checked after apply)
         commits = (decision.commit > tail).sum(-1)
         self.commits.append(commits)
+        self.active.append(~self.finished)
+        if decision.hold is not None:  # only a block the step left without masks stays open
+            start, end = self.model_block()
+            open_block = (self.masked & (self.columns >= start[:, None]) & (self.columns < end[:, None])).any(-1)
+            self.held = decision.hold & ~open_block & ~self.finished
+        elif self.holding:  # a decision without holds releases the rows held so far
+            self.held = torch.zeros_like(self.held)
+        self.holding = decision.hold is not None
         self.step += 1
-        self.finished = ~self.masked.any(-1)
+        self.finished = ~self.masked.any(-1) & ~self.held
+        if self.noise_vocab is not None:
+            self.entered = (self.model_block()[0] != entered_from) & ~self.finished
         return commits
+
+    def _write_noisy(self, decision: Decision) -> torch.Tensor:
+        """:meth:`apply`'s writes on a noise canvas; returns the EOS tail."""
+        written = decision.commit if decision.redraw is None else decision.commit | decision.redraw
+        self.canvas = torch.where(written, decision.tokens, self.canvas)
+        self.masked = self.masked & ~decision.commit
+        tail = self.filled
+        if self.stop_at_eos:
+            tail = self.after_first_eos()
+            self.canvas = self.canvas.masked_fill(tail, self.fill_token_id)
+            self.masked = self.masked & ~tail
+        return tail
 
     @property
     def nfe(self) -> torch.Tensor:
-        """``[B]`` long, dLLM forwards each row took part in while unfinished (also its number of steps): the
-        steps in which it committed, since every unfinished row commits and no finished row does."""
-        if not self.commits:
+        """``[B]`` long, dLLM forwards each row took part in while unfinished (also its number of steps)."""
+        if not self.active:
             return torch.zeros(self.batch_size, dtype=torch.long, device=self.canvas.device)
-        return (torch.stack(self.commits) > 0).sum(0)
+        return torch.stack(self.active).sum(0)
 
     @property
     def changed(self) -> torch.Tensor:

@@ -125,17 +125,24 @@ def _added_tokens(specials: dict[int, str]) -> dict[str, dict]:
     }
 
 
-def build_llada_tokenizer(directory: Path) -> int:
-    """LLaDA's tokenizer layout at a tiny scale: a character vocabulary, then LLaDA's special tokens (a
-    ``PreTrainedTokenizerFast`` with ``tokenizer.json``, no mask_token attribute). Returns its size."""
+def character_tokenizer(directory: Path, specials: tuple[str, ...]) -> dict[str, int]:
+    """Write ``directory/tokenizer.json``: one token per printable character, then ``specials`` (added special
+    tokens). Returns the vocabulary."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
-    vocab = {token: i for i, token in enumerate(_CHARACTERS + LLADA_SPECIALS)}
+    vocab = {token: i for i, token in enumerate(_CHARACTERS + specials)}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=None))
     core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     core.decoder = decoders.Fuse()
-    core.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in LLADA_SPECIALS])
+    core.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
     core.save(str(directory / "tokenizer.json"))
+    return vocab
+
+
+def build_llada_tokenizer(directory: Path) -> int:
+    """LLaDA's tokenizer layout at a tiny scale: a character vocabulary, then LLaDA's special tokens (a
+    ``PreTrainedTokenizerFast`` with ``tokenizer.json``, no mask_token attribute). Returns its size."""
+    vocab = character_tokenizer(directory, LLADA_SPECIALS)
     specials = {vocab[t]: t for t in LLADA_SPECIALS}
     _write_json(
         directory / "tokenizer_config.json",

@@ -147,10 +147,12 @@ def _qwen_tensors(
     hidden: int,
     qk_norm: bool,
     head_std: float = 1.0,
+    width: int = HEAD,
 ) -> dict[str, torch.Tensor]:
-    """Random weights under transformers' Qwen3 (``qk_norm``: per-head q/k RMSNorm, no biases) or Qwen2 names."""
+    """Random weights under transformers' Qwen3 (``qk_norm``: per-head q/k RMSNorm, no biases) or Qwen2 names, with
+    ``width`` embedding rows and logits."""
     head_dim = d // heads
-    tensors = {"model.embed_tokens.weight": _normal(g, HEAD, d, std=1.0)}
+    tensors = {"model.embed_tokens.weight": _normal(g, width, d, std=1.0)}
     for i in range(layers):
         layer = f"model.layers.{i}."
         _qwen_linears(tensors, g, layer, d, heads, kv_heads, hidden, qkv_bias=not qk_norm)
@@ -160,7 +162,7 @@ def _qwen_tensors(
         tensors[layer + "input_layernorm.weight"] = 1.0 + _normal(g, d, std=0.1)
         tensors[layer + "post_attention_layernorm.weight"] = 1.0 + _normal(g, d, std=0.1)
     tensors["model.norm.weight"] = 1.0 + _normal(g, d, std=0.1)
-    tensors["lm_head.weight"] = _normal(g, HEAD, d, std=head_std)
+    tensors["lm_head.weight"] = _normal(g, width, d, std=head_std)
     return tensors
 
 

@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -53,8 +52,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record_block import _SHIMS, EOS_BOOST, HEAD, _qwen_tensors, block_causal, build_sdar  # noqa: E402
+from record_sdar_partial import DECODER, evaluation_runs  # noqa: E402
 
-from record import GEN_LENGTH, PADDED_PROMPTS, PROMPTS, OfficialFiles, _chat_ids, _normal, _save_shards, _silence_rows  # noqa: E402
+from record import (
+    GEN_LENGTH,
+    PADDED_PROMPTS,
+    PROMPTS,
+    OfficialFiles,
+    _chat_ids,
+    _normal,
+    _save_shards,
+    _silence_rows,
+    recorder_parser,
+    run_recorder,
+)  # noqa: E402
 
 EXPERTS, TOP_K, EXPERT_HIDDEN = 8, 2, 16
 LAYERS, DENSE_LAYERS = 3, [1]
@@ -68,6 +79,25 @@ from transformers import Qwen3MoeConfig
 class SDARMoeConfig(Qwen3MoeConfig):
     model_type = "sdar_moe"
 """
+
+
+def sparse_experts(
+    tensors: dict[str, torch.Tensor], g: torch.Generator, layers: list[int], experts: int, hidden: int
+) -> None:
+    """Replace the dense MLP of each of ``layers`` in ``tensors`` (``model.layers.{i}.mlp.*``) by a router
+    ``mlp.gate`` (std ``ROUTER_STD``) and ``experts`` SiLU-gated experts ``mlp.experts.{e}.{gate,up,down}_proj`` of
+    ``hidden`` units, drawn from ``g`` in that order (Qwen3-MoE's and LLaDA-MoE's per-expert names)."""
+    d = tensors["model.norm.weight"].shape[0]
+    for i in layers:
+        layer = f"model.layers.{i}.mlp."
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            del tensors[layer + name + ".weight"]
+        tensors[layer + "gate.weight"] = _normal(g, experts, d, std=ROUTER_STD)
+        for e in range(experts):
+            expert = f"{layer}experts.{e}."
+            tensors[expert + "gate_proj.weight"] = _normal(g, hidden, d, std=d**-0.5)
+            tensors[expert + "up_proj.weight"] = _normal(g, hidden, d, std=d**-0.5)
+            tensors[expert + "down_proj.weight"] = _normal(g, d, hidden, std=hidden**-0.5)
 
 
 def build_sdar_moe(directory: Path, seed: int = 5) -> dict[str, int]:
@@ -102,18 +132,7 @@ def build_sdar_moe(directory: Path, seed: int = 5) -> dict[str, int]:
     (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     g = torch.Generator().manual_seed(seed)
     tensors = _qwen_tensors(g, d, heads, config["num_key_value_heads"], LAYERS, hidden, qk_norm=True)
-    for i in range(LAYERS):
-        if i in DENSE_LAYERS:
-            continue
-        layer = f"model.layers.{i}.mlp."
-        for name in ("gate_proj", "up_proj", "down_proj"):
-            del tensors[layer + name + ".weight"]
-        tensors[layer + "gate.weight"] = _normal(g, EXPERTS, d, std=ROUTER_STD)
-        for e in range(EXPERTS):
-            expert = f"{layer}experts.{e}."
-            tensors[expert + "gate_proj.weight"] = _normal(g, EXPERT_HIDDEN, d, std=d**-0.5)
-            tensors[expert + "up_proj.weight"] = _normal(g, EXPERT_HIDDEN, d, std=d**-0.5)
-            tensors[expert + "down_proj.weight"] = _normal(g, d, EXPERT_HIDDEN, std=EXPERT_HIDDEN**-0.5)
+    sparse_experts(tensors, g, [i for i in range(LAYERS) if i not in DENSE_LAYERS], EXPERTS, EXPERT_HIDDEN)
     tensors["lm_head.weight"][[ids["<|im_end|>"], ids["<|endoftext|>"]]] *= EOS_BOOST  # as build_sdar's head
     _silence_rows(tensors["lm_head.weight"], [ids["<|MASK|>"], *range(len(ids) + 272, HEAD)])
     _save_shards({name: t.to(torch.bfloat16) for name, t in tensors.items()}, directory, shards=2)  # half the bytes
@@ -204,62 +223,61 @@ def record(args: argparse.Namespace) -> None:
 
         cases = []
         stops = [ids["<|im_end|>"], ids["<|endoftext|>"]]
-        common = {
-            "mask_id": mask_id,
-            "gen_length": GEN_LENGTH,
-            "temperature": 1.0,  # with top_k=1: greedy (the decoder asserts temperature > 0)
-            "top_k": 1,
-            "top_p": 1.0,
-            "remasking": "low_confidence",
-            "stopping_criteria_idx": stops,
-        }
-        for block, steps, threshold in ((4, 4, 1.0), (4, 1, 1.0), (8, 2, 1.0), (8, 4, args.threshold)):
-            arguments = {**common, "block_length": block, "denoising_steps": steps, "threshold": threshold}
-            for index, prompt in enumerate(prompts):
-                torch.manual_seed(0)
-                p = torch.tensor([prompt])
-                with torch.no_grad():
-                    tokens = bd3.block_diffusion_generate(
-                        model, None, {"input_ids": p, "attention_mask": torch.ones_like(p)}, **arguments
-                    )
-                assert tokens[0, : len(prompt)].tolist() == prompt
-                cases.append(
-                    {
-                        "decoder": "sdar.huggingface_bd3.block_diffusion_generate",
-                        "arguments": arguments,
-                        "prompt": index,
-                        "generated": tokens[0, len(prompt) :].tolist(),
-                    }
-                )
+        settings = ((4, 4, 1.0), (4, 1, 1.0), (8, 2, 1.0), (8, 4, args.threshold))
+        for arguments, index, generated in evaluation_runs(bd3, model, prompts, settings, mask_id, stops):
+            cases.append({"decoder": DECODER, "arguments": arguments, "prompt": index, "generated": generated})
 
-    result = {
+    result = moe_fixture(
+        files,
+        head={},
+        stand_ins=sorted([*_SHIMS, "configuration_sdar_moe.py"]),
+        ids=ids,
+        prompts=prompts,
+        experts=chosen["experts"],
+        forwards=forwards,
+        cases=cases,
+    )
+    (out / "official_sdar_moe.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+
+
+def moe_fixture(
+    files: OfficialFiles,
+    *,
+    head: dict,
+    stand_ins: list[str] | None,
+    ids: dict[str, int],
+    prompts: list[list[int]],
+    experts: list[list[int]],
+    forwards: list[dict],
+    cases: list[dict],
+) -> dict:
+    """The fixture of a mixture-of-experts recorder (this one, ``record_llada2.py``): ``head`` first, then the
+    versions, the official files (and the ``stand_ins`` written in their place), the prompts, special ids and prompt
+    ids, the experts each token chose in the first sparse layer, the recorded forwards and the decoder cases."""
+    import transformers
+
+    return {
+        **head,
         "transformers": transformers.__version__,
         "torch": torch.__version__,
         "python": sys.version.split()[0],
         "official_files": files.files,
-        "stand_ins": sorted([*_SHIMS, "configuration_sdar_moe.py"]),
+        **({"stand_ins": stand_ins} if stand_ins is not None else {}),
         "prompts": PROMPTS,
         "padded_prompts": PADDED_PROMPTS,
         "gen_length": GEN_LENGTH,
         "special_ids": ids,
         "prompt_ids": prompts,
-        "first_sparse_layer_experts": chosen["experts"],
+        "first_sparse_layer_experts": experts,
         "forwards": forwards,
         "cases": cases,
     }
-    (out / "official_sdar_moe.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sdar", type=Path, required=True)
-    parser.add_argument("--sdar-moe-hub", type=Path, required=True)
+    parser = recorder_parser(__doc__, "sdar", "sdar-moe-hub")
     parser.add_argument("--threshold", type=float, default=0.3, help="a threshold the tiny model crosses now and then")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent)
-    args = parser.parse_args()
-    if not os.environ.get("TORCHDYNAMO_DISABLE"):
-        parser.error("set TORCHDYNAMO_DISABLE=1 (SDAR's modeling code compiles its training attention)")
-    record(args)
+    run_recorder(parser, record, "SDAR's modeling code compiles its training attention")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -33,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record_block import _SHIMS  # noqa: E402
 
-from record import GEN_LENGTH, OfficialFiles, _chat_ids  # noqa: E402
+from record import GEN_LENGTH, OfficialFiles, _chat_ids, recorder_parser, run_recorder  # noqa: E402
 
 #: Chat-templated lengths 26, 27, 25, 17 and 28 on ``sdar-tiny``: 6, 5, 7, 7 and 4 masks in the first block of 8.
 PROMPTS = ["add 2 and 3", "name a prime", "one word: sea", "a", "what is 6 x 7?"]
@@ -74,6 +73,33 @@ def official_modules(sdar: Path, scratch: Path) -> tuple[OfficialFiles, object, 
     return files, modeling, bd3
 
 
+def evaluation_runs(bd3, model, prompts: list[list[int]], settings, mask_id: int, stops: list[int]):
+    """SDAR's evaluation decoder (``huggingface_bd3.block_diffusion_generate``), greedy (temperature 1.0 with
+    ``top_k=1``: it asserts temperature > 0), on each prompt alone, the torch seed set to 0 before each call, for
+    every ``(block_length, denoising_steps, threshold)`` of ``settings``: yields ``(arguments, prompt index,
+    generated ids)``."""
+    common = {
+        "mask_id": mask_id,
+        "gen_length": GEN_LENGTH,
+        "temperature": 1.0,
+        "top_k": 1,
+        "top_p": 1.0,
+        "remasking": "low_confidence",
+        "stopping_criteria_idx": stops,
+    }
+    for block, steps, threshold in settings:
+        arguments = {**common, "block_length": block, "denoising_steps": steps, "threshold": threshold}
+        for index, prompt in enumerate(prompts):
+            torch.manual_seed(0)
+            p = torch.tensor([prompt])
+            with torch.no_grad():
+                tokens = bd3.block_diffusion_generate(
+                    model, None, {"input_ids": p, "attention_mask": torch.ones_like(p)}, **arguments
+                )
+            assert tokens[0, : len(prompt)].tolist() == prompt
+            yield arguments, index, tokens[0, len(prompt) :].tolist()
+
+
 def record(args: argparse.Namespace) -> None:
     import transformers
 
@@ -88,36 +114,11 @@ def record(args: argparse.Namespace) -> None:
         model = CountingMasks(inner, mask_id)
         prompts = [_chat_ids(tokenizer, p) for p in PROMPTS]
         assert all(len(p) % 8 for p in prompts), "every prompt must leave a partial first block"
-        common = {
-            "mask_id": mask_id,
-            "gen_length": GEN_LENGTH,
-            "temperature": 1.0,  # with top_k=1: greedy (the decoder asserts temperature > 0)
-            "top_k": 1,
-            "top_p": 1.0,
-            "remasking": "low_confidence",
-            "stopping_criteria_idx": stops,
-        }
         cases = []
-        for block, steps, threshold in SETTINGS:
-            arguments = {**common, "block_length": block, "denoising_steps": steps, "threshold": threshold}
-            for index, prompt in enumerate(prompts):
-                torch.manual_seed(0)
-                model.masks = []
-                p = torch.tensor([prompt])
-                with torch.no_grad():
-                    tokens = bd3.block_diffusion_generate(
-                        model, None, {"input_ids": p, "attention_mask": torch.ones_like(p)}, **arguments
-                    )
-                assert tokens[0, : len(prompt)].tolist() == prompt
-                cases.append(
-                    {
-                        "decoder": DECODER,
-                        "arguments": arguments,
-                        "prompt": index,
-                        "generated": tokens[0, len(prompt) :].tolist(),
-                        "masks_per_forward": model.masks,
-                    }
-                )
+        for arguments, index, generated in evaluation_runs(bd3, model, prompts, SETTINGS, mask_id, stops):
+            case = {"decoder": DECODER, "arguments": arguments, "prompt": index, "generated": generated}
+            cases.append({**case, "masks_per_forward": model.masks})
+            model.masks = []  # the next call's forwards
     result = {
         "repository": "JetAstra/SDAR",
         "commit": args.commit,
@@ -135,14 +136,9 @@ def record(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sdar", type=Path, required=True, help="a checkout of JetAstra/SDAR")
+    parser = recorder_parser(__doc__, "sdar")
     parser.add_argument("--commit", default="c2041a8", help="the checkout's commit, recorded in the fixture")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent)
-    args = parser.parse_args()
-    if not os.environ.get("TORCHDYNAMO_DISABLE"):
-        parser.error("set TORCHDYNAMO_DISABLE=1 (SDAR's modeling code compiles its training attention)")
-    record(args)
+    run_recorder(parser, record, "SDAR's modeling code compiles its training attention")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,16 @@ sdar           ``model_type: sdar`` or            block-causal (``block_size``, 
 fast_dllm_v2   ``model_type: Fast_dLLM_Qwen``     block-causal (``bd_size``, from position 0) with shifted logits,
                                                   block heads first; mask ``|<MASK>|`` (151665), EOS
                                                   ``<|im_end|>`` (151645) and ``<|endoftext|>`` (151643)
+llada2         ``model_type: llada2_moe``         block-causal, blocks of 32 from position 0 (``config.json`` has
+                                                  no block size: LLaDA 2.x's ``generate`` default); mask
+                                                  ``<|mask|>`` (156895), EOS/pad ``<|endoftext|>`` (156892)
+llada_moe      ``architectures: LLaDAMoEModelLM`` bidirectional like LLaDA; mask ``<|mask|>`` (156895), EOS and pad
+               (``model_type: llada``)            ``<|endoftext|>`` (156892): the ids of dInfer and the model card
+diffusion_     ``model_type: diffusion_gemma``    uniform noise (a noise canvas, no mask token: ``<mask>`` (4)
+gemma                                             only holds the blocks not entered yet), block-causal
+                                                  (``canvas_length``, from the first generated column), its own
+                                                  adapter (:mod:`dlm_decode.models.diffusion_gemma`); EOS ``<eos>``
+                                                  (1) and ``<end_of_turn>`` (106), pad ``<pad>`` (0)
 =============  =================================  =============================================================
 
 """
@@ -44,6 +54,12 @@ class Family:
         bidirectional unless the config declares ``attention_pattern: block_causal``, see
         :func:`~dlm_decode.models.families.attention_pattern`).
     :ivar block_anchor: where the family's blocks start (:class:`~dlm_decode.masks.AttentionPattern` ``anchor``).
+    :ivar noise: a uniform-noise family: its undecided positions hold noise tokens (a noise canvas,
+        :attr:`dlm_decode.state.DecodeState.noise_vocab`), read by its own adapter.
+    :ivar default_block_size: the block size of a block-diffusion family whose ``config.json`` declares none (LLaDA
+        2.x: trained and decoded by its own ``generate`` in blocks of 32); ``model.dllm.block_size`` overrides it.
+    :ivar architectures: ``config.json`` ``architectures`` class names (lower case) that select this family before
+        any ``model_type`` does (LLaDA-MoE is published with LLaDA's ``model_type``).
     """
 
     name: str
@@ -55,6 +71,9 @@ class Family:
     context: int | None = None
     block_size_key: str | None = None
     block_anchor: str = "generation"
+    noise: bool = False
+    default_block_size: int | None = None
+    architectures: tuple[str, ...] = ()
 
 
 FAMILIES: dict[str, Family] = {
@@ -94,5 +113,30 @@ FAMILIES: dict[str, Family] = {
         pad=("<|endoftext|>", 151643),
         block_size_key="bd_size",
         block_anchor="position",
+    ),
+    "llada2": Family(
+        "llada2",
+        model_types=("llada2_moe", "llada2moe"),
+        mask=("<|mask|>", 156895),
+        eos=(("<|endoftext|>", 156892),),
+        pad=("<|endoftext|>", 156892),
+        block_anchor="position",
+        default_block_size=32,
+    ),
+    "llada_moe": Family(
+        "llada_moe",
+        mask=("<|mask|>", 156895),
+        eos=(("<|endoftext|>", 156892),),
+        pad=("<|endoftext|>", 156892),
+        architectures=("lladamoemodellm",),
+    ),
+    "diffusion_gemma": Family(
+        "diffusion_gemma",
+        model_types=("diffusion_gemma",),
+        mask=("<mask>", 4),
+        eos=(("<eos>", 1), ("<end_of_turn>", 106)),
+        pad=("<pad>", 0),
+        block_size_key="canvas_length",
+        noise=True,
     ),
 }

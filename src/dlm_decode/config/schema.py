@@ -49,7 +49,7 @@ class ModelSpec:
     family: str = "auto"
     """How the adapter reads the dLLM's logits and special ids: ``auto`` (from ``config.json``'s ``model_type``),
     ``bidirectional`` (HF Llama/Qwen2 with ``is_causal: false``), ``llada``, ``dream`` (shifted logits
-    re-aligned), ``sdar`` or ``fast_dllm_v2`` (block-causal). Ignored for ``model.ar``."""
+    re-aligned), ``sdar``, ``fast_dllm_v2`` or ``llada2`` (block-causal). Ignored for ``model.ar``."""
     attention: str = "auto"
     """The dLLM's attention pattern: ``auto`` (as its ``config.json`` declares: block-causal for block-diffusion
     families such as SDAR and for configs with ``attention_pattern: block_causal``, bidirectional otherwise),

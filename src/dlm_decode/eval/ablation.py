@@ -26,7 +26,7 @@ from dlm_decode.errors import InputError
 from dlm_decode.eval.aup import aup
 from dlm_decode.eval.lock import claim_out_dir
 from dlm_decode.eval.runner import check_out_dir, check_selection, evaluate
-from dlm_decode.models.adapter import DiffusionLM
+from dlm_decode.models.dllm import load_dllm
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def _run_all(runs: list, out: Path, tasks: Sequence[str] | None, limit: int, spl
             continue
         model_key = json.dumps(config.to_dict()["model"]["dllm"], sort_keys=True)
         if model_key not in models:
-            models[model_key] = DiffusionLM.from_spec(config.config.model.dllm)
+            models[model_key] = load_dllm(config.config.model.dllm)
         decoder = Decoder(config, dllm=models[model_key])
         summary = evaluate(
             decoder, out / "runs" / _directory_name(name), tasks=tasks, limit=limit, split=split, progress=progress

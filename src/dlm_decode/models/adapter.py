@@ -37,7 +37,7 @@ from dlm_decode.models.families import (
     resolve_family,
     resolve_special_ids,
 )
-from dlm_decode.models.forward import forward_parameters, head_width, run_hf
+from dlm_decode.models.forward import forward_parameters, head_width, run_hf, separable_head
 from dlm_decode.models.loading import load_hf, resource_failure
 from dlm_decode.models.native import ARCHITECTURES
 from dlm_decode.models.prompts import encode_prompts, template_affixes
@@ -97,6 +97,9 @@ class DiffusionLM:
         ``config.json`` by default), from which the core builds every mask.
     :ivar remote: the model is the checkpoint's own code (``implementation: remote``); its failures are reported
         as such.
+    :ivar selects_outputs: the forward computes the output head at ``ModelInputs.outputs`` only (the model is one of
+        transformers' classes whose head is separable, :func:`~dlm_decode.models.forward.separable_head`); false
+        keeps every column's logits (the checkpoint's own code, a subclass).
 
     :param model: a transformers ``PreTrainedModel`` (a plain ``torch.nn.Module`` without a transformers config is
         refused with a :class:`~dlm_decode.errors.ModelError`). :param tokenizer: its tokenizer. The keyword
@@ -118,6 +121,7 @@ class DiffusionLM:
         check_transformers_model(model, tokenizer)
         self.model = model
         self.remote = type(model).__module__.startswith("transformers_modules")  # the checkpoint's own code
+        self.selects_outputs = separable_head(model)
         self._probe = next(model.parameters())  # a parameter to read the device from (see `device`)
         self.tokenizer = tokenizer
         self.family = family if isinstance(family, Family) else resolve_family(family, model.config)
@@ -209,7 +213,9 @@ class DiffusionLM:
     @torch.inference_mode()
     def forward(self, inputs: ModelInputs, cache: Any = None) -> torch.Tensor:
         """``[B, S, V]`` float logits; ``logits[:, i]`` predicts input column ``inputs.start + i``, whatever the
-        family (Dream's shifted logits are realigned: :mod:`dlm_decode.models.shifted`).
+        family (Dream's shifted logits are realigned: :mod:`dlm_decode.models.shifted`). With ``inputs.outputs``
+        and :attr:`selects_outputs`, ``[B, W, V]``: the transformer body runs on every query, the output head only
+        on the hidden states the ``W`` output queries read (column ``j - 1``'s for column ``j`` when shifted).
 
         :param inputs: ``input_ids``/``position_ids`` ``[B, S]``, ``attention_mask`` ``[B, 1, S, K]`` bool.
         :param cache: None (``K == S``), a HF ``DynamicCache`` holding the keys/values of the ``K - S`` columns
@@ -217,14 +223,21 @@ class DiffusionLM:
             :class:`~dlm_decode.models.kv_store.PositionalKVCache` of ``K`` columns (the forward writes the queries'
             in place).
         """
+        outputs = inputs.outputs if self.selects_outputs else None
         if self.family.shifted_logits:
-            return realigned_logits(self._run, inputs, cache, self.family.name, self.attention)
-        return self._run(inputs.input_ids, inputs.position_ids, inputs.attention_mask, cache)
+            return realigned_logits(self._run, inputs, cache, self.family.name, self.attention, outputs)
+        return self._run(inputs.input_ids, inputs.position_ids, inputs.attention_mask, cache, outputs)
 
     def _run(
-        self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Any
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: Any,
+        outputs: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """One forward in the model's calling convention: ``[B, S]`` ids and positions, ``[B, 1, S, K]`` bool mask.
+        """One forward in the model's calling convention: ``[B, S]`` ids and positions, ``[B, 1, S, K]`` bool mask;
+        the logits of every query, or of the ``[B, W]`` queries ``outputs`` (given only when :attr:`selects_outputs`).
 
         :raises ModelError: when the checkpoint's own (remote) code fails, naming its exception and the fix.
         """
@@ -232,7 +245,7 @@ class DiffusionLM:
         if "position_ids" not in forward_parameters(type(self.model)):  # type: ignore[arg-type]
             return self._run_legacy(input_ids, position_ids, attention_mask, cache)
         try:
-            return run_hf(self.model, input_ids, position_ids, attention_mask, cache)
+            return run_hf(self.model, input_ids, position_ids, attention_mask, cache, outputs)
         except Exception as exc:
             if not self.remote or resource_failure(exc):  # transformers' own code, or e.g. out of device memory
                 raise

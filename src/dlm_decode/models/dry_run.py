@@ -30,6 +30,9 @@ check              error when
                    block size (the decoder would refuse it)
 =================  ======================================================================================
 
+Facts printed besides: the family, special ids, attention pattern (with its block size), head widths, contexts, the
+prompt budget, and the memory of one step's logits at batch 16 (:func:`logits_step`).
+
 Warnings (``family`` when an explicit ``model.dllm.family`` disagrees with ``config.json``; ``mask`` when the
 mask id is not a token of the tokenizer; ``device`` when CUDA is asked for but absent here) do not fail the run.
 The prompt budget is the longest of the given prompts after the chat template, else ``prompt_budget`` tokens, else
@@ -133,6 +136,12 @@ def _head_from_config(config: dict) -> int:
     return int(config.get("embedding_size") or config.get("vocab_size") or 0)
 
 
+def _with_text_fields(config: dict) -> dict:
+    """``config`` with its ``text_config`` fields beneath its own: a multimodal ``config.json`` (DiffusionGemma's)
+    keeps the text model's vocabulary and context there."""
+    return {**(config.get("text_config") or {}), **config}
+
+
 def _inspect(spec: ModelSpec, key: str, report: DryRunReport, *, dllm: bool) -> _Side | None:
     try:
         config = read_config_json(spec, key)
@@ -169,7 +178,8 @@ def _inspect(spec: ModelSpec, key: str, report: DryRunReport, *, dllm: bool) -> 
     if tokenizer is None:
         return None
     family = detect_family(config) if (not dllm or spec.family == "auto") else FAMILIES[spec.family]
-    return _Side(config, tokenizer, _head_from_config(config), model_context(family, config))
+    text = _with_text_fields(config)
+    return _Side(config, tokenizer, _head_from_config(text), model_context(family, text))
 
 
 def _load_tokenizer(spec: ModelSpec, key: str, config: dict, directory: Path | None, report: DryRunReport) -> Any:
@@ -266,6 +276,7 @@ def dry_run(
             budget, origin = _room(dllm, ar, new_tokens)
             fix = "lower generation.max_new_tokens"
         report.facts["prompt_budget"] = f"{budget} tokens ({origin}) + max_new_tokens {new_tokens}"
+        report.facts["logits_step"] = logits_step(budget + new_tokens, dllm.head, dllm_spec.dtype)
         for key, side in (("model.dllm", dllm), ("model.ar", ar)):
             if side is not None and budget + new_tokens > side.context:
                 room = side.context - new_tokens
@@ -279,6 +290,24 @@ def dry_run(
                     fix,
                 )
     return report
+
+
+#: The batch size :func:`logits_step` sizes one step's logits for.
+LOGITS_BATCH = 16
+#: Bytes per logit for each ``model.dllm.dtype`` (the head's output dtype).
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def logits_step(columns: int, head: int, dtype: str, rows: int = LOGITS_BATCH) -> str:
+    """The memory of one step's logits, as the dry run reports it: ``rows x columns x head x bytes``, where
+    ``columns`` is the whole canvas (prompt budget + ``max_new_tokens``), which a step without a cache reads and the
+    head answers at every column (a prefix or dual cache reads fewer columns; a float32 copy of the logits, e.g. for
+    a softmax, doubles a bfloat16 figure)."""
+    size = rows * columns * head * DTYPE_BYTES[dtype]
+    return (
+        f"{size / 2**30:.2f} GiB at batch {rows} ({rows} rows x {columns} canvas columns x {head} logits x "
+        f"{DTYPE_BYTES[dtype]} bytes ({dtype}) = {size:,} bytes; the canvas is what a step without a cache reads)"
+    )
 
 
 def _room(dllm: _Side, ar: _Side | None, new_tokens: int) -> tuple[int, str]:

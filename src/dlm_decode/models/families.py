@@ -43,9 +43,14 @@ def detect_family(config: Mapping[str, Any] | Any) -> Family:
     model_type = str(config_value(config, "model_type", "") or "").lower()
     architectures = " ".join(config_value(config, "architectures") or []).lower()
     for family in FAMILIES.values():
-        if model_type in family.model_types or any(t in architectures for t in family.model_types):
+        if any(name in family.architectures for name in architectures.split()):
             return family
-    return FAMILIES["bidirectional"]
+    for family in FAMILIES.values():
+        if model_type in family.model_types:
+            return family
+    # by architecture name, the longest match (``LLaDA2MoeModelLM`` holds ``llada`` and ``llada2moe``)
+    named = [(len(t), family) for family in FAMILIES.values() for t in family.model_types if t in architectures]
+    return max(named, key=lambda match: match[0])[1] if named else FAMILIES["bidirectional"]
 
 
 def causal_problem(family: Family, config: Mapping[str, Any] | Any) -> str | None:
@@ -184,6 +189,8 @@ def attention_pattern(
             fix=f"set {key}.attention to bidirectional or block_causal if you know the model's pattern",
         )
     found = config_value(config, family.block_size_key) if family.block_size_key else None
+    if found is None and declared is None:
+        found = family.default_block_size
     if found is None and declared == "block_causal":
         found = config_value(config, BLOCK_SIZE_KEY)
     block_causal = attention == "block_causal" or (

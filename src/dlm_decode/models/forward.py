@@ -40,17 +40,50 @@ def _cache_argument(model_cls: type[torch.nn.Module]) -> str:
     return "cache" if "cache" in parameters else "past_key_values"
 
 
+#: transformers classes whose logits are their output embeddings applied to the base model's last hidden states,
+#: with nothing in between (no scaling, no capping): :func:`run_hf` can run the head at some columns only.
+SEPARABLE_HEADS = frozenset(
+    {
+        "LlamaForCausalLM",
+        "MistralForCausalLM",
+        "Qwen2ForCausalLM",
+        "Qwen3ForCausalLM",
+        "Qwen3MoeForCausalLM",
+        "Glm4MoeForCausalLM",
+    }
+)
+
+
+def separable_head(model) -> bool:
+    """Whether ``model`` is exactly one of transformers' :data:`SEPARABLE_HEADS` (a subclass, or the checkpoint's
+    own code, may change its logits in its ``forward``: it keeps computing them all)."""
+    cls = type(model)
+    return cls.__module__.startswith("transformers.models.") and cls.__name__ in SEPARABLE_HEADS
+
+
 def run_hf(
-    model, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Any = None
+    model,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    cache: Any = None,
+    outputs: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One HF forward with explicit positions and a 4-D boolean mask; returns ``[B, S, V]`` logits."""
+    """One HF forward with explicit positions and a 4-D boolean mask; returns ``[B, S, V]`` logits, or with
+    ``outputs`` (``[B, W]`` long query indices; only for a :func:`separable_head` model) ``[B, W, V]``: the base
+    model's hidden states at those queries through the output embeddings."""
     # the ignore below: mypy does not take a class for the Hashable argument of a functools.cache function
-    kwargs = {_cache_argument(type(model)): cache} if cache is not None else {}  # type: ignore[arg-type]
-    out = model(
+    runner = model if outputs is None else model.get_decoder()
+    kwargs = {_cache_argument(type(runner)): cache} if cache is not None else {}  # type: ignore[arg-type]
+    out = runner(
         input_ids=input_ids,
         position_ids=position_ids,
         attention_mask=attention_mask,
         use_cache=cache is not None,
         **kwargs,
     )
-    return out.logits
+    if outputs is None:
+        return out.logits
+    hidden = out.last_hidden_state
+    rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
+    return model.get_output_embeddings()(hidden[rows, outputs])

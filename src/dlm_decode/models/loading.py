@@ -126,10 +126,20 @@ def load_tokenizer(spec: ModelSpec, key: str, config: dict):
     return AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=local)
 
 
+#: ``model_type`` -> the transformers class of a dLLM that no causal-LM auto class builds.
+OWN_CLASSES = {"diffusion_gemma": "DiffusionGemmaForBlockDiffusion"}
+
+
 def _auto_class(config):
-    """``AutoModelForCausalLM``, or ``AutoModel`` for remote code that maps only that (Dream's ``DreamModel``)."""
+    """``AutoModelForCausalLM``, or ``AutoModel`` for remote code that maps only that (Dream's ``DreamModel``), or
+    the class of :data:`OWN_CLASSES` (DiffusionGemma)."""
     from transformers import AutoModel, AutoModelForCausalLM
 
+    own = OWN_CLASSES.get(str(getattr(config, "model_type", "")))
+    if own is not None:
+        import transformers
+
+        return getattr(transformers, own)
     auto_map = getattr(config, "auto_map", None) or {}
     if auto_map and "AutoModelForCausalLM" not in auto_map and "AutoModel" in auto_map:
         return AutoModel

@@ -17,6 +17,8 @@ bidirectional attention (``config.is_causal = False``; every forward also gets t
 ``sdar_moe``   Qwen3-MoE's fields and ``block_size``          ``Qwen3MoeForCausalLM``  Qwen3-MoE's own names
 ``fast_dllm_   Qwen2's fields and ``bd_size``                 ``Qwen2ForCausalLM``     Qwen2's own names
 qwen``
+``llada`` +    LLaDA-MoE's fields (``moe_layer_freq``...)    ``Qwen3MoeForCausalLM``  Qwen3-MoE's own names
+experts
 =============  =============================================  =======================  ===============================
 
 SDAR (Cheng et al. 2025, arXiv 2510.06303) is a block-diffusion model converted from Qwen3: its attention is
@@ -30,6 +32,13 @@ over all experts, top-``num_experts_per_tok``, renormalised when ``norm_topk_pro
 MLPs of ``moe_intermediate_size`` weighted and summed; no shared expert; a dense MLP of ``intermediate_size`` in the
 layers of ``mlp_only_layers`` and off the ``decoder_sparse_step`` grid), so it loads onto ``Qwen3MoeForCausalLM``,
 whose loader stacks the per-expert tensors ``mlp.experts.{e}.{gate,up,down}_proj`` into its fused expert weights.
+LLaDA-MoE (Zhu et al. 2025, arXiv 2509.24389), published as ``model_type: llada`` with expert fields, is bidirectional
+like LLaDA, and its ``modeling_lladamoe.py`` (adapted from OLMoE's) is Qwen3-MoE's block operation for operation, not
+OLMoE's: per-head query/key RMSNorm (OLMoE normalises the whole projection), full rotary embeddings, a float32 softmax
+router whose top-k weights are never renormalised (the official block fixes ``norm_topk_prob = False``), SiLU-gated
+experts, dense layers where ``moe_layer_freq`` is 0, no shared expert; what Qwen3-MoE cannot do (a router expert bias,
+a shared expert, clipped or absent query/key norms, partial or scaled rotary embeddings) is refused by field
+(:data:`LLADAMOE_REQUIRED`).
 Fast-dLLM v2 (Wu et al. 2025, arXiv 2509.26328, Qwen2.5 adapted to blocks) loads the same way onto
 ``Qwen2ForCausalLM``; its logits are shifted like Dream's, which the adapter realigns under the block-causal
 pattern, and each block's first column is decided first (``head_first``, :class:`~dlm_decode.masks.AttentionPattern`).
@@ -170,9 +179,18 @@ _QWEN2_FIELDS = (
 )
 
 
-def _dream_config(config: Mapping[str, Any]):
-    fields = {name: config[name] for name in _QWEN2_FIELDS if name in config}
-    return transformers_class("Qwen2Config")(**fields, use_sliding_window=False, sliding_window=None)
+def _fields_as_they_are(class_name: str, fields: tuple[str, ...]) -> Callable[[Mapping[str, Any]], Any]:
+    """An :attr:`Architecture.hf_config`: the transformers config ``class_name`` with the ``fields`` a
+    ``config.json`` has, as they are (the others at the class's defaults), and no sliding window."""
+
+    def hf_config(config: Mapping[str, Any]):
+        values = {name: config[name] for name in fields if name in config}
+        return transformers_class(class_name)(**values, use_sliding_window=False, sliding_window=None)
+
+    return hf_config
+
+
+_dream_config = _fields_as_they_are("Qwen2Config", _QWEN2_FIELDS)
 
 
 #: SDAR ``config.json`` fields Qwen3's class would read differently: ``field: (default, values that map)``.
@@ -182,9 +200,7 @@ SDAR_REQUIRED: dict[str, tuple[Any, tuple[Any, ...]]] = {
 }
 
 
-def _sdar_config(config: Mapping[str, Any]):
-    fields = {name: config[name] for name in (*_QWEN2_FIELDS, "head_dim", "attention_bias") if name in config}
-    return transformers_class("Qwen3Config")(**fields, use_sliding_window=False, sliding_window=None)
+_sdar_config = _fields_as_they_are("Qwen3Config", (*_QWEN2_FIELDS, "head_dim", "attention_bias"))
 
 
 #: Qwen3-MoE fields read from an SDAR mixture-of-experts ``config.json`` as they are (absent ones take the same
@@ -202,9 +218,91 @@ _SDAR_MOE_FIELDS = (
 )
 
 
-def _sdar_moe_config(config: Mapping[str, Any]):
-    fields = {name: config[name] for name in _SDAR_MOE_FIELDS if name in config}
-    return transformers_class("Qwen3MoeConfig")(**fields, use_sliding_window=False, sliding_window=None)
+_sdar_moe_config = _fields_as_they_are("Qwen3MoeConfig", _SDAR_MOE_FIELDS)
+
+
+#: LLaDA 2.x ``config.json`` fields Glm4-MoE's class would read differently: ``field: (default in LLaDA 2.x's
+#: ``configuration_llada2_moe.py``, values that map)``. ``use_bias`` is the bias of the attention output projection
+#: (``attention.dense``), which ``Glm4MoeAttention.o_proj`` does not have.
+LLADA2_REQUIRED: dict[str, tuple[Any, tuple[Any, ...]]] = {
+    "use_bias": (True, (False,)),
+    "rope_scaling": (None, (None,)),
+    "use_sliding_window": (False, (False,)),
+}
+
+
+def _llada2_config(config: Mapping[str, Any]):
+    """LLaDA 2.x's fields, with the defaults of its own configuration class, as transformers' ``SarvamMoEConfig``
+    (the BailingMoE layout transformers maps onto ``Glm4MoeForCausalLM``, its loader splitting the fused
+    ``query_key_value`` and stacking the experts). LLaDA 2.x's router renormalises the top-k weights whenever more
+    than one expert is chosen, whatever ``norm_topk_prob`` says, hence ``norm_topk_prob = top_k > 1``."""
+    hidden, heads = config.get("hidden_size", 1024), config.get("num_attention_heads", 16)
+    top_k = config.get("num_experts_per_tok", 2)
+    rope = {
+        "rope_type": "default",
+        "rope_theta": float(config.get("rope_theta", 10000.0)),
+        "partial_rotary_factor": float(config.get("partial_rotary_factor", 0.5)),
+    }
+    return transformers_class("SarvamMoEConfig")(
+        vocab_size=config.get("vocab_size", 30592),
+        hidden_size=hidden,
+        intermediate_size=config.get("intermediate_size"),
+        num_hidden_layers=config.get("num_hidden_layers", 24),
+        num_attention_heads=heads,
+        num_key_value_heads=config.get("num_key_value_heads") or heads,
+        head_dim=config.get("head_dim") or hidden // heads,
+        hidden_act=config.get("hidden_act", "silu"),
+        max_position_embeddings=config.get("max_position_embeddings", 16384),
+        rms_norm_eps=config.get("rms_norm_eps", 1e-5),
+        rope_parameters=rope,
+        attention_bias=bool(config.get("use_qkv_bias", False)),
+        use_qk_norm=bool(config["use_qk_norm"]),
+        moe_intermediate_size=config["moe_intermediate_size"],
+        n_routed_experts=config["num_experts"],
+        n_shared_experts=config.get("num_shared_experts", 0),
+        num_experts_per_tok=top_k,
+        n_group=config.get("n_group", 8),
+        topk_group=config.get("topk_group", 4),
+        routed_scaling_factor=config.get("routed_scaling_factor", 2.5),
+        first_k_dense_replace=config.get("first_k_dense_replace", 0),
+        norm_topk_prob=top_k > 1,
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+        eos_token_id=config.get("eos_token_id"),
+        pad_token_id=config.get("pad_token_id"),
+    )
+
+
+#: LLaDA-MoE ``config.json`` fields the mapping depends on: ``field: (default in configuration_lladamoe.py, values
+#: that map)``. Query/key norms must be there (Qwen3-MoE always has them); no query/key clipping, no router expert
+#: bias (the official block adds it to the softmax weights before top-k), no shared expert, full unscaled rotary.
+LLADAMOE_REQUIRED: dict[str, tuple[Any, tuple[Any, ...]]] = {
+    "qk_layernorm": (None, (True,)),
+    "clip_qkv": (None, (None,)),
+    "moe_router_enable_expert_bias": (None, (None, False)),
+    "shared_expert_intermediate_size": (-1, (None,)),
+    "rope_scaling": (None, (None,)),
+    "partial_rotary_factor": (-1, (1, 1.0)),
+}
+
+
+def _lladamoe_config(config: Mapping[str, Any]):
+    """LLaDA-MoE's ``config.json`` as a ``Qwen3MoeConfig``: ``moe_layer_freq`` 0 marks a dense layer of
+    ``dense_intermediate_size`` (``mlp_only_layers``), experts are ``expert_intermediate_size`` wide, the head width is
+    ``hidden_size / num_attention_heads`` (as the official attention computes it) and the top-k weights are never
+    renormalised (the official block fixes ``norm_topk_prob = False`` whatever ``config.json`` says)."""
+    fields = {name: config[name] for name in (*_QWEN2_FIELDS, "attention_bias", "num_experts") if name in config}
+    return transformers_class("Qwen3MoeConfig")(
+        **fields,
+        head_dim=config["hidden_size"] // config["num_attention_heads"],
+        intermediate_size=config["dense_intermediate_size"],
+        moe_intermediate_size=config["expert_intermediate_size"],
+        num_experts_per_tok=config["num_experts_per_tok"],
+        norm_topk_prob=False,
+        decoder_sparse_step=1,
+        mlp_only_layers=[i for i, frequency in enumerate(config["moe_layer_freq"]) if frequency == 0],
+        use_sliding_window=False,
+        sliding_window=None,
+    )
 
 
 @dataclass(frozen=True)
@@ -341,6 +439,26 @@ ARCHITECTURES: dict[str, Architecture] = {
         carried=("block_size",),
         experts=True,
     ),
+    "llada_moe": Architecture(
+        "llada_moe",
+        "LLaDA-MoE",
+        (
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_experts",
+            "num_experts_per_tok",
+            "expert_intermediate_size",
+            "dense_intermediate_size",
+            "moe_layer_freq",
+            "vocab_size",
+        ),
+        LLADAMOE_REQUIRED,
+        _lladamoe_config,
+        "Qwen3MoeForCausalLM",
+        "PreTrainedTokenizerFast",
+        experts=True,
+    ),
     "fast_dllm_qwen": Architecture(
         "fast_dllm_qwen",
         "Fast-dLLM v2",
@@ -351,12 +469,36 @@ ARCHITECTURES: dict[str, Architecture] = {
         "Qwen2Tokenizer",
         carried=("bd_size",),
     ),
+    "llada2_moe": Architecture(
+        "llada2_moe",
+        "LLaDA 2.x",
+        (
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_experts",
+            "num_experts_per_tok",
+            "num_shared_experts",
+            "moe_intermediate_size",
+            "use_qk_norm",
+            "vocab_size",
+        ),
+        LLADA2_REQUIRED,
+        _llada2_config,
+        "Glm4MoeForCausalLM",
+        "PreTrainedTokenizerFast",
+        experts=True,
+    ),
 }
 
 
 def architecture_for(config: Mapping[str, Any]) -> Architecture | None:
-    """The native mapping for a ``config.json`` (by ``model_type``), or None."""
-    return ARCHITECTURES.get(str(config.get("model_type") or "").lower())
+    """The native mapping for a ``config.json`` (by ``model_type``; LLaDA-MoE is published as ``model_type: llada``
+    with expert fields), or None."""
+    model_type = str(config.get("model_type") or "").lower()
+    if model_type == "llada" and any(name in config for name in MOE_KEYS):
+        return ARCHITECTURES["llada_moe"]
+    return ARCHITECTURES.get(model_type)
 
 
 def loading_problems(info: Mapping[str, Any], shown: int = 5) -> list[str]:

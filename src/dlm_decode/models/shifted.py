@@ -31,15 +31,22 @@ from dlm_decode.masks import AttentionPattern
 from dlm_decode.state import ModelInputs
 
 #: One forward in the model's calling convention: ``(ids [B, S], positions [B, S], mask [B, 1, S, K] bool,
-#: cache) -> [B, S, V]`` raw logits.
-RunForward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Any], torch.Tensor]
+#: cache, outputs [B, W] long or None) -> [B, S, V]`` raw logits (``[B, W, V]`` at the ``outputs`` queries).
+RunForward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Any, torch.Tensor | None], torch.Tensor]
 
 
 def realigned_logits(
-    run: RunForward, inputs: ModelInputs, cache: Any, family: str, attention: AttentionPattern
+    run: RunForward,
+    inputs: ModelInputs,
+    cache: Any,
+    family: str,
+    attention: AttentionPattern,
+    outputs: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``[B, S, V]`` logits of a shifted-logit model over ``inputs``, ``logits[:, i]`` predicting column
-    ``inputs.start + i`` (see the module docstring).
+    ``inputs.start + i`` (see the module docstring); with ``outputs`` (``[B, W]`` long queries), ``[B, W, V]``,
+    ``logits[b, j]`` predicting query ``outputs[b, j]``: the head reads the raw column before each query's (the
+    query's own column in the run one column earlier of a cached span; column 0 for query 0 without one).
 
     :param run: the adapter's forward (:data:`RunForward`). :param family: the family's name, for errors.
     :param attention: the model's attention pattern (a block-causal span's previous column sees earlier columns
@@ -56,10 +63,10 @@ def realigned_logits(
             fix="use another verification than wino with this model",
         )
     if start == 0:
-        raw = run(ids, positions, mask, cache)
+        raw = run(ids, positions, mask, cache, None if outputs is None else (outputs - 1).clamp(min=0))
         if cache is not None:
             _ColumnRecord.write(cache, 0, ids, positions)
-        return torch.cat([raw[:, :1], raw[:, :-1]], dim=1)
+        return raw if outputs is not None else torch.cat([raw[:, :1], raw[:, :-1]], dim=1)
     if cache is None:
         raise ModelError(
             f"a forward over columns [{start}, {inputs.end}) without a cache cannot realign the "
@@ -94,7 +101,7 @@ def realigned_logits(
     if isinstance(cache, PositionalKVCache):
         write = cache.write if cache.write is not None else torch.ones_like(ids, dtype=torch.bool)
         cache.set_queries(previous, torch.cat([torch.zeros_like(write[:, :1]), write], dim=1), cache.key_end)
-        raw = run(all_ids, all_positions, all_mask, cache)
+        raw = run(all_ids, all_positions, all_mask, cache, outputs)
     else:
         if not hasattr(cache, "layers") or cache.get_seq_length() != start or mask.shape[-1] != inputs.end:
             raise ModelError(
@@ -104,10 +111,10 @@ def realigned_logits(
         # keys: [0, start) cached, then the duplicate of `previous` (attended by no query), then [start, end)
         hidden = torch.zeros_like(all_mask[..., :1])
         all_mask = torch.cat([all_mask[..., :start], hidden, all_mask[..., start:]], dim=-1)
-        raw = run(all_ids, all_positions, all_mask, cache)
+        raw = run(all_ids, all_positions, all_mask, cache, outputs)
         _drop_column(cache, start)
     _ColumnRecord.write(cache, start, ids, positions)
-    return raw[:, :-1]
+    return raw if outputs is not None else raw[:, :-1]
 
 
 class _ColumnRecord:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -36,31 +38,38 @@ _logged: set[str] = set()
 class Scorer:
     """Per-position reductions over ``[K, V]`` logits (see :mod:`dlm_decode.ops.reference` for the contracts).
 
-    This base class is the native backend; :class:`TritonScorer` overrides the one-pass reductions.
+    This base class is the native backend; :class:`TritonScorer` overrides :meth:`_implementation`, which picks the
+    function of each reduction per call.
     """
 
     name = "native"
 
+    def _implementation(self, reduction: str, tensor: torch.Tensor) -> Callable[..., Any]:
+        """The function that computes ``reduction`` on ``tensor`` (its first argument): here always
+        :mod:`~dlm_decode.ops.reference`'s ``{reduction}_native``."""
+        return getattr(reference, f"{reduction}_native")
+
     def stats(self, logits: torch.Tensor, tokens: torch.Tensor | None = None) -> SoftmaxStats:
         """Max probability, argmax, entropy, margin (and with ``[K]`` ``tokens`` their probability) at once."""
-        return reference.softmax_stats_native(logits, tokens)
+        return self._implementation("softmax_stats", logits)(logits, tokens)
 
     def max_prob(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return reference.max_prob_native(logits)
+        return self._implementation("max_prob", logits)(logits)
 
     def token_prob(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        return reference.token_prob_native(logits, tokens)
+        return self._implementation("token_prob", logits)(logits, tokens)
 
     def margin(self, logits: torch.Tensor) -> torch.Tensor:
-        return reference.margin_native(logits)
+        return self._implementation("margin", logits)(logits)
 
     def entropy(self, logits: torch.Tensor) -> torch.Tensor:
-        return reference.entropy_native(logits)
+        return self._implementation("entropy", logits)(logits)
 
     def gumbel_argmax(self, logits: torch.Tensor, gumbel: torch.Tensor, temperature: float) -> torch.Tensor:
-        return reference.gumbel_argmax_native(logits, gumbel, temperature)
+        return self._implementation("gumbel_argmax", logits)(logits, gumbel, temperature)
 
     def mixture_logits(self, draft_logits: torch.Tensor, ar_logits: torch.Tensor, weight: float) -> torch.Tensor:
+        """Native on every backend (see :class:`TritonScorer`)."""
         return reference.mixture_logits_native(draft_logits, ar_logits, weight)
 
     def coupled_sample(
@@ -71,7 +80,8 @@ class Scorer:
         gumbel: torch.Tensor | None,
         temperature: float,
     ) -> torch.Tensor:
-        return reference.coupled_sample_native(draft_logits, ar_logits, weight, gumbel, temperature)
+        sample = self._implementation("coupled_sample", draft_logits)
+        return sample(draft_logits, ar_logits, weight, gumbel, temperature)
 
 
 class TritonScorer(Scorer):
@@ -105,47 +115,12 @@ class TritonScorer(Scorer):
             )
         return False
 
-    def stats(self, logits: torch.Tensor, tokens: torch.Tensor | None = None) -> SoftmaxStats:
-        if not self._runs(logits):
-            return super().stats(logits, tokens)
-        return self.kernels.softmax_stats_triton(logits, tokens)
-
-    def max_prob(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self._runs(logits):
-            return super().max_prob(logits)
-        return self.kernels.max_prob_triton(logits)
-
-    def token_prob(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        if not self._runs(logits):
-            return super().token_prob(logits, tokens)
-        return self.kernels.token_prob_triton(logits, tokens)
-
-    def margin(self, logits: torch.Tensor) -> torch.Tensor:
-        if not self._runs(logits):
-            return super().margin(logits)
-        return self.kernels.margin_triton(logits)
-
-    def entropy(self, logits: torch.Tensor) -> torch.Tensor:
-        if not self._runs(logits):
-            return super().entropy(logits)
-        return self.kernels.entropy_triton(logits)
-
-    def gumbel_argmax(self, logits: torch.Tensor, gumbel: torch.Tensor, temperature: float) -> torch.Tensor:
-        if not self._runs(logits):
-            return super().gumbel_argmax(logits, gumbel, temperature)
-        return self.kernels.gumbel_argmax_triton(logits, gumbel, temperature)
-
-    def coupled_sample(
-        self,
-        draft_logits: torch.Tensor,
-        ar_logits: torch.Tensor,
-        weight: float,
-        gumbel: torch.Tensor | None,
-        temperature: float,
-    ) -> torch.Tensor:
-        if not self._runs(draft_logits):
-            return super().coupled_sample(draft_logits, ar_logits, weight, gumbel, temperature)
-        return self.kernels.coupled_sample_triton(draft_logits, ar_logits, weight, gumbel, temperature)
+    def _implementation(self, reduction: str, tensor: torch.Tensor) -> Callable[..., Any]:
+        """:mod:`~dlm_decode.ops.kernels`' ``{reduction}_triton`` where the kernels take ``tensor``, else the native
+        twin (see :meth:`_runs`)."""
+        if not self._runs(tensor):
+            return super()._implementation(reduction, tensor)
+        return getattr(self.kernels, f"{reduction}_triton")
 
 
 def triton_unavailable(explicit: bool) -> tuple[str, str] | None:

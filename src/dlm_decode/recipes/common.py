@@ -15,6 +15,8 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import cast
 
 import torch
@@ -196,6 +198,74 @@ def train_model(
     return time.perf_counter() - start
 
 
+@dataclass
+class TrainingRun:
+    """How a trainer runs: ``steps`` optimizer steps of ``batch_size`` examples at peak learning rate ``lr``, from
+    ``seed``, logging every ``log_every`` steps, on ``device`` (data and masks are drawn on the CPU either way),
+    the forwards through ``torch.compile`` (dynamic shapes; needs a C++ compiler on the CPU) when ``compile``:
+    faster steps once compiled (docs/results.md gives the measurement), the same data and masks, weights that
+    differ from an eager run by floating-point rounding."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    seed: int = 0
+    log_every: int = 100
+    device: str = "cpu"
+    compile: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, *, steps: int, lr: float) -> TrainingRun:
+        """A run of ``steps`` at ``lr`` with ``--batch-size`` and the options of :func:`add_run_arguments`."""
+        shared = ("batch_size", "seed", "log_every", "device", "compile")
+        return cls(steps=steps, lr=lr, **{name: getattr(args, name) for name in shared})
+
+
+def train_on_tasks(
+    model: LlamaForCausalLM,
+    rows: Callable[[list[Example]], list[Row]],
+    batch_loss: Callable[[LlamaForCausalLM, Batch], torch.Tensor],
+    run: TrainingRun,
+    *,
+    pad_id: int,
+    rng: random.Random,
+    label: str,
+) -> float:
+    """Train ``model`` (already on ``run.device``) with :func:`train_model` as ``run`` says; return the wall time in
+    seconds.
+
+    A step draws ``run.batch_size`` examples of the task suite (:func:`draw_examples` with ``TASK_WEIGHTS``, from
+    ``rng``), turns them into training ``rows``, and averages ``batch_loss(model, batch)`` over forwards of
+    ``ROWS_PER_FORWARD`` rows (:func:`make_batches`, padded with ``pad_id``), each weighted by its share of the rows.
+    """
+    # the compiled module passes calls and attribute reads on to the model
+    forward_model = cast(LlamaForCausalLM, torch.compile(model, dynamic=True)) if run.compile else model
+
+    def loss_fn(step: int) -> torch.Tensor:
+        drawn = rows(draw_examples(rng, run.batch_size, TASK_WEIGHTS))
+        total = torch.zeros((), device=run.device)
+        for batch in make_batches(drawn, pad_id, ROWS_PER_FORWARD):
+            loss = batch_loss(forward_model, batch.to(run.device))
+            total = total + loss * (batch.input_ids.shape[0] / len(drawn))
+        return total
+
+    schedule = LearningRateSchedule(steps=run.steps, lr=run.lr, warmup=max(1, run.steps // 20))
+    return train_model(model, loss_fn, schedule, label=label, log_every=run.log_every)
+
+
+def save_trained(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, directory: Path, seconds: float) -> dict:
+    """Save ``model`` and ``tokenizer`` into ``directory``; return the run's figures for the card: parameters,
+    training ``seconds`` and the safetensors' ``bytes``."""
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    logger.info("%s saved to %s after %.1f min", directory.name, directory, seconds / 60)
+    return {
+        "parameters": count_parameters(model),
+        "seconds": seconds,
+        "bytes": (directory / "model.safetensors").stat().st_size,
+    }
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     """Unique parameters (tied embeddings counted once)."""
     return sum(p.numel() for p in model.parameters())
@@ -245,6 +315,26 @@ def quick_eval(
         accuracy[name] = sum(task.check(e, o) for e, o in zip(examples, outputs, strict=True)) / len(examples)
     accuracy["mean"] = sum(accuracy.values()) / len(tasks)
     return accuracy
+
+
+def timed_quick_eval(label: str, generate: Callable[[Sequence[str]], list[str]], n_per_task: int) -> dict[str, float]:
+    """:func:`quick_eval` of ``generate``, logged with ``label`` and its wall time."""
+    started = time.perf_counter()
+    row = quick_eval(generate, n_per_task=n_per_task)
+    logger.info("%s: %s (%.0f s)", label, format_row(row), time.perf_counter() - started)
+    return row
+
+
+def tradeoff_table(
+    name: str, everything: str, generate: Callable[..., list[str]], n_per_task: int
+) -> dict[str, dict[str, float]]:
+    """The quick_eval rows of a greedy decoder ``generate(prompts, tokens_per_step=k)``, one per ``k`` of
+    ``TRADEOFF_KS``, labelled ``{name} k={k}`` (``everything`` for ``None``)."""
+    table = {}
+    for k in TRADEOFF_KS:
+        label = f"{name} k={everything if k is None else k}"
+        table[label] = timed_quick_eval(label, partial(generate, tokens_per_step=k), n_per_task)
+    return table
 
 
 def format_row(row: dict[str, float]) -> str:

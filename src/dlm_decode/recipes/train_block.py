@@ -29,11 +29,9 @@ import argparse
 import json
 import logging
 import random
-import time
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -46,25 +44,20 @@ from dlm_decode.recipes.common import (
     EVAL_MAX_NEW_TOKENS,
     MIN_MASK_RATIO,
     OPTIMIZER_TEXT,
-    ROWS_PER_FORWARD,
-    TASK_WEIGHTS,
-    TRADEOFF_KS,
     Batch,
-    LearningRateSchedule,
+    TrainingRun,
     add_run_arguments,
     allowed_logits,
     count_parameters,
     decode_region,
     dllm_rows,
-    draw_examples,
-    format_row,
     left_pad,
-    make_batches,
     prompt_ids,
-    quick_eval,
     quick_eval_section,
     run_words,
-    train_model,
+    save_trained,
+    tradeoff_table,
+    train_on_tasks,
     trained_on,
 )
 
@@ -170,42 +163,24 @@ def block_generate_greedy(
 
 
 def train(
-    tokenizer: PreTrainedTokenizerFast,
-    init: Path,
-    *,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    log_every: int,
-    block_size: int = BLOCK_SIZE,
-    device: str = "cpu",
-    compile: bool = False,
+    tokenizer: PreTrainedTokenizerFast, init: Path, run: TrainingRun, block_size: int = BLOCK_SIZE
 ) -> tuple[LlamaForCausalLM, float]:
-    """Adapt the bidirectional checkpoint ``init`` to block diffusion from a fixed seed; return the model (on the
+    """Adapt the bidirectional checkpoint ``init`` to block diffusion as ``run`` says; return the model (on the
     CPU, its config declaring the pattern) and the training wall time."""
-    torch.manual_seed(seed)
+    torch.manual_seed(run.seed)
     # the ignore below: transformers' wrapper of nn.Module.to is typed as taking the model, not the device
-    model = LlamaForCausalLM.from_pretrained(init, dtype=torch.float32).to(device)  # type: ignore[arg-type]
+    model = LlamaForCausalLM.from_pretrained(init, dtype=torch.float32).to(run.device)  # type: ignore[arg-type]
     model.config.update({PATTERN_KEY: "block_causal", BLOCK_SIZE_KEY: block_size})  # read by the adapter
-    # the compiled module passes calls and attribute reads on to the model
-    forward_model = cast(LlamaForCausalLM, torch.compile(model, dynamic=True)) if compile else model
-    rng = random.Random(f"block/{seed}")
-    generator = torch.Generator().manual_seed(seed)
+    rng = random.Random(f"block/{run.seed}")
+    generator = torch.Generator().manual_seed(run.seed)
 
-    def loss_fn(step: int) -> torch.Tensor:
-        rows = dllm_rows(draw_examples(rng, batch_size, TASK_WEIGHTS), tokenizer, rng)
-        total = torch.zeros((), device=device)
-        for batch in make_batches(rows, tokenizer.pad_token_id, ROWS_PER_FORWARD):
-            loss = block_diffusion_loss(forward_model, batch.to(device), tokenizer.mask_token_id, block_size, generator)
-            total = total + loss * (batch.input_ids.shape[0] / len(rows))
-        return total
+    def loss(model: LlamaForCausalLM, batch: Batch) -> torch.Tensor:
+        return block_diffusion_loss(model, batch, tokenizer.mask_token_id, block_size, generator)
 
-    logger.info(
-        "block: %s parameters from %s, %d steps of batch %d", f"{count_parameters(model):,}", init, steps, batch_size
-    )
-    schedule = LearningRateSchedule(steps=steps, lr=lr, warmup=max(1, steps // 20))
-    seconds = train_model(model, loss_fn, schedule, label="block", log_every=log_every)
+    parameters = f"{count_parameters(model):,}"
+    logger.info("block: %s parameters from %s, %d steps of batch %d", parameters, init, run.steps, run.batch_size)
+    rows = partial(dllm_rows, tokenizer=tokenizer, rng=rng)
+    seconds = train_on_tasks(model, rows, loss, run, pad_id=tokenizer.pad_token_id, rng=rng, label="block")
     return model.to("cpu"), seconds
 
 
@@ -213,21 +188,10 @@ def evaluate(
     model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, n_per_task: int, block_size: int
 ) -> dict[str, dict[str, float]]:
     """The quick_eval table: one row per ``tokens_per_step`` inside a block."""
-    table = {}
-    for k in TRADEOFF_KS:
-        label = f"block k={'block' if k is None else k}"
-        started = time.perf_counter()
-        generate = partial(
-            block_generate_greedy,
-            model,
-            tokenizer,
-            max_new_tokens=EVAL_MAX_NEW_TOKENS,
-            tokens_per_step=k,
-            block_size=block_size,
-        )
-        table[label] = quick_eval(generate, n_per_task=n_per_task)
-        logger.info("%s: %s (%.0f s)", label, format_row(table[label]), time.perf_counter() - started)
-    return table
+    generate = partial(
+        block_generate_greedy, model, tokenizer, max_new_tokens=EVAL_MAX_NEW_TOKENS, block_size=block_size
+    )
+    return tradeoff_table("block", "block", generate, n_per_task)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -310,29 +274,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     torch.set_num_threads(args.threads)
     tokenizer = build_char_tokenizer()
     init = Path(resolve_path(args.init, "--init"))
-    model, seconds = train(
-        tokenizer,
-        init,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        log_every=args.log_every,
-        block_size=args.block_size,
-        device=args.device,
-        compile=args.compile,
-    )
+    training = TrainingRun.from_args(args, steps=args.steps, lr=args.lr)
+    model, seconds = train(tokenizer, init, training, args.block_size)
     directory = args.out / "block"
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    run = {
-        "layers": model.config.num_hidden_layers,
-        "hidden": model.config.hidden_size,
-        "parameters": count_parameters(model),
-        "seconds": seconds,
-        "bytes": (directory / "model.safetensors").stat().st_size,
-    }
-    logger.info("block saved to %s after %.1f min", directory, seconds / 60)
+    run = {"layers": model.config.num_hidden_layers, "hidden": model.config.hidden_size}
+    run.update(save_trained(model, tokenizer, directory, seconds))
     table = evaluate(model, tokenizer, args.eval_n, args.block_size) if args.eval_n else {}
     write_model_card(directory, args, run, table)
     logger.info("results:\n%s", json.dumps({"run": run, "quick_eval": table}, indent=1))

@@ -26,11 +26,10 @@ import argparse
 import json
 import logging
 import random
-import time
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -46,25 +45,23 @@ from dlm_decode.recipes.common import (
     OPTIMIZER_TEXT,
     ROWS_PER_FORWARD,
     TASK_WEIGHTS,
-    TRADEOFF_KS,
     TRUNCATED_FRACTION,
     Batch,
-    LearningRateSchedule,
     Row,
+    TrainingRun,
     add_run_arguments,
     allowed_logits,
     count_parameters,
     decode_region,
     dllm_rows,
-    draw_examples,
-    format_row,
     left_pad,
-    make_batches,
     prompt_ids,
-    quick_eval,
     quick_eval_section,
     run_words,
-    train_model,
+    save_trained,
+    timed_quick_eval,
+    tradeoff_table,
+    train_on_tasks,
     trained_on,
 )
 
@@ -212,43 +209,32 @@ def ar_generate_greedy(
 
 
 def train(
-    kind: str, tokenizer: PreTrainedTokenizerFast, *, steps: int, batch_size: int, lr: float, seed: int,
-    log_every: int, device: str = "cpu", compile: bool = False, arch: dict[str, int] | None = None,
-) -> tuple[LlamaForCausalLM, float]:  # fmt: skip
-    """Train the ``"dllm"`` or ``"ar"`` model from a fixed seed; return it (on the CPU) and the training wall time.
+    kind: str, tokenizer: PreTrainedTokenizerFast, run: TrainingRun, arch: dict[str, int] | None = None
+) -> tuple[LlamaForCausalLM, float]:
+    """Train the ``"dllm"`` or ``"ar"`` model as ``run`` says; return it (on the CPU) and the training wall time.
 
-    :param device: where the model trains; data and masks are drawn on the CPU either way.
-    :param compile: run the forwards through ``torch.compile`` (dynamic shapes; needs a C++ compiler on the
-        CPU): faster steps once compiled (docs/results.md gives the measurement); the wall time includes the
-        compilation. Same data and masks; the weights differ from an eager run by floating-point rounding.
     :param arch: the architecture (default: ``DLLM_ARCH`` or ``AR_ARCH``).
     """
-    torch.manual_seed(seed)
+    torch.manual_seed(run.seed)
     causal = kind == "ar"
     arch = arch or (AR_ARCH if causal else DLLM_ARCH)
     # the ignore below: transformers' wrapper of nn.Module.to is typed as taking the model, not the device
-    model = LlamaForCausalLM(model_config(tokenizer, arch, causal=causal)).to(device)  # type: ignore[arg-type]
-    # the compiled module passes calls and attribute reads on to the model
-    forward_model = cast(LlamaForCausalLM, torch.compile(model, dynamic=True)) if compile else model
-    rng = random.Random(f"{kind}/{seed}")
-    generator = torch.Generator().manual_seed(seed)
+    model = LlamaForCausalLM(model_config(tokenizer, arch, causal=causal)).to(run.device)  # type: ignore[arg-type]
+    rng = random.Random(f"{kind}/{run.seed}")
+    generator = torch.Generator().manual_seed(run.seed)
 
-    def loss_fn(step: int) -> torch.Tensor:
-        examples = draw_examples(rng, batch_size, TASK_WEIGHTS)
-        rows = ar_rows(examples, tokenizer) if causal else dllm_rows(examples, tokenizer, rng)
-        total = torch.zeros((), device=device)
-        for batch in make_batches(rows, tokenizer.pad_token_id, ROWS_PER_FORWARD):
-            batch = batch.to(device)
-            if causal:
-                loss = ar_loss(forward_model, batch)
-            else:
-                loss = masked_diffusion_loss(forward_model, batch, tokenizer.mask_token_id, generator)
-            total = total + loss * (batch.input_ids.shape[0] / len(rows))
-        return total
+    def rows(examples: list[Example]) -> list[Row]:
+        return ar_rows(examples, tokenizer) if causal else dllm_rows(examples, tokenizer, rng)
 
-    logger.info("%s: %s parameters, %d steps of batch %d", kind, f"{count_parameters(model):,}", steps, batch_size)
-    schedule = LearningRateSchedule(steps=steps, lr=lr, warmup=max(1, steps // 20))
-    seconds = train_model(model, loss_fn, schedule, label=kind, log_every=log_every)
+    def loss(model: LlamaForCausalLM, batch: Batch) -> torch.Tensor:
+        if causal:
+            return ar_loss(model, batch)
+        return masked_diffusion_loss(model, batch, tokenizer.mask_token_id, generator)
+
+    logger.info(
+        "%s: %s parameters, %d steps of batch %d", kind, f"{count_parameters(model):,}", run.steps, run.batch_size
+    )
+    seconds = train_on_tasks(model, rows, loss, run, pad_id=tokenizer.pad_token_id, rng=rng, label=kind)
     return model.to("cpu"), seconds
 
 
@@ -258,20 +244,11 @@ def evaluate_pair(
     """The quick_eval table: one row per dLLM ``tokens_per_step`` (``dllm k=...``) and one for the AR model."""
     table = {}
     if dllm is not None:
-        for k in TRADEOFF_KS:
-            label = f"dllm k={'all' if k is None else k}"
-            started = time.perf_counter()
-            table[label] = quick_eval(
-                partial(dllm_generate_greedy, dllm, tokenizer, max_new_tokens=EVAL_MAX_NEW_TOKENS, tokens_per_step=k),
-                n_per_task=n_per_task,
-            )
-            logger.info("%s: %s (%.0f s)", label, format_row(table[label]), time.perf_counter() - started)
+        generate = partial(dllm_generate_greedy, dllm, tokenizer, max_new_tokens=EVAL_MAX_NEW_TOKENS)
+        table.update(tradeoff_table("dllm", "all", generate, n_per_task))
     if ar is not None:
-        started = time.perf_counter()
-        table["ar"] = quick_eval(
-            lambda prompts: ar_generate_greedy(ar, tokenizer, prompts, EVAL_MAX_NEW_TOKENS), n_per_task=n_per_task
-        )
-        logger.info("ar: %s (%.0f s)", format_row(table["ar"]), time.perf_counter() - started)
+        generate = partial(ar_generate_greedy, ar, tokenizer, max_new_tokens=EVAL_MAX_NEW_TOKENS)
+        table["ar"] = timed_quick_eval("ar", generate, n_per_task)
     return table
 
 
@@ -387,19 +364,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
         if args.which not in (kind, "both"):
             continue
         steps, lr = (args.dllm_steps, args.dllm_lr) if kind == "dllm" else (args.ar_steps, args.ar_lr)
-        model, seconds = train(
-            kind, tokenizer, steps=steps, batch_size=args.batch_size, lr=lr, seed=args.seed,
-            log_every=args.log_every, device=args.device, compile=args.compile,
-        )  # fmt: skip
-        directory = args.out / kind
-        model.save_pretrained(directory)
-        tokenizer.save_pretrained(directory)
+        model, seconds = train(kind, tokenizer, TrainingRun.from_args(args, steps=steps, lr=lr))
         models[kind] = model
-        runs[kind] = {
-            "arch": DLLM_ARCH if kind == "dllm" else AR_ARCH, "parameters": count_parameters(model), "steps": steps,
-            "lr": lr, "seconds": seconds, "bytes": (directory / "model.safetensors").stat().st_size,
-        }  # fmt: skip
-        logger.info("%s saved to %s after %.1f min", kind, directory, seconds / 60)
+        runs[kind] = {"arch": DLLM_ARCH if kind == "dllm" else AR_ARCH, "steps": steps, "lr": lr}
+        runs[kind].update(save_trained(model, tokenizer, args.out / kind, seconds))
     table = evaluate_pair(models.get("dllm"), models.get("ar"), tokenizer, args.eval_n) if args.eval_n else {}
     write_model_card(args.out, args, runs, table)
     logger.info("results:\n%s", json.dumps({"runs": runs, "quick_eval": table}, indent=1))

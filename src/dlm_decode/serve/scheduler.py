@@ -212,6 +212,8 @@ class Scheduler:
             self._isolate(cohort, exc)
             return
         self.counts["steps"] += 1
+        state.commits.clear()  # the scheduler counts each row's steps itself: a running batch keeps no history
+        state.active.clear()
         self._report(cohort, state, stable_ends(state, step.window, decoder.roles.revokes))
 
     def _regroup(self, cohort: Cohort) -> bool:

@@ -89,7 +89,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dlm_decode.api import Decision, DecodeState, Proposal, Window, check_field, hookimpl, select_top
+from dlm_decode.api import Decision, DecodeState, Proposal, Window, check_field, check_probability, hookimpl, select_top
 
 #: The official threshold decoder commits every position within this much of the row's best confidence.
 NEAR_BEST = 1e-5
@@ -178,12 +178,7 @@ class CreditConfig:
     """Decay: every credit is multiplied by ``beta`` at each step of its block."""
 
     def __post_init__(self) -> None:
-        check_field(
-            0.0 <= self.threshold <= 1.0,
-            "threshold",
-            f"must be in [0, 1], got {self.threshold}",
-            "confidences are probabilities; 0.9 is dInfer's default",
-        )
+        check_probability(self.threshold, "threshold", "confidences are probabilities; 0.9 is dInfer's default")
         check_field(
             self.alpha >= 0.0,
             "alpha",
@@ -196,10 +191,9 @@ class CreditConfig:
             f"must be > 0, got {self.gamma}",
             "the boost is p ** gamma; 0.2 is the official default, 1 adds the plain probability",
         )
-        check_field(
-            0.0 <= self.beta <= 1.0,
+        check_probability(
+            self.beta,
             "beta",
-            f"must be in [0, 1], got {self.beta}",
             "credit decays by beta per step; 0.8 is the official default, 0 keeps only the current step",
         )
 

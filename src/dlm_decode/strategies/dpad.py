@@ -68,7 +68,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dlm_decode.api import ConfigError, DecodeState, Window, check_field, first_true_columns, hookimpl
+from dlm_decode.api import DecodeState, Window, check_field, first_true_columns, hookimpl
 
 DROPOUTS = ("gaussian", "uniform")
 SPACINGS = ("official", "paper")
@@ -205,21 +205,13 @@ class DPadWindow:
             block_start=block_start,
             block_end=block_end,
             visible=visible,
+            width=size,
         )
 
 
 def dpad_window(config: DPadConfig, context) -> DPadWindow:
     """``dpad``, refused when its blocks cannot nest with a block-causal model's blocks."""
-    pattern = context.attention
-    if not pattern.nests(config.size):
-        raise ConfigError(
-            "decoder.window.size",
-            f"{config.size} neither divides nor is a multiple of the dLLM's "
-            f"block size {pattern.block_size} ({pattern}): a DPad block would straddle the model's "
-            "blocks, so part of it would be decided while the model cannot yet see it as the current "
-            "block",
-            f"set decoder.window.size to a divisor or a multiple of {pattern.block_size}",
-        )
+    context.check_window_blocks(config.size, "DPad")
     cache = context.resolved.strategies.get("cache", ("none", None))[0]
     return DPadWindow(config, trim=cache == "none")
 

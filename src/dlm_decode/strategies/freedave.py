@@ -155,12 +155,13 @@ class FreeDave:
     @hookimpl(wrapper=True)
     def dlm_model_inputs(self, state: DecodeState, window: Window, plan: ForwardPlan):
         """Append the drafted canvases as extra batch rows: ``[B * D, S]`` ids, positions and masks, rows
-        ``B * j .. B * (j + 1)`` holding canvas ``j`` (0: the current one)."""
+        ``B * j .. B * (j + 1)`` holding canvas ``j`` (0: the current one); the logits of every column are read (the
+        ranking covers the next block's positions too)."""
         inputs = yield
         memory = state.memory(self, lambda state: FreeDaveMemory())
         memory.drafts = None
         if self.draft_steps == 1 or memory.confidence is None:  # nothing ranked yet: the current canvas alone
-            return inputs
+            return inputs.reading_all()  # the ranking reads every column (the next block's too)
         if plan.cache is not None:
             raise StrategyError(
                 "the drafted canvases are extra batch rows with no keys/values of their own, but the "
@@ -188,7 +189,7 @@ class FreeDave:
         """
         batch, width = state.canvas.shape
         span = forward.inputs.end - forward.start
-        logits = forward.logits[:, :span]
+        logits = forward.columns(forward.start, forward.inputs.end)
         confidence, tokens = self.scorer.max_prob(logits.reshape(-1, logits.shape[-1]))
         full_confidence = torch.full((rows, batch, width), float("-inf"), device=confidence.device)
         full_tokens = torch.zeros((rows, batch, width), dtype=torch.long, device=confidence.device)

@@ -56,6 +56,7 @@ from dlm_decode.api import (
     Proposal,
     Window,
     check_field,
+    check_probability,
     check_step_schedule,
     hookimpl,
     select_top,
@@ -88,12 +89,7 @@ class KlassConfig:
     """Apply the KL rule only from the row's (history_length - 1)-th step inside its block (the LLaDA code)."""
 
     def __post_init__(self) -> None:
-        check_field(
-            0.0 <= self.conf_threshold <= 1.0,
-            "conf_threshold",
-            f"must be in [0, 1], got {self.conf_threshold}",
-            "confidences are probabilities, e.g. 0.9",
-        )
+        check_probability(self.conf_threshold, "conf_threshold", "confidences are probabilities, e.g. 0.9")
         check_field(
             self.kl_threshold > 0.0,
             "kl_threshold",
@@ -131,6 +127,12 @@ class KlassVerifier:
     def __init__(self, config: KlassConfig):
         self.config = config
 
+    @hookimpl(wrapper=True)
+    def dlm_model_inputs(self):
+        """The history compares every generated column of the span with the last step's: read all their logits."""
+        inputs = yield
+        return inputs.reading_all()
+
     def stable_runs(
         self, state: DecodeState, forward: ForwardOutput, window: Window, memory: KlassMemory
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,7 +145,7 @@ class KlassVerifier:
         """
         first_gen = state.gen_start
         low, high = max(forward.start, first_gen), forward.inputs.end
-        log_probs = torch.log_softmax(forward.logits[:, low - forward.start : high - forward.start].float(), dim=-1)
+        log_probs = torch.log_softmax(forward.columns(low, high).float(), dim=-1)
         batch, generated = state.batch_size, state.width - first_gen
         if memory.log_probs is None:
             memory.log_probs = log_probs.new_zeros(batch, generated, log_probs.shape[-1])

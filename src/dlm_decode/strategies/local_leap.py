@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dlm_decode.api import Decision, Proposal, Window, check_field, hookimpl, select_top
+from dlm_decode.api import Decision, Proposal, Window, check_field, check_probability, hookimpl, select_top
 
 
 @dataclass
@@ -48,12 +48,7 @@ class LocalLeapConfig:
     """r: a column at most this many columns from an anchor is its neighbour (0: no relaxation)."""
 
     def __post_init__(self) -> None:
-        check_field(
-            0.0 <= self.threshold <= 1.0,
-            "threshold",
-            f"must be in [0, 1], got {self.threshold}",
-            "confidences are probabilities; 0.9 is the default",
-        )
+        check_probability(self.threshold, "threshold", "confidences are probabilities; 0.9 is the default")
         check_field(
             0.0 <= self.relaxed_threshold <= self.threshold,
             "relaxed_threshold",

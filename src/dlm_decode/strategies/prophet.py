@@ -70,6 +70,7 @@ from dlm_decode.api import (
     Proposal,
     Window,
     check_field,
+    check_probability,
     check_step_schedule,
     hookimpl,
     select_top,
@@ -145,12 +146,7 @@ class ProphetConfig:
                 f"is a knob of base threshold, but base is {self.base.value}",
                 f"leave {name} out, or set base: threshold",
             )
-        check_field(
-            0.0 <= self.threshold <= 1.0,
-            "threshold",
-            f"must be in [0, 1], got {self.threshold}",
-            "confidences are probabilities; 0.9 is Fast-dLLM's default",
-        )
+        check_probability(self.threshold, "threshold", "confidences are probabilities; 0.9 is Fast-dLLM's default")
         check_field(
             self.min_tokens >= 1,
             "min_tokens",
@@ -320,7 +316,7 @@ class ProphetVerifier:
         first = max(first, state.gen_start, forward.start)
         if last <= first:
             return torch.full((state.batch_size,), float("-inf"), device=state.canvas.device)
-        return logit_gap(forward.logits[:, first - forward.start : last - forward.start]).mean(-1)
+        return logit_gap(forward.columns(first, last)).mean(-1)
 
     @hookimpl
     def dlm_verify(self, state: DecodeState, forward: ForwardOutput, proposal: Proposal, window: Window) -> Decision:

@@ -65,6 +65,7 @@ from dlm_decode.api import (
     Proposal,
     Window,
     check_field,
+    check_probability,
     hookimpl,
     select_top,
 )
@@ -99,8 +100,7 @@ class SlowFastConfig:
             "every sub-cycle starts with at least one slow step; 6 is the official default",
         )
         for name in ("span_threshold", "threshold"):
-            value = getattr(self, name)
-            check_field(0.0 <= value <= 1.0, name, f"must be a probability in [0, 1], got {value}")
+            check_probability(getattr(self, name), name)
         check_field(
             self.stability_window >= 1,
             "stability_window",
@@ -228,6 +228,7 @@ class SlowFastVerifier:
             attention_mask=mask & visible[:, None, None, :],
             start=inputs.start,
             end=inputs.end,
+            outputs=inputs.outputs,
         )
 
     def estimate(self, memory: SlowFastMemory, confidence: torch.Tensor, scope: torch.Tensor, window: Window) -> None:

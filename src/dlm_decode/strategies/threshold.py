@@ -28,7 +28,16 @@ from dataclasses import dataclass
 
 import torch
 
-from dlm_decode.api import Decision, Proposal, Window, check_field, hookimpl, select_top
+from dlm_decode.api import (
+    Decision,
+    Proposal,
+    Window,
+    check_field,
+    check_probability,
+    hookimpl,
+    select_top,
+    threshold_commit,
+)
 
 
 @dataclass
@@ -40,10 +49,9 @@ class ThresholdConfig:
     """Commit at least this many of each row's most confident eligible positions (SDAR's per-step quota)."""
 
     def __post_init__(self) -> None:
-        check_field(
-            0.0 <= self.threshold <= 1.0,
+        check_probability(
+            self.threshold,
             "threshold",
-            f"must be in [0, 1], got {self.threshold}",
             "confidences are probabilities; 1.0 commits one token per step, 0.9 is the paper's default",
         )
         check_field(
@@ -66,20 +74,6 @@ class FactorConfig:
             f"must be > 0, got {self.factor}",
             "1.0 is Theorem 1's bound; larger values accept more tokens per step",
         )
-
-
-def threshold_commit(
-    confidence: torch.Tensor, eligible: torch.Tensor, threshold: float, min_tokens: int = 1
-) -> torch.Tensor:
-    """The eligible positions with ``confidence >= threshold``, plus each row's ``min_tokens`` most confident
-    eligible ones.
-
-    :param confidence: ``[B, N]`` float.
-    :param eligible: ``[B, N]`` bool.
-    :return: ``[B, N]`` bool, empty only for rows without an eligible position.
-    """
-    quota = None if min_tokens == 1 else torch.full_like(confidence[:, 0], min_tokens, dtype=torch.long)
-    return ((confidence >= threshold) & eligible) | select_top(confidence, eligible, quota)
 
 
 def factor_counts(confidence: torch.Tensor, eligible: torch.Tensor, factor: float) -> torch.Tensor:

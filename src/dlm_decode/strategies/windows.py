@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dlm_decode.api import ConfigError, DecodeState, Window, check_field, first_true_columns, hookimpl
+from dlm_decode.api import DecodeState, Window, check_field, first_true_columns, hookimpl
 
 
 @dataclass
@@ -82,21 +82,13 @@ class BlockWindow:
             input_end=state.width,
             block_start=block_start,
             block_end=block_end,
+            width=self.size,
         )
 
 
 def block_window(config: BlocksConfig, context) -> BlockWindow:
     """``blocks(size)``, refused when its blocks cannot nest with a block-causal model's blocks."""
-    pattern = context.attention
-    if not pattern.nests(config.size):
-        raise ConfigError(
-            "decoder.window.size",
-            f"{config.size} neither divides nor is a multiple of the dLLM's "
-            f"block size {pattern.block_size} ({pattern}): a window block would straddle the "
-            "model's blocks, so part of it would be decided while the model cannot yet see it as "
-            "the current block",
-            f"set decoder.window.size to a divisor or a multiple of {pattern.block_size}",
-        )
+    context.check_window_blocks(config.size, "window")
     return BlockWindow(config.size)
 
 
@@ -128,7 +120,12 @@ class LookaheadWindow:
         end = end.clamp(max=state.width)
         visible = columns < end[:, None]
         return Window(
-            eligible=masked & visible, input_end=int(end.max()), block_start=frontier, block_end=end, visible=visible
+            eligible=masked & visible,
+            input_end=int(end.max()),
+            block_start=frontier,
+            block_end=end,
+            visible=visible,
+            width=self.max_lookahead,
         )
 
 

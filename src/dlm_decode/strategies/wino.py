@@ -11,11 +11,12 @@ repeats its column's position id and attends to every real key that column may s
 slots attend to each other (the official layout; ``shadows_attend_each_other: false`` lets a slot see only
 itself, which makes its first layer exactly the forward with that column masked); no real query attends to a
 slot, so the canvas logits are those of the plain forward. Slot ``i`` of row ``b`` reads
-``forward.logits[b, end - start + i]`` and predicts column ``block_start[b] + i`` without looking at the token
-there: its probability of the committed token is the token's *leave-one-out* support. In deeper layers the other
-columns still carry that token (they attend to it), so the support is leave-one-out at the input, as in the
-official code. One forward both drafts and verifies; it needs cache ``none`` and logits aligned to the inputs
-(a shifted-logit adapter such as Dream's would have to realign the shadow block too).
+``forward.extra(b, i)`` (query ``end - start + i``; the wrapper adds the slots to the output queries) and predicts
+column ``block_start[b] + i`` without looking at the token there: its probability of the committed token is the
+token's *leave-one-out* support. In deeper layers the other columns still carry that token (they attend to it),
+so the support is leave-one-out at the input, as in the official code. One forward both drafts and verifies; it
+needs cache ``none`` and logits aligned to the inputs (a shifted-logit adapter such as Dream's would have to
+realign the shadow block too).
 
 *Each step, per row* (``m``: eligible masked positions of the block, ``a``: tokens drafted this step):
 
@@ -136,7 +137,7 @@ def append_shadow(state: DecodeState, window: Window, inputs: ModelInputs, each_
     """Append the shadow block to inputs built without a cache (keys = queries = canvas ``[start, end)``).
 
     :return: inputs with ``input_ids`` and ``position_ids`` ``[B, S + L]`` and ``attention_mask``
-        ``[B, 1, S + L, S + L]``; ``start`` and ``end`` unchanged.
+        ``[B, 1, S + L, S + L]``; ``start`` and ``end`` unchanged; the ``L`` slots appended to ``outputs``.
     """
     cols, valid = shadow_slots(window)
     valid = valid & state.attention_mask.gather(1, cols)  # a regrouped batch's right padding shadows nothing
@@ -157,12 +158,16 @@ def append_shadow(state: DecodeState, window: Window, inputs: ModelInputs, each_
     to_shadow = eye | (valid[:, :, None] & valid[:, None, :]) if each_other else eye.expand(batch, -1, -1)
     hidden = torch.zeros(batch, span, cols.shape[1], dtype=torch.bool, device=seen.device)
     mask = torch.cat([torch.cat([real, hidden], -1), torch.cat([to_real, to_shadow], -1)], 1)
+    outputs = inputs.outputs
+    if outputs is not None:  # the shadow slots' logits are read too
+        outputs = torch.cat([outputs, span + torch.arange(cols.shape[1], device=cols.device).expand_as(cols)], 1)
     return ModelInputs(
         input_ids=torch.cat([inputs.input_ids, torch.full_like(cols, state.mask_token_id)], 1),
         position_ids=torch.cat([inputs.position_ids, state.position_ids.gather(1, cols)], 1),
         attention_mask=mask[:, None],
         start=inputs.start,
         end=inputs.end,
+        outputs=outputs,
     )
 
 
@@ -256,8 +261,8 @@ class WinoVerifier:
             ``+inf`` elsewhere.
         """
         rows, cols = candidates.nonzero(as_tuple=True)
-        shadow = forward.logits[:, forward.inputs.end - forward.start :]  # [B, L, V]
-        probs = self.scorer.token_prob(shadow[rows, cols - window.block_start[rows]], state.canvas[rows, cols])
+        shadow = forward.extra(rows, cols - window.block_start[rows])  # [K, V]
+        probs = self.scorer.token_prob(shadow, state.canvas[rows, cols])
         support = torch.full(state.canvas.shape, float("inf"), device=probs.device)
         support[rows, cols] = probs
         return support

@@ -1,6 +1,8 @@
 """Tiny randomly initialised HF checkpoints, built in seconds on a CPU.
 
-* :func:`build_tiny_checkpoint`: a Llama (bidirectional unless ``causal``) with the project's char tokenizer.
+* :func:`build_tiny_checkpoint`: a Llama (bidirectional unless ``causal``) with the project's char tokenizer; every
+  builder takes the model's size and seed as keyword arguments (:class:`TinySize`), and :func:`random_model` is
+  the seeded random model they save, for a test that needs one in memory.
 * Stand-ins for remote-code derivatives of the real families, with their special-token *layout* scaled down and a
   *code layout* of their own: the checkpoint ships ``configuration_*.py``/``modeling_*.py`` and an ``auto_map`` in
   ``config.json`` and loads with ``implementation: remote`` and ``trust_remote_code`` (offline; the code is the
@@ -29,51 +31,70 @@ from __future__ import annotations
 import json
 import string
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 import torch
 
 from dlm_decode.models.tokenizer import build_char_tokenizer
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 #: Characters the position spike cycles through (position ``p`` gets ``SPIKE_LETTERS[p % 26]``).
 SPIKE_LETTERS = string.ascii_lowercase
 
 
-def _random_model(config_class, model_class, *, seed: int, hidden: int, layers: int, heads: int, **config_fields):
-    """A seeded random ``model_class``: ``layers`` layers of width ``hidden`` (MLP ``2 * hidden``), ``heads`` attention
-    heads and as many key/value heads; ``config_fields`` (vocabulary, positions, token ids, tying) go to
-    ``config_class``, and ``is_causal`` among them is set on the config after construction."""
-    is_causal = config_fields.pop("is_causal", None)
+class TinySize(TypedDict, total=False):
+    """The keyword arguments every builder takes (each left out is :data:`DEFAULT_SIZE`'s): the random weights'
+    ``seed``, ``layers`` layers of width ``hidden`` (MLP ``2 * hidden``), ``heads`` attention heads and as many
+    key/value heads, ``max_positions`` positions."""
+
+    seed: int
+    hidden: int
+    layers: int
+    heads: int
+    max_positions: int
+
+
+DEFAULT_SIZE: TinySize = {"seed": 0, "hidden": 32, "layers": 2, "heads": 2, "max_positions": 256}
+
+
+def random_model(
+    classes: tuple[type, type], size: TinySize, *, vocab_size: int, is_causal: bool | None = None, **config_fields
+):
+    """A seeded random model (``classes``: a transformers config class and its model class) of ``size`` (what it
+    leaves out is :data:`DEFAULT_SIZE`'s) with ``vocab_size`` logits. ``config_fields`` (tying, token ids,
+    ``num_key_value_heads`` for grouped-query attention, ...) go to the config; ``is_causal``, when given, is set on
+    it after construction."""
+    config_class, model_class = classes
+    size = {**DEFAULT_SIZE, **size}
     config = config_class(
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        **config_fields,
+        vocab_size=vocab_size,
+        hidden_size=size["hidden"],
+        intermediate_size=2 * size["hidden"],
+        num_hidden_layers=size["layers"],
+        num_attention_heads=size["heads"],
+        max_position_embeddings=size["max_positions"],
+        **{"num_key_value_heads": size["heads"], **config_fields},
     )
     if is_causal is not None:
         config.is_causal = is_causal
-    torch.manual_seed(seed)
+    torch.manual_seed(size["seed"])
     return model_class(config)
 
 
-def _save(model, tokenizer, directory: str | Path) -> Path:
+def _save_random(directory: str | Path, tokenizer, classes: tuple[type, type], size: TinySize, **fields) -> Path:
+    """Save :func:`random_model` (``fields``: its keyword arguments) with the tokenizer's BOS, EOS and pad ids, and
+    ``tokenizer``, into ``directory``."""
+    token_ids = {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id") for name in ("bos", "eos", "pad")}
+    model = random_model(classes, size, **token_ids, **fields)
     directory = Path(directory)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 
 
-def build_tiny_checkpoint(
-    directory: str | Path,
-    *,
-    causal: bool = False,
-    seed: int = 0,
-    hidden: int = 32,
-    layers: int = 2,
-    heads: int = 2,
-    max_positions: int = 256,
-) -> Path:
+def build_tiny_checkpoint(directory: str | Path, *, causal: bool = False, **size: Unpack[TinySize]) -> Path:
     """Save a random Llama (bidirectional unless ``causal``) and the char tokenizer into ``directory``.
 
     The result loads with plain ``AutoModelForCausalLM.from_pretrained(directory)``.
@@ -81,22 +102,10 @@ def build_tiny_checkpoint(
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = build_char_tokenizer()
-    model = _random_model(
-        LlamaConfig,
-        LlamaForCausalLM,
-        seed=seed,
-        hidden=hidden,
-        layers=layers,
-        heads=heads,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=max_positions,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        is_causal=causal,
+    classes = (LlamaConfig, LlamaForCausalLM)
+    return _save_random(
+        directory, tokenizer, classes, size, vocab_size=len(tokenizer), tie_word_embeddings=True, is_causal=causal
     )
-    return _save(model, tokenizer, directory)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -259,8 +268,8 @@ def spike_text(positions: range | list[int]) -> str:
     return "".join(SPIKE_LETTERS[p % len(SPIKE_LETTERS)] for p in positions)
 
 
-def _save_with_remote_code(model, tokenizer, directory: Path, config_updates: dict, files: dict[str, str]) -> Path:
-    _save(model, tokenizer, directory)
+def _add_remote_code(directory: Path, config_updates: dict, files: dict[str, str]) -> Path:
+    """Merge ``config_updates`` into the saved ``config.json`` and write ``files`` (name -> text) beside it."""
     path = directory / "config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
     config.update(config_updates)
@@ -271,15 +280,7 @@ def _save_with_remote_code(model, tokenizer, directory: Path, config_updates: di
 
 
 def build_dream_like(
-    directory: str | Path,
-    *,
-    seed: int = 0,
-    hidden: int = 32,
-    layers: int = 2,
-    heads: int = 2,
-    head_width: int = 112,
-    max_positions: int = 256,
-    position_spike: float = 0.0,
+    directory: str | Path, *, head_width: int = 112, position_spike: float = 0.0, **size: Unpack[TinySize]
 ) -> Path:
     """Save a Dream stand-in (remote code; load with ``trust_remote_code=True``) into ``directory``.
 
@@ -291,19 +292,13 @@ def build_dream_like(
     tokenizer = dream_like_tokenizer()
     if head_width < len(tokenizer):
         raise ValueError(f"head_width {head_width} is below the tokenizer's {len(tokenizer)} ids")
-    model = _random_model(
-        Qwen2Config,
-        Qwen2ForCausalLM,
-        seed=seed,
-        hidden=hidden,
-        layers=layers,
-        heads=heads,
+    saved = _save_random(
+        directory,
+        tokenizer,
+        (Qwen2Config, Qwen2ForCausalLM),
+        size,
         vocab_size=head_width,
-        max_position_embeddings=max_positions,
         tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
         is_causal=False,
     )
     updates = {
@@ -313,26 +308,17 @@ def build_dream_like(
         "mask_token_id": tokenizer.mask_token_id,
         **_spike_fields(position_spike, 1, tokenizer),
     }
-    return _save_with_remote_code(
-        model,
-        tokenizer,
-        Path(directory),
-        updates,
-        {"configuration_dream.py": _DREAM_CONFIGURATION, "modeling_dream.py": _DREAM_MODELING},
-    )
+    files = {"configuration_dream.py": _DREAM_CONFIGURATION, "modeling_dream.py": _DREAM_MODELING}
+    return _add_remote_code(saved, updates, files)
 
 
 def build_llada_like(
     directory: str | Path,
     *,
-    seed: int = 0,
-    hidden: int = 32,
-    layers: int = 2,
-    heads: int = 2,
     head_width: int = 104,
-    max_positions: int = 256,
     position_spike: float = 0.0,
     legacy: bool = False,
+    **size: Unpack[TinySize],
 ) -> Path:
     """Save a LLaDA stand-in (remote code) into ``directory``.
 
@@ -342,25 +328,20 @@ def build_llada_like(
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = llada_like_tokenizer()
-    model = _random_model(
-        LlamaConfig,
-        LlamaForCausalLM,
-        seed=seed,
-        hidden=hidden,
-        layers=layers,
-        heads=heads,
+    saved = _save_random(
+        directory,
+        tokenizer,
+        (LlamaConfig, LlamaForCausalLM),
+        size,
         vocab_size=head_width,
-        max_position_embeddings=max_positions,
         tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
         is_causal=False,
     )
     model_class = "modeling_llada.LLaDALegacyModelLM" if legacy else "modeling_llada.LLaDAModelLM"
     updates = {
         "model_type": "llada",
         "architectures": [model_class.split(".")[1]],
-        "max_sequence_length": max_positions,
+        "max_sequence_length": size.get("max_positions", DEFAULT_SIZE["max_positions"]),
         "auto_map": {
             "AutoConfig": "configuration_llada.LLaDAConfig",
             "AutoModel": model_class,
@@ -368,41 +349,18 @@ def build_llada_like(
         },
         **_spike_fields(position_spike, 0, tokenizer),
     }
-    return _save_with_remote_code(
-        model,
-        tokenizer,
-        Path(directory),
-        updates,
-        {"configuration_llada.py": _LLADA_CONFIGURATION, "modeling_llada.py": _LLADA_MODELING},
-    )
+    files = {"configuration_llada.py": _LLADA_CONFIGURATION, "modeling_llada.py": _LLADA_MODELING}
+    return _add_remote_code(saved, updates, files)
 
 
-def build_qwen_like_verifier(
-    directory: str | Path,
-    *,
-    seed: int = 1,
-    hidden: int = 32,
-    layers: int = 1,
-    heads: int = 2,
-    head_width: int = 104,
-    max_positions: int = 256,
-) -> Path:
+def build_qwen_like_verifier(directory: str | Path, *, head_width: int = 104, **size: Unpack[TinySize]) -> Path:
     """Save a causal Qwen2 (native transformers code) with the Dream-like tokenizer minus Dream's additions
-    (99 ids, the same ids for every shared token) and ``head_width`` logits (narrower than the Dream-like 112)."""
+    (99 ids, the same ids for every shared token) and ``head_width`` logits (narrower than the Dream-like 112);
+    one layer and seed 1 unless ``size`` says otherwise."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     tokenizer = dream_like_tokenizer(with_dream_additions=False)
-    model = _random_model(
-        Qwen2Config,
-        Qwen2ForCausalLM,
-        seed=seed,
-        hidden=hidden,
-        layers=layers,
-        heads=heads,
-        vocab_size=head_width,
-        max_position_embeddings=max_positions,
-        tie_word_embeddings=True,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+    size = {"seed": 1, "layers": 1, **size}
+    return _save_random(
+        directory, tokenizer, (Qwen2Config, Qwen2ForCausalLM), size, vocab_size=head_width, tie_word_embeddings=True
     )
-    return _save(model, tokenizer, directory)
