@@ -1,19 +1,19 @@
 """LLaDA 2.1's token editing (``editing``) and the core's ``Decision.edit`` / ``Decision.hold``: held blocks, post-step
-counts, EOS tails reopened by an edit, and the loop's refusals. The official ``generate`` is matched in
-``tests/test_llada2.py``."""
+counts and EOS tails reopened by an edit (the loop's refusals are in ``tests/test_loop.py``). The official
+``generate`` is matched in ``tests/test_llada2.py``."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from dlm_decode.errors import ConfigError, PluginError
+from dlm_decode.errors import ConfigError
 from dlm_decode.hookspecs import hookimpl
 from dlm_decode.masks import AttentionPattern
 from dlm_decode.state import Decision, DecodeState
 from dlm_decode.testing.toy import ToyDiffusionLM
 
-from helpers import MIXED_BATCH, strategy_decoder, toy_decoder
+from helpers import MIXED_BATCH, toy_decoder
 
 BLOCKS = AttentionPattern(block_size=4, anchor="position")
 M = ToyDiffusionLM.mask_token_id
@@ -67,38 +67,6 @@ def test_an_edit_that_removes_the_first_eos_reopens_the_filled_tail():
     state.apply(Decision(commit=torch.zeros_like(edit), tokens=torch.full_like(state.canvas, 9), edit=edit))
     assert state.canvas[0, 5] == 9 and state.masked[0].nonzero().flatten().tolist() == [4, *range(6, 12)]
     assert not state.filled.any() and state.finished.tolist() == [False]
-
-
-class _EditsThePrompt:
-    revokes = True  # declared, so the loop's check of where it edits is the one that speaks
-
-    @hookimpl
-    def dlm_verify(self, state, proposal, window):
-        edit = torch.zeros_like(window.eligible)
-        edit[:, 0] = True
-        return Decision(commit=window.eligible, tokens=proposal.tokens, edit=edit)
-
-
-class _HoldsOnABidirectionalModel:
-    @hookimpl
-    def dlm_verify(self, state, proposal, window):
-        hold = torch.ones_like(state.finished)
-        return Decision(commit=window.eligible, tokens=proposal.tokens, hold=hold)
-
-
-@pytest.mark.parametrize(
-    ("plugin_cls", "pattern"),
-    [
-        (_EditsThePrompt, r"edited a position that is not a committed generated token.*fix"),
-        (_HoldsOnABidirectionalModel, r"held a row's block open on a bidirectional model.*fix"),
-    ],
-)
-def test_the_loop_refuses_edits_of_prompts_and_holds_without_model_blocks(plugin_cls, pattern):
-    decoder = strategy_decoder(
-        "verification", "bad", lambda config, context: plugin_cls(), "generation.max_new_tokens=4"
-    )
-    with pytest.raises(PluginError, match="(?s)" + pattern):
-        decoder.generate(["ab", "cd"])
 
 
 def editing_decoder(*overrides: str, observers=()):

@@ -56,6 +56,23 @@ class _RedrawsOnMasks:
         return Decision(commit=window.eligible, tokens=proposal.tokens, redraw=window.eligible)
 
 
+class _EditsThePrompt:
+    revokes = True
+
+    @hookimpl
+    def dlm_verify(self, state, proposal, window):
+        edit = torch.zeros_like(window.eligible)
+        edit[:, 0] = True
+        return Decision(commit=window.eligible, tokens=proposal.tokens, edit=edit)
+
+
+class _HoldsOnABidirectionalModel:
+    @hookimpl
+    def dlm_verify(self, state, proposal, window):
+        hold = torch.ones_like(state.finished)
+        return Decision(commit=window.eligible, tokens=proposal.tokens, hold=hold)
+
+
 class _NaNModel(ToyDiffusionLM):
     """Finite logits, except ``poison`` written into one logit of the last row's last position at step ``step``
     (and token 0's logit at the first position, always ``-inf``); ``toy`` goes to :class:`ToyDiffusionLM`."""
@@ -81,6 +98,8 @@ class _NaNModel(ToyDiffusionLM):
         (_CommitsPrompt, r"tests.bad_plugin.*committed a position the window did not make eligible.*fix"),
         (_ReturnsNone, r"tests.bad_plugin.*dlm_verify: returned None.*fix"),
         (_RevokesPrompt, r"tests.bad_plugin.*revoked a position that is not a committed generated token.*fix"),
+        (_EditsThePrompt, r"tests.bad_plugin.*edited a position that is not a committed generated token.*fix"),
+        (_HoldsOnABidirectionalModel, r"tests.bad_plugin.*held a row's block open on a bidirectional model.*fix"),
         (_RedrawsOnMasks, r"tests.bad_plugin.*redrew a position .* or redrew on a mask canvas.*fix"),
     ],
 )
