@@ -4,6 +4,7 @@ into another is built once per module that imports it.)"""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -427,3 +428,96 @@ def run_module(module: str, *args: str, processes: int | None = None, env=None) 
     run = subprocess.run([*launcher, module, *args], env=environment, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     return run
+
+
+# --- dlm-decode serve (tests/test_serve*.py) ---------------------------------------------------------------------
+
+#: The model id the server names the embedded dLLM by (``model.dllm.path``).
+SERVED_MODEL = "embedded:dllm"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(server):
+    """``server`` (a :class:`~dlm_decode.serve.app.Server`) on a free loopback port, uvicorn in a thread, yielding
+    its base URL; stopped after."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from dlm_decode.serve.app import create_app
+
+    port = free_port()
+    runner = uvicorn.Server(uvicorn.Config(create_app(server), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    while not runner.started:
+        assert thread.is_alive(), "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        runner.should_exit = True
+        thread.join(30)
+
+
+def openai_client(url: str):
+    import openai
+
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def server_health(url: str) -> dict:
+    import httpx
+
+    return httpx.get(f"{url}/health").json()
+
+
+@dataclass
+class Call:
+    """One request of a serve test: its prompt, ``max_tokens``, seed and arrival delay (seconds)."""
+
+    prompt: str
+    max_tokens: int
+    seed: int
+    delay: float
+
+
+def mixed_calls(count: int, seed: int = 0) -> list[Call]:
+    """``count`` prompts of the embedded suite (7 to ~40 characters), ``max_tokens`` 8 to 40 and arrival delays up
+    to 0.5 s."""
+    import random
+
+    from dlm_decode.eval.tasks import load_examples
+
+    rng = random.Random(seed)
+    prompts = [example.prompt for example in load_examples(None, "test", 6, seed=seed)]
+    rng.shuffle(prompts)
+    return [Call(prompts[i], rng.choice([8, 16, 24, 40]), 1000 + i, rng.random() * 0.5) for i in range(count)]
+
+
+def concurrently(calls: list[Call], send) -> list:
+    """``send(call)`` for every call at once, each after its delay; the answers in order."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    def delayed(call: Call):
+        time.sleep(call.delay)
+        return send(call)
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(delayed, calls))
+
+
+def solo_answers(decoder: Decoder, calls: list[Call]) -> list[tuple[str, list[int]]]:
+    """Each call alone through ``Decoder.generate``: its text and token ids."""
+    outputs = [decoder.generate([c.prompt], max_new_tokens=c.max_tokens, seeds=[c.seed]) for c in calls]
+    return [(out.texts[0], out.token_ids[0]) for out in outputs]

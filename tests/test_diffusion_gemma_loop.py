@@ -186,6 +186,8 @@ def test_stream_yields_the_decided_prefix_only(loaded):
 class _Revokes:
     """Commits the block and revokes its first committed column, which a noise canvas refuses."""
 
+    revokes = True  # declared, so the loop's noise-canvas check is the one that speaks
+
     @hookimpl
     def dlm_verify(self, state, proposal, window):
         revoke = ~state.masked & state.generated_columns & (state.columns < state.model_block()[0][:, None])

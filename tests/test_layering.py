@@ -33,7 +33,7 @@ LAYERS = [
     {"strategies"},
     {"decoder"},
     {"testing", "eval", "recipes"},
-    {"integrations"},
+    {"integrations", "serve"},
     {"cli", "__init__"},
 ]
 

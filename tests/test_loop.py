@@ -41,6 +41,8 @@ class _ReturnsNone:
 
 
 class _RevokesPrompt:
+    revokes = True
+
     @hookimpl
     def dlm_verify(self, state, proposal, window):
         revoke = torch.zeros_like(window.eligible)
@@ -55,6 +57,8 @@ class _RedrawsOnMasks:
 
 
 class _EditsThePrompt:
+    revokes = True
+
     @hookimpl
     def dlm_verify(self, state, proposal, window):
         edit = torch.zeros_like(window.eligible)

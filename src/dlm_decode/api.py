@@ -15,7 +15,8 @@ registered through the very path an installed package takes (see ``docs/writing-
 * **the step's values**: :class:`DecodeState` (the canvas, per-batch plugin memory with
   :meth:`DecodeState.memory`, per-row statistics with :meth:`DecodeState.add_row_stat`, per-row noise),
   :class:`Window`, :class:`ForwardPlan`, :class:`ModelInputs`, :class:`ForwardOutput`, :class:`Proposal`,
-  :class:`Decision`.
+  :class:`Decision`; :class:`RowMemory` (a memory that follows its rows when they leave or join a running batch,
+  described by a :class:`Relayout`).
 * **helpers**: per-row selections (:func:`select_top`, :func:`first_true_columns`), attention masks
   (:func:`bidirectional_mask`, :func:`position_ids_from_mask`), the positional key/value store
   (:class:`PositionalKVCache`) and appending HF caches (:func:`new_cache`, :func:`crop_cache`), an AR model
@@ -44,6 +45,8 @@ from dlm_decode.state import (
     ForwardPlan,
     ModelInputs,
     Proposal,
+    Relayout,
+    RowMemory,
     Window,
 )
 
@@ -60,6 +63,8 @@ __all__ = [
     "PositionalKVCache",
     "Proposal",
     "ROLES",
+    "Relayout",
+    "RowMemory",
     "Scorer",
     "StrategyError",
     "StrategyRegistry",

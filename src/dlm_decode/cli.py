@@ -11,6 +11,8 @@
     dlm-decode eval -c CFG [key=value ...] [--tasks arith,sort,...] [--limit N] [--split S] --out DIR
     dlm-decode eval -c CFG [key=value ...] [--tasks ...] [--limit N] [--split S] --dry-run
     dlm-decode ablate -c CFG [key=value ...] --vary key=v1,v2 [--vary ...] [--tasks ...] [--limit N] --out DIR
+    dlm-decode serve -c CFG [key=value ...] [--host H] [--port P] [--max-batch N] [--batching continuous|fixed]
+                     [--drain-timeout S] [--model-name NAME] [--threads N]
     dlm-decode --version
 
 ``--debug`` (before or after the subcommand) prints the traceback of an error, with the exceptions it chains;
@@ -332,6 +334,29 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dlm_decode.config import load_config
+    from dlm_decode.decoder import Decoder
+
+    try:
+        from dlm_decode.serve.app import Server, run_server
+    except ImportError as exc:
+        raise DlmDecodeError(
+            f"dlm-decode serve needs FastAPI and uvicorn ({exc})", fix="pip install 'dlm-decode[serve]'"
+        ) from None
+    config = load_config(args.config, args.overrides)
+    with _loading_models(args, config):
+        server = Server(
+            Decoder(config),
+            max_batch=args.max_batch,
+            join=args.batching == "continuous",
+            model_name=args.model_name,
+            drain_timeout=args.drain_timeout,
+        )
+        run_server(server, args.host, args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     debug = argparse.ArgumentParser(add_help=False)
     debug.add_argument(
@@ -406,6 +431,27 @@ def build_parser() -> argparse.ArgumentParser:
     ablation.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     _add_threads_argument(ablation)
     ablation.set_defaults(handler=cmd_ablate)
+
+    serve = command("serve", "serve a decoder config over an OpenAI-compatible HTTP API (continuous batching)")
+    _add_config_arguments(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    serve.add_argument(
+        "--max-batch", type=_positive_int, default=None, metavar="N",
+        help="rows decoded at once over all requests (default: generation.batch_size)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--batching", choices=["continuous", "fixed"], default="continuous",
+        help="continuous: requests join the running batch at a step boundary (default); fixed: a batch runs "
+        "until all its rows finish before the next starts",
+    )  # fmt: skip
+    serve.add_argument(
+        "--drain-timeout", type=float, default=30.0, metavar="S",
+        help="on SIGTERM, seconds to let running requests finish before exiting (default 30)",
+    )  # fmt: skip
+    serve.add_argument("--model-name", default=None, help="the model id clients send (default: model.dllm.path)")
+    _add_threads_argument(serve)
+    serve.set_defaults(handler=cmd_serve)
 
     models = command("models", "list the embedded models and their paths")
     models.set_defaults(handler=cmd_models)

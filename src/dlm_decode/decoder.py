@@ -14,8 +14,7 @@ from dlm_decode.config.schema import SEED_MAX, SEED_MIN
 from dlm_decode.context import BuildContext
 from dlm_decode.dispatch import Roles, decoder_manager
 from dlm_decode.errors import ConfigError, InputError
-from dlm_decode.hookspecs import hookimpl
-from dlm_decode.loop import decode, run_steps
+from dlm_decode.loop import decode, run_steps, stable_ends
 from dlm_decode.masks import BIDIRECTIONAL
 from dlm_decode.models.adapter import DiffusionLM
 from dlm_decode.models.dllm import adapt, load_dllm
@@ -75,29 +74,25 @@ class GenerationOutput:
         ]
 
 
-class _PrefixStreamer:
-    """Observer collecting the newly decided text of row 0 after each step: the decoded generated ids before the
-    first mask (undecided position, on a noise canvas), up to and including the first EOS, as
-    :meth:`DecodeState.generated` cuts them (one host read per step)."""
+class StableText:
+    """The text of one row's stable prefix, handed out piece by piece as it grows: the generated ids before
+    :func:`~dlm_decode.loop.stable_ends` (decided for good, even under a revoking verification), up to and
+    including the first EOS, as :meth:`DecodeState.generated` cuts them. A piece is handed out only while the text
+    extends what was handed out before, and not while it ends in an incomplete character (U+FFFD), so the pieces
+    concatenate to the final text."""
 
     def __init__(self, dllm: DiffusionLM):
         self.dllm = dllm
-        self.mask = [dllm.mask_token_id]
         self.eos_ids = list(dllm.eos_token_ids)
         self.emitted = ""
-        self.pending: list[str] = []
 
-    @hookimpl
-    def dlm_step_end(self, state: DecodeState) -> None:
-        row, mask = state.canvas[0, state.gen_start :], self.mask
-        if state.noise_vocab is not None:  # undecided positions hold noise: mark them with an id no token has
-            row, mask = row.masked_fill(state.masked[0, state.gen_start :], -1), [-1]
-        ids = row.tolist()
-        decided = ids[: first_of(ids, mask)]
-        text = self.dllm.decode(decided[: first_of(decided, self.eos_ids) + 1])
-        if len(text) > len(self.emitted) and text.startswith(self.emitted):
-            self.pending.append(text[len(self.emitted) :])
-            self.emitted = text
+    def piece(self, stable_ids: list[int]) -> str:
+        """The new text of the stable generated ids ``stable_ids`` ("" when nothing new can be handed out)."""
+        text = self.dllm.decode(stable_ids[: first_of(stable_ids, self.eos_ids) + 1])
+        if len(text) <= len(self.emitted) or not text.startswith(self.emitted) or text.endswith("\ufffd"):
+            return ""
+        piece, self.emitted = text[len(self.emitted) :], text
+        return piece
 
 
 def _int_argument(value: Any, name: str, fix: str) -> int:
@@ -283,6 +278,12 @@ class Decoder:
             encoded = self.dllm.encode(prompts)
         except Exception as exc:  # the tokenizer cannot encode some text (e.g. a character outside its vocabulary)
             raise self._untokenizable(prompts, first_index, exc) from exc
+        return self._build_state(encoded, first_index, max_new_tokens, seeds)
+
+    def _build_state(
+        self, encoded: list[list[int]], first_index: int, max_new_tokens: int, seeds: Sequence[int]
+    ) -> DecodeState:
+        """The initial state of one batch of token id lists (checked against the model's context)."""
         noise_vocab = getattr(self.dllm, "noise_vocab", None)
         block = getattr(getattr(self.dllm, "attention", None), "block_size", None)
         if noise_vocab is not None and block and max_new_tokens % block:
@@ -397,25 +398,24 @@ class Decoder:
         return GenerationOutput(texts=texts, token_ids=ids, stats=stats, config_hash=self.config.hash, prompts=prompts)
 
     def stream(self, prompt: str, *, max_new_tokens: int | None = None, seed: int | None = None) -> Iterator[str]:
-        """Yield pieces of text as the left-to-right decided prefix of ``prompt``'s completion grows.
-
-        Built as a ``dlm_step_end`` observer. With a revoking verification the pieces are the prefix decided
-        so far, which a later step may still change; use :meth:`generate` for the final text. The arguments are
-        checked as :meth:`generate`'s are (``seed`` defaults to ``generation.seed``).
+        """Yield pieces of text as the stable left-to-right prefix of ``prompt``'s completion grows (see
+        :class:`StableText`): the pieces concatenate to the final text, also under a revoking verification (WINO),
+        whose current block is held back until the row leaves it. The arguments are checked as :meth:`generate`'s
+        are (``seed`` defaults to ``generation.seed``).
         """
         prompts, max_new_tokens, seeds, _ = self._request(
             [prompt], max_new_tokens, None if seed is None else [seed], seed_name="seed"
         )
         state = self._state(prompts, 0, max_new_tokens, seeds)
-        streamer = _PrefixStreamer(self.dllm)
-        self.manager.register(streamer)
-        try:
-            steps = run_steps(self.roles, self.dllm, state, self._max_steps(max_new_tokens))
-            while True:
-                with torch.inference_mode():  # only while the loop runs, not while the caller holds a piece
-                    if next(steps, None) is None:
-                        break
-                yield from streamer.pending
-                streamer.pending.clear()
-        finally:
-            self.manager.unregister(streamer)
+        text = StableText(self.dllm)
+        steps = run_steps(self.roles, self.dllm, state, self._max_steps(max_new_tokens))
+        while True:
+            with torch.inference_mode():  # only while the loop runs, not while the caller holds a piece
+                step = next(steps, None)
+                if step is None:
+                    break
+                end = int(stable_ends(state, step.window, self.roles.revokes)[0])  # one host read per step
+                ids = state.canvas[0, state.gen_start : end].tolist()
+            piece = text.piece(ids)
+            if piece:
+                yield piece

@@ -119,6 +119,10 @@ class Roles:
         self.labels = {role: spec.label for role, spec in strategies.items()}
         self.direct = direct
         self.callers: dict[str, Callable[..., Any]] = {}
+        self.revokes = False
+
+    # ``revokes``: whether some plugin implementing ``dlm_verify`` (the verification or a wrapper of it) declares
+    # ``revokes = True``, read by :meth:`bind`; only such a decoder may return a ``revoke`` mask.
 
     def label(self, role: str) -> str:
         """The strategy of ``role`` as errors name it (the role itself for the core's model inputs)."""
@@ -127,6 +131,7 @@ class Roles:
     def bind(self) -> None:
         """Resolve every hook against the plugins registered now (observers may come and go between batches)."""
         self.callers = {name: self._resolve(getattr(self.hook, name)) for name in vars(self.hook)}
+        self.revokes = any(getattr(impl.plugin, "revokes", False) for impl in self.hook.dlm_verify.get_hookimpls())
 
     def _resolve(self, caller: pluggy.HookCaller) -> Callable[..., Any]:
         impls = caller.get_hookimpls()

@@ -110,7 +110,8 @@ def dlm_verify(state: DecodeState, forward: ForwardOutput, proposal: Proposal, w
     :return: a :class:`~dlm_decode.state.Decision`: ``commit`` ``[B, N]`` bool (a subset of ``window.eligible``,
         at least one per unfinished row), ``tokens`` ``[B, N]`` long (read where ``commit``), optional
         ``revoke`` and ``edit`` ``[B, N]`` bool (committed generated positions only; of the row's current model
-        block for a block-causal model), optional ``hold`` ``[B]`` bool (block-causal models: the row's block
+        block for a block-causal model; a revocation inside the row's current window block; either from a plugin
+        that declares ``revokes = True``), optional ``hold`` ``[B]`` bool (block-causal models: the row's block
         stays current although it has no mask left; such a row's next step may commit nothing), and on a noise
         canvas (a uniform-noise model, ``state.noise_vocab`` set) optional ``redraw`` ``[B, N]`` bool (eligible
         undecided positions whose token is rewritten, undecided still; a row that redraws need not commit; no

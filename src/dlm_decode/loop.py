@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from dlm_decode.dispatch import Roles
 from dlm_decode.errors import DecodeError, PluginError
+from dlm_decode.selection import first_true_columns
 from dlm_decode.state import Decision, DecodeState, ForwardOutput, Window
 
 
@@ -41,8 +43,10 @@ def decision_flags(state: DecodeState, window: Window, decision: Decision) -> li
     """Three bool scalars on the device, computed before the decision is applied: a commit outside the window; a
     revocation or an edit of something other than a committed generated token (a filled one included), of the
     row's current model block for a block-causal model, a hold on a bidirectional model, or any of them on a noise
-    canvas; a redraw outside the window, or any redraw on a mask canvas (placeholders, not read, when the decision
-    neither revokes, edits, holds nor redraws)."""
+    canvas, or a revocation outside the row's current window block ``[window.block_start, window.block_end)``; a
+    redraw outside the window, or any redraw on a mask canvas (placeholders, not read, when the decision neither
+    revokes, edits, holds nor redraws). Everything before a row's window block is therefore never revoked, which
+    :func:`stable_ends` relies on."""
     off_window = (decision.commit > window.eligible).any()
     redraw = decision.redraw
     bad_redraw = off_window
@@ -59,6 +63,10 @@ def decision_flags(state: DecodeState, window: Window, decision: Decision) -> li
         start, end = state.model_block()
         settled = settled | (state.columns < start[:, None]) | (state.columns >= end[:, None])
     bad = [(change & settled).any() for change in changes]
+    if decision.revoke is not None:
+        columns = state.columns
+        outside = (columns < window.block_start[:, None]) | (columns >= window.block_end[:, None])
+        bad.append((decision.revoke & outside).any())
     if decision.hold is not None and not state.attention.block_causal:
         bad.append(decision.hold.any())
     return [off_window, torch.stack(bad).any() if bad else off_window & False, bad_redraw]
@@ -126,14 +134,43 @@ def raise_decision_errors(
             plugin,
             "dlm_verify",
             f"{' or '.join(changes)} a position that is not a committed generated token (of the row's current "
-            "model block, for a block-causal model), or held a block of a bidirectional model, or did so on a "
-            "noise canvas"
+            "model block, for a block-causal model; of its current window block, for a revocation), or held a "
+            "block of a bidirectional model, or did so on a noise canvas"
             if changes
             else "held a row's block open on a bidirectional model (only a block-causal model's blocks are held)",
             "restrict `revoke` and `edit` to generated columns that are neither masked nor filled, inside "
             "window.block_start to window.block_end (state.model_block() for a block-causal model); hold only "
             "block-causal models' blocks",
         )
+
+
+def check_revoke_declared(decision: Decision, revokes: bool, plugin: str) -> None:
+    """A decision may carry ``revoke`` or ``edit`` only from a decoder whose verification (or a wrapper of
+    ``dlm_verify``) declares ``revokes = True`` (:attr:`Roles.revokes`): streaming relies on it to tell final text
+    from text a later step may change."""
+    if (decision.revoke is not None or decision.edit is not None) and not revokes:
+        raise PluginError(
+            plugin,
+            "dlm_verify",
+            "returned a `revoke` or `edit` mask, but no plugin implementing dlm_verify declares `revokes = True`",
+            "set the class attribute `revokes = True` on the verification (or on the dlm_verify wrapper that "
+            "revokes or edits)",
+        )
+
+
+def stable_ends(state: DecodeState, window: Window, revokes: bool) -> torch.Tensor:
+    """``[B]`` long, per row the column before which every generated token is decided for good after a step run
+    under ``window``: the row's first undecided column; for a decoder that may revoke or edit (:attr:`Roles.revokes`)
+    no later than its window block's start (revocations stay in the current window block, whose start never moves
+    back) and, on a block-causal model, its model block's start (edits stay in the current model block); the
+    canvas width for a finished row."""
+    ends = first_true_columns(state.masked, state.width)
+    if revokes:
+        limit = window.block_start
+        if state.attention.block_causal:
+            limit = torch.minimum(limit, state.model_block()[0])
+        ends = torch.where(state.finished, ends, torch.minimum(ends, limit))
+    return ends
 
 
 def raise_missed_columns(roles: Roles, step: int) -> None:
@@ -176,19 +213,85 @@ def input_limit(state: DecodeState) -> torch.Tensor:
     return state.model_block()[1].masked_fill(state.finished, 0).max()
 
 
-def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> Iterator[Decision]:
-    """Decode ``state`` until every row is finished, yielding each step's decision after it is applied.
+@dataclass
+class Step:
+    """What one step did: its window, and its decision (already applied to the state).
 
-    Advance it under ``torch.inference_mode()`` (see :func:`decode`); the generator does not enter the mode
-    itself, which would cost an enter and an exit per step.
+    :ivar done: every row of the batch is finished.
+    """
+
+    window: Window
+    decision: Decision
+    done: bool
+
+
+def run_step(roles: Roles, model: Any, state: DecodeState) -> Step:
+    """One step of the loop on ``state`` (call ``roles.bind()`` first, under ``torch.inference_mode()``): window,
+    cache plan, model inputs, forward, proposal, verification, the core's checks and :meth:`DecodeState.apply`,
+    then the ``dlm_step_end`` observers. A continuous-batching server calls it with a state it regroups between
+    steps (:meth:`DecodeState.regroup`).
 
     :param model: has ``forward(ModelInputs, cache) -> [B, S, V] logits``; with a true ``selects_outputs``
         attribute, ``[B, W, V]`` logits at ``ModelInputs.outputs`` when they are given.
-    :param max_steps: abort with :class:`DecodeError` past this many steps.
     """
     verifier, window_plugin = roles.label("verification"), roles.label("window")
     block_causal, noise = state.attention.block_causal, state.noise_vocab is not None
     selects_outputs = getattr(model, "selects_outputs", False)
+    window = roles.window(state)
+    if block_causal:
+        window = within_model_block(state, window)
+    plan = roles.cache(state, window)
+    inputs = roles.model_inputs(state, window, plan)
+    logits = model.forward(inputs, plan.cache)  # at inputs.outputs only, for a model that selects them
+    early = forward_flags(state, window, logits)
+    logits.index_fill_(-1, state.excluded_ids, float("-inf"))  # the mask and undecodable ids are never proposed
+    forward = ForwardOutput(logits=logits, inputs=inputs, outputs=inputs.outputs if selects_outputs else None)
+    try:
+        proposal = roles.propose(state, forward, window)
+        decision = roles.verify(state, forward, proposal, window)
+    except PluginError:
+        raise_forward_errors(torch.stack(early).tolist(), state.step, window_plugin)  # a bad window or NaN
+        raise  # explains it first
+    check_revoke_declared(decision, roles.revokes, verifier)
+    finished_before, held_before = state.finished, state.held
+    late = decision_flags(state, window, decision)
+    commits = state.apply(decision)
+    progressed = progress_flag(commits, finished_before, held_before, decision)
+    # one host sync; of bools only for a bidirectional model, and for a block-causal one also the next step's
+    # input limit (a long: stacking mixed dtypes adds a type promotion, a cost the bools alone do not pay); on
+    # a noise canvas also the [B] rows that entered a block, whose noise is drawn below
+    limit = [input_limit(state)] if block_causal else []
+    missed = forward.missed()
+    synced = torch.stack([*early, *late, progressed, state.finished.all(), *missed, *limit])
+    if noise:
+        assert state.entered is not None  # set by apply on a noise canvas
+        synced = torch.cat([synced, state.entered])
+    values = synced.tolist()
+    entered = [row for row, flag in enumerate(values[-state.batch_size :]) if flag] if noise else []
+    if noise:
+        del values[-state.batch_size :]
+    if block_causal:
+        state.input_limit = values.pop()
+    if missed and values.pop():
+        raise_missed_columns(roles, state.step - 1)
+    *flags, done = values
+    raise_forward_errors(flags[:2], state.step - 1, window_plugin)
+    raise_decision_errors(flags[2:], decision, finished_before | held_before, state.step - 1, verifier)
+    if entered:
+        state.fill_noise(entered)
+    roles.step_end(state, decision)
+    return Step(window=window, decision=decision, done=done)
+
+
+def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> Iterator[Step]:
+    """Decode ``state`` until every row is finished, yielding each :class:`Step` after its decision is applied.
+
+    Advance it under ``torch.inference_mode()`` (see :func:`decode`); the generator does not enter the mode
+    itself, which would cost an enter and an exit per step.
+
+    :param model: as for :func:`run_step`.
+    :param max_steps: abort with :class:`DecodeError` past this many steps.
+    """
     roles.bind()
     roles.generation_start(state)
     done = bool(state.finished.all())
@@ -202,49 +305,9 @@ def run_steps(roles: Roles, model: Any, state: DecodeState, max_steps: int) -> I
                 "or revocations that undo progress)",
                 fix="raise generation.max_steps, or check the window and verification strategies",
             )
-        window = roles.window(state)
-        if block_causal:
-            window = within_model_block(state, window)
-        plan = roles.cache(state, window)
-        inputs = roles.model_inputs(state, window, plan)
-        logits = model.forward(inputs, plan.cache)  # at inputs.outputs only, for a model that selects them
-        early = forward_flags(state, window, logits)
-        logits.index_fill_(-1, state.excluded_ids, float("-inf"))  # the mask and undecodable ids are never proposed
-        forward = ForwardOutput(logits=logits, inputs=inputs, outputs=inputs.outputs if selects_outputs else None)
-        try:
-            proposal = roles.propose(state, forward, window)
-            decision = roles.verify(state, forward, proposal, window)
-        except PluginError:
-            raise_forward_errors(torch.stack(early).tolist(), state.step, window_plugin)  # a bad window or NaN
-            raise  # explains it first
-        finished_before, held_before = state.finished, state.held
-        late = decision_flags(state, window, decision)
-        commits = state.apply(decision)
-        progressed = progress_flag(commits, finished_before, held_before, decision)
-        # one host sync; of bools only for a bidirectional model, and for a block-causal one also the next step's
-        # input limit (a long: stacking mixed dtypes adds a type promotion, a cost the bools alone do not pay); on
-        # a noise canvas also the [B] rows that entered a block, whose noise is drawn below
-        limit = [input_limit(state)] if block_causal else []
-        missed = forward.missed()
-        synced = torch.stack([*early, *late, progressed, state.finished.all(), *missed, *limit])
-        if noise:
-            assert state.entered is not None  # set by apply on a noise canvas
-            synced = torch.cat([synced, state.entered])
-        values = synced.tolist()
-        entered = [row for row, flag in enumerate(values[-state.batch_size :]) if flag] if noise else []
-        if noise:
-            del values[-state.batch_size :]
-        if block_causal:
-            state.input_limit = values.pop()
-        if missed and values.pop():
-            raise_missed_columns(roles, state.step - 1)
-        *flags, done = values
-        raise_forward_errors(flags[:2], state.step - 1, window_plugin)
-        raise_decision_errors(flags[2:], decision, finished_before | held_before, state.step - 1, verifier)
-        if entered:
-            state.fill_noise(entered)
-        roles.step_end(state, decision)
-        yield decision
+        step = run_step(roles, model, state)
+        done = step.done
+        yield step
     roles.generation_end(state)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 
@@ -233,6 +233,77 @@ class Decision:
     redraw: torch.Tensor | None = None
 
 
+@dataclass(frozen=True)
+class Relayout:
+    """How the rows and columns of a batch map onto the batch that replaces it when rows leave or join at a step
+    boundary (:meth:`DecodeState.regroup`, continuous batching).
+
+    New column ``c`` holds old column ``c - left``. The new batch's rows are the kept old rows ``rows``, in that
+    order, followed by ``joined`` rows that took no step yet.
+
+    :ivar rows: ``[R]`` long, the old rows kept.
+    :ivar joined: rows appended after them.
+    :ivar left: columns added before the old canvas (negative: removed from its left; they were left padding of
+        every kept row).
+    :ivar width: the new canvas width ``N'``; the new columns past the old canvas are right padding of the kept rows.
+    :ivar old_width: the old canvas width ``N``.
+    """
+
+    rows: torch.Tensor
+    joined: int
+    left: int
+    width: int
+    old_width: int
+
+    @property
+    def batch_size(self) -> int:
+        return self.rows.shape[0] + self.joined
+
+    def apply(self, tensor: torch.Tensor, fill: float | int | bool, dim: int = 1, width: int | None = None):
+        """``tensor`` (rows on dim 0, canvas columns from column 0 on ``dim``) in the new layout: the kept rows with
+        their columns moved by ``left``, ``fill`` in new columns and in the joined rows.
+
+        :param width: the new length of ``dim`` (None: :attr:`width`); a tensor covering only the first columns of
+            the canvas (a shorter key/value store) passes its own.
+        """
+        width = self.width if width is None else width
+        kept = tensor.index_select(0, self.rows)
+        shape = list(kept.shape)
+        shape[0], shape[dim] = self.batch_size, width
+        out = kept.new_full(shape, fill)
+        first, last = max(0, -self.left), min(kept.shape[dim], width - self.left)  # old columns that stay
+        if last > first:
+            out.narrow(0, 0, kept.shape[0]).narrow(dim, first + self.left, last - first).copy_(
+                kept.narrow(dim, first, last - first)
+            )
+        return out
+
+    def rows_of(self, tensor: torch.Tensor, fill: float | int | bool) -> torch.Tensor:
+        """A per-row ``[B, ...]`` tensor in the new layout: the kept rows, then ``fill`` for the joined ones."""
+        kept = tensor.index_select(0, self.rows)
+        return torch.cat([kept, kept.new_full((self.joined, *kept.shape[1:]), fill)])
+
+    def columns_of(self, tensor: torch.Tensor, fresh: int) -> torch.Tensor:
+        """A per-row ``[B]`` canvas column in the new layout: moved by ``left`` for the kept rows, ``fresh`` for the
+        joined ones."""
+        return self.rows_of(tensor + self.left, fresh)
+
+
+@runtime_checkable
+class RowMemory(Protocol):
+    """A per-batch memory (:meth:`DecodeState.memory`) that can follow its rows when rows leave or join the batch.
+
+    A batch whose every memory implements it can be regrouped (:meth:`DecodeState.regroup`): the server's
+    continuous batching then adds requests to the running batch at any step. A memory that does not implement it
+    keeps its batch closed to newcomers once it exists.
+    """
+
+    def relayout(self, change: Relayout, state: DecodeState) -> Any:
+        """The memory of the regrouped batch ``state``, whose kept rows must decode exactly as before and whose
+        joined rows as if this were their first step; None to drop it (created afresh at its next use, right for a
+        memory derived from the layout alone)."""
+
+
 @dataclass
 class DecodeState:
     """Everything one batch of generation knows.
@@ -285,6 +356,11 @@ class DecodeState:
         refused.
     :ivar entered: ``[B]`` bool, on a noise canvas, the unfinished rows whose current model block changed in the
         last :meth:`apply` (the loop reads it in its host synchronisation and calls :meth:`fill_noise`).
+    :ivar pad_token_id: the token of padding columns (None: ``fill_token_id`` for the columns :meth:`regroup` adds).
+
+    A batch regrouped for continuous batching (:meth:`regroup`) may also pad rows on the right: a row whose
+    ``max_new_tokens`` is smaller than another's ends before the canvas does. Like left padding, those columns are
+    false in ``attention_mask`` (no query attends to them), are never masked (never eligible), and are never filled.
     """
 
     canvas: torch.Tensor
@@ -312,6 +388,7 @@ class DecodeState:
     noise_vocab: int | None = None
     input_limit: int = field(init=False)
     entered: torch.Tensor | None = field(default=None, repr=False)
+    pad_token_id: int | None = None
     _memories: dict[int, Any] = field(default_factory=dict, repr=False)
     _model_block: tuple[int, tuple[torch.Tensor, torch.Tensor]] | None = field(default=None, repr=False)
 
@@ -403,6 +480,7 @@ class DecodeState:
             stop_at_eos=stop_at_eos,
             attention=attention,
             noise_vocab=noise_vocab,
+            pad_token_id=pad_token_id,
         )
         if noise_vocab is not None:
             state.fill_noise(list(range(len(prompts))))
@@ -421,6 +499,108 @@ class DecodeState:
         if key not in self._memories:
             self._memories[key] = create(self)
         return self._memories[key]
+
+    @property
+    def joinable(self) -> bool:
+        """Whether :meth:`regroup` can take this batch: a bidirectional model on a mask canvas, and every memory a
+        :class:`RowMemory` (true before the first step, when there is no memory yet)."""
+        if self.attention.block_causal or self.noise_vocab is not None:
+            return False
+        return all(isinstance(memory, RowMemory) for memory in self._memories.values())
+
+    def regroup(self, keep: Sequence[int], joining: DecodeState | None = None) -> DecodeState:
+        """The batch of rows ``keep`` of this one (in that order) followed by the rows of ``joining``, a batch
+        that took no step yet, for continuous batching: rows leave and join at a step boundary.
+
+        Both batches are re-padded to a common layout: the longest prompt sets ``gen_start`` (more left padding) and
+        the longest generation the width (right padding for shorter rows, see the class docstring). No row sees a
+        padding column, so every row keeps the logits it would have alone. Every memory follows its rows
+        (:meth:`RowMemory.relayout`); ``row_stats``, ``commits`` and ``active`` too (0 for the joining rows at
+        earlier steps).
+        ``step`` keeps counting this batch's steps.
+
+        :raises ValueError: a block-causal model or a noise canvas, a memory that is no :class:`RowMemory` (see
+            :attr:`joinable`), or a ``joining`` batch that took a step or decodes with other special ids.
+        """
+        if not self.joinable:
+            raise ValueError(
+                with_fix(
+                    "this batch cannot be regrouped: "
+                    + (
+                        "its model is block-causal or has a noise canvas"
+                        if self.attention.block_causal or self.noise_vocab is not None
+                        else "a memory is no RowMemory"
+                    ),
+                    "wait until the batch finishes, and start the new rows as a batch of their own",
+                )
+            )
+        if joining is not None and (joining.step or joining._memories or not self._compatible(joining)):
+            raise ValueError(
+                with_fix(
+                    "only a batch that took no step yet, with the same special ids and EOS rule, can join",
+                    "build the joining rows with the same decoder and join them before their first step",
+                )
+            )
+        device = self.canvas.device
+        rows = torch.as_tensor(list(keep), dtype=torch.long, device=device)
+        parts = [(self, rows)]
+        if joining is not None:
+            parts.append((joining, torch.arange(joining.batch_size, device=device)))
+        # the longest prompt and generation among the rows of each batch: one host read
+        spans = torch.stack(
+            [
+                torch.stack([real[:, : batch.gen_start].sum(-1).max(), real[:, batch.gen_start :].sum(-1).max()])
+                for batch, kept in parts
+                if (real := batch.attention_mask.index_select(0, kept)).shape[0]
+            ]
+        ).tolist()
+        gen_start = max(prompt for prompt, _ in spans)
+        width = gen_start + max(generated for _, generated in spans)
+        pad = self.fill_token_id if self.pad_token_id is None else self.pad_token_id
+        moves = [(batch, Relayout(kept, 0, gen_start - batch.gen_start, width, batch.width)) for batch, kept in parts]
+
+        def joined(name: str, fill: float | int | bool) -> torch.Tensor:
+            return torch.cat([move.apply(getattr(batch, name), fill) for batch, move in moves])
+
+        canvas, real = joined("canvas", pad), joined("attention_mask", False)
+        state = DecodeState(
+            canvas=canvas,
+            attention_mask=real,
+            position_ids=position_ids_from_mask(real),
+            gen_start=gen_start,
+            mask_token_id=self.mask_token_id,
+            eos_token_ids=self.eos_token_ids,
+            fill_token_id=self.fill_token_id,
+            excluded_ids=self.excluded_ids,
+            generators=[self.generators[row] for row in keep] + ([] if joining is None else joining.generators),
+            masked=canvas == self.mask_token_id,
+            filled=joined("filled", False),
+            previous_canvas=joined("previous_canvas", pad),
+            finished=torch.cat([batch.finished.index_select(0, kept) for batch, kept in parts]),
+            step=self.step,
+            stop_at_eos=self.stop_at_eos,
+            attention=self.attention,
+            pad_token_id=self.pad_token_id,
+        )
+        change = Relayout(rows, state.batch_size - rows.shape[0], gen_start - self.gen_start, width, self.width)
+        state.commits = [change.rows_of(commits, 0) for commits in self.commits]
+        state.active = [change.rows_of(active, False) for active in self.active]
+        state.row_stats = {name: change.rows_of(values, 0) for name, values in self.row_stats.items()}
+        for key, memory in self._memories.items():
+            moved = memory.relayout(change, state)
+            if moved is not None:
+                state._memories[key] = moved
+        return state
+
+    def _compatible(self, other: DecodeState) -> bool:
+        """Same special ids, EOS rule and attention pattern (what :meth:`regroup` keeps from this batch)."""
+        same = (self.mask_token_id, self.fill_token_id, self.stop_at_eos, self.attention) == (
+            other.mask_token_id,
+            other.fill_token_id,
+            other.stop_at_eos,
+            other.attention,
+        )
+        return same and torch.equal(self.eos_token_ids, other.eos_token_ids)
 
     def add_row_stat(self, name: str, values: torch.Tensor) -> None:
         """Add ``values`` (``[B]``) to the row statistic ``name`` (created at 0; see :attr:`row_stats`)."""
@@ -565,7 +745,8 @@ class DecodeState:
             eos = eos & self.generated_columns
         if self.noise_vocab is not None:  # undecided positions of a noise canvas hold noise, not tokens
             eos = eos & ~self.masked
-        return eos.cumsum(dim=-1) > eos  # at least one EOS so far, not counting this column's first
+        # at least one EOS so far, not counting this column's first; never a right padding column (regroup)
+        return (eos.cumsum(dim=-1) > eos) & self.attention_mask
 
     def apply(self, decision: Decision) -> torch.Tensor:
         """Write a (checked) decision into the canvas and settle EOS and termination.

@@ -22,6 +22,8 @@ import functools
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from dlm_decode.state import Relayout
+
 
 class PositionalLayer(CacheLayerMixin):
     """One attention layer's keys/values for ``length`` columns: ``keys``, ``values`` ``[B, H, length, D]``."""
@@ -111,6 +113,28 @@ class PositionalKVCache(Cache):
         self.start = 0
         self.write: torch.Tensor | None = None
         self.key_end = length
+
+    def relayout(self, change: Relayout) -> PositionalKVCache:
+        """Move the stored rows and columns to a regrouped batch's layout, in place (:meth:`DecodeState.regroup`):
+        zeros for the joining rows and the new columns, which the attention mask hides until a forward writes
+        them. A store of the whole canvas (``length == old_width``) keeps covering it; a shorter one moves with
+        its columns.
+
+        :return: this store.
+        """
+        length = (
+            change.width if self.length == change.old_width else max(1, min(self.length + change.left, change.width))
+        )
+        for layer in self.layers:
+            if isinstance(layer, PositionalLayer) and layer.is_initialized:
+                assert layer.keys is not None and layer.values is not None  # set at initialization
+                layer.keys = change.apply(layer.keys, 0, dim=2, width=length)
+                layer.values = change.apply(layer.values, 0, dim=2, width=length)
+            if isinstance(layer, PositionalLayer):
+                layer.length = length
+        self.length = self.key_end = length
+        self.layer_class_to_replicate = functools.partial(PositionalLayer, length)  # type: ignore[assignment]
+        return self
 
     def set_queries(self, start: int, write: torch.Tensor | None = None, key_end: int | None = None) -> None:
         """Make the next forward's queries canvas columns ``[start, start + S)``.

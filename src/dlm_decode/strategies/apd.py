@@ -37,6 +37,7 @@ from dlm_decode.api import (
     Decision,
     DecodeState,
     Proposal,
+    Relayout,
     Window,
     bidirectional_mask,
     check_field,
@@ -82,6 +83,10 @@ class APDMemory:
     @classmethod
     def new(cls, state: DecodeState) -> APDMemory:
         return cls(cache=new_cache(), mask=bidirectional_mask(state.attention_mask, causal=True))
+
+    def relayout(self, change: Relayout, state: DecodeState) -> APDMemory:
+        """An empty AR cache: the next verification recomputes every row's AR keys/values from column 0."""
+        return APDMemory.new(state)
 
 
 class APDVerifier:

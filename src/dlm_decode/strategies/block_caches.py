@@ -57,6 +57,7 @@ from dlm_decode.api import (
     DecodeState,
     ForwardPlan,
     PositionalKVCache,
+    Relayout,
     StrategyError,
     Window,
     first_true_columns,
@@ -79,6 +80,15 @@ class BlockCacheMemory:
     block_start: torch.Tensor | None = None
     exact_end: torch.Tensor | None = None
     length: int = 0
+
+    def relayout(self, change: Relayout, state: DecodeState) -> BlockCacheMemory:
+        """A joining row is in no block yet (-1): its first step refreshes it, a forward over its whole canvas
+        (bidirectional models only, so ``exact_end`` is 0 everywhere)."""
+        if self.store is None or self.block_start is None:
+            return self
+        store = self.store.relayout(change)
+        exact_end = torch.zeros(change.batch_size, dtype=torch.long, device=self.block_start.device)
+        return BlockCacheMemory(store, change.columns_of(self.block_start, -1), exact_end, store.length)
 
 
 class BlockCache:

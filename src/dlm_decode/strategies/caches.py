@@ -13,10 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from dlm_decode.api import (
     DecodeState,
     ForwardPlan,
     PositionalKVCache,
+    Relayout,
     Window,
     check_field,
     first_true_columns,
@@ -53,9 +56,20 @@ class NoCache:
 
 @dataclass
 class KVWindowMemory:
-    """Per batch: the store of every canvas column (None before the batch's first forward)."""
+    """Per batch: the store of every canvas column (None before the batch's first forward), and the rows that
+    joined the batch since its last step (``[B]`` bool, None for none), whose keys/values the next forward computes
+    from column 0."""
 
     store: PositionalKVCache | None = None
+    joined: torch.Tensor | None = None
+
+    def relayout(self, change: Relayout, state: DecodeState) -> KVWindowMemory:
+        if self.store is None:
+            return self
+        joined = torch.arange(change.batch_size, device=change.rows.device) >= change.rows.shape[0]
+        if self.joined is not None:
+            joined |= change.rows_of(self.joined, True)
+        return KVWindowMemory(self.store.relayout(change), joined)
 
 
 class KVWindowCache:
@@ -83,6 +97,8 @@ class KVWindowCache:
         store = memory.store
         earliest = first_true_columns(state.masked | state.changed, state.width)
         first = (earliest - (self.window - 1)).clamp(min=0)  # [B] each row's first recomputed column
+        if memory.joined is not None:  # rows that joined a running batch have no keys/values yet
+            first, memory.joined = first.masked_fill(memory.joined, 0), None
         firsts = first.masked_fill(state.finished, -1).tolist()  # one host read; finished rows: -1, no constraint
         start = min(min(f for f in firsts if f >= 0), end - 1)
         # when every row recomputes from the start (always at batch 1) the forward writes all: no mask to apply

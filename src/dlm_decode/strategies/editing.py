@@ -90,6 +90,8 @@ class EditingMemory:
 class TokenEditing:
     """Threshold commits of masks and edits of decided tokens in each row's block (see the module docstring)."""
 
+    revokes = True  # edits decided tokens of the row's block (streams hold the block back)
+
     def __init__(self, config: EditingConfig, scorer):
         self.config, self.scorer = config, scorer
 

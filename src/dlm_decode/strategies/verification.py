@@ -28,6 +28,7 @@ from dlm_decode.api import (
     Decision,
     DecodeState,
     Proposal,
+    Relayout,
     Window,
     check_field,
     check_step_schedule,
@@ -99,6 +100,12 @@ class TopKMemory:
     block_start: torch.Tensor
     size: torch.Tensor
     step: torch.Tensor
+
+    def relayout(self, change: Relayout, state: DecodeState) -> TopKMemory:
+        """A joining row is in no block yet (-1), so its first step starts its block's schedule."""
+        return TopKMemory(
+            change.columns_of(self.block_start, -1), change.rows_of(self.size, 0), change.rows_of(self.step, 0)
+        )
 
 
 class TopK:

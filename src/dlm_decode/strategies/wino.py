@@ -61,6 +61,7 @@ from dlm_decode.api import (
     ForwardPlan,
     ModelInputs,
     Proposal,
+    Relayout,
     StrategyError,
     Window,
     check_field,
@@ -139,6 +140,7 @@ def append_shadow(state: DecodeState, window: Window, inputs: ModelInputs, each_
         ``[B, 1, S + L, S + L]``; ``start`` and ``end`` unchanged; the ``L`` slots appended to ``outputs``.
     """
     cols, valid = shadow_slots(window)
+    valid = valid & state.attention_mask.gather(1, cols)  # a regrouped batch's right padding shadows nothing
     batch, span = inputs.input_ids.shape
     outside = valid & ((cols < inputs.start) | (cols >= inputs.end))
     if bool(outside.any()):
@@ -182,6 +184,7 @@ class WinoMemory:
     last_accept: torch.Tensor
     revocations: torch.Tensor
     revoked_token: torch.Tensor
+    initial_last_accept: int = 1
 
     @classmethod
     def new(cls, state: DecodeState, initial_last_accept: int) -> WinoMemory:
@@ -190,6 +193,15 @@ class WinoMemory:
             last_accept=rows + initial_last_accept,
             revocations=torch.zeros_like(state.canvas),
             revoked_token=torch.full_like(state.canvas, -1),
+            initial_last_accept=initial_last_accept,
+        )
+
+    def relayout(self, change: Relayout, state: DecodeState) -> WinoMemory:
+        return WinoMemory(
+            last_accept=change.rows_of(self.last_accept, self.initial_last_accept),
+            revocations=change.apply(self.revocations, 0),
+            revoked_token=change.apply(self.revoked_token, -1),
+            initial_last_accept=self.initial_last_accept,
         )
 
 
@@ -198,6 +210,8 @@ class WinoVerifier:
 
     :param scorer: the scoring backend (shadow probabilities).
     """
+
+    revokes = True  # narrow-out revocations, inside the row's current block
 
     def __init__(self, config: WinoConfig, scorer):
         self.config = config
@@ -232,7 +246,7 @@ class WinoVerifier:
         settled = state.masked | state.filled | state.finished[:, None]
         if state.stop_at_eos:
             settled = settled | state.is_eos(state.canvas)
-        candidates = block & (columns >= state.gen_start) & ~settled
+        candidates = block & (columns >= state.gen_start) & state.attention_mask & ~settled  # no right padding
         if self.config.max_revocations_per_position is not None:
             candidates &= memory.revocations < self.config.max_revocations_per_position
         return candidates
