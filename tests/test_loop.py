@@ -41,13 +41,16 @@ class _ReturnsNone:
 
 
 class _RevokesPrompt:
+    """Marks every row's first column (a prompt column) in the decision field ``change``."""
+
     revokes = True
+    change = "revoke"
 
     @hookimpl
     def dlm_verify(self, state, proposal, window):
-        revoke = torch.zeros_like(window.eligible)
-        revoke[:, 0] = True
-        return Decision(commit=window.eligible, tokens=proposal.tokens, revoke=revoke)
+        first = torch.zeros_like(window.eligible)
+        first[:, 0] = True
+        return Decision(commit=window.eligible, tokens=proposal.tokens, **{self.change: first})
 
 
 class _RedrawsOnMasks:
@@ -56,14 +59,8 @@ class _RedrawsOnMasks:
         return Decision(commit=window.eligible, tokens=proposal.tokens, redraw=window.eligible)
 
 
-class _EditsThePrompt:
-    revokes = True
-
-    @hookimpl
-    def dlm_verify(self, state, proposal, window):
-        edit = torch.zeros_like(window.eligible)
-        edit[:, 0] = True
-        return Decision(commit=window.eligible, tokens=proposal.tokens, edit=edit)
+class _EditsThePrompt(_RevokesPrompt):
+    change = "edit"
 
 
 class _HoldsOnABidirectionalModel:
