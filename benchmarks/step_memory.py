@@ -93,7 +93,7 @@ def one_step(directory: Path, preset: str, overrides: list[str], args) -> dict:
     dllm = decoder.dllm
     rows = prompts(args.batch, args.prompt_tokens, min(SPECIALS["llada"]), seed=args.batch)
     texts = [" ".join(f"<t{i}>" for i in row) for row in rows]  # the synthetic tokenizer's words for these ids
-    state = decoder._state(texts, 0, args.new_tokens, list(range(len(rows))))
+    state = decoder.initial_state(decoder.dllm.encode(texts), 0, args.new_tokens, list(range(len(rows))))
     assert [row[-len(ids) :] for row, ids in zip(state.canvas[:, : state.gen_start].tolist(), rows)] == rows
     with torch.inference_mode():
         steps = run_steps(decoder.roles, dllm, state, max_steps=10 * args.new_tokens)

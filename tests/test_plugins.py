@@ -16,7 +16,7 @@ import pytest
 from dlm_decode import PluginError
 from dlm_decode.cli import main
 from dlm_decode.hookspecs import hookimpl
-from dlm_decode.plugins import _switch, build_registry, discovery_manager, reset_registry
+from dlm_decode.plugins import build_registry, discovery_manager, env_switch, reset_registry
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "writing-plugins.md"
 
@@ -130,12 +130,12 @@ def test_the_allow_list_still_loads_the_names_it_gives(site, monkeypatch):
 @pytest.mark.parametrize("value", ["", "0", "false", "No", " OFF "])
 def test_switch_values_that_mean_off(value, monkeypatch):
     monkeypatch.setenv("DLM_DECODE_TRACE_PLUGINS", value)
-    assert not _switch("DLM_DECODE_TRACE_PLUGINS")
+    assert not env_switch("DLM_DECODE_TRACE_PLUGINS")
 
 
 def test_the_docs_say_which_switch_values_mean_off(monkeypatch):
     monkeypatch.setenv("DLM_DECODE_TRACE_PLUGINS", "yes")
-    assert _switch("DLM_DECODE_TRACE_PLUGINS")
+    assert env_switch("DLM_DECODE_TRACE_PLUGINS")
     text = " ".join(DOCS.read_text().split())
     assert "Any non-empty value" not in text
     assert "unset, empty, `0`, `false`, `no` or `off`" in text

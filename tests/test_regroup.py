@@ -28,7 +28,7 @@ def decode_with_arrivals(decoder: Decoder, arrivals: dict[int, list[tuple[str, i
     with torch.inference_mode():
         while rows or any(s >= step for s in arrivals):
             for prompt, max_new, seed in arrivals.get(step, []):
-                fresh = decoder._state([prompt], 0, max_new, [seed])
+                fresh = decoder.initial_state(decoder.dllm.encode([prompt]), 0, max_new, [seed])
                 state = fresh if state is None or not rows else state.regroup(range(len(rows)), fresh)
                 rows.append((prompt, max_new))
             step += 1
@@ -75,7 +75,7 @@ def test_relayout_moves_rows_and_columns_by_hand():
 
 def test_a_batch_with_a_memory_that_cannot_follow_its_rows_is_not_regrouped():
     decoder = Decoder.from_config("configs/decoders/klass.yaml")
-    state = decoder._state(PROMPTS[:2], 0, 16, [0, 1])
+    state = decoder.initial_state(decoder.dllm.encode(PROMPTS[:2]), 0, 16, [0, 1])
     assert state.joinable  # no memory before the first step
     decoder.roles.bind()
     with torch.inference_mode():
@@ -83,10 +83,11 @@ def test_a_batch_with_a_memory_that_cannot_follow_its_rows_is_not_regrouped():
     assert not state.joinable
     with pytest.raises(ValueError, match="(?s)cannot be regrouped.*no RowMemory.*fix"):
         state.regroup([0])
-    fresh = decoder._state(PROMPTS[2:3], 0, 16, [2])
+    fresh = decoder.initial_state(decoder.dllm.encode(PROMPTS[2:3]), 0, 16, [2])
     with torch.inference_mode():
         run_step(decoder.roles, decoder.dllm, fresh)
-    other = Decoder.from_config("configs/decoders/llada.yaml")._state(PROMPTS[:1], 0, 16, [0])
+    llada = Decoder.from_config("configs/decoders/llada.yaml")
+    other = llada.initial_state(llada.dllm.encode(PROMPTS[:1]), 0, 16, [0])
     with pytest.raises(ValueError, match="took no step"):
         other.regroup([0], fresh)
 
@@ -135,7 +136,7 @@ def test_revocations_stay_in_the_window_block_and_are_declared(plugin, pattern):
 
 def test_stable_ends_stop_at_the_first_mask_and_for_a_revoking_decoder_at_the_window_block():
     decoder = Decoder.from_config("configs/decoders/llada.yaml")
-    state = decoder._state(["ab", "abcd"], 0, 6, [0, 1])
+    state = decoder.initial_state(decoder.dllm.encode(["ab", "abcd"]), 0, 6, [0, 1])
     g = state.gen_start
     state.canvas[0, g : g + 3] = 7  # row 0: three decided columns, then masks
     state.canvas[1, g:] = 7  # row 1: all decided

@@ -278,12 +278,19 @@ class Decoder:
             encoded = self.dllm.encode(prompts)
         except Exception as exc:  # the tokenizer cannot encode some text (e.g. a character outside its vocabulary)
             raise self._untokenizable(prompts, first_index, exc) from exc
-        return self._build_state(encoded, first_index, max_new_tokens, seeds)
+        return self.initial_state(encoded, first_index, max_new_tokens, seeds)
 
-    def _build_state(
+    def initial_state(
         self, encoded: list[list[int]], first_index: int, max_new_tokens: int, seeds: Sequence[int]
     ) -> DecodeState:
-        """The initial state of one batch of token id lists (checked against the model's context)."""
+        """The initial state of one batch of prompts given as token ids (checked against the model's context), as
+        :meth:`generate` builds it: the entry point of callers that tokenize themselves (the server, benchmarks).
+
+        :param encoded: each prompt's token ids (chat template applied).
+        :param first_index: the index of ``encoded[0]`` in the caller's request, for errors.
+        :param seeds: one generator seed per prompt.
+        :raises InputError: a prompt does not fit the model's context with ``max_new_tokens``.
+        """
         noise_vocab = getattr(self.dllm, "noise_vocab", None)
         block = getattr(getattr(self.dllm, "attention", None), "block_size", None)
         if noise_vocab is not None and block and max_new_tokens % block:

@@ -13,7 +13,7 @@ import torch
 
 from dlm_decode.errors import PluginError, StrategyError
 from dlm_decode.hookspecs import hookimpl
-from dlm_decode.plugins import _switch, check_pending, new_manager, register, registered_name
+from dlm_decode.plugins import check_pending, env_switch, new_manager, register, registered_name
 from dlm_decode.registry import ROLE_HOOKS, StrategySpec
 from dlm_decode.selection import first_true_columns
 from dlm_decode.state import Decision, DecodeState, ForwardOutput, ForwardPlan, ModelInputs, Proposal, Window
@@ -43,7 +43,7 @@ class CoreInputs:
     """
 
     def __init__(self, full_logits: bool | None = None):
-        self.full_logits = _switch(FULL_LOGITS_ENV) if full_logits is None else full_logits
+        self.full_logits = env_switch(FULL_LOGITS_ENV) if full_logits is None else full_logits
 
     @hookimpl(trylast=True)
     def dlm_model_inputs(self, state: DecodeState, window: Window, plan: ForwardPlan) -> ModelInputs:

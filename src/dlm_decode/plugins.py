@@ -36,7 +36,7 @@ from dlm_decode.errors import PluginError
 from dlm_decode.registry import StrategyRegistry
 
 
-def _switch(name: str) -> bool:
+def env_switch(name: str) -> bool:
     """Whether the environment switch ``name`` is on (unset, empty, 0, false, no and off mean off)."""
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
 
@@ -65,7 +65,7 @@ DEFAULT_PLUGINS = (
 
 def tracing_enabled() -> bool:
     """``DLM_DECODE_TRACE_PLUGINS`` is set: pluggy writes every hook call to stderr."""
-    return _switch("DLM_DECODE_TRACE_PLUGINS")
+    return env_switch("DLM_DECODE_TRACE_PLUGINS")
 
 
 def new_manager() -> pluggy.PluginManager:
@@ -88,7 +88,7 @@ def discovery_manager() -> pluggy.PluginManager:
     manager = new_manager()
     for module_name in DEFAULT_PLUGINS:
         register(manager, importlib.import_module(module_name), module_name)
-    if not _switch("DLM_DECODE_DISABLE_PLUGIN_AUTOLOAD"):
+    if not env_switch("DLM_DECODE_DISABLE_PLUGIN_AUTOLOAD"):
         for entry_point in _selected_entry_points():
             _load_entry_point(manager, entry_point)
     check_pending(manager)

@@ -244,7 +244,7 @@ class Scheduler:
         for job in joining:
             groups.setdefault(job.max_tokens, []).append(job)
         for max_tokens, group in groups.items():
-            fresh = cohort.decoder._build_state([job.ids for job in group], 0, max_tokens, [job.seed for job in group])
+            fresh = cohort.decoder.initial_state([job.ids for job in group], 0, max_tokens, [job.seed for job in group])
             if state is None:
                 cohort.decoder.roles.bind()
                 cohort.decoder.roles.generation_start(fresh)
