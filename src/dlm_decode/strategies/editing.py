@@ -97,9 +97,10 @@ class TokenEditing:
 
     @staticmethod
     def block_columns(state: DecodeState, window: Window) -> torch.Tensor:
-        """``[B, W]`` long, each row's block columns from ``window.block_start`` at a width fixed per batch (the
-        model's block size; the generated length for a bidirectional model), no host read."""
-        width = state.attention.block_size or state.width - state.gen_start
+        """``[B, W]`` long, each row's block columns from ``window.block_start`` at a width fixed per batch, no host
+        read: the model's block size for a block-causal model (a held row's block is its whole model block); for a
+        bidirectional model the window's width bound (a ``blocks`` window's size), else the generated length."""
+        width = state.attention.block_size or window.width or state.width - state.gen_start
         return window.block_start[:, None] + torch.arange(width, device=state.canvas.device)
 
     @hookimpl(wrapper=True)
