@@ -58,7 +58,6 @@ from dlm_decode.loop import run_steps
 from dlm_decode.models.adapter import DiffusionLM
 from dlm_decode.models.families import FAMILIES
 from dlm_decode.models.native import ARCHITECTURES, LLADA_KEYS
-from dlm_decode.state import DecodeState
 
 #: Dimensions of the published checkpoints' config.json (LLaDA-8B-Instruct, Dream-v0-Instruct-7B, Qwen2.5-0.5B).
 REAL = {
@@ -274,19 +273,7 @@ def time_decoder(decoder: Decoder, dllm: DiffusionLM, rows: list[list[int]], arg
     sync = torch.cuda.synchronize if dllm.device.type == "cuda" else (lambda: None)
 
     def fresh_steps():
-        state = DecodeState.build(
-            rows,
-            max_new_tokens=args.new_tokens,
-            mask_token_id=dllm.mask_token_id,
-            pad_token_id=dllm.pad_token_id,
-            eos_token_ids=dllm.eos_token_ids,
-            fill_token_id=dllm.fill_token_id,
-            seeds=list(range(len(rows))),
-            device=dllm.device,
-            excluded_token_ids=dllm.undecodable_ids,
-            stop_at_eos=False,
-            attention=dllm.attention,
-        )
+        state = decoder.initial_state(rows, 0, args.new_tokens, list(range(len(rows))))  # stop_at_eos false (config)
         return state, run_steps(decoder.roles, dllm, state, max_steps=10 * args.new_tokens)
 
     with torch.inference_mode():
