@@ -35,7 +35,7 @@ PRESET = "configs/decoders/diffusion-gemma.yaml"
 #: The distinct ``generate`` settings of the fixture, in order.
 SETTINGS = [dict(items) for items in dict.fromkeys(tuple(case["generate"].items()) for case in OFFICIAL["cases"])]
 #: Prompts of 1 to 12 words (the checkpoint's tokenizer: t5 .. t63 and Gemma's specials), some longer than the
-#: sliding window of 6.
+#: sliding window of 6; rows 2 and 6 are exactly one and two blocks of 4 tokens long.
 PROMPTS16 = [" ".join(["<bos>"] + [f"t{5 + (7 * row + 3 * i) % 59}" for i in range(1 + row % 12)]) for row in range(16)]
 #: A quicker schedule for the batch tests (the rule tested there does not depend on the step count).
 QUICK = ["decoder.proposal.steps=6", "decoder.verification.steps=6", "decoder.verification.confidence=1.0"]
@@ -94,6 +94,7 @@ def test_the_fixture_covers_early_stops_and_eos():
     steps = [case["forwards"] / -(-len(case["tokens"]) // 4) for case in OFFICIAL["cases"]]
     assert min(steps) < 48 and max(steps) == 48  # some blocks stop before the 48th step
     assert any(case["tokens"][-1] == case["generate"]["eos_token_id"] for case in OFFICIAL["cases"])
+    assert {4, 8} < {len(case["prompt_ids"]) for case in OFFICIAL["cases"]}  # prompts of exactly one and two blocks
 
 
 def test_loading_the_checkpoint_by_path_detects_the_family_and_decodes_as_from_model(loaded):
@@ -128,11 +129,11 @@ def test_loading_the_checkpoint_by_path_detects_the_family_and_decodes_as_from_m
 )
 def test_a_batch_of_16_decodes_each_row_as_alone(loaded, overrides):
     """The entropy-bounded sampler and three of the project's strategies, with the exact prefix cache and without:
-    in a left-padded batch of 16 (rows in different blocks, finishing apart) each row gets its tokens and forwards
-    alone."""
+    in a left-padded batch of 16 (rows in different blocks, finishing apart; rows 2 and 6 are prompts of exactly one
+    and two blocks) each row gets its tokens and forwards alone."""
     decoder = Decoder.from_model(*loaded, PRESET, [*overrides, "model.dllm.eos_token_ids=[47]"])
     batched = decoder.generate(PROMPTS16, max_new_tokens=8, batch_size=16)
-    for row in (0, 5, 11, 15):
+    for row in (0, 2, 5, 6, 11, 15):
         alone = decoder.generate([PROMPTS16[row]], max_new_tokens=8, seeds=[row])
         assert alone.token_ids[0] == batched.token_ids[row]
         assert alone.stats[0].nfe == batched.stats[row].nfe

@@ -16,9 +16,9 @@ It writes (rerunning writes the same bytes):
 * ``official_diffusion_gemma.json``: transformers' version and the SHA-256 of its DiffusionGemma files, and per
   case the prompt ids, the seed, ``generate``'s arguments, the new tokens up to the first EOS (``generate`` pads
   after it) and the number of decoder forwards (counted with a forward hook). Cases, each of two blocks
-  (``max_new_tokens`` 8) after prompts of 3, 5 and 11 tokens (shorter and longer than the sliding window): the
-  default sampler, and
-  stop-rule settings (a mean-entropy confidence of 0.5 with stability 1, of 1.0 with stability 0; other EOS ids)
+  (``max_new_tokens`` 8) after prompts of 3, 5 and 11 tokens (shorter and longer than the sliding window), then
+  (appended) after prompts of exactly one and two blocks (4 and 8 tokens): the default sampler, and stop-rule
+  settings (a mean-entropy confidence of 0.5 with stability 1, of 1.0 with stability 0; other EOS ids)
   under which blocks stop before 48 steps and rows end at an EOS.
 """
 
@@ -34,6 +34,8 @@ import torch
 VOCAB = 64
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
 PROMPTS = [[2, 5, 9, 11, 7], [2, 40, 33], [2, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21]]
+#: Prompts of exactly one and two blocks (recorded after the cases of ``PROMPTS``, which stay first and unchanged).
+WHOLE_BLOCK_PROMPTS = [[2, 6, 30, 58], [2, 44, 23, 9, 51, 36, 14, 27]]
 SETTINGS = [
     {"max_new_tokens": 8, "eos_token_id": 1},
     {"max_new_tokens": 8, "eos_token_id": 47, "confidence_threshold": 0.5, "stability_threshold": 1},
@@ -133,7 +135,13 @@ def main() -> None:
         ).hexdigest()
         for module in (modeling_diffusion_gemma, generation_diffusion_gemma)
     }
-    cases = [record(model, prompt, seed, setting) for setting in SETTINGS for prompt in PROMPTS for seed in SEEDS]
+    cases = [
+        record(model, prompt, seed, setting)
+        for prompts in (PROMPTS, WHOLE_BLOCK_PROMPTS)
+        for setting in SETTINGS
+        for prompt in prompts
+        for seed in SEEDS
+    ]
     fixture = {
         "official": f"huggingface/transformers {transformers.__version__} (the installed package)",
         "transformers_version": transformers.__version__,
