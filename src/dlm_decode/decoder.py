@@ -421,8 +421,9 @@ class Decoder:
                 step = next(steps, None)
                 if step is None:
                     break
-                end = int(stable_ends(state, step.window, self.roles.revokes)[0])  # one host read per step
-                ids = state.canvas[0, state.gen_start : end].tolist()
+                end = stable_ends(state, step.window, self.roles.revokes)[:1]
+                read = torch.cat([end, state.canvas[0, state.gen_start :]]).tolist()  # one host read per step
+                ids = read[1 : 1 + max(0, read[0] - state.gen_start)]
             piece = text.piece(ids)
             if piece:
                 yield piece

@@ -119,10 +119,10 @@ class Roles:
         self.labels = {role: spec.label for role, spec in strategies.items()}
         self.direct = direct
         self.callers: dict[str, Callable[..., Any]] = {}
+        #: Whether some plugin implementing ``dlm_verify`` (the verification or a wrapper of it) declares
+        #: ``revokes = True`` (set by :meth:`bind`): only such a decoder may return a ``revoke`` or an ``edit``
+        #: mask, i.e. change tokens it decided before.
         self.revokes = False
-
-    # ``revokes``: whether some plugin implementing ``dlm_verify`` (the verification or a wrapper of it) declares
-    # ``revokes = True``, read by :meth:`bind`; only such a decoder may return a ``revoke`` mask.
 
     def label(self, role: str) -> str:
         """The strategy of ``role`` as errors name it (the role itself for the core's model inputs)."""

@@ -69,7 +69,8 @@ def decision_flags(state: DecodeState, window: Window, decision: Decision) -> li
         bad.append((decision.revoke & outside).any())
     if decision.hold is not None and not state.attention.block_causal:
         bad.append(decision.hold.any())
-    return [off_window, torch.stack(bad).any() if bad else off_window & False, bad_redraw]
+    no_change = torch.zeros((), dtype=torch.bool, device=off_window.device)
+    return [off_window, torch.stack(bad).any() if bad else no_change, bad_redraw]
 
 
 def progress_flag(

@@ -618,17 +618,23 @@ class DecodeState:
         ]
         return torch.cat(parts)
 
+    def noise_tokens(self, rows: list[int], size: int) -> torch.Tensor:
+        """``[len(rows), size]`` long tokens drawn uniformly from ``[0, noise_vocab)``, ``size`` from each row's
+        generator in the order of ``rows`` (so a row's draws do not depend on its batch); a noise canvas only."""
+        assert self.noise_vocab is not None, "noise tokens are for noise canvases"
+        device = self.canvas.device
+        return torch.stack(
+            [torch.randint(0, self.noise_vocab, (size,), generator=self.generators[row], device=device) for row in rows]
+        )
+
     def fill_noise(self, rows: list[int]) -> None:
         """On a noise canvas, write tokens drawn uniformly from ``[0, noise_vocab)`` into the undecided columns of
         the current model block of each row of ``rows`` (for a bidirectional model, the generated region): one
         draw of the block's size from each row's generator, in the order of ``rows``, so a row's noise does not
         depend on its batch. Called when rows enter a block (:meth:`build`, the loop)."""
-        assert self.noise_vocab is not None, "fill_noise is for noise canvases"
         size = self.attention.block_size or self.width - self.gen_start
         device = self.canvas.device
-        draws = torch.stack(
-            [torch.randint(0, self.noise_vocab, (size,), generator=self.generators[row], device=device) for row in rows]
-        )
+        draws = self.noise_tokens(rows, size)
         index = torch.tensor(rows, device=device)
         start, end = (bound[index] for bound in self.model_block())
         cols = start.clamp(min=self.gen_start)[:, None] + torch.arange(size, device=device)  # [R, size]
@@ -691,7 +697,7 @@ class DecodeState:
     def _current_model_block(self) -> tuple[torch.Tensor, torch.Tensor]:
         blocks = self.model_blocks
         anchor = first_true_columns(self.masked, self.gen_start)
-        if self.attention.block_causal:  # a held row's block ends before its first undecided column
+        if self.holding:  # a held row's block ends before its first undecided column (block-causal models only)
             held_at = first_true_columns(self.masked | self.filled, self.width) - 1
             anchor = torch.where(self.held, held_at, anchor)
         current = blocks.gather(1, anchor[:, None])  # [B, 1]

@@ -119,7 +119,7 @@ class TokenEditing:
         """The greedy token and its probability at every column of each row's block, ``[B, N]`` long and float
         (the canvas and 0 outside the blocks)."""
         cols = self.block_columns(state, window)  # [B, W]
-        last = torch.minimum(window.block_end, torch.full_like(window.block_end, forward.inputs.end)) - 1
+        last = window.block_end.clamp(max=forward.inputs.end) - 1
         inside = cols <= last[:, None]
         rows = torch.arange(state.batch_size, device=cols.device)[:, None].expand_as(cols)
         read = torch.minimum(cols, last[:, None]).clamp(min=forward.start)  # columns the forward computed

@@ -153,7 +153,7 @@ class LinearTemperatureSample:
                 if count
             ]
         )
-        confidence = logits.log_softmax(-1).gather(-1, sampled[:, None]).squeeze(-1).exp()
+        confidence = self.scorer.token_prob(logits, sampled)
         tokens = state.canvas.index_put((rows, cols), sampled)
         return Proposal(
             tokens=tokens,
@@ -203,14 +203,7 @@ class EntropyBoundRedraw:
         accepted = torch.zeros_like(order, dtype=torch.bool).scatter(
             -1, order, ordered.cumsum(-1) - ordered <= config.entropy_bound
         )
-        assert state.noise_vocab is not None  # a noise canvas: checked when the decoder was built
-        device = state.canvas.device
-        noise = torch.stack(
-            [
-                torch.randint(0, state.noise_vocab, (size,), generator=state.generators[row], device=device)
-                for row in running.tolist()
-            ]
-        )
+        noise = state.noise_tokens(running.tolist(), size)  # a noise canvas: checked when the decoder was built
         redrawn = torch.where(accepted, proposal.tokens[running[:, None], columns], noise)
         argmax = tempered.argmax(-1)  # [R, L]
         done = self._stop(state, running, steps[running], argmax, entropy)
