@@ -5,9 +5,10 @@ transformers 4.57.1, in an environment of their own).
 ``llada2-tiny`` has LLaDA 2.x's ``config.json`` keys at a tiny scale (8 experts in 4 groups, 2 groups and 2 experts
 per token, a shared expert, one dense first layer, half-rotary heads with query/key norms), random norms, router
 weights and expert biases. The project must give the official logits (one prompt; a left-padded batch), the experts
-the official router chose, and the tokens of LLaDA 2.0's ``generate`` in one left-padded batch with no cache and
-with the exact prefix cache; expert dispatch must take as many Python calls for 64 tokens as for 2; every
-registered verification strategy must decode the model, a batch row as alone.
+the official router chose, and the tokens of LLaDA 2.0's and 2.1's ``generate`` in one left-padded batch with no
+cache and with the exact prefix cache (the fixture's prompts, and an edge batch: prompts of whole blocks, LLaDA 2.1
+committing at least 4 to 6 masks a step from partial first blocks); expert dispatch must take as many Python calls
+for 64 tokens as for 2; every registered verification strategy must decode the model, a batch row as alone.
 """
 
 from __future__ import annotations
@@ -107,59 +108,82 @@ def test_expert_dispatch_takes_as_many_python_calls_for_64_tokens_as_for_2(llada
     assert calls[0] == calls[1]
 
 
-def _groups(decoder: str) -> dict[str, list[dict]]:
+def _groups(decoder: str, batch: str = "") -> dict[str, list[dict]]:
+    """The fixture's cases of ``decoder`` grouped by their arguments: those of ``prompts`` (``batch`` ``""``) or of
+    the edge batch (``"edge_"``: ``edge_cases`` of ``edge_prompts``, their keys starting with ``edge_``)."""
     groups = defaultdict(list)
-    for case in OFFICIAL["cases"]:
+    for case in OFFICIAL[f"{batch}cases"]:
         if case["decoder"] == decoder:
-            groups[json.dumps(case["arguments"], sort_keys=True)].append(case)
+            groups[batch + json.dumps(case["arguments"], sort_keys=True)].append(case)
     return groups
 
 
-GROUPS_20 = _groups("llada2.0.generate")
+def _batch(key: str) -> str:
+    return "edge_" if key.startswith("edge_") else ""
+
+
+GROUPS_20, EDGE_20 = _groups("llada2.0.generate"), _groups("llada2.0.generate", "edge_")
 
 
 def test_every_official_case_is_compared_and_parallel_commits_fire():
     assert len(GROUPS_20) == 4 and all(len(cases) == len(OFFICIAL["prompts"]) for cases in GROUPS_20.values())
+    assert len(EDGE_20) == 2 and all(len(cases) == len(OFFICIAL["edge_prompts"]) for cases in EDGE_20.values())
     parallel = [c for cases in GROUPS_20.values() for c in cases if c["forwards"] < len(c["generated"])]
     assert len(parallel) >= 8  # fewer forwards than tokens: steps that committed several tokens
 
 
 @pytest.mark.parametrize("cache", ["none", "prefix"])
-@pytest.mark.parametrize("key", list(GROUPS_20))
+@pytest.mark.parametrize("key", [*GROUPS_20, *EDGE_20])
 def test_llada2_0_generate_is_matched_token_for_token(key, cache):
     """LLaDA 2.0's ``generate`` commits, per step of a block, every mask above ``threshold`` when there are at least
     the step's quota (``block_length / steps``) of them, else the quota's most confident: ``threshold(threshold,
-    min_tokens=block_length/steps)`` over blocks of ``block_length`` from position 0. One batch of the 5 prompts,
-    left-padded; the official ``generate`` returns up to its first EOS. Its canvas runs to the end of the block
-    holding the last of the ``gen_length`` columns, so the project's canvas is made that long or longer (a block
-    after it changes nothing before it) and the first ``gen_length`` tokens are compared."""
-    cases = GROUPS_20[key]
+    min_tokens=block_length/steps)`` over blocks of ``block_length`` from position 0. One batch of the 5 prompts (or
+    of the 6 edge prompts), left-padded; the official ``generate`` returns up to its first EOS. Its canvas runs to
+    the end of the block holding the last of the ``gen_length`` columns, so the project's canvas is made that long or
+    longer (a block after it changes nothing before it) and the first ``gen_length`` tokens are compared."""
+    batch, cases = _batch(key), {**GROUPS_20, **EDGE_20}[key]
     length, block = OFFICIAL["gen_length"], cases[0]["arguments"]["block_length"]
     overrides = llada2_equivalent(cases[0]["arguments"])
-    out = decode_cases(CHECKPOINT, overrides, OFFICIAL["prompts"], cases, cache, width=length + block - 1)
-    assert len({len(ids) for ids in OFFICIAL["prompt_ids"]}) > 1
+    out = decode_cases(CHECKPOINT, overrides, OFFICIAL[f"{batch}prompts"], cases, cache, width=length + block - 1)
+    assert len({len(ids) for ids in OFFICIAL[f"{batch}prompt_ids"]}) > 1
     for case, ids in zip(cases, out.token_ids, strict=True):
         assert until_stop(ids[:length], [EOS]) == case["generated"], f"prompt {case['prompt']}"
 
 
-GROUPS_21 = _groups("llada2.1.generate")
+GROUPS_21, EDGE_21 = _groups("llada2.1.generate"), _groups("llada2.1.generate", "edge_")
 
 
 def test_every_llada2_1_case_is_compared_and_edits_fire():
     """The fixture's LLaDA 2.1 cases (recorded with the block-causal mask, see the module docstring of
-    ``record_llada2.py``): 4 settings of 5 prompts, and the official decoder edited decided tokens in every case."""
+    ``record_llada2.py``): 4 settings of 5 prompts and 3 of the 6 edge prompts, and the official decoder edited
+    decided tokens in every case."""
     assert len(GROUPS_21) == 4 and all(len(cases) == len(OFFICIAL["prompts"]) for cases in GROUPS_21.values())
-    assert all(case["edits"] > 0 for cases in GROUPS_21.values() for case in cases)
+    assert len(EDGE_21) == 3 and all(len(cases) == len(OFFICIAL["edge_prompts"]) for cases in EDGE_21.values())
+    assert all(case["edits"] > 0 for groups in (GROUPS_21, EDGE_21) for cases in groups.values() for case in cases)
+
+
+def test_the_edge_batch_holds_whole_block_prompts_and_first_blocks_with_fewer_masks_than_num_to_transfer():
+    """Every edge setting decodes prompts that fill whole blocks (the official ``generate`` starts at the block
+    after them) next to prompts that end inside one; every LLaDA 2.1 edge setting asks for ``num_to_transfer`` >= 4,
+    and some prompt leaves fewer masks than that in its first block, some at least that many."""
+    lengths = [len(ids) for ids in OFFICIAL["edge_prompt_ids"]]
+    for cases in [*EDGE_20.values(), *EDGE_21.values()]:
+        block = cases[0]["arguments"]["block_length"]
+        assert {n % block == 0 for n in lengths} == {True, False}
+    for cases in EDGE_21.values():
+        block, k = cases[0]["arguments"]["block_length"], cases[0]["arguments"]["num_to_transfer"]
+        masks = {-n % block for n in lengths if n % block}
+        assert k >= 4 and min(masks) < k <= max(masks)
 
 
 @pytest.mark.parametrize("cache", ["none", "prefix"])
-@pytest.mark.parametrize("key", list(GROUPS_21))
+@pytest.mark.parametrize("key", [*GROUPS_21, *EDGE_21])
 def test_llada2_1_generate_with_editing_is_matched_token_for_token(key, cache):
     """LLaDA 2.1's ``generate`` is the ``editing`` verification at its arguments (threshold commits of at least
     ``num_to_transfer`` masks, edits above ``editing_threshold``, up to ``max_post_steps`` edit-only steps per block)
     over blocks of ``block_length`` from position 0, every position decoded (no ``eos_early_stop``). One left-padded
-    batch of the 5 prompts; the canvas as in the LLaDA 2.0 test."""
-    cases = GROUPS_21[key]
+    batch of the 5 prompts (or of the 6 edge prompts); the canvas as in the LLaDA 2.0 test."""
+    batch, cases = _batch(key), {**GROUPS_21, **EDGE_21}[key]
     arguments = cases[0]["arguments"]
     length, block = OFFICIAL["gen_length"], arguments["block_length"]
     decoder = Decoder.from_config(
@@ -177,16 +201,17 @@ def test_llada2_1_generate_with_editing_is_matched_token_for_token(key, cache):
             f"decoder.cache={cache}",
             "generation.stop_at_eos=false",
             f"generation.max_new_tokens={length + block - 1}",
-            "generation.batch_size=5",
+            f"generation.batch_size={len(cases)}",
         ],
     )
-    out = decoder.generate([OFFICIAL["prompts"][case["prompt"]] for case in cases])
+    out = decoder.generate([OFFICIAL[f"{batch}prompts"][case["prompt"]] for case in cases])
     for case, ids in zip(cases, out.token_ids, strict=True):
         assert until_stop(ids[:length], [EOS]) == case["generated"], f"prompt {case['prompt']}"
 
 
-def test_the_native_tokenizer_gives_the_official_prompt_ids(llada2):
-    assert llada2.encode(OFFICIAL["prompts"]) == OFFICIAL["prompt_ids"]
+@pytest.mark.parametrize("batch", ["", "edge_"], ids=["prompts", "edge_prompts"])
+def test_the_native_tokenizer_gives_the_official_prompt_ids(llada2, batch):
+    assert llada2.encode(OFFICIAL[f"{batch}prompts"]) == OFFICIAL[f"{batch}prompt_ids"]
 
 
 NEEDS_AN_AR_MODEL = {"apd"}

@@ -31,7 +31,8 @@ What it writes into ``--out`` (a few hundred KB):
 * ``logits_llada2.safetensors``: logits of full forwards (one prompt; a left-padded batch), with their inputs.
 * ``official_llada2.json``: prompt ids, the experts each token chose in the first sparse layer, and the tokens
   LLaDA 2.0's and LLaDA 2.1's ``generate`` returned, with all their arguments and how often parallel commits and
-  edits fired.
+  edits fired; then an edge batch (``EDGE_PROMPTS``: prompts filling whole blocks among prompts ending inside one,
+  LLaDA 2.1 at ``num_to_transfer`` 4 to 6) as ``edge_prompts``, ``edge_prompt_ids`` and ``edge_cases``.
 """
 
 from __future__ import annotations
@@ -277,6 +278,32 @@ def official_models(args: argparse.Namespace, scratch: Path, checkpoint: Path):
 SETTINGS_20 = ((32, 32, 0.95), (32, 32, 0.5), (8, 8, 0.5), (8, 2, 0.7))
 #: LLaDA 2.1's: ``(block_length, threshold, editing_threshold)`` (``max_post_steps`` 16, ``num_to_transfer`` 1).
 SETTINGS_21 = ((32, 0.5, 0.5), (8, 0.7, 0.5), (8, 0.5, 0.3), (32, 0.95, 0.9))
+#: The edge batch (``edge_prompts``, ``edge_prompt_ids``, ``edge_cases`` in the json), after the cases above: prompts
+#: of 32 and 24 tokens after the chat template (one whole block of 32; whole blocks of 8: the official ``generate``
+#: runs them through its first forward unchanged and decodes from the next block on; the template alone is 19 tokens,
+#: so no prompt is 8 or 16 long) among prompts of 29, 35, 38 and 21 tokens, whose tails fill 5, 3, 6 and 5 positions
+#: of their first block of 8 (29, 3, 6, 21 of a block of 32).
+EDGE_PROMPTS = ["count to ten!", "sort 3 1 2", "hello", "What is 17 * 24?", "list two primes, ok", "hi"]
+#: LLaDA 2.0's ``generate`` on the edge batch: ``(block_length, steps, threshold)``.
+EDGE_20 = ((32, 32, 0.95), (8, 4, 0.6))
+#: LLaDA 2.1's: ``(block_length, threshold, editing_threshold, num_to_transfer)``, each step committing at least
+#: ``num_to_transfer`` >= 4 masks, more than a partial first block of 8 holds for some prompts (the official
+#: ``generate`` then commits them all), fewer for others.
+EDGE_21 = ((8, 0.7, 0.5, 4), (8, 0.5, 0.3, 5), (32, 0.95, 0.9, 6))
+
+
+def run_cases(
+    runner: Observed, decoder: str, settings: list[dict], prompts: list[list[int]], edits: bool
+) -> list[dict]:
+    """One case per setting (``generate``'s keyword arguments) and prompt, in that order: the generated ids, the
+    forwards taken and, when ``edits``, the edits made."""
+    cases = []
+    for arguments in settings:
+        for index, prompt in enumerate(prompts):
+            generated, calls, edited = runner.generate(prompt, **arguments)
+            case = {"decoder": decoder, "arguments": arguments, "prompt": index, "generated": generated}
+            cases.append({**case, "forwards": calls, **({"edits": edited} if edits else {})})
+    return cases
 
 
 def record(args: argparse.Namespace) -> None:
@@ -321,49 +348,30 @@ def record(args: argparse.Namespace) -> None:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(args.out / "logits_llada2.safetensors"))
 
         common = {"temperature": 0.0, "gen_length": GEN_LENGTH, "eos_id": eos_id, "mask_id": mask_id}
-        cases = []
         # LLaDA 2.0's file samples with torch.multinomial at temperature 0 (its sampler has no greedy branch);
         # LLaDA 2.1's takes the argmax there. The 2.0 cases run 2.0's generate with 2.1's sampler.
         model20._sample_with_temperature_topk_topp = types.MethodType(
             type(model21)._sample_with_temperature_topk_topp, model20
         )
         runner20 = Observed(model20, mask_id, additive=False)
-        for block, steps, threshold in SETTINGS_20:
-            arguments = {**common, "block_length": block, "steps": steps, "threshold": threshold}
-            for index, prompt in enumerate(prompts):
-                generated, calls, _ = runner20.generate(prompt, **arguments)
-                cases.append(
-                    {
-                        "decoder": "llada2.0.generate",
-                        "arguments": arguments,
-                        "prompt": index,
-                        "generated": generated,
-                        "forwards": calls,
-                    }
-                )
+
+        def settings20(settings) -> list[dict]:
+            return [{**common, "block_length": b, "steps": s, "threshold": t} for b, s, t in settings]
+
+        def settings21(settings) -> list[dict]:
+            names = ("block_length", "threshold", "editing_threshold", "max_post_steps", "num_to_transfer")
+            return [{**common, **dict(zip(names, (b, t, e, 16, k), strict=True))} for b, t, e, k in settings]
+
+        one = [(*setting, 1) for setting in SETTINGS_21]  # num_to_transfer 1
+        cases = run_cases(runner20, "llada2.0.generate", settings20(SETTINGS_20), prompts, edits=False)
         for published in (False, True):
+            decoder = "llada2.1.generate" + (" (mask as published: 0/1)" if published else "")
             runner21 = Observed(model21, mask_id, additive=not published)
-            for block, threshold, editing in SETTINGS_21:
-                arguments = {
-                    **common,
-                    "block_length": block,
-                    "threshold": threshold,
-                    "editing_threshold": editing,
-                    "max_post_steps": 16,
-                    "num_to_transfer": 1,
-                }
-                for index, prompt in enumerate(prompts):
-                    generated, calls, edits = runner21.generate(prompt, **arguments)
-                    cases.append(
-                        {
-                            "decoder": "llada2.1.generate" + (" (mask as published: 0/1)" if published else ""),
-                            "arguments": arguments,
-                            "prompt": index,
-                            "generated": generated,
-                            "forwards": calls,
-                            "edits": edits,
-                        }
-                    )
+            cases += run_cases(runner21, decoder, settings21(one), prompts, edits=True)
+        edge_ids = [_chat_ids(tokenizer, p) for p in EDGE_PROMPTS]
+        edge = run_cases(runner20, "llada2.0.generate", settings20(EDGE_20), edge_ids, edits=False)
+        runner21 = Observed(model21, mask_id, additive=True)
+        edge += run_cases(runner21, "llada2.1.generate", settings21(EDGE_21), edge_ids, edits=True)
 
     result = moe_fixture(
         files,
@@ -380,6 +388,7 @@ def record(args: argparse.Namespace) -> None:
         forwards=forwards,
         cases=cases,
     )
+    result.update({"edge_prompts": EDGE_PROMPTS, "edge_prompt_ids": edge_ids, "edge_cases": edge})
     (args.out / "official_llada2.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
 
 
