@@ -266,15 +266,12 @@ class Scheduler:
         """After a step: count each unfinished row's step, hand out new stable text, answer finished rows (they
         leave at the next step boundary), fail rows past their step budget."""
         jobs = cohort.jobs
-        finished = state.finished.tolist()
-        streaming = any(job.stream for job in jobs)
-        if not streaming and not any(finished[row] and job.steps >= 0 for row, job in enumerate(jobs)):
-            for row, job in enumerate(jobs):
-                job.steps += job.steps >= 0 and not job.cancelled
-                self._check_budget(cohort, job)
-            return
-        generated = state.canvas[:, state.gen_start :].tolist()
-        stable = ends.tolist()
+        # one host read: per row its finished flag, its stable end, then its generated columns
+        read = torch.cat([state.finished[:, None].long(), ends[:, None], state.canvas[:, state.gen_start :]], 1)
+        rows = read.tolist()
+        finished = [row[0] for row in rows]
+        stable = [row[1] for row in rows]
+        generated = [row[2:] for row in rows]
         for row, job in enumerate(jobs):
             if job.steps < 0 or job.cancelled:
                 continue
