@@ -88,7 +88,7 @@ class DiffusionGemmaLM(DiffusionLM):
                 fix="leave model.dllm.attention at auto (blocks of config.json's canvas_length)",
             )
         self.noise_vocab = self.vocab_size
-        self.selects_outputs = False  # its forward computes the head at each row's block, wherever the window reads
+        self.selects_outputs = True  # its decoder computes only each row's block (the outputs its hooks set)
         self.max_context = config_context(text) or self.max_context
         self.sliding_window = int(text.sliding_window)
         self.layer_types = sorted(set(text.layer_types))
@@ -105,16 +105,19 @@ class DiffusionGemmaLM(DiffusionLM):
 
     @torch.inference_mode()
     def forward(self, inputs: ModelInputs, cache: Any = None) -> torch.Tensor:
-        """``[B, S, V]`` logits for columns ``[inputs.start, inputs.end)``, nonzero at each row's current block.
+        """``[B, L, V]`` logits of each row's current block, the queries ``inputs.outputs`` (``[B, L]``, set by
+        :class:`DiffusionGemmaHooks` to the block's columns whatever the window: the decoder computes nothing else).
 
-        :param inputs: ``input_ids``/``position_ids`` ``[B, S]`` and the extras of :class:`DiffusionGemmaHooks`:
-            ``block_start`` ``[B]`` long (each row's current block, inside the span), ``real`` ``[B, N]`` bool (the
-            canvas's non-padding columns) and the model's self-conditioning keyword arguments.
+        :param inputs: ``input_ids``/``position_ids`` ``[B, S]``, ``outputs`` and the extras of
+            :class:`DiffusionGemmaHooks`: ``real`` ``[B, N]`` bool (the canvas's non-padding columns) and the model's
+            self-conditioning keyword arguments.
         :param cache: None (encode from column 0, into a store of this forward), or the plan's
             :class:`~dlm_decode.models.kv_store.PositionalKVCache` holding every column before ``inputs.start``.
         """
         extras = dict(inputs.extras)
-        starts, real = extras.pop("block_start"), extras.pop("real")
+        real = extras.pop("real")
+        offsets = inputs.outputs  # [B, L] span columns of each row's block
+        assert offsets is not None  # set by the hooks
         first, size = inputs.start, self.block_size
         encoded_end = inputs.end - size  # the last row's block start: encode [first, encoded_end)
         store = cache if cache is not None else PositionalKVCache(encoded_end)
@@ -127,11 +130,10 @@ class DiffusionGemmaLM(DiffusionLM):
                 "position_ids": inputs.position_ids[:, : encoded_end - first],
                 "attention_mask": self._masks(real[:, :encoded_end], columns[None, :].expand(len(real), -1), None),
             }
-        offsets = starts[:, None] - first + torch.arange(size, device=real.device)  # [B, L] span columns
         keys = real[:, : store.length]
         canvas_keys = torch.ones_like(offsets, dtype=torch.bool)
-        decoder = self._masks(keys, starts[:, None] + torch.arange(size, device=real.device), canvas_keys)
-        logits = self.model(
+        decoder = self._masks(keys, offsets + first, canvas_keys)
+        return self.model(
             cache=store,
             decoder_input_ids=inputs.input_ids.gather(1, offsets),
             decoder_position_ids=inputs.position_ids.gather(1, offsets),
@@ -139,8 +141,6 @@ class DiffusionGemmaLM(DiffusionLM):
             **encoder,
             **extras,
         ).logits
-        out = logits.new_zeros(len(logits), inputs.input_ids.shape[1], logits.shape[-1])
-        return out.scatter_(1, offsets[:, :, None].expand_as(logits), logits)
 
     def _masks(self, keys: torch.Tensor, queries: torch.Tensor, canvas: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """The ``[B, 1, Q, K]`` bool mask of each layer type.
@@ -203,10 +203,9 @@ class DiffusionGemmaHooks:
         memory = state.memory(self, lambda state: SelfConditioningMemory())
         size = self.dllm.block_size
         start = state.model_block()[0]
-        extras: dict[str, Any] = {
-            "block_start": start.clamp(min=plan.start, max=plan.end - size),  # finished rows: anywhere in the span
-            "real": state.attention_mask,
-        }
+        block_start = start.clamp(min=plan.start, max=plan.end - size)  # finished rows: anywhere in the span
+        inputs.outputs = block_start[:, None] - plan.start + torch.arange(size, device=start.device)  # [B, L]
+        extras: dict[str, Any] = {"real": state.attention_mask}
         if memory.logits is not None:
             extras["self_conditioning_logits"] = memory.logits
             extras["self_conditioning_mask"] = memory.block_start == start  # none at a block's first step
@@ -218,11 +217,11 @@ class DiffusionGemmaHooks:
     def dlm_verify(self, state: DecodeState, forward: ForwardOutput, proposal: Proposal, window: Window):
         decision: Decision = yield
         memory = state.memory(self, lambda state: SelfConditioningMemory())
-        start = forward.inputs.extras["block_start"]
-        columns = start[:, None] + torch.arange(self.dllm.block_size, device=start.device)  # [B, L]
-        rows = torch.arange(len(start), device=start.device)[:, None]
-        logits = forward.logits[rows, columns - forward.start]  # [B, L, V]
+        outputs = forward.outputs
+        assert outputs is not None  # the block's queries, set by dlm_model_inputs
+        logits = forward.logits  # [B, L, V]: column outputs[b, j] + forward.start
         if proposal.sampling_logits is not None:  # where the proposal sampled, the logits it sampled from
+            start = outputs[:, 0] + forward.start
             logits = logits.clone()
             logits[proposal.rows, proposal.cols - start[proposal.rows]] = proposal.sampling_logits
         logits = logits.to(self.dllm.embedding_dtype)
