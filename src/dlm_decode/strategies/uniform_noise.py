@@ -187,23 +187,25 @@ class EntropyBoundRedraw:
     def dlm_verify(self, state: DecodeState, forward: ForwardOutput, proposal: Proposal, window: Window) -> Decision:
         config, size = self.config, self.block_size
         steps = self.block_steps(state)
-        running = (~state.finished).nonzero().flatten()  # [R]
-        start = state.model_block()[0][running]
-        columns = start[:, None] + torch.arange(size, device=start.device)  # [R, L]
-        if proposal.sampling_logits is None or len(proposal.rows) != len(running) * size:
+        # one host read: the running rows, whose generators draw the noise (the proposal's own reads aside)
+        running_rows = [row for row, finished in enumerate(state.finished.tolist()) if not finished]
+        if proposal.sampling_logits is None or len(proposal.rows) != len(running_rows) * size:
             raise StrategyError(
                 "entropy_bound_redraw needs every undecided position of each unfinished row's block eligible and "
                 "proposed by sampling (its tempered logits)",
                 "use decoder.window=full (or blocks of the model's block size) with decoder.proposal="
                 "linear_temperature",
             )
-        tempered = proposal.sampling_logits.view(len(running), size, -1)
+        running = proposal.rows.view(-1, size)[:, 0]  # [R] on the device: the eligible positions are row-major
+        start = state.model_block()[0][running]
+        columns = start[:, None] + torch.arange(size, device=start.device)  # [R, L]
+        tempered = proposal.sampling_logits.view(len(running_rows), size, -1)
         entropy = categorical_entropy(tempered)  # [R, L]
         ordered, order = torch.sort(entropy, dim=-1)
         accepted = torch.zeros_like(order, dtype=torch.bool).scatter(
             -1, order, ordered.cumsum(-1) - ordered <= config.entropy_bound
         )
-        noise = state.noise_tokens(running.tolist(), size)  # a noise canvas: checked when the decoder was built
+        noise = state.noise_tokens(running_rows, size)  # a noise canvas: checked when the decoder was built
         redrawn = torch.where(accepted, proposal.tokens[running[:, None], columns], noise)
         argmax = tempered.argmax(-1)  # [R, L]
         done = self._stop(state, running, steps[running], argmax, entropy)
